@@ -1,0 +1,381 @@
+"""The ``iotdr sim`` command group: local regions' building blocks from the shell.
+
+Only click is imported at the top, so ``iotdr --help`` stays fast and works
+without the ``sim`` extra; each command imports what it runs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from device_agent.cli import emit
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["sim"]
+
+
+def parse_address(value: str, *, default_port: int | None = None) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``HOST`` with a default port) as a (host, port) pair.
+
+    Raises:
+        click.BadParameter: not an IP address and a port number.
+    """
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        host, port_text = value, str(default_port) if default_port is not None else ""
+    try:
+        ipaddress.ip_address(host)
+        port = int(port_text)
+    except ValueError:
+        msg = f"{value!r} is not HOST:PORT with an IP address, e.g. 127.0.0.1:5353"
+        raise click.BadParameter(msg) from None
+    if not 0 <= port <= 65535:
+        msg = f"port {port} is out of range (0..65535)"
+        raise click.BadParameter(msg)
+    return host, port
+
+
+def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    del ctx, param
+    return None if value is None else parse_address(value)
+
+
+def _wait_for_signal() -> Iterator[None]:
+    """Block until SIGINT or SIGTERM."""
+    stop = threading.Event()
+    previous = {
+        signum: signal.signal(signum, lambda *_: stop.set())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        while not stop.wait(1.0):
+            yield None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@click.group()
+def sim() -> None:
+    """Local AWS IoT regions, the Route 53 stand-in and the fleet simulator."""
+
+
+# -- dns --------------------------------------------------------------------------------
+
+
+@sim.group()
+def dns() -> None:
+    """The Route 53 stand-in: an authoritative DNS server on loopback."""
+
+
+@dns.command("serve")
+@click.option(
+    "--zone",
+    "zone_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Zone file (YAML or JSON): origin, default_ttl, negative_ttl, records.",
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1:5353",
+    show_default=True,
+    callback=_address,
+    help="Loopback address and port for UDP and TCP (port 0 picks one).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
+def dns_serve(zone_path: Path, listen: tuple[str, int], as_json: bool) -> None:
+    """Serve a zone until interrupted; change records with `iotdr sim dns set`."""
+    from simulators.dns import ThreadedDNSServer, load_zone_file  # noqa: PLC0415
+
+    zone = load_zone_file(zone_path)
+    host, port = listen
+    with ThreadedDNSServer(zone, host=host, port=port) as server:
+        ready = {
+            "dns": f"{server.host}:{server.port}",
+            "zone": zone.origin.to_text(),
+            "records": len(zone.records()),
+        }
+        emit(
+            ready,
+            as_json=as_json,
+            text=f"serving {ready['zone']} on {ready['dns']} (UDP and TCP); Ctrl-C stops",
+        )
+        for _ in _wait_for_signal():
+            pass
+
+
+@dns.command("set")
+@click.argument("name")
+@click.argument("rdtype", metavar="TYPE", type=click.Choice(["A", "AAAA", "CNAME", "TXT"]))
+@click.argument("values", nargs=-1)
+@click.option("--server", required=True, callback=_address, help="The DNS server, HOST:PORT.")
+@click.option("--ttl", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1))
+@click.option("--json-value", "json_value", help="TXT only: a JSON value to store (validated).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def dns_set(
+    name: str,
+    rdtype: str,
+    values: tuple[str, ...],
+    server: tuple[str, int],
+    ttl: int,
+    json_value: str | None,
+    as_json: bool,
+) -> None:
+    """Replace the TYPE records of NAME on a running server (DNS UPDATE)."""
+    from simulators.dns import json_text  # noqa: PLC0415
+    from simulators.dns._control import set_records, zone_origin  # noqa: PLC0415
+
+    if json_value is not None:
+        if rdtype != "TXT" or values:
+            msg = "--json-value is for TXT records, instead of VALUES"
+            raise click.UsageError(msg)
+        values = (json_text(json_value, where="--json-value"),)
+    if not values:
+        msg = "give at least one VALUE (or --json-value for TXT)"
+        raise click.UsageError(msg)
+    origin = zone_origin(server, name)
+    set_records(server, origin, name, rdtype, list(values), ttl=ttl)
+    result = {"name": name, "type": rdtype, "values": list(values), "ttl": ttl, "zone": origin}
+    emit(result, as_json=as_json, text=f"{name} {ttl} {rdtype} {' '.join(values)}")
+
+
+@dns.command("delete")
+@click.argument("name")
+@click.argument("rdtype", metavar="[TYPE]", required=False)
+@click.option("--server", required=True, callback=_address, help="The DNS server, HOST:PORT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def dns_delete(name: str, rdtype: str | None, server: tuple[str, int], as_json: bool) -> None:
+    """Delete the TYPE records of NAME (all of them without TYPE) on a running server."""
+    from simulators.dns._control import delete_records, zone_origin  # noqa: PLC0415
+
+    origin = zone_origin(server, name)
+    delete_records(server, origin, name, rdtype)
+    result = {"name": name, "type": rdtype, "deleted": True, "zone": origin}
+    emit(result, as_json=as_json, text=f"deleted {name} {rdtype or '(all types)'}")
+
+
+# -- pki --------------------------------------------------------------------------------
+
+
+@sim.group()
+def pki() -> None:
+    """The local fleet PKI: root CA, region server certificates, device identities."""
+
+
+_pki_dir = click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The fleet PKI folder (holds fleet-ca.crt and fleet-ca.key).",
+)
+_algorithm = click.option(
+    "--algorithm",
+    type=click.Choice(["ec", "rsa"]),
+    default="ec",
+    show_default=True,
+    help="ec = P-256, rsa = 2048 bits.",
+)
+
+
+@pki.command("init")
+@_pki_dir
+@_algorithm
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def pki_init(directory: Path, algorithm: str, as_json: bool) -> None:
+    """Create the fleet root CA in --dir (kept if it is there already)."""
+    from simulators._pki import FleetPKI, certificate_id  # noqa: PLC0415
+
+    fleet = FleetPKI.load_or_create(directory, algorithm="rsa" if algorithm == "rsa" else "ec")
+    result = {"ca": str(fleet.ca_path), "ca_certificate_id": certificate_id(fleet.ca_cert)}
+    emit(result, as_json=as_json, text=f"fleet CA: {fleet.ca_path}")
+
+
+@pki.command("server")
+@click.argument("name")
+@_pki_dir
+@click.option("--dns-name", "dns_names", multiple=True, required=True, help="A SAN host name.")
+@click.option("--ip", "ips", multiple=True, help="A SAN IP address (repeatable).")
+@_algorithm
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def pki_server(
+    name: str,
+    directory: Path,
+    dns_names: tuple[str, ...],
+    ips: tuple[str, ...],
+    algorithm: str,
+    as_json: bool,
+) -> None:
+    """Issue a TLS server certificate NAME (e.g. a region) with the given SANs."""
+    from simulators._pki import FleetPKI  # noqa: PLC0415
+
+    fleet = FleetPKI.load(directory)
+    issued = fleet.issue_server(
+        name,
+        dns_names=list(dns_names),
+        ip_addresses=list(ips),
+        algorithm="rsa" if algorithm == "rsa" else "ec",
+    )
+    result = {"cert": str(issued.cert_path), "key": str(issued.key_path)}
+    emit(result, as_json=as_json, text=f"{issued.cert_path}\n{issued.key_path}")
+
+
+@pki.command("devices")
+@_pki_dir
+@click.option("--count", required=True, type=click.IntRange(1, 10_000_000))
+@click.option("--prefix", default="device-", show_default=True, help="Thing name prefix.")
+@click.option("--start", default=0, show_default=True, type=click.IntRange(0), help="First index.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Output folder (default: DIR/devices).",
+)
+@click.option(
+    "--sign/--no-sign",
+    default=True,
+    show_default=True,
+    help="Issue certificates with the fleet CA, or keys and CSRs only.",
+)
+@click.option("--workers", type=click.IntRange(1, 256), help="Processes (default: one per core).")
+@_algorithm
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def pki_devices(
+    directory: Path,
+    count: int,
+    prefix: str,
+    start: int,
+    out: Path | None,
+    sign: bool,
+    workers: int | None,
+    algorithm: str,
+    as_json: bool,
+) -> None:
+    """Generate COUNT device keys and CSRs (and certificates) on every core."""
+    from simulators._keygen import device_names, generate_device_identities  # noqa: PLC0415
+    from simulators._pki import FleetPKI  # noqa: PLC0415
+
+    fleet = FleetPKI.load(directory) if sign else None
+    result = generate_device_identities(
+        out or directory / "devices",
+        device_names(count, prefix=prefix, start=start),
+        algorithm="rsa" if algorithm == "rsa" else "ec",
+        pki=fleet,
+        workers=workers,
+    )
+    summary = {
+        "count": result.count,
+        "directory": str(result.directory),
+        "manifest": str(result.manifest_path),
+        "signed": result.signed,
+        "algorithm": result.algorithm,
+        "workers": result.workers,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "per_second": round(result.per_second, 1),
+    }
+    emit(
+        summary,
+        as_json=as_json,
+        text=f"{result.count} identities in {result.directory} "
+        f"({result.elapsed_s:.1f} s, {result.per_second:.0f}/s)",
+    )
+
+
+# -- broker -----------------------------------------------------------------------------
+
+
+@sim.group()
+def broker() -> None:
+    """A region's MQTT broker (mosquitto, or the embedded amqtt when mosquitto is absent)."""
+
+
+@broker.command("serve")
+@click.option("--region", default="us-east-1", show_default=True)
+@click.option(
+    "--listen",
+    default="127.0.0.2:1883",
+    show_default=True,
+    callback=_address,
+    help="Plain MQTT listener HOST:PORT.",
+)
+@click.option("--tls-port", type=click.IntRange(0, 65535), help="Also an mTLS listener here.")
+@click.option(
+    "--pki",
+    "pki_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Fleet PKI folder for --tls-port (created if missing).",
+)
+@click.option(
+    "--endpoint",
+    help="Host name the server certificate covers (default local-ats.iot.REGION.iotdr.test).",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(["auto", "mosquitto", "amqtt"]),
+    default="auto",
+    show_default=True,
+    help="auto = mosquitto when installed, else amqtt (MQTT 3.1.1 only).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("state"),
+    show_default=True,
+    help="Where the configuration and the broker log go.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
+def broker_serve(
+    region: str,
+    listen: tuple[str, int],
+    tls_port: int | None,
+    pki_dir: Path | None,
+    endpoint: str | None,
+    kind: str,
+    state_dir: Path,
+    as_json: bool,
+) -> None:
+    """Run one region's broker until interrupted."""
+    from simulators._broker import BrokerSpec, TLSFiles, start_broker  # noqa: PLC0415
+    from simulators._pki import FleetPKI  # noqa: PLC0415
+
+    host, port = listen
+    tls = None
+    if tls_port is not None:
+        if pki_dir is None:
+            msg = "--tls-port needs --pki (the fleet PKI folder)"
+            raise click.UsageError(msg)
+        fleet = FleetPKI.load_or_create(pki_dir)
+        server = fleet.issue_server(
+            region,
+            dns_names=[endpoint or f"local-ats.iot.{region}.iotdr.test"],
+            ip_addresses=[host],
+        )
+        tls = TLSFiles(ca_path=fleet.ca_path, cert_path=server.cert_path, key_path=server.key_path)
+    spec = BrokerSpec(
+        region=region, state_dir=state_dir, host=host, port=port, tls_port=tls_port, tls=tls
+    )
+    chosen = "mosquitto" if kind == "mosquitto" else "amqtt" if kind == "amqtt" else "auto"
+    with start_broker(spec, kind=chosen) as running:
+        ready = {
+            "region": region,
+            "kind": running.kind,
+            "mqtt5": running.mqtt5,
+            "mqtt": f"{running.host}:{running.port}",
+            "mqtts": f"{running.host}:{running.tls_port}" if running.tls_port else None,
+            "ca": str(tls.ca_path) if tls else None,
+            "pid": running.pid,
+            "log": str(running.log_path),
+        }
+        emit(ready, as_json=as_json, text=f"{running!r}; Ctrl-C stops")
+        for _ in _wait_for_signal():
+            if not running.is_running:
+                msg = f"broker {region} exited: {running.log_tail()}"
+                raise click.ClickException(msg)
