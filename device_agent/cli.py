@@ -62,12 +62,25 @@ class _TextFormatter(logging.Formatter):
         return line
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def configure_logging(level: str = "info", *, json_lines: bool = False) -> None:
-    """Send logs to stderr: text for people, JSON lines for services. Entry points only."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Send logs to stderr: text for people, JSON lines for services. Entry points only.
+
+    Replaces a handler installed by an earlier call; leaves other handlers alone.
+    """
+    handler = _StderrHandler()
     handler.setFormatter(_JSONFormatter() if json_lines else _TextFormatter())
     root_logger = logging.getLogger()
-    root_logger.handlers[:] = [handler]
+    for old in [h for h in root_logger.handlers if isinstance(h, _StderrHandler)]:
+        root_logger.removeHandler(old)
+    root_logger.addHandler(handler)
     root_logger.setLevel(level.upper())
 
 

@@ -2,11 +2,21 @@
 
 Everything needed to run the device agent and the replicator without an AWS
 account, on one machine. Import direction: ``simulators`` may import
-``replicator`` and ``device_agent``, never the other way round.
+``replicator`` and ``device_agent``, never the other way round. The DNS
+server lives in :mod:`simulators.dns`.
 """
 
 from __future__ import annotations
 
+from simulators._broker import (
+    Broker,
+    BrokerKind,
+    BrokerSpec,
+    TLSFiles,
+    free_port,
+    mosquitto_binary,
+    start_broker,
+)
 from simulators._errors import (
     AddressInUseError,
     BrokerError,
@@ -15,12 +25,33 @@ from simulators._errors import (
     SimulatorError,
     ZoneError,
 )
+from simulators._keygen import KeygenResult, device_names, generate_device_identities
+from simulators._pki import CertifiedKey, FleetPKI, KeyAlgorithm, certificate_id
+from simulators._topology import DEFAULT_DOMAIN, DEFAULT_REGIONS, LocalRegion, endpoint_name
 
 __all__ = [
+    "DEFAULT_DOMAIN",
+    "DEFAULT_REGIONS",
     "AddressInUseError",
+    "Broker",
     "BrokerError",
+    "BrokerKind",
     "BrokerNotFoundError",
+    "BrokerSpec",
+    "CertifiedKey",
+    "FleetPKI",
+    "KeyAlgorithm",
+    "KeygenResult",
+    "LocalRegion",
     "PKIError",
     "SimulatorError",
+    "TLSFiles",
     "ZoneError",
+    "certificate_id",
+    "device_names",
+    "endpoint_name",
+    "free_port",
+    "generate_device_identities",
+    "mosquitto_binary",
+    "start_broker",
 ]

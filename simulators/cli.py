@@ -343,8 +343,7 @@ def broker_serve(
     as_json: bool,
 ) -> None:
     """Run one region's broker until interrupted."""
-    from simulators._broker import BrokerSpec, TLSFiles, start_broker  # noqa: PLC0415
-    from simulators._pki import FleetPKI  # noqa: PLC0415
+    from simulators import BrokerSpec, FleetPKI, TLSFiles, endpoint_name, start_broker  # noqa: PLC0415
 
     host, port = listen
     tls = None
@@ -355,7 +354,7 @@ def broker_serve(
         fleet = FleetPKI.load_or_create(pki_dir)
         server = fleet.issue_server(
             region,
-            dns_names=[endpoint or f"local-ats.iot.{region}.iotdr.test"],
+            dns_names=[endpoint or endpoint_name(region)],
             ip_addresses=[host],
         )
         tls = TLSFiles(ca_path=fleet.ca_path, cert_path=server.cert_path, key_path=server.key_path)

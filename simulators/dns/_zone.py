@@ -277,29 +277,23 @@ class Zone:
         return response
 
     def _check_prerequisites(self, prerequisites: Iterable[dns.rrset.RRset]) -> dns.rcode.Rcode:
+        """RFC 2136 section 3.2: every prerequisite must hold, or nothing changes."""
         for rrset in prerequisites:
             if not rrset.name.is_subdomain(self.origin):
                 return dns.rcode.NOTZONE
             types = {t for (owner, t) in self._records if owner == rrset.name}
             kind = dns.rdatatype.to_text(rrset.rdtype)
-            if rrset.rdclass == dns.rdataclass.ANY:
-                exists = bool(types) if rrset.rdtype == dns.rdatatype.ANY else kind in types
-                if not exists:
-                    return (
-                        dns.rcode.NXDOMAIN
-                        if rrset.rdtype == dns.rdatatype.ANY
-                        else dns.rcode.NXRRSET
-                    )
-            elif rrset.rdclass == dns.rdataclass.NONE:
-                exists = bool(types) if rrset.rdtype == dns.rdatatype.ANY else kind in types
-                if exists:
-                    return (
-                        dns.rcode.YXDOMAIN
-                        if rrset.rdtype == dns.rdatatype.ANY
-                        else dns.rcode.YXRRSET
-                    )
-            else:
-                return dns.rcode.FORMERR
+            any_type = rrset.rdtype == dns.rdatatype.ANY
+            exists = bool(types) if any_type else kind in types
+            if rrset.deleting == dns.rdataclass.ANY and not exists:
+                return dns.rcode.NXDOMAIN if any_type else dns.rcode.NXRRSET
+            if rrset.deleting == dns.rdataclass.NONE and exists:
+                return dns.rcode.YXDOMAIN if any_type else dns.rcode.YXRRSET
+            if rrset.deleting is None:  # value-dependent: the set must be exactly this
+                current = self._records.get((rrset.name, kind))
+                wanted = {_value_of(kind, rd) for rd in rrset}
+                if current is None or set(current.values) != wanted:
+                    return dns.rcode.NXRRSET
         return dns.rcode.NOERROR
 
     def _apply_changes(self, changes: Iterable[dns.rrset.RRset]) -> dns.rcode.Rcode:
