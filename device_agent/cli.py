@@ -52,9 +52,7 @@ class _TextFormatter(logging.Formatter):
     """``time level event key=value ...`` for people at a terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(
-            f"{k}={v}" for k, v in vars(record).items() if k not in _RESERVED
-        )
+        fields = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _RESERVED)
         line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname.lower():7} "
         line += f"{record.getMessage()} {fields}".rstrip()
         if record.exc_info:
@@ -105,11 +103,15 @@ class _EntryPointGroup(click.Group):
             )
         return found
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: click.Context) -> list[str]:  # noqa: ARG002 - click's API
         names = set(self._entry_points()) | set(self.commands)
         return sorted(names, key=lambda n: (_GROUP_ORDER.index(n) if n in _GROUP_ORDER else 99, n))
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(
+        self,
+        ctx: click.Context,  # noqa: ARG002 - click's API
+        cmd_name: str,
+    ) -> click.Command | None:
         if cmd_name in self.commands:
             return self.commands[cmd_name]
         if cmd_name in self._cache:
@@ -131,8 +133,15 @@ def _missing_extra(name: str, exc: ImportError) -> click.Command:
     extra = _EXTRA_HINT.get(name) or "all"
     hint = f"`iotdr {name}` needs the '{extra}' extra: pip install 'iotdr[{extra}]' ({exc})"
 
-    @click.command(name=name, help=f"(not installed: pip install 'iotdr[{extra}]')")
-    def unavailable() -> None:
+    @click.command(
+        name=name,
+        help=f"(not installed: pip install 'iotdr[{extra}]')",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=False,
+    )
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def unavailable(args: tuple[str, ...]) -> None:
+        del args
         raise click.UsageError(hint)
 
     return unavailable

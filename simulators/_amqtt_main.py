@@ -25,7 +25,7 @@ class _MutualTLSBroker(Broker):  # type: ignore[misc]  # amqtt ships no type inf
     """amqtt's broker with client certificates required on its TLS listeners."""
 
     @staticmethod
-    def _create_ssl_context(listener: Any) -> ssl.SSLContext:  # noqa: ANN401 - amqtt's type
+    def _create_ssl_context(listener: Any) -> ssl.SSLContext:
         context: ssl.SSLContext = Broker._create_ssl_context(listener)
         context.verify_mode = ssl.CERT_REQUIRED
         context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
-    if len(argv) != 2:  # noqa: PLR2004 - program name and config file
+    if len(argv) != 2:
         sys.stderr.write("usage: python -m simulators._amqtt_main CONFIG.json\n")
         return 2
     config = json.loads(Path(argv[1]).read_text())

@@ -30,12 +30,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Self
 
 from simulators._errors import AddressInUseError, BrokerError, BrokerNotFoundError
 
 if TYPE_CHECKING:
+    from pathlib import Path
     from types import TracebackType
 
 __all__ = [
@@ -282,7 +282,9 @@ def _wait_ready(broker: Broker, ports: list[int], timeout_s: float) -> None:
         if process is None or process.poll() is not None:
             tail = broker.log_tail()
             if "Address already in use" in tail or "address already in use" in tail:
-                raise AddressInUseError(broker.host, pending[0], what=f"broker {broker.spec.region}")
+                raise AddressInUseError(
+                    broker.host, pending[0], what=f"broker {broker.spec.region}"
+                )
             msg = (
                 f"broker {broker.spec.region} ({broker.kind}) exited during start-up: "
                 f"{tail or 'no log'} (log: {broker.log_path})"
@@ -362,4 +364,3 @@ def _amqtt_config(spec: BrokerSpec, port: int, tls_port: int | None) -> dict[str
         "listeners": listeners,
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
     }
-

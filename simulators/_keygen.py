@@ -37,7 +37,6 @@ from simulators._pki import (
     write_private_key,
 )
 
-
 if TYPE_CHECKING:
     from collections.abc import Callable
 

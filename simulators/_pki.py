@@ -18,7 +18,6 @@ import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from cryptography import x509
@@ -29,7 +28,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from simulators._errors import PKIError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
+    from pathlib import Path
 
 __all__ = [
     "CertifiedKey",
@@ -53,16 +53,19 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 _CA_CERT = "fleet-ca.crt"
 _CA_KEY = "fleet-ca.key"
 _CLOCK_SKEW = dt.timedelta(minutes=5)
+_KEY_GENERATORS: dict[str, Callable[[], PrivateKey]] = {
+    "ec": lambda: ec.generate_private_key(ec.SECP256R1()),
+    "rsa": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+}
 
 
 def generate_private_key(algorithm: KeyAlgorithm = "ec") -> PrivateKey:
     """Generate a device or server key: EC P-256 (default) or RSA 2048."""
-    if algorithm == "ec":
-        return ec.generate_private_key(ec.SECP256R1())
-    if algorithm == "rsa":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    msg = f"unknown key algorithm {algorithm!r}: use 'ec' (P-256) or 'rsa' (2048 bits)"
-    raise PKIError(msg)
+    generate = _KEY_GENERATORS.get(algorithm)
+    if generate is None:
+        msg = f"unknown key algorithm {algorithm!r}: use 'ec' (P-256) or 'rsa' (2048 bits)"
+        raise PKIError(msg)
+    return generate()
 
 
 def private_key_pem(key: PrivateKey) -> bytes:
@@ -218,10 +221,12 @@ class FleetPKI:
         """Create a new fleet root CA in ``directory`` (made if missing)."""
         make_directory(directory)
         key = generate_private_key(algorithm)
-        name = x509.Name([
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "iotdr"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ])
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "iotdr"),
+                x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            ]
+        )
         now = _now()
         public_key = key.public_key()
         cert = (
@@ -348,9 +353,7 @@ class FleetPKI:
         cert = self.sign_csr(build_csr(key, thing_name))
         return self._store("devices", thing_name, key, cert)
 
-    def _store(
-        self, kind: str, name: str, key: PrivateKey, cert: x509.Certificate
-    ) -> CertifiedKey:
+    def _store(self, kind: str, name: str, key: PrivateKey, cert: x509.Certificate) -> CertifiedKey:
         folder = self.directory / kind
         make_directory(folder)
         key_path = folder / f"{name}.key"

@@ -10,7 +10,7 @@ import ipaddress
 import signal
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import click
 
@@ -18,6 +18,8 @@ from device_agent.cli import emit
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from simulators import BrokerKind
 
 __all__ = ["sim"]
 
@@ -361,7 +363,7 @@ def broker_serve(
     spec = BrokerSpec(
         region=region, state_dir=state_dir, host=host, port=port, tls_port=tls_port, tls=tls
     )
-    chosen = "mosquitto" if kind == "mosquitto" else "amqtt" if kind == "amqtt" else "auto"
+    chosen = cast('BrokerKind | Literal["auto"]', kind)  # click.Choice checked it
     with start_broker(spec, kind=chosen) as running:
         ready = {
             "region": region,

@@ -111,7 +111,7 @@ def region_brokers(
 
 @pytest.fixture
 def dns_zone() -> Zone:
-    """The ``iotdr.test.`` zone: regions' A records, ``iot`` CNAME on the primary, ``_iot`` roles."""
+    """The ``iotdr.test.`` zone: the regions' A records, ``iot`` CNAME, ``_iot`` roles."""
     from simulators import DEFAULT_REGIONS  # noqa: PLC0415
     from simulators.dns import Zone  # noqa: PLC0415
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import queue
 import ssl
 import threading
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from paho.mqtt.reasoncodes import ReasonCode
 
 
 class ProbeClient:
@@ -37,21 +41,23 @@ class ProbeClient:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
-    def _on_connect(self, client: object, userdata: object, flags: object, rc: ReasonCode,
-                    props: object = None) -> None:
+    def _on_connect(
+        self, client: object, userdata: object, flags: object, rc: ReasonCode, props: object = None
+    ) -> None:
         self.reason = str(rc)
         if not rc.is_failure:
             self.connected.set()
         else:
             self.closed.set()
 
-    def _on_disconnect(self, client: object, userdata: object, flags: object, rc: ReasonCode,
-                       props: object = None) -> None:
+    def _on_disconnect(
+        self, client: object, userdata: object, flags: object, rc: ReasonCode, props: object = None
+    ) -> None:
         self.reason = self.reason or str(rc)
         self.closed.set()
 
     def _on_message(self, client: object, userdata: object, message: mqtt.MQTTMessage) -> None:
-        self.messages.put((message.topic, message.payload))
+        self.messages.put((message.topic, bytes(message.payload)))
 
     def connect(self, host: str, port: int, timeout_s: float = 10.0) -> bool:
         """Connect; True once CONNACK accepted, False if refused or dropped first."""

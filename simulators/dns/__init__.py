@@ -1,4 +1,4 @@
-"""The Route 53 stand-in: an authoritative DNS server on loopback whose answers change at run time."""
+"""The Route 53 stand-in: an authoritative DNS server whose answers change at run time."""
 
 from __future__ import annotations
 

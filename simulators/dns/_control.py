@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 import dns.exception
 import dns.message
 import dns.name
-import dns.rdatatype
 import dns.query
 import dns.rcode
+import dns.rdatatype
 import dns.update
 
 from simulators._errors import SimulatorError, ZoneError
@@ -43,7 +43,9 @@ def set_records(
         SimulatorError: the server did not answer.
     """
     update = dns.update.UpdateMessage(origin)
-    update.replace(dns.name.from_text(name), ttl, rdtype, *[_presentation(rdtype.upper(), v) for v in values])
+    update.replace(
+        dns.name.from_text(name), ttl, rdtype, *[_presentation(rdtype.upper(), v) for v in values]
+    )
     _send(server, update, timeout_s)
 
 
@@ -100,7 +102,5 @@ def _send(server: tuple[str, int], update: dns.update.UpdateMessage, timeout_s: 
         )
         raise SimulatorError(msg) from exc
     if response.rcode() != dns.rcode.NOERROR:
-        msg = (
-            f"DNS server {host}:{port} refused the update: {dns.rcode.to_text(response.rcode())}"
-        )
+        msg = f"DNS server {host}:{port} refused the update: {dns.rcode.to_text(response.rcode())}"
         raise ZoneError(msg)

@@ -31,7 +31,6 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
-import dns.rdtypes.ANY.SOA
 import dns.rrset
 import dns.update
 
@@ -258,9 +257,7 @@ class Zone:
                 return response
         return response
 
-    def _apply_update(
-        self, request: dns.update.UpdateMessage, source: str
-    ) -> dns.message.Message:
+    def _apply_update(self, request: dns.update.UpdateMessage, source: str) -> dns.message.Message:
         response = dns.message.make_response(request)
         if not self._may_update(source):
             response.set_rcode(dns.rcode.REFUSED)
@@ -383,16 +380,12 @@ class Zone:
         return value
 
     def _soa(self) -> dns.rrset.RRset:
-        soa = dns.rdtypes.ANY.SOA.SOA(
+        origin = self.origin.to_text()
+        # mname rname serial refresh retry expire minimum (the negative-answer TTL)
+        soa = dns.rdata.from_text(
             dns.rdataclass.IN,
             dns.rdatatype.SOA,
-            mname=dns.name.from_text("ns", self.origin),
-            rname=dns.name.from_text("hostmaster", self.origin),
-            serial=self._serial,
-            refresh=60,
-            retry=10,
-            expire=3600,
-            minimum=self.negative_ttl,
+            f"ns.{origin} hostmaster.{origin} {self._serial} 60 10 3600 {self.negative_ttl}",
         )
         return dns.rrset.from_rdata(self.origin, self.negative_ttl, soa)
 

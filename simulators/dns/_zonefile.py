@@ -24,13 +24,15 @@ must parse as JSON). Unknown keys are errors, so a typo never goes unnoticed.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from simulators._errors import ZoneError
 from simulators.dns._zone import SUPPORTED_TYPES, Zone, json_text
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["load_zone_file", "zone_from_mapping"]
 
@@ -71,7 +73,7 @@ def zone_from_mapping(data: object, *, source: str = "zone") -> Zone:
     if not isinstance(origin, str) or not origin:
         msg = "'origin' (the zone apex, e.g. iotdr.test.) is required"
         raise ZoneError(msg, source=source)
-    default_ttl = data.get("default_ttl", 0)
+    default_ttl: int = data.get("default_ttl", 0)  # checked by Zone.set
     try:
         zone = Zone(origin, negative_ttl=data.get("negative_ttl", 0))
     except ZoneError as exc:
@@ -96,7 +98,8 @@ def zone_from_mapping(data: object, *, source: str = "zone") -> Zone:
             raise ZoneError(msg, source=source)
         values = _record_values(record, kind.upper(), where, source)
         try:
-            zone.set(name, kind, values, ttl=record.get("ttl", default_ttl))
+            ttl: int = record.get("ttl", default_ttl)  # checked by Zone.set
+            zone.set(name, kind, values, ttl=ttl)
         except ZoneError as exc:
             raise ZoneError(f"{where}: {exc}", source=source) from exc
     return zone

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -25,6 +24,8 @@ from simulators import (
 from tests.mqtt_probe import ProbeClient
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from simulators.pytest_plugin import FleetFixture
 
 pytestmark = pytest.mark.integration
@@ -84,8 +85,9 @@ def test_client_with_foreign_certificate_is_refused(
     foreign = FleetPKI.create(tmp_path / "foreign").issue_device("intruder")
     broker = region_brokers["us-east-1"]
     assert broker.tls_port is not None
-    client = ProbeClient("intruder", ca=fleet_pki.pki.ca_path, cert=foreign.cert_path,
-                         key=foreign.key_path)
+    client = ProbeClient(
+        "intruder", ca=fleet_pki.pki.ca_path, cert=foreign.cert_path, key=foreign.key_path
+    )
     assert not client.connect(broker.host, broker.tls_port, timeout_s=5)
     client.close()
 
@@ -99,12 +101,16 @@ def test_server_certificate_matches_the_endpoint_name_over_tls(
     for region in DEFAULT_REGIONS:
         broker = region_brokers[region.name]
         assert broker.tls_port is not None
-        with socket.create_connection((broker.host, broker.tls_port), timeout=5) as raw, \
-                context.wrap_socket(raw, server_hostname=region.endpoint) as tls:
+        with (
+            socket.create_connection((broker.host, broker.tls_port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=region.endpoint) as tls,
+        ):
             assert tls.version() in ("TLSv1.2", "TLSv1.3")
         other = next(r for r in DEFAULT_REGIONS if r is not region)
-        with socket.create_connection((broker.host, broker.tls_port), timeout=5) as raw, \
-                pytest.raises(ssl.SSLCertVerificationError):
+        with (
+            socket.create_connection((broker.host, broker.tls_port), timeout=5) as raw,
+            pytest.raises(ssl.SSLCertVerificationError),
+        ):
             context.wrap_socket(raw, server_hostname=other.endpoint)
 
 
@@ -141,13 +147,25 @@ def test_port_in_use_is_detected(tmp_path: Path) -> None:
             start_broker(BrokerSpec(region="r", state_dir=tmp_path, port=port))
 
 
-def test_missing_mosquitto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_mosquitto(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr("simulators._broker.mosquitto_binary", lambda: None)
     with pytest.raises(BrokerNotFoundError, match="mosquitto is not installed"):
         start_broker(BrokerSpec(region="r", state_dir=tmp_path), kind="mosquitto")
-    code = main(["sim", "broker", "serve", "--kind", "mosquitto", "--listen", "127.0.0.1:0",
-                 "--state-dir", str(tmp_path)])
+    code = main(
+        [
+            "sim",
+            "broker",
+            "serve",
+            "--kind",
+            "mosquitto",
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
@@ -157,8 +175,11 @@ def test_missing_mosquitto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 def test_broker_that_exits_reports_its_log(tmp_path: Path, fleet_pki: FleetFixture) -> None:
     if mosquitto_binary() is None:
         pytest.skip("mosquitto is not installed")
-    bad = TLSFiles(ca_path=tmp_path / "missing-ca.crt", cert_path=tmp_path / "missing.crt",
-                   key_path=tmp_path / "missing.key")
+    bad = TLSFiles(
+        ca_path=tmp_path / "missing-ca.crt",
+        cert_path=tmp_path / "missing.crt",
+        key_path=tmp_path / "missing.key",
+    )
     spec = BrokerSpec(region="r", state_dir=tmp_path, tls_port=0, tls=bad)
     with pytest.raises(Exception, match="exited during start-up") as info:
         start_broker(spec, kind="mosquitto")

@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dns.message
 import dns.query
@@ -19,6 +19,9 @@ import pytest
 
 from device_agent.cli import main
 from simulators.dns import ThreadedDNSServer, Zone, set_records
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.integration
 
@@ -48,8 +51,13 @@ def test_changed_cname_seen_on_next_query(dns_server: ThreadedDNSServer) -> None
     assert resolver.resolve("iot.iotdr.test", "A")[0].address == "127.0.0.2"
     dns_server.zone.set("iot", "CNAME", "local-ats.iot.us-west-2.iotdr.test.", ttl=0)
     assert resolver.resolve("iot.iotdr.test", "A")[0].address == "127.0.0.3"
-    set_records((dns_server.host, dns_server.port), "iotdr.test.", "iot.iotdr.test", "CNAME",
-                ["local-ats.iot.us-east-1.iotdr.test."])
+    set_records(
+        (dns_server.host, dns_server.port),
+        "iotdr.test.",
+        "iot.iotdr.test",
+        "CNAME",
+        ["local-ats.iot.us-east-1.iotdr.test."],
+    )
     assert resolver.resolve("iot.iotdr.test", "A")[0].address == "127.0.0.2"
 
 
@@ -63,8 +71,13 @@ def test_tcp_answers_too(dns_server: ThreadedDNSServer) -> None:
 def test_malformed_packets_do_not_stop_the_server(dns_server: ThreadedDNSServer) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(1.0)
-        for junk in (b"", b"\x00", b"\xde\xad" + b"\x01\x00\x00\x01" + b"\x00" * 6 + b"\xc0",
-                     os.urandom(300), b"\xff" * 12):
+        for junk in (
+            b"",
+            b"\x00",
+            b"\xde\xad" + b"\x01\x00\x00\x01" + b"\x00" * 6 + b"\xc0",
+            os.urandom(300),
+            b"\xff" * 12,
+        ):
             sock.sendto(junk, (dns_server.host, dns_server.port))
         header = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xff"
         sock.sendto(header, (dns_server.host, dns_server.port))
@@ -81,9 +94,19 @@ def test_malformed_packets_do_not_stop_the_server(dns_server: ThreadedDNSServer)
 @pytest.mark.skipif(shutil.which("dig") is None, reason="dig (dnsutils) is not installed")
 def test_dig_sees_the_records(dns_server: ThreadedDNSServer) -> None:
     out = subprocess.run(
-        ["dig", "+short", "-p", str(dns_server.port), f"@{dns_server.host}",
-         "iot.iotdr.test", "CNAME"],
-        capture_output=True, text=True, timeout=10, check=True,
+        [
+            "dig",
+            "+short",
+            "-p",
+            str(dns_server.port),
+            f"@{dns_server.host}",
+            "iot.iotdr.test",
+            "CNAME",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
     ).stdout.strip()
     assert out == "local-ats.iot.us-east-1.iotdr.test."
 
@@ -116,9 +139,12 @@ def test_dns_serve_command(tmp_path: Path) -> None:
     zone_path = tmp_path / "zone.yaml"
     zone_path.write_text(ZONE)
     process = subprocess.Popen(
-        _iotdr("sim", "dns", "serve", "--zone", str(zone_path), "--listen", "127.0.0.1:0",
-               "--json"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        _iotdr(
+            "sim", "dns", "serve", "--zone", str(zone_path), "--listen", "127.0.0.1:0", "--json"
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert process.stdout is not None
@@ -127,11 +153,24 @@ def test_dns_serve_command(tmp_path: Path) -> None:
         resolver = dns.resolver.Resolver(configure=False)
         resolver.nameservers, resolver.port, resolver.lifetime = [host], int(port), 3.0
         assert str(resolver.resolve("iot.iotdr.test", "CNAME")[0].target).startswith(
-            "local-ats.iot.us-east-1")
+            "local-ats.iot.us-east-1"
+        )
         changed = subprocess.run(
-            _iotdr("sim", "dns", "set", "iot.iotdr.test", "CNAME",
-                   "local-ats.iot.us-west-2.iotdr.test.", "--server", ready["dns"], "--json"),
-            capture_output=True, text=True, timeout=30, check=False,
+            _iotdr(
+                "sim",
+                "dns",
+                "set",
+                "iot.iotdr.test",
+                "CNAME",
+                "local-ats.iot.us-west-2.iotdr.test.",
+                "--server",
+                ready["dns"],
+                "--json",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         assert changed.returncode == 0, changed.stderr
         assert json.loads(changed.stdout)["zone"] == "iotdr.test."
@@ -139,9 +178,21 @@ def test_dns_serve_command(tmp_path: Path) -> None:
         assert answer[0].address == "127.0.0.3"
         assert answer.response.answer[0].ttl == 0
         bad = subprocess.run(
-            _iotdr("sim", "dns", "set", "_iot.iotdr.test", "TXT", "--json-value", "{oops",
-                   "--server", ready["dns"]),
-            capture_output=True, text=True, timeout=30, check=False,
+            _iotdr(
+                "sim",
+                "dns",
+                "set",
+                "_iot.iotdr.test",
+                "TXT",
+                "--json-value",
+                "{oops",
+                "--server",
+                ready["dns"],
+            ),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         assert bad.returncode == 2
         assert bad.stderr.strip().count("\n") == 0
@@ -156,8 +207,10 @@ def test_dns_serve_command(tmp_path: Path) -> None:
     ("zone_text", "message"),
     [
         ("origin: iotdr.test.\nrecords: []\nttl: 5\n", "unknown key 'ttl'"),
-        ("origin: iotdr.test.\nrecords:\n  - {name: _iot, type: TXT, json: '{x'}\n",
-         "not valid JSON"),
+        (
+            "origin: iotdr.test.\nrecords:\n  - {name: _iot, type: TXT, json: '{x'}\n",
+            "not valid JSON",
+        ),
     ],
 )
 def test_dns_serve_bad_zone_is_one_line_exit_2(
@@ -176,12 +229,25 @@ def test_dns_serve_port_in_use_exit_2(
 ) -> None:
     zone_path = tmp_path / "zone.yaml"
     zone_path.write_text(ZONE)
-    code = main(["sim", "dns", "serve", "--zone", str(zone_path),
-                 "--listen", f"{dns_server.host}:{dns_server.port}"])
+    code = main(
+        [
+            "sim",
+            "dns",
+            "serve",
+            "--zone",
+            str(zone_path),
+            "--listen",
+            f"{dns_server.host}:{dns_server.port}",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"iotdr: error: DNS server: {dns_server.host}:{dns_server.port} is already "
-                   "in use; stop the process holding it or choose another port"]
+    assert err == [
+        (
+            f"iotdr: error: DNS server: {dns_server.host}:{dns_server.port} is already "
+            "in use; stop the process holding it or choose another port"
+        )
+    ]
 
 
 def test_dns_serve_bad_listen_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

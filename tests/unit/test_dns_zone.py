@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dns.flags
 import dns.message
@@ -18,6 +18,9 @@ from hypothesis import strategies as st
 
 from simulators import ZoneError
 from simulators.dns import Zone, load_zone_file, zone_from_mapping
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _ask(zone: Zone, name: str, rdtype: str, *, source: str = "127.0.0.1") -> dns.message.Message:
@@ -50,7 +53,10 @@ def test_cname_chased_to_the_address_authoritatively(zone: Zone) -> None:
 
 def test_txt_carries_the_roles_as_json(zone: Zone) -> None:
     (txt,) = _ask(zone, "_iot.iotdr.test.", "TXT").answer
-    assert json.loads(b"".join(txt[0].strings)) == {"primary": "us-east-1", "secondary": "us-west-2"}
+    assert json.loads(b"".join(txt[0].strings)) == {
+        "primary": "us-east-1",
+        "secondary": "us-west-2",
+    }
 
 
 def test_change_is_seen_by_the_next_query(zone: Zone) -> None:
@@ -119,8 +125,9 @@ def test_big_answer_is_truncated_over_udp_only(zone: Zone) -> None:
 
 def test_update_changes_records_from_loopback(zone: Zone) -> None:
     update = dns.update.UpdateMessage("iotdr.test.")
-    update.replace(dns.name.from_text("iot.iotdr.test."), 0, "CNAME",
-                   "local-ats.iot.us-west-2.iotdr.test.")
+    update.replace(
+        dns.name.from_text("iot.iotdr.test."), 0, "CNAME", "local-ats.iot.us-west-2.iotdr.test."
+    )
     reply = dns.message.from_wire(zone.respond(update.to_wire()) or b"")
     assert reply.rcode() == dns.rcode.NOERROR
     assert zone.get("iot", "CNAME") is not None
@@ -153,10 +160,12 @@ def test_update_prerequisites(zone: Zone) -> None:
     assert reply.rcode() == dns.rcode.YXDOMAIN
     assert zone.get("iot", "A") is None
     guarded = dns.update.UpdateMessage("iotdr.test.")
-    guarded.present(dns.name.from_text("iot.iotdr.test."), "CNAME",
-                    "local-ats.iot.us-east-1.iotdr.test.")  # compare-and-swap
-    guarded.replace(dns.name.from_text("iot.iotdr.test."), 0, "CNAME",
-                    "local-ats.iot.us-west-2.iotdr.test.")
+    guarded.present(
+        dns.name.from_text("iot.iotdr.test."), "CNAME", "local-ats.iot.us-east-1.iotdr.test."
+    )  # compare-and-swap
+    guarded.replace(
+        dns.name.from_text("iot.iotdr.test."), 0, "CNAME", "local-ats.iot.us-west-2.iotdr.test."
+    )
     assert dns.message.from_wire(zone.respond(guarded.to_wire()) or b"").rcode() == 0
     again = dns.message.from_wire(zone.respond(guarded.to_wire()) or b"")
     assert again.rcode() == dns.rcode.NXRRSET
@@ -261,17 +270,33 @@ def test_zone_file_loads(tmp_path: Path) -> None:
     [
         ({"origin": "iotdr.test.", "recrods": []}, "unknown key 'recrods'"),
         ({"records": []}, "'origin'"),
-        ({"origin": "iotdr.test.", "records": [{"name": "a", "type": "A", "value": "10.0.0.1",
-                                                 "tll": 5}]}, "records\\[0\\]: unknown key 'tll'"),
-        ({"origin": "iotdr.test.", "records": [{"name": "_iot", "type": "TXT",
-                                                 "json": "{primary: 1"}]}, "not valid JSON"),
-        ({"origin": "iotdr.test.", "records": [{"name": "a", "type": "A",
-                                                 "json": {"x": 1}}]}, "TXT records only"),
-        ({"origin": "iotdr.test.", "records": [{"name": "a", "type": "MX", "value": "x"}]},
-         "type must be one of"),
+        (
+            {
+                "origin": "iotdr.test.",
+                "records": [{"name": "a", "type": "A", "value": "10.0.0.1", "tll": 5}],
+            },
+            "records\\[0\\]: unknown key 'tll'",
+        ),
+        (
+            {
+                "origin": "iotdr.test.",
+                "records": [{"name": "_iot", "type": "TXT", "json": "{primary: 1"}],
+            },
+            "not valid JSON",
+        ),
+        (
+            {"origin": "iotdr.test.", "records": [{"name": "a", "type": "A", "json": {"x": 1}}]},
+            "TXT records only",
+        ),
+        (
+            {"origin": "iotdr.test.", "records": [{"name": "a", "type": "MX", "value": "x"}]},
+            "type must be one of",
+        ),
         ({"origin": "iotdr.test.", "records": [{"name": "a", "type": "A"}]}, "exactly one of"),
-        ({"origin": "iotdr.test.", "records": [{"name": "a", "type": "A", "value": "1.2.3"}]},
-         "not an IP address"),
+        (
+            {"origin": "iotdr.test.", "records": [{"name": "a", "type": "A", "value": "1.2.3"}]},
+            "not an IP address",
+        ),
         ([1, 2], "a zone file is a mapping"),
     ],
 )

@@ -40,7 +40,11 @@ print("ok")
 def test_device_agent_imports_with_only_its_required_dependencies() -> None:
     result = subprocess.run(
         [sys.executable, "-c", _ISOLATED_IMPORT],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
@@ -80,9 +84,18 @@ def test_help_lists_the_four_groups(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_console_script_is_installed() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "from importlib.metadata import entry_points;"
-         "print(sorted(e.name for e in entry_points(group='iotdr.commands')))"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            sys.executable,
+            "-c",
+            (
+                "from importlib.metadata import entry_points;"
+                "print(sorted(e.name for e in entry_points(group='iotdr.commands')))"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert result.stdout.strip() == "['agent', 'replicator', 'sim', 'tools']"
 
@@ -92,18 +105,19 @@ def test_unknown_command_is_usage_error(capsys: pytest.CaptureFixture[str]) -> N
     assert "No such command" in capsys.readouterr().err
 
 
-def test_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_extra_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from importlib import metadata
 
-    import device_agent.cli as cli
+    from device_agent import cli
 
-    broken = metadata.EntryPoint(name="sim", value="no_such_module_xyz:sim",
-                                 group="iotdr.commands")
+    broken = metadata.EntryPoint(name="sim", value="no_such_module_xyz:sim", group="iotdr.commands")
     monkeypatch.setattr(cli._EntryPointGroup, "_cache", {})
     real = cli._EntryPointGroup._entry_points
-    monkeypatch.setattr(cli._EntryPointGroup, "_entry_points",
-                        lambda self: {**real(self), "sim": broken})
+    monkeypatch.setattr(
+        cli._EntryPointGroup, "_entry_points", lambda self: {**real(self), "sim": broken}
+    )
     assert main(["sim", "dns"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'iotdr[sim]'" in err

@@ -90,13 +90,13 @@ def test_server_certificate_verifies_for_its_names_and_ips_only(pki: FleetPKI) -
     ):
         builder.build_server_verifier(subject).verify(server.certificate, [])
     with pytest.raises(VerificationError):
-        builder.build_server_verifier(
-            x509.DNSName("local-ats.iot.us-west-2.iotdr.test")
-        ).verify(server.certificate, [])
+        builder.build_server_verifier(x509.DNSName("local-ats.iot.us-west-2.iotdr.test")).verify(
+            server.certificate, []
+        )
     with pytest.raises(VerificationError):
-        builder.build_server_verifier(
-            x509.IPAddress(ipaddress.ip_address("127.0.0.3"))
-        ).verify(server.certificate, [])
+        builder.build_server_verifier(x509.IPAddress(ipaddress.ip_address("127.0.0.3"))).verify(
+            server.certificate, []
+        )
 
 
 def test_server_certificate_is_accepted_by_pythons_tls_stack(pki: FleetPKI) -> None:
@@ -159,7 +159,7 @@ def test_bulk_identities_match_their_keys(tmp_path: Path, pki: FleetPKI, workers
     records = [json.loads(line) for line in result.manifest_path.read_text().splitlines()]
     assert [r["name"] for r in records] == names
     verifier = _client_verifier(pki)
-    for record in records[:: 50]:
+    for record in records[::50]:
         name = record["name"]
         key = load_private_key(tmp_path / "out" / f"{name}.key")
         csr = x509.load_pem_x509_csr((tmp_path / "out" / f"{name}.csr").read_bytes())
@@ -167,8 +167,12 @@ def test_bulk_identities_match_their_keys(tmp_path: Path, pki: FleetPKI, workers
         public = serialization.PublicFormat.SubjectPublicKeyInfo
         der = serialization.Encoding.DER
         assert csr.is_signature_valid
-        assert csr.public_key().public_bytes(der, public) == key.public_key().public_bytes(der, public)
-        assert cert.public_key().public_bytes(der, public) == key.public_key().public_bytes(der, public)
+        assert csr.public_key().public_bytes(der, public) == key.public_key().public_bytes(
+            der, public
+        )
+        assert cert.public_key().public_bytes(der, public) == key.public_key().public_bytes(
+            der, public
+        )
         assert record["certificate_id"] == certificate_id(cert)
         verifier.verify(cert, [])
         assert _mode(tmp_path / "out" / f"{name}.key") == 0o600
@@ -178,9 +182,12 @@ def test_keys_and_csrs_only_without_a_ca(tmp_path: Path) -> None:
     result = generate_device_identities(tmp_path, device_names(3), workers=1)
     assert not result.signed
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "device-00000.csr", "device-00000.key",
-        "device-00001.csr", "device-00001.key",
-        "device-00002.csr", "device-00002.key",
+        "device-00000.csr",
+        "device-00000.key",
+        "device-00001.csr",
+        "device-00001.key",
+        "device-00002.csr",
+        "device-00002.key",
         "manifest.jsonl",
     ]
 
@@ -196,8 +203,9 @@ def test_cli_devices_unwritable_directory_exit_2(
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    code = main(["sim", "pki", "devices", "--dir", str(blocker / "pki"), "--count", "2",
-                 "--no-sign"])
+    code = main(
+        ["sim", "pki", "devices", "--dir", str(blocker / "pki"), "--count", "2", "--no-sign"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1
@@ -208,8 +216,23 @@ def test_cli_init_and_devices_json(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["sim", "pki", "init", "--dir", str(tmp_path), "--json"]) == 0
     init = json.loads(capsys.readouterr().out)
     assert Path(init["ca"]).exists()
-    assert main(["sim", "pki", "devices", "--dir", str(tmp_path), "--count", "5",
-                 "--workers", "1", "--json"]) == 0
+    assert (
+        main(
+            [
+                "sim",
+                "pki",
+                "devices",
+                "--dir",
+                str(tmp_path),
+                "--count",
+                "5",
+                "--workers",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["count"] == 5
     assert result["signed"] is True
