@@ -82,9 +82,9 @@ def dns() -> None:
 @click.option(
     "--zone",
     "zone_path",
-    required=True,
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Zone file (YAML or JSON): origin, default_ttl, negative_ttl, records.",
+    help="Zone file (YAML or JSON): origin, default_ttl, negative_ttl, records. "
+    "Default: iotdr.test. with the local regions us-east-1 (primary) and us-west-2.",
 )
 @click.option(
     "--listen",
@@ -94,11 +94,11 @@ def dns() -> None:
     help="Loopback address and port for UDP and TCP (port 0 picks one).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
-def dns_serve(zone_path: Path, listen: tuple[str, int], as_json: bool) -> None:
+def dns_serve(zone_path: Path | None, listen: tuple[str, int], as_json: bool) -> None:
     """Serve a zone until interrupted; change records with `iotdr sim dns set`."""
-    from simulators.dns import ThreadedDNSServer, load_zone_file  # noqa: PLC0415
+    from simulators.dns import ThreadedDNSServer, default_zone, load_zone_file  # noqa: PLC0415
 
-    zone = load_zone_file(zone_path)
+    zone = load_zone_file(zone_path) if zone_path is not None else default_zone()
     host, port = listen
     with ThreadedDNSServer(zone, host=host, port=port) as server:
         ready = {
@@ -176,7 +176,8 @@ def pki() -> None:
 _pki_dir = click.option(
     "--dir",
     "directory",
-    required=True,
+    default=Path("pki"),
+    show_default=True,
     type=click.Path(path_type=Path, file_okay=False),
     help="The fleet PKI folder (holds fleet-ca.crt and fleet-ca.key).",
 )
@@ -261,11 +262,15 @@ def pki_devices(
     algorithm: str,
     as_json: bool,
 ) -> None:
-    """Generate COUNT device keys and CSRs (and certificates) on every core."""
+    """Generate COUNT device keys and CSRs (and certificates) on every core.
+
+    With --sign (the default) the fleet CA in --dir signs them; it is created
+    on first use.
+    """
     from simulators._keygen import device_names, generate_device_identities  # noqa: PLC0415
     from simulators._pki import FleetPKI  # noqa: PLC0415
 
-    fleet = FleetPKI.load(directory) if sign else None
+    fleet = FleetPKI.load_or_create(directory) if sign else None
     result = generate_device_identities(
         out or directory / "devices",
         device_names(count, prefix=prefix, start=start),

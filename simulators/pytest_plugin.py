@@ -29,7 +29,7 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from simulators import Broker, CertifiedKey, FleetPKI, LocalRegion
+    from simulators import Broker, CertifiedKey, FleetPKI
     from simulators.dns import ThreadedDNSServer, Zone
 
 __all__ = ["FleetFixture"]
@@ -112,18 +112,9 @@ def region_brokers(
 @pytest.fixture
 def dns_zone() -> Zone:
     """The ``iotdr.test.`` zone: the regions' A records, ``iot`` CNAME, ``_iot`` roles."""
-    from simulators import DEFAULT_REGIONS  # noqa: PLC0415
-    from simulators.dns import Zone  # noqa: PLC0415
+    from simulators.dns import default_zone  # noqa: PLC0415
 
-    zone = Zone("iotdr.test.")
-    primary: LocalRegion = DEFAULT_REGIONS[0]
-    for region in DEFAULT_REGIONS:
-        zone.set(region.endpoint + ".", "A", region.host, ttl=60)
-    zone.set("iot", "CNAME", primary.endpoint + ".", ttl=0)
-    zone.set_json(
-        "_iot", {"primary": DEFAULT_REGIONS[0].name, "secondary": DEFAULT_REGIONS[1].name}
-    )
-    return zone
+    return default_zone()
 
 
 @pytest.fixture

@@ -135,13 +135,13 @@ def _iotdr(*args: str) -> list[str]:
     return [sys.executable, "-m", "device_agent.cli", *args]
 
 
-def test_dns_serve_command(tmp_path: Path) -> None:
+@pytest.mark.parametrize("zone_file", [True, False], ids=["zone-file", "default-zone"])
+def test_dns_serve_command(tmp_path: Path, zone_file: bool) -> None:
     zone_path = tmp_path / "zone.yaml"
     zone_path.write_text(ZONE)
+    zone_args = ["--zone", str(zone_path)] if zone_file else []
     process = subprocess.Popen(
-        _iotdr(
-            "sim", "dns", "serve", "--zone", str(zone_path), "--listen", "127.0.0.1:0", "--json"
-        ),
+        _iotdr("sim", "dns", "serve", *zone_args, "--listen", "127.0.0.1:0", "--json"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
