@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class DeviceAgentError(Exception):
     """Root of every error the device agent raises on purpose.
@@ -15,3 +17,71 @@ class DeviceAgentError(Exception):
 
 class ConfigError(DeviceAgentError):
     """The agent's configuration is invalid."""
+
+
+class OutboxFullError(DeviceAgentError):
+    """The outbox already holds ``capacity`` messages and its overflow policy is ``"reject"``.
+
+    Nothing was written. The caller decides what to do with the message: drop
+    it, or hold it until a PUBACK makes room.
+
+    Attributes:
+        path: Where the outbox lives (``":memory:"`` for an in-memory one).
+        capacity: How many messages it holds at most.
+    """
+
+    def __init__(self, path: str, capacity: int) -> None:
+        super().__init__(
+            f"outbox {path} is full ({capacity} messages awaiting PUBACK) "
+            "and its overflow policy is 'reject'"
+        )
+        self.path = path
+        self.capacity = capacity
+
+    def __reduce__(self) -> tuple[type[OutboxFullError], tuple[str, int]]:
+        # The default rebuilds from ``args`` (the message), which this
+        # constructor does not take; rebuild from the fields instead.
+        return (type(self), (self.path, self.capacity))
+
+
+DiscoveryErrorKind = Literal[
+    "nxdomain",
+    "servfail",
+    "timeout",
+    "no_cname",
+    "cname_loop",
+    "txt_missing",
+    "txt_not_json",
+    "txt_invalid",
+    "unknown_region",
+    "no_address",
+]
+
+
+class DiscoveryError(DeviceAgentError):
+    """DNS discovery got no usable answer; what to do about it is the caller's choice.
+
+    The message is one line: what went wrong and where,
+    ``name @ nameserver:port``.
+
+    Attributes:
+        kind: what went wrong, one of :data:`DiscoveryErrorKind`.
+        name: the DNS name asked when it went wrong (the CNAME's, the TXT's,
+            or a host whose address was wanted).
+        nameserver: the nameservers asked, ``host:port`` (comma-separated
+            when several), or None for the system's resolver configuration.
+        detail: the "what", in words.
+    """
+
+    def __init__(
+        self, kind: DiscoveryErrorKind, name: str, detail: str, nameserver: str | None = None
+    ) -> None:
+        self.kind: DiscoveryErrorKind = kind
+        self.name = name
+        self.detail = " ".join(detail.split())  # one line, whatever the record held
+        self.nameserver = nameserver
+        where = f"{name} @ {nameserver or 'system nameservers'}"
+        super().__init__(f"DNS discovery: {self.detail} ({kind}; {where})")
+
+    def __reduce__(self) -> tuple[type[DiscoveryError], tuple[str, str, str, str | None]]:
+        return (type(self), (self.kind, self.name, self.detail, self.nameserver))

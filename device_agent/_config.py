@@ -1,0 +1,409 @@
+"""The agent's configuration: frozen dataclasses grouped by concern, validated on creation.
+
+Only entry points turn files, flags and the environment into these
+(:func:`load_agent_config` reads TOML); the library takes them as values.
+Durations are float seconds named ``..._s``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from device_agent._endpoints import Endpoint, parse_endpoint
+from device_agent._errors import ConfigError
+
+__all__ = [
+    "AgentConfig",
+    "DiscoveryConfig",
+    "FailoverConfig",
+    "IdentityConfig",
+    "MQTTConfig",
+    "OutboxConfig",
+    "ProbeConfig",
+    "load_agent_config",
+]
+
+
+def _positive(owner: object, *names: str, allow_zero: bool = False) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        bad = not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value)
+        if bad or value < 0 or (value == 0 and not allow_zero):
+            kind = "zero or more" if allow_zero else "more than zero"
+            msg = f"{type(owner).__name__}.{name} must be {kind}, not {value!r}"
+            raise ConfigError(msg)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailoverConfig:
+    """When to reconnect, fail over, fail back, and how fast.
+
+    Attributes:
+        reconnect_attempts: failed attempts in a row on a region before moving
+            to the other one.
+        failure_threshold: failed probes in a row of the connected region that
+            count as a lost connection (then: fail over at once).
+        probe_interval_s: how often the connected region is probed end to end.
+        failback_probe_interval_s: how often the preferred region is probed
+            while the device is away from it.
+        failback_probe_depth: how deep those probes go (``mqtt`` = CONNECT and
+            CONNACK with the device's identity).
+        stability_window_s: the preferred region must pass every probe for
+            this long before the device moves back.
+        failback: move back at all (False: stay until the current region fails).
+        backoff_base_s: first backoff step; doubles per failure (full jitter).
+        backoff_max_s: backoff cap.
+        stable_after_s: a connection up this long resets the backoff.
+        connect_guard_s: at most one CONNECT per client ID per this many
+            seconds (AWS IoT allows one per second).
+        dr_mode: follow the DNS answer: the CNAME's region is where the device
+            belongs, and a change moves it (after a jitter).
+        dns_poll_interval_s: how often DR mode looks the CNAME and TXT up.
+        dr_jitter_s: a DNS-driven move waits a random time up to this.
+    """
+
+    reconnect_attempts: int = 2
+    failure_threshold: int = 3
+    probe_interval_s: float = 3.0
+    failback_probe_interval_s: float = 5.0
+    failback_probe_depth: Literal["tcp", "tls", "mqtt", "roundtrip"] = "mqtt"
+    stability_window_s: float = 60.0
+    failback: bool = True
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 60.0
+    stable_after_s: float = 30.0
+    connect_guard_s: float = 1.0
+    dr_mode: bool = False
+    dns_poll_interval_s: float = 10.0
+    dr_jitter_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "reconnect_attempts", "failure_threshold", "probe_interval_s")
+        _positive(self, "failback_probe_interval_s", "backoff_base_s", "backoff_max_s")
+        _positive(self, "dns_poll_interval_s")
+        _positive(
+            self,
+            "stability_window_s",
+            "stable_after_s",
+            "connect_guard_s",
+            "dr_jitter_s",
+            allow_zero=True,
+        )
+        if self.failback_probe_depth not in ("tcp", "tls", "mqtt", "roundtrip"):
+            msg = (
+                f"FailoverConfig.failback_probe_depth must be tcp, tls, mqtt or roundtrip, "
+                f"not {self.failback_probe_depth!r}"
+            )
+            raise ConfigError(msg)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeConfig:
+    """Health probes.
+
+    Attributes:
+        timeout_s: deadline of one probe (each step shares it).
+        topic: the round-trip probe's topic; ``{client_id}`` is replaced.
+    """
+
+    timeout_s: float = 2.0
+    topic: str = "iotdr/probe/{client_id}"
+
+    def __post_init__(self) -> None:
+        _positive(self, "timeout_s")
+        if not self.topic or "#" in self.topic or "+" in self.topic:
+            msg = f"ProbeConfig.topic must be a plain topic, not {self.topic!r}"
+            raise ConfigError(msg)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscoveryConfig:
+    """Where the device finds its region.
+
+    Attributes:
+        name: the name to resolve (a CNAME to the serving region's endpoint);
+            None to use the static endpoints only.
+        txt_name: the roles TXT record; default ``_<name>``.
+        nameservers: explicit DNS servers (IP addresses); empty = the system's.
+        port: their port.
+        timeout_s: deadline of one lookup.
+        endpoints: static per-region endpoints, the fallback when DNS fails.
+        primary: the primary region when DNS cannot say.
+        secondary: the secondary region when DNS cannot say.
+    """
+
+    name: str | None = None
+    txt_name: str | None = None
+    nameservers: tuple[str, ...] = ()
+    port: int = 53
+    timeout_s: float = 2.0
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    primary: str | None = None
+    secondary: str | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self, "timeout_s")
+        if not 0 < self.port < 65536:
+            msg = f"DiscoveryConfig.port must be 1..65535, not {self.port!r}"
+            raise ConfigError(msg)
+        if self.name is None and len(self.endpoints) < 2:
+            msg = "give a DNS name to resolve, or at least two static endpoints (region=host)"
+            raise ConfigError(msg)
+        for region in (self.primary, self.secondary):
+            if region is not None and self.endpoints and region not in self.endpoints:
+                msg = f"region {region!r} has no static endpoint ({', '.join(self.endpoints)})"
+                raise ConfigError(msg)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentityConfig:
+    """The device's identity: its certificate, key, the CA it trusts, its client ID.
+
+    Attributes:
+        client_id: MQTT client ID (on AWS usually the thing name).
+        cert_path: the device certificate (PEM).
+        key_path: its private key (PEM); warned about when others can read it.
+        ca_path: the CA that signs the endpoints' server certificates.
+        thing_name: for shadows; default the client ID.
+    """
+
+    client_id: str
+    cert_path: Path
+    key_path: Path
+    ca_path: Path
+    thing_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.client_id or len(self.client_id) > 128:
+            msg = "IdentityConfig.client_id must be 1 to 128 characters"
+            raise ConfigError(msg)
+
+    @property
+    def thing(self) -> str:
+        """The thing name shadows belong to."""
+        return self.thing_name or self.client_id
+
+    def check_files(self) -> list[str]:
+        """Raise for a missing file; return warnings (a key readable by others)."""
+        for what, path in (
+            ("certificate", self.cert_path),
+            ("private key", self.key_path),
+            ("CA", self.ca_path),
+        ):
+            if not path.is_file():
+                msg = f"{what} {path} does not exist or is not a file; check the path"
+                raise ConfigError(msg)
+        mode = stat.S_IMODE(os.stat(self.key_path).st_mode)
+        if mode & 0o077:
+            return [f"private key {self.key_path} is readable by others (mode {mode:o}); chmod 600"]
+        return []
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MQTTConfig:
+    """The MQTT session.
+
+    Attributes:
+        keepalive_s: MQTT keep-alive (AWS clamps it to 30..1200).
+        connect_timeout_s: deadline of one connect (TCP, TLS and CONNACK).
+        max_inflight: unacknowledged QoS 1 publishes at once (AWS allows 100).
+        clean_session: MQTT clean session.
+    """
+
+    keepalive_s: int = 60
+    connect_timeout_s: float = 5.0
+    max_inflight: int = 20
+    clean_session: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "keepalive_s", "connect_timeout_s", "max_inflight")
+        if self.max_inflight > 100:
+            msg = "MQTTConfig.max_inflight must be at most 100 (AWS IoT's limit)"
+            raise ConfigError(msg)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxConfig:
+    """The durable outbox.
+
+    Attributes:
+        path: the SQLite file; None keeps it in memory (lost on restart).
+        capacity: at most this many messages waiting.
+        overflow: ``reject`` (publish raises) or ``drop_oldest``.
+        synchronous: ``full`` survives power loss; ``normal`` only a crash.
+    """
+
+    path: Path | None = None
+    capacity: int = 10_000
+    overflow: Literal["reject", "drop_oldest"] = "reject"
+    synchronous: Literal["full", "normal"] = "full"
+
+    def __post_init__(self) -> None:
+        _positive(self, "capacity")
+        if self.overflow not in ("reject", "drop_oldest"):
+            msg = f"OutboxConfig.overflow must be reject or drop_oldest, not {self.overflow!r}"
+            raise ConfigError(msg)
+        if self.synchronous not in ("full", "normal"):
+            msg = f"OutboxConfig.synchronous must be full or normal, not {self.synchronous!r}"
+            raise ConfigError(msg)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    """Everything the agent needs, grouped by concern."""
+
+    identity: IdentityConfig
+    discovery: DiscoveryConfig
+    failover: FailoverConfig = field(default_factory=FailoverConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    mqtt: MQTTConfig = field(default_factory=MQTTConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    named_shadows: tuple[str, ...] = ()
+    status_path: Path | None = None
+
+
+# -- TOML ---------------------------------------------------------------------------------
+
+
+def load_agent_config(path: Path) -> AgentConfig:
+    """Read an agent configuration file (TOML).
+
+    Relative paths in the file are taken from the file's folder.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or invalid; the message
+            names the file and the key.
+    """
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        msg = f"{path}: cannot read: {exc.strerror}"
+        raise ConfigError(msg) from exc
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"{path}: not valid TOML: {exc}"
+        raise ConfigError(msg) from exc
+    try:
+        return agent_config_from_mapping(data, base=path.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def agent_config_from_mapping(data: dict[str, Any], *, base: Path) -> AgentConfig:
+    """Build an :class:`AgentConfig` from parsed TOML (see docs/agent.md for the keys)."""
+    sections = {"identity", "discovery", "failover", "probe", "mqtt", "outbox", "agent"}
+    _known(data, sections, "top level")
+    identity = dict(_section(data, "identity"))
+    for key in ("cert", "key", "ca"):
+        if key not in identity:
+            msg = f"[identity] {key} is required (a path)"
+            raise ConfigError(msg)
+    _known(identity, {"client_id", "cert", "key", "ca", "thing_name"}, "[identity]")
+    if "client_id" not in identity:
+        msg = "[identity] client_id is required"
+        raise ConfigError(msg)
+    identity_config = IdentityConfig(
+        client_id=str(identity["client_id"]),
+        cert_path=_path(base, identity["cert"]),
+        key_path=_path(base, identity["key"]),
+        ca_path=_path(base, identity["ca"]),
+        thing_name=identity.get("thing_name"),
+    )
+    discovery = dict(_section(data, "discovery"))
+    _known(
+        discovery,
+        {
+            "name",
+            "txt_name",
+            "nameservers",
+            "dns_server",
+            "port",
+            "timeout_s",
+            "endpoints",
+            "primary",
+            "secondary",
+        },
+        "[discovery]",
+    )
+    endpoints_raw = discovery.pop("endpoints", {})
+    if isinstance(endpoints_raw, dict):
+        endpoints = {
+            str(region): parse_endpoint(f"{region}={host}")
+            for region, host in endpoints_raw.items()
+        }
+    elif isinstance(endpoints_raw, list):
+        endpoints = {e.region: e for e in (parse_endpoint(str(item)) for item in endpoints_raw)}
+    else:
+        msg = '[discovery] endpoints must be a table region = "host[:port]" or a list'
+        raise ConfigError(msg)
+    if "dns_server" in discovery:
+        host, _, port = str(discovery.pop("dns_server")).rpartition(":")
+        discovery["nameservers"] = [host or port]
+        if host:
+            discovery["port"] = _int(port, "[discovery] dns_server port")
+    discovery["nameservers"] = tuple(discovery.get("nameservers", ()))
+    outbox = dict(_section(data, "outbox"))
+    if "path" in outbox:
+        outbox["path"] = _path(base, outbox["path"])
+    _known(outbox, _names(OutboxConfig), "[outbox]")
+    agent = dict(_section(data, "agent"))
+    _known(agent, {"named_shadows", "status_path"}, "[agent]")
+    try:
+        return AgentConfig(
+            identity=identity_config,
+            discovery=DiscoveryConfig(endpoints=endpoints, **discovery),
+            failover=_build(FailoverConfig, data, "failover"),
+            probe=_build(ProbeConfig, data, "probe"),
+            mqtt=_build(MQTTConfig, data, "mqtt"),
+            outbox=OutboxConfig(**outbox),
+            named_shadows=tuple(agent.get("named_shadows", ())),
+            status_path=_path(base, agent["status_path"]) if "status_path" in agent else None,
+        )
+    except TypeError as exc:
+        msg = f"invalid value: {exc}"
+        raise ConfigError(msg) from exc
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _build(cls: type[Any], data: dict[str, Any], section: str) -> Any:
+    values = dict(_section(data, section))
+    _known(values, _names(cls), f"[{section}]")
+    return cls(**values)
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        msg = f"[{name}] must be a table"
+        raise ConfigError(msg)
+    return value
+
+
+def _known(values: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        msg = (
+            f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
+        )
+        raise ConfigError(msg)
+
+
+def _path(base: Path, value: object) -> Path:
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        msg = f"{what} must be a number, not {text!r}"
+        raise ConfigError(msg) from None

@@ -1,0 +1,710 @@
+"""The failover decision logic: a pure state machine, no I/O, no clock, no randomness.
+
+Theory of operation
+-------------------
+The agent's shell (``FailoverClient``) owns every socket, timer and random
+number; this module only decides. The shell feeds :class:`Event` values in,
+with the current monotonic time, and carries out the :class:`Action` values
+that come back, in order::
+
+    actions = machine.handle(ConnectFailed(region="us-east-1", kind="refused"), now)
+
+States: ``IDLE`` (not started), ``WAITING`` (a connect attempt is scheduled:
+backoff, or the per-client-ID connect guard), ``CONNECTING`` (an attempt is in
+flight), ``CONNECTED`` and ``CLOSED``. Every transition is listed in
+``_TRANSITIONS``; an event that is not legal in the current state raises
+:class:`IllegalTransitionError` and changes nothing. Late events from connections
+the shell already abandoned (a lost connection of another region, a probe
+that finished after a move) are legal and ignored.
+
+Decisions:
+
+* **Reconnect, then fail over.** A lost connection is retried in the same
+  region; after ``reconnect_attempts`` failed attempts in a row the machine
+  moves to the next region (``failover.started``). While connected,
+  ``failure_threshold`` failed probes in a row count as a lost connection
+  that does not come back: disconnect and fail over at once (a blackholed
+  region never closes the socket).
+* **Backoff.** Attempts are spaced by exponential backoff with full jitter:
+  ``uniform(0, min(backoff_max_s, backoff_base_s * 2**n))``; ``n`` grows with
+  consecutive failures and resets only after a connection has stayed up for
+  ``stable_after_s`` (a region that accepts and drops at once is not retried
+  at full speed).
+* **Connect guard.** Never more than one CONNECT per client ID per
+  ``connect_guard_s`` (AWS IoT throttles CONNECT per client ID at 1/s),
+  counting the MQTT-level probes of other regions, which CONNECT too.
+* **Failback with hysteresis.** While away from the preferred region, the
+  machine probes it every ``failback_probe_interval_s``; it moves back only
+  when every probe has passed for ``stability_window_s`` (any failure restarts
+  the window), so a flapping region never pulls the device back and forth.
+* **DR mode.** The preferred region is the CNAME's target instead of the
+  TXT record's primary; when the DNS answer changes, the device moves after
+  a random delay in ``[0, dr_jitter_s]``, so a fleet does not reconnect in
+  the same second.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from device_agent._errors import DeviceAgentError
+
+if TYPE_CHECKING:
+    from device_agent._config import FailoverConfig
+
+__all__ = [
+    "Action",
+    "CancelTimer",
+    "Connect",
+    "ConnectFailed",
+    "ConnectSucceeded",
+    "ConnectionLost",
+    "Disconnect",
+    "DnsAnswer",
+    "Emit",
+    "Event",
+    "FailoverMachine",
+    "FetchShadows",
+    "IllegalTransitionError",
+    "Probe",
+    "ProbeDepth",
+    "ProbeResult",
+    "RandomSource",
+    "ReplayOutbox",
+    "Resolve",
+    "Resubscribe",
+    "SetTimer",
+    "Start",
+    "State",
+    "Stop",
+    "Timer",
+    "TimerFired",
+]
+
+
+class RandomSource(Protocol):
+    """Where jitter comes from: ``random.Random`` fits; tests pass a fake."""
+
+    def random(self) -> float:
+        """A float in [0, 1)."""
+        ...
+
+
+class State(enum.Enum):
+    """Where the machine is."""
+
+    IDLE = "idle"
+    WAITING = "waiting"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class Timer(enum.Enum):
+    """The timers the machine asks the shell to run; at most one of each is armed."""
+
+    CONNECT = "connect"
+    PROBE = "probe"
+    FAILBACK_PROBE = "failback_probe"
+    DNS_POLL = "dns_poll"
+    DR_MOVE = "dr_move"
+
+
+ProbeDepth = Literal["tcp", "tls", "mqtt", "roundtrip"]
+MoveReason = Literal["start", "reconnect", "failover", "failback", "dr_move"]
+
+
+class IllegalTransitionError(DeviceAgentError):
+    """An event arrived that the current state does not allow (a bug in the shell)."""
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Begin: connect to ``region`` (the DNS answer's, or the primary when None)."""
+
+    region: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectSucceeded:
+    """The attempt asked for by :class:`Connect` got its CONNACK."""
+
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectFailed:
+    """The attempt failed: ``kind`` is refused, timeout, tls, not_authorized, dns, ..."""
+
+    region: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    """The live connection to ``region`` dropped without being asked to."""
+
+    region: str
+    kind: str = "lost"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """The outcome of a :class:`Probe`."""
+
+    region: str
+    ok: bool
+    kind: str | None = None
+    latency_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DnsAnswer:
+    """What DNS says now: the CNAME's region (None when DNS failed) and the roles."""
+
+    region: str | None
+    primary: str | None = None
+    secondary: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """A timer set by :class:`SetTimer` is due."""
+
+    timer: Timer
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Close for good: disconnect, cancel every timer."""
+
+
+Event = (
+    Start
+    | ConnectSucceeded
+    | ConnectFailed
+    | ConnectionLost
+    | ProbeResult
+    | DnsAnswer
+    | TimerFired
+    | Stop
+)
+
+
+# -- actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Open a connection to ``region`` (one attempt, with its own deadline)."""
+
+    region: str
+    reason: MoveReason
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """Close the connection to ``region`` on purpose (no ConnectionLost follows)."""
+
+    region: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    """Arm (or re-arm) ``timer`` to fire at monotonic time ``at``."""
+
+    timer: Timer
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    """Disarm ``timer``."""
+
+    timer: Timer
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Probe ``region`` to ``depth``; answer with a :class:`ProbeResult`."""
+
+    region: str
+    depth: ProbeDepth
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    """Look up the CNAME and TXT again; answer with a :class:`DnsAnswer`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resubscribe:
+    """The session in ``region`` is fresh: subscribe every subscription again."""
+
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOutbox:
+    """Send every message still in the outbox, in order."""
+
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
+class FetchShadows:
+    """Get the classic and named shadows in ``region`` and hand them to the application."""
+
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """A lifecycle event for the application and the logs (``failover.complete``, ...)."""
+
+    name: str
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+
+Action = (
+    Connect
+    | Disconnect
+    | SetTimer
+    | CancelTimer
+    | Probe
+    | Resolve
+    | Resubscribe
+    | ReplayOutbox
+    | FetchShadows
+    | Emit
+)
+
+
+# -- the machine --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Move:
+    """A region change in progress: why, from where, since when."""
+
+    kind: Literal["failover", "failback", "dr_move"]
+    source: str | None
+    started_at: float
+
+
+class FailoverMachine:
+    """Decides where a device connects, and when. See the module docstring.
+
+    Args:
+        config: thresholds, intervals and windows.
+        primary: the primary region (the TXT record's, or the configuration's).
+        secondary: the secondary region.
+        rng: the source of jitter.
+    """
+
+    def __init__(
+        self, config: FailoverConfig, *, primary: str, secondary: str, rng: RandomSource
+    ) -> None:
+        if primary == secondary:
+            msg = f"primary and secondary must differ (both {primary!r})"
+            raise DeviceAgentError(msg)
+        self.config = config
+        self.primary = primary
+        self.secondary = secondary
+        self._rng = rng
+        self.state = State.IDLE
+        self.current: str | None = None  # connected, or the target of the attempt
+        self.since: float | None = None  # when the current connection came up
+        self.last_region: str | None = None  # the last region we were connected to
+        self.dns_region: str | None = None
+        self.last_probe: dict[str, ProbeResult] = {}
+        self._reason: MoveReason = "start"
+        self._failures_here = 0  # failed attempts in a row on ``current``
+        self._exponent = 0  # backoff exponent
+        self._last_connect_at: float | None = None
+        self._probe_failures = 0
+        self._healthy_since: float | None = None  # preferred region passing probes since
+        self._move: _Move | None = None
+        self._timers: dict[Timer, float] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"FailoverMachine(state={self.state.value}, current={self.current!r}, "
+            f"primary={self.primary!r}, secondary={self.secondary!r})"
+        )
+
+    # -- public ---------------------------------------------------------------------------
+
+    @property
+    def regions(self) -> tuple[str, str]:
+        """Primary first."""
+        return (self.primary, self.secondary)
+
+    @property
+    def preferred(self) -> str:
+        """Where the device belongs: the DNS answer in DR mode, else the primary."""
+        if self.config.dr_mode and self.dns_region in self.regions:
+            assert self.dns_region is not None
+            return self.dns_region
+        return self.primary
+
+    @property
+    def role(self) -> Literal["primary", "secondary"] | None:
+        """The current region's role, or None when not connected anywhere."""
+        if self.state is not State.CONNECTED or self.current is None:
+            return None
+        return "primary" if self.current == self.primary else "secondary"
+
+    @property
+    def timers(self) -> Mapping[Timer, float]:
+        """The armed timers and when they are due."""
+        return dict(self._timers)
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Feed one event at monotonic time ``now``; return what to do, in order.
+
+        Raises:
+            IllegalTransitionError: ``event`` is not allowed in the current state;
+                the machine is unchanged.
+        """
+        handler = _TRANSITIONS.get((self.state, type(event))) or _TRANSITIONS.get(
+            (None, type(event))
+        )
+        if handler is None:
+            msg = f"{type(event).__name__} is not allowed in state {self.state.value}"
+            raise IllegalTransitionError(msg)
+        actions: list[Action] = []
+        handler(self, event, now, actions)
+        return actions
+
+    # -- handlers -------------------------------------------------------------------------
+
+    def _on_start(self, event: Event, now: float, out: list[Action]) -> None:
+        assert isinstance(event, Start)
+        region = event.region if event.region in self.regions else self.primary
+        self._reason = "start"
+        self._attempt(region, now, now, out)
+        if self.config.dr_mode:
+            self._arm(Timer.DNS_POLL, now + self.config.dns_poll_interval_s, out)
+
+    def _on_connected(self, event: Event, now: float, out: list[Action]) -> None:
+        assert isinstance(event, ConnectSucceeded)
+        if event.region != self.current:
+            msg = f"connected to {event.region} but the attempt was for {self.current}"
+            raise IllegalTransitionError(msg)
+        region = event.region
+        fresh_region = region != self.last_region
+        self.state = State.CONNECTED
+        self.since = now
+        self.last_region = region
+        self._failures_here = 0
+        self._probe_failures = 0
+        out += [Resubscribe(region), ReplayOutbox(region)]
+        if fresh_region:
+            out.append(FetchShadows(region))
+        out.append(Emit("connected", {"region": region, "role": self.role, "reason": self._reason}))
+        move = self._move
+        if move is not None:
+            self._move = None
+            out.append(
+                Emit(
+                    f"{move.kind.replace('_', '.')}.complete",
+                    {
+                        "region": region,
+                        "from": move.source,
+                        "role": self.role,
+                        "duration_s": now - move.started_at,
+                    },
+                )
+            )
+        self._arm(Timer.PROBE, now + self.config.probe_interval_s, out)
+        self._arm_failback_probe(now, out)
+
+    def _on_connect_failed(self, event: Event, now: float, out: list[Action]) -> None:
+        assert isinstance(event, ConnectFailed)
+        if event.region != self.current:
+            msg = f"a failed attempt for {event.region} but the attempt was for {self.current}"
+            raise IllegalTransitionError(msg)
+        self._failures_here += 1
+        self._exponent += 1
+        out.append(
+            Emit(
+                "connect.failed",
+                {"region": event.region, "kind": event.kind, "attempt": self._failures_here},
+            )
+        )
+        region = event.region
+        if self._failures_here >= self.config.reconnect_attempts:
+            region = self._other(event.region)
+            self._failures_here = 0
+            self._begin_move("failover", event.region, now, out)
+            self._reason = "failover"
+        self._attempt(region, now, now + self._backoff(), out)
+
+    def _on_lost(self, event: Event, now: float, out: list[Action]) -> None:
+        assert isinstance(event, ConnectionLost)
+        if event.region != self.current:
+            return  # a connection we already left
+        self._drop_connection(now, out)
+        out.append(Emit("connection.lost", {"region": event.region, "kind": event.kind}))
+        self._reason = "reconnect"
+        self._attempt(event.region, now, now + self._backoff(), out)
+
+    def _on_probe(self, event: Event, now: float, out: list[Action]) -> None:
+        assert isinstance(event, ProbeResult)
+        self.last_probe[event.region] = event
+        if event.region == self.current and self.state is State.CONNECTED:
+            self._on_current_probe(event, now, out)
+        elif event.region == self.preferred and event.region != self.current:
+            self._on_failback_probe(event, now, out)
+
+    def _on_current_probe(self, event: ProbeResult, now: float, out: list[Action]) -> None:
+        if event.ok:
+            self._probe_failures = 0
+            return
+        self._probe_failures += 1
+        out.append(
+            Emit(
+                "probe.failed",
+                {"region": event.region, "kind": event.kind, "count": self._probe_failures},
+            )
+        )
+        if self._probe_failures < self.config.failure_threshold:
+            return
+        source = event.region
+        out.append(Disconnect(source, f"{self._probe_failures} probes failed"))
+        self._drop_connection(now, out)
+        self._begin_move("failover", source, now, out)
+        self._reason = "failover"
+        self._attempt(self._other(source), now, now, out)
+
+    def _on_failback_probe(self, event: ProbeResult, now: float, out: list[Action]) -> None:
+        if not event.ok:
+            self._healthy_since = None
+            return
+        if self._healthy_since is None:
+            self._healthy_since = now
+        window_done = now - self._healthy_since >= self.config.stability_window_s
+        if not (window_done and self.state is State.CONNECTED and self.config.failback):
+            return
+        assert self.current is not None
+        source = self.current
+        kind: Literal["failback", "dr_move"] = (
+            "failback" if event.region == self.primary else "dr_move"
+        )
+        out.append(Disconnect(source, kind))
+        self._drop_connection(now, out)
+        self._begin_move(kind, source, now, out)
+        self._reason = kind
+        self._exponent = 0
+        self._attempt(event.region, now, now, out)
+
+    def _on_dns(self, event: Event, now: float, out: list[Action]) -> None:
+        assert isinstance(event, DnsAnswer)
+        if (
+            event.primary is not None
+            and event.secondary is not None
+            and event.primary != event.secondary
+            and (event.primary, event.secondary) != self.regions
+        ):
+            self.primary, self.secondary = event.primary, event.secondary
+            out.append(
+                Emit("roles.changed", {"primary": self.primary, "secondary": self.secondary})
+            )
+        if event.region is None or event.region == self.dns_region:
+            return
+        self.dns_region = event.region
+        out.append(Emit("dns.changed", {"region": event.region}))
+        if not self.config.dr_mode or event.region not in self.regions:
+            return
+        self._healthy_since = None
+        if event.region == self.current:
+            self._cancel(Timer.DR_MOVE, out)
+            self._arm_failback_probe(now, out)
+        else:
+            self._arm(Timer.DR_MOVE, now + self._rng.random() * self.config.dr_jitter_s, out)
+
+    def _on_timer(self, event: Event, now: float, out: list[Action]) -> None:
+        assert isinstance(event, TimerFired)
+        due = self._timers.get(event.timer)
+        if due is None or due > now:
+            return  # cancelled, or re-armed later: a stale firing
+        del self._timers[event.timer]
+        _TIMER_HANDLERS[event.timer](self, now, out)
+
+    def _on_stop(self, event: Event, now: float, out: list[Action]) -> None:
+        del event, now
+        if self.state is State.CONNECTED and self.current is not None:
+            out.append(Disconnect(self.current, "closed"))
+        for timer in list(self._timers):
+            self._cancel(timer, out)
+        self.state = State.CLOSED
+
+    def _ignore(self, event: Event, now: float, out: list[Action]) -> None:
+        del event, now, out
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _timer_connect(self, now: float, out: list[Action]) -> None:
+        if self.state is not State.WAITING or self.current is None:
+            return
+        guard_until = self._guard_until()
+        if now < guard_until:
+            self._arm(Timer.CONNECT, guard_until, out)
+            return
+        self.state = State.CONNECTING
+        self._last_connect_at = now
+        out.append(Connect(self.current, self._reason))
+
+    def _timer_probe(self, now: float, out: list[Action]) -> None:
+        if self.state is State.CONNECTED and self.current is not None:
+            out.append(Probe(self.current, "roundtrip"))
+            self._arm(Timer.PROBE, now + self.config.probe_interval_s, out)
+
+    def _timer_failback_probe(self, now: float, out: list[Action]) -> None:
+        preferred = self.preferred
+        if self.state is not State.CONNECTED or self.current == preferred:
+            return
+        depth = self.config.failback_probe_depth
+        if depth in ("mqtt", "roundtrip"):  # a CONNECT: the client ID's guard applies
+            guard_until = self._guard_until()
+            if now < guard_until:
+                self._arm(Timer.FAILBACK_PROBE, guard_until, out)
+                return
+            self._last_connect_at = now
+        out.append(Probe(preferred, depth))
+        self._arm(Timer.FAILBACK_PROBE, now + self.config.failback_probe_interval_s, out)
+
+    def _timer_dns_poll(self, now: float, out: list[Action]) -> None:
+        if self.state is State.CLOSED:
+            return
+        out.append(Resolve())
+        self._arm(Timer.DNS_POLL, now + self.config.dns_poll_interval_s, out)
+
+    def _timer_dr_move(self, now: float, out: list[Action]) -> None:
+        target = self.preferred
+        if target == self.current:
+            return
+        if self.state is State.CONNECTED and self.current is not None:
+            source = self.current
+            out.append(Disconnect(source, "dns changed"))
+            self._drop_connection(now, out)
+            self._begin_move("dr_move", source, now, out)
+            self._reason = "dr_move"
+            self._attempt(target, now, now, out)
+        elif self.state is State.WAITING:
+            self._begin_move("dr_move", self.last_region, now, out)
+            self._reason = "dr_move"
+            self.current = target  # the scheduled attempt goes to the new target
+            self._failures_here = 0
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _attempt(self, region: str, now: float, at: float, out: list[Action]) -> None:
+        """Connect to ``region`` at ``at`` or later (the connect guard may push it back)."""
+        self.current = region
+        at = max(at, self._guard_until())
+        if at <= now:
+            self.state = State.CONNECTING
+            self._last_connect_at = now
+            self._cancel(Timer.CONNECT, out)
+            out.append(Connect(region, self._reason))
+        else:
+            self.state = State.WAITING
+            self._arm(Timer.CONNECT, at, out)
+
+    def _drop_connection(self, now: float, out: list[Action]) -> None:
+        """Leave CONNECTED: stop probing; keep the backoff if the connection was short."""
+        if self.since is not None and now - self.since >= self.config.stable_after_s:
+            self._exponent = 0
+        self.since = None
+        self._failures_here = 0
+        self._probe_failures = 0
+        self._healthy_since = None
+        for timer in (Timer.PROBE, Timer.FAILBACK_PROBE, Timer.DR_MOVE):
+            self._cancel(timer, out)
+
+    def _begin_move(
+        self,
+        kind: Literal["failover", "failback", "dr_move"],
+        source: str | None,
+        now: float,
+        out: list[Action],
+    ) -> None:
+        if self._move is None:
+            self._move = _Move(kind, source, now)
+            out.append(
+                Emit(
+                    f"{kind.replace('_', '.')}.started",
+                    {"from": source, "to": self._other(source) if source else None},
+                )
+            )
+
+    def _arm_failback_probe(self, now: float, out: list[Action]) -> None:
+        if self.config.failback and self.current != self.preferred:
+            self._arm(Timer.FAILBACK_PROBE, now + self.config.failback_probe_interval_s, out)
+        else:
+            self._cancel(Timer.FAILBACK_PROBE, out)
+
+    def _backoff(self) -> float:
+        cap = min(self.config.backoff_max_s, self.config.backoff_base_s * 2.0**self._exponent)
+        return self._rng.random() * cap
+
+    def _guard_until(self) -> float:
+        if self._last_connect_at is None:
+            return float("-inf")
+        return self._last_connect_at + self.config.connect_guard_s
+
+    def _other(self, region: str) -> str:
+        return self.secondary if region == self.primary else self.primary
+
+    def _arm(self, timer: Timer, at: float, out: list[Action]) -> None:
+        self._timers[timer] = at
+        out.append(SetTimer(timer, at))
+
+    def _cancel(self, timer: Timer, out: list[Action]) -> None:
+        if self._timers.pop(timer, None) is not None:
+            out.append(CancelTimer(timer))
+
+
+_Handler = Callable[[FailoverMachine, Event, float, list[Action]], None]
+
+# (state, event) -> handler; a None state matches every state not listed for that event.
+_TRANSITIONS: dict[tuple[State | None, type], _Handler] = {
+    (State.IDLE, Start): FailoverMachine._on_start,
+    (State.CONNECTING, ConnectSucceeded): FailoverMachine._on_connected,
+    (State.CONNECTING, ConnectFailed): FailoverMachine._on_connect_failed,
+    (State.CONNECTED, ConnectionLost): FailoverMachine._on_lost,
+    (State.WAITING, ConnectionLost): FailoverMachine._ignore,
+    (State.CONNECTING, ConnectionLost): FailoverMachine._ignore,
+    (None, ProbeResult): FailoverMachine._on_probe,
+    (None, DnsAnswer): FailoverMachine._on_dns,
+    (None, TimerFired): FailoverMachine._on_timer,
+    (State.IDLE, Stop): FailoverMachine._on_stop,
+    (State.WAITING, Stop): FailoverMachine._on_stop,
+    (State.CONNECTING, Stop): FailoverMachine._on_stop,
+    (State.CONNECTED, Stop): FailoverMachine._on_stop,
+    # Once closed, whatever is still in flight is dropped.
+    (State.CLOSED, ConnectSucceeded): FailoverMachine._ignore,
+    (State.CLOSED, ConnectFailed): FailoverMachine._ignore,
+    (State.CLOSED, ConnectionLost): FailoverMachine._ignore,
+    (State.CLOSED, ProbeResult): FailoverMachine._ignore,
+    (State.CLOSED, DnsAnswer): FailoverMachine._ignore,
+    (State.CLOSED, TimerFired): FailoverMachine._ignore,
+    (State.CLOSED, Stop): FailoverMachine._ignore,
+}
+
+_TIMER_HANDLERS: dict[Timer, Callable[[FailoverMachine, float, list[Action]], None]] = {
+    Timer.CONNECT: FailoverMachine._timer_connect,
+    Timer.PROBE: FailoverMachine._timer_probe,
+    Timer.FAILBACK_PROBE: FailoverMachine._timer_failback_probe,
+    Timer.DNS_POLL: FailoverMachine._timer_dns_poll,
+    Timer.DR_MOVE: FailoverMachine._timer_dr_move,
+}

@@ -1,0 +1,142 @@
+"""The MQTT transport interface: one connection to one endpoint, asyncio-native.
+
+A :class:`Transport` is built for one endpoint and connects once; a region
+switch builds a new one. That fits both implementations: paho-mqtt (default)
+and the AWS Common Runtime MQTT5 client, whose endpoint cannot change after
+it is built. The agent's shell only ever talks to this interface, and every
+third-party exception is translated here into :class:`ConnectError` or
+:class:`TransportClosedError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from device_agent._errors import DeviceAgentError
+
+if TYPE_CHECKING:
+    import ssl
+
+    from device_agent._endpoints import Endpoint
+
+__all__ = [
+    "ConnectError",
+    "ConnectErrorKind",
+    "ConnectParams",
+    "Transport",
+    "TransportCallbacks",
+    "TransportClosedError",
+    "TransportFactory",
+]
+
+ConnectErrorKind = Literal[
+    "refused",  # nothing listens (RST)
+    "timeout",  # no answer before the deadline (SYN unanswered, silent broker)
+    "unreachable",  # no route, host down
+    "tls",  # the handshake failed: the server's certificate, or the protocol
+    "not_authorized",  # our certificate was refused, or CONNACK said not authorized
+    "unavailable",  # CONNACK said server unavailable / busy / quota exceeded
+    "closed",  # the connection closed before CONNACK
+    "dns",  # the endpoint's name did not resolve
+]
+
+
+class ConnectError(DeviceAgentError):
+    """A connect attempt failed; ``kind`` says how (see :data:`ConnectErrorKind`)."""
+
+    def __init__(self, kind: ConnectErrorKind, endpoint: Endpoint, detail: str = "") -> None:
+        text = f"connect to {endpoint.region} ({endpoint.host}:{endpoint.port}) failed: {kind}"
+        super().__init__(f"{text} ({detail})" if detail else text)
+        self.kind: ConnectErrorKind = kind
+        self.endpoint = endpoint
+        self.region = endpoint.region
+
+
+class TransportClosedError(DeviceAgentError):
+    """The connection is gone; the operation may or may not have reached the broker."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectParams:
+    """Everything one connection needs.
+
+    Attributes:
+        endpoint: region, host name (TLS is verified against it and it is the
+            SNI) and port.
+        address: the IP address to open the socket to (resolved by the agent
+            through its own DNS settings).
+        client_id: the MQTT client ID.
+        ssl_context: client certificate loaded, server verification on.
+        keepalive_s: MQTT keep-alive.
+        clean_session: MQTT clean session.
+        timeout_s: the deadline for TCP, TLS and CONNACK together.
+    """
+
+    endpoint: Endpoint
+    address: str
+    client_id: str
+    ssl_context: ssl.SSLContext
+    keepalive_s: int = 60
+    clean_session: bool = True
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TransportCallbacks:
+    """What a transport reports while connected.
+
+    Attributes:
+        on_message: ``(topic, payload, qos, retain)`` for every message received.
+        on_lost: ``(kind)`` once, when the connection drops without
+            :meth:`Transport.disconnect` having been called.
+    """
+
+    on_message: Callable[[str, bytes, int, bool], None]
+    on_lost: Callable[[str], None]
+
+
+class Transport(Protocol):
+    """One MQTT connection. Build it with a :data:`TransportFactory`; connect it once."""
+
+    async def connect(self) -> bool:
+        """Open the connection within ``params.timeout_s``; True if a session was resumed.
+
+        Raises:
+            ConnectError: with the kind of failure. Never blocks the event loop.
+        """
+        ...
+
+    async def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        """Publish; returns once PUBACK arrived (QoS 1) or the packet was written (QoS 0).
+
+        Raises:
+            TransportClosedError: the connection dropped first.
+        """
+        ...
+
+    async def subscribe(self, topic_filter: str, qos: int) -> int:
+        """Subscribe; returns the granted QoS.
+
+        Raises:
+            TransportClosedError: the connection dropped first.
+            DeviceAgentError: the broker refused the subscription.
+        """
+        ...
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        """Unsubscribe (best effort)."""
+        ...
+
+    async def disconnect(self) -> None:
+        """Close on purpose: DISCONNECT, then the socket. ``on_lost`` is not called."""
+        ...
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up."""
+        ...
+
+
+TransportFactory = Callable[[ConnectParams, TransportCallbacks], Transport]

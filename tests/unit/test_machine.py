@@ -1,0 +1,511 @@
+"""The failover machine, driven directly: events in, actions out, a fake clock, no mocks."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from device_agent._config import FailoverConfig
+from device_agent._machine import (
+    Action,
+    CancelTimer,
+    Connect,
+    ConnectFailed,
+    ConnectionLost,
+    ConnectSucceeded,
+    Disconnect,
+    DnsAnswer,
+    Emit,
+    Event,
+    FailoverMachine,
+    FetchShadows,
+    IllegalTransitionError,
+    Probe,
+    ProbeResult,
+    ReplayOutbox,
+    Resolve,
+    Resubscribe,
+    SetTimer,
+    Start,
+    State,
+    Stop,
+    Timer,
+    TimerFired,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+P, S = "us-east-1", "us-west-2"
+
+
+class FixedRandom:
+    """Jitter that is always the same fraction of its range."""
+
+    def __init__(self, value: float = 0.5) -> None:
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+@dataclass
+class Harness:
+    """A machine, a fake clock and the timers it armed: the shell's bookkeeping, no I/O."""
+
+    machine: FailoverMachine
+    now: float = 100.0
+    timers: dict[Timer, float] = field(default_factory=dict)
+    log: list[Action] = field(default_factory=list)
+    observer: Callable[[Action], None] | None = None
+
+    def feed(self, event: Event) -> list[Action]:
+        actions = self.machine.handle(event, self.now)
+        for action in actions:
+            if self.observer is not None:
+                self.observer(action)
+            if isinstance(action, SetTimer):
+                self.timers[action.timer] = action.at
+            elif isinstance(action, CancelTimer):
+                self.timers.pop(action.timer, None)
+        self.log += actions
+        return actions
+
+    def advance(self, seconds: float) -> list[Action]:
+        """Move the clock, firing due timers in time order."""
+        end = self.now + seconds
+        actions: list[Action] = []
+        while True:
+            due = sorted((at, t.value, t) for t, at in self.timers.items() if at <= end)
+            if not due:
+                break
+            at, _, timer = due[0]
+            self.now = max(self.now, at)
+            del self.timers[timer]
+            actions += self.feed(TimerFired(timer))
+        self.now = end
+        return actions
+
+    def emitted(self, actions: list[Action] | None = None) -> list[str]:
+        return [a.name for a in (self.log if actions is None else actions) if isinstance(a, Emit)]
+
+
+def harness(**overrides: object) -> Harness:
+    defaults: dict[str, object] = {
+        "stability_window_s": 10.0,
+        "failback_probe_interval_s": 2.0,
+        "probe_interval_s": 3.0,
+    }
+    config = FailoverConfig(**{**defaults, **overrides})  # type: ignore[arg-type]
+    return Harness(FailoverMachine(config, primary=P, secondary=S, rng=FixedRandom()))
+
+
+def connected(h: Harness, region: str = P) -> None:
+    actions = h.feed(Start(region))
+    assert Connect(region, "start") in actions
+    h.feed(ConnectSucceeded(region))
+    assert h.machine.state is State.CONNECTED
+
+
+def connects(actions: list[Action]) -> list[Connect]:
+    return [a for a in actions if isinstance(a, Connect)]
+
+
+# -- table-driven transitions -------------------------------------------------------------
+
+
+def test_start_connects_to_the_given_region_or_the_primary() -> None:
+    assert connects(harness().feed(Start(S))) == [Connect(S, "start")]
+    assert connects(harness().feed(Start(None))) == [Connect(P, "start")]
+    assert connects(harness().feed(Start("eu-west-1"))) == [Connect(P, "start")]
+
+
+def test_connect_brings_resubscribe_replay_shadows_and_probing() -> None:
+    h = harness()
+    h.feed(Start(P))
+    actions = h.feed(ConnectSucceeded(P))
+    assert actions[:3] == [Resubscribe(P), ReplayOutbox(P), FetchShadows(P)]
+    assert h.emitted(actions) == ["connected"]
+    assert h.timers[Timer.PROBE] == h.now + 3.0
+    assert Timer.FAILBACK_PROBE not in h.timers  # on the preferred region already
+    assert h.machine.role == "primary"
+
+
+def test_reconnect_in_same_region_does_not_refetch_shadows() -> None:
+    h = harness()
+    connected(h)
+    h.feed(ConnectionLost(P, "closed"))
+    h.advance(5)
+    actions = h.feed(ConnectSucceeded(P))
+    assert Resubscribe(P) in actions
+    assert ReplayOutbox(P) in actions
+    assert FetchShadows(P) not in actions
+
+
+@pytest.mark.parametrize(
+    ("state_setup", "event"),
+    [
+        ("idle", ConnectSucceeded(P)),
+        ("idle", ConnectFailed(P, "refused")),
+        ("connected", ConnectSucceeded(P)),
+        ("connected", Start(P)),
+        ("connecting", Start(P)),
+        ("connecting", ConnectSucceeded(S)),
+        ("waiting", ConnectFailed(P, "refused")),
+    ],
+)
+def test_illegal_transitions_raise_and_change_nothing(state_setup: str, event: Event) -> None:
+    h = harness()
+    if state_setup == "connected":
+        connected(h)
+    elif state_setup == "connecting":
+        h.feed(Start(P))
+    elif state_setup == "waiting":
+        connected(h)
+        h.feed(ConnectionLost(P))
+        assert h.machine.state is State.WAITING
+    before = (h.machine.state, h.machine.current, h.machine.timers)
+    with pytest.raises(IllegalTransitionError):
+        h.machine.handle(event, h.now)
+    assert (h.machine.state, h.machine.current, h.machine.timers) == before
+
+
+def test_lost_connection_is_retried_then_fails_over() -> None:
+    h = harness(reconnect_attempts=2)
+    connected(h)
+    h.advance(60)
+    h.feed(ConnectionLost(P, "closed"))
+    assert h.machine.state is State.WAITING  # the jittered backoff
+    retry = h.advance(1)
+    assert connects(retry) == [Connect(P, "reconnect")]
+    h.feed(ConnectFailed(P, "refused"))
+    h.advance(2)
+    assert connects(h.log)[-1] == Connect(P, "reconnect")
+    actions = h.feed(ConnectFailed(P, "refused"))
+    assert "failover.started" in h.emitted(actions)
+    h.advance(5)
+    assert connects(h.log)[-1] == Connect(S, "failover")
+    done = h.feed(ConnectSucceeded(S))
+    complete = [a for a in done if isinstance(a, Emit) and a.name == "failover.complete"]
+    assert complete
+    assert complete[0].fields["region"] == S
+    assert complete[0].fields["from"] == P
+    assert FetchShadows(S) in done
+    assert h.machine.role == "secondary"
+
+
+def test_default_settings_reach_the_secondary_within_five_seconds() -> None:
+    h = Harness(FailoverMachine(FailoverConfig(), primary=P, secondary=S, rng=FixedRandom(0.99)))
+    connected(h)
+    h.advance(100)
+    lost_at = h.now
+    h.feed(ConnectionLost(P, "closed"))
+    for _ in range(60):
+        h.advance(0.1)
+        last = connects(h.log)[-1]
+        if last.region == S:
+            break
+        if h.machine.state is State.CONNECTING:
+            h.feed(ConnectFailed(P, "refused"))  # the broker is gone: refused at once
+    assert connects(h.log)[-1] == Connect(S, "failover")
+    assert h.now - lost_at <= 5.0
+
+
+def test_failed_probes_fail_over_at_once() -> None:
+    h = harness(failure_threshold=3)
+    connected(h)
+    for _ in range(2):
+        actions = h.advance(3)
+        assert Probe(P, "roundtrip") in actions
+        assert not connects(h.feed(ProbeResult(P, ok=False, kind="timeout")))
+    h.advance(3)
+    actions = h.feed(ProbeResult(P, ok=False, kind="timeout"))
+    assert actions.index(Disconnect(P, "3 probes failed")) < actions.index(Connect(S, "failover"))
+    assert "failover.started" in h.emitted(actions)
+
+
+def test_a_passing_probe_resets_the_count() -> None:
+    h = harness(failure_threshold=2)
+    connected(h)
+    for ok in (False, True, False, True, False):
+        h.advance(3)
+        assert not connects(h.feed(ProbeResult(P, ok=ok)))
+    assert h.machine.state is State.CONNECTED
+
+
+def _drive_failback(h: Harness, results: list[bool]) -> tuple[list[float], float | None]:
+    """Answer each probe of the primary with the next result; when did failback start?"""
+    probe_times: list[float] = []
+    results = list(results)
+    while results and h.now < 200:
+        for action in h.advance(0.5):
+            if isinstance(action, Probe) and action.region == P and results:
+                probe_times.append(h.now)
+                if "failback.started" in h.emitted(h.feed(ProbeResult(P, ok=results.pop(0)))):
+                    return probe_times, h.now
+    return probe_times, None
+
+
+def test_failback_only_after_the_stability_window() -> None:
+    h = harness(stability_window_s=10.0, failback_probe_interval_s=2.0)
+    connected(h, S)
+    assert h.machine.role == "secondary"
+    probes, started = _drive_failback(h, [True] * 20)
+    assert started is not None
+    assert started - probes[0] >= 10.0
+    h.advance(2)
+    moves = [a for a in h.log if isinstance(a, Disconnect | Connect)]
+    assert moves[-2:] == [Disconnect(S, "failback"), Connect(P, "failback")]
+    done = h.feed(ConnectSucceeded(P))
+    assert "failback.complete" in h.emitted(done)
+    assert h.emitted().count("failback.complete") == 1
+
+
+def test_a_failed_probe_restarts_the_window() -> None:
+    h = harness(stability_window_s=6.0, failback_probe_interval_s=2.0)
+    connected(h, S)
+    results = [True, True, True, False, True, True, True, True, True]
+    probes, started = _drive_failback(h, results)
+    assert started is not None
+    assert len(probes) == 8  # the window restarts at the success after the failure
+    assert started - probes[4] >= 6.0
+
+
+def test_no_failback_when_disabled() -> None:
+    h = harness(failback=False)
+    connected(h, S)
+    h.advance(100)
+    assert not any(isinstance(a, Probe) and a.region == P for a in h.log)
+
+
+def test_connect_guard_spaces_connects_per_client_id() -> None:
+    h = harness(connect_guard_s=1.0, backoff_base_s=0.01, reconnect_attempts=1)
+    h.feed(Start(P))
+    times = [h.now]
+    for _ in range(6):
+        h.feed(ConnectFailed(h.machine.current or P, "refused"))
+        before = len(connects(h.log))
+        while len(connects(h.log)) == before:
+            h.advance(0.05)
+        times.append(h.now)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 1.0 - 1e-9
+
+
+def test_backoff_grows_with_failures_and_is_capped() -> None:
+    h = Harness(
+        FailoverMachine(
+            FailoverConfig(backoff_base_s=1.0, backoff_max_s=8.0, connect_guard_s=0.0),
+            primary=P,
+            secondary=S,
+            rng=FixedRandom(0.999),
+        )
+    )
+    h.feed(Start(P))
+    delays = []
+    for _ in range(6):
+        h.feed(ConnectFailed(h.machine.current or P, "refused"))
+        delays.append(h.timers[Timer.CONNECT] - h.now)
+        h.advance(delays[-1])
+    assert delays == pytest.approx(
+        [2 * 0.999, 4 * 0.999, 8 * 0.999, 8 * 0.999, 8 * 0.999, 8 * 0.999]
+    )
+
+
+def test_both_regions_down_alternates_with_backoff_never_spins() -> None:
+    h = harness(reconnect_attempts=1, backoff_max_s=30.0)
+    h.feed(Start(P))
+    for _ in range(40):
+        h.feed(ConnectFailed(h.machine.current or P, "refused"))
+        h.advance(h.timers[Timer.CONNECT] - h.now)
+    regions = [c.region for c in connects(h.log)]
+    assert set(regions) == {P, S}
+    assert len(regions) == 41  # one attempt per failure, none extra
+    assert h.timers.get(Timer.CONNECT) is None or h.timers[Timer.CONNECT] > h.now
+
+
+def test_dr_mode_moves_with_jitter_when_the_cname_changes() -> None:
+    h = Harness(
+        FailoverMachine(
+            FailoverConfig(dr_mode=True, dr_jitter_s=4.0, dns_poll_interval_s=5.0),
+            primary=P,
+            secondary=S,
+            rng=FixedRandom(0.25),
+        )
+    )
+    connected(h)
+    assert Resolve() in h.advance(5)
+    h.feed(DnsAnswer(P, P, S))
+    assert Timer.DR_MOVE not in h.timers
+    actions = h.feed(DnsAnswer(S, P, S))
+    assert h.timers[Timer.DR_MOVE] == pytest.approx(h.now + 1.0)  # 0.25 x 4 s
+    assert not connects(actions)
+    moved = h.advance(1.0)
+    assert moved.index(Disconnect(P, "dns changed")) < moved.index(Connect(S, "dr_move"))
+    done = h.feed(ConnectSucceeded(S))
+    assert "dr.move.complete" in h.emitted(done)
+    assert h.machine.preferred == S
+    h.advance(60)  # the primary answers probes, but DNS says secondary: no failback
+    assert not [c for c in connects(h.log) if c.region == P and c.reason == "failback"]
+
+
+def test_dr_mode_flip_back_before_the_jitter_cancels_the_move() -> None:
+    h = harness(dr_mode=True, dr_jitter_s=10.0)
+    connected(h)
+    h.feed(DnsAnswer(P, P, S))
+    h.feed(DnsAnswer(S, P, S))
+    h.feed(DnsAnswer(P, P, S))
+    assert Timer.DR_MOVE not in h.timers
+    assert not connects(h.advance(20))
+
+
+def test_roles_change_from_dns() -> None:
+    h = harness()
+    connected(h, S)
+    actions = h.feed(DnsAnswer(S, S, P))
+    assert "roles.changed" in h.emitted(actions)
+    assert h.machine.primary == S
+    assert h.machine.role == "primary"
+
+
+def test_stale_events_are_ignored() -> None:
+    h = harness()
+    connected(h)
+    assert h.feed(ConnectionLost(S)) == []  # a region we are not on
+    assert h.feed(TimerFired(Timer.DR_MOVE)) == []  # never armed
+    assert h.machine.state is State.CONNECTED
+
+
+def test_stop_disconnects_and_cancels_everything() -> None:
+    h = harness()
+    connected(h, S)
+    actions = h.feed(Stop())
+    assert Disconnect(S, "closed") in actions
+    assert h.timers == {}
+    assert h.machine.state is State.CLOSED
+    assert h.feed(ConnectSucceeded(P)) == []
+    assert h.feed(ProbeResult(P, ok=True)) == []
+
+
+def test_the_machine_module_does_no_io() -> None:
+    source = Path(__file__).resolve().parents[2] / "device_agent" / "_machine.py"
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"asyncio", "socket", "time", "random", "logging", "ssl", "threading"}
+
+
+# -- Hypothesis: invariants under any sequence of events ---------------------------------
+
+
+class MachineModel(RuleBasedStateMachine):
+    """A shell that may answer anything at any time; the invariants must hold regardless."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = FailoverConfig(
+            stability_window_s=8.0,
+            failback_probe_interval_s=1.5,
+            probe_interval_s=2.0,
+            connect_guard_s=1.0,
+            backoff_base_s=0.2,
+            backoff_max_s=5.0,
+            reconnect_attempts=2,
+        )
+        self.h = Harness(
+            FailoverMachine(self.config, primary=P, secondary=S, rng=random.Random(7)),
+            observer=self._track,
+        )
+        self.connected: set[str] = set()
+        self.pending: str | None = None  # region of the connect in flight
+        self.connect_times: list[float] = []
+        self.primary_ok_since: float | None = None
+        self.started = False
+
+    def _apply(self, event: Event) -> None:
+        self.h.feed(event)  # the observer sees each action at its own time
+
+    def _track(self, action: Action) -> None:
+        if isinstance(action, Connect):
+            assert not self.connected, f"connect to {action.region} while on {self.connected}"
+            self.pending = action.region
+            self.connect_times.append(self.h.now)
+            if action.reason == "failback":
+                assert self.primary_ok_since is not None
+                assert self.h.now - self.primary_ok_since >= self.config.stability_window_s
+        elif isinstance(action, Disconnect):
+            self.connected.discard(action.region)
+        elif isinstance(action, Probe) and action.depth == "mqtt":
+            self.connect_times.append(self.h.now)
+
+    @precondition(lambda self: not self.started)
+    @rule(region=st.sampled_from([P, S, None]))
+    def start(self, region: str | None) -> None:
+        self.started = True
+        self._apply(Start(region))
+
+    @precondition(lambda self: self.pending is not None)
+    @rule(ok=st.booleans(), kind=st.sampled_from(["refused", "timeout", "not_authorized"]))
+    def answer_connect(self, ok: bool, kind: str) -> None:
+        region, self.pending = self.pending, None
+        assert region is not None
+        if ok:
+            self._apply(ConnectSucceeded(region))
+            self.connected.add(region)
+        else:
+            self._apply(ConnectFailed(region, kind))
+
+    @precondition(lambda self: bool(self.connected))
+    @rule()
+    def lose(self) -> None:
+        region = next(iter(self.connected))
+        self.connected.discard(region)
+        self._apply(ConnectionLost(region))
+
+    @rule(region=st.sampled_from([P, S]), ok=st.booleans())
+    def probe(self, region: str, ok: bool) -> None:
+        if region == P:
+            if ok and self.primary_ok_since is None:
+                self.primary_ok_since = self.h.now
+            elif not ok:
+                self.primary_ok_since = None
+        self._apply(ProbeResult(region, ok=ok))
+
+    @rule(region=st.sampled_from([P, S, None]))
+    def dns(self, region: str | None) -> None:
+        self._apply(DnsAnswer(region, P, S))
+
+    @rule(seconds=st.floats(min_value=0.01, max_value=6.0))
+    def advance(self, seconds: float) -> None:
+        self.h.advance(seconds)
+
+    @invariant()
+    def never_two_regions(self) -> None:
+        assert len(self.connected) <= 1
+        assert not (self.connected and self.pending)
+
+    @invariant()
+    def one_connect_per_second(self) -> None:
+        times = self.connect_times
+        assert all(b - a >= 1.0 - 1e-9 for a, b in itertools.pairwise(times))
+
+    @invariant()
+    def waiting_means_a_timer(self) -> None:
+        if self.h.machine.state is State.WAITING:
+            assert Timer.CONNECT in self.h.timers
+
+
+MachineModel.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestMachineInvariants = MachineModel.TestCase
