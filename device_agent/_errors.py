@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 
 class DeviceAgentError(Exception):
@@ -19,7 +19,24 @@ class ConfigError(DeviceAgentError):
     """The agent's configuration is invalid."""
 
 
-class OutboxFullError(DeviceAgentError):
+class OutboxError(DeviceAgentError):
+    """The outbox cannot be opened or used: a bad path, not an outbox, disk errors.
+
+    Attributes:
+        path: Where the outbox lives (``":memory:"`` for an in-memory one).
+        reason: What went wrong, one line.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"outbox {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[OutboxError], tuple[Any, ...]]:
+        return (type(self), (self.path, self.reason))
+
+
+class OutboxFullError(OutboxError):
     """The outbox already holds ``capacity`` messages and its overflow policy is ``"reject"``.
 
     Nothing was written. The caller decides what to do with the message: drop
@@ -32,13 +49,11 @@ class OutboxFullError(DeviceAgentError):
 
     def __init__(self, path: str, capacity: int) -> None:
         super().__init__(
-            f"outbox {path} is full ({capacity} messages awaiting PUBACK) "
-            "and its overflow policy is 'reject'"
+            path, f"full ({capacity} messages awaiting PUBACK) and its overflow policy is 'reject'"
         )
-        self.path = path
         self.capacity = capacity
 
-    def __reduce__(self) -> tuple[type[OutboxFullError], tuple[str, int]]:
+    def __reduce__(self) -> tuple[type[OutboxError], tuple[Any, ...]]:
         # The default rebuilds from ``args`` (the message), which this
         # constructor does not take; rebuild from the fields instead.
         return (type(self), (self.path, self.capacity))

@@ -654,7 +654,9 @@ class FailoverMachine:
             self._cancel(Timer.FAILBACK_PROBE, out)
 
     def _backoff(self) -> float:
-        cap = min(self.config.backoff_max_s, self.config.backoff_base_s * 2.0**self._exponent)
+        cap = min(
+            self.config.backoff_max_s, self.config.backoff_base_s * 2.0 ** min(self._exponent, 60)
+        )
         return self._rng.random() * cap
 
     def _guard_until(self) -> float:

@@ -1,0 +1,786 @@
+"""FailoverClient: the asyncio shell around the FailoverMachine.
+
+The machine decides; this class does. One driver task takes events from a
+queue (connect results, lost connections, probe results, DNS answers, timers),
+feeds them to the machine with the current monotonic time and carries out
+the actions in order: a ``Disconnect`` is finished before the ``Connect``
+after it starts, so the device is never connected to two regions at once.
+Connect attempts, probes and lookups run as tasks of their own, each with its
+own deadline, and report back through the queue: a silent region never
+blocks anything else in the process.
+
+QoS 1 publishes go to the durable outbox first and leave it on PUBACK; a
+sender task per connection sends the outbox in order, at most
+``max_inflight`` unacknowledged at once, from the start of the outbox after
+every (re)connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
+
+from paho.mqtt.client import topic_matches_sub
+
+from device_agent._discovery import Discovery, DnsDiscovery
+from device_agent._endpoints import Endpoint
+from device_agent._errors import ConfigError, DeviceAgentError, DiscoveryError
+from device_agent._machine import (
+    Action,
+    CancelTimer,
+    Connect,
+    ConnectFailed,
+    ConnectionLost,
+    ConnectSucceeded,
+    Disconnect,
+    DnsAnswer,
+    Emit,
+    Event,
+    FailoverMachine,
+    FetchShadows,
+    Probe,
+    ProbeResult,
+    ReplayOutbox,
+    Resolve,
+    Resubscribe,
+    SetTimer,
+    Start,
+    Stop,
+    Timer,
+    TimerFired,
+)
+from device_agent._outbox import Outbox
+from device_agent._paho import PahoTransport
+from device_agent._probe import Prober
+from device_agent._shadows import ShadowFetcher, ShadowSnapshot
+from device_agent._transport import (
+    ConnectError,
+    ConnectParams,
+    Transport,
+    TransportCallbacks,
+    TransportClosedError,
+    TransportFactory,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+    from types import TracebackType
+
+    from device_agent._config import AgentConfig
+
+__all__ = ["AgentEvent", "Clock", "FailoverClient", "Message", "Status", "Subscription"]
+
+logger = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    """Time, injected: monotonic for decisions, wall clock for reports."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back."""
+        ...
+
+    def time(self) -> float:
+        """Seconds since the epoch."""
+        ...
+
+
+class _SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEvent:
+    """A lifecycle event for the application and the logs.
+
+    Names: ``connected``, ``connection.lost``, ``connect.failed``,
+    ``failover.started``, ``failover.complete``, ``failback.started``,
+    ``failback.complete``, ``dr.move.started``, ``dr.move.complete``,
+    ``probe.failed``, ``dns.failed``, ``dns.changed``, ``roles.changed``,
+    ``message.acked``, ``shadow.fetched``, ``shadow.fetch_failed``,
+    ``subscribe.failed``, ``identity.warning``.
+
+    Attributes:
+        name: the event's stable name.
+        fields: what it is about (region, kind, duration_s, seq, ...).
+        at: wall-clock time.
+    """
+
+    name: str
+    fields: dict[str, Any]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message received on a subscription."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    region: str
+
+    def json(self) -> Any:
+        """The payload parsed as JSON."""
+        return json.loads(self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Where the client is and how it is doing."""
+
+    state: str
+    region: str | None
+    role: Literal["primary", "secondary"] | None
+    since: float | None
+    primary: str
+    secondary: str
+    outbox_depth: int
+    last_probes: dict[str, dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly copy."""
+        return {
+            "state": self.state,
+            "region": self.region,
+            "role": self.role,
+            "since": self.since,
+            "primary": self.primary,
+            "secondary": self.secondary,
+            "outbox_depth": self.outbox_depth,
+            "last_probes": self.last_probes,
+        }
+
+
+@dataclass(eq=False)
+class Subscription:
+    """A subscription: a callback, or an async iterator of :class:`Message` values."""
+
+    topic_filter: str
+    qos: int
+    callback: Callable[[Message], Awaitable[None] | None] | None = None
+    _queue: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        while True:
+            yield await self._queue.get()
+
+    async def get(self) -> Message:
+        """The next message."""
+        return await self._queue.get()
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One live (or attempted) connection and the tasks that belong to it."""
+
+    region: str
+    generation: int
+    endpoint: Endpoint
+    address: str = ""
+    transport: Transport | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+class FailoverClient:
+    """A failover-aware MQTT client. Use it as an async context manager.
+
+    Args:
+        config: the agent's configuration.
+        transport_factory: builds one MQTT connection; paho-mqtt by default.
+        clock: time source (monotonic and wall clock).
+        rng: jitter source; seed it for repeatable runs.
+        on_event: called with every :class:`AgentEvent`.
+        on_shadow: called with the shadows fetched after a region switch.
+        discovery: DNS discovery; built from ``config.discovery`` by default.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        transport_factory: TransportFactory = PahoTransport,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        on_event: Callable[[AgentEvent], None] | None = None,
+        on_shadow: Callable[[ShadowSnapshot], Awaitable[None] | None] | None = None,
+        discovery: DnsDiscovery | None = None,
+    ) -> None:
+        self.config = config
+        self._factory = transport_factory
+        self._clock = clock or _SystemClock()
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._listeners: list[Callable[[AgentEvent], None]] = [on_event] if on_event else []
+        self._event_queues: list[asyncio.Queue[AgentEvent]] = []
+        self._on_shadow = on_shadow
+        d = config.discovery
+        self._discovery = discovery or (
+            DnsDiscovery(
+                d.name,
+                txt_name=d.txt_name,
+                nameservers=d.nameservers,
+                port=d.port,
+                timeout_s=d.timeout_s,
+                endpoints=d.endpoints or None,
+            )
+            if d.name
+            else None
+        )
+        self._endpoints: dict[str, Endpoint] = dict(d.endpoints)
+        self._ssl = _ssl_context(config)
+        topic = config.probe.topic.replace("{client_id}", config.identity.client_id)
+        self._prober = Prober(
+            client_id=config.identity.client_id,
+            ssl_context=self._ssl,
+            transport_factory=transport_factory,
+            timeout_s=config.probe.timeout_s,
+            topic=topic,
+            keepalive_s=max(30, config.mqtt.keepalive_s),
+            timer=self._clock.monotonic,
+        )
+        self._shadows = ShadowFetcher(config.identity.thing, config.named_shadows)
+        self._outbox = Outbox(
+            config.outbox.path or ":memory:",
+            capacity=config.outbox.capacity,
+            overflow=config.outbox.overflow,
+            synchronous=config.outbox.synchronous,
+            clock=self._clock.time,
+        )
+        self._subscriptions: list[Subscription] = []
+        self._machine: FailoverMachine | None = None
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._timers: dict[Timer, asyncio.TimerHandle] = {}
+        self._conn: _Connection | None = None
+        self._generation = 0
+        self._driver: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._outbox_changed = asyncio.Event()
+        self._acked: dict[int, asyncio.Future[None]] = {}
+        self._connected = asyncio.Event()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        machine = self._machine
+        where = f"{machine.state.value} {machine.current}" if machine else "not started"
+        return f"FailoverClient({self.config.identity.client_id!r}, {where})"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Discover the region, then start connecting (returns without waiting for it).
+
+        Raises:
+            ConfigError: neither DNS nor the configuration says which regions to use.
+        """
+        for warning in self.config.identity.check_files():
+            logger.warning("identity.warning", extra={"warning": warning})
+            self._emit("identity.warning", {"warning": warning})
+        discovery = await self._discover()
+        primary, secondary = self._roles(discovery)
+        self._machine = FailoverMachine(
+            self.config.failover, primary=primary, secondary=secondary, rng=self._rng
+        )
+        self._driver = asyncio.create_task(self._drive(), name="iotdr-driver")
+        initial = discovery.region if discovery is not None else None
+        if discovery is not None:
+            self._put(DnsAnswer(discovery.region, primary, secondary))
+        self._put(Start(initial))
+
+    async def wait_connected(self, timeout_s: float | None = None) -> None:
+        """Wait until connected somewhere (TimeoutError after ``timeout_s``)."""
+        async with asyncio.timeout(timeout_s):
+            await self._connected.wait()
+
+    async def close(self) -> None:
+        """Disconnect, stop every task, close the outbox (its messages stay on disk)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._driver is not None and self._machine is not None:
+            for action in self._machine.handle(Stop(), self._clock.monotonic()):
+                await self._do(action)
+            self._driver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._driver
+        await self._drop_connection()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for handle in self._timers.values():
+            handle.cancel()
+        self._outbox.close()
+
+    # -- the public API -----------------------------------------------------------------------
+
+    async def publish(
+        self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1
+    ) -> int | None:
+        """Publish. QoS 1 goes through the durable outbox and returns its sequence number.
+
+        QoS 1 returns once the message is on disk: it is sent now if connected,
+        else after the next (re)connect, in either region, and leaves the
+        outbox on PUBACK (see :meth:`wait_acked`). QoS 0 is sent only if
+        connected, and returns None.
+
+        Raises:
+            OutboxFullError: the outbox is full and its policy is ``reject``.
+        """
+        data = _encode(payload)
+        if qos == 0:
+            conn = self._conn
+            if conn is not None and conn.transport is not None and conn.transport.connected:
+                with contextlib.suppress(TransportClosedError):
+                    await conn.transport.publish(topic, data, 0)
+            return None
+        entry = self._outbox.put(topic, data, qos=1)
+        self._outbox_changed.set()
+        return entry.seq
+
+    async def wait_acked(self, seq: int, timeout_s: float | None = None) -> None:
+        """Wait until the message ``seq`` was acknowledged (it left the outbox)."""
+        if not any(e.seq == seq for e in self._outbox.peek(1, after_seq=seq - 1)):
+            return
+        future = self._acked.setdefault(seq, asyncio.get_running_loop().create_future())
+        async with asyncio.timeout(timeout_s):
+            await asyncio.shield(future)
+
+    async def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until the outbox is empty."""
+        async with asyncio.timeout(timeout_s):
+            while self._outbox.depth:
+                pending = self._outbox.peek(1)
+                if pending:
+                    await self.wait_acked(pending[0].seq)
+
+    def subscribe(
+        self,
+        topic_filter: str,
+        qos: int = 1,
+        callback: Callable[[Message], Awaitable[None] | None] | None = None,
+    ) -> Subscription:
+        """Subscribe now and after every (re)connect; iterate the result or pass a callback."""
+        subscription = Subscription(topic_filter, qos, callback)
+        self._subscriptions.append(subscription)
+        conn = self._conn
+        if conn is not None and conn.transport is not None and conn.transport.connected:
+            self._spawn(conn, self._subscribe(conn, [subscription]))
+        return subscription
+
+    def status(self) -> Status:
+        """Current region, role, since when, outbox depth and the last probe results."""
+        machine = self._machine
+        connected = machine is not None and machine.role is not None
+        since = None
+        if machine is not None and machine.since is not None:
+            since = self._clock.time() - (self._clock.monotonic() - machine.since)
+        return Status(
+            state=machine.state.value if machine else "idle",
+            region=machine.current if machine and connected else None,
+            role=machine.role if machine else None,
+            since=since,
+            primary=machine.primary if machine else "",
+            secondary=machine.secondary if machine else "",
+            outbox_depth=self._outbox.depth,
+            last_probes={
+                region: {"ok": p.ok, "kind": p.kind, "latency_s": p.latency_s}
+                for region, p in (machine.last_probe.items() if machine else ())
+            },
+        )
+
+    def events(self) -> AsyncIterator[AgentEvent]:
+        """An async iterator of every lifecycle event from now on."""
+        queue: asyncio.Queue[AgentEvent] = asyncio.Queue()
+        self._event_queues.append(queue)
+
+        async def iterate() -> AsyncIterator[AgentEvent]:
+            try:
+                while True:
+                    yield await queue.get()
+            finally:
+                self._event_queues.remove(queue)
+
+        return iterate()
+
+    # -- the driver ---------------------------------------------------------------------------
+
+    def _put(self, event: Event) -> None:
+        self._events.put_nowait(event)
+
+    async def _drive(self) -> None:
+        machine = self._machine
+        assert machine is not None
+        while True:
+            event = await self._events.get()
+            for action in machine.handle(event, self._clock.monotonic()):
+                await self._do(action)
+
+    async def _do(self, action: Action) -> None:
+        conn = self._conn
+        if isinstance(action, Connect):
+            await self._drop_connection()
+            self._start_connect(action)
+        elif isinstance(action, Disconnect):
+            await self._drop_connection()
+        elif isinstance(action, SetTimer):
+            self._set_timer(action.timer, action.at)
+        elif isinstance(action, CancelTimer):
+            handle = self._timers.pop(action.timer, None)
+            if handle is not None:
+                handle.cancel()
+        elif isinstance(action, Probe):
+            self._spawn(None, self._probe(action))
+        elif isinstance(action, Resolve):
+            self._spawn(None, self._resolve())
+        elif isinstance(action, Resubscribe) and conn is not None:
+            self._spawn(conn, self._subscribe(conn, self._subscriptions, probe=True))
+        elif isinstance(action, ReplayOutbox) and conn is not None:
+            self._spawn(conn, self._sender(conn))
+        elif isinstance(action, FetchShadows) and conn is not None:
+            self._spawn(conn, self._fetch_shadows(conn))
+        elif isinstance(action, Emit):
+            self._emit(action.name, dict(action.fields))
+
+    def _set_timer(self, timer: Timer, at: float) -> None:
+        old = self._timers.pop(timer, None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, at - self._clock.monotonic())
+        self._timers[timer] = asyncio.get_running_loop().call_later(
+            delay, self._put, TimerFired(timer)
+        )
+
+    def _spawn(self, conn: _Connection | None, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        owner = conn.tasks if conn is not None else self._tasks
+        owner.add(task)
+        task.add_done_callback(owner.discard)
+        task.add_done_callback(_log_crash)
+
+    def _emit(self, name: str, fields: dict[str, Any]) -> None:
+        event = AgentEvent(name, fields, self._clock.time())
+        if name == "connected":
+            self._connected.set()
+        elif name in ("connection.lost", "failover.started", "failback.started", "dr.move.started"):
+            self._connected.clear()
+        logger.info(name, extra={k: v for k, v in fields.items() if k not in _RESERVED})
+        for listener in self._listeners:
+            listener(event)
+        for queue in self._event_queues:
+            queue.put_nowait(event)
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _start_connect(self, action: Connect) -> None:
+        self._generation += 1
+        endpoint = self._endpoint_for(action.region)
+        if endpoint is None:
+            self._put(ConnectFailed(action.region, "no_endpoint"))
+            return
+        conn = _Connection(action.region, self._generation, endpoint)
+        self._conn = conn
+        self._spawn(conn, self._connect(conn))
+
+    async def _connect(self, conn: _Connection) -> None:
+        endpoint = conn.endpoint
+        try:
+            addresses = await self._resolve_address(endpoint.host)
+        except DiscoveryError as exc:
+            self._emit("dns.failed", {"kind": exc.kind, "name": exc.name, "region": conn.region})
+            self._put(ConnectFailed(conn.region, "dns"))
+            return
+        conn.address = addresses[0]
+        params = ConnectParams(
+            endpoint=endpoint,
+            address=conn.address,
+            client_id=self.config.identity.client_id,
+            ssl_context=self._ssl,
+            keepalive_s=self.config.mqtt.keepalive_s,
+            clean_session=self.config.mqtt.clean_session,
+            timeout_s=self.config.mqtt.connect_timeout_s,
+        )
+        generation = conn.generation
+        callbacks = TransportCallbacks(
+            on_message=lambda t, p, q, r: self._on_message(conn, t, p, q, r),
+            on_lost=lambda kind: self._on_lost(generation, conn.region, kind),
+        )
+        transport = self._factory(params, callbacks)
+        conn.transport = transport
+        try:
+            await transport.connect()
+        except ConnectError as exc:
+            logger.warning(
+                "connect.error", extra={"region": conn.region, "kind": exc.kind, "detail": str(exc)}
+            )
+            self._put(ConnectFailed(conn.region, exc.kind))
+            return
+        if self._conn is conn:
+            self._put(ConnectSucceeded(conn.region))
+        else:  # abandoned while connecting
+            await transport.disconnect()
+
+    def _on_lost(self, generation: int, region: str, kind: str) -> None:
+        if self._conn is not None and self._conn.generation == generation:
+            self._put(ConnectionLost(region, kind))
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        for task in list(conn.tasks):
+            task.cancel()
+        if conn.transport is not None:
+            await conn.transport.disconnect()
+        await asyncio.gather(*conn.tasks, return_exceptions=True)
+
+    def _endpoint_for(self, region: str) -> Endpoint | None:
+        """The static endpoint, else one learned from DNS, else derived from another region's."""
+        known = self._endpoints.get(region)
+        if known is not None:
+            return known
+        for other in self._endpoints.values():
+            marker = f".iot.{other.region}."
+            if marker in f".{other.host}.":
+                host = f".{other.host}.".replace(marker, f".iot.{region}.", 1).strip(".")
+                return Endpoint(region, host, other.port)
+        return None
+
+    async def _resolve_address(self, host: str) -> tuple[str, ...]:
+        if self._discovery is not None:
+            return await self._discovery.resolve_address(host)
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, None, type=1)
+        except OSError as exc:
+            raise DiscoveryError("no_address", host, str(exc)) from exc
+        return tuple(str(info[4][0]) for info in infos)
+
+    # -- per-connection work ------------------------------------------------------------------
+
+    def _on_message(
+        self, conn: _Connection, topic: str, payload: bytes, qos: int, retain: bool
+    ) -> None:
+        if self._prober.on_message(topic, payload) or self._shadows.on_message(topic, payload):
+            return
+        message = Message(topic, payload, qos, retain, conn.region)
+        for subscription in self._subscriptions:
+            if topic_matches_sub(subscription.topic_filter, topic):
+                if subscription.callback is not None:
+                    result = subscription.callback(message)
+                    if asyncio.iscoroutine(result):
+                        self._spawn(None, result)
+                else:
+                    subscription._queue.put_nowait(message)
+
+    async def _subscribe(
+        self, conn: _Connection, subscriptions: list[Subscription], *, probe: bool = False
+    ) -> None:
+        transport = conn.transport
+        assert transport is not None
+        filters = [(s.topic_filter, s.qos) for s in subscriptions]
+        if probe:
+            filters.append((self._prober.topic, 0))
+        for topic_filter, qos in filters:
+            try:
+                await transport.subscribe(topic_filter, qos)
+            except TransportClosedError:
+                return
+            except DeviceAgentError as exc:
+                self._emit("subscribe.failed", {"topic": topic_filter, "detail": str(exc)})
+
+    async def _sender(self, conn: _Connection) -> None:
+        """Send the outbox in order, ``max_inflight`` at most unacknowledged."""
+        transport = conn.transport
+        assert transport is not None
+        window = asyncio.Semaphore(self.config.mqtt.max_inflight)
+        sent_upto = 0
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            while _alive(transport):
+                self._outbox_changed.clear()
+                entries = self._outbox.peek(self.config.mqtt.max_inflight, after_seq=sent_upto)
+                if not entries:
+                    await self._outbox_changed.wait()
+                    continue
+                for entry in entries:
+                    await window.acquire()
+                    if not _alive(transport):
+                        return
+                    sent_upto = entry.seq
+                    self._outbox.mark_sent(entry.seq)
+                    task = asyncio.create_task(
+                        self._send_one(transport, entry.seq, entry.topic, entry.payload, window)
+                    )
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
+        finally:
+            for task in inflight:
+                task.cancel()
+
+    async def _send_one(
+        self, transport: Transport, seq: int, topic: str, payload: bytes, window: asyncio.Semaphore
+    ) -> None:
+        try:
+            await transport.publish(topic, payload, 1)
+        except TransportClosedError:
+            return  # stays in the outbox; replayed after the reconnect
+        finally:
+            window.release()
+        if self._outbox.ack(seq):
+            self._emit("message.acked", {"seq": seq, "topic": topic})
+        future = self._acked.pop(seq, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def _fetch_shadows(self, conn: _Connection) -> None:
+        transport = conn.transport
+        assert transport is not None
+        for snapshot in await self._shadows.fetch(
+            transport, conn.region, self.config.probe.timeout_s * 2
+        ):
+            self._emit(
+                "shadow.fetched" if snapshot.error is None else "shadow.fetch_failed",
+                {
+                    "region": snapshot.region,
+                    "shadow": snapshot.name or "classic",
+                    "error": snapshot.error,
+                },
+            )
+            if self._on_shadow is not None:
+                result = self._on_shadow(snapshot)
+                if asyncio.iscoroutine(result):
+                    await result
+
+    # -- probes and DNS -----------------------------------------------------------------------
+
+    async def _probe(self, action: Probe) -> None:
+        conn = self._conn
+        live = None
+        if conn is not None and conn.region == action.region and conn.transport is not None:
+            live = conn.transport if conn.transport.connected else None
+        endpoint = self._endpoint_for(action.region)
+        if endpoint is None:
+            self._put(ProbeResult(action.region, ok=False, kind="no_endpoint"))
+            return
+        try:
+            address = (
+                conn.address
+                if live is not None and conn
+                else (await self._resolve_address(endpoint.host))[0]
+            )
+        except DiscoveryError as exc:
+            self._put(ProbeResult(action.region, ok=False, kind=f"dns_{exc.kind}"))
+            return
+        depth = action.depth if live is not None or action.depth != "roundtrip" else "mqtt"
+        outcome = await self._prober.probe(endpoint, address, depth, live=live)
+        if not outcome.ok:
+            logger.info(
+                "probe.failed",
+                extra={"region": outcome.region, "depth": depth, "kind": outcome.kind},
+            )
+        self._put(ProbeResult(outcome.region, outcome.ok, outcome.kind, outcome.latency_s))
+
+    async def _resolve(self) -> None:
+        discovery = await self._discover()
+        if discovery is None:
+            self._put(DnsAnswer(None))
+        else:
+            self._put(
+                DnsAnswer(discovery.region, discovery.roles.primary, discovery.roles.secondary)
+            )
+
+    async def _discover(self) -> Discovery | None:
+        if self._discovery is None:
+            return None
+        try:
+            found = await self._discovery.discover()
+        except DiscoveryError as exc:
+            logger.warning("dns.failed", extra={"kind": exc.kind, "detail": str(exc)})
+            self._emit("dns.failed", {"kind": exc.kind, "detail": str(exc)})
+            return None
+        if found.region not in self._endpoints:
+            port = next(iter(self._endpoints.values())).port if self._endpoints else 8883
+            self._endpoints[found.region] = Endpoint(found.region, found.target, port)
+        return found
+
+    def _roles(self, discovery: Discovery | None) -> tuple[str, str]:
+        if discovery is not None:
+            return discovery.roles.primary, discovery.roles.secondary
+        d = self.config.discovery
+        if d.primary and d.secondary:
+            return d.primary, d.secondary
+        regions = list(d.endpoints)
+        if len(regions) >= 2:
+            return regions[0], regions[1]
+        msg = (
+            "cannot tell the primary and secondary regions: DNS gave no answer and the "
+            "configuration names no primary/secondary or static endpoints"
+        )
+        raise ConfigError(msg)
+
+
+# Logging's own record attributes cannot be passed through ``extra=``.
+_RESERVED = frozenset({"name", "msg", "args", "message", "module", "filename", "lineno"})
+
+
+def _encode(payload: bytes | str | dict[str, Any]) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, str):
+        return payload.encode()
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _ssl_context(config: AgentConfig) -> ssl.SSLContext:
+    identity = config.identity
+    identity.check_files()
+    try:
+        context = ssl.create_default_context(cafile=str(identity.ca_path))
+    except ssl.SSLError as exc:
+        msg = f"CA file {identity.ca_path} is not a PEM certificate ({exc.reason})"
+        raise ConfigError(msg) from exc
+    try:
+        context.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+    except ssl.SSLError as exc:
+        msg = (
+            f"certificate {identity.cert_path} and key {identity.key_path} cannot be used "
+            f"together ({exc.reason}); check that the key belongs to the certificate"
+        )
+        raise ConfigError(msg) from exc
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _alive(transport: Transport) -> bool:
+    return transport.connected
+
+
+def _log_crash(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("agent.task_failed", exc_info=task.exception())

@@ -1,0 +1,210 @@
+"""Health probes of increasing depth: TCP, TLS, MQTT CONNECT/CONNACK, publish/subscribe round trip.
+
+Each probe has one deadline and reports its latency and, when it fails, the
+kind of failure (refused, timeout, tls, not_authorized, ...), so a region
+that refuses is told apart from one that is silent. Probes of the region the
+device is connected to use the live connection (a second CONNECT with the
+same client ID would knock the device's own session off); probes of another
+region open a connection of their own with the device's identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from device_agent._transport import (
+    ConnectError,
+    ConnectParams,
+    Transport,
+    TransportCallbacks,
+    TransportClosedError,
+    TransportFactory,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from device_agent._endpoints import Endpoint
+    from device_agent._machine import ProbeDepth
+
+__all__ = ["ProbeOutcome", "Prober"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeOutcome:
+    """One probe's result.
+
+    Attributes:
+        region: the region probed.
+        depth: how deep it went: tcp, tls, mqtt or roundtrip.
+        ok: whether every step passed.
+        kind: the failure kind when not ok.
+        latency_s: time to pass (or to fail).
+        detail: the failure in words.
+    """
+
+    region: str
+    depth: ProbeDepth
+    ok: bool
+    latency_s: float
+    kind: str | None = None
+    detail: str = ""
+
+
+class Prober:
+    """Runs probes for one device identity.
+
+    Args:
+        client_id: the device's client ID (MQTT probes of another region use it).
+        ssl_context: the device's TLS context (client certificate, verification on).
+        transport_factory: builds MQTT connections.
+        timeout_s: each probe's deadline.
+        topic: the round-trip topic.
+        keepalive_s: keep-alive for probe connections.
+        timer: monotonic clock for latencies.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        ssl_context: ssl.SSLContext,
+        transport_factory: TransportFactory,
+        timeout_s: float,
+        topic: str,
+        keepalive_s: int = 30,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client_id = client_id
+        self.topic = topic
+        self.timeout_s = timeout_s
+        self._ssl = ssl_context
+        self._factory = transport_factory
+        self._keepalive_s = keepalive_s
+        self._timer = timer
+        self._echoes: dict[bytes, asyncio.Future[None]] = {}
+
+    def __repr__(self) -> str:
+        return f"Prober(client_id={self.client_id!r}, topic={self.topic!r})"
+
+    def on_message(self, topic: str, payload: bytes) -> bool:
+        """Feed received messages; True if it was a probe echo (and is consumed)."""
+        if topic != self.topic:
+            return False
+        waiter = self._echoes.pop(payload, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
+    async def probe(
+        self,
+        endpoint: Endpoint,
+        address: str,
+        depth: ProbeDepth,
+        *,
+        live: Transport | None = None,
+    ) -> ProbeOutcome:
+        """Probe ``endpoint`` (at ``address``) to ``depth``; never raises.
+
+        Args:
+            endpoint: region, host name (verified, SNI) and port.
+            address: the IP address to connect to.
+            depth: tcp, tls, mqtt or roundtrip.
+            live: the device's connection to this region, for a round trip
+                without a second CONNECT.
+        """
+        started = self._timer()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if depth == "roundtrip" and live is not None:
+                    await self._roundtrip(live)
+                elif depth == "tcp":
+                    await self._tcp(endpoint, address)
+                elif depth == "tls":
+                    await self._tls(endpoint, address)
+                else:
+                    await self._mqtt(endpoint, address, roundtrip=depth == "roundtrip")
+        except TimeoutError:
+            return self._failed(
+                endpoint, depth, started, "timeout", f"no answer in {self.timeout_s:g} s"
+            )
+        except ConnectError as exc:
+            return self._failed(endpoint, depth, started, exc.kind, str(exc))
+        except TransportClosedError as exc:
+            return self._failed(endpoint, depth, started, "closed", str(exc))
+        except ssl.SSLCertVerificationError as exc:
+            return self._failed(endpoint, depth, started, "tls", exc.verify_message or str(exc))
+        except ssl.SSLError as exc:
+            return self._failed(endpoint, depth, started, "tls", str(exc))
+        except ConnectionRefusedError:
+            return self._failed(endpoint, depth, started, "refused", "connection refused")
+        except OSError as exc:
+            return self._failed(endpoint, depth, started, "unreachable", exc.strerror or str(exc))
+        return ProbeOutcome(endpoint.region, depth, ok=True, latency_s=self._timer() - started)
+
+    async def _tcp(self, endpoint: Endpoint, address: str) -> None:
+        _, writer = await asyncio.open_connection(address, endpoint.port)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+    async def _tls(self, endpoint: Endpoint, address: str) -> None:
+        _, writer = await asyncio.open_connection(
+            address, endpoint.port, ssl=self._ssl, server_hostname=endpoint.host
+        )
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+    async def _mqtt(self, endpoint: Endpoint, address: str, *, roundtrip: bool) -> None:
+        params = ConnectParams(
+            endpoint=endpoint,
+            address=address,
+            client_id=self.client_id,
+            ssl_context=self._ssl,
+            keepalive_s=self._keepalive_s,
+            clean_session=True,
+            timeout_s=self.timeout_s,
+        )
+
+        def on_message(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+            del qos, retain
+            self.on_message(topic, payload)
+
+        callbacks = TransportCallbacks(on_message=on_message, on_lost=lambda _kind: None)
+        transport = self._factory(params, callbacks)
+        try:
+            await transport.connect()
+            if roundtrip:
+                await transport.subscribe(self.topic, 0)
+                await self._roundtrip(transport)
+        finally:
+            await transport.disconnect()
+
+    async def _roundtrip(self, transport: Transport) -> None:
+        nonce = os.urandom(8).hex().encode()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._echoes[nonce] = waiter
+        try:
+            await transport.publish(self.topic, nonce, 0)
+            await waiter
+        finally:
+            self._echoes.pop(nonce, None)
+
+    def _failed(
+        self, endpoint: Endpoint, depth: ProbeDepth, started: float, kind: str, detail: str
+    ) -> ProbeOutcome:
+        return ProbeOutcome(
+            endpoint.region,
+            depth,
+            ok=False,
+            latency_s=self._timer() - started,
+            kind=kind,
+            detail=detail,
+        )
