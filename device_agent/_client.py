@@ -725,7 +725,7 @@ class FailoverClient:
             self._emit("dns.failed", {"kind": exc.kind, "detail": str(exc)})
             return None
         if found.region not in self._endpoints:
-            port = next(iter(self._endpoints.values())).port if self._endpoints else 8883
+            port = self.config.mqtt.port
             self._endpoints[found.region] = Endpoint(found.region, found.target, port)
         return found
 

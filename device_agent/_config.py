@@ -210,12 +210,14 @@ class MQTTConfig:
     """The MQTT session.
 
     Attributes:
+        port: the MQTT port of endpoints learned from DNS (8883: MQTT over TLS).
         keepalive_s: MQTT keep-alive (AWS clamps it to 30..1200).
         connect_timeout_s: deadline of one connect (TCP, TLS and CONNACK).
         max_inflight: unacknowledged QoS 1 publishes at once (AWS allows 100).
         clean_session: MQTT clean session.
     """
 
+    port: int = 8883
     keepalive_s: int = 60
     connect_timeout_s: float = 5.0
     max_inflight: int = 20
@@ -223,6 +225,9 @@ class MQTTConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "keepalive_s", "connect_timeout_s", "max_inflight")
+        if not 0 < self.port < 65536:
+            msg = f"MQTTConfig.port must be 1..65535, not {self.port!r}"
+            raise ConfigError(msg)
         if self.max_inflight > 100:
             msg = "MQTTConfig.max_inflight must be at most 100 (AWS IoT's limit)"
             raise ConfigError(msg)
@@ -266,6 +271,12 @@ class AgentConfig:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     named_shadows: tuple[str, ...] = ()
     status_path: Path | None = None
+    subscribe: tuple[str, ...] = ()
+    heartbeat_topic: str | None = None
+    heartbeat_interval_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "heartbeat_interval_s", allow_zero=True)
 
 
 # -- TOML ---------------------------------------------------------------------------------
@@ -352,7 +363,11 @@ def agent_config_from_mapping(data: dict[str, Any], *, base: Path) -> AgentConfi
         outbox["path"] = _path(base, outbox["path"])
     _known(outbox, _names(OutboxConfig), "[outbox]")
     agent = dict(_section(data, "agent"))
-    _known(agent, {"named_shadows", "status_path"}, "[agent]")
+    _known(
+        agent,
+        {"named_shadows", "status_path", "subscribe", "heartbeat_topic", "heartbeat_interval_s"},
+        "[agent]",
+    )
     try:
         return AgentConfig(
             identity=identity_config,
@@ -363,6 +378,9 @@ def agent_config_from_mapping(data: dict[str, Any], *, base: Path) -> AgentConfi
             outbox=OutboxConfig(**outbox),
             named_shadows=tuple(agent.get("named_shadows", ())),
             status_path=_path(base, agent["status_path"]) if "status_path" in agent else None,
+            subscribe=tuple(agent.get("subscribe", ())),
+            heartbeat_topic=agent.get("heartbeat_topic"),
+            heartbeat_interval_s=agent.get("heartbeat_interval_s", 0.0),
         )
     except TypeError as exc:
         msg = f"invalid value: {exc}"

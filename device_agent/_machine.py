@@ -332,6 +332,7 @@ class FailoverMachine:
         self._probe_failures = 0
         self._healthy_since: float | None = None  # preferred region passing probes since
         self._move: _Move | None = None
+        self._lost_at: float | None = None  # when the last connection was lost
         self._timers: dict[Timer, float] = {}
 
     def __repr__(self) -> str:
@@ -406,6 +407,7 @@ class FailoverMachine:
         self.last_region = region
         self._failures_here = 0
         self._probe_failures = 0
+        self._lost_at = None
         out += [Resubscribe(region), ReplayOutbox(region)]
         if fresh_region:
             out.append(FetchShadows(region))
@@ -453,6 +455,7 @@ class FailoverMachine:
         if event.region != self.current:
             return  # a connection we already left
         self._drop_connection(now, out)
+        self._lost_at = now
         out.append(Emit("connection.lost", {"region": event.region, "kind": event.kind}))
         self._reason = "reconnect"
         self._attempt(event.region, now, now + self._backoff(), out)
@@ -639,7 +642,9 @@ class FailoverMachine:
         out: list[Action],
     ) -> None:
         if self._move is None:
-            self._move = _Move(kind, source, now)
+            # A failover is timed from the loss of the connection, not from the decision.
+            started = self._lost_at if kind == "failover" and self._lost_at is not None else now
+            self._move = _Move(kind, source, started)
             out.append(
                 Emit(
                     f"{kind.replace('_', '.')}.started",

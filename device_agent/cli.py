@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any, ClassVar
 
 import click
@@ -169,6 +170,204 @@ def root(log_level: str, log_json: bool) -> None:
 @click.group()
 def agent() -> None:
     """The failover-aware device agent (what devices run)."""
+
+
+def _host_port(value: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return value, default_port
+    try:
+        return host, int(port)
+    except ValueError:
+        msg = f"{value!r} is not HOST:PORT"
+        raise click.BadParameter(msg) from None
+
+
+def _dns_server(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    del ctx, param
+    return None if value is None else _host_port(value, 53)
+
+
+_dns_server_option = click.option(
+    "--dns-server",
+    callback=_dns_server,
+    help="Ask this DNS server (HOST[:PORT]) instead of the system's.",
+)
+
+
+@agent.command("resolve")
+@click.argument("name")
+@_dns_server_option
+@click.option("--txt-name", help="The roles TXT record (default: _NAME).")
+@click.option("--timeout", "timeout_s", default=2.0, show_default=True, type=float)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def agent_resolve(
+    name: str,
+    dns_server: tuple[str, int] | None,
+    txt_name: str | None,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    """Resolve NAME the way a device does: CNAME target, its region, the roles.
+
+    Exit code 1 when DNS gives no usable answer (the reason is printed).
+    """
+    import asyncio  # noqa: PLC0415
+
+    from device_agent._discovery import DnsDiscovery  # noqa: PLC0415
+    from device_agent._errors import DiscoveryError  # noqa: PLC0415
+
+    discovery = DnsDiscovery(
+        name,
+        txt_name=txt_name,
+        nameservers=(dns_server[0],) if dns_server else (),
+        port=dns_server[1] if dns_server else 53,
+        timeout_s=timeout_s,
+    )
+    try:
+        found = asyncio.run(discovery.discover())
+    except DiscoveryError as exc:
+        emit(
+            {"name": name, "error": exc.kind, "detail": str(exc)},
+            as_json=as_json,
+            text=f"iotdr: {exc}",
+        )
+        raise SystemExit(1) from None
+    result = {
+        "name": found.name,
+        "target": found.target,
+        "region": found.region,
+        "role": found.role,
+        "primary": found.roles.primary,
+        "secondary": found.roles.secondary,
+        "addresses": list(found.addresses),
+        "ttl": found.ttl,
+    }
+    emit(
+        result,
+        as_json=as_json,
+        text=f"{found.name} -> {found.target} ({found.region}, {found.role}; "
+        f"primary {found.roles.primary}, secondary {found.roles.secondary})",
+    )
+
+
+@agent.command("pubsub")
+@click.option("--cname", help="The name to resolve (a CNAME to the serving region).")
+@_dns_server_option
+@click.option(
+    "--endpoint",
+    "endpoints",
+    multiple=True,
+    help="REGION=HOST[:PORT], repeatable: static endpoints, the fallback when DNS fails "
+    "(the first is the primary when DNS cannot say).",
+)
+@click.option("--port", default=8883, show_default=True, help="Port for endpoints without one.")
+@click.option("--root-ca", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--cert", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--key", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--client-id", required=True)
+@click.option("--topic", help="Topic to publish to and subscribe to (default sdk/test/CLIENT_ID).")
+@click.option("--count", default=10, show_default=True, type=click.IntRange(0))
+@click.option("--interval", "interval_s", default=1.0, show_default=True, type=float)
+@click.option("--dr-mode", is_flag=True, help="Follow the CNAME: move when it changes.")
+@click.option(
+    "--outbox",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Durable outbox file (SQLite); without it the queue is in memory.",
+)
+@click.option("--stability-window", "stability_window_s", type=float, help="Failback window (s).")
+@click.option("--max-runtime", "max_runtime_s", type=float, help="Give up after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per event on stdout.")
+def agent_pubsub(**options: Any) -> None:
+    """Publish numbered QoS 1 messages through failovers; exit 0 once all are acknowledged."""
+    import asyncio  # noqa: PLC0415
+
+    from device_agent._pubsub import run_pubsub  # noqa: PLC0415
+
+    config = _pubsub_config(options)
+    topic = options["topic"] or f"sdk/test/{options['client_id']}"
+
+    def report(line: dict[str, Any]) -> None:
+        if options["as_json"]:
+            click.echo(json.dumps(line, default=str))
+        else:
+            details = " ".join(f"{k}={v}" for k, v in line.items() if k != "event")
+            click.echo(f"{line['event']:16} {details}")
+
+    code = asyncio.run(
+        run_pubsub(
+            config,
+            topic=topic,
+            count=options["count"],
+            interval_s=options["interval_s"],
+            report=report,
+            max_runtime_s=options["max_runtime_s"],
+        )
+    )
+    if code:
+        raise SystemExit(code)
+
+
+def _pubsub_config(options: dict[str, Any]) -> Any:
+    from device_agent._config import (  # noqa: PLC0415
+        AgentConfig,
+        DiscoveryConfig,
+        FailoverConfig,
+        IdentityConfig,
+        MQTTConfig,
+        OutboxConfig,
+    )
+    from device_agent._endpoints import parse_endpoint  # noqa: PLC0415
+
+    endpoints = [parse_endpoint(e, default_port=options["port"]) for e in options["endpoints"]]
+    dns_server = options["dns_server"]
+    failover = {"dr_mode": options["dr_mode"]}
+    if options["stability_window_s"] is not None:
+        failover["stability_window_s"] = options["stability_window_s"]
+    return AgentConfig(
+        identity=IdentityConfig(
+            client_id=options["client_id"],
+            cert_path=options["cert"],
+            key_path=options["key"],
+            ca_path=options["root_ca"],
+        ),
+        discovery=DiscoveryConfig(
+            name=options["cname"],
+            nameservers=(dns_server[0],) if dns_server else (),
+            port=dns_server[1] if dns_server else 53,
+            endpoints={e.region: e for e in endpoints},
+            primary=endpoints[0].region if len(endpoints) >= 2 else None,
+            secondary=endpoints[1].region if len(endpoints) >= 2 else None,
+        ),
+        failover=FailoverConfig(**failover),
+        mqtt=MQTTConfig(port=options["port"]),
+        outbox=OutboxConfig(path=options["outbox"]),
+    )
+
+
+@agent.command("run")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The agent's TOML configuration (see docs/agent.md).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per lifecycle event.")
+def agent_run(config_path: Path, as_json: bool) -> None:
+    """Run the agent as a daemon until SIGINT/SIGTERM, keeping a status file up to date."""
+    import asyncio  # noqa: PLC0415
+
+    from device_agent._config import load_agent_config  # noqa: PLC0415
+    from device_agent._daemon import run_daemon  # noqa: PLC0415
+
+    config = load_agent_config(config_path)
+
+    def report(line: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps(line, default=str))
+
+    asyncio.run(run_daemon(config, report=report))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,17 +114,23 @@ def generate_device_identities(
     chunks = [names[i : i + _CHUNK] for i in range(0, len(names), _CHUNK)]
     started = timer()
     records: list[dict[str, str | None]] = []
-    if workers == 1 or len(chunks) <= 1:
+    workers = min(workers, len(chunks)) or 1
+    if workers == 1:
         for chunk in chunks:
             records.extend(_generate_chunk(str(directory), chunk, algorithm, ca))
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        try:
             futures = [
                 pool.submit(_generate_chunk, str(directory), chunk, algorithm, ca)
                 for chunk in chunks
             ]
             for future in futures:
                 records.extend(future.result())
+        except BaseException:  # Ctrl-C or a failed chunk: drop the queued chunks at once
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     manifest = directory / "manifest.jsonl"
     write_pem(manifest, "".join(json.dumps(r) + "\n" for r in records).encode())
     elapsed = timer() - started

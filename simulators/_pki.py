@@ -347,6 +347,25 @@ class FleetPKI:
         )
         return self._store("servers", name, key, cert)
 
+    def server_certificate(
+        self, name: str, *, dns_names: Sequence[str], ip_addresses: Sequence[str] = ()
+    ) -> CertifiedKey:
+        """The server certificate ``name`` if it covers these names and IPs, else a new one."""
+        cert_path = self.directory / "servers" / f"{name}.crt"
+        key_path = self.directory / "servers" / f"{name}.key"
+        if cert_path.exists() and key_path.exists():
+            cert = load_certificate(cert_path)
+            try:
+                sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            except x509.ExtensionNotFound:
+                sans = None
+            wanted = set(_general_names(dns_names, ip_addresses))
+            if sans is not None and wanted <= set(sans) and cert.issuer == self.ca_cert.subject:
+                return CertifiedKey(
+                    name=name, cert_path=cert_path, key_path=key_path, certificate=cert
+                )
+        return self.issue_server(name, dns_names=dns_names, ip_addresses=ip_addresses)
+
     def issue_device(self, thing_name: str, *, algorithm: KeyAlgorithm = "ec") -> CertifiedKey:
         """Issue a device key and client certificate with subject CN ``thing_name``."""
         key = generate_private_key(algorithm)

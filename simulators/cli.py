@@ -34,11 +34,14 @@ def parse_address(value: str, *, default_port: int | None = None) -> tuple[str, 
     if not sep:
         host, port_text = value, str(default_port) if default_port is not None else ""
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
         port = int(port_text)
     except ValueError:
         msg = f"{value!r} is not HOST:PORT with an IP address, e.g. 127.0.0.1:5353"
         raise click.BadParameter(msg) from None
+    if not address.is_loopback:
+        msg = f"{host} is not a loopback address: the simulators listen on 127.0.0.0/8 only"
+        raise click.BadParameter(msg)
     if not 0 <= port <= 65535:
         msg = f"port {port} is out of range (0..65535)"
         raise click.BadParameter(msg)
@@ -117,7 +120,9 @@ def dns_serve(zone_path: Path | None, listen: tuple[str, int], as_json: bool) ->
 
 @dns.command("set")
 @click.argument("name")
-@click.argument("rdtype", metavar="TYPE", type=click.Choice(["A", "AAAA", "CNAME", "TXT"]))
+@click.argument(
+    "rdtype", metavar="TYPE", type=click.Choice(["A", "AAAA", "CNAME", "TXT"], case_sensitive=False)
+)
 @click.argument("values", nargs=-1)
 @click.option("--server", required=True, callback=_address, help="The DNS server, HOST:PORT.")
 @click.option("--ttl", default=0, show_default=True, type=click.IntRange(0, 2**31 - 1))
@@ -136,6 +141,7 @@ def dns_set(
     from simulators.dns import json_text  # noqa: PLC0415
     from simulators.dns._control import set_records, zone_origin  # noqa: PLC0415
 
+    rdtype = rdtype.upper()
     if json_value is not None:
         if rdtype != "TXT" or values:
             msg = "--json-value is for TXT records, instead of VALUES"
@@ -152,13 +158,19 @@ def dns_set(
 
 @dns.command("delete")
 @click.argument("name")
-@click.argument("rdtype", metavar="[TYPE]", required=False)
+@click.argument(
+    "rdtype",
+    metavar="[TYPE]",
+    required=False,
+    type=click.Choice(["A", "AAAA", "CNAME", "TXT"], case_sensitive=False),
+)
 @click.option("--server", required=True, callback=_address, help="The DNS server, HOST:PORT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def dns_delete(name: str, rdtype: str | None, server: tuple[str, int], as_json: bool) -> None:
     """Delete the TYPE records of NAME (all of them without TYPE) on a running server."""
     from simulators.dns._control import delete_records, zone_origin  # noqa: PLC0415
 
+    rdtype = rdtype.upper() if rdtype else None
     origin = zone_origin(server, name)
     delete_records(server, origin, name, rdtype)
     result = {"name": name, "type": rdtype, "deleted": True, "zone": origin}
@@ -350,7 +362,14 @@ def broker_serve(
     as_json: bool,
 ) -> None:
     """Run one region's broker until interrupted."""
-    from simulators import BrokerSpec, FleetPKI, TLSFiles, endpoint_name, start_broker  # noqa: PLC0415
+    from simulators import (  # noqa: PLC0415
+        BrokerError,
+        BrokerSpec,
+        FleetPKI,
+        TLSFiles,
+        endpoint_name,
+        start_broker,
+    )
 
     host, port = listen
     tls = None
@@ -359,10 +378,8 @@ def broker_serve(
             msg = "--tls-port needs --pki (the fleet PKI folder)"
             raise click.UsageError(msg)
         fleet = FleetPKI.load_or_create(pki_dir)
-        server = fleet.issue_server(
-            region,
-            dns_names=[endpoint or endpoint_name(region)],
-            ip_addresses=[host],
+        server = fleet.server_certificate(
+            region, dns_names=[endpoint or endpoint_name(region)], ip_addresses=[host]
         )
         tls = TLSFiles(ca_path=fleet.ca_path, cert_path=server.cert_path, key_path=server.key_path)
     spec = BrokerSpec(
@@ -383,5 +400,5 @@ def broker_serve(
         emit(ready, as_json=as_json, text=f"{running!r}; Ctrl-C stops")
         for _ in _wait_for_signal():
             if not running.is_running:
-                msg = f"broker {region} exited: {running.log_tail()}"
-                raise click.ClickException(msg)
+                msg = f"broker {region} exited: {running.log_tail()} (log: {running.log_path})"
+                raise BrokerError(msg, region=region)

@@ -42,10 +42,20 @@ def set_records(
         ZoneError: the server refused the change (its rcode is in the message).
         SimulatorError: the server did not answer.
     """
+    kind = rdtype.upper()
+    if kind == "CNAME" and len(values) != 1:
+        msg = f"{name} CNAME: a name has exactly one CNAME, not {len(values)}"
+        raise ZoneError(msg)
+    if kind == "CNAME":  # a target is always absolute here, as in Route 53
+        values = [v if v.endswith(".") else f"{v}." for v in values]
     update = dns.update.UpdateMessage(origin)
-    update.replace(
-        dns.name.from_text(name), ttl, rdtype, *[_presentation(rdtype.upper(), v) for v in values]
-    )
+    try:
+        update.replace(
+            dns.name.from_text(name), ttl, kind, *[_presentation(kind, v) for v in values]
+        )
+    except (dns.exception.DNSException, ValueError) as exc:
+        msg = f"{name} {kind}: invalid value {' '.join(values)!r} ({exc})"
+        raise ZoneError(msg) from exc
     _send(server, update, timeout_s)
 
 

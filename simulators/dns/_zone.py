@@ -305,8 +305,11 @@ class Zone:
                 if kind not in SUPPORTED_TYPES:
                     return dns.rcode.REFUSED
                 values = tuple(_value_of(kind, rd) for rd in rrset)
+                current = staged.get((owner, kind))
                 if kind == "CNAME":
-                    values = values[-1:]
+                    values = values[-1:]  # a name has one CNAME: the new one replaces it
+                elif current is not None:  # RFC 2136 3.4.2.2: add to the set
+                    values = current.values + tuple(v for v in values if v not in current.values)
                 _stage(staged, owner, RecordSet(owner.to_text().lower(), kind, values, rrset.ttl))
             elif deleting == dns.rdataclass.ANY:
                 for key in [k for k in staged if k[0] == owner]:

@@ -255,3 +255,44 @@ def test_dns_serve_bad_listen_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     zone_path.write_text(ZONE)
     assert main(["sim", "dns", "serve", "--zone", str(zone_path), "--listen", "localhost"]) == 2
     assert "HOST:PORT" in capsys.readouterr().err
+
+
+def test_set_records_takes_several_values_and_absolute_targets(
+    dns_server: ThreadedDNSServer,
+) -> None:
+    address = (dns_server.host, dns_server.port)
+    set_records(address, "iotdr.test.", "pool.iotdr.test", "A", ["10.0.0.7", "10.0.0.8"])
+    record = dns_server.zone.get("pool", "A")
+    assert record is not None
+    assert record.values == ("10.0.0.7", "10.0.0.8")
+    set_records(
+        address, "iotdr.test.", "iot.iotdr.test", "CNAME", ["local-ats.iot.us-west-2.iotdr.test"]
+    )
+    cname = dns_server.zone.get("iot", "CNAME")
+    assert cname is not None
+    assert cname.values == ("local-ats.iot.us-west-2.iotdr.test.",)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["x.iotdr.test", "A", "not-an-ip"], "invalid value"),
+        (["x.iotdr.test", "CNAME", "a.iotdr.test.", "b.iotdr.test."], "exactly one CNAME"),
+    ],
+)
+def test_dns_set_bad_values_are_one_line_exit_2(
+    dns_server: ThreadedDNSServer,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    code = main(["sim", "dns", "set", *args, "--server", f"{dns_server.host}:{dns_server.port}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1
+    assert message in err[0]
+
+
+def test_listen_must_be_loopback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", "dns", "serve", "--listen", "0.0.0.0:5353"]) == 2
+    assert "not a loopback address" in capsys.readouterr().err

@@ -312,3 +312,14 @@ def test_zone_file_not_yaml(tmp_path: Path) -> None:
     path.write_text("origin: [unclosed\n")
     with pytest.raises(ZoneError, match="not valid YAML or JSON at line"):
         load_zone_file(path)
+
+
+def test_update_add_joins_the_set_as_rfc_2136_says(zone: Zone) -> None:
+    zone.set("pool", "A", "10.0.0.1")
+    update = dns.update.UpdateMessage("iotdr.test.")
+    update.add(dns.name.from_text("pool.iotdr.test."), 30, "A", "10.0.0.2")
+    update.add(dns.name.from_text("pool.iotdr.test."), 30, "A", "10.0.0.1")
+    zone.respond(update.to_wire())
+    record = zone.get("pool", "A")
+    assert record is not None
+    assert record.values == ("10.0.0.1", "10.0.0.2")
