@@ -229,16 +229,19 @@ class FailoverClient:
         self._event_queues: list[asyncio.Queue[AgentEvent]] = []
         self._on_shadow = on_shadow
         d = config.discovery
+        # Without a name to discover, the resolver still looks up endpoint addresses
+        # (through the configured nameservers); "invalid." is never asked (RFC 6761).
+        self._discover_name = d.name is not None
         self._discovery = discovery or (
             DnsDiscovery(
-                d.name,
+                d.name or "invalid",
                 txt_name=d.txt_name,
                 nameservers=d.nameservers,
                 port=d.port,
                 timeout_s=d.timeout_s,
                 endpoints=d.endpoints or None,
             )
-            if d.name
+            if d.name or d.nameservers
             else None
         )
         self._endpoints: dict[str, Endpoint] = dict(d.endpoints)
@@ -716,7 +719,7 @@ class FailoverClient:
             )
 
     async def _discover(self) -> Discovery | None:
-        if self._discovery is None:
+        if self._discovery is None or not self._discover_name:
             return None
         try:
             found = await self._discovery.discover()

@@ -25,6 +25,7 @@ from simulators._errors import (
     SimulatorError,
     ZoneError,
 )
+from simulators._faultproxy import FaultMode, FaultProxy, ThreadedFaultProxy
 from simulators._keygen import KeygenResult, device_names, generate_device_identities
 from simulators._pki import CertifiedKey, FleetPKI, KeyAlgorithm, certificate_id
 from simulators._topology import DEFAULT_DOMAIN, DEFAULT_REGIONS, LocalRegion, endpoint_name
@@ -39,6 +40,8 @@ __all__ = [
     "BrokerNotFoundError",
     "BrokerSpec",
     "CertifiedKey",
+    "FaultMode",
+    "FaultProxy",
     "FleetPKI",
     "KeyAlgorithm",
     "KeygenResult",
@@ -46,6 +49,7 @@ __all__ = [
     "PKIError",
     "SimulatorError",
     "TLSFiles",
+    "ThreadedFaultProxy",
     "ZoneError",
     "certificate_id",
     "device_names",

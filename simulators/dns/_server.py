@@ -11,10 +11,10 @@ import asyncio
 import contextlib
 import errno
 import logging
-import threading
 from typing import TYPE_CHECKING, Self
 
 from simulators._errors import AddressInUseError, SimulatorError
+from simulators._loopthread import LoopThread
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 _TCP_IDLE_S = 10.0
 _TCP_MAX_CLIENTS = 64
+_BIND_ATTEMPTS = 5
 
 
 class _UDPProtocol(asyncio.DatagramProtocol):
@@ -75,18 +76,25 @@ class DNSServer:
             SimulatorError: the address cannot be bound for another reason.
         """
         loop = asyncio.get_running_loop()
-        try:
-            self._udp, _ = await loop.create_datagram_endpoint(
-                lambda: _UDPProtocol(self.zone), local_addr=(self.host, self.port)
-            )
-            self.port = self._udp.get_extra_info("sockname")[1]
-            self._tcp = await asyncio.start_server(self._serve_tcp, self.host, self.port)
-        except OSError as exc:
-            await self.stop()
-            if exc.errno == errno.EADDRINUSE:
-                raise AddressInUseError(self.host, self.port, what="DNS server") from exc
-            msg = f"DNS server: cannot listen on {self.host}:{self.port}: {exc.strerror}"
-            raise SimulatorError(msg) from exc
+        wanted = self.port
+        # With port 0 the UDP port is picked first; its TCP twin may be taken: pick again.
+        for attempt in range(_BIND_ATTEMPTS):
+            try:
+                self._udp, _ = await loop.create_datagram_endpoint(
+                    lambda: _UDPProtocol(self.zone), local_addr=(self.host, wanted)
+                )
+                self.port = self._udp.get_extra_info("sockname")[1]
+                self._tcp = await asyncio.start_server(self._serve_tcp, self.host, self.port)
+                break
+            except OSError as exc:
+                await self.stop()
+                retry = wanted == 0 and exc.errno == errno.EADDRINUSE
+                if retry and attempt + 1 < _BIND_ATTEMPTS:
+                    continue
+                if exc.errno == errno.EADDRINUSE:
+                    raise AddressInUseError(self.host, self.port, what="DNS server") from exc
+                msg = f"DNS server: cannot listen on {self.host}:{self.port}: {exc.strerror}"
+                raise SimulatorError(msg) from exc
         logger.info(
             "dns.started",
             extra={"host": self.host, "port": self.port, "zone": self.zone.origin.to_text()},
@@ -150,8 +158,7 @@ class ThreadedDNSServer:
 
     def __init__(self, zone: Zone, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.server = DNSServer(zone, host=host, port=port)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="dns")
+        self._runner = LoopThread("dns")
 
     def __repr__(self) -> str:
         return f"Threaded{self.server!r}"
@@ -173,23 +180,18 @@ class ThreadedDNSServer:
 
     def start(self) -> None:
         """Start the thread and bind; returns once the server answers."""
-        self._thread.start()
+        self._runner.start()
         try:
-            asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result()
+            self._runner.run(self.server.start())
         except BaseException:
-            self._shutdown_loop()
+            self._runner.stop()
             raise
 
     def stop(self) -> None:
         """Stop the server and its thread."""
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result()
-            self._shutdown_loop()
-
-    def _shutdown_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        if self._runner.alive:
+            self._runner.run(self.server.stop())
+            self._runner.stop()
 
     def __enter__(self) -> Self:
         self.start()
