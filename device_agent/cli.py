@@ -232,7 +232,7 @@ def agent_resolve(
             as_json=as_json,
             text=f"iotdr: {exc}",
         )
-        raise SystemExit(1) from None
+        raise click.exceptions.Exit(1) from None
     result = {
         "name": found.name,
         "target": found.target,
@@ -305,7 +305,7 @@ def agent_pubsub(**options: Any) -> None:
         )
     )
     if code:
-        raise SystemExit(code)
+        raise click.exceptions.Exit(code)
 
 
 def _pubsub_config(options: dict[str, Any]) -> Any:

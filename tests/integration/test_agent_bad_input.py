@@ -1,0 +1,230 @@
+"""Bad input to the agent: a clear event and a sane next step, never a crash or a spin."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from device_agent._client import FailoverClient
+from device_agent._config import IdentityConfig, OutboxConfig
+from device_agent._errors import ConfigError, OutboxFullError
+from device_agent.cli import main
+from simulators import DEFAULT_REGIONS, FleetPKI
+from tests.integration.agent_env import PRIMARY, SECONDARY, Regions, regions
+from tests.integration.test_agent_failover import Recorder, _in
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["regions"]
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize(
+    ("change", "kind", "region"),
+    [
+        (lambda zone: zone.delete("iot"), "nxdomain", PRIMARY),
+        (lambda zone: zone.delete("_iot"), "txt_missing", PRIMARY),
+        (lambda zone: zone.set("_iot", "TXT", "primary=us-east-1"), "txt_not_json", PRIMARY),
+        (lambda zone: zone.set_json("_iot", {"primary": "eu-mars-1", "secondary": "us-west-2"}),
+         "unknown_region", PRIMARY),
+        (lambda zone: zone.set("iot", "CNAME", "nowhere.iotdr.test."), "unknown_region", PRIMARY),
+        # The primary's own name loops: it cannot be reached at all, so the device fails over.
+        (lambda zone: (zone.set("local-ats.iot.us-east-1", "CNAME", "loop.iotdr.test."),
+                       zone.set("loop", "CNAME", "local-ats.iot.us-east-1.iotdr.test.")),
+         "cname_loop", SECONDARY),
+    ],
+)  # fmt: skip
+async def test_broken_dns_falls_back_to_static_endpoints(
+    regions: Regions, change: object, kind: str, region: str
+) -> None:
+    change(regions.dns.zone)  # type: ignore[operator]
+    config = regions.config("dev-dns")
+    config = dataclasses.replace(
+        config,
+        discovery=dataclasses.replace(config.discovery, primary=PRIMARY, secondary=SECONDARY),
+    )
+    record = Recorder()
+    async with FailoverClient(config, on_event=record) as client:
+        await record.wait_for("connected", 10, _in(region))
+        assert client.status().region == region
+    failures = [e for _, e in record.named("dns.failed")]
+    assert failures
+    assert failures[0].fields["kind"] == kind
+
+
+async def test_both_regions_down_backs_off_without_spinning(regions: Regions) -> None:
+    for proxy in regions.proxies.values():
+        proxy.set_mode("down")
+    record = Recorder()
+    config = regions.config("dev-down")
+    async with FailoverClient(config, on_event=record):
+        await asyncio.sleep(6.0)
+    attempts = record.named("connect.failed")
+    assert 3 <= len(attempts) <= 8  # one a second at most, slower as the backoff grows
+    assert {e.fields["region"] for _, e in attempts} == {PRIMARY, SECONDARY}
+    assert all(e.fields["kind"] == "refused" for _, e in attempts)
+
+
+async def test_unregistered_certificate_is_not_authorized_and_backs_off(
+    regions: Regions, tmp_path: Path
+) -> None:
+    stranger = FleetPKI.create(tmp_path / "other-fleet").issue_device("dev-stranger")
+    config = regions.config("dev-stranger")
+    config = dataclasses.replace(
+        config,
+        identity=IdentityConfig(
+            client_id="dev-stranger",
+            cert_path=stranger.cert_path,
+            key_path=stranger.key_path,
+            ca_path=regions.fleet.pki.ca_path,
+        ),
+    )
+    record = Recorder()
+    async with FailoverClient(config, on_event=record):
+        await asyncio.sleep(4.0)
+    attempts = record.named("connect.failed")
+    assert attempts
+    assert all(e.fields["kind"] == "not_authorized" for _, e in attempts)
+    assert len(attempts) <= 5
+    assert not record.named("connected")
+
+
+async def test_full_outbox_rejects_with_a_clear_error(regions: Regions) -> None:
+    for proxy in regions.proxies.values():
+        proxy.set_mode("down")
+    config = dataclasses.replace(
+        regions.config("dev-full"), outbox=OutboxConfig(capacity=3, synchronous="normal")
+    )
+    async with FailoverClient(config) as client:
+        for n in range(3):
+            await client.publish("dt/full", {"n": n})
+        with pytest.raises(OutboxFullError, match="full"):
+            await client.publish("dt/full", {"n": 3})
+        assert client.status().outbox_depth == 3
+
+
+async def test_key_readable_by_others_is_warned(regions: Regions) -> None:
+    config = regions.config("dev-loose")
+    config.identity.key_path.chmod(0o644)
+    record = Recorder()
+    async with FailoverClient(config, on_event=record):
+        await record.wait_for("connected", 10)
+    warnings = [e for _, e in record.named("identity.warning")]
+    assert warnings
+    assert "chmod 600" in str(warnings[0].fields["warning"])
+
+
+def test_missing_certificate_is_one_line_exit_2(
+    regions: Regions, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    identity = regions.config("dev-paths").identity
+    code = main([
+        "agent", "pubsub", "--cname", "iot.iotdr.test",
+        "--dns-server", f"{regions.dns.host}:{regions.dns.port}",
+        "--root-ca", str(identity.ca_path), "--cert", str(tmp_path / "missing.crt"),
+        "--key", str(identity.key_path), "--client-id", "dev-paths", "--count", "1",
+    ])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1
+    assert "missing.crt does not exist" in err[0]
+
+
+def test_resolve_command(regions: Regions, capsys: pytest.CaptureFixture[str]) -> None:
+    server = f"{regions.dns.host}:{regions.dns.port}"
+    assert main(["agent", "resolve", "iot.iotdr.test", "--dns-server", server, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["region"] == PRIMARY
+    assert result["role"] == "primary"
+    assert result["secondary"] == SECONDARY
+    assert result["addresses"] == [DEFAULT_REGIONS[0].host]
+    assert main(["agent", "resolve", "nope.iotdr.test", "--dns-server", server, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"] == "nxdomain"
+
+
+def test_agent_run_keeps_a_status_file(regions: Regions, tmp_path: Path) -> None:
+    identity = regions.config("dev-daemon").identity
+    status = tmp_path / "status.json"
+    endpoints = "\n".join(
+        f'"{r.name}" = "{r.endpoint}:{regions.proxies[r.name].port}"' for r in DEFAULT_REGIONS
+    )
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f"""
+[identity]
+client_id = "dev-daemon"
+cert = "{identity.cert_path}"
+key = "{identity.key_path}"
+ca = "{identity.ca_path}"
+
+[discovery]
+name = "iot.iotdr.test"
+dns_server = "{regions.dns.host}:{regions.dns.port}"
+
+[discovery.endpoints]
+{endpoints}
+
+[outbox]
+path = "outbox.db"
+
+[agent]
+status_path = "status.json"
+heartbeat_topic = "dt/{{client_id}}/heartbeat"
+heartbeat_interval_s = 0.5
+"""
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "device_agent.cli", "agent", "run", "--config", str(config),
+         "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        found: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            if status.exists():
+                found = json.loads(status.read_text())
+                if found.get("role") == "primary":
+                    break
+            time.sleep(0.1)
+        assert found.get("region") == PRIMARY
+        assert found.get("client_id") == "dev-daemon"
+        while time.monotonic() < deadline and not regions.watchers[PRIMARY].messages:
+            time.sleep(0.1)
+        assert any(t == "dt/dev-daemon/heartbeat" for t, _ in regions.watchers[PRIMARY].messages)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+    assert process.returncode == 0
+    assert (tmp_path / "outbox.db").exists()
+    assert os.stat(tmp_path / "outbox.db").st_mode & 0o077 == 0
+
+
+def test_bad_config_file_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        '[identity]\nclient_id = "x"\ncert = "a"\nkey = "b"\nca = "c"\n'
+        '[discovery]\nname = "iot.example.com"\n[failover]\nbogus = 1\n'
+    )
+    assert main(["agent", "run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "unknown key(s) bogus" in err[0]
+
+
+def test_config_error_type() -> None:
+    with pytest.raises(ConfigError, match="client_id"):
+        IdentityConfig(client_id="", cert_path=None, key_path=None, ca_path=None)  # type: ignore[arg-type]
