@@ -3,12 +3,87 @@
 This package goes into device firmware images: it imports nothing but the
 standard library, ``dnspython`` and ``paho-mqtt`` (and ``awscrt`` for the
 optional Common Runtime transport), never boto3, moto or ``simulators``.
+
+Embed :class:`FailoverClient` in an application, or run ``iotdr agent run``.
 """
 
 from __future__ import annotations
 
-from device_agent._errors import ConfigError, DeviceAgentError
+from device_agent._client import AgentEvent, Clock, FailoverClient, Message, Status, Subscription
+from device_agent._config import (
+    AgentConfig,
+    DiscoveryConfig,
+    FailoverConfig,
+    IdentityConfig,
+    MQTTConfig,
+    OutboxConfig,
+    ProbeConfig,
+    load_agent_config,
+)
+from device_agent._discovery import Discovery, DnsDiscovery, Roles
+from device_agent._endpoints import Endpoint, parse_endpoint, region_of
+from device_agent._errors import (
+    ConfigError,
+    DeviceAgentError,
+    DiscoveryError,
+    OutboxError,
+    OutboxFullError,
+)
+from device_agent._machine import FailoverMachine, IllegalTransitionError
+from device_agent._outbox import Outbox, OutboxEntry
+from device_agent._paho import PahoTransport
+from device_agent._probe import ProbeOutcome, Prober
+from device_agent._shadows import ShadowSnapshot
+from device_agent._transport import (
+    ConnectError,
+    ConnectParams,
+    Transport,
+    TransportCallbacks,
+    TransportClosedError,
+    TransportFactory,
+)
 
-__all__ = ["ConfigError", "DeviceAgentError", "__version__"]
+__all__ = [
+    "AgentConfig",
+    "AgentEvent",
+    "Clock",
+    "ConfigError",
+    "ConnectError",
+    "ConnectParams",
+    "DeviceAgentError",
+    "Discovery",
+    "DiscoveryConfig",
+    "DiscoveryError",
+    "DnsDiscovery",
+    "Endpoint",
+    "FailoverClient",
+    "FailoverConfig",
+    "FailoverMachine",
+    "IdentityConfig",
+    "IllegalTransitionError",
+    "MQTTConfig",
+    "Message",
+    "Outbox",
+    "OutboxConfig",
+    "OutboxEntry",
+    "OutboxError",
+    "OutboxFullError",
+    "PahoTransport",
+    "ProbeConfig",
+    "ProbeOutcome",
+    "Prober",
+    "Roles",
+    "ShadowSnapshot",
+    "Status",
+    "Subscription",
+    "Transport",
+    "TransportCallbacks",
+    "TransportClosedError",
+    "TransportFactory",
+    "__version__",
+    "load_agent_config",
+    "parse_endpoint",
+    "region_of",
+]
 
 __version__ = "0.1.0"
