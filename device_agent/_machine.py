@@ -45,12 +45,39 @@ Decisions:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from device_agent._errors import DeviceAgentError
+from device_agent._events import (
+    Action,
+    CancelTimer,
+    Connect,
+    ConnectFailed,
+    ConnectionLost,
+    ConnectSucceeded,
+    Disconnect,
+    DnsAnswer,
+    Emit,
+    Event,
+    FetchShadows,
+    IllegalTransitionError,
+    MoveReason,
+    Probe,
+    ProbeDepth,
+    ProbeResult,
+    RandomSource,
+    ReplayOutbox,
+    Resolve,
+    Resubscribe,
+    SetTimer,
+    Start,
+    State,
+    Stop,
+    Timer,
+    TimerFired,
+)
 
 if TYPE_CHECKING:
     from device_agent._config import FailoverConfig
@@ -69,6 +96,7 @@ __all__ = [
     "FailoverMachine",
     "FetchShadows",
     "IllegalTransitionError",
+    "MoveReason",
     "Probe",
     "ProbeDepth",
     "ProbeResult",
@@ -83,208 +111,6 @@ __all__ = [
     "Timer",
     "TimerFired",
 ]
-
-
-class RandomSource(Protocol):
-    """Where jitter comes from: ``random.Random`` fits; tests pass a fake."""
-
-    def random(self) -> float:
-        """A float in [0, 1)."""
-        ...
-
-
-class State(enum.Enum):
-    """Where the machine is."""
-
-    IDLE = "idle"
-    WAITING = "waiting"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    CLOSED = "closed"
-
-
-class Timer(enum.Enum):
-    """The timers the machine asks the shell to run; at most one of each is armed."""
-
-    CONNECT = "connect"
-    PROBE = "probe"
-    FAILBACK_PROBE = "failback_probe"
-    DNS_POLL = "dns_poll"
-    DR_MOVE = "dr_move"
-
-
-ProbeDepth = Literal["tcp", "tls", "mqtt", "roundtrip"]
-MoveReason = Literal["start", "reconnect", "failover", "failback", "dr_move"]
-
-
-class IllegalTransitionError(DeviceAgentError):
-    """An event arrived that the current state does not allow (a bug in the shell)."""
-
-
-# -- events -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Start:
-    """Begin: connect to ``region`` (the DNS answer's, or the primary when None)."""
-
-    region: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectSucceeded:
-    """The attempt asked for by :class:`Connect` got its CONNACK."""
-
-    region: str
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectFailed:
-    """The attempt failed: ``kind`` is refused, timeout, tls, not_authorized, dns, ..."""
-
-    region: str
-    kind: str
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionLost:
-    """The live connection to ``region`` dropped without being asked to."""
-
-    region: str
-    kind: str = "lost"
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """The outcome of a :class:`Probe`."""
-
-    region: str
-    ok: bool
-    kind: str | None = None
-    latency_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DnsAnswer:
-    """What DNS says now: the CNAME's region (None when DNS failed) and the roles."""
-
-    region: str | None
-    primary: str | None = None
-    secondary: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TimerFired:
-    """A timer set by :class:`SetTimer` is due."""
-
-    timer: Timer
-
-
-@dataclass(frozen=True, slots=True)
-class Stop:
-    """Close for good: disconnect, cancel every timer."""
-
-
-Event = (
-    Start
-    | ConnectSucceeded
-    | ConnectFailed
-    | ConnectionLost
-    | ProbeResult
-    | DnsAnswer
-    | TimerFired
-    | Stop
-)
-
-
-# -- actions ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Connect:
-    """Open a connection to ``region`` (one attempt, with its own deadline)."""
-
-    region: str
-    reason: MoveReason
-
-
-@dataclass(frozen=True, slots=True)
-class Disconnect:
-    """Close the connection to ``region`` on purpose (no ConnectionLost follows)."""
-
-    region: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class SetTimer:
-    """Arm (or re-arm) ``timer`` to fire at monotonic time ``at``."""
-
-    timer: Timer
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class CancelTimer:
-    """Disarm ``timer``."""
-
-    timer: Timer
-
-
-@dataclass(frozen=True, slots=True)
-class Probe:
-    """Probe ``region`` to ``depth``; answer with a :class:`ProbeResult`."""
-
-    region: str
-    depth: ProbeDepth
-
-
-@dataclass(frozen=True, slots=True)
-class Resolve:
-    """Look up the CNAME and TXT again; answer with a :class:`DnsAnswer`."""
-
-
-@dataclass(frozen=True, slots=True)
-class Resubscribe:
-    """The session in ``region`` is fresh: subscribe every subscription again."""
-
-    region: str
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayOutbox:
-    """Send every message still in the outbox, in order."""
-
-    region: str
-
-
-@dataclass(frozen=True, slots=True)
-class FetchShadows:
-    """Get the classic and named shadows in ``region`` and hand them to the application."""
-
-    region: str
-
-
-@dataclass(frozen=True, slots=True)
-class Emit:
-    """A lifecycle event for the application and the logs (``failover.complete``, ...)."""
-
-    name: str
-    fields: Mapping[str, object] = field(default_factory=dict)
-
-
-Action = (
-    Connect
-    | Disconnect
-    | SetTimer
-    | CancelTimer
-    | Probe
-    | Resolve
-    | Resubscribe
-    | ReplayOutbox
-    | FetchShadows
-    | Emit
-)
 
 
 # -- the machine --------------------------------------------------------------------------
@@ -408,6 +234,7 @@ class FailoverMachine:
         self._failures_here = 0
         self._probe_failures = 0
         self._lost_at = None
+        self._healthy_since = None  # the window counts probes made while connected here
         out += [Resubscribe(region), ReplayOutbox(region)]
         if fresh_region:
             out.append(FetchShadows(region))
@@ -443,6 +270,8 @@ class FailoverMachine:
             )
         )
         region = event.region
+        if self._abort_move(event.region, now, out):
+            return
         if self._failures_here >= self.config.reconnect_attempts:
             region = self._other(event.region)
             self._failures_here = 0
@@ -463,9 +292,14 @@ class FailoverMachine:
     def _on_probe(self, event: Event, now: float, out: list[Action]) -> None:
         assert isinstance(event, ProbeResult)
         self.last_probe[event.region] = event
-        if event.region == self.current and self.state is State.CONNECTED:
+        if self.state is not State.CONNECTED:
+            # Waiting to move back and the target just failed a probe: stay where we were.
+            if not event.ok and event.region == self.current and self.state is State.WAITING:
+                self._abort_move(event.region, now, out)
+            return
+        if event.region == self.current:
             self._on_current_probe(event, now, out)
-        elif event.region == self.preferred and event.region != self.current:
+        elif event.region == self.preferred:
             self._on_failback_probe(event, now, out)
 
     def _on_current_probe(self, event: ProbeResult, now: float, out: list[Action]) -> None:
@@ -622,6 +456,23 @@ class FailoverMachine:
         else:
             self.state = State.WAITING
             self._arm(Timer.CONNECT, at, out)
+
+    def _abort_move(self, region: str, now: float, out: list[Action]) -> bool:
+        """A failback or DR move whose target failed: return to where we came from at once.
+
+        The stability window starts again from the next passing probe. Returns
+        whether a move was aborted.
+        """
+        move = self._move
+        if move is None or move.kind == "failover" or move.source is None:
+            return False
+        self._move = None
+        self._failures_here = 0
+        self._healthy_since = None
+        out.append(Emit(f"{move.kind.replace('_', '.')}.aborted", {"region": region}))
+        self._reason = "reconnect"
+        self._attempt(move.source, now, now + self._backoff(), out)
+        return True
 
     def _drop_connection(self, now: float, out: list[Action]) -> None:
         """Leave CONNECTED: stop probing; keep the backoff if the connection was short."""

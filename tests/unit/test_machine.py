@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -442,9 +443,9 @@ class MachineModel(RuleBasedStateMachine):
             assert not self.connected, f"connect to {action.region} while on {self.connected}"
             self.pending = action.region
             self.connect_times.append(self.h.now)
-            if action.reason == "failback":
-                assert self.primary_ok_since is not None
-                assert self.h.now - self.primary_ok_since >= self.config.stability_window_s
+        elif isinstance(action, Emit) and action.name == "failback.started":
+            assert self.primary_ok_since is not None
+            assert self.h.now - self.primary_ok_since >= self.config.stability_window_s
         elif isinstance(action, Disconnect):
             self.connected.discard(action.region)
         elif isinstance(action, Probe) and action.depth == "mqtt":
@@ -507,5 +508,39 @@ class MachineModel(RuleBasedStateMachine):
             assert Timer.CONNECT in self.h.timers
 
 
-MachineModel.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+# IOTDR_HYPOTHESIS_EXAMPLES raises the count for a deeper search by hand.
+MachineModel.TestCase.settings = settings(
+    max_examples=int(os.environ.get("IOTDR_HYPOTHESIS_EXAMPLES", "150")),
+    stateful_step_count=40,
+    deadline=None,
+)
 TestMachineInvariants = MachineModel.TestCase
+
+
+def test_probes_made_before_connecting_do_not_count_toward_the_window() -> None:
+    h = harness(stability_window_s=8.0)
+    h.feed(Start(P))
+    h.feed(ConnectFailed(P, "refused"))
+    h.advance(2)
+    h.feed(ProbeResult(P, ok=True))  # while still trying to connect anywhere
+    h.advance(20)
+    h.feed(ConnectFailed(h.machine.current or P, "refused"))
+    h.advance(5)
+    if h.machine.current != S:
+        h.feed(ConnectFailed(P, "refused"))
+        h.advance(5)
+    h.feed(ConnectSucceeded(S))
+    assert not connects(h.feed(ProbeResult(P, ok=True)))  # the window starts only now
+    assert "failback.started" not in h.emitted()
+
+
+def test_a_failed_probe_while_waiting_to_fail_back_returns_to_the_secondary() -> None:
+    h = harness(stability_window_s=4.0, failback_probe_interval_s=2.0)
+    connected(h, S)
+    _, started = _drive_failback(h, [True] * 5)
+    assert started is not None
+    assert h.machine.state is State.WAITING  # the connect guard holds the attempt back
+    actions = h.feed(ProbeResult(P, ok=False, kind="refused"))
+    assert "failback.aborted" in h.emitted(actions)
+    h.advance(2)
+    assert connects(h.log)[-1] == Connect(S, "reconnect")

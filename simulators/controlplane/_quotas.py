@@ -1,0 +1,217 @@
+"""Control-plane API quotas: AWS's default TPS per API and region, as token buckets.
+
+Theory of operation: every (region, API) pair owns a bucket that holds at most
+``burst`` tokens (AWS's burst equals the rate) and refills continuously at
+``rate`` tokens per second. A call takes one token; a call that finds less
+than one token is throttled and takes nothing. Buckets start full and are
+created on first use. Time comes from an injected clock, so a test drives the
+buckets by advancing a fake clock.
+
+The default rates are AWS's published defaults (aws-iot-facts.md: the
+"checked 2025" column where it has a value, else the older one). They are
+defaults, never constants in logic: :meth:`QuotaTable.with_overrides` takes a
+mapping such as ``{"CreateThing": 100, "default": 10}``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "DEFAULT_KEY",
+    "DEFAULT_TPS",
+    "DEFAULT_UNLISTED_TPS",
+    "MonotonicClock",
+    "QuotaTable",
+    "SystemClock",
+    "Throttle",
+    "TokenBucket",
+]
+
+DEFAULT_KEY = "default"
+"""The key of a quota mapping that sets the rate of every API not named in it."""
+
+DEFAULT_UNLISTED_TPS = 10.0
+"""Rate of an API the table does not list: most unlisted IoT control-plane APIs are ~10 TPS."""
+
+DEFAULT_TPS: Mapping[str, float] = MappingProxyType(
+    {
+        "CreateThing": 100.0,
+        "UpdateThing": 10.0,
+        "DescribeThing": 350.0,
+        "DeleteThing": 15.0,
+        "AttachThingPrincipal": 100.0,
+        "AttachPolicy": 15.0,
+        "RegisterCertificateWithoutCA": 10.0,
+        "RegisterCertificate": 10.0,
+        "DescribeCertificate": 10.0,
+        "CreatePolicy": 10.0,
+        "CreatePolicyVersion": 10.0,
+        "GetPolicy": 10.0,
+        "AddThingToThingGroup": 100.0,
+        "CreateThingGroup": 25.0,
+        "UpdateThingGroup": 15.0,
+        "DescribeThingGroup": 100.0,
+        "CreateThingType": 15.0,
+        "DescribeThingType": 100.0,
+        "ListThings": 10.0,
+        "ListThingsInThingGroup": 25.0,
+        "ListThingPrincipals": 10.0,
+        "ListPrincipalThings": 10.0,
+        "ListAttachedPolicies": 15.0,
+        "SearchIndex": 15.0,
+        "RegisterThing": 10.0,
+    }
+)
+"""AWS's default transactions per second per account and region, by API name."""
+
+
+class MonotonicClock(Protocol):
+    """Where the buckets read the time: seconds from an arbitrary, never decreasing origin."""
+
+    def monotonic(self) -> float:
+        """The current time in seconds."""
+        ...
+
+
+class SystemClock:
+    """The process's monotonic clock."""
+
+    def monotonic(self) -> float:
+        """:func:`time.monotonic`."""
+        return time.monotonic()
+
+
+def _check_rate(name: str, rate: float) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
+        msg = f"quota {name!r}: {rate!r} is not a number of calls per second"
+        raise ValueError(msg)  # noqa: TRY004 - a configuration value, reported as one
+    if not math.isfinite(rate) or rate <= 0:
+        msg = f"quota {name!r}: {rate!r} must be a positive, finite number of calls per second"
+        raise ValueError(msg)
+    return float(rate)
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """One bucket: up to ``burst`` tokens, refilled at ``rate`` per second.
+
+    Attributes:
+        rate: tokens added per second.
+        burst: the most tokens the bucket holds.
+        tokens: tokens available at ``updated``.
+        updated: the clock reading ``tokens`` was computed at.
+    """
+
+    rate: float
+    burst: float
+    tokens: float
+    updated: float
+
+    @classmethod
+    def full(cls, rate: float, now: float, *, burst: float | None = None) -> TokenBucket:
+        """A full bucket of ``burst`` tokens (default: ``rate``, as AWS's, and at least one)."""
+        capacity = max(1.0, rate) if burst is None else burst
+        return cls(rate=rate, burst=capacity, tokens=capacity, updated=now)
+
+    def available(self, now: float) -> float:
+        """Tokens available at ``now`` (a clock reading before ``updated`` counts as ``updated``)."""
+        elapsed = max(0.0, now - self.updated)
+        return min(self.burst, self.tokens + elapsed * self.rate)
+
+    def try_take(self, now: float, tokens: float = 1.0) -> bool:
+        """Take ``tokens`` if the bucket has them at ``now``; change nothing otherwise."""
+        current = self.available(now)
+        self.updated = max(self.updated, now)
+        if current + 1e-9 < tokens:
+            self.tokens = current
+            return False
+        self.tokens = current - tokens
+        return True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuotaTable:
+    """The rate of each API; ``default`` for the others.
+
+    Attributes:
+        rates: calls per second by API name.
+        default: calls per second of an API not in ``rates``.
+    """
+
+    rates: Mapping[str, float] = field(default_factory=lambda: DEFAULT_TPS)
+    default: float = DEFAULT_UNLISTED_TPS
+
+    def __post_init__(self) -> None:
+        for name, rate in self.rates.items():
+            _check_rate(name, rate)
+        _check_rate(DEFAULT_KEY, self.default)
+
+    @classmethod
+    def with_overrides(cls, overrides: Mapping[str, float] | None = None) -> QuotaTable:
+        """AWS's defaults with ``overrides`` applied; the key ``default`` sets unlisted APIs.
+
+        Raises:
+            ValueError: a rate is not a positive finite number.
+        """
+        rates = dict(DEFAULT_TPS)
+        default = DEFAULT_UNLISTED_TPS
+        for name, rate in (overrides or {}).items():
+            if name == DEFAULT_KEY:
+                default = _check_rate(name, rate)
+            else:
+                rates[name] = _check_rate(name, rate)
+        return cls(rates=MappingProxyType(rates), default=default)
+
+    def rate_for(self, api: str) -> float:
+        """The calls per second allowed for ``api``."""
+        return self.rates.get(api, self.default)
+
+    def as_dict(self) -> dict[str, float]:
+        """The table as a JSON-ready mapping, ``default`` included."""
+        return {**self.rates, DEFAULT_KEY: self.default}
+
+
+class Throttle:
+    """Token buckets per region and API, created full on first use. Thread-safe."""
+
+    def __init__(self, table: QuotaTable, *, clock: MonotonicClock | None = None) -> None:
+        self._table = table
+        self._clock = clock or SystemClock()
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._lock = threading.Lock()
+        self._throttled = 0
+
+    def __repr__(self) -> str:
+        return f"Throttle(buckets={len(self._buckets)}, throttled={self._throttled})"
+
+    @property
+    def table(self) -> QuotaTable:
+        """The rates in force."""
+        return self._table
+
+    @property
+    def throttled(self) -> int:
+        """How many calls were refused so far."""
+        return self._throttled
+
+    def admit(self, region: str, api: str) -> bool:
+        """Take a token for one ``api`` call in ``region``; False means throttle the call."""
+        with self._lock:
+            now = self._clock.monotonic()
+            bucket = self._buckets.get((region, api))
+            if bucket is None:
+                bucket = TokenBucket.full(self._table.rate_for(api), now)
+                self._buckets[(region, api)] = bucket
+            admitted = bucket.try_take(now)
+            if not admitted:
+                self._throttled += 1
+            return admitted
