@@ -23,9 +23,8 @@ import json
 import logging
 import random
 import ssl
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from paho.mqtt.client import topic_matches_sub
 
@@ -60,6 +59,8 @@ from device_agent._outbox import Outbox
 from device_agent._paho import PahoTransport
 from device_agent._probe import Prober
 from device_agent._shadows import ShadowFetcher, ShadowSnapshot
+from device_agent._status import AgentEvent, Clock, Status, SystemClock
+from device_agent._subscriptions import Message, Subscription
 from device_agent._transport import (
     ConnectError,
     ConnectParams,
@@ -78,111 +79,6 @@ if TYPE_CHECKING:
 __all__ = ["AgentEvent", "Clock", "FailoverClient", "Message", "Status", "Subscription"]
 
 logger = logging.getLogger(__name__)
-
-
-class Clock(Protocol):
-    """Time, injected: monotonic for decisions, wall clock for reports."""
-
-    def monotonic(self) -> float:
-        """Seconds on a clock that never goes back."""
-        ...
-
-    def time(self) -> float:
-        """Seconds since the epoch."""
-        ...
-
-
-class _SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time(self) -> float:
-        return time.time()
-
-
-@dataclass(frozen=True, slots=True)
-class AgentEvent:
-    """A lifecycle event for the application and the logs.
-
-    Names: ``connected``, ``connection.lost``, ``connect.failed``,
-    ``failover.started``, ``failover.complete``, ``failback.started``,
-    ``failback.complete``, ``dr.move.started``, ``dr.move.complete``,
-    ``probe.failed``, ``dns.failed``, ``dns.changed``, ``roles.changed``,
-    ``message.acked``, ``shadow.fetched``, ``shadow.fetch_failed``,
-    ``subscribe.failed``, ``identity.warning``.
-
-    Attributes:
-        name: the event's stable name.
-        fields: what it is about (region, kind, duration_s, seq, ...).
-        at: wall-clock time.
-    """
-
-    name: str
-    fields: dict[str, Any]
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A message received on a subscription."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    region: str
-
-    def json(self) -> Any:
-        """The payload parsed as JSON."""
-        return json.loads(self.payload)
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """Where the client is and how it is doing."""
-
-    state: str
-    region: str | None
-    role: Literal["primary", "secondary"] | None
-    since: float | None
-    primary: str
-    secondary: str
-    outbox_depth: int
-    last_probes: dict[str, dict[str, Any]]
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-friendly copy."""
-        return {
-            "state": self.state,
-            "region": self.region,
-            "role": self.role,
-            "since": self.since,
-            "primary": self.primary,
-            "secondary": self.secondary,
-            "outbox_depth": self.outbox_depth,
-            "last_probes": self.last_probes,
-        }
-
-
-@dataclass(eq=False)
-class Subscription:
-    """A subscription: a callback, or an async iterator of :class:`Message` values."""
-
-    topic_filter: str
-    qos: int
-    callback: Callable[[Message], Awaitable[None] | None] | None = None
-    _queue: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
-
-    def __aiter__(self) -> AsyncIterator[Message]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Message]:
-        while True:
-            yield await self._queue.get()
-
-    async def get(self) -> Message:
-        """The next message."""
-        return await self._queue.get()
 
 
 @dataclass(eq=False)
@@ -223,7 +119,7 @@ class FailoverClient:
     ) -> None:
         self.config = config
         self._factory = transport_factory
-        self._clock = clock or _SystemClock()
+        self._clock = clock or SystemClock()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._listeners: list[Callable[[AgentEvent], None]] = [on_event] if on_event else []
         self._event_queues: list[asyncio.Queue[AgentEvent]] = []
