@@ -388,7 +388,8 @@ class FailoverClient:
             self._connected.set()
         elif name in ("connection.lost", "failover.started", "failback.started", "dr.move.started"):
             self._connected.clear()
-        logger.info(name, extra={k: v for k, v in fields.items() if k not in _RESERVED})
+        level = logging.DEBUG if name in _PER_MESSAGE else logging.INFO
+        logger.log(level, name, extra={k: v for k, v in fields.items() if k not in _RESERVED})
         for listener in self._listeners:
             listener(event)
         for queue in self._event_queues:
@@ -643,6 +644,9 @@ class FailoverClient:
         )
         raise ConfigError(msg)
 
+
+# Events about single messages: logged at DEBUG, not to drown the lifecycle.
+_PER_MESSAGE = frozenset({"message.acked"})
 
 # Logging's own record attributes cannot be passed through ``extra=``.
 _RESERVED = frozenset({"name", "msg", "args", "message", "module", "filename", "lineno"})

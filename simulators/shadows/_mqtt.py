@@ -16,7 +16,7 @@ import logging
 import secrets
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -98,7 +98,7 @@ def parse_request_topic(topic: str) -> ShadowRequestTopic | None:
         return ShadowRequestTopic(parts[2], None, operation)  # type: ignore[arg-type]
     if parts[4] != "name" or not parts[5]:
         return None
-    return ShadowRequestTopic(parts[2], parts[5], operation)  # type: ignore[arg-type]
+    return ShadowRequestTopic(parts[2], parts[5], cast("Operation", operation))
 
 
 def _encode(doc: JsonObject) -> bytes:
@@ -188,7 +188,7 @@ class ShadowMqttBridge:
             clean_session=True,
         )
         self._client.max_inflight_messages_set(1000)
-        self._client.reconnect_delay_set(min_delay=0.1, max_delay=2.0)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
@@ -212,6 +212,8 @@ class ShadowMqttBridge:
         Raises:
             ShadowServiceError: the broker refused, was unreachable, or did not answer in time.
         """
+        if self._running:
+            return
         try:
             self._client.connect(self._host, self._port, keepalive=30)
         except OSError as exc:
@@ -266,6 +268,7 @@ class ShadowMqttBridge:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        del userdata, flags, properties
         if reason_code.is_failure:
             logger.warning(
                 "shadow_bridge.refused", extra={"region": self._region, "reason": str(reason_code)}
@@ -283,6 +286,7 @@ class ShadowMqttBridge:
         reason_codes: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
+        del client, userdata, properties
         if mid != self._pending_mid:
             return
         if any(code.is_failure for code in reason_codes):
@@ -301,6 +305,7 @@ class ShadowMqttBridge:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        del client, userdata, flags, properties
         self._subscribed.clear()
         if self._running:
             logger.warning(
@@ -309,6 +314,7 @@ class ShadowMqttBridge:
             )
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        del client, userdata
         try:
             self.send(responses(self._store, message.topic, bytes(message.payload)))
         except Exception:

@@ -244,11 +244,9 @@ class ShadowStore:
             doc = _parse_request(request)
             token = _client_token(doc)
             state = _request_state(doc)
-            expected = doc.get("version")
-            if expected is not None and (type(expected) is not int or expected < 0):
-                raise _Refused(400, "Invalid version")
+            expected = _request_version(doc)
             with self._lock:
-                return self._apply(thing, name, state, expected, token, now)
+                return self._apply(thing, name, state, expected=expected, token=token, now=now)
         except _Refused as refused:
             return UpdateResult(thing=thing, name=name, rejection=_reject(refused, now, token))
 
@@ -286,9 +284,7 @@ class ShadowStore:
         now = int(self._clock())
         try:
             _check_names(thing, None)
-            size = DEFAULT_PAGE_SIZE if page_size is None else page_size
-            if not 1 <= size <= MAX_PAGE_SIZE:
-                raise _Refused(400, f"pageSize must be between 1 and {MAX_PAGE_SIZE}")
+            size = _page_size(page_size)
             after = _decode_token(next_token) if next_token is not None else None
         except _Refused as refused:
             return NamedShadowPage(
@@ -311,6 +307,7 @@ class ShadowStore:
         thing: str,
         name: str | None,
         state: JsonObject,
+        *,
         expected: int | None,
         token: str | None,
         now: int,
@@ -437,6 +434,20 @@ def _lenient_token(request: bytes) -> str | None:
         return None
 
 
+def _request_version(doc: JsonObject) -> int | None:
+    expected = doc.get("version")
+    if expected is not None and (type(expected) is not int or expected < 0):
+        raise _Refused(400, "Invalid version")
+    return expected
+
+
+def _page_size(page_size: int | None) -> int:
+    size = DEFAULT_PAGE_SIZE if page_size is None else page_size
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise _Refused(400, f"pageSize must be between 1 and {MAX_PAGE_SIZE}")
+    return size
+
+
 def _request_state(doc: JsonObject) -> JsonObject:
     state = doc.get("state", _MISSING)
     if state is _MISSING or state is None:
@@ -453,7 +464,7 @@ def _request_state(doc: JsonObject) -> JsonObject:
 
 
 def _check_tree(value: Any, depth: int) -> None:
-    """At most MAX_DEPTH levels of objects and arrays (``state`` is the first); no null in arrays."""
+    """At most MAX_DEPTH levels of objects and arrays, ``state`` the first; no null in arrays."""
     if isinstance(value, dict):
         children: Any = value.values()
     elif isinstance(value, list):
@@ -540,7 +551,7 @@ def _merge_metadata(
     patch: JsonObject,
     now: int,
 ) -> JsonObject:
-    """The metadata of merged ``state``: new timestamps where ``patch`` wrote, old ones elsewhere."""
+    """The metadata of merged ``state``: new timestamps where ``patch`` wrote, old ones kept."""
     meta: JsonObject = {}
     for key, value in state.items():
         change = patch.get(key, _MISSING)
