@@ -3,7 +3,8 @@
 The fallback when mosquitto is not installed. ``CONFIG`` is the JSON written
 by :func:`simulators._broker.start_broker`. amqtt's TLS listeners only ask
 for a client certificate (``CERT_OPTIONAL``); here they require one, like
-mosquitto's ``require_certificate true``. amqtt speaks MQTT 3.1.1 only.
+mosquitto's ``require_certificate true``; and AWS IoT's ``$aws/...`` topics
+may be published to, as on AWS. amqtt speaks MQTT 3.1.1 only.
 SIGTERM or SIGINT shuts the broker down cleanly.
 """
 
@@ -30,6 +31,25 @@ class _MutualTLSBroker(Broker):  # type: ignore[misc]  # amqtt ships no type inf
         context.verify_mode = ssl.CERT_REQUIRED
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         return context
+
+    async def _handle_message_delivery(
+        self,
+        client_session: Any,
+        handler: Any,
+        wait_deliver: asyncio.Future[Any],
+    ) -> bool:
+        # amqtt closes the connection of a client that publishes to any topic starting
+        # with "$" (the MQTT rule is meant for $SYS). AWS IoT's reserved topics ($aws/...:
+        # shadows, registry events) are ordinary topics there, so they are let through.
+        message = wait_deliver.result()
+        topic = getattr(message, "topic", None)
+        if isinstance(topic, str) and topic.startswith("$aws/"):
+            await self._broadcast_message(client_session, topic, message.data)
+            return True
+        delivered: bool = await super()._handle_message_delivery(
+            client_session, handler, wait_deliver
+        )
+        return delivered
 
 
 async def _serve(config: dict[str, Any]) -> None:
