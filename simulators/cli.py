@@ -6,6 +6,7 @@ without the ``sim`` extra; each command imports what it runs.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import signal
 import threading
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import click
 
 from device_agent.cli import emit
+from simulators._errors import SimulatorError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -491,3 +493,179 @@ def _pair(summary: dict[str, float | None]) -> str:
     if summary["p50"] is None:
         return "-"
     return f"{summary['p50']:.2f} / {summary['max']:.2f} s"
+
+
+# -- regions ----------------------------------------------------------------------------
+
+
+@sim.group()
+def regions() -> None:
+    """Local AWS IoT regions: brokers, shadows, control plane and DNS on loopback."""
+
+
+_state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("state"),
+    show_default=True,
+    help="Keys, configurations, logs, and regions.json while the regions run.",
+)
+
+
+@regions.command("up")
+@_state_dir_option
+@click.option(
+    "--broker",
+    type=click.Choice(["auto", "mosquitto", "amqtt"]),
+    default="auto",
+    show_default=True,
+    help="auto = mosquitto when installed, else amqtt (MQTT 3.1.1 only).",
+)
+@click.option("--mqtt-port", default=1883, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--mqtts-port", default=8883, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--data-port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="The shadow services' iot-data HTTP API, on each region's IP.",
+)
+@click.option(
+    "--control-plane-port", default=5000, show_default=True, type=click.IntRange(0, 65535)
+)
+@click.option("--dns-port", default=5353, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--quota",
+    "quotas",
+    multiple=True,
+    help="API=TPS control-plane quota override, repeatable (e.g. CreateThing=5, default=50).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON object.")
+def regions_up(
+    state_dir: Path,
+    broker: str,
+    mqtt_port: int,
+    mqtts_port: int,
+    data_port: int,
+    control_plane_port: int,
+    dns_port: int,
+    quotas: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Start the local regions (us-east-1 primary, us-west-2 secondary) until interrupted.
+
+    Ports are the same on each region's own loopback IP (127.0.0.2, 127.0.0.3);
+    0 picks free ones. Everything started is stopped on Ctrl-C or SIGTERM.
+    """
+    from simulators._regions import LocalRegions, RegionPorts  # noqa: PLC0415
+
+    overrides: dict[str, float] = {}
+    for item in quotas:
+        api, sep, value = item.partition("=")
+        try:
+            overrides[api] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not api:
+            msg = f"--quota {item!r} is not API=TPS, e.g. CreateThing=5"
+            raise click.BadParameter(msg)
+    local = LocalRegions(
+        state_dir=state_dir,
+        ports=RegionPorts(
+            mqtt=mqtt_port,
+            mqtts=mqtts_port,
+            data=data_port,
+            control_plane=control_plane_port,
+            dns=dns_port,
+        ),
+        broker_kind=cast('Literal["auto", "mosquitto", "amqtt"]', broker),
+        quotas=overrides or None,
+    )
+    with local:
+        path = local.write_regions_file()
+        try:
+            endpoints = local.endpoints()
+            text = "\n".join(
+                [
+                    *(
+                        f"{name:10} {r['role']:9} mqtts {r['mqtts']:21} mqtt {r['mqtt']:21} "
+                        f"data {r['data_url']}  ({r['broker']})"
+                        for name, r in endpoints["regions"].items()
+                    ),
+                    f"control plane {endpoints['control_plane_url']}",
+                    (
+                        f"dns           {endpoints['dns']} (zone {endpoints['zone']}, devices "
+                        f"resolve {endpoints['device_name']})"
+                    ),
+                    f"fleet CA      {endpoints['ca']}",
+                    "Ctrl-C stops everything",
+                ]
+            )
+            emit(endpoints, as_json=as_json, text=text)
+            for _ in _wait_for_signal():
+                pass
+        finally:
+            path.unlink(missing_ok=True)
+
+
+@regions.command("status")
+@_state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def regions_status(state_dir: Path, as_json: bool) -> None:
+    """Whether the local regions started from --state-dir answer. Exit 1 if a part does not."""
+    from simulators._regions import probe_regions, read_regions_file  # noqa: PLC0415
+    from simulators.controlplane import ControlPlaneAdmin  # noqa: PLC0415
+
+    endpoints = read_regions_file(state_dir)
+    health = probe_regions(endpoints)
+    result: dict[str, Any] = {**endpoints, "health": health}
+    with contextlib.suppress(SimulatorError):
+        result["control_plane"] = ControlPlaneAdmin(endpoints["control_plane_url"]).status()
+    healthy = (
+        health["running"]
+        and health["control_plane"]
+        and health["dns"]
+        and all(all(v for v in parts.values()) for parts in health["regions"].values())
+    )
+    lines = [f"{'running' if healthy else 'NOT healthy'}: {state_dir}"]
+    lines += [
+        f"  {name:10} " + " ".join(f"{k}={'ok' if v else 'DOWN'}" for k, v in parts.items())
+        for name, parts in health["regions"].items()
+    ]
+    emit(result, as_json=as_json, text="\n".join(lines))
+    if not healthy:
+        raise click.exceptions.Exit(1)
+
+
+# -- faults -----------------------------------------------------------------------------
+
+_FAULT_MODES = {"control-plane-down": "http503", "control-plane-drop": "drop", "up": "up"}
+
+
+@sim.command("fault")
+@click.argument("region")
+@click.argument("mode", type=click.Choice(list(_FAULT_MODES)))
+@_state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def fault(region: str, mode: str, state_dir: Path, as_json: bool) -> None:
+    """Inject a fault into REGION of the running local regions, or clear it (up).
+
+    control-plane-down answers every API call of the region with HTTP 503
+    (ServiceUnavailableException); control-plane-drop closes the connection
+    without an answer; up clears the fault.
+    """
+    from simulators._regions import read_regions_file  # noqa: PLC0415
+    from simulators.controlplane import ControlPlaneAdmin  # noqa: PLC0415
+
+    endpoints = read_regions_file(state_dir)
+    if region not in endpoints.get("regions", {}):
+        known = ", ".join(endpoints.get("regions", {}))
+        msg = f"unknown region {region!r} (running: {known})"
+        raise click.BadParameter(msg, param_hint="REGION")
+    outage = _FAULT_MODES[mode]
+    ControlPlaneAdmin(endpoints["control_plane_url"]).set_outage(region, outage)  # type: ignore[arg-type]
+    emit(
+        {"region": region, "mode": mode, "control_plane": outage},
+        as_json=as_json,
+        text=f"{region}: {mode}",
+    )

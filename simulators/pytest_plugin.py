@@ -13,6 +13,8 @@ Fixtures:
     ``dns_zone`` and ``dns_server``: the Route 53 stand-in serving the zone
         ``iotdr.test.`` with the regions' A records, the ``iot`` CNAME on the
         primary and the ``_iot`` roles TXT, on a free port.
+    ``local_regions``: everything of ``iotdr sim regions up`` (brokers, shadow
+        services, control plane, DNS) on free ports, stopped after the test.
 
 With the environment variable ``IOTDR_REQUIRE_MOSQUITTO=1`` (CI sets it), a
 missing mosquitto is an error instead of a quiet fallback to amqtt.
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from simulators import Broker, CertifiedKey, FleetPKI
+    from simulators._regions import LocalRegions
     from simulators.dns import ThreadedDNSServer, Zone
 
 __all__ = ["FleetFixture"]
@@ -124,3 +127,12 @@ def dns_server(dns_zone: Zone) -> Iterator[ThreadedDNSServer]:
 
     with ThreadedDNSServer(dns_zone, host="127.0.0.1", port=0) as server:
         yield server
+
+
+@pytest.fixture
+def local_regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegions]:
+    """The local regions (brokers, shadow services, control plane, DNS) on free ports."""
+    from simulators._regions import LocalRegions  # noqa: PLC0415
+
+    with LocalRegions(state_dir=tmp_path_factory.mktemp("regions")) as regions:
+        yield regions

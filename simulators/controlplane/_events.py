@@ -19,11 +19,11 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import queue
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -73,6 +73,7 @@ _MEMBERSHIP_NAMESPACE = uuid.UUID("5b1c3c53-8f0e-4a59-9a3e-5f7f0c0d9e11")
 
 Change = Literal["CREATED", "UPDATED", "DELETED"]
 Link = Literal["ADDED", "REMOVED"]
+_State = TypeVar("_State", "ThingState", "ThingTypeState", "ThingGroupState")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,14 +84,12 @@ class ApiCall:
         region: the region of the request's SigV4 credential scope.
         api: the API name (``CreateThing``).
         path: the URI parameters, decoded (``{"thingName": "t1"}``).
-        query: the query-string parameters.
         body: the JSON body, ``{}`` when there is none.
     """
 
     region: str
     api: str
     path: Mapping[str, str] = field(default_factory=dict)
-    query: Mapping[str, str] = field(default_factory=dict)
     body: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -202,7 +201,7 @@ def subjects_for(call: ApiCall) -> Subjects | None:
         return Subjects(groups=_names(path.get("thingGroupName"), body.get("parentGroupName")))
     thing = body.get("thingName") or _name_from_arn(body.get("thingArn"))
     if call.api == "UpdateThingGroupsForThing":
-        listed = [*body.get("thingGroupsToAdd") or (), *body.get("thingGroupsToRemove") or ()]
+        listed = [*(body.get("thingGroupsToAdd") or ()), *(body.get("thingGroupsToRemove") or ())]
         groups = _names(*listed)
     else:
         groups = _names(body.get("thingGroupName") or _name_from_arn(body.get("thingGroupArn")))
@@ -261,14 +260,6 @@ def _group_payload(state: ThingGroupState, operation: Change, account_id: str) -
     }
 
 
-def _change(before: object | None, after: object | None) -> Change | None:
-    if before is None:
-        return None if after is None else "CREATED"
-    if after is None:
-        return "DELETED"
-    return None if before == after else "UPDATED"
-
-
 def registry_events(
     before: RegistryView,
     after: RegistryView,
@@ -290,50 +281,97 @@ def registry_events(
         timestamp_ms: the events' ``timestamp`` (UNIX milliseconds).
         new_event_id: makes each event's ``eventId``.
     """
-    raw: list[tuple[str, dict[str, Any]]] = []
-    for name in sorted(before.types.keys() | after.types.keys()):
-        old_type, new_type = before.types.get(name), after.types.get(name)
-        if (op := _change(old_type, new_type)) is not None:
-            state = new_type or old_type
-            assert state is not None
-            raw.append((f"$aws/events/thingType/{name}/{op.lower()}", _type_payload(state, op, account_id)))
-    for name in sorted(before.groups.keys() | after.groups.keys()):
-        old_group, new_group = before.groups.get(name), after.groups.get(name)
-        if (op := _change(old_group, new_group)) is not None:
-            state = new_group or old_group
-            assert state is not None
-            topic = f"$aws/events/thingGroup/{name}/{op.lower()}"
-            raw.append((topic, _group_payload(state, op, account_id)))
-        old_parent = (old_group.parent_name, old_group.parent_id) if old_group else None
-        new_parent = (new_group.parent_name, new_group.parent_id) if new_group else None
-        if old_parent != new_parent:
-            if old_group is not None and old_group.parent_name is not None:
-                raw.append(_hierarchy(old_group, "REMOVED", account_id))
-            if new_group is not None and new_group.parent_name is not None:
-                raw.append(_hierarchy(new_group, "ADDED", account_id))
-    for name in sorted(before.things.keys() | after.things.keys()):
-        old_thing, new_thing = before.things.get(name), after.things.get(name)
-        if (op := _change(old_thing, new_thing)) is not None:
-            state = new_thing or old_thing
-            assert state is not None
-            raw.append((f"$aws/events/thing/{name}/{op.lower()}", _thing_payload(state, op, account_id)))
-        if new_thing is None:
-            continue  # a deleted thing's type goes with it, unannounced
-        old_type_name = old_thing.type_name if old_thing else None
-        if old_type_name != new_thing.type_name:
-            if old_thing is not None and old_type_name is not None:
-                raw.append(_association(old_thing, old_type_name, "REMOVED"))
-            if new_thing.type_name is not None:
-                raw.append(_association(new_thing, new_thing.type_name, "ADDED"))
-    for group, thing in sorted(before.memberships ^ after.memberships):
-        view, link = (after, "ADDED") if (group, thing) in after.memberships else (before, "REMOVED")
-        group_state, thing_state = view.groups.get(group), view.things.get(thing)
-        if group_state is not None and thing_state is not None:
-            raw.append(_membership(group_state, thing_state, link, account_id))
+    raw = [
+        *_lifecycle("thingType", before.types, after.types, _type_payload, account_id),
+        *_lifecycle("thingGroup", before.groups, after.groups, _group_payload, account_id),
+        *_hierarchy_events(before, after, account_id),
+        *_lifecycle("thing", before.things, after.things, _thing_payload, account_id),
+        *_association_events(before, after),
+        *_membership_events(before, after, account_id),
+    ]
     return [
         RegistryEvent(topic, {"eventId": new_event_id(), "timestamp": timestamp_ms, **payload})
         for topic, payload in raw
     ]
+
+
+def _lifecycle(
+    kind: str,
+    before: Mapping[str, _State | None],
+    after: Mapping[str, _State | None],
+    payload: Callable[[_State, Change, str], dict[str, Any]],
+    account_id: str,
+) -> list[tuple[str, dict[str, Any]]]:
+    """CREATED, UPDATED and DELETED events of one kind of object."""
+    found = []
+    for name in sorted(before.keys() | after.keys()):
+        old, new = before.get(name), after.get(name)
+        if old is None and new is not None:
+            found.append(
+                (f"$aws/events/{kind}/{name}/created", payload(new, "CREATED", account_id))
+            )
+        elif old is not None and new is None:
+            found.append(
+                (f"$aws/events/{kind}/{name}/deleted", payload(old, "DELETED", account_id))
+            )
+        elif old is not None and new is not None and old != new:
+            found.append(
+                (f"$aws/events/{kind}/{name}/updated", payload(new, "UPDATED", account_id))
+            )
+    return found
+
+
+def _hierarchy_events(
+    before: RegistryView, after: RegistryView, account_id: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """A child group leaving its parent (REMOVED) or joining one (ADDED)."""
+    found = []
+    for name in sorted(before.groups.keys() | after.groups.keys()):
+        old, new = before.groups.get(name), after.groups.get(name)
+        old_parent = (old.parent_name, old.parent_id) if old else (None, None)
+        new_parent = (new.parent_name, new.parent_id) if new else (None, None)
+        if old_parent == new_parent:
+            continue
+        if old is not None and old.parent_name is not None:
+            found.append(_hierarchy(old, "REMOVED", account_id))
+        if new is not None and new.parent_name is not None:
+            found.append(_hierarchy(new, "ADDED", account_id))
+    return found
+
+
+def _association_events(
+    before: RegistryView, after: RegistryView
+) -> list[tuple[str, dict[str, Any]]]:
+    """A thing's type set by a create, or changed or removed by an update."""
+    found = []
+    for name in sorted(after.things.keys()):
+        new = after.things[name]
+        if new is None:
+            continue  # a deleted thing's type association goes with it, unannounced
+        old = before.things.get(name)
+        old_type = old.type_name if old is not None else None
+        if old_type == new.type_name:
+            continue
+        if old is not None and old_type is not None:
+            found.append(_association(old, old_type, "REMOVED"))
+        if new.type_name is not None:
+            found.append(_association(new, new.type_name, "ADDED"))
+    return found
+
+
+def _membership_events(
+    before: RegistryView, after: RegistryView, account_id: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """A thing added to a group (ADDED) or removed from it (REMOVED)."""
+    found = []
+    for group, thing in sorted(before.memberships ^ after.memberships):
+        added = (group, thing) in after.memberships
+        view = after if added else before
+        group_state, thing_state = view.groups.get(group), view.things.get(thing)
+        if group_state is not None and thing_state is not None:
+            link: Link = "ADDED" if added else "REMOVED"
+            found.append(_membership(group_state, thing_state, link, account_id))
+    return found
 
 
 def _hierarchy(child: ThingGroupState, link: Link, account_id: str) -> tuple[str, dict[str, Any]]:
@@ -370,7 +408,8 @@ def _membership(
     group: ThingGroupState, thing: ThingState, link: Link, account_id: str
 ) -> tuple[str, dict[str, Any]]:
     topic = (
-        f"$aws/events/thingGroupMembership/thingGroup/{group.name}/thing/{thing.name}/{link.lower()}"
+        f"$aws/events/thingGroupMembership/thingGroup/{group.name}"
+        f"/thing/{thing.name}/{link.lower()}"
     )
     # One id per (group, thing) relationship: the same for its ADDED and REMOVED.
     membership_id = uuid.uuid5(_MEMBERSHIP_NAMESPACE, f"{group.group_id}/{thing.thing_id}")
@@ -387,12 +426,13 @@ def _membership(
 
 
 class EventPublisher:
-    """Publishes one region's events on its broker: in order, QoS 1, retried until delivered.
+    """Publishes one region's events on its broker: in order, QoS 1, at least once.
 
-    Events wait in a bounded queue while the broker is unreachable; the outage
-    is logged once (``controlplane.events.broker_unreachable``) and its end once
-    (``controlplane.events.broker_reachable``). A full queue drops new events,
-    counted and logged once.
+    paho's network thread connects, reconnects with backoff and keeps QoS 1
+    messages queued while the broker is away, then delivers them in order. An
+    outage is logged once (``controlplane.events.broker_unreachable``), its end
+    once (``controlplane.events.broker_reachable``). Past ``max_queued``
+    waiting events, new ones are dropped, counted and logged once.
     """
 
     def __init__(
@@ -402,25 +442,29 @@ class EventPublisher:
         port: int,
         *,
         max_queued: int = 100_000,
-        retry_s: float = 0.2,
-        max_retry_s: float = 5.0,
-        ack_timeout_s: float = 5.0,
+        reconnect_s: tuple[int, int] = (1, 5),
     ) -> None:
         self.region = region
         self.host = host
         self.port = port
-        self._retry_s = retry_s
-        self._max_retry_s = max_retry_s
-        self._ack_timeout_s = ack_timeout_s
-        self._queue: queue.Queue[RegistryEvent] = queue.Queue(maxsize=max_queued)
-        self._stopping = threading.Event()
-        self._connected = threading.Event()
-        self._client: mqtt.Client | None = None
-        self._thread = threading.Thread(target=self._run, name=f"events-{region}", daemon=True)
-        self._unreachable = False
-        self._full = False
+        self.submitted = 0
         self.published = 0
         self.dropped = 0
+        self._unreachable = False
+        self._full = False
+        self._connected = threading.Event()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"iotdr-controlplane-{region}-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv311,
+        )
+        client.reconnect_delay_set(*reconnect_s)
+        client.max_queued_messages_set(max_queued)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        self._client = client
 
     def __repr__(self) -> str:
         return (
@@ -435,8 +479,8 @@ class EventPublisher:
 
     @property
     def queued(self) -> int:
-        """Events accepted and not yet published."""
-        return self._queue.unfinished_tasks
+        """Events accepted and not yet acknowledged by the broker."""
+        return max(0, self.submitted - self.published)
 
     def status(self) -> dict[str, object]:
         """Counters for the admin status endpoint."""
@@ -449,117 +493,74 @@ class EventPublisher:
         }
 
     def start(self) -> None:
-        """Start the publishing thread."""
-        self._thread.start()
+        """Start connecting, in paho's network thread."""
+        self._client.connect_async(self.host, self.port, keepalive=30)
+        self._client.loop_start()
 
     def submit(self, events: Iterable[RegistryEvent]) -> None:
-        """Queue ``events`` for publishing; never blocks."""
+        """Queue ``events`` for publishing; never blocks, never raises for the broker's sake."""
         for event in events:
-            try:
-                self._queue.put_nowait(event)
-            except queue.Full:
+            info = self._client.publish(event.topic, event.payload_bytes(), qos=1)
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
                 self.dropped += 1
                 if not self._full:
                     self._full = True
-                    logger.warning(
-                        "controlplane.events.queue_full",
-                        extra={"region": self.region, "max_queued": self._queue.maxsize},
-                    )
+                    logger.warning("controlplane.events.queue_full", extra={"region": self.region})
+            else:
+                self.submitted += 1
 
     def stop(self, timeout_s: float = 2.0) -> None:
-        """Publish what is queued for up to ``timeout_s`` if connected, then stop."""
-        if self._thread.is_alive() and self.connected:
-            deadline = threading.Event()
-            for _ in range(max(1, int(timeout_s / 0.02))):
-                if not self.queued or not self.connected:
-                    break
-                deadline.wait(0.02)
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s + self._ack_timeout_s)
-        self._close_client()
+        """Wait up to ``timeout_s`` for queued events while connected, then disconnect."""
+        deadline = time.monotonic() + timeout_s
+        while self.queued and self.connected and time.monotonic() < deadline:
+            time.sleep(0.02)
         if self.queued:
             logger.warning(
-                "controlplane.events.unpublished", extra={"region": self.region, "count": self.queued}
+                "controlplane.events.unpublished",
+                extra={"region": self.region, "count": self.queued},
             )
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                event = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            delay = self._retry_s
-            while not self._stopping.is_set():
-                if self._publish(event):
-                    self._queue.task_done()
-                    break
-                self._stopping.wait(delay)
-                delay = min(delay * 2, self._max_retry_s)
-
-    def _publish(self, event: RegistryEvent) -> bool:
-        client = self._client or self._connect()
-        if client is None:
-            return False
-        info = client.publish(event.topic, event.payload_bytes(), qos=1)
-        try:
-            info.wait_for_publish(self._ack_timeout_s)
-            done = info.is_published()
-        except (RuntimeError, ValueError):
-            done = False
-        if done:
-            self.published += 1
-            return True
-        self._close_client()
-        self._report_unreachable("no PUBACK")
-        return False
-
-    def _connect(self) -> mqtt.Client | None:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"iotdr-controlplane-{self.region}-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv311,
-        )
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        try:
-            client.connect(self.host, self.port, keepalive=30)
-        except OSError as exc:
-            self._report_unreachable(f"{type(exc).__name__}: {exc}")
-            return None
-        client.loop_start()
-        if not self._connected.wait(self._ack_timeout_s):
-            client.loop_stop()
-            self._report_unreachable("no CONNACK")
-            return None
-        if self._unreachable:
-            self._unreachable = False
-            logger.info("controlplane.events.broker_reachable", extra={"region": self.region})
-        self._client = client
-        return client
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
 
     def _report_unreachable(self, reason: str) -> None:
         if not self._unreachable:
             self._unreachable = True
             logger.warning(
                 "controlplane.events.broker_unreachable",
-                extra={"region": self.region, "broker": f"{self.host}:{self.port}", "reason": reason},
+                extra={
+                    "region": self.region,
+                    "broker": f"{self.host}:{self.port}",
+                    "reason": reason,
+                },
             )
-
-    def _close_client(self) -> None:
-        client, self._client = self._client, None
-        self._connected.clear()
-        if client is not None:
-            client.disconnect()
-            client.loop_stop()
 
     def _on_connect(
         self, client: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: object
     ) -> None:
-        if not rc.is_failure:
-            self._connected.set()
+        del client, userdata, flags, props
+        if rc.is_failure:
+            self._report_unreachable(f"CONNACK {rc}")
+            return
+        self._connected.set()
+        if self._unreachable:
+            self._unreachable = False
+            logger.info("controlplane.events.broker_reachable", extra={"region": self.region})
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        del client, userdata
+        self._report_unreachable("connection failed")
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: object, flags: object, rc: ReasonCode, props: object
     ) -> None:
+        del client, userdata, flags, props
         self._connected.clear()
+        if rc.is_failure:
+            self._report_unreachable(f"disconnected: {rc}")
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: object, mid: int, rc: ReasonCode, props: object
+    ) -> None:
+        del client, userdata, mid, rc, props
+        self.published += 1

@@ -123,7 +123,7 @@ class TokenBucket:
         return cls(rate=rate, burst=capacity, tokens=capacity, updated=now)
 
     def available(self, now: float) -> float:
-        """Tokens available at ``now`` (a clock reading before ``updated`` counts as ``updated``)."""
+        """Tokens available at ``now``; a reading before ``updated`` counts as ``updated``."""
         elapsed = max(0.0, now - self.updated)
         return min(self.burst, self.tokens + elapsed * self.rate)
 

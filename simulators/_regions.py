@@ -1,0 +1,299 @@
+"""Local AWS IoT regions on one machine: brokers, shadow services, control plane, DNS.
+
+:class:`LocalRegions` starts, for each region (default us-east-1 primary on
+127.0.0.2, us-west-2 secondary on 127.0.0.3): its broker (a plain listener and
+an mTLS listener whose server certificate covers the region's endpoint name
+and IP), its shadow service (iot-data HTTP API plus the MQTT shadow topics);
+then one control plane for all regions (moto with throttling, outages and
+registry events published on each region's broker) and the Route 53 stand-in
+serving the regions' records. :meth:`LocalRegions.endpoints` says where
+everything is; :meth:`LocalRegions.stop` stops everything it started, in
+reverse order.
+
+While ``iotdr sim regions up`` runs, the endpoints are also written to
+``<state_dir>/regions.json`` so that ``iotdr sim regions status`` and
+``iotdr sim fault`` can find them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from simulators._broker import BrokerSpec, TLSFiles, start_broker
+from simulators._errors import SimulatorError
+from simulators._pki import FleetPKI
+from simulators._topology import DEFAULT_DOMAIN, DEFAULT_REGIONS
+from simulators.controlplane import start_control_plane
+from simulators.dns import ThreadedDNSServer, default_zone
+from simulators.shadows import ShadowService
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+    from types import TracebackType
+
+    from simulators._broker import Broker
+    from simulators._topology import LocalRegion
+    from simulators.controlplane import ControlPlane, OutageMode
+
+__all__ = ["LocalRegions", "RegionPorts", "read_regions_file"]
+
+logger = logging.getLogger(__name__)
+
+REGIONS_FILE = "regions.json"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegionPorts:
+    """Ports, the same on every region's own loopback IP; 0 picks free ones.
+
+    Attributes:
+        mqtt: the brokers' plain MQTT listeners (for tools and watchers).
+        mqtts: the brokers' mTLS listeners (what devices use; AWS uses 8883).
+        data: the shadow services' iot-data HTTP API.
+        control_plane: the control plane, on 127.0.0.1.
+        dns: the DNS server, on 127.0.0.1.
+    """
+
+    mqtt: int = 0
+    mqtts: int = 0
+    data: int = 0
+    control_plane: int = 0
+    dns: int = 0
+
+
+@dataclass(slots=True)
+class _Region:
+    spec: LocalRegion
+    broker: Broker
+    shadows: ShadowService
+
+
+@dataclass(slots=True)
+class LocalRegions:
+    """Two or more local regions and the services around them. Use ``with`` or start/stop.
+
+    Args:
+        state_dir: keys, configurations, logs (kept after stop).
+        regions: the regions, the primary first.
+        ports: where to listen.
+        broker_kind: ``auto`` (mosquitto when installed), ``mosquitto`` or ``amqtt``.
+        quotas: control-plane TPS overrides over AWS's defaults.
+    """
+
+    state_dir: Path
+    regions: tuple[LocalRegion, ...] = DEFAULT_REGIONS
+    ports: RegionPorts = field(default_factory=RegionPorts)
+    broker_kind: Literal["auto", "mosquitto", "amqtt"] = "auto"
+    quotas: Mapping[str, float] | None = None
+    pki: FleetPKI | None = None
+    dns: ThreadedDNSServer | None = None
+    control_plane: ControlPlane | None = None
+    _regions: dict[str, _Region] = field(default_factory=dict)
+    _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def __repr__(self) -> str:
+        names = ", ".join(r.name for r in self.regions)
+        state = "running" if self._regions else "stopped"
+        return f"LocalRegions([{names}], {state}, state_dir={str(self.state_dir)!r})"
+
+    def start(self) -> None:
+        """Start everything; on any failure stop what started and raise one clear error."""
+        if len(self.regions) < 2:
+            msg = "local regions need at least a primary and a secondary"
+            raise SimulatorError(msg)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("regions.started", extra={"regions": [r.name for r in self.regions]})
+
+    def _start(self) -> None:
+        self.pki = pki = FleetPKI.load_or_create(self.state_dir / "pki")
+        for region in self.regions:
+            server = pki.server_certificate(
+                region.name, dns_names=[region.endpoint], ip_addresses=[region.host]
+            )
+            tls = TLSFiles(
+                ca_path=pki.ca_path, cert_path=server.cert_path, key_path=server.key_path
+            )
+            spec = BrokerSpec(
+                region=region.name,
+                state_dir=self.state_dir,
+                host=region.host,
+                port=self.ports.mqtt,
+                tls_port=self.ports.mqtts,
+                tls=tls,
+            )
+            broker = self._stack.enter_context(start_broker(spec, kind=self.broker_kind))
+            shadows = ShadowService(
+                region.name,
+                http_host=region.host,
+                http_port=self.ports.data,
+                broker=(broker.host, broker.port),
+            )
+            shadows.start()
+            self._stack.callback(shadows.stop)
+            self._regions[region.name] = _Region(region, broker, shadows)
+        self.control_plane = self._stack.enter_context(
+            start_control_plane(
+                state_dir=self.state_dir,
+                port=self.ports.control_plane,
+                brokers={name: (r.broker.host, r.broker.port) for name, r in self._regions.items()},
+                quotas=self.quotas,
+            )
+        )
+        zone = default_zone(self.regions)
+        self.dns = self._stack.enter_context(
+            ThreadedDNSServer(zone, host="127.0.0.1", port=self.ports.dns)
+        )
+
+    def stop(self) -> None:
+        """Stop everything this instance started (by PID for the child processes)."""
+        self._regions.clear()
+        self._stack.close()
+        self._stack = contextlib.ExitStack()
+        self.dns = None
+        self.control_plane = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- what runs where ----------------------------------------------------------------
+
+    def broker(self, region: str) -> Broker:
+        """The broker of ``region``."""
+        return self._region(region).broker
+
+    def shadows(self, region: str) -> ShadowService:
+        """The shadow service of ``region``."""
+        return self._region(region).shadows
+
+    def set_control_plane(self, region: str, mode: OutageMode) -> None:
+        """Switch ``region``'s control plane: ``up``, ``http503`` or ``drop``."""
+        self._region(region)
+        if self.control_plane is None:
+            msg = "the local regions are not running"
+            raise SimulatorError(msg)
+        self.control_plane.set_outage(region, mode)
+
+    def endpoints(self) -> dict[str, Any]:
+        """Every endpoint as one JSON-ready object (what ``iotdr sim regions up`` prints)."""
+        if self.pki is None or self.dns is None or self.control_plane is None:
+            msg = "the local regions are not running"
+            raise SimulatorError(msg)
+        return {
+            "regions": {
+                name: {
+                    "role": "primary" if name == self.regions[0].name else "secondary",
+                    "host": r.spec.host,
+                    "endpoint": r.spec.endpoint,
+                    "mqtt": f"{r.broker.host}:{r.broker.port}",
+                    "mqtts": f"{r.broker.host}:{r.broker.tls_port}",
+                    "broker": r.broker.kind,
+                    "broker_pid": r.broker.pid,
+                    "mqtt5": r.broker.mqtt5,
+                    "data_url": r.shadows.url,
+                }
+                for name, r in self._regions.items()
+            },
+            "control_plane_url": self.control_plane.url,
+            "control_plane_pid": self.control_plane.pid,
+            "dns": f"{self.dns.host}:{self.dns.port}",
+            "zone": f"{DEFAULT_DOMAIN}.",
+            "device_name": f"iot.{DEFAULT_DOMAIN}",
+            "ca": str(self.pki.ca_path),
+            "state_dir": str(self.state_dir),
+            "pid": os.getpid(),
+        }
+
+    def write_regions_file(self) -> Path:
+        """Write :meth:`endpoints` to ``<state_dir>/regions.json`` (for status and fault)."""
+        path = self.state_dir / REGIONS_FILE
+        path.write_text(json.dumps(self.endpoints(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    def _region(self, name: str) -> _Region:
+        region = self._regions.get(name)
+        if region is None:
+            known = ", ".join(self._regions) or "none running"
+            msg = f"unknown region {name!r} (known: {known})"
+            raise SimulatorError(msg)
+        return region
+
+
+def read_regions_file(state_dir: Path) -> dict[str, Any]:
+    """The endpoints written by a running ``iotdr sim regions up`` in ``state_dir``.
+
+    Raises:
+        SimulatorError: none is running there.
+    """
+    path = state_dir / REGIONS_FILE
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        msg = (
+            f"no local regions are running with state directory {state_dir} "
+            f"({path} not found); start them with `iotdr sim regions up`"
+        )
+        raise SimulatorError(msg) from None
+    except (OSError, ValueError) as exc:
+        msg = f"{path} cannot be read: {exc}"
+        raise SimulatorError(msg) from exc
+    return data
+
+
+def probe_regions(endpoints: Mapping[str, Any]) -> dict[str, Any]:
+    """Which parts of running regions answer: a TCP connect to each listener, the PIDs."""
+
+    def answers(address: str) -> bool:
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                return True
+        except (OSError, ValueError):
+            return False
+
+    def alive(pid: object) -> bool:
+        if not isinstance(pid, int):
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    regions = {}
+    for name, region in endpoints.get("regions", {}).items():
+        data_address = str(region.get("data_url", "")).removeprefix("http://")
+        regions[name] = {
+            "mqtt": answers(region.get("mqtt", "")),
+            "mqtts": answers(region.get("mqtts", "")),
+            "data": answers(data_address),
+            "broker_pid_alive": alive(region.get("broker_pid")),
+        }
+    control = str(endpoints.get("control_plane_url", "")).removeprefix("http://")
+    return {
+        "running": alive(endpoints.get("pid")),
+        "regions": regions,
+        "control_plane": answers(control),
+        "dns": answers(str(endpoints.get("dns", ""))),
+    }

@@ -1,0 +1,89 @@
+"""The local regions' control plane: one moto server for every region, with AWS's manners.
+
+Regions are isolated by name (the SigV4 credential scope of each request). A
+WSGI middleware in front of moto adds what the DR logic has to cope with on
+AWS: throttling at AWS's default TPS per API and region, per-region outages
+(HTTP 503 or dropped connections) switched at run time, and registry events
+published in AWS's format on each region's broker. Start it as a child
+process with :func:`start_control_plane`; point boto3 at ``ControlPlane.url``.
+"""
+
+from __future__ import annotations
+
+from simulators.controlplane._events import (
+    EVENT_APIS,
+    ApiCall,
+    EventPublisher,
+    GroupRef,
+    RegistryEvent,
+    RegistryView,
+    Subjects,
+    ThingGroupState,
+    ThingState,
+    ThingTypeState,
+    registry_events,
+    subjects_for,
+)
+from simulators.controlplane._middleware import (
+    OUTAGE_MODES,
+    ApiRouter,
+    ControlPlaneMiddleware,
+    OutageMode,
+    RegistryReader,
+    region_from_authorization,
+)
+from simulators.controlplane._process import (
+    DEFAULT_ACCOUNT_ID,
+    ControlPlane,
+    ControlPlaneAdmin,
+    ControlPlaneConfig,
+    ControlPlaneError,
+    start_control_plane,
+)
+from simulators.controlplane._quotas import (
+    DEFAULT_TPS,
+    DEFAULT_UNLISTED_TPS,
+    MonotonicClock,
+    QuotaTable,
+    SystemClock,
+    Throttle,
+    TokenBucket,
+)
+from simulators.controlplane._server import ControlPlaneServer, MotoRegistry, configure_moto
+
+__all__ = [
+    "DEFAULT_ACCOUNT_ID",
+    "DEFAULT_TPS",
+    "DEFAULT_UNLISTED_TPS",
+    "EVENT_APIS",
+    "OUTAGE_MODES",
+    "ApiCall",
+    "ApiRouter",
+    "ControlPlane",
+    "ControlPlaneAdmin",
+    "ControlPlaneConfig",
+    "ControlPlaneError",
+    "ControlPlaneMiddleware",
+    "ControlPlaneServer",
+    "EventPublisher",
+    "GroupRef",
+    "MonotonicClock",
+    "MotoRegistry",
+    "OutageMode",
+    "QuotaTable",
+    "RegistryEvent",
+    "RegistryReader",
+    "RegistryView",
+    "Subjects",
+    "SystemClock",
+    "ThingGroupState",
+    "ThingState",
+    "ThingTypeState",
+    "Throttle",
+    "TokenBucket",
+    "configure_moto",
+    "region_from_authorization",
+    "registry_events",
+    "start_control_plane",
+    "subjects_for",
+]

@@ -1,0 +1,419 @@
+"""The WSGI middleware in front of moto: outages, throttling and registry events per region.
+
+Each request's region comes from its SigV4 credential scope
+(``Credential=AKID/20250101/us-east-1/iot/aws4_request``) and its API name
+from the method and path, matched against botocore's model of the ``iot``
+service (:class:`ApiRouter`). Then, in this order:
+
+1. the region's outage mode: ``http503`` answers 503 ServiceUnavailableException,
+   ``drop`` closes the connection without a response;
+2. the (region, API) token bucket: empty answers 400 ThrottlingException;
+3. moto, under one lock (moto's backends are not thread-safe: a listing while
+   another thread creates things can fail with 500);
+4. for a successful mutating registry call, the state of the touched objects
+   before and after the call becomes registry events on the region's broker.
+
+Admin endpoints live under ``/_iotdr/``, a prefix no IoT API uses:
+``GET /_iotdr/status`` and ``POST /_iotdr/regions/{region}/control-plane``
+with ``{"mode": "up" | "http503" | "drop"}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http
+import io
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
+
+from simulators.controlplane._events import (
+    EVENT_APIS,
+    ApiCall,
+    EventPublisher,
+    RegistryView,
+    Subjects,
+    registry_events,
+    subjects_for,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from simulators.controlplane._quotas import Throttle
+
+__all__ = [
+    "ADMIN_PREFIX",
+    "OUTAGE_MODES",
+    "ApiRouter",
+    "ControlPlaneMiddleware",
+    "OutageMode",
+    "RegistryReader",
+    "region_from_authorization",
+]
+
+logger = logging.getLogger(__name__)
+
+ADMIN_PREFIX = "/_iotdr/"
+OutageMode = Literal["up", "http503", "drop"]
+OUTAGE_MODES: tuple[OutageMode, ...] = get_args(OutageMode)
+
+_CREDENTIAL = re.compile(r"Credential=[^/,\s]+/\d{8}/(?P<region>[^/,\s]+)/[^/,\s]+/aws4_request")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_OUTAGE_PATH = re.compile(r"^/_iotdr/regions/(?P<region>[^/]+)/control-plane$")
+_PLACEHOLDER = re.compile(r"\{(?P<name>[A-Za-z0-9_]+)(?P<greedy>\+?)\}")
+
+
+def region_from_authorization(header: str | None) -> str | None:
+    """The region of a SigV4 ``Authorization`` header's credential scope, or None."""
+    if not header:
+        return None
+    match = _CREDENTIAL.search(header)
+    return match.group("region") if match else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    api: str
+    pattern: re.Pattern[str]
+    rank: tuple[int, int]  # literal segments, literal characters: the most specific wins
+
+
+class ApiRouter:
+    """Maps an HTTP method and path to a REST-JSON API name and its URI parameters."""
+
+    def __init__(self, operations: Iterable[tuple[str, str, str]]) -> None:
+        """Build the map from ``(api, method, requestUri)`` triples."""
+        routes: dict[str, list[_Route]] = {}
+        for api, method, request_uri in operations:
+            routes.setdefault(method.upper(), []).append(_compile(api, request_uri))
+        for candidates in routes.values():
+            candidates.sort(key=lambda route: route.rank, reverse=True)
+        self._routes = routes
+
+    def __repr__(self) -> str:
+        return f"ApiRouter(routes={sum(len(r) for r in self._routes.values())})"
+
+    @classmethod
+    def from_botocore(cls, service: str = "iot") -> ApiRouter:
+        """The map of every operation in botocore's model of ``service``."""
+        import botocore.session  # noqa: PLC0415 - loading the model is the slow part; do it once
+
+        model = botocore.session.get_session().get_service_model(service)
+        operations = []
+        for name in model.operation_names:
+            http_spec = model.operation_model(name).http
+            operations.append((name, http_spec["method"], http_spec["requestUri"]))
+        return cls(operations)
+
+    def match(self, method: str, path: str) -> tuple[str, dict[str, str]] | None:
+        """The API name and URI parameters of ``method path``, or None if no API has it."""
+        for route in self._routes.get(method.upper(), ()):
+            found = route.pattern.match(path)
+            if found is not None:
+                return route.api, found.groupdict()
+        return None
+
+
+def _compile(api: str, request_uri: str) -> _Route:
+    template = request_uri.split("?", 1)[0]
+    parts: list[str] = []
+    position = literal_chars = 0
+    for placeholder in _PLACEHOLDER.finditer(template):
+        literal = template[position : placeholder.start()]
+        parts.append(re.escape(literal))
+        literal_chars += len(literal)
+        value = ".+" if placeholder.group("greedy") else "[^/]+"
+        parts.append(f"(?P<{placeholder.group('name')}>{value})")
+        position = placeholder.end()
+    tail = template[position:]
+    parts.append(re.escape(tail))
+    literal_chars += len(tail)
+    literal_segments = sum(1 for s in template.split("/") if s and "{" not in s)
+    pattern = re.compile("^" + "".join(parts).rstrip("/") + "/?$")
+    return _Route(api, pattern, (literal_segments, literal_chars))
+
+
+class RegistryReader(Protocol):
+    """Reads the current state of a call's subjects in a region (the moto backend, in-process)."""
+
+    def snapshot(self, region: str, subjects: Subjects) -> RegistryView:
+        """The state of ``subjects`` in ``region`` now."""
+        ...
+
+
+class _ConnectionDroppedError(ConnectionAbortedError):
+    """Raised to make the HTTP server drop the connection: the ``drop`` outage."""
+
+
+class ControlPlaneMiddleware:
+    """Outages, throttling and registry events in front of moto's WSGI app.
+
+    Args:
+        app: moto's WSGI application.
+        router: the method+path to API name map.
+        throttle: the token buckets.
+        registry: reads object state for registry events.
+        publishers: one event publisher per region that has a broker.
+        account_id: the account the events carry (moto's default account).
+        default_region: the region of a request without a SigV4 credential scope.
+        now_ms: the events' clock (UNIX milliseconds).
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        router: ApiRouter,
+        throttle: Throttle,
+        registry: RegistryReader,
+        publishers: Mapping[str, EventPublisher],
+        account_id: str,
+        default_region: str = "us-east-1",
+        now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self._app = app
+        self._router = router
+        self._throttle = throttle
+        self._registry = registry
+        self._publishers = dict(publishers)
+        self._account_id = account_id
+        self._default_region = default_region
+        self._now_ms = now_ms
+        self._outages: dict[str, OutageMode] = {}
+        self._lock = threading.Lock()
+        self._requests = 0
+
+    def __repr__(self) -> str:
+        down = {r: m for r, m in self._outages.items() if m != "up"}
+        return (
+            f"ControlPlaneMiddleware(requests={self._requests}, outages={down}, {self._throttle!r})"
+        )
+
+    def set_outage(self, region: str, mode: OutageMode) -> None:
+        """Switch ``region``'s control plane to ``mode`` (``up`` ends an outage)."""
+        self._outages[region] = mode
+        logger.info("controlplane.outage", extra={"region": region, "mode": mode})
+
+    def status(self) -> dict[str, Any]:
+        """Outage modes, event publishers and counters, for ``GET /_iotdr/status``."""
+        regions: dict[str, Any] = {}
+        for region in sorted(self._publishers.keys() | self._outages.keys()):
+            publisher = self._publishers.get(region)
+            regions[region] = {
+                "control_plane": self._outages.get(region, "up"),
+                "events": publisher.status() if publisher else None,
+            }
+        return {
+            "pid": os.getpid(),
+            "account_id": self._account_id,
+            "requests": self._requests,
+            "throttled": self._throttle.throttled,
+            "regions": regions,
+            "quotas": self._throttle.table.as_dict(),
+        }
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Serve one request."""
+        path = _path_info(environ)
+        if path.startswith(ADMIN_PREFIX):
+            return self._admin(environ, start_response, path)
+        method = environ.get("REQUEST_METHOD", "GET")
+        region = region_from_authorization(environ.get("HTTP_AUTHORIZATION"))
+        region = region or self._default_region
+        route = self._router.match(method, path)
+        mode = self._outages.get(region, "up")
+        if mode == "drop":
+            _drop(environ, region)
+        if mode == "http503":
+            _read_json_body(environ)  # read it all: closing on unread data would reset the answer
+            message = f"AWS IoT in {region} is unavailable (simulated control-plane outage)"
+            return _error(start_response, 503, "ServiceUnavailableException", message)
+        if route is not None and not self._throttle.admit(region, route[0]):
+            _read_json_body(environ)
+            return _error(start_response, 400, "ThrottlingException", "Rate exceeded")
+        call = None
+        if route is not None and route[0] in EVENT_APIS and region in self._publishers:
+            call = ApiCall(
+                region=region,
+                api=route[0],
+                path=route[1],
+                body=_read_json_body(environ),
+            )
+        status, headers, payload = self._call_moto(environ, call)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "controlplane.request",
+                extra={"region": region, "api": route[0] if route else None, "status": status},
+            )
+        start_response(status, headers)
+        return [payload]
+
+    def _call_moto(
+        self, environ: WSGIEnvironment, call: ApiCall | None
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        subjects = subjects_for(call) if call is not None else None
+        with self._lock:
+            self._requests += 1
+            before = self._snapshot(call, subjects)
+            status, headers, payload = self._run_app(environ)
+            if call is not None and before is not None and status.startswith("2"):
+                # Queued under the lock, so a region's events keep the order of its calls.
+                self._publish(call, before, self._snapshot(call, subjects))
+        return status, headers, payload
+
+    def _snapshot(self, call: ApiCall | None, subjects: Subjects | None) -> RegistryView | None:
+        if call is None or subjects is None:
+            return None
+        try:
+            return self._registry.snapshot(call.region, subjects)
+        except Exception:
+            # Events are a side effect: a failure to read state must not fail the call.
+            logger.exception(
+                "controlplane.events.snapshot_failed",
+                extra={"region": call.region, "api": call.api},
+            )
+            return None
+
+    def _publish(self, call: ApiCall, before: RegistryView, after: RegistryView | None) -> None:
+        if after is None:
+            return
+        try:
+            events = registry_events(
+                before, after, account_id=self._account_id, timestamp_ms=self._now_ms()
+            )
+            self._publishers[call.region].submit(events)
+        except Exception:
+            logger.exception(
+                "controlplane.events.publish_failed", extra={"region": call.region, "api": call.api}
+            )
+
+    def _run_app(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+        captured: list[tuple[str, list[tuple[str, str]]]] = []
+        chunks: list[bytes] = []
+
+        def capture(
+            status: str, headers: list[tuple[str, str]], exc_info: object = None
+        ) -> Callable[[bytes], object]:
+            del exc_info  # moto never answers with an error after starting the response
+            captured.append((status, headers))
+            return chunks.append
+
+        try:
+            result = self._app(environ, capture)
+            try:
+                chunks.extend(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        except NotImplementedError as exc:
+            return _buffered(501, "NotImplementedException", f"moto does not implement this: {exc}")
+        except Exception as exc:
+            logger.exception("controlplane.moto_failed", extra={"path": _path_info(environ)})
+            return _buffered(500, "InternalFailureException", f"moto failed: {exc}")
+        status, headers = captured[-1]
+        payload = b"".join(chunks)
+        kept = [(k, v) for k, v in headers if k.lower() not in ("content-length", "connection")]
+        return status, [*kept, ("Content-Length", str(len(payload)))], payload
+
+    def _admin(
+        self, environ: WSGIEnvironment, start_response: StartResponse, path: str
+    ) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path == "/_iotdr/status":
+            if method != "GET":
+                return _json(start_response, 405, {"message": "use GET"})
+            return _json(start_response, 200, self.status())
+        found = _OUTAGE_PATH.match(path)
+        if found is None:
+            return _json(start_response, 404, {"message": f"no admin endpoint {path}"})
+        if method != "POST":
+            return _json(start_response, 405, {"message": "use POST"})
+        region = found.group("region")
+        mode = _read_json_body(environ).get("mode")
+        if not _REGION.match(region):
+            return _json(start_response, 400, {"message": f"{region!r} is not a region name"})
+        if mode not in OUTAGE_MODES:
+            choices = ", ".join(OUTAGE_MODES)
+            return _json(start_response, 400, {"message": f"mode {mode!r}: use one of {choices}"})
+        self.set_outage(region, mode)
+        return _json(start_response, 200, {"region": region, "control_plane": mode})
+
+
+def _path_info(environ: WSGIEnvironment) -> str:
+    # PEP 3333: PATH_INFO holds the decoded bytes as latin-1; names may be UTF-8.
+    raw: str = environ.get("PATH_INFO", "") or "/"
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return raw
+
+
+def _read_json_body(environ: WSGIEnvironment) -> dict[str, Any]:
+    """The request's JSON object body ({} if none or not JSON); the input stays readable."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    stream = environ["wsgi.input"]
+    if length > 0:
+        data = stream.read(length)
+    elif environ.get("wsgi.input_terminated"):  # a chunked body: the server marks its end
+        data = stream.read()
+    else:
+        data = b""
+    environ["wsgi.input"] = io.BytesIO(data)
+    try:
+        body = json.loads(data) if data else {}
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _drop(environ: WSGIEnvironment, region: str) -> None:
+    sock = environ.get("werkzeug.socket")
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    # werkzeug treats a ConnectionError from the app as a dropped connection: no response.
+    msg = f"simulated control-plane outage in {region}: connection dropped"
+    raise _ConnectionDroppedError(msg)
+
+
+def _status_line(code: int) -> str:
+    return f"{code} {http.HTTPStatus(code).phrase}"
+
+
+def _buffered(code: int, error_type: str, message: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    payload = json.dumps({"message": message}).encode()
+    headers = [
+        ("Content-Type", "application/json"),
+        ("x-amzn-ErrorType", error_type),
+        ("x-amzn-RequestId", str(uuid.uuid4())),
+        ("Content-Length", str(len(payload))),
+    ]
+    return _status_line(code), headers, payload
+
+
+def _error(start_response: StartResponse, code: int, error_type: str, message: str) -> list[bytes]:
+    """An AWS REST-JSON error: ``x-amzn-ErrorType`` names it, the body has ``message``."""
+    status, headers, payload = _buffered(code, error_type, message)
+    start_response(status, headers)
+    return [payload]
+
+
+def _json(start_response: StartResponse, code: int, body: Mapping[str, Any]) -> list[bytes]:
+    payload = json.dumps(body, sort_keys=True).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
+    start_response(_status_line(code), headers)
+    return [payload]

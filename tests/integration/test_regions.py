@@ -1,0 +1,174 @@
+"""The local regions as a whole: boto3 iot and iot-data against them, isolation, events, faults."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import botocore.exceptions
+import paho.mqtt.client as mqtt
+import pytest
+from botocore.config import Config
+from paho.mqtt.enums import CallbackAPIVersion
+
+from device_agent.cli import main
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from simulators._regions import LocalRegions
+
+pytestmark = pytest.mark.integration
+
+PRIMARY, SECONDARY = "us-east-1", "us-west-2"
+_NO_RETRIES = Config(
+    retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2, read_timeout=5
+)
+
+
+def _client(service: str, region: str, url: str) -> Any:
+    return boto3.client(  # type: ignore[call-overload]
+        service,
+        region_name=region,
+        endpoint_url=url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=_NO_RETRIES,
+    )
+
+
+def test_endpoints_describe_every_part(local_regions: LocalRegions) -> None:
+    endpoints = local_regions.endpoints()
+    assert set(endpoints["regions"]) == {PRIMARY, SECONDARY}
+    primary = endpoints["regions"][PRIMARY]
+    assert primary["role"] == "primary"
+    assert primary["mqtts"].startswith("127.0.0.2:")
+    assert primary["data_url"].startswith("http://127.0.0.2:")
+    assert endpoints["regions"][SECONDARY]["mqtts"].startswith("127.0.0.3:")
+    assert endpoints["control_plane_url"].startswith("http://127.0.0.1:")
+    assert endpoints["dns"].startswith("127.0.0.1:")
+
+
+def test_iot_and_iot_data_per_region_are_isolated(local_regions: LocalRegions) -> None:
+    url = local_regions.endpoints()["control_plane_url"]
+    east, west = _client("iot", PRIMARY, url), _client("iot", SECONDARY, url)
+    east.create_thing(thingName="lamp-1", attributePayload={"attributes": {"room": "hall"}})
+    assert east.describe_thing(thingName="lamp-1")["attributes"] == {"room": "hall"}
+    with pytest.raises(west.exceptions.ResourceNotFoundException):
+        west.describe_thing(thingName="lamp-1")
+    data_east = _client("iot-data", PRIMARY, local_regions.shadows(PRIMARY).url)
+    data_west = _client("iot-data", SECONDARY, local_regions.shadows(SECONDARY).url)
+    data_east.update_thing_shadow(
+        thingName="lamp-1", payload=json.dumps({"state": {"reported": {"on": True}}}).encode()
+    )
+    shadow = json.loads(data_east.get_thing_shadow(thingName="lamp-1")["payload"].read())
+    assert shadow["state"]["reported"] == {"on": True}
+    with pytest.raises(data_west.exceptions.ResourceNotFoundException):
+        data_west.get_thing_shadow(thingName="lamp-1")
+
+
+def test_registry_events_arrive_on_the_region_broker(local_regions: LocalRegions) -> None:
+    broker = local_regions.broker(PRIMARY)
+    received: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="events-watcher")
+    watcher.on_message = lambda c, u, m: received.put((m.topic, json.loads(m.payload)))
+    subscribed = queue.Queue[bool]()
+    watcher.on_subscribe = lambda *a: subscribed.put(True)
+    watcher.connect(broker.host, broker.port)
+    watcher.subscribe("$aws/events/#", qos=1)
+    watcher.loop_start()
+    try:
+        subscribed.get(timeout=10)
+        iot = _client("iot", PRIMARY, local_regions.endpoints()["control_plane_url"])
+        iot.create_thing(thingName="sensor-7")
+        topic, event = received.get(timeout=10)
+    finally:
+        watcher.disconnect()
+        watcher.loop_stop()
+    assert topic == "$aws/events/thing/sensor-7/created"
+    assert event["eventType"] == "THING_EVENT"
+    assert event["operation"] == "CREATED"
+    assert event["thingName"] == "sensor-7"
+
+
+def test_control_plane_outage_is_seen_by_boto3(local_regions: LocalRegions) -> None:
+    url = local_regions.endpoints()["control_plane_url"]
+    east, west = _client("iot", PRIMARY, url), _client("iot", SECONDARY, url)
+    local_regions.set_control_plane(PRIMARY, "http503")
+    try:
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            east.list_things()
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert west.list_things()["things"] == []  # the other region is unaffected
+    finally:
+        local_regions.set_control_plane(PRIMARY, "up")
+    assert east.list_things()["things"] == []
+
+
+def test_regions_up_status_fault_commands(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "device_agent.cli", "--log-level", "warning", "sim", "regions",
+         "up", "--state-dir", str(state), "--mqtt-port", "0", "--mqtts-port", "0",
+         "--data-port", "0", "--control-plane-port", "0", "--dns-port", "0", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        endpoints = json.loads(process.stdout.readline())
+        assert (state / "regions.json").exists()
+        status = subprocess.run(
+            [sys.executable, "-m", "device_agent.cli", "sim", "regions", "status",
+             "--state-dir", str(state), "--json"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        health = json.loads(status.stdout)["health"]
+        assert health["regions"][PRIMARY] == {
+            "mqtt": True, "mqtts": True, "data": True, "broker_pid_alive": True,
+        }  # fmt: skip
+        faulted = subprocess.run(
+            [sys.executable, "-m", "device_agent.cli", "sim", "fault", PRIMARY,
+             "control-plane-down", "--state-dir", str(state), "--json"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert faulted.returncode == 0, faulted.stderr
+        iot = _client("iot", PRIMARY, endpoints["control_plane_url"])
+        with pytest.raises(botocore.exceptions.ClientError):
+            iot.list_things()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert process.returncode == 0
+    assert not (state / "regions.json").exists()
+    deadline = time.monotonic() + 5
+    pids = [r["broker_pid"] for r in endpoints["regions"].values()]
+    pids.append(endpoints["control_plane_pid"])
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        import os
+
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_status_without_running_regions_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["sim", "regions", "status", "--state-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "iotdr sim regions up" in err[0]
