@@ -87,7 +87,7 @@ class _Connection:
 
     region: str
     generation: int
-    endpoint: Endpoint
+    endpoint: Endpoint | None
     address: str = ""
     transport: Transport | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -195,13 +195,19 @@ class FailoverClient:
     async def start(self) -> None:
         """Discover the region, then start connecting (returns without waiting for it).
 
-        Raises:
-            ConfigError: neither DNS nor the configuration says which regions to use.
+        When DNS gives no answer and the configuration names no regions (a
+        device booting before its network is up), discovery is retried with
+        backoff (1 s doubling to 60 s, ``dns.failed`` each time) until it works.
         """
         for warning in self.config.identity.check_files():
-            logger.warning("identity.warning", extra={"warning": warning})
             self._emit("identity.warning", {"warning": warning})
         discovery = await self._discover()
+        delay = 1.0
+        while discovery is None and not self._static_roles():
+            self._emit("dns.retry", {"in_s": delay})
+            await asyncio.sleep(delay)
+            delay = min(60.0, delay * 2)
+            discovery = await self._discover()
         primary, secondary = self._roles(discovery)
         self._machine = FailoverMachine(
             self.config.failover, primary=primary, secondary=secondary, rng=self._rng
@@ -226,7 +232,7 @@ class FailoverClient:
             for action in self._machine.handle(Stop(), self._clock.monotonic()):
                 await self._do(action)
             self._driver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._driver
         await self._drop_connection()
         for task in list(self._tasks):
@@ -251,6 +257,9 @@ class FailoverClient:
         Raises:
             OutboxFullError: the outbox is full and its policy is ``reject``.
         """
+        if qos not in (0, 1):
+            msg = f"qos must be 0 or 1, not {qos!r} (AWS IoT Core does not support QoS 2)"
+            raise ValueError(msg)
         data = _encode(payload)
         if qos == 0:
             conn = self._conn
@@ -291,6 +300,15 @@ class FailoverClient:
         if conn is not None and conn.transport is not None and conn.transport.connected:
             self._spawn(conn, self._subscribe(conn, [subscription]))
         return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop a subscription (now, and it is not renewed after reconnects)."""
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+        others = any(s.topic_filter == subscription.topic_filter for s in self._subscriptions)
+        conn = self._conn
+        if not others and conn is not None and conn.transport is not None:
+            self._spawn(conn, conn.transport.unsubscribe(subscription.topic_filter))
 
     def status(self) -> Status:
         """Current region, role, since when, outbox depth and the last probe results."""
@@ -388,10 +406,14 @@ class FailoverClient:
             self._connected.set()
         elif name in ("connection.lost", "failover.started", "failback.started", "dr.move.started"):
             self._connected.clear()
-        level = logging.DEBUG if name in _PER_MESSAGE else logging.INFO
+        level = logging.WARNING if name in _WARNINGS else logging.INFO
+        level = logging.DEBUG if name in _PER_MESSAGE else level
         logger.log(level, name, extra={k: v for k, v in fields.items() if k not in _RESERVED})
         for listener in self._listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception:  # an application's bug must not stop the failover logic
+                logger.exception("agent.listener_failed", extra={"event_name": name})
         for queue in self._event_queues:
             queue.put_nowait(event)
 
@@ -399,20 +421,25 @@ class FailoverClient:
 
     def _start_connect(self, action: Connect) -> None:
         self._generation += 1
-        endpoint = self._endpoint_for(action.region)
-        if endpoint is None:
-            self._put(ConnectFailed(action.region, "no_endpoint"))
-            return
-        conn = _Connection(action.region, self._generation, endpoint)
+        conn = _Connection(action.region, self._generation, self._endpoint_for(action.region))
         self._conn = conn
         self._spawn(conn, self._connect(conn))
 
     async def _connect(self, conn: _Connection) -> None:
+        if conn.endpoint is None:  # DNS failed so far and nothing static: ask again
+            await self._discover()
+            conn.endpoint = self._endpoint_for(conn.region)
+            if conn.endpoint is None:
+                self._put(ConnectFailed(conn.region, "no_endpoint"))
+                return
         endpoint = conn.endpoint
         try:
             addresses = await self._resolve_address(endpoint.host)
         except DiscoveryError as exc:
-            self._emit("dns.failed", {"kind": exc.kind, "name": exc.name, "region": conn.region})
+            self._emit(
+                "dns.failed",
+                {"kind": exc.kind, "name": exc.name, "detail": str(exc), "region": conn.region},
+            )
             self._put(ConnectFailed(conn.region, "dns"))
             return
         conn.address = addresses[0]
@@ -621,13 +648,16 @@ class FailoverClient:
         try:
             found = await self._discovery.discover()
         except DiscoveryError as exc:
-            logger.warning("dns.failed", extra={"kind": exc.kind, "detail": str(exc)})
-            self._emit("dns.failed", {"kind": exc.kind, "detail": str(exc)})
+            self._emit("dns.failed", {"kind": exc.kind, "name": exc.name, "detail": str(exc)})
             return None
         if found.region not in self._endpoints:
             port = self.config.mqtt.port
             self._endpoints[found.region] = Endpoint(found.region, found.target, port)
         return found
+
+    def _static_roles(self) -> bool:
+        d = self.config.discovery
+        return bool(d.primary and d.secondary) or len(d.endpoints) >= 2
 
     def _roles(self, discovery: Discovery | None) -> tuple[str, str]:
         if discovery is not None:
@@ -647,6 +677,8 @@ class FailoverClient:
 
 # Events about single messages: logged at DEBUG, not to drown the lifecycle.
 _PER_MESSAGE = frozenset({"message.acked"})
+# Events that say something is wrong: logged at WARNING.
+_WARNINGS = frozenset({"dns.failed", "identity.warning", "subscribe.failed"})
 
 # Logging's own record attributes cannot be passed through ``extra=``.
 _RESERVED = frozenset({"name", "msg", "args", "message", "module", "filename", "lineno"})

@@ -40,6 +40,14 @@ def _positive(owner: object, *names: str, allow_zero: bool = False) -> None:
             raise ConfigError(msg)
 
 
+def _booleans(owner: object, *names: str) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if not isinstance(value, bool):
+            msg = f"{type(owner).__name__}.{name} must be true or false, not {value!r}"
+            raise ConfigError(msg)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FailoverConfig:
     """When to reconnect, fail over, fail back, and how fast.
@@ -52,8 +60,12 @@ class FailoverConfig:
         probe_interval_s: how often the connected region is probed end to end.
         failback_probe_interval_s: how often the preferred region is probed
             while the device is away from it.
-        failback_probe_depth: how deep those probes go (``mqtt`` = CONNECT and
-            CONNACK with the device's identity).
+        failback_probe_depth: how deep those probes go. ``tls`` (the default):
+            TCP and the mutual TLS handshake, which costs no MQTT CONNECT (AWS
+            allows 500 CONNECT/s per account: a fleet probing with ``mqtt`` every
+            10 s spends 1/10 of its devices' count per second); ``mqtt`` adds
+            CONNECT and CONNACK with the device's identity; ``roundtrip`` adds a
+            publish/subscribe echo.
         stability_window_s: the preferred region must pass every probe for
             this long before the device moves back.
         failback: move back at all (False: stay until the current region fails).
@@ -71,8 +83,8 @@ class FailoverConfig:
     reconnect_attempts: int = 2
     failure_threshold: int = 3
     probe_interval_s: float = 3.0
-    failback_probe_interval_s: float = 5.0
-    failback_probe_depth: Literal["tcp", "tls", "mqtt", "roundtrip"] = "mqtt"
+    failback_probe_interval_s: float = 10.0
+    failback_probe_depth: Literal["tcp", "tls", "mqtt", "roundtrip"] = "tls"
     stability_window_s: float = 60.0
     failback: bool = True
     backoff_base_s: float = 0.5
@@ -95,6 +107,7 @@ class FailoverConfig:
             "dr_jitter_s",
             allow_zero=True,
         )
+        _booleans(self, "failback", "dr_mode")
         if self.failback_probe_depth not in ("tcp", "tls", "mqtt", "roundtrip"):
             msg = (
                 f"FailoverConfig.failback_probe_depth must be tcp, tls, mqtt or roundtrip, "
@@ -225,6 +238,7 @@ class MQTTConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "keepalive_s", "connect_timeout_s", "max_inflight")
+        _booleans(self, "clean_session")
         if not 0 < self.port < 65536:
             msg = f"MQTTConfig.port must be 1..65535, not {self.port!r}"
             raise ConfigError(msg)
@@ -342,21 +356,25 @@ def agent_config_from_mapping(data: dict[str, Any], *, base: Path) -> AgentConfi
         "[discovery]",
     )
     endpoints_raw = discovery.pop("endpoints", {})
+    mqtt_port = _section(data, "mqtt").get("port", 8883)
+    port = mqtt_port if isinstance(mqtt_port, int) else 8883
     if isinstance(endpoints_raw, dict):
         endpoints = {
-            str(region): parse_endpoint(f"{region}={host}")
+            str(region): parse_endpoint(f"{region}={host}", default_port=port)
             for region, host in endpoints_raw.items()
         }
     elif isinstance(endpoints_raw, list):
-        endpoints = {e.region: e for e in (parse_endpoint(str(item)) for item in endpoints_raw)}
+        endpoints = {
+            e.region: e
+            for e in (parse_endpoint(str(item), default_port=port) for item in endpoints_raw)
+        }
     else:
         msg = '[discovery] endpoints must be a table region = "host[:port]" or a list'
         raise ConfigError(msg)
     if "dns_server" in discovery:
-        host, _, port = str(discovery.pop("dns_server")).rpartition(":")
-        discovery["nameservers"] = [host or port]
-        if host:
-            discovery["port"] = _int(port, "[discovery] dns_server port")
+        host, dns_port = split_host_port(str(discovery.pop("dns_server")), 53)
+        discovery["nameservers"] = [host]
+        discovery["port"] = dns_port
     discovery["nameservers"] = tuple(discovery.get("nameservers", ()))
     outbox = dict(_section(data, "outbox"))
     if "path" in outbox:
@@ -412,6 +430,26 @@ def _known(values: dict[str, Any], allowed: set[str], where: str) -> None:
             f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
         )
         raise ConfigError(msg)
+
+
+def split_host_port(value: str, default_port: int) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[IPv6]`` or ``[IPv6]:PORT`` as (host, port).
+
+    Raises:
+        ConfigError: the port is not a number from 1 to 65535.
+    """
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_text = rest.removeprefix(":") if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+    else:  # a bare host name, IPv4 or IPv6 address
+        host, port_text = value, ""
+    port = _int(port_text, f"the port in {value!r}") if port_text else default_port
+    if not host or not 0 < port < 65536:
+        msg = f"{value!r} is not HOST[:PORT] (IPv6 in brackets: [::1]:53)"
+        raise ConfigError(msg)
+    return host, port
 
 
 def _path(base: Path, value: object) -> Path:

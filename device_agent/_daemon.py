@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from device_agent._client import AgentEvent, FailoverClient, Message
+from device_agent._errors import OutboxFullError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -80,7 +81,9 @@ async def run_daemon(
     client = FailoverClient(config, on_event=on_event)
     async with client:
         for topic in config.subscribe:
-            client.subscribe(topic, qos=1, callback=on_message)
+            client.subscribe(
+                topic.replace("{client_id}", config.identity.client_id), qos=1, callback=on_message
+            )
         refresh()
         while not stop.is_set():
             interval = config.heartbeat_interval_s
@@ -91,9 +94,12 @@ async def run_daemon(
                 break
             if config.heartbeat_topic and interval:
                 status = client.status().as_dict()
-                await client.publish(
-                    config.heartbeat_topic.replace("{client_id}", config.identity.client_id),
-                    {"client_id": config.identity.client_id, "at": time.time(), **status},
-                )
+                try:
+                    await client.publish(
+                        config.heartbeat_topic.replace("{client_id}", config.identity.client_id),
+                        {"client_id": config.identity.client_id, "at": time.time(), **status},
+                    )
+                except OutboxFullError as exc:  # a long outage: skip beats, keep running
+                    logger.warning("heartbeat.skipped", extra={"detail": str(exc)})
             refresh()
     logger.info("agent.stopped")

@@ -159,6 +159,7 @@ class FailoverMachine:
         self._healthy_since: float | None = None  # preferred region passing probes since
         self._move: _Move | None = None
         self._lost_at: float | None = None  # when the last connection was lost
+        self._failback_probe_sent: float | None = None  # when the last failback probe left
         self._timers: dict[Timer, float] = {}
 
     def __repr__(self) -> str:
@@ -242,9 +243,15 @@ class FailoverMachine:
         move = self._move
         if move is not None:
             self._move = None
+            # A failover that ends back where it began: the region recovered first.
+            done = (
+                "connection.restored"
+                if move.source == region
+                else (f"{move.kind.replace('_', '.')}.complete")
+            )
             out.append(
                 Emit(
-                    f"{move.kind.replace('_', '.')}.complete",
+                    done,
                     {
                         "region": region,
                         "from": move.source,
@@ -326,9 +333,12 @@ class FailoverMachine:
         if not event.ok:
             self._healthy_since = None
             return
+        # Measure the window between the times the probes were sent: their answers come
+        # back with varying latency, which must not push a failback a whole interval out.
+        sent = self._failback_probe_sent if self._failback_probe_sent is not None else now
         if self._healthy_since is None:
-            self._healthy_since = now
-        window_done = now - self._healthy_since >= self.config.stability_window_s
+            self._healthy_since = sent
+        window_done = sent - self._healthy_since >= self.config.stability_window_s
         if not (window_done and self.state is State.CONNECTED and self.config.failback):
             return
         assert self.current is not None
@@ -416,6 +426,7 @@ class FailoverMachine:
                 self._arm(Timer.FAILBACK_PROBE, guard_until, out)
                 return
             self._last_connect_at = now
+        self._failback_probe_sent = now
         out.append(Probe(preferred, depth))
         self._arm(Timer.FAILBACK_PROBE, now + self.config.failback_probe_interval_s, out)
 

@@ -383,6 +383,8 @@ def _create_private_file(path: str) -> None:
     try:
         fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
+        with contextlib.suppress(OSError):  # an older file: payloads may be private
+            os.chmod(file, 0o600)
         return
     except OSError as exc:
         raise OutboxError(path, f"cannot create: {exc.strerror or exc}") from exc

@@ -37,7 +37,9 @@ class AgentEvent:
 
     Names: ``connected``, ``connection.lost``, ``connect.failed``,
     ``failover.started``, ``failover.complete``, ``failback.started``,
-    ``failback.complete``, ``dr.move.started``, ``dr.move.complete``,
+    ``failback.complete``, ``failback.aborted``, ``dr.move.started``,
+    ``dr.move.complete``, ``dr.move.aborted``, ``connection.restored`` (a
+    failover that ended back in the region it left), ``dns.retry``,
     ``probe.failed``, ``dns.failed``, ``dns.changed``, ``roles.changed``,
     ``message.acked``, ``shadow.fetched``, ``shadow.fetch_failed``,
     ``subscribe.failed``, ``identity.warning``.

@@ -172,20 +172,15 @@ def agent() -> None:
     """The failover-aware device agent (what devices run)."""
 
 
-def _host_port(value: str, default_port: int) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        return value, default_port
-    try:
-        return host, int(port)
-    except ValueError:
-        msg = f"{value!r} is not HOST:PORT"
-        raise click.BadParameter(msg) from None
-
-
 def _dns_server(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     del ctx, param
-    return None if value is None else _host_port(value, 53)
+    from device_agent._config import split_host_port  # noqa: PLC0415
+    from device_agent._errors import ConfigError  # noqa: PLC0415
+
+    try:
+        return None if value is None else split_host_port(value, 53)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 _dns_server_option = click.option(
@@ -227,11 +222,10 @@ def agent_resolve(
     try:
         found = asyncio.run(discovery.discover())
     except DiscoveryError as exc:
-        emit(
-            {"name": name, "error": exc.kind, "detail": str(exc)},
-            as_json=as_json,
-            text=f"iotdr: {exc}",
-        )
+        if as_json:
+            emit({"name": name, "error": exc.kind, "detail": str(exc)}, as_json=True)
+        else:
+            click.echo(f"iotdr: {exc}", err=True)
         raise click.exceptions.Exit(1) from None
     result = {
         "name": found.name,

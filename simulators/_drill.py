@@ -239,7 +239,16 @@ async def _trial(
 
 async def run_drill(options: DrillOptions) -> dict[str, Any]:
     """Run the drill; returns the report (a JSON-ready dict)."""
-    state = options.state_dir or Path(tempfile.mkdtemp(prefix="iotdr-drill-"))
+    with contextlib.ExitStack() as scratch:
+        state = options.state_dir or Path(
+            scratch.enter_context(tempfile.TemporaryDirectory(prefix="iotdr-drill-"))
+        )
+        report = await _run(options, state)
+        report["settings"]["state_dir"] = str(options.state_dir) if options.state_dir else None
+        return report
+
+
+async def _run(options: DrillOptions, state: Path) -> dict[str, Any]:
     failover = FailoverConfig(
         stability_window_s=options.stability_window_s, dr_jitter_s=options.dr_jitter_s
     )

@@ -94,8 +94,12 @@ async def test_unregistered_certificate_is_not_authorized_and_backs_off(
     async with FailoverClient(config, on_event=record):
         await asyncio.sleep(4.0)
     attempts = record.named("connect.failed")
-    assert attempts
-    assert all(e.fields["kind"] == "not_authorized" for _, e in attempts)
+    kinds = [e.fields["kind"] for _, e in attempts]
+    assert kinds
+    # TLS 1.3 sends the refusal as an alert after the handshake; when the server's reset
+    # overtakes it, all the client sees is a connection closed before CONNACK.
+    assert set(kinds) <= {"not_authorized", "closed"}
+    assert "not_authorized" in kinds
     assert len(attempts) <= 5
     assert not record.named("connected")
 

@@ -535,7 +535,8 @@ def test_probes_made_before_connecting_do_not_count_toward_the_window() -> None:
 
 
 def test_a_failed_probe_while_waiting_to_fail_back_returns_to_the_secondary() -> None:
-    h = harness(stability_window_s=4.0, failback_probe_interval_s=2.0)
+    # MQTT-depth probes CONNECT, so the connect guard holds the failback attempt back.
+    h = harness(stability_window_s=4.0, failback_probe_interval_s=2.0, failback_probe_depth="mqtt")
     connected(h, S)
     _, started = _drive_failback(h, [True] * 5)
     assert started is not None
