@@ -22,11 +22,18 @@ import json
 import logging
 import os
 import socket
+import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self
 
+import dns.exception
+import dns.message
+import dns.query
+
 from simulators._broker import BrokerSpec, TLSFiles, start_broker
 from simulators._errors import SimulatorError
+from simulators._healthcheck import HealthCheckConfig, HealthChecker
+from simulators._loopthread import LoopThread
 from simulators._pki import FleetPKI
 from simulators._topology import DEFAULT_DOMAIN, DEFAULT_REGIONS
 from simulators.controlplane import start_control_plane
@@ -47,6 +54,11 @@ __all__ = ["LocalRegions", "RegionPorts", "read_regions_file"]
 logger = logging.getLogger(__name__)
 
 REGIONS_FILE = "regions.json"
+HEALTH_CHECKER_ID = "iotdr-health-checker"
+
+
+async def _start(checker: HealthChecker) -> None:
+    checker.start()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,6 +97,8 @@ class LocalRegions:
         ports: where to listen.
         broker_kind: ``auto`` (mosquitto when installed), ``mosquitto`` or ``amqtt``.
         quotas: control-plane TPS overrides over AWS's defaults.
+        health: the health checker's settings; None runs no checker (the CNAME
+            then stays on the primary unless changed by hand).
     """
 
     state_dir: Path
@@ -92,9 +106,11 @@ class LocalRegions:
     ports: RegionPorts = field(default_factory=RegionPorts)
     broker_kind: Literal["auto", "mosquitto", "amqtt"] = "auto"
     quotas: Mapping[str, float] | None = None
+    health: HealthCheckConfig | None = field(default_factory=HealthCheckConfig)
     pki: FleetPKI | None = None
     dns: ThreadedDNSServer | None = None
     control_plane: ControlPlane | None = None
+    health_checker: HealthChecker | None = None
     _regions: dict[str, _Region] = field(default_factory=dict)
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -154,6 +170,28 @@ class LocalRegions:
         self.dns = self._stack.enter_context(
             ThreadedDNSServer(zone, host="127.0.0.1", port=self.ports.dns)
         )
+        if self.health is not None:
+            self._start_health_checker(pki)
+
+    def _start_health_checker(self, pki: FleetPKI) -> None:
+        assert self.dns is not None
+        identity = pki.issue_device(HEALTH_CHECKER_ID)
+        context = ssl.create_default_context(cafile=str(pki.ca_path))
+        context.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+        checker = HealthChecker(
+            self.dns.zone,
+            self.regions,
+            ports={name: r.broker.tls_port or 0 for name, r in self._regions.items()},
+            ssl_context=context,
+            client_id=HEALTH_CHECKER_ID,
+            config=self.health,
+        )
+        runner = LoopThread("health-checker")
+        runner.start()
+        self._stack.callback(runner.stop)
+        runner.run(_start(checker))
+        self._stack.callback(runner.run, checker.stop())
+        self.health_checker = checker
 
     def stop(self) -> None:
         """Stop everything this instance started (by PID for the child processes)."""
@@ -162,6 +200,7 @@ class LocalRegions:
         self._stack = contextlib.ExitStack()
         self.dns = None
         self.control_plane = None
+        self.health_checker = None
 
     def __enter__(self) -> Self:
         self.start()
@@ -213,6 +252,7 @@ class LocalRegions:
                 }
                 for name, r in self._regions.items()
             },
+            "health_checker": self.health_checker.status() if self.health_checker else None,
             "control_plane_url": self.control_plane.url,
             "control_plane_pid": self.control_plane.pid,
             "dns": f"{self.dns.host}:{self.dns.port}",
@@ -296,4 +336,18 @@ def probe_regions(endpoints: Mapping[str, Any]) -> dict[str, Any]:
         "regions": regions,
         "control_plane": answers(control),
         "dns": answers(str(endpoints.get("dns", ""))),
+        "cname": _cname(str(endpoints.get("dns", "")), str(endpoints.get("device_name", ""))),
     }
+
+
+def _cname(server: str, name: str) -> str | None:
+    """Where the device-facing name points now, asked of the running DNS server."""
+    host, _, port = server.rpartition(":")
+    try:
+        query = dns.message.make_query(name, "CNAME")
+        answer = dns.query.udp(query, host, port=int(port), timeout=1.0)
+    except (OSError, ValueError, dns.exception.DNSException):
+        return None
+    for rrset in answer.answer:
+        return str(rrset[0].target).rstrip(".")
+    return None

@@ -603,7 +603,7 @@ def regions_up(
             )
             emit(endpoints, as_json=as_json, text=text)
             for _ in _wait_for_signal():
-                pass
+                local.write_regions_file()  # fresh health for `regions status`
         finally:
             path.unlink(missing_ok=True)
 
@@ -627,11 +627,19 @@ def regions_status(state_dir: Path, as_json: bool) -> None:
         and health["dns"]
         and all(all(v for v in parts.values()) for parts in health["regions"].values())
     )
+    checker = endpoints.get("health_checker") or {}
     lines = [f"{'running' if healthy else 'NOT healthy'}: {state_dir}"]
     lines += [
-        f"  {name:10} " + " ".join(f"{k}={'ok' if v else 'DOWN'}" for k, v in parts.items())
+        f"  {name:10} "
+        + " ".join(f"{k}={'ok' if v else 'DOWN'}" for k, v in parts.items())
+        + (
+            f" checker={'healthy' if checker['regions'][name]['healthy'] else 'UNHEALTHY'}"
+            if name in checker.get("regions", {})
+            else ""
+        )
         for name, parts in health["regions"].items()
     ]
+    lines.append(f"  {endpoints.get('device_name')} -> {health.get('cname')}")
     emit(result, as_json=as_json, text="\n".join(lines))
     if not healthy:
         raise click.exceptions.Exit(1)

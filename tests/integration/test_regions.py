@@ -129,7 +129,10 @@ def test_regions_up_status_fault_commands(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert status.returncode == 0, status.stderr
-        health = json.loads(status.stdout)["health"]
+        reported = json.loads(status.stdout)
+        health = reported["health"]
+        assert health["cname"] == "local-ats.iot.us-east-1.iotdr.test"
+        assert reported["health_checker"]["serving"] == PRIMARY
         assert health["regions"][PRIMARY] == {
             "mqtt": True, "mqtts": True, "data": True, "broker_pid_alive": True,
         }  # fmt: skip
