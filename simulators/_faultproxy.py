@@ -27,7 +27,7 @@ import struct
 from typing import TYPE_CHECKING, Self
 
 from simulators._errors import AddressInUseError, SimulatorError
-from simulators._loopthread import LoopThread
+from simulators._loopthread import ThreadedService
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -219,7 +219,7 @@ class FaultProxy:
             self._pipes.discard(pipe)
 
 
-class ThreadedFaultProxy:
+class ThreadedFaultProxy(ThreadedService[FaultProxy]):
     """A :class:`FaultProxy` in a thread of its own, for synchronous code and tests."""
 
     def __init__(
@@ -230,60 +230,25 @@ class ThreadedFaultProxy:
         listen_host: str = "127.0.0.1",
         listen_port: int = 0,
     ) -> None:
-        self.proxy = FaultProxy(
+        proxy = FaultProxy(
             target_host=target_host,
             target_port=target_port,
             listen_host=listen_host,
             listen_port=listen_port,
         )
-        self._runner = LoopThread("fault-proxy")
-
-    def __repr__(self) -> str:
-        return f"Threaded{self.proxy!r}"
+        super().__init__(proxy, name="fault-proxy")
 
     @property
-    def host(self) -> str:
-        """The address clients connect to."""
-        return self.proxy.host
-
-    @property
-    def port(self) -> int:
-        """The port clients connect to."""
-        return self.proxy.port
+    def proxy(self) -> FaultProxy:
+        """The proxy itself."""
+        return self.service
 
     @property
     def mode(self) -> FaultMode:
         """The current mode."""
-        return self.proxy.mode
-
-    def start(self) -> None:
-        """Start the thread and listen."""
-        self._runner.start()
-        try:
-            self._runner.run(self.proxy.start())
-        except BaseException:
-            self._runner.stop()
-            raise
+        return self.service.mode
 
     def set_mode(self, mode: FaultMode | str) -> None:
         """Switch mode (``up``, ``down``, ``blackhole``); returns once it is in force."""
         wanted = mode if isinstance(mode, FaultMode) else FaultMode(mode)
-        self._runner.run(self.proxy.set_mode(wanted))
-
-    def stop(self) -> None:
-        """Close everything and stop the thread."""
-        if self._runner.alive:
-            self._runner.run(self.proxy.stop())
-            self._runner.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self.run(self.service.set_mode(wanted))

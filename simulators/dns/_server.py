@@ -14,7 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Self
 
 from simulators._errors import AddressInUseError, SimulatorError
-from simulators._loopthread import LoopThread
+from simulators._loopthread import ThreadedService
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -147,7 +147,7 @@ class DNSServer:
                     await writer.wait_closed()
 
 
-class ThreadedDNSServer:
+class ThreadedDNSServer(ThreadedService[DNSServer]):
     """A :class:`DNSServer` in a background thread with its own event loop.
 
     Use as a context manager from synchronous code::
@@ -157,50 +157,14 @@ class ThreadedDNSServer:
     """
 
     def __init__(self, zone: Zone, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server = DNSServer(zone, host=host, port=port)
-        self._runner = LoopThread("dns")
+        super().__init__(DNSServer(zone, host=host, port=port), name="dns")
 
-    def __repr__(self) -> str:
-        return f"Threaded{self.server!r}"
+    @property
+    def server(self) -> DNSServer:
+        """The DNS server itself."""
+        return self.service
 
     @property
     def zone(self) -> Zone:
         """The zone being served."""
-        return self.server.zone
-
-    @property
-    def host(self) -> str:
-        """The bound address."""
-        return self.server.host
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        return self.server.port
-
-    def start(self) -> None:
-        """Start the thread and bind; returns once the server answers."""
-        self._runner.start()
-        try:
-            self._runner.run(self.server.start())
-        except BaseException:
-            self._runner.stop()
-            raise
-
-    def stop(self) -> None:
-        """Stop the server and its thread."""
-        if self._runner.alive:
-            self._runner.run(self.server.stop())
-            self._runner.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return self.service.zone
