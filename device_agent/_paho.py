@@ -418,7 +418,14 @@ def _certificate_refused(exc: ssl.SSLError) -> bool:
     text = f"{exc.reason} {exc}".lower()
     return any(
         word in text
-        for word in ("certificate required", "bad certificate", "unknown ca", "certificate unknown")
+        for word in (
+            "certificate required",
+            "bad certificate",
+            "unknown ca",
+            "certificate unknown",
+            "certificate expired",
+            "certificate revoked",
+        )
     )
 
 

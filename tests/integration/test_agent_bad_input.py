@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import json
 import os
 import signal
@@ -13,12 +14,16 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from device_agent._client import FailoverClient
 from device_agent._config import IdentityConfig, OutboxConfig
 from device_agent._errors import ConfigError, OutboxFullError
 from device_agent.cli import main
 from simulators import DEFAULT_REGIONS, FleetPKI
+from simulators._pki import build_csr, private_key_from_pem, write_private_key
 from tests.integration.agent_env import PRIMARY, SECONDARY, Regions, regions
 from tests.integration.test_agent_failover import Recorder, _in
 
@@ -101,6 +106,39 @@ async def test_unregistered_certificate_is_not_authorized_and_backs_off(
     assert set(kinds) <= {"not_authorized", "closed"}
     assert "not_authorized" in kinds
     assert len(attempts) <= 5
+    assert not record.named("connected")
+
+
+async def test_expired_certificate_is_not_authorized(regions: Regions, tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = build_csr(key, "dev-expired")
+    now = dt.datetime.now(dt.UTC)
+    pki = regions.fleet.pki
+    expired = (
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(pki.ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=30))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .sign(private_key_from_pem(pki.ca_key_pem), hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "expired.crt", tmp_path / "expired.key"
+    cert_path.write_bytes(expired.public_bytes(serialization.Encoding.PEM))
+    write_private_key(key_path, key)
+    config = dataclasses.replace(
+        regions.config("dev-expired"),
+        identity=IdentityConfig(
+            client_id="dev-expired", cert_path=cert_path, key_path=key_path, ca_path=pki.ca_path
+        ),
+    )
+    record = Recorder()
+    async with FailoverClient(config, on_event=record):
+        await asyncio.sleep(3.0)
+    kinds = {e.fields["kind"] for _, e in record.named("connect.failed")}
+    assert kinds
+    assert kinds <= {"not_authorized", "closed"}
     assert not record.named("connected")
 
 
