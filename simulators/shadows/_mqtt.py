@@ -316,7 +316,18 @@ class ShadowMqttBridge:
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         del client, userdata
         try:
-            self.send(responses(self._store, message.topic, bytes(message.payload)))
+            answers = responses(self._store, message.topic, bytes(message.payload))
+            for answer in answers:
+                if answer.topic.endswith("/rejected"):  # bad input: logged once, here
+                    logger.info(
+                        "shadow.rejected",
+                        extra={
+                            "region": self._region,
+                            "topic": message.topic,
+                            "reply": answer.payload[:200].decode(errors="replace"),
+                        },
+                    )
+            self.send(answers)
         except Exception:
             # paho would swallow it and the service would go quiet; keep serving, say why.
             logger.exception(

@@ -390,14 +390,6 @@ def test_bad_get_and_delete_names_over_mqtt_are_rejected_with_the_token(
     _assert_regions_work(local_regions)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NOT_YET,
-    reason=(
-        "issue 4: bad input is 'logged once'; a shadow request refused over MQTT is not "
-        "logged at all (the store returns a Rejection, the bridge publishes it, no log record)"
-    ),
-)
 def test_a_rejected_mqtt_shadow_request_is_logged_once(
     local_regions: LocalRegions, watcher: ShadowWatcher, caplog: pytest.LogCaptureFixture
 ) -> None:
