@@ -51,3 +51,11 @@ class ZoneError(SimulatorError):
     def __init__(self, message: str, *, source: str | None = None) -> None:
         super().__init__(f"{source}: {message}" if source else message)
         self.source = source
+
+
+class GatewayError(SimulatorError):
+    """A region's gateway (the door in front of its broker) could not start, sync or switch."""
+
+    def __init__(self, message: str, *, region: str | None = None) -> None:
+        super().__init__(message)
+        self.region = region

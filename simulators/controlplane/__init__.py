@@ -6,10 +6,22 @@ AWS: throttling at AWS's default TPS per API and region, per-region outages
 (HTTP 503 or dropped connections) switched at run time, and registry events
 published in AWS's format on each region's broker. Start it as a child
 process with :func:`start_control_plane`; point boto3 at ``ControlPlane.url``.
+The regions' gateways follow each region's certificates and CAs through the
+admin endpoints' snapshot and change feed (:class:`CertificateFeed`), and
+register certificates just in time through them.
 """
 
 from __future__ import annotations
 
+from simulators.controlplane._certfeed import (
+    CERTIFICATE_APIS,
+    CertificateFeed,
+    CertificateSubjects,
+    FeedChanges,
+    RegistrationRefusedError,
+    certificate_subjects,
+    jitr_event,
+)
 from simulators.controlplane._events import (
     EVENT_APIS,
     ApiCall,
@@ -52,6 +64,7 @@ from simulators.controlplane._quotas import (
 from simulators.controlplane._server import ControlPlaneServer, MotoRegistry, configure_moto
 
 __all__ = [
+    "CERTIFICATE_APIS",
     "DEFAULT_ACCOUNT_ID",
     "DEFAULT_TPS",
     "DEFAULT_UNLISTED_TPS",
@@ -59,6 +72,8 @@ __all__ = [
     "OUTAGE_MODES",
     "ApiCall",
     "ApiRouter",
+    "CertificateFeed",
+    "CertificateSubjects",
     "ControlPlane",
     "ControlPlaneAdmin",
     "ControlPlaneConfig",
@@ -66,11 +81,13 @@ __all__ = [
     "ControlPlaneMiddleware",
     "ControlPlaneServer",
     "EventPublisher",
+    "FeedChanges",
     "GroupRef",
     "MonotonicClock",
     "MotoRegistry",
     "OutageMode",
     "QuotaTable",
+    "RegistrationRefusedError",
     "RegistryEvent",
     "RegistryReader",
     "RegistryView",
@@ -81,7 +98,9 @@ __all__ = [
     "ThingTypeState",
     "Throttle",
     "TokenBucket",
+    "certificate_subjects",
     "configure_moto",
+    "jitr_event",
     "region_from_authorization",
     "registry_events",
     "start_control_plane",

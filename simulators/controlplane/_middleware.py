@@ -13,9 +13,26 @@ service (:class:`ApiRouter`). Then, in this order:
 4. for a successful mutating registry call, the state of the touched objects
    before and after the call becomes registry events on the region's broker.
 
-Admin endpoints live under ``/_iotdr/``, a prefix no IoT API uses:
-``GET /_iotdr/status`` and ``POST /_iotdr/regions/{region}/control-plane``
-with ``{"mode": "up" | "http503" | "drop"}``.
+A successful call that can change what a region's gateway admits (a
+certificate's status or things, a CA) is also journaled in the
+:class:`~simulators.controlplane._certfeed.CertificateFeed`, under the same lock.
+
+Admin endpoints live under ``/_iotdr/``, a prefix no IoT API uses, and are
+served whatever the region's outage mode (they are the simulator's, not AWS's):
+
+- ``GET /_iotdr/status``;
+- ``POST /_iotdr/regions/{region}/control-plane`` with ``{"mode": "up" | "http503" | "drop"}``;
+- ``GET /_iotdr/regions/{region}/registry``: every certificate (id, status,
+  things, CA) and CA (id, status, auto-registration, PEM), with the feed's
+  ``epoch`` and ``revision``;
+- ``GET /_iotdr/regions/{region}/registry/changes?since=N&epoch=E&wait_s=S``:
+  the current records of what changed after revision N (``removed...`` for
+  what no longer exists), waiting up to S seconds (at most 30) for a change;
+  ``{"resync": true}`` when the feed cannot answer from revision N;
+- ``POST /_iotdr/regions/{region}/jitr`` with ``{"certificatePem", "caCertificateId"}``:
+  just-in-time registration as a gateway performs it: the certificate is
+  registered PENDING_ACTIVATION and ``$aws/events/certificates/registered/<caCertificateId>``
+  is published on the region's broker (only when it was not registered yet).
 """
 
 from __future__ import annotations
@@ -30,14 +47,23 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
+from simulators.controlplane._certfeed import (
+    CERTIFICATE_APIS,
+    CertificateFeed,
+    RegistrationRefusedError,
+    certificate_subjects,
+    jitr_event,
+)
 from simulators.controlplane._events import (
     EVENT_APIS,
     ApiCall,
     EventPublisher,
+    RegistryEvent,
     RegistryView,
     Subjects,
     registry_events,
@@ -70,6 +96,10 @@ OUTAGE_MODES: tuple[OutageMode, ...] = get_args(OutageMode)
 _CREDENTIAL = re.compile(r"Credential=[^/,\s]+/\d{8}/(?P<region>[^/,\s]+)/[^/,\s]+/aws4_request")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _OUTAGE_PATH = re.compile(r"^/_iotdr/regions/(?P<region>[^/]+)/control-plane$")
+_REGION_PATH = re.compile(
+    r"^/_iotdr/regions/(?P<region>[^/]+)/(?P<what>registry|registry/changes|jitr)$"
+)
+_MAX_WAIT_S = 30.0
 _PLACEHOLDER = re.compile(r"\{(?P<name>[A-Za-z0-9_]+)(?P<greedy>\+?)\}")
 
 
@@ -150,6 +180,28 @@ class RegistryReader(Protocol):
         """The state of ``subjects`` in ``region`` now."""
         ...
 
+    def certificates(
+        self, region: str, ids: Iterable[str] | None = None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Certificate records of ``ids`` (all if None), and the ids that do not exist."""
+        ...
+
+    def ca_certificates(
+        self, region: str, ids: Iterable[str] | None = None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """CA records of ``ids`` (all if None), and the ids that do not exist."""
+        ...
+
+    def thing_certificates(self, region: str, thing_name: str) -> frozenset[str]:
+        """The ids of the certificates attached to ``thing_name``."""
+        ...
+
+    def register_pending(
+        self, region: str, certificate_pem: str, ca_certificate_id: str
+    ) -> tuple[dict[str, Any], bool]:
+        """JITR: register the certificate PENDING_ACTIVATION; its record, and whether it is new."""
+        ...
+
 
 class _ConnectionDroppedError(ConnectionAbortedError):
     """Raised to make the HTTP server drop the connection: the ``drop`` outage."""
@@ -165,6 +217,7 @@ class ControlPlaneMiddleware:
         registry: reads object state for registry events.
         publishers: one event publisher per region that has a broker.
         account_id: the account the events carry (moto's default account).
+        feed: the certificate journal the gateways poll (a fresh one if None).
         default_region: the region of a request without a SigV4 credential scope.
         now_ms: the events' clock (UNIX milliseconds).
     """
@@ -178,10 +231,12 @@ class ControlPlaneMiddleware:
         registry: RegistryReader,
         publishers: Mapping[str, EventPublisher],
         account_id: str,
+        feed: CertificateFeed | None = None,
         default_region: str = "us-east-1",
         now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self._app = app
+        self.feed = feed or CertificateFeed()
         self._router = router
         self._throttle = throttle
         self._registry = registry
@@ -249,7 +304,12 @@ class ControlPlaneMiddleware:
                 path=route[1],
                 body=_read_json_body(environ),
             )
-        status, headers, payload = self._call_moto(environ, call)
+        certificate_call = None
+        if route is not None and route[0] in CERTIFICATE_APIS:
+            certificate_call = _CertificateCall(
+                region, route[0], route[1], environ.get("HTTP_X_AMZN_PRINCIPAL")
+            )
+        status, headers, payload = self._call_moto(environ, call, certificate_call)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "controlplane.request",
@@ -259,17 +319,50 @@ class ControlPlaneMiddleware:
         return [payload]
 
     def _call_moto(
-        self, environ: WSGIEnvironment, call: ApiCall | None
+        self,
+        environ: WSGIEnvironment,
+        call: ApiCall | None,
+        certificate_call: _CertificateCall | None = None,
     ) -> tuple[str, list[tuple[str, str]], bytes]:
         subjects = subjects_for(call) if call is not None else None
         with self._lock:
             self._requests += 1
             before = self._snapshot(call, subjects)
+            attached = self._attached_before(certificate_call)
             status, headers, payload = self._run_app(environ)
             if call is not None and before is not None and status.startswith("2"):
                 # Queued under the lock, so a region's events keep the order of its calls.
                 self._publish(call, before, self._snapshot(call, subjects))
+            if certificate_call is not None and status.startswith("2"):
+                self._journal(certificate_call, attached, payload)
         return status, headers, payload
+
+    def _attached_before(self, call: _CertificateCall | None) -> frozenset[str]:
+        """For a call that detaches certificates from a thing, those certificates (before it)."""
+        if call is None or call.api != "DeleteThing":
+            return frozenset()
+        thing = call.path.get("thingName")
+        try:
+            return self._registry.thing_certificates(call.region, thing) if thing else frozenset()
+        except Exception:
+            # Like events, the journal is a side effect: it must not fail the call.
+            logger.exception("controlplane.certificates.read_failed", extra={"region": call.region})
+            return frozenset()
+
+    def _journal(self, call: _CertificateCall, attached: frozenset[str], payload: bytes) -> None:
+        response: dict[str, Any] = {}
+        if call.api.startswith(("Register", "Create")):
+            with contextlib.suppress(ValueError):
+                loaded = json.loads(payload)
+                response = loaded if isinstance(loaded, dict) else {}
+        subjects = certificate_subjects(
+            call.api, call.path, principal=call.principal, response=response
+        )
+        if subjects is None:
+            return
+        self.feed.record(
+            call.region, certificates=subjects.certificates | attached, cas=subjects.cas
+        )
 
     def _snapshot(self, call: ApiCall | None, subjects: Subjects | None) -> RegistryView | None:
         if call is None or subjects is None:
@@ -334,6 +427,11 @@ class ControlPlaneMiddleware:
             if method != "GET":
                 return _json(start_response, 405, {"message": "use GET"})
             return _json(start_response, 200, self.status())
+        registry_path = _REGION_PATH.match(path)
+        if registry_path is not None:
+            return self._registry_admin(
+                environ, start_response, registry_path.group("region"), registry_path.group("what")
+            )
         found = _OUTAGE_PATH.match(path)
         if found is None:
             return _json(start_response, 404, {"message": f"no admin endpoint {path}"})
@@ -348,6 +446,116 @@ class ControlPlaneMiddleware:
             return _json(start_response, 400, {"message": f"mode {mode!r}: use one of {choices}"})
         self.set_outage(region, mode)
         return _json(start_response, 200, {"region": region, "control_plane": mode})
+
+    # -- the gateways' registry feed ----------------------------------------------------------
+
+    def _registry_admin(
+        self, environ: WSGIEnvironment, start_response: StartResponse, region: str, what: str
+    ) -> list[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        wanted = "POST" if what == "jitr" else "GET"
+        if method != wanted:
+            return _json(start_response, 405, {"message": f"use {wanted}"})
+        if not _REGION.match(region):
+            return _json(start_response, 400, {"message": f"{region!r} is not a region name"})
+        try:
+            if what == "registry":
+                return _json(start_response, 200, self.registry_snapshot(region))
+            if what == "registry/changes":
+                query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+                since = int(query.get("since", ["-1"])[0])
+                wait_s = min(max(float(query.get("wait_s", ["0"])[0]), 0.0), _MAX_WAIT_S)
+                epoch = query.get("epoch", [""])[0]
+                return _json(
+                    start_response, 200, self.registry_changes(region, since, epoch, wait_s)
+                )
+            body = _read_json_body(environ)
+            pem, ca_id = body.get("certificatePem"), body.get("caCertificateId")
+            if not isinstance(pem, str) or not isinstance(ca_id, str):
+                message = "give certificatePem and caCertificateId as strings"
+                return _json(start_response, 400, {"message": message})
+            return _json(start_response, 200, self.register_jitr(region, pem, ca_id))
+        except ValueError as exc:
+            return _json(start_response, 400, {"message": f"bad parameter: {exc}"})
+        except KeyError:
+            return _json(start_response, 404, {"message": f"moto has no region {region!r}"})
+        except RegistrationRefusedError as exc:
+            return _json(start_response, exc.status, {"message": str(exc)})
+
+    def registry_snapshot(self, region: str) -> dict[str, Any]:
+        """Every certificate and CA of ``region``, at the feed's current revision."""
+        with self._lock:
+            certificates, _ = self._registry.certificates(region)
+            cas, _ = self._registry.ca_certificates(region)
+            revision = self.feed.revision(region)
+        return {
+            "region": region,
+            "epoch": self.feed.epoch,
+            "revision": revision,
+            "certificates": certificates,
+            "caCertificates": cas,
+        }
+
+    def registry_changes(
+        self, region: str, since: int, epoch: str, wait_s: float
+    ) -> dict[str, Any]:
+        """What changed in ``region`` after revision ``since``, waiting up to ``wait_s`` for it."""
+        if epoch == self.feed.epoch:
+            self.feed.wait(region, since, wait_s)  # outside the lock: moto keeps serving
+        with self._lock:
+            found = self.feed.changes_since(region, since, epoch)
+            if found is None:
+                revision = self.feed.revision(region)
+                return {"region": region, "epoch": self.feed.epoch, "revision": revision,
+                        "resync": True}  # fmt: skip
+            certificates, removed = self._registry.certificates(region, sorted(found.certificates))
+            cas, removed_cas = self._registry.ca_certificates(region, sorted(found.cas))
+        return {
+            "region": region,
+            "epoch": self.feed.epoch,
+            "revision": found.revision,
+            "resync": False,
+            "certificates": certificates,
+            "removedCertificates": removed,
+            "caCertificates": cas,
+            "removedCaCertificates": removed_cas,
+        }
+
+    def register_jitr(self, region: str, certificate_pem: str, ca_id: str) -> dict[str, Any]:
+        """JITR in ``region``: register PENDING_ACTIVATION, journal it, publish the event.
+
+        Raises:
+            RegistrationRefusedError: the CA cannot auto-register this certificate.
+        """
+        with self._lock:
+            record, created = self._registry.register_pending(region, certificate_pem, ca_id)
+            if created:
+                self.feed.record(region, certificates=[record["certificateId"]])
+                publisher = self._publishers.get(region)
+                if publisher is not None:
+                    topic, payload = jitr_event(
+                        certificate_id=record["certificateId"],
+                        ca_certificate_id=ca_id,
+                        account_id=self._account_id,
+                        timestamp_ms=self._now_ms(),
+                    )
+                    publisher.submit([RegistryEvent(topic, payload)])
+        if created:
+            logger.info(
+                "controlplane.jitr.registered",
+                extra={"region": region, "certificate_id": record["certificateId"], "ca": ca_id},
+            )
+        return {"certificate": record, "registered": created}
+
+
+@dataclass(frozen=True, slots=True)
+class _CertificateCall:
+    """A call that can change what a gateway admits."""
+
+    region: str
+    api: str
+    path: Mapping[str, str]
+    principal: str | None
 
 
 def _path_info(environ: WSGIEnvironment) -> str:

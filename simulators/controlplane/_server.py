@@ -16,6 +16,10 @@ certificate as in AWS, and the gaps the DR logic depends on are patched:
   (moto generated a new key) and rejects a CSR with a bad signature;
 - ``UpdateCertificate`` rejects invalid status transitions;
 - ``DeprecateThingType`` records the deprecation date;
+- ``RegisterCACertificate`` and ``UpdateCACertificate`` keep the CA's
+  auto-registration status (``allowAutoRegistration``,
+  ``newAutoRegistrationStatus``), which ``DescribeCACertificate`` reports and
+  the gateways' JITR flow reads;
 - thing, thing type, thing group and certificate look-ups by name or id are
   dictionary look-ups instead of scans of every object.
 
@@ -33,6 +37,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from simulators._errors import AddressInUseError
+from simulators.controlplane._certfeed import CertificateFeed, RegistrationRefusedError
 from simulators.controlplane._events import (
     EventPublisher,
     GroupRef,
@@ -46,7 +51,7 @@ from simulators.controlplane._process import DEFAULT_ACCOUNT_ID, ControlPlaneErr
 from simulators.controlplane._quotas import QuotaTable, Throttle
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
     from simulators.controlplane._events import Subjects
     from simulators.controlplane._middleware import OutageMode
@@ -96,6 +101,119 @@ class MotoRegistry:
             and f"{prefix}thing/{thing}" in found.things
         )
         return RegistryView(things=things, types=types, groups=groups, memberships=memberships)
+
+    # -- what the gateways admit by ------------------------------------------------------
+
+    def certificates(
+        self, region: str, ids: Iterable[str] | None = None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The records of certificates ``ids`` (all if None), and the ids that do not exist.
+
+        A record: ``certificateId``, ``status``, ``things`` (attached thing names)
+        and ``caCertificateId``.
+        """
+        backend = self._backends[self._account_id][region]
+        things: dict[str, list[str]] = {}
+        for principal, thing_name in backend.principal_things:
+            if ":cert/" in principal:
+                things.setdefault(principal.rsplit(":cert/", 1)[1], []).append(thing_name)
+        wanted = backend.certificates.keys() if ids is None else ids
+        records, missing = [], []
+        for certificate_id in wanted:
+            certificate = backend.certificates.get(certificate_id)
+            if certificate is None:
+                missing.append(certificate_id)
+                continue
+            records.append(
+                {
+                    "certificateId": certificate_id,
+                    "status": certificate.status,
+                    "things": sorted(things.get(certificate_id, ())),
+                    "caCertificateId": certificate.ca_certificate_id,
+                }
+            )
+        return records, missing
+
+    def ca_certificates(
+        self, region: str, ids: Iterable[str] | None = None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The records of CA certificates ``ids`` (all if None), and the ids that do not exist.
+
+        A record: ``certificateId``, ``status``, ``autoRegistrationStatus``
+        (ENABLE or DISABLE) and ``certificatePem``.
+        """
+        backend = self._backends[self._account_id][region]
+        wanted = backend.ca_certificates.keys() if ids is None else ids
+        records, missing = [], []
+        for ca_id in wanted:
+            ca = backend.ca_certificates.get(ca_id)
+            if ca is None:
+                missing.append(ca_id)
+                continue
+            records.append(
+                {
+                    "certificateId": ca_id,
+                    "status": ca.status,
+                    "autoRegistrationStatus": _auto_registration(ca),
+                    "certificatePem": ca.certificate_pem,
+                }
+            )
+        return records, missing
+
+    def thing_certificates(self, region: str, thing_name: str) -> frozenset[str]:
+        """The ids of the certificates attached to ``thing_name``."""
+        backend = self._backends[self._account_id][region]
+        return frozenset(
+            principal.rsplit(":cert/", 1)[1]
+            for principal, name in backend.principal_things
+            if name == thing_name and ":cert/" in principal
+        )
+
+    def register_pending(
+        self, region: str, certificate_pem: str, ca_certificate_id: str
+    ) -> tuple[dict[str, Any], bool]:
+        """JITR: register ``certificate_pem`` as PENDING_ACTIVATION under its CA.
+
+        Returns its record and whether it was registered now (False: it already was).
+
+        Raises:
+            RegistrationRefusedError: the CA is not registered, not ACTIVE, has
+                auto-registration off, or did not sign the certificate.
+        """
+        from cryptography import x509  # noqa: PLC0415
+        from cryptography.exceptions import InvalidSignature  # noqa: PLC0415
+        from moto.iot.models import FakeCertificate  # noqa: PLC0415
+
+        backend = self._backends[self._account_id][region]
+        ca = backend.ca_certificates.get(ca_certificate_id)
+        if ca is None:
+            msg = f"CA {ca_certificate_id} is not registered in {region}"
+            raise RegistrationRefusedError(msg, region=region, status=404)
+        if ca.status != "ACTIVE" or _auto_registration(ca) != "ENABLE":
+            msg = f"CA {ca_certificate_id} in {region} is {ca.status}, auto-registration " + (
+                _auto_registration(ca)
+            )
+            raise RegistrationRefusedError(msg, region=region, status=409)
+        try:
+            certificate = x509.load_pem_x509_certificate(certificate_pem.encode())
+            certificate.verify_directly_issued_by(
+                x509.load_pem_x509_certificate(ca.certificate_pem.encode())
+            )
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            msg = f"the certificate is not one CA {ca_certificate_id} signed: {exc}"
+            raise RegistrationRefusedError(msg, region=region, status=400) from exc
+        pending = FakeCertificate(
+            certificate_pem, "PENDING_ACTIVATION", self._account_id, region, ca_certificate_id
+        )
+        created = pending.certificate_id not in backend.certificates
+        if created:
+            backend.certificates[pending.certificate_id] = pending
+        records, _ = self.certificates(region, [pending.certificate_id])
+        return records[0], created
+
+
+def _auto_registration(ca: Any) -> str:
+    return str(getattr(ca, "iotdr_auto_registration", "DISABLE"))
 
 
 def _thing_state(thing: Any) -> ThingState | None:
@@ -173,10 +291,10 @@ def _patch_moto_iot() -> None:  # noqa: PLR0915 - one patch per gap, kept togeth
     from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
     from cryptography.x509.oid import NameOID  # noqa: PLC0415
-    from moto.core.responses import EmptyResult  # noqa: PLC0415
+    from moto.core.responses import ActionResult, EmptyResult  # noqa: PLC0415
     from moto.core.utils import utcnow  # noqa: PLC0415
     from moto.iot import exceptions as errors  # noqa: PLC0415
-    from moto.iot.models import FakeCertificate, IoTBackend  # noqa: PLC0415
+    from moto.iot.models import FakeCaCertificate, FakeCertificate, IoTBackend  # noqa: PLC0415
     from moto.iot.responses import IoTResponse  # noqa: PLC0415
     from moto.utilities.utils import get_partition  # noqa: PLC0415
 
@@ -186,6 +304,7 @@ def _patch_moto_iot() -> None:  # noqa: PLR0915 - one patch per gap, kept togeth
     }
     original["deprecate_thing_type"] = IoTBackend.deprecate_thing_type
     original["compute_der_cert_id"] = FakeCertificate.compute_der_cert_id
+    original["certificate_description"] = FakeCertificate.to_description_dict
     issuer: dict[str, Any] = {}  # the "Amazon" CA that signs certificates made from CSRs
 
     def arn(backend: Any, kind: str, name: str) -> str:
@@ -327,6 +446,33 @@ def _patch_moto_iot() -> None:  # noqa: PLR0915 - one patch per gap, kept togeth
             raise errors.IoTClientError("CertificateValidationException", msg) from exc
         return result
 
+    def response_register_ca_certificate(self: Any) -> Any:
+        ca = self.iot_backend.register_ca_certificate(
+            ca_certificate=self._get_param("caCertificate"),
+            set_as_active=self._get_bool_param("setAsActive"),
+            registration_config=self._get_param("registrationConfig"),
+        )
+        allow = self._get_bool_param("allowAutoRegistration")
+        ca.iotdr_auto_registration = "ENABLE" if allow else "DISABLE"
+        return ActionResult({"certificateId": ca.certificate_id, "certificateArn": ca.arn})
+
+    def response_update_ca_certificate(self: Any) -> Any:
+        ca_id = self.path.split("/")[-1]
+        self.iot_backend.update_ca_certificate(
+            certificate_id=ca_id,
+            new_status=self._get_param("newStatus"),
+            config=self._get_param("registrationConfig"),
+        )
+        auto = self._get_param("newAutoRegistrationStatus")
+        if auto in ("ENABLE", "DISABLE"):
+            self.iot_backend.describe_ca_certificate(ca_id).iotdr_auto_registration = auto
+        return EmptyResult()
+
+    def ca_description(self: Any) -> dict[str, Any]:
+        description: dict[str, Any] = original["certificate_description"](self)
+        description["autoRegistrationStatus"] = _auto_registration(self)
+        return description
+
     def response_update_thing(self: Any) -> Any:
         self.iot_backend.update_thing(
             thing_name=self._get_param("thingName"),
@@ -359,7 +505,10 @@ def _patch_moto_iot() -> None:  # noqa: PLR0915 - one patch per gap, kept togeth
     }.items():
         setattr(IoTBackend, name, replacement)
     setattr(FakeCertificate, "compute_der_cert_id", compute_der_cert_id)  # noqa: B010
+    setattr(FakeCaCertificate, "to_description_dict", ca_description)  # noqa: B010
     setattr(IoTResponse, "update_thing", response_update_thing)  # noqa: B010
+    setattr(IoTResponse, "register_ca_certificate", response_register_ca_certificate)  # noqa: B010
+    setattr(IoTResponse, "update_ca_certificate", response_update_ca_certificate)  # noqa: B010
     setattr(IoTResponse, "delete_thing", response_delete_thing)  # noqa: B010
 
 
@@ -377,6 +526,7 @@ class ControlPlaneServer:
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._middleware: ControlPlaneMiddleware | None = None
+        self._feed = CertificateFeed()
         self._publishers = {
             region: EventPublisher(region, host, port)
             for region, (host, port) in config.brokers.items()
@@ -420,6 +570,7 @@ class ControlPlaneServer:
             registry=MotoRegistry(self.config.account_id),
             publishers=self._publishers,
             account_id=self.config.account_id,
+            feed=self._feed,
         )
         listener = self._listen()
         with listener:  # werkzeug serves a duplicate of the descriptor
@@ -468,6 +619,7 @@ class ControlPlaneServer:
     def stop(self, timeout_s: float = 2.0) -> None:
         """Stop serving, then publish queued events for up to ``timeout_s``."""
         server, self._server = self._server, None
+        self._feed.close()  # long polls return now, not after their wait
         if server is not None:
             server.shutdown()
             server.server_close()
