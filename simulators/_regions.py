@@ -26,6 +26,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self
 
+import boto3
 import dns.exception
 import dns.message
 import dns.query
@@ -38,6 +39,7 @@ from simulators._pki import FleetPKI
 from simulators._topology import DEFAULT_DOMAIN, DEFAULT_REGIONS
 from simulators.controlplane import start_control_plane
 from simulators.dns import ThreadedDNSServer, default_zone
+from simulators.gateway import GatewayConfig, GatewayFault, ThreadedRegionGateway
 from simulators.shadows import ShadowService
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from simulators._broker import Broker
+    from simulators._pki import CertifiedKey
     from simulators._topology import LocalRegion
     from simulators.controlplane import ControlPlane, OutageMode
 
@@ -85,6 +88,8 @@ class _Region:
     spec: LocalRegion
     broker: Broker
     shadows: ShadowService
+    tls: TLSFiles
+    gateway: ThreadedRegionGateway | None = None
 
 
 @dataclass(slots=True)
@@ -140,13 +145,10 @@ class LocalRegions:
             tls = TLSFiles(
                 ca_path=pki.ca_path, cert_path=server.cert_path, key_path=server.key_path
             )
+            # The broker listens in plain MQTT only; devices reach it through the region's
+            # gateway (the door), which terminates mTLS on the mqtts port.
             spec = BrokerSpec(
-                region=region.name,
-                state_dir=self.state_dir,
-                host=region.host,
-                port=self.ports.mqtt,
-                tls_port=self.ports.mqtts,
-                tls=tls,
+                region=region.name, state_dir=self.state_dir, host=region.host, port=self.ports.mqtt
             )
             broker = self._stack.enter_context(start_broker(spec, kind=self.broker_kind))
             shadows = ShadowService(
@@ -157,8 +159,8 @@ class LocalRegions:
             )
             shadows.start()
             self._stack.callback(shadows.stop)
-            self._regions[region.name] = _Region(region, broker, shadows)
-        self.control_plane = self._stack.enter_context(
+            self._regions[region.name] = _Region(region, broker, shadows, tls)
+        self.control_plane = control_plane = self._stack.enter_context(
             start_control_plane(
                 state_dir=self.state_dir,
                 port=self.ports.control_plane,
@@ -166,22 +168,39 @@ class LocalRegions:
                 quotas=self.quotas,
             )
         )
+        checker = pki.issue_device(HEALTH_CHECKER_ID) if self.health is not None else None
+        for name, running in self._regions.items():
+            if checker is not None:
+                register_device(control_plane.url, name, checker)
+            gateway = ThreadedRegionGateway(
+                GatewayConfig(
+                    region=name,
+                    host=running.spec.host,
+                    port=self.ports.mqtts,
+                    tls=running.tls,
+                    broker=(running.broker.host, running.broker.port),
+                    control_plane_url=control_plane.url,
+                    faults=GatewayFault(exempt_client_ids=frozenset({HEALTH_CHECKER_ID})),
+                )
+            )
+            gateway.start()
+            self._stack.callback(gateway.stop)
+            running.gateway = gateway
         zone = default_zone(self.regions)
         self.dns = self._stack.enter_context(
             ThreadedDNSServer(zone, host="127.0.0.1", port=self.ports.dns)
         )
-        if self.health is not None:
-            self._start_health_checker(pki)
+        if checker is not None:
+            self._start_health_checker(pki, checker)
 
-    def _start_health_checker(self, pki: FleetPKI) -> None:
+    def _start_health_checker(self, pki: FleetPKI, identity: CertifiedKey) -> None:
         assert self.dns is not None
-        identity = pki.issue_device(HEALTH_CHECKER_ID)
         context = ssl.create_default_context(cafile=str(pki.ca_path))
         context.load_cert_chain(str(identity.cert_path), str(identity.key_path))
         checker = HealthChecker(
             self.dns.zone,
             self.regions,
-            ports={name: r.broker.tls_port or 0 for name, r in self._regions.items()},
+            ports={name: r.gateway.port for name, r in self._regions.items() if r.gateway},
             ssl_context=context,
             client_id=HEALTH_CHECKER_ID,
             config=self.health,
@@ -224,6 +243,18 @@ class LocalRegions:
         """The shadow service of ``region``."""
         return self._region(region).shadows
 
+    def gateway(self, region: str) -> ThreadedRegionGateway:
+        """The gateway (the door) of ``region``."""
+        gateway = self._region(region).gateway
+        if gateway is None:
+            msg = "the local regions are not running"
+            raise SimulatorError(msg)
+        return gateway
+
+    def set_fault(self, region: str, mode: str) -> None:
+        """Switch ``region``'s door: down, blackhole, partial, degraded or up."""
+        self.gateway(region).set_fault(mode)
+
     def set_control_plane(self, region: str, mode: OutageMode) -> None:
         """Switch ``region``'s control plane: ``up``, ``http503`` or ``drop``."""
         self._region(region)
@@ -244,7 +275,9 @@ class LocalRegions:
                     "host": r.spec.host,
                     "endpoint": r.spec.endpoint,
                     "mqtt": f"{r.broker.host}:{r.broker.port}",
-                    "mqtts": f"{r.broker.host}:{r.broker.tls_port}",
+                    "mqtts": f"{r.gateway.host}:{r.gateway.port}" if r.gateway else None,
+                    "gateway_admin_url": r.gateway.admin_url if r.gateway else None,
+                    "gateway": r.gateway.status() if r.gateway else None,
                     "broker": r.broker.kind,
                     "broker_pid": r.broker.pid,
                     "mqtt5": r.broker.mqtt5,
@@ -276,6 +309,31 @@ class LocalRegions:
             msg = f"unknown region {name!r} (known: {known})"
             raise SimulatorError(msg)
         return region
+
+
+LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+"""What boto3 signs with for the local regions: any key is accepted there."""
+
+
+def register_device(control_plane_url: str, region: str, device: CertifiedKey) -> str:
+    """Register ``device``'s certificate ACTIVE in ``region`` and attach it to a thing of its name.
+
+    Returns the certificate's ARN. Idempotent (an existing thing or certificate is reused).
+    """
+    iot = boto3.client(  # type: ignore[call-overload]
+        "iot", region_name=region, endpoint_url=control_plane_url, **LOCAL_CREDENTIALS
+    )
+    try:
+        arn = iot.register_certificate_without_ca(
+            certificatePem=device.cert_path.read_text(), status="ACTIVE"
+        )["certificateArn"]
+    except iot.exceptions.ResourceAlreadyExistsException:
+        arn = iot.describe_certificate(certificateId=device.certificate_id)[
+            "certificateDescription"
+        ]["certificateArn"]
+    iot.create_thing(thingName=device.name)
+    iot.attach_thing_principal(thingName=device.name, principal=arn)
+    return str(arn)
 
 
 def read_regions_file(state_dir: Path) -> dict[str, Any]:

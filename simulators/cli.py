@@ -615,9 +615,13 @@ def regions_status(state_dir: Path, as_json: bool) -> None:
     """Whether the local regions started from --state-dir answer. Exit 1 if a part does not."""
     from simulators._regions import probe_regions, read_regions_file  # noqa: PLC0415
     from simulators.controlplane import ControlPlaneAdmin  # noqa: PLC0415
+    from simulators.gateway import GatewayAdmin  # noqa: PLC0415
 
     endpoints = read_regions_file(state_dir)
     health = probe_regions(endpoints)
+    for region in endpoints.get("regions", {}).values():  # the doors' counters, live
+        with contextlib.suppress(SimulatorError):
+            region["gateway"] = GatewayAdmin(region["gateway_admin_url"]).status()
     result: dict[str, Any] = {**endpoints, "health": health}
     with contextlib.suppress(SimulatorError):
         result["control_plane"] = ControlPlaneAdmin(endpoints["control_plane_url"]).status()
@@ -637,6 +641,7 @@ def regions_status(state_dir: Path, as_json: bool) -> None:
             if name in checker.get("regions", {})
             else ""
         )
+        + _door_summary(endpoints["regions"][name].get("gateway"))
         for name, parts in health["regions"].items()
     ]
     lines.append(f"  {endpoints.get('device_name')} -> {health.get('cname')}")
@@ -645,35 +650,61 @@ def regions_status(state_dir: Path, as_json: bool) -> None:
         raise click.exceptions.Exit(1)
 
 
+def _door_summary(door: dict[str, Any] | None) -> str:
+    if not door:
+        return ""
+    fault = door.get("fault", {})
+    mode = fault.get("mode", fault) if isinstance(fault, dict) else fault
+    live = door.get("connections", {}).get("live", 0)
+    refused = sum(door.get("refused", {}).values())
+    return f" door={mode} live={live} admitted={door.get('admitted', 0)} refused={refused}"
+
+
 # -- faults -----------------------------------------------------------------------------
 
-_FAULT_MODES = {"control-plane-down": "http503", "control-plane-drop": "drop", "up": "up"}
+_CONTROL_PLANE_MODES = {"control-plane-down": "http503", "control-plane-drop": "drop"}
+_DOOR_MODES = ("down", "blackhole", "partial", "degraded")
 
 
 @sim.command("fault")
 @click.argument("region")
-@click.argument("mode", type=click.Choice(list(_FAULT_MODES)))
+@click.argument("mode", type=click.Choice([*_DOOR_MODES, *_CONTROL_PLANE_MODES, "up"]))
 @_state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def fault(region: str, mode: str, state_dir: Path, as_json: bool) -> None:
-    """Inject a fault into REGION of the running local regions, or clear it (up).
+    r"""Inject a fault into REGION of the running local regions, or clear them all (up).
 
-    control-plane-down answers every API call of the region with HTTP 503
-    (ServiceUnavailableException); control-plane-drop closes the connection
-    without an answer; up clears the fault.
+    \b
+    Devices' side (the region's door):
+      down       connects refused, live connections reset
+      blackhole  silence: no more bytes, no RST; new connects time out
+      partial    devices cannot get through; the health checker can
+      degraded   added latency; new CONNECTs answered "server unavailable"
+    Control plane:
+      control-plane-down  every API call answered HTTP 503
+      control-plane-drop  connections closed without an answer
+    up clears both.
     """
     from simulators._regions import read_regions_file  # noqa: PLC0415
     from simulators.controlplane import ControlPlaneAdmin  # noqa: PLC0415
+    from simulators.gateway import GatewayAdmin  # noqa: PLC0415
 
     endpoints = read_regions_file(state_dir)
-    if region not in endpoints.get("regions", {}):
-        known = ", ".join(endpoints.get("regions", {}))
-        msg = f"unknown region {region!r} (running: {known})"
+    regions_running = endpoints.get("regions", {})
+    if region not in regions_running:
+        msg = f"unknown region {region!r} (running: {', '.join(regions_running)})"
         raise click.BadParameter(msg, param_hint="REGION")
-    outage = _FAULT_MODES[mode]
-    ControlPlaneAdmin(endpoints["control_plane_url"]).set_outage(region, outage)  # type: ignore[arg-type]
-    emit(
-        {"region": region, "mode": mode, "control_plane": outage},
-        as_json=as_json,
-        text=f"{region}: {mode}",
-    )
+    control = ControlPlaneAdmin(endpoints["control_plane_url"])
+    door = GatewayAdmin(regions_running[region]["gateway_admin_url"])
+    result: dict[str, Any] = {"region": region, "mode": mode}
+    if mode in _CONTROL_PLANE_MODES:
+        control.set_outage(region, cast("Any", _CONTROL_PLANE_MODES[mode]))
+        result["control_plane"] = _CONTROL_PLANE_MODES[mode]
+    elif mode in _DOOR_MODES:
+        door.set_fault(mode)
+        result["door"] = mode
+    else:
+        control.set_outage(region, "up")
+        door.set_fault("up")
+        result.update(control_plane="up", door="up")
+    emit(result, as_json=as_json, text=f"{region}: {mode}")
