@@ -283,9 +283,17 @@ class ControlPlaneMiddleware:
         if path.startswith(ADMIN_PREFIX):
             return self._admin(environ, start_response, path)
         method = environ.get("REQUEST_METHOD", "GET")
-        region = region_from_authorization(environ.get("HTTP_AUTHORIZATION"))
-        region = region or self._default_region
-        route = self._router.match(method, path)
+        signed_region = region_from_authorization(environ.get("HTTP_AUTHORIZATION"))
+        region = signed_region or self._default_region
+        route = self._route(environ, method, path)
+        refusal = self._refusal(environ, signed_region, method, path, route)
+        if refusal is not None:
+            _read_json_body(environ)  # read it all: closing on unread data would reset the answer
+            logger.info(
+                "controlplane.refused",
+                extra={"region": region, "path": path, "error": refusal[1], "detail": refusal[2]},
+            )
+            return _error(start_response, *refusal)
         mode = self._outages.get(region, "up")
         if mode == "drop":
             _drop(environ, region)
@@ -317,6 +325,61 @@ class ControlPlaneMiddleware:
             )
         start_response(status, headers)
         return [payload]
+
+    def _route(
+        self, environ: WSGIEnvironment, method: str, path: str
+    ) -> tuple[str, dict[str, str]] | None:
+        """Match the path as sent: an encoded ``/`` inside a name stays inside the name."""
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        if isinstance(raw, str) and raw.startswith("/"):
+            found = self._router.match(method, raw.split("?", 1)[0])
+            if found is not None:
+                api, params = found
+                return api, {k: urllib.parse.unquote(v) for k, v in params.items()}
+        return self._router.match(method, path)
+
+    def _refusal(
+        self,
+        environ: WSGIEnvironment,
+        signed_region: str | None,
+        method: str,
+        path: str,
+        route: tuple[str, dict[str, str]] | None,
+    ) -> tuple[int, str, str] | None:
+        """What AWS answers a request that it would not serve at all; None to serve it."""
+        if signed_region is not None and self._publishers and signed_region not in self._publishers:
+            return (
+                403,
+                "InvalidSignatureException",
+                (
+                    f"Credential should be scoped to a valid region: {signed_region!r} is not "
+                    f"served here ({', '.join(sorted(self._publishers))})"
+                ),
+            )
+        if route is None:
+            return (404, "UnknownOperationException", f"no AWS IoT API is {method} {path}")
+        for param, value in route[1].items():
+            pattern = _NAME_PATTERNS.get(param)
+            if pattern is not None and not pattern.fullmatch(value):
+                return (
+                    400,
+                    "InvalidRequestException",
+                    f"{param} {value!r} must match {pattern.pattern}",
+                )
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        for value in query.get("maxResults", []):
+            if not value.isdigit() or not 1 <= int(value) <= 250:
+                return (400, "InvalidRequestException", "maxResults must be a number from 1 to 250")
+        if method in ("POST", "PUT", "PATCH"):
+            body = _raw_body(environ)
+            if body.strip():
+                try:
+                    parsed = json.loads(body)
+                except ValueError:
+                    return (400, "SerializationException", "the request body is not valid JSON")
+                if not isinstance(parsed, dict):
+                    return (400, "SerializationException", "the request body must be a JSON object")
+        return None
 
     def _call_moto(
         self,
@@ -569,6 +632,20 @@ def _path_info(environ: WSGIEnvironment) -> str:
 
 def _read_json_body(environ: WSGIEnvironment) -> dict[str, Any]:
     """The request's JSON object body ({} if none or not JSON); the input stays readable."""
+    data = _raw_body(environ)
+    try:
+        body = json.loads(data) if data else {}
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _raw_body(environ: WSGIEnvironment) -> bytes:
+    """The request's body bytes; the input stays readable (read once, kept in memory)."""
+    cached = environ.get("iotdr.body")
+    if isinstance(cached, bytes):
+        environ["wsgi.input"] = io.BytesIO(cached)
+        return cached
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
@@ -581,11 +658,17 @@ def _read_json_body(environ: WSGIEnvironment) -> dict[str, Any]:
     else:
         data = b""
     environ["wsgi.input"] = io.BytesIO(data)
-    try:
-        body = json.loads(data) if data else {}
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
+    environ["iotdr.body"] = data
+    return bytes(data)
+
+
+# AWS's name rules for the path parameters of the registry APIs.
+_NAME_PATTERNS = {
+    "thingName": re.compile(r"[a-zA-Z0-9:_-]{1,128}"),
+    "thingGroupName": re.compile(r"[a-zA-Z0-9:_-]{1,128}"),
+    "thingTypeName": re.compile(r"[a-zA-Z0-9:_-]{1,128}"),
+    "policyName": re.compile(r"[\w+=,.@-]{1,128}"),
+}
 
 
 def _drop(environ: WSGIEnvironment, region: str) -> None:

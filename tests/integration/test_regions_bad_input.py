@@ -4,12 +4,12 @@ Issue 4's list: malformed shadow JSON, a shadow over 8 KB, invalid thing and
 shadow names (over MQTT the ``.../rejected`` topic with ``code`` and
 ``message``; over HTTP the status and botocore's error code), a request for a
 region that does not exist, and a call to an API that does not exist. After
-each, both regions still answer a normal call.
-
-Tests marked ``xfail(strict=True)`` document where the control plane (moto
-and its middleware, not owned here) does not yet refuse as AWS does; each
-reason says what AWS does instead. When one is fixed, its xfail turns into a
-failure (XPASS): remove the mark.
+each, both regions still answer a normal call. The control plane's middleware
+refuses, before moto sees them: a region that is not served (403
+InvalidSignatureException), a path that is no IoT API (404
+UnknownOperationException), names outside AWS's patterns (400
+InvalidRequestException), a body that is not a JSON object (400
+SerializationException) and a bad ``maxResults`` (400).
 """
 
 from __future__ import annotations
@@ -55,8 +55,6 @@ WAIT_S = 5.0
 NO_RETRIES = Config(
     retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=3, read_timeout=5
 )
-# An xfail below counts only a failed assertion: any other error is a real failure.
-NOT_YET = (AssertionError, pytest.fail.Exception)
 LAMP_STATE: JsonObject = {"reported": {"on": True, "note": "n" * 4000}}
 
 
@@ -426,16 +424,6 @@ def test_a_region_that_does_not_exist_disturbs_no_region(local_regions: LocalReg
     _assert_regions_work(local_regions)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NOT_YET,
-    reason=(
-        "the middleware passes a region moto does not know to moto, whose backend lookup "
-        "raises KeyError: 500 InternalFailureException \"moto failed: 'eu-mars-1'\". AWS has "
-        "no endpoint for such a region; a request signed for one is refused with 403 "
-        "InvalidSignatureException ('Credential should be scoped to a valid region')"
-    ),
-)
 def test_a_region_that_does_not_exist_is_refused_with_a_client_error(
     local_regions: LocalRegions,
 ) -> None:
@@ -448,15 +436,6 @@ def test_a_region_that_does_not_exist_is_refused_with_a_client_error(
 # -- an API that does not exist -------------------------------------------------------------
 
 UNKNOWN_APIS = [("GET", "/no-such-api"), ("DELETE", "/things"), ("PUT", "/thing-groups")]
-_NOT_AWS_STYLE = pytest.mark.xfail(
-    strict=True,
-    raises=NOT_YET,
-    reason=(
-        "the control plane passes a path no IoT API has to moto's werkzeug app, which answers "
-        "404 with an empty or HTML body and no x-amzn-ErrorType: botocore sees the error code "
-        "'404' and no message. AWS answers an AWS error (x-amzn-ErrorType, JSON message)"
-    ),
-)
 _TARGETS = [
     pytest.param("control plane", True, id="control-plane-signed"),
     pytest.param("control plane", False, id="control-plane-unsigned"),
@@ -487,8 +466,8 @@ def test_an_unknown_api_gets_a_client_error_and_disturbs_nothing(
 @pytest.mark.parametrize(
     ("target", "signed"),
     [
-        pytest.param("control plane", True, id="control-plane-signed", marks=_NOT_AWS_STYLE),
-        pytest.param("control plane", False, id="control-plane-unsigned", marks=_NOT_AWS_STYLE),
+        pytest.param("control plane", True, id="control-plane-signed"),
+        pytest.param("control plane", False, id="control-plane-unsigned"),
         pytest.param("data", True, id="iot-data-signed"),
         pytest.param("data", False, id="iot-data-unsigned"),
     ],
@@ -505,35 +484,22 @@ def test_an_unknown_api_gets_an_aws_style_error(
     assert isinstance(response.json().get("message"), str)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NOT_YET,
-    reason=(
-        "moto's own URL map routes POST /things/<name>/<anything> to CreateThing with the "
-        "name 'lamp/nonsense' (its thing-name pattern takes slashes); the middleware's router "
-        "finds no API there, so it is neither throttled nor announced, yet a thing with an "
-        "invalid name is created. AWS has no such API and creates nothing"
-    ),
-)
 def test_a_path_under_an_api_that_is_no_api_creates_nothing(local_regions: LocalRegions) -> None:
     url = local_regions.endpoints()["control_plane_url"]
     response = _raw(url, "POST", "/things/lamp/nonsense", body=b"{}")
     assert 400 <= response.status < 500, response
-    assert _iot(local_regions, PRIMARY).list_things()["things"] == []
+    assert _things(_iot(local_regions, PRIMARY)) == []
+
+
+def _things(iot: Any) -> list[str]:
+    """The region's things, less the health checker's own."""
+    names = [t["thingName"] for t in iot.list_things()["things"]]
+    return [n for n in names if n != "iotdr-health-checker"]
 
 
 # -- invalid names and malformed requests on the control plane ------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NOT_YET,
-    reason=(
-        "moto does not check thing names and the middleware does not either: CreateThing "
-        "accepts any name. AWS refuses a name outside [a-zA-Z0-9:_-]{1,128} with 400 "
-        "InvalidRequestException (botocore checks only the minimum length)"
-    ),
-)
 @pytest.mark.parametrize("name", ["bad name", "bad.dot", "bad/slash", "t" * 129])
 def test_an_invalid_thing_name_is_refused_by_the_control_plane(
     local_regions: LocalRegions, name: str
@@ -542,7 +508,7 @@ def test_an_invalid_thing_name_is_refused_by_the_control_plane(
     with pytest.raises(botocore.exceptions.ClientError) as info:
         iot.create_thing(thingName=name)
     assert (_status(info.value), _code(info.value)) == (400, "InvalidRequestException")
-    assert iot.list_things()["things"] == []
+    assert _things(iot) == []
 
 
 MALFORMED_CALLS = {
@@ -564,16 +530,6 @@ def test_a_malformed_control_plane_call_disturbs_nothing(
     _assert_regions_work(local_regions)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NOT_YET,
-    reason=(
-        "moto parses these without checking: a body that is not JSON is ignored (CreateThing "
-        "succeeds, 200), a JSON array body or a non-integer maxResults raises inside moto "
-        "(500 InternalFailureException). AWS refuses all three with a 400 (SerializationException "
-        "or InvalidRequestException)"
-    ),
-)
 @pytest.mark.parametrize(
     ("method", "path", "body"), list(MALFORMED_CALLS.values()), ids=list(MALFORMED_CALLS)
 )
