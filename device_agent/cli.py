@@ -370,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         result = root.main(args=argv, prog_name="iotdr", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.UsageError as exc:
+        # One line, like every other expected failure: what, where, what to do.
+        where = exc.ctx.command_path if exc.ctx is not None else "iotdr"
+        click.echo(f"iotdr: error: {exc.format_message()} (see '{where} --help')", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

@@ -668,7 +668,9 @@ _DOOR_MODES = ("down", "blackhole", "partial", "degraded")
 
 @sim.command("fault")
 @click.argument("region")
-@click.argument("mode", type=click.Choice([*_DOOR_MODES, *_CONTROL_PLANE_MODES, "up"]))
+@click.argument(
+    "mode", metavar="MODE", type=click.Choice([*_DOOR_MODES, *_CONTROL_PLANE_MODES, "up"])
+)
 @_state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def fault(region: str, mode: str, state_dir: Path, as_json: bool) -> None:

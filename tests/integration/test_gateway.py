@@ -139,6 +139,7 @@ class Regions:
         self.plane = plane
         self.tmp_path = tmp_path
         self.gateways: list[ThreadedRegionGateway] = []
+        self.attached: dict[str, str] = {}  # certificate id -> the thing register() attached
         self.sessions: list[Session] = []
         self._clients: dict[str, IoTClient] = {}
 
@@ -199,15 +200,29 @@ class Regions:
         name = thing or device.name
         iot.create_thing(thingName=name)
         iot.attach_thing_principal(thingName=name, principal=registered["certificateArn"])
+        self.attached[registered["certificateId"]] = name
         return registered["certificateId"]
 
     async def settle(
-        self, gateway: ThreadedRegionGateway, certificate_id: str, status: str | None
+        self,
+        gateway: ThreadedRegionGateway,
+        certificate_id: str,
+        status: str | None,
+        *,
+        thing: str | None = None,
     ) -> None:
-        """Wait until ``gateway`` sees the certificate with ``status`` (None: not at all)."""
+        """Wait until ``gateway`` sees the certificate with ``status`` (None: not at all).
+
+        With ``thing``, also until the certificate is attached to it there: the
+        attachment is a change of its own and may come after the status.
+        """
+
+        thing = thing or (self.attached.get(certificate_id) if status == "ACTIVE" else None)
 
         def seen() -> bool:
             found = gateway.gateway.view.certificate(certificate_id)
+            if thing is not None and (found is None or thing not in found.things):
+                return False
             return (found.status if found is not None else None) == status
 
         await until(seen, f"{gateway.region} seeing {certificate_id[:12]} as {status}")
@@ -582,7 +597,7 @@ async def test_a_second_connection_with_the_same_client_id_kicks_the_first(
 
 async def _connected(regions: Regions, gateway: ThreadedRegionGateway, name: str) -> Session:
     device = regions.device(name)
-    await regions.settle(gateway, regions.register(EAST, device), "ACTIVE")
+    await regions.settle(gateway, regions.register(EAST, device), "ACTIVE", thing=device.name)
     session = await regions.admitted(gateway, device)
     await session.round_trip()
     return session
