@@ -1,4 +1,13 @@
-"""The replicator's exceptions: one root, families under it."""
+"""The replicator's exceptions: one root, families under it.
+
+What the engine does with each family (see ``_engine.py``): a
+:class:`RetryableError` leaves the change pending and tries again later with
+backoff (throttling, a region that is down, a version conflict); a
+:class:`PermanentError` dead-letters the change with its reason (a policy or
+certificate that does not parse, a request AWS refuses); an
+:class:`AccessDeniedError` stops the replicator, because every later change
+would fail the same way.
+"""
 
 from __future__ import annotations
 
@@ -11,3 +20,105 @@ class ReplicatorError(Exception):
     """
 
     exit_code: int = 2
+
+
+class ConfigError(ReplicatorError):
+    """The replicator's configuration or command line is invalid."""
+
+
+class JournalError(ReplicatorError):
+    """The journal cannot be opened or used: a bad path, not a journal, disk errors."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"journal {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class PermanentError(ReplicatorError):
+    """A change that will fail the same way however often it is tried: dead-letter it."""
+
+
+class PolicyDocumentError(PermanentError):
+    """A policy document is not JSON, or not a policy, so its ARNs cannot be rewritten."""
+
+    def __init__(self, policy_name: str, reason: str) -> None:
+        super().__init__(f"policy {policy_name}: the document does not parse: {reason}")
+        self.policy_name = policy_name
+        self.reason = reason
+
+
+class RegionError(ReplicatorError):
+    """A call to a region's AWS IoT API failed.
+
+    Attributes:
+        region: the region called.
+        api: the API (``CreateThing``), or None when not known.
+        code: AWS's error code (``ThrottlingException``), or None.
+    """
+
+    def __init__(
+        self, message: str, *, region: str, api: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.region = region
+        self.api = api
+        self.code = code
+
+
+class RetryableError(RegionError):
+    """A failure that may pass: the change stays pending and is tried again later."""
+
+
+class ThrottledError(RetryableError):
+    """The region kept answering ThrottlingException after the adapter's own retries."""
+
+
+class RegionUnavailableError(RetryableError):
+    """The region is down or unreachable (HTTP 5xx, connection refused, reset or timed out)."""
+
+
+class ConflictError(RetryableError):
+    """The object changed between the read and the write (a version conflict): read again."""
+
+
+class NotFoundError(RegionError):
+    """The object does not exist in the region (where the caller needed it to)."""
+
+
+class InvalidRequestError(RegionError, PermanentError):
+    """The region refused the request as invalid (a PEM that does not parse, a bad document)."""
+
+
+class RefusedError(RegionError):
+    """The region refused the request in the object's current state.
+
+    A group that still has children, a thing type that is deprecated: the
+    request may pass once other changes are applied, so it is retried up to the
+    engine's ``max_attempts``, then dead-lettered.
+    """
+
+
+class AccessDeniedError(RegionError):
+    """The replicator's credentials lack a permission, or were refused; nothing later can succeed.
+
+    Attributes:
+        permission: the IAM action that is missing (``iot:CreateThing``).
+        credentials_refused: the credentials themselves were refused (unknown,
+            expired, signed for another region), not a permission.
+    """
+
+    def __init__(
+        self, *, region: str, api: str, detail: str = "", credentials_refused: bool = False
+    ) -> None:
+        self.permission = f"iot:{api}"  # iot-data actions are iot:* in IAM too
+        self.credentials_refused = credentials_refused
+        if credentials_refused:
+            message = f"credentials refused by {region} (calling {api})"
+        else:
+            message = (
+                f"access denied in {region}: the replicator's credentials need {self.permission}"
+            )
+        if detail:
+            message += f" ({detail})"
+        super().__init__(message, region=region, api=api, code="AccessDeniedException")

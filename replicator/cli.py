@@ -2,13 +2,31 @@
 
 This module imports only click at the top so that ``iotdr --help`` stays
 fast; each command imports what it needs when it runs.
+
+Conventions (see ``device_agent/cli.py``): results on stdout (``--json`` for
+machine output), logs on stderr; exit 0 on success, 1 when a check found a
+problem (drift in a dry run), 2 for usage, configuration and environment
+errors, which reach the user as one line (errors carry an ``exit_code``).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import click
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from replicator._engine import Engine
+    from replicator._journal import Journal
+    from replicator._state import Kind
+
 __all__ = ["replicator", "tools"]
+
+_KINDS: tuple[Kind, ...] = ("thingType", "thingGroup", "policy", "certificate", "thing", "shadow")
 
 
 @click.group()
@@ -19,3 +37,212 @@ def replicator() -> None:
 @click.group()
 def tools() -> None:
     """Operator tools: provisioning, comparison, search and lookup across regions."""
+
+
+def _quota(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
+    del ctx, param
+    found: dict[str, float] = {}
+    for value in values:
+        api, sep, rate = value.partition("=")
+        try:
+            found[api.strip()] = float(rate)
+        except ValueError:
+            sep = ""
+        if not sep or not api.strip() or found.get(api.strip(), 0) <= 0:
+            raise click.BadParameter(f"{value!r} is not API=TPS with a positive TPS")
+    return found
+
+
+def _connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options shared by ``run`` and ``reconcile``: regions, endpoints, mode, quotas."""
+    options = [
+        click.option("--primary-region", required=True, envvar="IOTDR_PRIMARY_REGION"),
+        click.option("--secondary-region", required=True, envvar="IOTDR_SECONDARY_REGION"),
+        click.option(
+            "--primary-endpoint-url",
+            envvar="IOTDR_PRIMARY_ENDPOINT_URL",
+            help="The primary's iot (and iot-data) endpoint: local regions or any compatible one.",
+        ),
+        click.option("--secondary-endpoint-url", envvar="IOTDR_SECONDARY_ENDPOINT_URL"),
+        click.option(
+            "--primary-data-endpoint-url",
+            envvar="IOTDR_PRIMARY_DATA_ENDPOINT_URL",
+            help="The primary's iot-data endpoint, when not --primary-endpoint-url.",
+        ),
+        click.option("--secondary-data-endpoint-url", envvar="IOTDR_SECONDARY_DATA_ENDPOINT_URL"),
+        click.option("--primary-account-id", envvar="IOTDR_PRIMARY_ACCOUNT_ID"),
+        click.option(
+            "--secondary-account-id",
+            envvar="IOTDR_SECONDARY_ACCOUNT_ID",
+            help="The secondary's account, for policy ARNs (default: learnt, else the primary's).",
+        ),
+        click.option(
+            "--mode",
+            type=click.Choice(["complete", "jitr"]),
+            default="complete",
+            show_default=True,
+            envvar="IOTDR_REPLICATOR_MODE",
+            help="complete: certificates and policies too; jitr: registry and shadows only.",
+        ),
+        click.option(
+            "--quota",
+            "quotas",
+            multiple=True,
+            callback=_quota,
+            help="API=TPS, repeatable: override AWS's default rate of an API ('default' for "
+            "unlisted APIs).",
+        ),
+        click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 256)),
+        click.option(
+            "--thing-recheck",
+            "thing_recheck_s",
+            default=30.0,
+            show_default=True,
+            type=click.FloatRange(0),
+            help="Apply a created thing again after this many seconds (its certificate is "
+            "attached without an event); 0: never.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _engine(options: dict[str, Any], journal: Journal) -> Engine:
+    from replicator._aws import RegionConfig, build_region  # noqa: PLC0415
+    from replicator._engine import Engine, EngineConfig  # noqa: PLC0415
+    from replicator._errors import ConfigError  # noqa: PLC0415
+    from replicator._quotas import QuotaConfig, QuotaLimiter  # noqa: PLC0415
+
+    if options["primary_region"] == options["secondary_region"]:
+        raise ConfigError("the primary and the secondary region must differ")
+    try:
+        limiter = QuotaLimiter(QuotaConfig.with_overrides(options["quotas"]))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    regions = []
+    for role in ("primary", "secondary"):
+        config = RegionConfig(
+            region=options[f"{role}_region"],
+            endpoint_url=options[f"{role}_endpoint_url"],
+            data_endpoint_url=options[f"{role}_data_endpoint_url"],
+            account_id=options[f"{role}_account_id"],
+        )
+        regions.append(build_region(config, limiter=limiter))
+    return Engine(
+        source=regions[0],
+        target=regions[1],
+        journal=journal,
+        config=EngineConfig(
+            mode=options["mode"],
+            workers=options["workers"],
+            thing_recheck_s=options["thing_recheck_s"] or None,
+        ),
+    )
+
+
+@replicator.command("reconcile")
+@_connection_options
+@click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(_KINDS),
+    help="Compare only these kinds (repeatable; default all).",
+)
+@click.option(
+    "--journal",
+    "journal_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The service's journal: shadow sync points, and where scheduled steps go.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def replicator_reconcile(**options: Any) -> None:
+    """Diff both regions completely and repair the secondary (unless --dry-run).
+
+    Exit code 1 when a dry run found drift, or when an object could not be compared.
+    """
+    from replicator._journal import Journal  # noqa: PLC0415
+    from replicator._reconcile import reconcile  # noqa: PLC0415
+
+    with Journal(options["journal_path"] or ":memory:") as journal:
+        engine = _engine(options, journal)
+        report = reconcile(
+            engine,
+            dry_run=options["dry_run"],
+            kinds=options["kinds"] or _KINDS,
+            workers=options["workers"],
+        )
+    if options["as_json"]:
+        click.echo(json.dumps(report.as_dict(), sort_keys=True, default=str))
+    else:
+        click.echo(report.text())
+    if report.errors or (options["dry_run"] and report.drift):
+        raise click.exceptions.Exit(1)
+
+
+@replicator.command("run")
+@_connection_options
+@click.option(
+    "--feed",
+    required=True,
+    envvar="IOTDR_REPLICATOR_FEED",
+    help="The primary's MQTT broker, HOST:PORT: registry events and shadow documents.",
+)
+@click.option("--feed-client-id", default="iotdr-replicator", show_default=True)
+@click.option("--feed-ca", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--feed-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--feed-key", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--journal",
+    "journal_path",
+    required=True,
+    envvar="IOTDR_REPLICATOR_JOURNAL",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The SQLite journal: accepted changes survive a restart.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per lifecycle event.")
+def replicator_run(**options: Any) -> None:
+    """Replicate changes from the primary to the secondary until SIGTERM or SIGINT."""
+    from replicator._errors import ConfigError  # noqa: PLC0415
+    from replicator._feed import FeedConfig  # noqa: PLC0415
+    from replicator._journal import Journal  # noqa: PLC0415
+    from replicator._service import run_service  # noqa: PLC0415
+
+    host, _, port = str(options["feed"]).rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--feed {options['feed']!r} is not HOST:PORT")
+    feed = FeedConfig(
+        region=options["primary_region"],
+        host=host.strip("[]"),
+        port=int(port),
+        client_id=options["feed_client_id"],
+        ca_path=options["feed_ca"],
+        cert_path=options["feed_cert"],
+        key_path=options["feed_key"],
+    )
+
+    def report(line: dict[str, Any]) -> None:
+        if options["as_json"]:
+            click.echo(json.dumps(line, sort_keys=True, default=str))
+
+    with Journal(options["journal_path"]) as journal:
+        run_service(_engine(options, journal), feed, report=report)
+
+
+@replicator.command("iam-policy")
+@click.option("--primary-region", required=True, envvar="IOTDR_PRIMARY_REGION")
+@click.option("--secondary-region", required=True, envvar="IOTDR_SECONDARY_REGION")
+@click.option("--account-id", default="*", show_default=True)
+@click.option("--feed-client-id", default="iotdr-replicator", show_default=True)
+def replicator_iam_policy(
+    primary_region: str, secondary_region: str, account_id: str, feed_client_id: str
+) -> None:
+    """Print the least-privilege IAM policy document the replicator needs (JSON)."""
+    from replicator._iam import iam_policy  # noqa: PLC0415
+
+    document = iam_policy(
+        primary_region, secondary_region, account_id=account_id, feed_client_id=feed_client_id
+    )
+    click.echo(json.dumps(document, indent=2))

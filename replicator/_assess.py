@@ -1,0 +1,177 @@
+"""Assessment: read one object in the source and in the target, and hand both to its planner.
+
+The reads are what each planner needs and no more, because most reads cost a
+10-TPS quota: a thing's certificates only in complete mode (or when it is to
+be deleted, to detach them), a certificate's things and a policy's targets
+only when the object is gone from the source, a thing type's deprecation in
+the target only when a plan sets that type. The source's state can be passed
+in when it was read already: the engine plans again after writing an object's
+requirements, and the source has not changed for that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from replicator._arns import ArnScope, scope_of_arn
+from replicator._ops import Plan
+from replicator._plan import plan_thing, plan_thing_group, plan_thing_type
+from replicator._plan_security import plan_certificate, plan_policy
+from replicator._plan_shadow import plan_shadow
+from replicator._records import origin_token
+from replicator._state import (
+    CertificateState,
+    PolicyState,
+    ShadowState,
+    ThingGroupState,
+    ThingState,
+    ThingTypeState,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from replicator._plan import Mode
+    from replicator._plan_shadow import ShadowSync
+    from replicator._region import RegionApi
+    from replicator._state import ObjectKey
+
+__all__ = ["UNREAD", "Assessment", "Assessor"]
+
+
+class _Unread:
+    def __repr__(self) -> str:
+        return "UNREAD"
+
+
+UNREAD: Final = _Unread()
+"""Marks a state that was not read yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """An object's plan with the states it was made from (for shadows' sync points)."""
+
+    plan: Plan
+    source: object
+    target: object
+
+
+class Assessor:
+    """Reads objects in two regions and plans them.
+
+    Args:
+        source: the region copied from.
+        target: the region copied to.
+        mode: ``complete`` or ``jitr``.
+        wall: epoch seconds, for thing type deletion schedules.
+        delete_after_s: AWS's wait between deprecating and deleting a type.
+    """
+
+    def __init__(
+        self,
+        source: RegionApi,
+        target: RegionApi,
+        *,
+        mode: Mode,
+        wall: Callable[[], float],
+        delete_after_s: float,
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.mode: Mode = mode
+        self._wall = wall
+        self._delete_after_s = delete_after_s
+
+    def __repr__(self) -> str:
+        return f"Assessor({self.source.region} -> {self.target.region}, mode={self.mode})"
+
+    def assess(
+        self, key: ObjectKey, *, sync: ShadowSync | None, source_state: object = UNREAD
+    ) -> Assessment:
+        """Read ``key`` (the source only if ``source_state`` is :data:`UNREAD`) and plan it."""
+        if self.mode == "jitr" and key.kind in ("certificate", "policy"):
+            return Assessment(Plan(key), None, None)  # the target's JITR handler's business
+        source = self._read_source(key) if source_state is UNREAD else source_state
+        match key.kind:
+            case "thing":
+                assert source is None or isinstance(source, ThingState)
+                return self._thing(key, source)
+            case "thingType":
+                assert source is None or isinstance(source, ThingTypeState)
+                target_type = self.target.read_thing_type(key.name)
+                plan = plan_thing_type(
+                    key.name,
+                    source,
+                    target_type,
+                    now_epoch_s=self._wall(),
+                    delete_after_s=self._delete_after_s,
+                )
+                return Assessment(plan, source, target_type)
+            case "thingGroup":
+                assert source is None or isinstance(source, ThingGroupState)
+                target_group = self.target.read_thing_group(key.name, members=True)
+                return Assessment(
+                    plan_thing_group(key.name, source, target_group), source, target_group
+                )
+            case "certificate":
+                assert source is None or isinstance(source, CertificateState)
+                target_cert = self.target.read_certificate(key.name, things=source is None)
+                return Assessment(
+                    plan_certificate(key.name, source, target_cert), source, target_cert
+                )
+            case "policy":
+                assert source is None or isinstance(source, PolicyState)
+                return self._policy(key, source)
+        assert source is None or isinstance(source, ShadowState)
+        target_shadow = self.target.read_shadow(key.name, key.shadow)
+        token = origin_token(self.source.region)
+        plan = plan_shadow(key, source, target_shadow, sync, client_token=token)
+        return Assessment(plan, source, target_shadow)
+
+    def _read_source(self, key: ObjectKey) -> object:
+        src = self.source
+        match key.kind:
+            case "thing":
+                return src.read_thing(key.name, principals=self.mode == "complete")
+            case "thingType":
+                return src.read_thing_type(key.name)
+            case "thingGroup":
+                return src.read_thing_group(key.name, members=True)
+            case "certificate":
+                return src.read_certificate(key.name, things=False)
+            case "policy":
+                return src.read_policy(key.name, targets=False)
+        return src.read_shadow(key.name, key.shadow)
+
+    def _thing(self, key: ObjectKey, source: ThingState | None) -> Assessment:
+        complete = self.mode == "complete"
+        target = self.target.read_thing(key.name, principals=complete or source is None)
+        plan = plan_thing(key.name, source, target, mode=self.mode)
+        wanted_type = source.type_name if source is not None else None
+        if wanted_type and any(op.api in ("CreateThing", "UpdateThing") for op in plan.ops):
+            found = self.target.read_thing_type(wanted_type)
+            if found is not None and found.deprecated:
+                plan = plan_thing(
+                    key.name,
+                    source,
+                    target,
+                    mode=self.mode,
+                    deprecated_in_target=frozenset({wanted_type}),
+                )
+        return Assessment(plan, source, target)
+
+    def _policy(self, key: ObjectKey, source: PolicyState | None) -> Assessment:
+        target = self.target.read_policy(key.name, targets=source is None)
+        source_account = self.source.account_id or ""
+        if source is not None and (found := scope_of_arn(source.arn)) is not None:
+            source_account = found.account
+        plan = plan_policy(
+            key.name,
+            source,
+            target,
+            source_scope=ArnScope(self.source.region, source_account),
+            target_scope=ArnScope(self.target.region, self.target.account_id or source_account),
+        )
+        return Assessment(plan, source, target)

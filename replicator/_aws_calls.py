@@ -1,0 +1,304 @@
+"""One region's AWS calls: quota, retries and error translation at the boundary.
+
+Every call of the adapter goes through :meth:`RegionCalls.call`, which takes a
+token from the region's quota bucket, and translates botocore's errors into the
+replicator's: ThrottlingException slows the bucket down and is retried with
+jittered backoff; ResourceNotFound becomes :class:`NotFoundError` (None for a
+read); AccessDenied stops the replicator with the missing permission named;
+5xx answers and connection failures mean the region is down
+(:class:`RegionUnavailableError`, retried later by the engine).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import botocore.exceptions
+
+from replicator._arns import scope_of_arn
+from replicator._errors import (
+    AccessDeniedError,
+    ConfigError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    RefusedError,
+    RegionError,
+    RegionUnavailableError,
+    ThrottledError,
+)
+
+if TYPE_CHECKING:
+    import random
+    from collections.abc import Callable, Iterator
+
+    from replicator._quotas import Clock, QuotaLimiter, RetryPolicy
+
+__all__ = ["BY_MARKER", "BY_NEXT", "RegionCalls", "RegionConfig", "translate_client_error"]
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+_THROTTLED: Final = frozenset({"ThrottlingException", "TooManyRequestsException", "Throttling"})
+_DENIED: Final = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnauthorizedException",
+        "ForbiddenException",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "ExpiredTokenException",
+        "InvalidSignatureException",
+    }
+)
+_CREDENTIALS_REFUSED: Final = frozenset(
+    {
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "ExpiredTokenException",
+        "InvalidSignatureException",
+    }
+)
+_UNAVAILABLE: Final = frozenset(
+    {"ServiceUnavailableException", "InternalFailureException", "InternalException"}
+)
+_CONFLICT: Final = frozenset(
+    {
+        "VersionConflictException",
+        "ConflictException",
+        "ResourceAlreadyExistsException",
+        "DeleteConflictException",
+        "ConflictingResourceUpdateException",
+    }
+)
+# Requests that fail the same way however often they are sent: dead-lettered at once.
+_INVALID: Final = frozenset(
+    {
+        "CertificateValidationException",
+        "MalformedPolicyException",
+        "RequestEntityTooLargeException",
+        "UnsupportedDocumentEncodingException",
+    }
+)
+# The request and response fields of a paginated list: most IoT lists, and the older ones.
+BY_NEXT: Final = ("nextToken", "nextToken")
+BY_MARKER: Final = ("marker", "nextMarker")
+_CONNECTION_ERRORS: Final = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionError,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegionConfig:
+    """Where one region's APIs are.
+
+    Attributes:
+        region: the region's name.
+        endpoint_url: the ``iot`` endpoint (and ``iot-data``'s unless given), or
+            None for AWS's.
+        data_endpoint_url: the ``iot-data`` endpoint; None: ``endpoint_url``,
+            else the account's ``iot:Data-ATS`` endpoint from DescribeEndpoint.
+        account_id: the account, when known (else learnt from the ARNs seen).
+        profile: a named profile of boto3's configuration, or None for the default chain.
+        connect_timeout_s: connect timeout of each call.
+        read_timeout_s: read timeout of each call.
+    """
+
+    region: str
+    endpoint_url: str | None = None
+    data_endpoint_url: str | None = None
+    account_id: str | None = None
+    profile: str | None = None
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not self.region:
+            raise ConfigError("a region name is required")
+        for url in (self.endpoint_url, self.data_endpoint_url):
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{self.region}: endpoint {url!r} is not an http(s) URL")
+
+
+def _code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code") or "")
+
+
+def _status(exc: botocore.exceptions.ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def translate_client_error(
+    exc: botocore.exceptions.ClientError, *, region: str, api: str
+) -> RegionError:
+    """The replicator's error for a botocore ``ClientError`` of ``api`` in ``region``."""
+    code = _code(exc)
+    message = str(exc.response.get("Error", {}).get("Message") or code or exc)
+    text = f"{api} in {region}: {code}: {message}"
+    if code in _THROTTLED:
+        return ThrottledError(text, region=region, api=api, code=code)
+    if code in _DENIED or _status(exc) in (401, 403):
+        return AccessDeniedError(
+            region=region,
+            api=api,
+            detail=f"{code}: {message}",
+            credentials_refused=code in _CREDENTIALS_REFUSED,
+        )
+    if code == "ResourceNotFoundException" or _status(exc) == 404:
+        return NotFoundError(text, region=region, api=api, code=code)
+    if code in _UNAVAILABLE or _status(exc) >= 500:
+        return RegionUnavailableError(text, region=region, api=api, code=code)
+    if code in _CONFLICT or _status(exc) == 409:
+        return ConflictError(text, region=region, api=api, code=code)
+    if code in _INVALID:
+        return InvalidRequestError(text, region=region, api=api, code=code)
+    return RefusedError(text, region=region, api=api, code=code)
+
+
+class RegionCalls:
+    """One region's clients, quota bucket and retry policy: the calls, not what they mean."""
+
+    def __init__(
+        self,
+        config: RegionConfig,
+        *,
+        iot: Any,
+        data_client: Callable[[str | None], Any],
+        limiter: QuotaLimiter,
+        retry: RetryPolicy,
+        rng: random.Random,
+        clock: Clock,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self.iot = iot
+        self._data_factory = data_client
+        self._data: Any = None
+        self._limiter = limiter
+        self._retry = retry
+        self._rng = rng
+        self._account_id = config.account_id
+        self.calls: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.region!r}, endpoint={self._config.endpoint_url!r}, "
+            f"calls={sum(self.calls.values())})"
+        )
+
+    @property
+    def region(self) -> str:
+        """The region's name."""
+        return self._config.region
+
+    @property
+    def account_id(self) -> str | None:
+        """The account, configured or learnt from an ARN."""
+        return self._account_id
+
+    def learn(self, arn: object) -> None:
+        """Take the account from an ARN seen in a response, when it is not known yet."""
+        if self._account_id is None and isinstance(arn, str):
+            scope = scope_of_arn(arn)
+            if scope is not None and scope.account:
+                self._account_id = scope.account
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def call(self, api: str, fn: Callable[..., _T], **kwargs: Any) -> _T:
+        """One API call within quota; throttling and outages retried with jittered backoff."""
+        attempt = 0
+        while True:
+            self._limiter.acquire(self.region, api)
+            self.calls[api] = self.calls.get(api, 0) + 1
+            error: RegionError
+            try:
+                result = fn(**kwargs)
+            except botocore.exceptions.ClientError as exc:
+                error = translate_client_error(exc, region=self.region, api=api)
+                cause: BaseException = exc
+            except _CONNECTION_ERRORS as exc:
+                error = RegionUnavailableError(
+                    f"{api} in {self.region}: unreachable: {exc}", region=self.region, api=api
+                )
+                cause = exc
+            else:
+                self._limiter.succeeded(self.region, api)
+                return result
+            if isinstance(error, ThrottledError):
+                self._limiter.throttled(self.region, api)
+            retryable = isinstance(error, ThrottledError | RegionUnavailableError)
+            if not retryable or attempt + 1 >= self._retry.max_attempts:
+                raise error from cause
+            logger.debug(
+                "replicator.call.retry",
+                extra={"region": self.region, "api": api, "attempt": attempt, "error": error.code},
+            )
+            self._clock.sleep(self._retry.delay(attempt, self._rng))
+            attempt += 1
+
+    def read(self, api: str, fn: Callable[..., _T], **kwargs: Any) -> _T | None:
+        """One read: None when the object does not exist."""
+        try:
+            return self.call(api, fn, **kwargs)
+        except NotFoundError:
+            return None
+
+    def pages(
+        self,
+        api: str,
+        fn: Callable[..., dict[str, Any]],
+        items: str,
+        *,
+        paging: tuple[str, str] = BY_NEXT,
+        **kwargs: Any,
+    ) -> Iterator[Any]:
+        """Every item of a paginated list, page by page, each page within quota."""
+        token_in, token_out = paging
+        token: str | None = None
+        while True:
+            args = dict(kwargs)
+            if token:
+                args[token_in] = token
+            page = self.call(api, fn, **args)
+            yield from page.get(items) or ()
+            token = page.get(token_out)
+            if not token:
+                return
+
+    @property
+    def data(self) -> Any:
+        """The iot-data client, built on first use (DescribeEndpoint when no URL is given)."""
+        if self._data is None:
+            url = self._config.data_endpoint_url or self._config.endpoint_url
+            if url is None:
+                found = self.call(
+                    "DescribeEndpoint", self.iot.describe_endpoint, endpointType="iot:Data-ATS"
+                )
+                url = f"https://{found['endpointAddress']}"
+            self._data = self._data_factory(url)
+        return self._data
+
+    def cert_arn(self, certificate_id: str) -> str:
+        """A certificate's ARN in this region (asked for when the account is not known)."""
+        if self._account_id is None:
+            found = self.call(
+                "DescribeCertificate", self.iot.describe_certificate, certificateId=certificate_id
+            )
+            return str(found["certificateDescription"]["certificateArn"])
+        partition = "aws-cn" if self.region.startswith("cn-") else "aws"
+        return f"arn:{partition}:iot:{self.region}:{self._account_id}:cert/{certificate_id}"
+
+    def gone_ok(self, api: str, fn: Callable[..., Any], **kwargs: Any) -> None:
+        """One delete or detach: what is already gone counts as done."""
+        try:
+            self.call(api, fn, **kwargs)
+        except NotFoundError:
+            logger.debug("replicator.write.already_gone", extra={"region": self.region, "api": api})

@@ -1,0 +1,474 @@
+"""The engine: journal in, reads of both regions, pure plans, writes within quotas, journal out.
+
+Theory of operation. The journal holds one pending row per changed object.
+The engine claims due rows, and for each object reads its state in the source
+and the target region, asks the planner (``_plan*.py``, pure) for the writes,
+and carries them out in the target through the adapter (which paces every call
+by the quota buckets). Objects a plan *requires* in the target (a thing's type,
+groups and certificates; a certificate's policies; a group's parent) are
+applied first, in the same job; objects it leaves behind (*follow-ups*: a
+detached certificate, a re-created group's members) are journaled as new
+changes. What a plan *schedules* (a thing type's deletion five minutes after its
+deprecation) stays pending until then.
+
+Failures are never swallowed. Each ends in the journal: throttling and a region
+that is down keep the change pending with a capped, jittered backoff for as
+long as it takes (the lag shows in the counts); other failures are retried up
+to ``max_attempts`` and then dead-lettered with the reason; a change that can
+never succeed (a document or PEM that does not parse) is dead-lettered at once;
+AccessDenied stops the engine with the missing permission named, leaving the
+change pending for after the fix.
+
+Modes: ``complete`` replicates things, types, groups, certificates, policies
+and shadows; ``jitr`` leaves certificates and policies to the target region's
+JITR handler and replicates the rest.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from replicator._assess import UNREAD, Assessment, Assessor
+from replicator._errors import (
+    AccessDeniedError,
+    PermanentError,
+    RegionUnavailableError,
+    ReplicatorError,
+    ThrottledError,
+)
+from replicator._ops import Conflict, DeleteThingShadow, ScheduleAt, UpdateThingShadow
+from replicator._plan import THING_TYPE_DELETE_AFTER_S
+from replicator._plan_shadow import ShadowSync
+from replicator._quotas import RetryPolicy
+from replicator._records import ObjectNamed, ThingChanged
+from replicator._state import ObjectKey, ShadowState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from replicator._journal import Claim, Journal
+    from replicator._ops import Plan
+    from replicator._plan import Mode
+    from replicator._region import RegionApi
+
+__all__ = ["Engine", "EngineConfig", "EngineStats"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_REQUIRE_DEPTH = 6
+_ENSURED_PRUNE_AT = 10_000  # entries of the "applied recently" memo before old ones go
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineConfig:
+    """How the engine works.
+
+    Attributes:
+        mode: ``complete`` or ``jitr``.
+        workers: objects applied in parallel (the quota buckets pace them).
+        batch: rows claimed at a time.
+        max_attempts: attempts before a change that keeps failing is dead-lettered
+            (throttling and outages are retried without limit).
+        backoff: the wait before a failed change is tried again.
+        dependency_ttl_s: how long an object applied as a requirement counts as
+            in place for the next object that requires it.
+        thing_recheck_s: apply a created thing again this long after its
+            creation: AWS publishes no event when a certificate is attached, which
+            usually happens just after the create. None: never.
+        poll_s: how often to look for due changes when there are none.
+        thing_type_delete_after_s: AWS's wait between deprecating and deleting a type.
+    """
+
+    mode: Mode = "complete"
+    workers: int = 8
+    batch: int = 256
+    max_attempts: int = 8
+    backoff: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(max_attempts=1_000_000, base_s=1.0, cap_s=300.0)
+    )
+    dependency_ttl_s: float = 60.0
+    thing_recheck_s: float | None = 30.0
+    poll_s: float = 0.5
+    thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("complete", "jitr"):
+            raise ValueError(f"mode {self.mode!r} is not 'complete' or 'jitr'")
+        if self.workers < 1 or self.batch < 1 or self.max_attempts < 1:
+            raise ValueError("workers, batch and max_attempts must be at least 1")
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters since the engine started (a snapshot with :meth:`as_dict`)."""
+
+    applied: int = 0
+    in_sync: int = 0
+    writes: dict[str, int] = field(default_factory=dict)
+    conflicts: int = 0
+    scheduled: int = 0
+    retried: int = 0
+    dead: int = 0
+    lag_s: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters, JSON-ready, with lag percentiles."""
+        lags = sorted(self.lag_s)
+
+        def pct(q: float) -> float | None:
+            return round(lags[min(len(lags) - 1, int(q * len(lags)))], 3) if lags else None
+
+        return {
+            "applied": self.applied,
+            "in_sync": self.in_sync,
+            "writes": dict(sorted(self.writes.items())),
+            "conflicts": self.conflicts,
+            "scheduled": self.scheduled,
+            "retried": self.retried,
+            "dead": self.dead,
+            "lag_p50_s": pct(0.5),
+            "lag_p99_s": pct(0.99),
+        }
+
+
+class Engine:
+    """Applies journaled changes from ``source`` to ``target``.
+
+    Args:
+        source: the region changes are copied from (the primary; the secondary
+            when failing back).
+        target: the region they are copied to.
+        journal: the durable queue of changes.
+        config: how to work.
+        wall: epoch seconds (journal times, thing type deprecation dates).
+        rng: jitter of the retry backoff.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: RegionApi,
+        target: RegionApi,
+        journal: Journal,
+        config: EngineConfig | None = None,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.journal = journal
+        self.config = config or EngineConfig()
+        self.stats = EngineStats()
+        self._wall = wall
+        self._rng = rng or random.Random()  # noqa: S311 - backoff jitter
+        self._assessor = Assessor(
+            source,
+            target,
+            mode=self.config.mode,
+            wall=wall,
+            delete_after_s=self.config.thing_type_delete_after_s,
+        )
+        self._lock = threading.Lock()
+        self._inflight: dict[ObjectKey, threading.Event] = {}
+        self._ensured: dict[ObjectKey, float] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"Engine({self.source.region} -> {self.target.region}, mode={self.config.mode}, "
+            f"applied={self.stats.applied}, dead={self.stats.dead})"
+        )
+
+    def now(self) -> float:
+        """The engine's wall clock, in epoch seconds."""
+        return self._wall()
+
+    # -- reading and planning ---------------------------------------------------------------
+
+    def assess(
+        self,
+        key: ObjectKey,
+        *,
+        sync: ShadowSync | None = None,
+        source_state: object = UNREAD,
+    ) -> Assessment:
+        """Read ``key`` in both regions and plan; no writes. Reconcile uses this too.
+
+        Args:
+            key: the object.
+            sync: a shadow's sync point; None reads it from the journal.
+            source_state: the source's state when already read (writes to the
+                target do not change it), else :data:`UNREAD`.
+        """
+        if key.kind == "shadow" and sync is None:
+            sync = self._shadow_sync(key)
+        return self._assessor.assess(key, sync=sync, source_state=source_state)
+
+    def _shadow_sync(self, key: ObjectKey) -> ShadowSync | None:
+        found = self.journal.shadow_sync(key)
+        if found is None:
+            return None
+        first, first_version, second, second_version = found
+        if (first, second) == (self.source.region, self.target.region):
+            return ShadowSync(first_version, second_version)
+        if (first, second) == (self.target.region, self.source.region):
+            return ShadowSync(second_version, first_version)
+        return None
+
+    # -- applying ---------------------------------------------------------------------------
+
+    def apply(self, key: ObjectKey) -> Plan:
+        """Make ``key`` in the target match the source (requirements first); return the plan.
+
+        Raises:
+            ReplicatorError: a read or a write failed (see the module docstring).
+        """
+        return self._apply(key, depth=0, chain=frozenset())
+
+    def _apply(self, key: ObjectKey, *, depth: int, chain: frozenset[ObjectKey]) -> Plan:
+        assessment = self.assess(key)
+        plan = assessment.plan
+        wrote = False
+        for required in plan.requires:
+            if required in chain or depth >= _MAX_REQUIRE_DEPTH or self._recently_ensured(required):
+                continue
+            wrote |= self._apply_required(required, depth=depth + 1, chain=chain | {key})
+        if wrote:  # what the plan saw of the target has changed: plan again
+            assessment = self.assess(key, source_state=assessment.source)
+            plan = assessment.plan
+        self._execute(assessment)
+        now = self._wall()
+        for follow in plan.follow_ups:
+            self.journal.accept(ObjectNamed(key=follow, region=self.source.region), now=now)
+        with self._lock:
+            self._ensured[key] = now
+            if len(self._ensured) > _ENSURED_PRUNE_AT:
+                horizon = now - self.config.dependency_ttl_s
+                self._ensured = {k: t for k, t in self._ensured.items() if t >= horizon}
+        return plan
+
+    def _apply_required(self, key: ObjectKey, *, depth: int, chain: frozenset[ObjectKey]) -> bool:
+        """Apply a requirement (unless another worker just did); return whether it wrote."""
+        waited, mine = self._enter(key)
+        try:
+            if waited and self._recently_ensured(key):
+                return True  # written or not, by another worker: plan again to be sure
+            plan = self._apply(key, depth=depth, chain=chain)
+            for op in plan.ops:
+                if isinstance(op, ScheduleAt):
+                    record = ObjectNamed(key=op.key, region=self.source.region)
+                    self.journal.accept(record, now=self._wall(), not_before=op.epoch_s)
+            return bool(plan.writes)
+        finally:
+            self._leave(key, mine)
+
+    def _enter(self, key: ObjectKey) -> tuple[bool, threading.Event]:
+        """Become the one worker applying ``key``, waiting for another that is; (waited, token)."""
+        waited = False
+        while True:
+            with self._lock:
+                running = self._inflight.get(key)
+                if running is None:
+                    mine = threading.Event()
+                    self._inflight[key] = mine
+                    return waited, mine
+            waited = True
+            running.wait(60.0)
+
+    def _leave(self, key: ObjectKey, mine: threading.Event) -> None:
+        with self._lock:
+            if self._inflight.get(key) is mine:
+                del self._inflight[key]
+        mine.set()
+
+    def _recently_ensured(self, key: ObjectKey) -> bool:
+        with self._lock:
+            when = self._ensured.get(key)
+        return when is not None and self._wall() - when < self.config.dependency_ttl_s
+
+    def _execute(self, assessment: Assessment) -> None:
+        plan = assessment.plan
+        key = plan.key
+        for op in plan.ops:
+            if isinstance(op, ScheduleAt):
+                continue
+            if isinstance(op, Conflict):
+                with self._lock:
+                    self.stats.conflicts += 1
+                logger.warning("replicator.conflict", extra={"key": str(key), "reason": op.reason})
+                continue
+            result = self.target.execute(op)
+            with self._lock:
+                self.stats.writes[op.api] = self.stats.writes.get(op.api, 0) + 1
+            if isinstance(op, UpdateThingShadow) and result is not None:
+                self.journal.set_shadow_sync(
+                    key,
+                    source=(self.source.region, op.source_version),
+                    target=(self.target.region, result),
+                    now=self._wall(),
+                )
+            elif isinstance(op, DeleteThingShadow):
+                self.journal.forget_shadow_sync(key)
+        if key.kind == "shadow" and plan.in_sync:
+            source, target = assessment.source, assessment.target
+            if isinstance(source, ShadowState) and isinstance(target, ShadowState):
+                self.journal.set_shadow_sync(
+                    key,
+                    source=(self.source.region, source.version),
+                    target=(self.target.region, target.version),
+                    now=self._wall(),
+                )
+        if plan.writes:
+            logger.info(
+                "replicator.applied",
+                extra={"key": str(key), "writes": [type(op).__name__ for op in plan.writes]},
+            )
+
+    # -- the journal loop -------------------------------------------------------------------
+
+    def process(self, claim: Claim) -> str:
+        """Apply one claimed change and record the outcome; return it.
+
+        Outcomes: ``done``, ``scheduled``, ``retry``, ``dead``.
+
+        Raises:
+            AccessDeniedError: the credentials lack a permission (the change stays pending).
+        """
+        _, mine = self._enter(claim.key)
+        try:
+            return self._process(claim)
+        finally:
+            self._leave(claim.key, mine)
+
+    def _process(self, claim: Claim) -> str:
+        key = claim.key
+        try:
+            plan = self._apply(key, depth=0, chain=frozenset())
+        except AccessDeniedError as exc:
+            self._retry(claim, exc, forever=True)
+            raise
+        except (ThrottledError, RegionUnavailableError) as exc:
+            return self._retry(claim, exc, forever=True)
+        except PermanentError as exc:
+            return self._dead(claim, str(exc))
+        except ReplicatorError as exc:
+            return self._retry(claim, exc, forever=False)
+        except Exception as exc:
+            logger.exception("replicator.apply.failed", extra={"key": str(key)})
+            return self._retry(claim, exc, forever=False)
+        now = self._wall()
+        with self._lock:
+            self.stats.applied += 1
+            self.stats.in_sync += plan.in_sync
+            self.stats.lag_s.append(max(0.0, now - claim.accepted_at))
+        schedule = [op for op in plan.ops if isinstance(op, ScheduleAt)]
+        if schedule:
+            with self._lock:
+                self.stats.scheduled += 1
+            due = min(op.epoch_s for op in schedule)
+            self.journal.schedule(claim, now=now, not_before=due, reason=schedule[0].reason)
+            return "scheduled"
+        self.journal.done(claim, now=now)
+        record = claim.record
+        recheck = self.config.thing_recheck_s
+        if (
+            recheck is not None
+            and isinstance(record, ThingChanged)
+            and record.operation == "CREATED"
+        ):
+            again = ObjectNamed(key=key, region=record.region)
+            self.journal.accept(again, now=now, not_before=now + recheck)
+        return "done"
+
+    def _retry(self, claim: Claim, exc: BaseException, *, forever: bool) -> str:
+        reason = f"{type(exc).__name__}: {exc}"
+        if not forever and claim.attempts + 1 >= self.config.max_attempts:
+            return self._dead(claim, f"after {claim.attempts + 1} attempts: {reason}")
+        now = self._wall()
+        delay = self.config.backoff.delay(claim.attempts, self._rng)
+        self.journal.retry(claim, now=now, not_before=now + max(delay, 0.05), reason=reason)
+        with self._lock:
+            self.stats.retried += 1
+        logger.warning(
+            "replicator.apply.retry",
+            extra={"key": str(claim.key), "attempt": claim.attempts + 1, "reason": reason},
+        )
+        return "retry"
+
+    def _dead(self, claim: Claim, reason: str) -> str:
+        self.journal.dead(claim, now=self._wall(), reason=reason)
+        with self._lock:
+            self.stats.dead += 1
+        logger.error("replicator.apply.dead", extra={"key": str(claim.key), "reason": reason})
+        return "dead"
+
+    def run_once(self, executor: concurrent.futures.Executor | None = None) -> int:
+        """Process every change due now (in ``executor`` when given); return how many.
+
+        Raises:
+            AccessDeniedError: see :meth:`process`.
+        """
+        claims = self.journal.claim(now=self._wall(), limit=self.config.batch)
+        if executor is None:
+            for claim in claims:
+                self.process(claim)
+            return len(claims)
+        futures = [executor.submit(self.process, claim) for claim in claims]
+        for future in futures:
+            future.result()
+        return len(claims)
+
+    def drain(self, *, max_rounds: int = 1000) -> int:
+        """Process due changes until none is due (tests, one-shot runs); return how many."""
+        total = 0
+        with concurrent.futures.ThreadPoolExecutor(self.config.workers) as executor:
+            for _ in range(max_rounds):
+                done = self.run_once(executor)
+                total += done
+                if not done:
+                    break
+        return total
+
+    def run(self, stop: threading.Event) -> None:
+        """Process changes as they come due until ``stop`` is set.
+
+        Claims keep ``workers`` busy without waiting for a whole batch: a row is
+        claimed again only after its previous processing ended.
+
+        Raises:
+            AccessDeniedError: see :meth:`process`; the loop stops.
+        """
+        workers = self.config.workers
+        running: dict[concurrent.futures.Future[str], ObjectKey] = {}
+        with concurrent.futures.ThreadPoolExecutor(
+            workers, thread_name_prefix="replicator"
+        ) as pool:
+            try:
+                while not stop.is_set():
+                    room = workers * 2 - len(running)
+                    claims = (
+                        self.journal.claim(now=self._wall(), limit=room, exclude=running.values())
+                        if room > 0
+                        else []
+                    )
+                    for claim in claims:
+                        running[pool.submit(self.process, claim)] = claim.key
+                    if not running:
+                        stop.wait(self.config.poll_s)
+                        continue
+                    finished, _ = concurrent.futures.wait(
+                        running, timeout=self.config.poll_s, return_when="FIRST_COMPLETED"
+                    )
+                    for future in finished:
+                        del running[future]
+                        future.result()  # re-raises AccessDeniedError
+            finally:
+                stop.set()
+                for future in running:
+                    future.cancel()

@@ -1,0 +1,309 @@
+"""The change feed: the primary's registry events and shadow messages into the journal.
+
+Two ways in, one parser (``_records.py``) and one journal:
+
+- :class:`MqttFeed`: a paho-mqtt client on the source region's broker with a
+  persistent session (``clean_session`` false, a fixed client id, QoS 1), so
+  that messages published while the replicator is away wait for it (AWS keeps
+  a persistent session an hour). It subscribes to :data:`FEED_TOPICS` and
+  acknowledges a message only after its record is committed to the journal
+  (paho's manual acknowledgement): a crash before the commit means the broker
+  delivers the message again.
+- :func:`accept_bodies`: SQS message bodies written by an IoT rule (the same
+  payloads, ``{"topic", "payload"}``), for the Lambda/SQS path; it returns the
+  ids of the messages that could not be journaled, for SQS's partial batch
+  response.
+
+A message that does not parse goes to the journal's dead letters with the
+reason; one that needs nothing (a presence event, the replicator's own shadow
+write echoed back) is counted and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from replicator._errors import ConfigError, ReplicatorError
+from replicator._records import DeadLetter, Ignored, parse_message, parse_sqs_body
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from pathlib import Path
+
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from replicator._journal import Journal
+
+__all__ = ["FEED_TOPICS", "BatchResult", "FeedConfig", "FeedCounters", "MqttFeed", "accept_bodies"]
+
+logger = logging.getLogger(__name__)
+
+FEED_TOPICS: Final = (
+    "$aws/events/#",
+    "$aws/things/+/shadow/update/documents",
+    "$aws/things/+/shadow/name/+/update/documents",
+    "$aws/things/+/shadow/delete/accepted",
+    "$aws/things/+/shadow/name/+/delete/accepted",
+    "iotdr/replicate",
+)
+"""Registry events, shadow documents and deletions (classic and named), explicit triggers."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedConfig:
+    """Where the feed connects and as whom.
+
+    Attributes:
+        region: the region whose broker this is (records carry it).
+        host: the broker's host.
+        port: its port.
+        client_id: the fixed client id of the persistent session.
+        ca_path: CA bundle for TLS; None for a plain connection (local regions).
+        cert_path: client certificate (mTLS, as AWS IoT requires).
+        key_path: its private key.
+        keepalive_s: MQTT keep-alive.
+        topics: the subscriptions.
+    """
+
+    region: str
+    host: str
+    port: int
+    client_id: str = "iotdr-replicator"
+    ca_path: Path | None = None
+    cert_path: Path | None = None
+    key_path: Path | None = None
+    keepalive_s: int = 60
+    topics: tuple[str, ...] = FEED_TOPICS
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port <= 65535:
+            raise ConfigError(f"feed: port {self.port} is not a port number")
+        if (self.cert_path is None) != (self.key_path is None):
+            raise ConfigError("feed: a client certificate needs its key, and the other way round")
+        if not self.client_id:
+            raise ConfigError("feed: the client id must not be empty")
+
+
+@dataclass(slots=True)
+class FeedCounters:
+    """What the feed saw."""
+
+    received: int = 0
+    accepted: int = 0
+    ignored: int = 0
+    dead_letters: int = 0
+    journal_errors: int = 0
+    connects: int = 0
+
+
+class MqttFeed:
+    """Subscribes to the source region's change feed and journals every change.
+
+    Args:
+        config: broker and session.
+        journal: where changes go.
+        wall: epoch seconds (journal times).
+    """
+
+    def __init__(
+        self, config: FeedConfig, journal: Journal, *, wall: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config
+        self.counters = FeedCounters()
+        self.failed: ReplicatorError | None = None
+        self._journal = journal
+        self._wall = wall
+        self._subscribed = threading.Event()
+        self._lock = threading.Lock()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=config.client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        client.manual_ack_set(True)
+        client.reconnect_delay_set(1, 30)
+        if config.ca_path is not None:
+            context = ssl.create_default_context(cafile=str(config.ca_path))
+            if config.cert_path is not None and config.key_path is not None:
+                context.load_cert_chain(str(config.cert_path), str(config.key_path))
+            client.tls_set_context(context)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self._client = client
+
+    def __repr__(self) -> str:
+        return (
+            f"MqttFeed({self.config.host}:{self.config.port}, client_id={self.config.client_id!r}, "
+            f"subscribed={self.subscribed}, accepted={self.counters.accepted})"
+        )
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the subscriptions of the current connection were granted."""
+        return self._subscribed.is_set()
+
+    def start(self) -> None:
+        """Connect (and keep reconnecting) in paho's network thread."""
+        self._client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
+        self._client.loop_start()
+
+    def wait_subscribed(self, timeout_s: float) -> bool:
+        """Wait until the subscriptions are granted."""
+        return self._subscribed.wait(timeout_s)
+
+    def stop(self) -> None:
+        """Disconnect, keeping the session (and its queued messages) at the broker."""
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._subscribed.clear()
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: object,
+    ) -> None:
+        del userdata, properties
+        if reason.is_failure:
+            logger.warning("replicator.feed.refused", extra={"reason": str(reason)})
+            return
+        self.counters.connects += 1
+        logger.info(
+            "replicator.feed.connected",
+            extra={
+                "broker": f"{self.config.host}:{self.config.port}",
+                "session": flags.session_present,
+            },
+        )
+        client.subscribe([(topic, 1) for topic in self.config.topics])
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: object,
+    ) -> None:
+        del client, userdata, mid, properties
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            logger.error("replicator.feed.subscribe_refused", extra={"reasons": refused})
+        self._subscribed.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason: ReasonCode,
+        properties: object,
+    ) -> None:
+        del client, userdata, flags, properties
+        self._subscribed.clear()
+        logger.info("replicator.feed.disconnected", extra={"reason": str(reason)})
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        del userdata
+        with self._lock:
+            self.counters.received += 1
+        try:
+            outcome = journal_message(
+                self._journal,
+                message.topic,
+                bytes(message.payload),
+                self.config.region,
+                self._wall(),
+            )
+        except ReplicatorError as exc:
+            # Not acknowledged: the session keeps the message for the next connection.
+            # The service sees ``failed`` and stops; its supervisor restarts it.
+            with self._lock:
+                self.counters.journal_errors += 1
+                self.failed = exc
+            logger.exception("replicator.feed.journal_failed", extra={"error": str(exc)})
+            return
+        with self._lock:
+            if outcome == "accepted":
+                self.counters.accepted += 1
+            elif outcome == "ignored":
+                self.counters.ignored += 1
+            else:
+                self.counters.dead_letters += 1
+        if message.qos > 0:
+            client.ack(message.mid, message.qos)
+
+
+def journal_message(
+    journal: Journal, topic: str, payload: bytes | str, region: str, now: float
+) -> str:
+    """Parse one message and journal it; return ``accepted``, ``ignored`` or ``dead_letter``.
+
+    Raises:
+        JournalError: the journal could not commit (the message must not be acknowledged).
+    """
+    result = parse_message(topic, payload, region=region)
+    if isinstance(result, Ignored):
+        logger.debug("replicator.feed.ignored", extra={"topic": topic, "reason": result.reason})
+        return "ignored"
+    if isinstance(result, DeadLetter):
+        journal.dead_letter(result, now=now)
+        logger.warning(
+            "replicator.feed.dead_letter", extra={"topic": topic, "reason": result.reason}
+        )
+        return "dead_letter"
+    journal.accept(result, now=now)
+    return "accepted"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """An SQS batch's outcome: counts, and the message ids SQS should deliver again."""
+
+    accepted: int = 0
+    ignored: int = 0
+    dead_letters: int = 0
+    failed_ids: tuple[str, ...] = field(default_factory=tuple)
+
+
+def accept_bodies(
+    messages: Iterable[tuple[str, str]], journal: Journal, *, region: str, now: float
+) -> BatchResult:
+    """Journal SQS messages, given as (message id, body) pairs, written by an IoT rule.
+
+    A body that does not parse is dead-lettered (and counts as handled); a body
+    the journal could not commit is listed in ``failed_ids`` for SQS's partial
+    batch response, so that SQS delivers it again.
+    """
+    accepted = ignored = dead = 0
+    failed: list[str] = []
+    for message_id, body in messages:
+        result = parse_sqs_body(body, region=region)
+        try:
+            if isinstance(result, Ignored):
+                ignored += 1
+            elif isinstance(result, DeadLetter):
+                journal.dead_letter(result, now=now)
+                dead += 1
+            else:
+                journal.accept(result, now=now)
+                accepted += 1
+        except ReplicatorError as exc:
+            logger.exception(
+                "replicator.sqs.journal_failed", extra={"id": message_id, "error": str(exc)}
+            )
+            failed.append(message_id)
+    return BatchResult(accepted, ignored, dead, tuple(failed))

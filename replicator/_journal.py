@@ -1,0 +1,414 @@
+"""The journal: accepted changes, their progress, dead letters and shadow sync points, in SQLite.
+
+Theory of operation. Apply is level-triggered, so the journal keeps one row
+per *object*, not per event: the latest trigger is enough, and a thousand
+events for one thing collapse into one pending row. A row is ``pending``
+(with ``not_before``, the earliest time to try it), ``done`` or ``dead`` (with
+the reason). Accepting a change for an object makes its row pending again and
+bumps its ``generation``; the engine claims a row with its generation and
+finishes it (done, retry, dead, schedule) only if the generation is still the
+same: a trigger that arrived while the object was being applied is never lost
+under a "done".
+
+Durability: the database is in WAL mode with ``synchronous=FULL`` by default,
+and :meth:`Journal.accept` returns only after the commit; the MQTT feed
+acknowledges a message only after that, so a crash or kill -9 loses no
+accepted change. A change applied before the crash but not yet marked done is
+applied again after the restart, which level-triggered apply makes harmless.
+
+One process owns a journal at a time (the engine keeps its in-flight set in
+memory); threads share the connection under a lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from replicator._errors import JournalError
+from replicator._records import DeadLetter, Record, record_from_json, record_to_json
+from replicator._state import ObjectKey
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from types import TracebackType
+
+__all__ = ["Claim", "DeadLetterRow", "Journal", "JournalCounts", "RowState"]
+
+RowState = Literal["pending", "done", "dead"]
+Synchronous = Literal["FULL", "NORMAL"]
+_APPLICATION_ID = 0x696F7472  # "iotr": marks the file as a replicator journal
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS changes (
+    key TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'dead')),
+    generation INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL,
+    accepted_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS changes_due ON changes (state, not_before);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at REAL NOT NULL,
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shadow_sync (
+    key TEXT PRIMARY KEY,
+    source_region TEXT NOT NULL,
+    source_version INTEGER NOT NULL,
+    target_region TEXT NOT NULL,
+    target_version INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+_ACCEPT = """
+INSERT INTO changes (key, record, state, generation, attempts, not_before, accepted_at, updated_at)
+VALUES (:key, :record, 'pending', 1, 0, :not_before, :now, :now)
+ON CONFLICT (key) DO UPDATE SET
+    record = excluded.record,
+    generation = changes.generation + 1,
+    not_before = CASE
+        WHEN changes.state = 'pending' AND changes.attempts > 0 THEN changes.not_before
+        WHEN changes.state = 'pending' THEN MIN(changes.not_before, excluded.not_before)
+        ELSE excluded.not_before END,
+    attempts = CASE WHEN changes.state = 'pending' THEN changes.attempts ELSE 0 END,
+    accepted_at = CASE
+        WHEN changes.state = 'pending' THEN changes.accepted_at ELSE excluded.accepted_at END,
+    reason = CASE WHEN changes.state = 'pending' THEN changes.reason ELSE NULL END,
+    state = 'pending',
+    updated_at = excluded.updated_at
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A pending change taken by the engine: finish it with the same generation."""
+
+    key: ObjectKey
+    record: Record
+    generation: int
+    attempts: int
+    accepted_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    """A message that could not be parsed, or a change that kept failing."""
+
+    received_at: float
+    topic: str
+    payload: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class JournalCounts:
+    """Rows by state, due rows, dead letters, and the oldest pending row's age."""
+
+    pending: int
+    due: int
+    done: int
+    dead: int
+    dead_letters: int
+    oldest_pending_s: float
+
+
+class Journal:
+    """The replicator's SQLite journal.
+
+    Args:
+        path: the database file (created, 0600), or ``":memory:"``.
+        synchronous: ``FULL`` (default: a commit survives a power cut) or ``NORMAL``
+            (survives a crash or kill -9 of the process, not of the machine).
+
+    Raises:
+        JournalError: the file cannot be opened, or is not a journal.
+    """
+
+    def __init__(self, path: str | Path, *, synchronous: Synchronous = "FULL") -> None:
+        self._path = str(path)
+        self._lock = threading.Lock()
+        try:
+            if self._path != ":memory:":
+                Path(self._path).touch(mode=0o600, exist_ok=True)
+            self._conn: sqlite3.Connection | None = sqlite3.connect(
+                self._path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            self._prepare(synchronous)
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(self._path, str(exc)) from exc
+
+    def _prepare(self, synchronous: Synchronous) -> None:
+        conn = self._connection()
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id != _APPLICATION_ID and tables:
+            raise JournalError(self._path, "not a replicator journal")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
+        conn.executescript(_SCHEMA)
+
+    def __repr__(self) -> str:
+        if self._conn is None:
+            return f"Journal({self._path!r}, closed)"
+        counts = self.counts(0.0)
+        return (
+            f"Journal({self._path!r}, pending={counts.pending}, done={counts.done}, "
+            f"dead={counts.dead}, dead_letters={counts.dead_letters})"
+        )
+
+    @property
+    def path(self) -> str:
+        """Where the journal lives."""
+        return self._path
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise JournalError(self._path, "closed")
+        return self._conn
+
+    def _write(self, sql: str, rows: Iterable[Mapping[str, object]] | Mapping[str, object]) -> int:
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if isinstance(rows, Mapping):
+                    changed = conn.execute(sql, rows).rowcount
+                else:
+                    changed = conn.executemany(sql, list(rows)).rowcount
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise JournalError(self._path, str(exc)) from exc
+            return changed
+
+    def _read(self, sql: str, params: dict[str, object] | tuple[object, ...] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return list(self._connection().execute(sql, params).fetchall())
+            except sqlite3.Error as exc:
+                raise JournalError(self._path, str(exc)) from exc
+
+    # -- accepting --------------------------------------------------------------------------
+
+    def accept(
+        self, record: Record, *, now: float, not_before: float | None = None
+    ) -> list[ObjectKey]:
+        """Make the objects of ``record`` pending (committed when this returns)."""
+        keys = list(record.object_keys())
+        text = record_to_json(record)
+        due = now if not_before is None else not_before
+        self._write(
+            _ACCEPT, [{"key": str(k), "record": text, "not_before": due, "now": now} for k in keys]
+        )
+        return keys
+
+    def accept_many(self, records: Iterable[Record], *, now: float) -> int:
+        """Accept many records in one transaction; return how many objects."""
+        rows = [
+            {"key": str(k), "record": record_to_json(r), "not_before": now, "now": now}
+            for r in records
+            for k in r.object_keys()
+        ]
+        if rows:
+            self._write(_ACCEPT, rows)
+        return len(rows)
+
+    def dead_letter(self, letter: DeadLetter, *, now: float) -> None:
+        """Keep a message that could not be parsed, with the reason."""
+        self._write(
+            "INSERT INTO dead_letters (received_at, topic, payload, reason)"
+            " VALUES (:now, :topic, :payload, :reason)",
+            {"now": now, "topic": letter.topic, "payload": letter.payload, "reason": letter.reason},
+        )
+
+    # -- the engine's side ------------------------------------------------------------------
+
+    def claim(self, *, now: float, limit: int, exclude: Iterable[ObjectKey] = ()) -> list[Claim]:
+        """Up to ``limit`` due pending changes, oldest first, leaving out ``exclude``."""
+        skip = {str(k) for k in exclude}
+        rows = self._read(
+            "SELECT key, record, generation, attempts, accepted_at FROM changes"
+            " WHERE state = 'pending' AND not_before <= ? ORDER BY not_before, accepted_at"
+            " LIMIT ?",
+            (now, limit + len(skip)),
+        )
+        claims = []
+        for key, record, generation, attempts, accepted_at in rows:
+            if key in skip:
+                continue
+            claims.append(
+                Claim(
+                    ObjectKey.parse(str(key)),
+                    record_from_json(str(record)),
+                    int(generation),
+                    int(attempts),
+                    float(accepted_at),
+                )
+            )
+        return claims[:limit]
+
+    def done(self, claim: Claim, *, now: float) -> bool:
+        """Mark the change done, unless a newer trigger arrived meanwhile (then False)."""
+        return bool(
+            self._write(
+                "UPDATE changes SET state = 'done', attempts = 0, reason = NULL, updated_at = :now"
+                " WHERE key = :key AND generation = :generation",
+                {"now": now, "key": str(claim.key), "generation": claim.generation},
+            )
+        )
+
+    def retry(self, claim: Claim, *, now: float, not_before: float, reason: str) -> None:
+        """Count a failed attempt; try again no earlier than ``not_before``."""
+        self._write(
+            "UPDATE changes SET attempts = attempts + 1, reason = :reason, updated_at = :now,"
+            " not_before = CASE WHEN generation = :generation THEN :not_before"
+            " ELSE MIN(not_before, :not_before) END WHERE key = :key",
+            {
+                "now": now,
+                "key": str(claim.key),
+                "generation": claim.generation,
+                "not_before": not_before,
+                "reason": reason,
+            },
+        )
+
+    def schedule(self, claim: Claim, *, now: float, not_before: float, reason: str) -> None:
+        """Leave the change pending until ``not_before`` (a rule of AWS's, not a failure)."""
+        self._write(
+            "UPDATE changes SET attempts = 0, reason = :reason, updated_at = :now,"
+            " not_before = :not_before WHERE key = :key AND generation = :generation",
+            {
+                "now": now,
+                "key": str(claim.key),
+                "generation": claim.generation,
+                "not_before": not_before,
+                "reason": reason,
+            },
+        )
+
+    def dead(self, claim: Claim, *, now: float, reason: str) -> bool:
+        """Give up on the change, keeping the reason (unless a newer trigger arrived)."""
+        return bool(
+            self._write(
+                "UPDATE changes SET state = 'dead', attempts = attempts + 1, reason = :reason,"
+                " updated_at = :now WHERE key = :key AND generation = :generation",
+                {
+                    "now": now,
+                    "key": str(claim.key),
+                    "generation": claim.generation,
+                    "reason": reason,
+                },
+            )
+        )
+
+    # -- shadow sync points -----------------------------------------------------------------
+
+    def shadow_sync(self, key: ObjectKey) -> tuple[str, int, str, int] | None:
+        """The last sync point of a shadow: (source region, version, target region, version)."""
+        rows = self._read(
+            "SELECT source_region, source_version, target_region, target_version"
+            " FROM shadow_sync WHERE key = ?",
+            (str(key),),
+        )
+        if not rows:
+            return None
+        a, av, b, bv = rows[0]
+        return str(a), int(av), str(b), int(bv)
+
+    def set_shadow_sync(
+        self, key: ObjectKey, *, source: tuple[str, int], target: tuple[str, int], now: float
+    ) -> None:
+        """Record that the two regions held the same content at these versions."""
+        self._write(
+            "INSERT OR REPLACE INTO shadow_sync VALUES (:key, :sr, :sv, :tr, :tv, :now)",
+            {
+                "key": str(key),
+                "sr": source[0],
+                "sv": source[1],
+                "tr": target[0],
+                "tv": target[1],
+                "now": now,
+            },
+        )
+
+    def forget_shadow_sync(self, key: ObjectKey) -> None:
+        """Drop a shadow's sync point (the shadow is gone from both regions)."""
+        self._write("DELETE FROM shadow_sync WHERE key = :key", {"key": str(key)})
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def state_of(self, key: ObjectKey) -> tuple[RowState, int, str | None] | None:
+        """A row's state, attempts and reason, or None."""
+        rows = self._read("SELECT state, attempts, reason FROM changes WHERE key = ?", (str(key),))
+        if not rows:
+            return None
+        state, attempts, reason = rows[0]
+        found: RowState = state
+        return found, int(attempts), None if reason is None else str(reason)
+
+    def rows(self, state: RowState) -> Iterator[tuple[ObjectKey, int, str | None]]:
+        """The keys in ``state`` with their attempts and reasons."""
+        for key, attempts, reason in self._read(
+            "SELECT key, attempts, reason FROM changes WHERE state = ? ORDER BY key", (state,)
+        ):
+            yield ObjectKey.parse(str(key)), int(attempts), None if reason is None else str(reason)
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetterRow]:
+        """The newest messages that could not be parsed."""
+        rows = self._read(
+            "SELECT received_at, topic, payload, reason FROM dead_letters ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [DeadLetterRow(float(r), str(t), str(p), str(why)) for r, t, p, why in rows]
+
+    def counts(self, now: float) -> JournalCounts:
+        """Rows by state, how many are due at ``now``, and the oldest pending row's age."""
+        by_state = dict(self._read("SELECT state, count(*) FROM changes GROUP BY state"))
+        due = self._read(
+            "SELECT count(*), min(accepted_at) FROM changes"
+            " WHERE state = 'pending' AND not_before <= ?",
+            (now,),
+        )[0]
+        oldest = self._read("SELECT min(accepted_at) FROM changes WHERE state = 'pending'")[0][0]
+        letters = self._read("SELECT count(*) FROM dead_letters")[0][0]
+        return JournalCounts(
+            pending=int(by_state.get("pending", 0)),
+            due=int(due[0]),
+            done=int(by_state.get("done", 0)),
+            dead=int(by_state.get("dead", 0)),
+            dead_letters=int(letters),
+            oldest_pending_s=max(0.0, now - float(oldest)) if oldest is not None else 0.0,
+        )
+
+    def close(self) -> None:
+        """Close the database. Idempotent."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,149 @@
+"""The ``iotdr replicator`` commands' errors, the IAM policy, and the SQS path of the feed."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from device_agent.cli import main
+from replicator import _ops
+from replicator._feed import accept_bodies, journal_message
+from replicator._iam import iam_policy
+from replicator._journal import Journal
+from replicator._state import ObjectKey
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+ROOT = Path(__file__).resolve().parents[2]
+EAST, WEST = "us-east-1", "us-west-2"
+
+
+@pytest.fixture(autouse=True)
+def _no_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("IOTDR_PRIMARY_REGION", "IOTDR_SECONDARY_REGION", "IOTDR_REPLICATOR_FEED"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_same_region_twice_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(
+        ["replicator", "reconcile", "--primary-region", EAST, "--secondary-region", EAST], capsys
+    )
+    assert code == 2
+    assert err.strip() == "iotdr: error: the primary and the secondary region must differ"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--quota", "CreateThing=fast"], "is not API=TPS"),
+        (["--quota", "CreateThing=0"], "is not API=TPS"),
+        (["--mode", "partial"], "'partial' is not one of"),
+    ],
+)
+def test_bad_options_are_usage_errors(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["replicator", "reconcile", "--primary-region", EAST, "--secondary-region", WEST]
+    code, _, err = run([*args, *extra], capsys)
+    assert code == 2
+    assert message in err
+
+
+def test_a_bad_feed_address_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["replicator", "run", "--primary-region", EAST, "--secondary-region", WEST]
+    code, _, err = run([*args, "--feed", "no-port", "--journal", str(tmp_path / "j.db")], capsys)
+    assert code == 2
+    assert "is not HOST:PORT" in err
+    assert "Traceback" not in err
+
+
+def _called_apis() -> set[str]:
+    """Every API name the adapter passes to its call wrappers, and every operation's."""
+    names = set()
+    for module in ("_aws.py", "_aws_calls.py", "_aws_writes.py"):
+        tree = ast.parse((ROOT / "replicator" / module).read_text())
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("call", "read", "pages", "gone_ok")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                names.add(str(node.args[0].value))
+    assert len(names) > 20
+    ops = {getattr(_ops, name).api for name in _ops.__all__ if hasattr(getattr(_ops, name), "api")}
+    return names | {op for op in ops if op}
+
+
+def test_the_iam_policy_allows_every_api_the_replicator_calls() -> None:
+    document = iam_policy(EAST, WEST, account_id="123456789012")
+    primary, secondary = document["Statement"][0], document["Statement"][1]
+    assert primary["Resource"] == f"arn:aws:iot:{EAST}:123456789012:*"
+    allowed = set(secondary["Action"])
+    missing = {f"iot:{api}" for api in _called_apis()} - allowed
+    assert not missing
+    assert not {a for a in primary["Action"] if "Create" in a or "Delete" in a or "Update" in a}
+
+
+def test_iam_policy_command_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["replicator", "iam-policy", "--primary-region", EAST, "--secondary-region", WEST]
+    code, out, _ = run(args, capsys)
+    assert code == 0
+    assert json.loads(out)["Statement"][2]["Action"] == "iot:Connect"
+
+
+@pytest.fixture
+def journal() -> Iterator[Journal]:
+    with Journal(":memory:") as opened:
+        yield opened
+
+
+def test_sqs_batches_are_journaled_and_bad_bodies_dead_lettered(journal: Journal) -> None:
+    messages = [
+        (
+            "m1",
+            json.dumps(
+                {"topic": "$aws/events/thing/t1/created", "payload": {"operation": "CREATED"}}
+            ),
+        ),
+        ("m2", json.dumps({"topic": "$aws/events/presence/connected/c", "payload": {}})),
+        ("m3", "not json"),
+    ]
+    result = accept_bodies(messages, journal, region=EAST, now=1.0)
+    assert (result.accepted, result.ignored, result.dead_letters, result.failed_ids) == (
+        1,
+        1,
+        1,
+        (),
+    )
+    [claim] = journal.claim(now=2.0, limit=5)
+    assert claim.key == ObjectKey.thing("t1")
+
+
+def test_a_journal_that_fails_lists_the_message_for_redelivery(journal: Journal) -> None:
+    journal.close()
+    body = json.dumps({"topic": "$aws/events/thing/t1/created", "payload": {}})
+    result = accept_bodies([("m1", body)], journal, region=EAST, now=1.0)
+    assert result.failed_ids == ("m1",)
+
+
+def test_journal_message_outcomes(journal: Journal) -> None:
+    assert journal_message(journal, "$aws/events/thing/t/created", b"{}", EAST, 1.0) == "accepted"
+    assert (
+        journal_message(journal, "$aws/events/presence/connected/c", b"{}", EAST, 1.0) == "ignored"
+    )
+    assert journal_message(journal, "$aws/events/thing/t/created", b"{", EAST, 1.0) == "dead_letter"
