@@ -165,11 +165,13 @@ class DeviceConnection(asyncio.Protocol):
             return
         self._incoming.write(data)
         if state is ConnectionState.HANDSHAKE:
+            # The handshake may end in the same read as the device's close_notify (a TLS
+            # probe that only handshakes): the close is seen below, not after a timeout.
             self._handshake()
-            return
-        plain = self._decrypt()
-        if plain:
-            self._plaintext(plain)
+        else:
+            plain = self._decrypt()
+            if plain:
+                self._plaintext(plain)
         if self._peer_closed and self.state is not ConnectionState.CLOSED:
             self.close()
 
