@@ -266,3 +266,27 @@ async def test_a_device_moves_through_the_doors_when_its_region_fails(
     assert "failback.complete" in names
     admitted = local_regions.gateway(SECONDARY).status()["admitted"]
     assert admitted >= 1
+
+
+async def test_tls_depth_probes_of_a_healthy_door_pass(local_regions: LocalRegions) -> None:
+    """The agent's default failback probe: a TLS handshake, then close_notify at once."""
+    import ssl
+
+    from device_agent import Endpoint, PahoTransport, Prober
+
+    assert local_regions.pki is not None
+    region = local_regions.endpoints()["regions"][PRIMARY]
+    device = local_regions.pki.issue_device("tls-prober")
+    context = ssl.create_default_context(cafile=str(local_regions.pki.ca_path))
+    context.load_cert_chain(str(device.cert_path), str(device.key_path))
+    prober = Prober(
+        client_id=device.name,
+        ssl_context=context,
+        transport_factory=PahoTransport,
+        timeout_s=2.0,
+        topic="unused",
+    )
+    host, port = region["mqtts"].rsplit(":", 1)
+    endpoint = Endpoint(PRIMARY, region["endpoint"], int(port))
+    outcomes = [await prober.probe(endpoint, host, "tls") for _ in range(10)]
+    assert [o.kind for o in outcomes if not o.ok] == []
