@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -214,6 +215,12 @@ def test_registry_events_arrive_once_on_the_right_region_in_aws_format(
     assert_payloads(payloads)
     assert west_created["thingName"] == "w1"
     assert west_created["thingId"] == west.describe_thing(thingName="w1")["thingId"]
+    # The publisher counts a message once paho has sent it, which may be a moment after
+    # the subscriber already holds it: wait (bounded) for the count to catch up.
+    deadline = time.monotonic() + WAIT_S
+    while plane.status()["regions"][EAST]["events"]["published"] < len(payloads):
+        assert time.monotonic() < deadline, plane.status()["regions"][EAST]["events"]
+        time.sleep(0.05)
     assert plane.status()["regions"][EAST]["events"]["published"] == len(payloads)
 
 
