@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
+from replicator._quotas import DEFAULT_TPS as REPLICATOR_TPS
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -42,34 +44,10 @@ DEFAULT_KEY = "default"
 DEFAULT_UNLISTED_TPS = 10.0
 """Rate of an API the table does not list: most unlisted IoT control-plane APIs are ~10 TPS."""
 
+# One table of AWS's defaults serves both sides (the replicator paces itself by it, the
+# local control plane throttles by it); the iot-data APIs it also lists are not served here.
 DEFAULT_TPS: Mapping[str, float] = MappingProxyType(
-    {
-        "CreateThing": 100.0,
-        "UpdateThing": 10.0,
-        "DescribeThing": 350.0,
-        "DeleteThing": 15.0,
-        "AttachThingPrincipal": 100.0,
-        "AttachPolicy": 15.0,
-        "RegisterCertificateWithoutCA": 10.0,
-        "RegisterCertificate": 10.0,
-        "DescribeCertificate": 10.0,
-        "CreatePolicy": 10.0,
-        "CreatePolicyVersion": 10.0,
-        "GetPolicy": 10.0,
-        "AddThingToThingGroup": 100.0,
-        "CreateThingGroup": 25.0,
-        "UpdateThingGroup": 15.0,
-        "DescribeThingGroup": 100.0,
-        "CreateThingType": 15.0,
-        "DescribeThingType": 100.0,
-        "ListThings": 10.0,
-        "ListThingsInThingGroup": 25.0,
-        "ListThingPrincipals": 10.0,
-        "ListPrincipalThings": 10.0,
-        "ListAttachedPolicies": 15.0,
-        "SearchIndex": 15.0,
-        "RegisterThing": 10.0,
-    }
+    {api: tps for api, tps in REPLICATOR_TPS.items() if "Shadow" not in api}
 )
 """AWS's default transactions per second per account and region, by API name."""
 
