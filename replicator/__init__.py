@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from replicator._arns import ArnScope, rewrite_policy_document
 from replicator._assess import Assessment
-from replicator._engine import Engine, EngineConfig, EngineStats
+from replicator._engine import Engine, EngineConfig, EngineStats, Outcome
 from replicator._errors import (
     AccessDeniedError,
     ConfigError,
@@ -94,6 +94,7 @@ __all__ = [
     "NotFoundError",
     "ObjectKey",
     "Op",
+    "Outcome",
     "PermanentError",
     "Plan",
     "PolicyDocumentError",

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from replicator._plan import Mode
     from replicator._region import RegionApi
 
-__all__ = ["Engine", "EngineConfig", "EngineStats"]
+__all__ = ["Engine", "EngineConfig", "EngineStats", "Outcome"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,24 @@ class EngineConfig:
             raise ValueError("workers, batch and max_attempts must be at least 1")
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How the processing of one claimed change ended, for observers (metrics).
+
+    Attributes:
+        key: the object.
+        result: ``done``, ``scheduled``, ``retry`` (a failure to try again),
+            ``throttled``, ``unavailable`` (a region is down), ``denied`` or ``dead``.
+        lag_s: from acceptance to applied (``done`` and ``scheduled``), else None.
+        writes: the write APIs called for it (requirements included).
+    """
+
+    key: ObjectKey
+    result: str
+    lag_s: float | None = None
+    writes: tuple[str, ...] = ()
+
+
 @dataclass(slots=True)
 class EngineStats:
     """Counters since the engine started (a snapshot with :meth:`as_dict`)."""
@@ -117,6 +135,12 @@ class EngineStats:
     retried: int = 0
     dead: int = 0
     lag_s: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+    by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def count(self, kind: str, result: str) -> None:
+        """Count one outcome of one kind (the caller holds the engine's lock)."""
+        counts = self.by_kind.setdefault(kind, {})
+        counts[result] = counts.get(result, 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
         """The counters, JSON-ready, with lag percentiles."""
@@ -135,6 +159,7 @@ class EngineStats:
             "dead": self.dead,
             "lag_p50_s": pct(0.5),
             "lag_p99_s": pct(0.99),
+            "by_kind": {kind: dict(sorted(c.items())) for kind, c in sorted(self.by_kind.items())},
         }
 
 
@@ -149,6 +174,8 @@ class Engine:
         config: how to work.
         wall: epoch seconds (journal times, thing type deprecation dates).
         rng: jitter of the retry backoff.
+        observer: called with the :class:`Outcome` of every processed change
+            (from the worker threads; it must be quick and must not raise).
     """
 
     def __init__(
@@ -160,6 +187,7 @@ class Engine:
         config: EngineConfig | None = None,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        observer: Callable[[Outcome], None] | None = None,
     ) -> None:
         self.source = source
         self.target = target
@@ -178,6 +206,8 @@ class Engine:
         self._lock = threading.Lock()
         self._inflight: dict[ObjectKey, threading.Event] = {}
         self._ensured: dict[ObjectKey, float] = {}
+        self._observer = observer
+        self._writes = threading.local()
 
     def __repr__(self) -> str:
         return (
@@ -306,6 +336,7 @@ class Engine:
             result = self.target.execute(op)
             with self._lock:
                 self.stats.writes[op.api] = self.stats.writes.get(op.api, 0) + 1
+            getattr(self._writes, "apis", []).append(op.api)
             if isinstance(op, UpdateThingShadow) and result is not None:
                 self.journal.set_shadow_sync(
                     key,
@@ -341,39 +372,52 @@ class Engine:
             AccessDeniedError: the credentials lack a permission (the change stays pending).
         """
         _, mine = self._enter(claim.key)
+        self._writes.apis = []
+        lag: float | None = None
+        result = "denied"
         try:
-            return self._process(claim)
+            result, lag = self._process(claim)
         finally:
             self._leave(claim.key, mine)
+            with self._lock:
+                self.stats.count(claim.key.kind, result)
+            if self._observer is not None:
+                self._observer(Outcome(claim.key, result, lag, tuple(self._writes.apis)))
+        return "retry" if result in ("throttled", "unavailable") else result
 
-    def _process(self, claim: Claim) -> str:
+    def _process(self, claim: Claim) -> tuple[str, float | None]:
         key = claim.key
         try:
             plan = self._apply(key, depth=0, chain=frozenset())
         except AccessDeniedError as exc:
             self._retry(claim, exc, forever=True)
             raise
-        except (ThrottledError, RegionUnavailableError) as exc:
-            return self._retry(claim, exc, forever=True)
+        except ThrottledError as exc:
+            self._retry(claim, exc, forever=True)
+            return "throttled", None
+        except RegionUnavailableError as exc:
+            self._retry(claim, exc, forever=True)
+            return "unavailable", None
         except PermanentError as exc:
-            return self._dead(claim, str(exc))
+            return self._dead(claim, str(exc)), None
         except ReplicatorError as exc:
-            return self._retry(claim, exc, forever=False)
+            return self._retry(claim, exc, forever=False), None
         except Exception as exc:
             logger.exception("replicator.apply.failed", extra={"key": str(key)})
-            return self._retry(claim, exc, forever=False)
+            return self._retry(claim, exc, forever=False), None
         now = self._wall()
+        lag = max(0.0, now - claim.accepted_at)
         with self._lock:
             self.stats.applied += 1
             self.stats.in_sync += plan.in_sync
-            self.stats.lag_s.append(max(0.0, now - claim.accepted_at))
+            self.stats.lag_s.append(lag)
         schedule = [op for op in plan.ops if isinstance(op, ScheduleAt)]
         if schedule:
             with self._lock:
                 self.stats.scheduled += 1
             due = min(op.epoch_s for op in schedule)
             self.journal.schedule(claim, now=now, not_before=due, reason=schedule[0].reason)
-            return "scheduled"
+            return "scheduled", lag
         self.journal.done(claim, now=now)
         record = claim.record
         recheck = self.config.thing_recheck_s
@@ -384,7 +428,7 @@ class Engine:
         ):
             again = ObjectNamed(key=key, region=record.region)
             self.journal.accept(again, now=now, not_before=now + recheck)
-        return "done"
+        return "done", lag
 
     def _retry(self, claim: Claim, exc: BaseException, *, forever: bool) -> str:
         reason = f"{type(exc).__name__}: {exc}"

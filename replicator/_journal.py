@@ -22,6 +22,7 @@ memory); threads share the connection under a lock.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Mapping
@@ -42,9 +43,10 @@ __all__ = ["Claim", "DeadLetterRow", "Journal", "JournalCounts", "RowState"]
 RowState = Literal["pending", "done", "dead"]
 Synchronous = Literal["FULL", "NORMAL"]
 _APPLICATION_ID = 0x696F7472  # "iotr": marks the file as a replicator journal
+_QUEUE_NAME = re.compile(r"[a-z][a-z_]{0,30}")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS changes (
+CREATE TABLE IF NOT EXISTS {q} (
     key TEXT PRIMARY KEY,
     record TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'dead')),
@@ -55,7 +57,7 @@ CREATE TABLE IF NOT EXISTS changes (
     updated_at REAL NOT NULL,
     reason TEXT
 );
-CREATE INDEX IF NOT EXISTS changes_due ON changes (state, not_before);
+CREATE INDEX IF NOT EXISTS {q}_due ON {q} (state, not_before);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     received_at REAL NOT NULL,
@@ -71,22 +73,28 @@ CREATE TABLE IF NOT EXISTS shadow_sync (
     target_version INTEGER NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS object_sync (
+    key TEXT PRIMARY KEY,
+    regions TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
 
 _ACCEPT = """
-INSERT INTO changes (key, record, state, generation, attempts, not_before, accepted_at, updated_at)
+INSERT INTO {q} (key, record, state, generation, attempts, not_before, accepted_at, updated_at)
 VALUES (:key, :record, 'pending', 1, 0, :not_before, :now, :now)
 ON CONFLICT (key) DO UPDATE SET
     record = excluded.record,
-    generation = changes.generation + 1,
+    generation = {q}.generation + 1,
     not_before = CASE
-        WHEN changes.state = 'pending' AND changes.attempts > 0 THEN changes.not_before
-        WHEN changes.state = 'pending' THEN MIN(changes.not_before, excluded.not_before)
+        WHEN {q}.state = 'pending' AND {q}.attempts > 0 THEN {q}.not_before
+        WHEN {q}.state = 'pending' THEN MIN({q}.not_before, excluded.not_before)
         ELSE excluded.not_before END,
-    attempts = CASE WHEN changes.state = 'pending' THEN changes.attempts ELSE 0 END,
+    attempts = CASE WHEN {q}.state = 'pending' THEN {q}.attempts ELSE 0 END,
     accepted_at = CASE
-        WHEN changes.state = 'pending' THEN changes.accepted_at ELSE excluded.accepted_at END,
-    reason = CASE WHEN changes.state = 'pending' THEN changes.reason ELSE NULL END,
+        WHEN {q}.state = 'pending' THEN {q}.accepted_at ELSE excluded.accepted_at END,
+    reason = CASE WHEN {q}.state = 'pending' THEN {q}.reason ELSE NULL END,
     state = 'pending',
     updated_at = excluded.updated_at
 """
@@ -137,8 +145,13 @@ class Journal:
         JournalError: the file cannot be opened, or is not a journal.
     """
 
-    def __init__(self, path: str | Path, *, synchronous: Synchronous = "FULL") -> None:
+    def __init__(
+        self, path: str | Path, *, synchronous: Synchronous = "FULL", queue: str = "changes"
+    ) -> None:
         self._path = str(path)
+        if not _QUEUE_NAME.fullmatch(queue):
+            raise ValueError(f"queue {queue!r} is not a lower-case name")
+        self._queue = queue
         self._lock = threading.Lock()
         try:
             if self._path != ":memory:":
@@ -159,7 +172,7 @@ class Journal:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
-        conn.executescript(_SCHEMA)
+        conn.executescript(_SCHEMA.replace("{q}", self._queue))
 
     def __repr__(self) -> str:
         if self._conn is None:
@@ -175,6 +188,11 @@ class Journal:
         """Where the journal lives."""
         return self._path
 
+    @property
+    def queue(self) -> str:
+        """The name of this journal's queue of changes (one file can hold several)."""
+        return self._queue
+
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             raise JournalError(self._path, "closed")
@@ -185,6 +203,7 @@ class Journal:
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                sql = sql.replace("{q}", self._queue)
                 if isinstance(rows, Mapping):
                     changed = conn.execute(sql, rows).rowcount
                 else:
@@ -199,6 +218,7 @@ class Journal:
     def _read(self, sql: str, params: dict[str, object] | tuple[object, ...] = ()) -> list[Any]:
         with self._lock:
             try:
+                sql = sql.replace("{q}", self._queue)
                 return list(self._connection().execute(sql, params).fetchall())
             except sqlite3.Error as exc:
                 raise JournalError(self._path, str(exc)) from exc
@@ -242,7 +262,7 @@ class Journal:
         """Up to ``limit`` due pending changes, oldest first, leaving out ``exclude``."""
         skip = {str(k) for k in exclude}
         rows = self._read(
-            "SELECT key, record, generation, attempts, accepted_at FROM changes"
+            "SELECT key, record, generation, attempts, accepted_at FROM {q}"
             " WHERE state = 'pending' AND not_before <= ? ORDER BY not_before, accepted_at"
             " LIMIT ?",
             (now, limit + len(skip)),
@@ -266,7 +286,7 @@ class Journal:
         """Mark the change done, unless a newer trigger arrived meanwhile (then False)."""
         return bool(
             self._write(
-                "UPDATE changes SET state = 'done', attempts = 0, reason = NULL, updated_at = :now"
+                "UPDATE {q} SET state = 'done', attempts = 0, reason = NULL, updated_at = :now"
                 " WHERE key = :key AND generation = :generation",
                 {"now": now, "key": str(claim.key), "generation": claim.generation},
             )
@@ -275,7 +295,7 @@ class Journal:
     def retry(self, claim: Claim, *, now: float, not_before: float, reason: str) -> None:
         """Count a failed attempt; try again no earlier than ``not_before``."""
         self._write(
-            "UPDATE changes SET attempts = attempts + 1, reason = :reason, updated_at = :now,"
+            "UPDATE {q} SET attempts = attempts + 1, reason = :reason, updated_at = :now,"
             " not_before = CASE WHEN generation = :generation THEN :not_before"
             " ELSE MIN(not_before, :not_before) END WHERE key = :key",
             {
@@ -290,7 +310,7 @@ class Journal:
     def schedule(self, claim: Claim, *, now: float, not_before: float, reason: str) -> None:
         """Leave the change pending until ``not_before`` (a rule of AWS's, not a failure)."""
         self._write(
-            "UPDATE changes SET attempts = 0, reason = :reason, updated_at = :now,"
+            "UPDATE {q} SET attempts = 0, reason = :reason, updated_at = :now,"
             " not_before = :not_before WHERE key = :key AND generation = :generation",
             {
                 "now": now,
@@ -305,7 +325,7 @@ class Journal:
         """Give up on the change, keeping the reason (unless a newer trigger arrived)."""
         return bool(
             self._write(
-                "UPDATE changes SET state = 'dead', attempts = attempts + 1, reason = :reason,"
+                "UPDATE {q} SET state = 'dead', attempts = attempts + 1, reason = :reason,"
                 " updated_at = :now WHERE key = :key AND generation = :generation",
                 {
                     "now": now,
@@ -350,11 +370,33 @@ class Journal:
         """Drop a shadow's sync point (the shadow is gone from both regions)."""
         self._write("DELETE FROM shadow_sync WHERE key = :key", {"key": str(key)})
 
+    # -- registry sync points ---------------------------------------------------------------
+
+    def object_sync(self, key: ObjectKey, regions: tuple[str, str]) -> str | None:
+        """The fingerprint both ``regions`` (either order) held when last in sync, or None."""
+        rows = self._read(
+            "SELECT fingerprint FROM object_sync WHERE key = ? AND regions = ?",
+            (str(key), _pair(regions)),
+        )
+        return str(rows[0][0]) if rows else None
+
+    def set_object_sync(
+        self, key: ObjectKey, regions: tuple[str, str], fingerprint: str | None, *, now: float
+    ) -> None:
+        """Record the fingerprint both regions hold; None: the object is in neither."""
+        if fingerprint is None:
+            self._write("DELETE FROM object_sync WHERE key = :key", {"key": str(key)})
+            return
+        self._write(
+            "INSERT OR REPLACE INTO object_sync VALUES (:key, :regions, :fingerprint, :now)",
+            {"key": str(key), "regions": _pair(regions), "fingerprint": fingerprint, "now": now},
+        )
+
     # -- reporting --------------------------------------------------------------------------
 
     def state_of(self, key: ObjectKey) -> tuple[RowState, int, str | None] | None:
         """A row's state, attempts and reason, or None."""
-        rows = self._read("SELECT state, attempts, reason FROM changes WHERE key = ?", (str(key),))
+        rows = self._read("SELECT state, attempts, reason FROM {q} WHERE key = ?", (str(key),))
         if not rows:
             return None
         state, attempts, reason = rows[0]
@@ -364,7 +406,7 @@ class Journal:
     def rows(self, state: RowState) -> Iterator[tuple[ObjectKey, int, str | None]]:
         """The keys in ``state`` with their attempts and reasons."""
         for key, attempts, reason in self._read(
-            "SELECT key, attempts, reason FROM changes WHERE state = ? ORDER BY key", (state,)
+            "SELECT key, attempts, reason FROM {q} WHERE state = ? ORDER BY key", (state,)
         ):
             yield ObjectKey.parse(str(key)), int(attempts), None if reason is None else str(reason)
 
@@ -378,13 +420,13 @@ class Journal:
 
     def counts(self, now: float) -> JournalCounts:
         """Rows by state, how many are due at ``now``, and the oldest pending row's age."""
-        by_state = dict(self._read("SELECT state, count(*) FROM changes GROUP BY state"))
+        by_state = dict(self._read("SELECT state, count(*) FROM {q} GROUP BY state"))
         due = self._read(
-            "SELECT count(*), min(accepted_at) FROM changes"
+            "SELECT count(*), min(accepted_at) FROM {q}"
             " WHERE state = 'pending' AND not_before <= ?",
             (now,),
         )[0]
-        oldest = self._read("SELECT min(accepted_at) FROM changes WHERE state = 'pending'")[0][0]
+        oldest = self._read("SELECT min(accepted_at) FROM {q} WHERE state = 'pending'")[0][0]
         letters = self._read("SELECT count(*) FROM dead_letters")[0][0]
         return JournalCounts(
             pending=int(by_state.get("pending", 0)),
@@ -412,3 +454,7 @@ class Journal:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _pair(regions: tuple[str, str]) -> str:
+    return " ".join(sorted(regions))
