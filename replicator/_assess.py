@@ -7,6 +7,11 @@ only when the object is gone from the source, a thing type's deprecation in
 the target only when a plan sets that type. The source's state can be passed
 in when it was read already: the engine plans again after writing an object's
 requirements, and the source has not changed for that.
+
+In the failback direction every registry plan goes through
+:func:`~replicator._sync.failback_guard` with the object's sync point, and
+shadows are planned with ``failback=True``: only what changed in the secondary
+is copied back.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from replicator._state import (
     ThingState,
     ThingTypeState,
 )
+from replicator._sync import failback_guard, fingerprint
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,6 +42,7 @@ if TYPE_CHECKING:
     from replicator._plan_shadow import ShadowSync
     from replicator._region import RegionApi
     from replicator._state import ObjectKey
+    from replicator._sync import Direction
 
 __all__ = ["UNREAD", "Assessment", "Assessor"]
 
@@ -67,6 +74,8 @@ class Assessor:
         mode: ``complete`` or ``jitr``.
         wall: epoch seconds, for thing type deletion schedules.
         delete_after_s: AWS's wait between deprecating and deleting a type.
+        direction: ``forward`` (the source is authoritative) or ``failback``
+            (copy back only what changed in the source since the last sync).
     """
 
     def __init__(
@@ -77,20 +86,54 @@ class Assessor:
         mode: Mode,
         wall: Callable[[], float],
         delete_after_s: float,
+        direction: Direction = "forward",
     ) -> None:
         self.source = source
         self.target = target
         self.mode: Mode = mode
+        self.direction: Direction = direction
         self._wall = wall
         self._delete_after_s = delete_after_s
 
     def __repr__(self) -> str:
-        return f"Assessor({self.source.region} -> {self.target.region}, mode={self.mode})"
+        return (
+            f"Assessor({self.source.region} -> {self.target.region}, mode={self.mode}, "
+            f"{self.direction})"
+        )
+
+    def fingerprints(self, assessment: Assessment) -> tuple[str | None, str | None]:
+        """The source's and the target's fingerprints of a registry object (see ``_sync.py``)."""
+        return (
+            fingerprint(assessment.source, mode=self.mode, scope=_scope(self.source)),
+            fingerprint(assessment.target, mode=self.mode, scope=_scope(self.target)),
+        )
 
     def assess(
-        self, key: ObjectKey, *, sync: ShadowSync | None, source_state: object = UNREAD
+        self,
+        key: ObjectKey,
+        *,
+        sync: ShadowSync | None,
+        source_state: object = UNREAD,
+        synced: str | None = None,
     ) -> Assessment:
-        """Read ``key`` (the source only if ``source_state`` is :data:`UNREAD`) and plan it."""
+        """Read ``key`` (the source only if ``source_state`` is :data:`UNREAD`) and plan it.
+
+        Args:
+            key: the object.
+            sync: a shadow's sync point.
+            source_state: the source's state when already read.
+            synced: a registry object's sync point (its fingerprint), for failback.
+        """
+        found = self._assess(key, sync=sync, source_state=source_state)
+        if self.direction == "forward" or key.kind == "shadow":
+            return found
+        source, target = self.fingerprints(found)
+        plan = failback_guard(found.plan, source=source, target=target, synced=synced)
+        return Assessment(plan, found.source, found.target)
+
+    def _assess(
+        self, key: ObjectKey, *, sync: ShadowSync | None, source_state: object
+    ) -> Assessment:
         if self.mode == "jitr" and key.kind in ("certificate", "policy"):
             return Assessment(Plan(key), None, None)  # the target's JITR handler's business
         source = self._read_source(key) if source_state is UNREAD else source_state
@@ -127,7 +170,14 @@ class Assessor:
         assert source is None or isinstance(source, ShadowState)
         target_shadow = self.target.read_shadow(key.name, key.shadow)
         token = origin_token(self.source.region)
-        plan = plan_shadow(key, source, target_shadow, sync, client_token=token)
+        plan = plan_shadow(
+            key,
+            source,
+            target_shadow,
+            sync,
+            client_token=token,
+            failback=self.direction == "failback",
+        )
         return Assessment(plan, source, target_shadow)
 
     def _read_source(self, key: ObjectKey) -> object:
@@ -175,3 +225,7 @@ class Assessor:
             target_scope=ArnScope(self.target.region, self.target.account_id or source_account),
         )
         return Assessment(plan, source, target)
+
+
+def _scope(region: RegionApi) -> ArnScope:
+    return ArnScope(region.region, region.account_id or "")

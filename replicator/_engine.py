@@ -22,6 +22,13 @@ change pending for after the fix.
 Modes: ``complete`` replicates things, types, groups, certificates, policies
 and shadows; ``jitr`` leaves certificates and policies to the target region's
 JITR handler and replicates the rest.
+
+Directions: ``forward`` (primary to secondary) makes the target match the
+source; ``failback`` (secondary to primary, after an outage) copies back only
+what changed in the source since the two regions were last in sync. Both
+directions record each registry object's sync point (a region-neutral
+fingerprint, ``_sync.py``) whenever they leave the two regions equal, and
+shadows' sync points (versions) as before; failback reads them.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ if TYPE_CHECKING:
     from replicator._ops import Plan
     from replicator._plan import Mode
     from replicator._region import RegionApi
+    from replicator._sync import Direction
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "Outcome"]
 
@@ -84,6 +92,7 @@ class EngineConfig:
             usually happens just after the create. None: never.
         poll_s: how often to look for due changes when there are none.
         thing_type_delete_after_s: AWS's wait between deprecating and deleting a type.
+        direction: ``forward`` or ``failback`` (see the module docstring).
     """
 
     mode: Mode = "complete"
@@ -97,10 +106,13 @@ class EngineConfig:
     thing_recheck_s: float | None = 30.0
     poll_s: float = 0.5
     thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S
+    direction: Direction = "forward"
 
     def __post_init__(self) -> None:
         if self.mode not in ("complete", "jitr"):
             raise ValueError(f"mode {self.mode!r} is not 'complete' or 'jitr'")
+        if self.direction not in ("forward", "failback"):
+            raise ValueError(f"direction {self.direction!r} is not 'forward' or 'failback'")
         if self.workers < 1 or self.batch < 1 or self.max_attempts < 1:
             raise ValueError("workers, batch and max_attempts must be at least 1")
 
@@ -202,6 +214,7 @@ class Engine:
             mode=self.config.mode,
             wall=wall,
             delete_after_s=self.config.thing_type_delete_after_s,
+            direction=self.config.direction,
         )
         self._lock = threading.Lock()
         self._inflight: dict[ObjectKey, threading.Event] = {}
@@ -212,6 +225,7 @@ class Engine:
     def __repr__(self) -> str:
         return (
             f"Engine({self.source.region} -> {self.target.region}, mode={self.config.mode}, "
+            f"{self.config.direction}, "
             f"applied={self.stats.applied}, dead={self.stats.dead})"
         )
 
@@ -236,9 +250,16 @@ class Engine:
             source_state: the source's state when already read (writes to the
                 target do not change it), else :data:`UNREAD`.
         """
-        if key.kind == "shadow" and sync is None:
-            sync = self._shadow_sync(key)
-        return self._assessor.assess(key, sync=sync, source_state=source_state)
+        if key.kind == "shadow":
+            if sync is None:
+                sync = self._shadow_sync(key)
+            return self._assessor.assess(key, sync=sync, source_state=source_state)
+        synced = self.journal.object_sync(key, self._regions)
+        return self._assessor.assess(key, sync=None, source_state=source_state, synced=synced)
+
+    @property
+    def _regions(self) -> tuple[str, str]:
+        return self.source.region, self.target.region
 
     def _shadow_sync(self, key: ObjectKey) -> ShadowSync | None:
         found = self.journal.shadow_sync(key)
@@ -346,7 +367,9 @@ class Engine:
                 )
             elif isinstance(op, DeleteThingShadow):
                 self.journal.forget_shadow_sync(key)
-        if key.kind == "shadow" and plan.in_sync:
+        if key.kind != "shadow":
+            self._record_sync(assessment)
+        elif plan.in_sync:
             source, target = assessment.source, assessment.target
             if isinstance(source, ShadowState) and isinstance(target, ShadowState):
                 self.journal.set_shadow_sync(
@@ -360,6 +383,17 @@ class Engine:
                 "replicator.applied",
                 extra={"key": str(key), "writes": [type(op).__name__ for op in plan.writes]},
             )
+
+    def _record_sync(self, assessment: Assessment) -> None:
+        """After a registry object's plan ran: record its sync point if the regions now agree."""
+        plan = assessment.plan
+        if any(isinstance(op, (Conflict, ScheduleAt)) for op in plan.ops):
+            return
+        source, target = self._assessor.fingerprints(assessment)
+        if not plan.writes and source != target:
+            return  # a guarded failback plan: nothing was made equal
+        if self.journal.object_sync(plan.key, self._regions) != source:
+            self.journal.set_object_sync(plan.key, self._regions, source, now=self._wall())
 
     # -- the journal loop -------------------------------------------------------------------
 

@@ -19,8 +19,11 @@ yes                yes                nothing: a conflict, reported
 =================  =================  =============================================
 
 Without a sync point (a new journal, or reconcile without one) the source is
-taken as authoritative. A source older than the sync point is a stale read and
-is never written over newer content. Equal content is never rewritten.
+taken as authoritative, except in the failback direction (secondary to
+primary), which without a sync point copies only a shadow that the primary
+lacks or whose newest leaf is older than the secondary's, and never deletes.
+A source older than the sync point is a stale read and is never written over
+newer content. Equal content is never rewritten.
 
 The write is a patch (only the keys that differ, ``null`` for removed ones),
 so untouched leaves keep their metadata timestamps in the target, and it
@@ -100,6 +103,7 @@ def plan_shadow(
     sync: ShadowSync | None,
     *,
     client_token: str,
+    failback: bool = False,
 ) -> Plan:
     """The writes that make the target's shadow match the source's, if that is safe.
 
@@ -109,9 +113,17 @@ def plan_shadow(
         target: the shadow in the target region.
         sync: the last sync point, None when unknown.
         client_token: the origin marker that the write carries.
+        failback: the failback direction: without a sync point, copy only what
+            is missing or older in the target.
     """
     if source is None and target is None:
         return Plan(key)
+    if failback and sync is None and target is not None:
+        if source is None or source.same_content(target):
+            return Plan(key)
+        if source.updated_epoch_s <= target.updated_epoch_s:
+            return Plan(key, (Conflict(key, "never synced, and not newer in the source"),))
+        return Plan(key, (_update(key, source, target, client_token),))
     target_changed = (
         sync is not None and target is not None and target.version != sync.target_version
     )

@@ -1,0 +1,149 @@
+"""Sync points of registry objects, and the failback direction's guard. Pure, no I/O.
+
+Theory of operation. Failback copies back what changed in the secondary
+during an outage, and nothing else. Copying the secondary over the primary
+wholesale would be wrong three ways: it would resurrect objects deleted in the
+primary but not yet in the secondary, undo primary changes still queued for
+the secondary, and delete everything created in the primary that the
+secondary never saw. What tells "changed in the secondary" from "not yet
+replicated to it" is the *sync point*: a region-neutral fingerprint of the
+content both regions held the last time the replicator made them equal (it
+wrote, or found them equal), kept in the journal (``object_sync``). Against
+it, the current fingerprints say who changed since:
+
+=================  =====================  ======================================
+source changed    target changed         failback plan
+=================  =====================  ======================================
+no                 either                 nothing (the forward direction's)
+yes                no                     the planner's writes (create, update,
+                                          delete: whatever the source did)
+yes                yes                    nothing: a conflict, reported; the
+                                          primary is kept
+=================  =====================  ======================================
+
+Without a sync point (an object the replicator never synced, or a new journal)
+only an object that exists in the source alone is copied: that is a device
+registered in the secondary during the outage, by JITR or by an operator. An
+object in both regions that differs is reported as a conflict and left; one in
+the target alone is the forward direction's business.
+
+Fingerprints cover what the mode replicates and what is comparable across
+regions: a thing's type, attributes and groups (and certificates in complete
+mode), a type's description, searchable attributes and deprecation, a group's
+parent, description and attributes, a certificate's status and policies, a
+policy's default document with its ARNs rewritten to a neutral scope. Shadows
+have their own sync points (versions, ``_plan_shadow.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Final, Literal
+
+from replicator._arns import ArnScope, rewrite_policy_document, scope_of_arn
+from replicator._ops import Conflict, Plan
+from replicator._state import (
+    CertificateState,
+    PolicyState,
+    ThingGroupState,
+    ThingState,
+    ThingTypeState,
+    canonical_json,
+)
+
+if TYPE_CHECKING:
+    from replicator._plan import Mode
+    from replicator._state import ObjectKey
+
+__all__ = ["NEUTRAL_SCOPE", "Direction", "failback_guard", "fingerprint"]
+
+Direction = Literal["forward", "failback"]
+
+NEUTRAL_SCOPE: Final = ArnScope("region", "account")
+"""What policy ARNs are rewritten to before fingerprinting: equal in every region."""
+
+
+def _sorted(values: frozenset[str] | None) -> list[str] | None:
+    return None if values is None else sorted(values)
+
+
+def _content(state: object, *, mode: Mode, scope: ArnScope | None) -> object:
+    """The comparable content of one kind's state (see the module docstring)."""
+    match state:
+        case ThingState():
+            return {
+                "type": state.type_name,
+                "attributes": state.attributes,
+                "groups": _sorted(state.groups),
+                "principals": _sorted(state.principals) if mode == "complete" else None,
+            }
+        case ThingTypeState():
+            return {
+                "description": state.description,
+                "searchable": list(state.searchable_attributes),
+                "deprecated": state.deprecated,
+            }
+        case ThingGroupState():
+            return {
+                "parent": state.parent,
+                "description": state.description,
+                "attributes": state.attributes,
+            }
+        case CertificateState():
+            return {"status": state.status, "policies": sorted(state.policies)}
+        case PolicyState():
+            default = state.default
+            if default is None:
+                return {"default": None}
+            own = scope_of_arn(state.arn) or scope or NEUTRAL_SCOPE
+            document = rewrite_policy_document(state.name, default.document, own, NEUTRAL_SCOPE)
+            return {"default": document}
+    raise TypeError(f"no fingerprint for {type(state).__name__}")
+
+
+def fingerprint(state: object, *, mode: Mode, scope: ArnScope | None = None) -> str | None:
+    """A region-neutral digest of a registry object's replicated content; None when absent.
+
+    Args:
+        state: a thing, type, group, certificate or policy state, or None.
+        mode: ``complete`` (a thing's certificates count) or ``jitr``.
+        scope: the region's ARN scope, for a policy without an ARN of its own.
+
+    Raises:
+        PolicyDocumentError: a policy's default document does not parse.
+    """
+    if state is None:
+        return None
+    text = canonical_json(_content(state, mode=mode, scope=scope))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def failback_guard(
+    plan: Plan,
+    *,
+    source: str | None,
+    target: str | None,
+    synced: str | None,
+) -> Plan:
+    """The part of a registry object's plan that the failback direction may carry out.
+
+    Args:
+        plan: the planner's plan from the source (secondary) to the target (primary).
+        source: the source's fingerprint (None: absent there).
+        target: the target's fingerprint.
+        synced: the fingerprint at the last sync point, None when there is none.
+    """
+    key: ObjectKey = plan.key
+    if source == target or not plan.ops:
+        return Plan(key)
+    if synced is None:
+        if target is None:
+            return plan  # only in the source: registered there during the outage
+        if source is None:
+            return Plan(key)  # only in the target: not the failback direction's business
+        return Plan(key, (Conflict(key, "differs between the regions and was never synced"),))
+    if source == synced:
+        return Plan(key)  # the target changed, or nothing did: the forward direction's
+    if target != synced:
+        return Plan(key, (Conflict(key, "changed in both regions since the last sync"),))
+    return plan

@@ -1,0 +1,284 @@
+"""Failback over in-memory regions: copy back what changed in the secondary, and only that."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pytest
+
+from replicator._arns import ArnScope
+from replicator._engine import Engine, EngineConfig
+from replicator._journal import Journal
+from replicator._memory import InMemoryRegion
+from replicator._ops import (
+    AddThingToThingGroup,
+    AttachPolicy,
+    AttachThingPrincipal,
+    Conflict,
+    CreatePolicy,
+    CreateThing,
+    CreateThingGroup,
+    DeleteThing,
+    DeleteThingShadow,
+    Op,
+    Plan,
+    RegisterCertificateWithoutCA,
+    UpdateThing,
+    UpdateThingShadow,
+)
+from replicator._reconcile import reconcile
+from replicator._records import ObjectNamed
+from replicator._state import ObjectKey, PolicyState, PolicyVersion, ThingState
+from replicator._sync import failback_guard, fingerprint
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+EAST, WEST = "us-east-1", "us-west-2"
+C1, C9 = "a" * 64, "9" * 64
+
+
+def doc(region: str) -> str:
+    resource = f"arn:aws:iot:{region}:123456789012:topic/t"
+    return json.dumps(
+        {"Statement": [{"Effect": "Allow", "Action": "iot:Publish", "Resource": resource}]}
+    )
+
+
+@dataclass
+class Pair:
+    """Two regions, one journal file with a forward and a failback queue, both engines."""
+
+    path: Path
+    mode: str = "complete"
+    now: list[float] = field(default_factory=lambda: [1_000.0])
+
+    def __post_init__(self) -> None:
+        self.primary = InMemoryRegion(EAST, clock=lambda: self.now[0])
+        self.secondary = InMemoryRegion(WEST, clock=lambda: self.now[0])
+        self.forward_journal = Journal(self.path)
+        self.failback_journal = Journal(self.path, queue="failback")
+        self.forward = self._engine(self.primary, self.secondary, self.forward_journal, "forward")
+        self.failback = self._engine(
+            self.secondary, self.primary, self.failback_journal, "failback"
+        )
+
+    def _engine(
+        self, source: InMemoryRegion, target: InMemoryRegion, journal: Journal, direction: str
+    ) -> Engine:
+        config = EngineConfig(
+            mode=self.mode,  # type: ignore[arg-type]
+            workers=2,
+            thing_recheck_s=None,
+            dependency_ttl_s=0.0,
+            direction=direction,  # type: ignore[arg-type]
+        )
+        return Engine(
+            source=source, target=target, journal=journal, config=config, wall=lambda: self.now[0]
+        )
+
+    def close(self) -> None:
+        self.forward_journal.close()
+        self.failback_journal.close()
+
+    def sync(self, engine: Engine, *keys: ObjectKey) -> None:
+        for key in keys:
+            engine.journal.accept(
+                ObjectNamed(region=engine.source.region, key=key), now=self.now[0]
+            )
+        engine.drain()
+        self.now[0] += 1.0
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    found = Pair(tmp_path / "journal.db")
+    yield found
+    found.close()
+
+
+def run(region: InMemoryRegion, *ops: Op) -> None:
+    for op in ops:
+        region.execute(op)
+
+
+T1, T2, T9 = ObjectKey.thing("t1"), ObjectKey.thing("t2"), ObjectKey.thing("t9")
+S1 = ObjectKey.for_shadow("t1")
+
+
+def test_failback_copies_what_changed_in_the_secondary_and_nothing_else(pair: Pair) -> None:
+    run(
+        pair.primary,
+        CreatePolicy("fleet", doc(EAST)),
+        RegisterCertificateWithoutCA(C1, "PEM1", "ACTIVE"),
+        AttachPolicy("fleet", C1),
+        CreateThing("t1", None, {"site": "a"}),
+        AttachThingPrincipal("t1", C1),
+        CreateThing("t2", None, {"site": "a"}),
+        UpdateThingShadow("t1", None, {"reported": {"temp": 20}}, "dev", None, 0),
+    )
+    pair.sync(pair.forward, T1, T2, S1)
+    assert pair.secondary.things.keys() == {"t1", "t2"}
+
+    # The outage. In the secondary: an operator changes t1, a device registers
+    # there (t9 with its certificate), t1's device reports a new temperature.
+    run(
+        pair.secondary,
+        UpdateThing("t1", {"site": "b"}),
+        RegisterCertificateWithoutCA(C9, "PEM9", "ACTIVE"),
+        AttachPolicy("fleet", C9),
+        CreateThing("t9", None, {"site": "b"}),
+        AttachThingPrincipal("t9", C9),
+        UpdateThingShadow("t1", None, {"reported": {"temp": 31}}, "dev", None, 0),
+    )
+    # In the primary, before the outage reached the replicator: t2 deleted (not yet copied).
+    run(pair.primary, DeleteThing("t2"))
+
+    pair.sync(pair.failback, T1, T2, T9, S1)
+    assert pair.primary.things["t1"].attributes == {"site": "b"}
+    assert pair.primary.things["t9"].principals == frozenset({C9})
+    assert pair.primary.certificates[C9].policies == frozenset({"fleet"})
+    assert pair.primary.shadows[("t1", None)].reported == {"temp": 31}
+    assert "t2" not in pair.primary.things  # not resurrected
+
+    # Forward again: the deletion reaches the secondary, nothing else moves.
+    pair.sync(pair.forward, T1, T2, T9, S1)
+    assert pair.secondary.things.keys() == {"t1", "t9"}
+    report = reconcile(pair.forward, dry_run=True)
+    assert not report.drift, report.text()
+    report = reconcile(pair.failback, dry_run=True)
+    assert not report.drift, report.text()
+
+
+def test_changed_in_both_regions_is_a_conflict_and_the_primary_is_kept(pair: Pair) -> None:
+    run(pair.primary, CreateThing("t1", None, {"site": "a"}))
+    pair.sync(pair.forward, T1)
+    run(pair.primary, UpdateThing("t1", {"site": "p"}))
+    run(pair.secondary, UpdateThing("t1", {"site": "s"}))
+    pair.sync(pair.failback, T1)
+    assert pair.primary.things["t1"].attributes == {"site": "p"}
+    assert pair.failback.stats.conflicts == 1
+
+
+def test_without_a_sync_point_only_objects_missing_in_the_primary_are_copied(
+    pair: Pair,
+) -> None:
+    run(pair.primary, CreateThing("only-primary"), CreateThing("both", None, {"v": "p"}))
+    run(pair.primary, UpdateThingShadow("only-primary", None, {"reported": {"x": 1}}, "d", None, 0))
+    run(pair.secondary, CreateThing("only-secondary"), CreateThing("both", None, {"v": "s"}))
+    report = reconcile(pair.failback, dry_run=False)
+    assert set(pair.primary.things) == {"only-primary", "only-secondary", "both"}
+    assert pair.primary.things["both"].attributes == {"v": "p"}
+    assert ("only-primary", None) in pair.primary.shadows  # a failback never deletes unsynced
+    assert report.conflicts == 1
+
+
+def test_a_thing_deleted_in_the_secondary_after_a_sync_is_deleted_in_the_primary(
+    pair: Pair,
+) -> None:
+    run(pair.primary, CreateThingGroup("g"), CreateThing("t1"), AddThingToThingGroup("g", "t1"))
+    pair.sync(pair.forward, T1)
+    found = pair.secondary.read_thing("t1", principals=False)
+    assert found is not None
+    assert found.groups == frozenset({"g"})
+    run(pair.secondary, DeleteThing("t1"))
+    pair.sync(pair.failback, T1)
+    assert "t1" not in pair.primary.things
+
+
+def test_shadows_newer_in_the_secondary_without_a_sync_point_win_older_do_not(
+    pair: Pair,
+) -> None:
+    run(pair.primary, UpdateThingShadow("t1", None, {"reported": {"v": "old"}}, "d", None, 0))
+    pair.now[0] += 10
+    run(pair.secondary, UpdateThingShadow("t1", None, {"reported": {"v": "new"}}, "d", None, 0))
+    pair.sync(pair.failback, S1)
+    assert pair.primary.shadows[("t1", None)].reported == {"v": "new"}
+
+    s2 = ObjectKey.for_shadow("t2")
+    run(pair.secondary, UpdateThingShadow("t2", None, {"reported": {"v": "old"}}, "d", None, 0))
+    pair.now[0] += 10
+    run(pair.primary, UpdateThingShadow("t2", None, {"reported": {"v": "new"}}, "d", None, 0))
+    pair.sync(pair.failback, s2)
+    assert pair.primary.shadows[("t2", None)].reported == {"v": "new"}
+
+    conflicts = pair.failback.stats.conflicts
+    pair.primary.execute(DeleteThingShadow("t1", None))  # forward's business, not failback's
+    pair.sync(pair.failback, S1)
+    assert ("t1", None) not in pair.primary.shadows
+    assert pair.failback.stats.conflicts == conflicts + 1
+
+
+def test_jitr_mode_failback_copies_the_registry_not_certificates(tmp_path: Path) -> None:
+    pair = Pair(tmp_path / "j.db", mode="jitr")
+    try:
+        run(
+            pair.secondary,
+            RegisterCertificateWithoutCA(C9, "PEM9", "ACTIVE"),
+            CreateThing("t9", None, {"site": "b"}),
+            AttachThingPrincipal("t9", C9),
+        )
+        pair.sync(pair.failback, T9, ObjectKey.certificate(C9))
+        assert pair.primary.things["t9"].attributes == {"site": "b"}
+        assert pair.primary.certificates == {}
+    finally:
+        pair.close()
+
+
+# -- the guard and the fingerprints, pure ------------------------------------------------------
+
+WRITE = Plan(T1, (UpdateThing("t1", {"a": "1"}),))
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "synced", "expected"),
+    [
+        ("s", "s", None, "nothing"),
+        ("s", None, None, "write"),  # only in the secondary: registered during the outage
+        (None, "t", None, "nothing"),  # only in the primary
+        ("s", "t", None, "conflict"),  # never synced
+        ("x", "t", "x", "nothing"),  # only the primary changed
+        ("s", "x", "x", "write"),  # only the secondary changed
+        (None, "x", "x", "write"),  # deleted in the secondary
+        ("s", "t", "x", "conflict"),  # both changed
+        ("s", None, "x", "conflict"),  # changed in one, deleted in the other
+    ],
+)
+def test_failback_guard_table(
+    source: str | None, target: str | None, synced: str | None, expected: str
+) -> None:
+    plan = failback_guard(WRITE, source=source, target=target, synced=synced)
+    found = (
+        "write"
+        if plan == WRITE
+        else "conflict"
+        if plan.ops and isinstance(plan.ops[0], Conflict)
+        else "nothing"
+    )
+    assert (found, plan.ops == ()) == (expected, expected == "nothing")
+
+
+def test_fingerprints_are_region_neutral() -> None:
+    east = PolicyState(
+        name="p",
+        arn=f"arn:aws:iot:{EAST}:123456789012:policy/p",
+        versions=(PolicyVersion(version_id="1", document=doc(EAST), is_default=True),),
+    )
+    west = PolicyState(
+        name="p",
+        arn=f"arn:aws:iot:{WEST}:123456789012:policy/p",
+        versions=(PolicyVersion(version_id="3", document=doc(WEST), is_default=True),),
+    )
+    assert fingerprint(east, mode="complete") == fingerprint(west, mode="complete")
+    other = PolicyState(name="p", versions=(PolicyVersion(version_id="1", document=doc(EAST)),))
+    assert fingerprint(other, mode="complete", scope=ArnScope(EAST, "1")) != fingerprint(
+        east, mode="complete"
+    )
+    a = ThingState(name="t", attributes={"k": "v"}, principals=frozenset({C1}), version=1)
+    b = ThingState(name="t", attributes={"k": "v"}, principals=frozenset(), version=7)
+    assert fingerprint(a, mode="jitr") == fingerprint(b, mode="jitr")
+    assert fingerprint(a, mode="complete") != fingerprint(b, mode="complete")
+    assert fingerprint(None, mode="complete") is None
