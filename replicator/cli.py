@@ -77,6 +77,15 @@ def _connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="The secondary's account, for policy ARNs (default: learnt, else the primary's).",
         ),
         click.option(
+            "--direction",
+            type=click.Choice(["primary-to-secondary", "secondary-to-primary"]),
+            default="primary-to-secondary",
+            show_default=True,
+            envvar="IOTDR_REPLICATOR_DIRECTION",
+            help="secondary-to-primary: failback, copying back only what changed in the "
+            "secondary since the regions were last in sync.",
+        ),
+        click.option(
             "--mode",
             type=click.Choice(["complete", "jitr"]),
             default="complete",
@@ -108,6 +117,16 @@ def _connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def _source_role(options: dict[str, Any]) -> str:
+    """The role of the region changes are copied from: the secondary when failing back."""
+    return "secondary" if options.get("direction") == "secondary-to-primary" else "primary"
+
+
+def _queue(options: dict[str, Any]) -> str:
+    """The journal's queue: failback keeps its changes apart, sharing the sync points."""
+    return "failback" if _source_role(options) == "secondary" else "changes"
+
+
 def _engine(options: dict[str, Any], journal: Journal) -> Engine:
     from replicator._aws import RegionConfig, build_region  # noqa: PLC0415
     from replicator._engine import Engine, EngineConfig  # noqa: PLC0415
@@ -129,11 +148,15 @@ def _engine(options: dict[str, Any], journal: Journal) -> Engine:
             account_id=options[f"{role}_account_id"],
         )
         regions.append(build_region(config, limiter=limiter))
+    failback = _source_role(options) == "secondary"
+    if failback:
+        regions.reverse()
     return Engine(
         source=regions[0],
         target=regions[1],
         journal=journal,
         config=EngineConfig(
+            direction="failback" if failback else "forward",
             mode=options["mode"],
             workers=options["workers"],
             thing_recheck_s=options["thing_recheck_s"] or None,
@@ -166,7 +189,7 @@ def replicator_reconcile(**options: Any) -> None:
     from replicator._journal import Journal  # noqa: PLC0415
     from replicator._reconcile import reconcile  # noqa: PLC0415
 
-    with Journal(options["journal_path"] or ":memory:") as journal:
+    with Journal(options["journal_path"] or ":memory:", queue=_queue(options)) as journal:
         engine = _engine(options, journal)
         report = reconcile(
             engine,
@@ -188,7 +211,8 @@ def replicator_reconcile(**options: Any) -> None:
     "--feed",
     required=True,
     envvar="IOTDR_REPLICATOR_FEED",
-    help="The primary's MQTT broker, HOST:PORT: registry events and shadow documents.",
+    help="The source region's MQTT broker, HOST:PORT: registry events and shadow documents "
+    "(the secondary's with --direction secondary-to-primary).",
 )
 @click.option("--feed-client-id", default="iotdr-replicator", show_default=True)
 @click.option("--feed-ca", type=click.Path(path_type=Path, dir_okay=False, exists=True))
@@ -214,7 +238,7 @@ def replicator_run(**options: Any) -> None:
     if not host or not port.isdigit():
         raise ConfigError(f"--feed {options['feed']!r} is not HOST:PORT")
     feed = FeedConfig(
-        region=options["primary_region"],
+        region=options[f"{_source_role(options)}_region"],
         host=host.strip("[]"),
         port=int(port),
         client_id=options["feed_client_id"],
@@ -227,7 +251,7 @@ def replicator_run(**options: Any) -> None:
         if options["as_json"]:
             click.echo(json.dumps(line, sort_keys=True, default=str))
 
-    with Journal(options["journal_path"]) as journal:
+    with Journal(options["journal_path"], queue=_queue(options)) as journal:
         run_service(_engine(options, journal), feed, report=report)
 
 
@@ -246,3 +270,13 @@ def replicator_iam_policy(
         primary_region, secondary_region, account_id=account_id, feed_client_id=feed_client_id
     )
     click.echo(json.dumps(document, indent=2))
+
+
+def _register_jitr() -> None:
+    """``iotdr replicator jitr`` lives in ``_jitr_cli.py`` (only click imported there too)."""
+    from replicator._jitr_cli import replicator_jitr  # noqa: PLC0415
+
+    replicator.add_command(replicator_jitr)
+
+
+_register_jitr()
