@@ -33,7 +33,7 @@ from replicator._state import (
     ThingState,
     ThingTypeState,
 )
-from replicator._sync import failback_guard, fingerprint
+from replicator._sync import failback_guard, fingerprint, forward_guard
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -76,6 +76,9 @@ class Assessor:
         delete_after_s: AWS's wait between deprecating and deleting a type.
         direction: ``forward`` (the source is authoritative) or ``failback``
             (copy back only what changed in the source since the last sync).
+        keep_target_changes: forward only: leave registry objects changed in
+            the target alone when the source has not changed since the last
+            sync (failback runs alongside and copies them back).
     """
 
     def __init__(
@@ -87,11 +90,13 @@ class Assessor:
         wall: Callable[[], float],
         delete_after_s: float,
         direction: Direction = "forward",
+        keep_target_changes: bool = False,
     ) -> None:
         self.source = source
         self.target = target
         self.mode: Mode = mode
         self.direction: Direction = direction
+        self.keep_target_changes = keep_target_changes
         self._wall = wall
         self._delete_after_s = delete_after_s
 
@@ -125,10 +130,11 @@ class Assessor:
             synced: a registry object's sync point (its fingerprint), for failback.
         """
         found = self._assess(key, sync=sync, source_state=source_state)
-        if self.direction == "forward" or key.kind == "shadow":
+        if key.kind == "shadow" or (self.direction == "forward" and not self.keep_target_changes):
             return found
         source, target = self.fingerprints(found)
-        plan = failback_guard(found.plan, source=source, target=target, synced=synced)
+        guard = failback_guard if self.direction == "failback" else forward_guard
+        plan = guard(found.plan, source=source, target=target, synced=synced)
         return Assessment(plan, found.source, found.target)
 
     def _assess(

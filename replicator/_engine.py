@@ -93,6 +93,9 @@ class EngineConfig:
         poll_s: how often to look for due changes when there are none.
         thing_type_delete_after_s: AWS's wait between deprecating and deleting a type.
         direction: ``forward`` or ``failback`` (see the module docstring).
+        keep_target_changes: forward, with failback running alongside: leave a
+            registry object that changed only in the target since the last sync
+            to the failback direction (see ``_sync.forward_guard``).
     """
 
     mode: Mode = "complete"
@@ -107,6 +110,7 @@ class EngineConfig:
     poll_s: float = 0.5
     thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S
     direction: Direction = "forward"
+    keep_target_changes: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("complete", "jitr"):
@@ -127,12 +131,14 @@ class Outcome:
             ``throttled``, ``unavailable`` (a region is down), ``denied`` or ``dead``.
         lag_s: from acceptance to applied (``done`` and ``scheduled``), else None.
         writes: the write APIs called for it (requirements included).
+        region: for ``unavailable`` and ``throttled``, the region that failed.
     """
 
     key: ObjectKey
     result: str
     lag_s: float | None = None
     writes: tuple[str, ...] = ()
+    region: str | None = None
 
 
 @dataclass(slots=True)
@@ -215,11 +221,12 @@ class Engine:
             wall=wall,
             delete_after_s=self.config.thing_type_delete_after_s,
             direction=self.config.direction,
+            keep_target_changes=self.config.keep_target_changes,
         )
         self._lock = threading.Lock()
         self._inflight: dict[ObjectKey, threading.Event] = {}
         self._ensured: dict[ObjectKey, float] = {}
-        self._observer = observer
+        self._observers: list[Callable[[Outcome], None]] = [observer] if observer else []
         self._writes = threading.local()
 
     def __repr__(self) -> str:
@@ -228,6 +235,10 @@ class Engine:
             f"{self.config.direction}, "
             f"applied={self.stats.applied}, dead={self.stats.dead})"
         )
+
+    def add_observer(self, observer: Callable[[Outcome], None]) -> None:
+        """Also call ``observer`` with every :class:`Outcome` (see the constructor)."""
+        self._observers.append(observer)
 
     def now(self) -> float:
         """The engine's wall clock, in epoch seconds."""
@@ -407,6 +418,7 @@ class Engine:
         """
         _, mine = self._enter(claim.key)
         self._writes.apis = []
+        self._writes.region = None
         lag: float | None = None
         result = "denied"
         try:
@@ -415,8 +427,12 @@ class Engine:
             self._leave(claim.key, mine)
             with self._lock:
                 self.stats.count(claim.key.kind, result)
-            if self._observer is not None:
-                self._observer(Outcome(claim.key, result, lag, tuple(self._writes.apis)))
+            if self._observers:
+                outcome = Outcome(
+                    claim.key, result, lag, tuple(self._writes.apis), self._writes.region
+                )
+                for observe in self._observers:
+                    observe(outcome)
         return "retry" if result in ("throttled", "unavailable") else result
 
     def _process(self, claim: Claim) -> tuple[str, float | None]:
@@ -428,9 +444,11 @@ class Engine:
             raise
         except ThrottledError as exc:
             self._retry(claim, exc, forever=True)
+            self._writes.region = exc.region
             return "throttled", None
         except RegionUnavailableError as exc:
             self._retry(claim, exc, forever=True)
+            self._writes.region = exc.region
             return "unavailable", None
         except PermanentError as exc:
             return self._dead(claim, str(exc)), None

@@ -370,6 +370,14 @@ class Journal:
         """Drop a shadow's sync point (the shadow is gone from both regions)."""
         self._write("DELETE FROM shadow_sync WHERE key = :key", {"key": str(key)})
 
+    def wake(self, *, now: float) -> int:
+        """Make pending changes waiting out a retry backoff due now (a region came back)."""
+        return self._write(
+            "UPDATE {q} SET not_before = :now"
+            " WHERE state = 'pending' AND attempts > 0 AND not_before > :now",
+            {"now": now},
+        )
+
     # -- registry sync points ---------------------------------------------------------------
 
     def object_sync(self, key: ObjectKey, regions: tuple[str, str]) -> str | None:

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from replicator._plan import Mode
     from replicator._state import ObjectKey
 
-__all__ = ["NEUTRAL_SCOPE", "Direction", "failback_guard", "fingerprint"]
+__all__ = ["NEUTRAL_SCOPE", "Direction", "failback_guard", "fingerprint", "forward_guard"]
 
 Direction = Literal["forward", "failback"]
 
@@ -147,3 +147,24 @@ def failback_guard(
     if target != synced:
         return Plan(key, (Conflict(key, "changed in both regions since the last sync"),))
     return plan
+
+
+def forward_guard(
+    plan: Plan,
+    *,
+    source: str | None,
+    target: str | None,
+    synced: str | None,
+) -> Plan:
+    """The forward plan when failback runs alongside: leave what only the target changed.
+
+    With both directions running (``iotdr replicator run --failback auto``), a
+    change made in the secondary since the last sync is the failback
+    direction's to copy back; the forward direction must not overwrite it with
+    the primary's older content (the shadows' rule, ``_plan_shadow.py``, for
+    registry objects). Without a sync point, or when the source changed too,
+    the forward plan stands: the primary wins.
+    """
+    if synced is None or source != synced or target == synced or not plan.ops:
+        return plan
+    return Plan(plan.key, (Conflict(plan.key, "changed in the target since the last sync"),))

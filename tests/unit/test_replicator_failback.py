@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from replicator._arns import ArnScope
 from replicator._engine import Engine, EngineConfig
+from replicator._errors import RegionUnavailableError
+from replicator._failback import AutoFailback
 from replicator._journal import Journal
 from replicator._memory import InMemoryRegion
 from replicator._ops import (
@@ -282,3 +286,109 @@ def test_fingerprints_are_region_neutral() -> None:
     assert fingerprint(a, mode="jitr") == fingerprint(b, mode="jitr")
     assert fingerprint(a, mode="complete") != fingerprint(b, mode="complete")
     assert fingerprint(None, mode="complete") is None
+
+
+# -- automatic failback --------------------------------------------------------------------------
+
+
+class Switchable:
+    """A region that can be switched off: every call raises RegionUnavailableError."""
+
+    def __init__(self, inner: InMemoryRegion) -> None:
+        self.inner = inner
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr) or name.startswith("_"):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                raise RegionUnavailableError("down", region=self.inner.region)
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def test_auto_failback_runs_a_full_pass_when_the_primary_returns(tmp_path: Path) -> None:
+    now = [1_000.0]
+    primary = Switchable(InMemoryRegion(EAST, clock=lambda: now[0]))
+    secondary = InMemoryRegion(WEST, clock=lambda: now[0])
+    config = {"workers": 2, "thing_recheck_s": None, "dependency_ttl_s": 0.0}
+    with (
+        Journal(tmp_path / "j.db") as forward_journal,
+        Journal(tmp_path / "j.db", queue="failback") as failback_journal,
+    ):
+        forward = Engine(
+            source=primary,
+            target=secondary,
+            journal=forward_journal,
+            config=EngineConfig(keep_target_changes=True, **config),  # type: ignore[arg-type]
+            wall=lambda: now[0],
+        )
+        failback = Engine(
+            source=secondary,
+            target=primary,
+            journal=failback_journal,
+            config=EngineConfig(direction="failback", **config),  # type: ignore[arg-type]
+            wall=lambda: now[0],
+        )
+        lines: list[dict[str, Any]] = []
+        auto = AutoFailback(forward, failback, report=lines.append, probe_interval_s=0.01)
+
+        primary.inner.execute(CreateThing("t1", None, {"site": "a"}))
+        forward_journal.accept(ObjectNamed(region=EAST, key=T1), now=now[0])
+        forward.drain()
+        primary.down = True
+        primary.inner.execute(UpdateThing("t1", {"floor": "2"}))  # queued before the outage
+        forward_journal.accept(ObjectNamed(region=EAST, key=T1), now=now[0])
+        forward.drain()
+        assert auto.watch.down
+        secondary.execute(CreateThing("t9", None, {"site": "b"}))  # no event: the feed was down
+
+        stop = threading.Event()
+        thread = threading.Thread(target=auto.run, args=(stop,))
+        thread.start()
+        try:
+            time.sleep(0.05)
+            assert not lines  # still down: no pass yet
+            primary.down = False
+            deadline = time.monotonic() + 10
+            while not auto.passes and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            thread.join(10)
+        assert auto.passes == 1
+        assert [line["event"] for line in lines] == [
+            "replicator.failback.started",
+            "replicator.failback.complete",
+        ]
+        assert lines[1]["copied_back"] == {"thing": 1}
+        assert lines[1]["woken"] == 1  # the forward change backing off since the outage
+        assert primary.inner.things["t9"].attributes == {"site": "b"}
+        forward.drain()
+        assert secondary.things["t1"].attributes == {"site": "a", "floor": "2"}
+
+
+def test_forward_keeps_what_only_the_secondary_changed_when_failback_runs_alongside(
+    pair: Pair,
+) -> None:
+    keeping = Engine(
+        source=pair.primary,
+        target=pair.secondary,
+        journal=pair.forward_journal,
+        config=EngineConfig(workers=1, thing_recheck_s=None, keep_target_changes=True),
+        wall=lambda: pair.now[0],
+    )
+    run(pair.primary, CreateThing("t1", None, {"site": "a"}))
+    pair.sync(keeping, T1)
+    run(pair.secondary, UpdateThing("t1", {"site": "s"}))
+    pair.sync(keeping, T1)  # a stale trigger (a recheck): the secondary's change stays
+    assert pair.secondary.things["t1"].attributes == {"site": "s"}
+    pair.sync(pair.failback, T1)
+    assert pair.primary.things["t1"].attributes == {"site": "s"}
+    run(pair.primary, UpdateThing("t1", {"site": "p"}))
+    pair.sync(keeping, T1)  # the primary changed since: it wins
+    assert pair.secondary.things["t1"].attributes == {"site": "p"}

@@ -1,0 +1,190 @@
+"""Automatic failback: both directions in one service, and a full pass when the primary returns.
+
+Theory of operation. With ``iotdr replicator run --failback auto`` the service
+runs two engines on one journal file: *forward* (primary to secondary, fed by
+the primary's broker, queue ``changes``) and *failback* (secondary to primary,
+fed by the secondary's broker, queue ``failback``). Each object's sync point
+(``_sync.py``) is shared, so each direction copies only what changed on its
+own side since the regions were last equal, and leaves the other side's
+changes alone: the forward engine runs with ``keep_target_changes``. A change
+made in the secondary while devices are there (a device registered by JITR,
+a shadow a device reported, an operator's edit) is copied back as soon as the
+primary accepts writes; while the primary is down it waits in the failback
+queue with backoff, as any change does.
+
+What events cannot cover (the secondary's broker dropped a message, the
+replicator was down during the outage) a full pass does: when the primary's
+control plane comes back after the forward engine saw it unavailable,
+:class:`AutoFailback` runs the failback reconcile (guarded: it copies back
+only what changed in the secondary), then wakes both queues so that changes
+backing off for minutes are tried at once. The primary being down is learnt
+from the forward engine's outcomes; its return from a cheap read probed every
+``probe_interval_s`` while it is down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from replicator._errors import AccessDeniedError, ReplicatorError
+from replicator._reconcile import reconcile
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from replicator._engine import Engine, Outcome
+
+__all__ = ["AutoFailback", "OutageWatch"]
+
+logger = logging.getLogger(__name__)
+
+_PROBE_THING = "iotdr-failback-probe"  # read, never written: NotFound means the region answers
+
+
+class OutageWatch:
+    """Whether a region is down, from outcomes naming it and from probes.
+
+    Args:
+        region: the region watched (the primary).
+        clock: monotonic seconds.
+    """
+
+    def __init__(self, region: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.region = region
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self.outages = 0
+
+    def __repr__(self) -> str:
+        return f"OutageWatch({self.region}, down={self.down})"
+
+    @property
+    def down(self) -> bool:
+        """Whether the region was last seen unavailable."""
+        with self._lock:
+            return self._down_since is not None
+
+    def observe(self, outcome: Outcome) -> None:
+        """Take an outcome of the engine copying from (or to) the region."""
+        if outcome.result == "unavailable" and outcome.region == self.region:
+            with self._lock:
+                if self._down_since is None:
+                    self._down_since = self._clock()
+                    self.outages += 1
+
+    def mark_down(self) -> None:
+        """Mark the region down (a full pass could not finish)."""
+        with self._lock:
+            if self._down_since is None:
+                self._down_since = self._clock()
+
+    def came_back(self) -> float | None:
+        """Mark the region up (a probe succeeded); return how long it was down, or None."""
+        with self._lock:
+            since, self._down_since = self._down_since, None
+        return None if since is None else self._clock() - since
+
+
+class AutoFailback:
+    """The failback engine's loop and the full pass after each outage of the primary.
+
+    Args:
+        forward: the primary-to-secondary engine (its outcomes are watched).
+        failback: the secondary-to-primary engine (``direction="failback"``).
+        report: called with one JSON-ready line per lifecycle event.
+        probe_interval_s: how often to probe the primary while it is down.
+        workers: reconcile's parallelism.
+    """
+
+    def __init__(
+        self,
+        forward: Engine,
+        failback: Engine,
+        *,
+        report: Callable[[dict[str, Any]], None],
+        probe_interval_s: float = 5.0,
+        workers: int = 8,
+    ) -> None:
+        if failback.config.direction != "failback" or forward.config.direction != "forward":
+            raise ValueError("AutoFailback needs a forward and a failback engine")
+        self.forward = forward
+        self.failback = failback
+        self.watch = OutageWatch(forward.source.region)
+        self.passes = 0
+        self.failed: BaseException | None = None
+        self._report = report
+        self._probe_interval_s = probe_interval_s
+        self._workers = workers
+        forward.add_observer(self.watch.observe)
+        failback.add_observer(self.watch.observe)
+
+    def __repr__(self) -> str:
+        return f"AutoFailback({self.watch!r}, passes={self.passes})"
+
+    def run(self, stop: threading.Event) -> None:
+        """Run the failback engine and the watch until ``stop`` is set.
+
+        Raises:
+            AccessDeniedError: a permission is missing in either region (``stop`` is set).
+        """
+        engine = threading.Thread(
+            target=self._guarded, args=(self.failback.run, stop), name="replicator-failback"
+        )
+        engine.start()
+        try:
+            while not stop.wait(self._probe_interval_s):
+                if self.watch.down and self._primary_answers():
+                    self.full_pass(self.watch.came_back() or 0.0)
+        except AccessDeniedError as exc:
+            self.failed = exc
+            stop.set()
+        finally:
+            engine.join()
+        if self.failed is not None:
+            raise self.failed
+
+    def _guarded(self, target: Callable[[threading.Event], None], stop: threading.Event) -> None:
+        try:
+            target(stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the service through .failed
+            self.failed = exc
+            stop.set()
+
+    def _primary_answers(self) -> bool:
+        try:
+            self.forward.source.read_thing(_PROBE_THING, principals=False)
+        except AccessDeniedError:
+            raise
+        except ReplicatorError:
+            return False
+        return True
+
+    def full_pass(self, outage_s: float) -> None:
+        """Copy back everything that changed in the secondary, then wake both queues."""
+        self._report(
+            {
+                "event": "replicator.failback.started",
+                "primary": self.forward.source.region,
+                "outage_s": round(outage_s, 3),
+            }
+        )
+        report = reconcile(self.failback, dry_run=False, workers=self._workers)
+        self.passes += 1
+        now = self.forward.now()
+        woken = self.failback.journal.wake(now=now) + self.forward.journal.wake(now=now)
+        self._report(
+            {
+                "event": "replicator.failback.complete",
+                "compared": report.compared,
+                "copied_back": report.differing,
+                "conflicts": report.conflicts,
+                "errors": report.errors,
+                "woken": woken,
+            }
+        )
+        if report.errors:  # the primary failed again, or objects could not be read: once more
+            self.watch.mark_down()
