@@ -1,0 +1,743 @@
+"""The JITR handler: activates, in the secondary region, the certificates its devices present there.
+
+Theory of operation. In ``jitr`` mode the replicator copies registry data
+only. A device certificate signed by a CA registered in the secondary with
+auto-registration on is registered there PENDING_ACTIVATION the first time the
+device connects; AWS publishes ``$aws/events/certificates/registered/<caId>``
+and drops the connection. This module finishes the job:
+
+1. :func:`screen` (pure) looks at the certificate and its CA as read in the
+   region: only a PENDING_ACTIVATION certificate of an ACTIVE CA registered
+   there (and on the allow-list, when there is one) whose thing name can be
+   made is *eligible*; anything else is left alone (REVOKED, INACTIVE or
+   already ACTIVE) or *refused* with one log line.
+2. :func:`provision` (pure) lists the writes, each only if still needed:
+   CreatePolicy (when a document is configured and the policy is missing),
+   AttachPolicy, CreateThing, AttachThingPrincipal, and UpdateCertificate
+   ACTIVE *last*: an ACTIVE certificate then always has its policy and thing,
+   and one that is still pending is found again by the sweep.
+3. :class:`JitrHandler` runs that against the region (:class:`JitrRegion`:
+   the replicator's adapter, with its quota buckets and error translation)
+   from a durable queue (the journal's ``jitr`` queue): events are triggers,
+   not truth, so a duplicate is one more look at the certificate. Throttling,
+   an outage or a version conflict keep the certificate queued with jittered
+   backoff for as long as it takes; other failures are retried up to
+   ``max_attempts``, then dead-lettered; AccessDenied stops the handler.
+4. The *sweep* lists the PENDING_ACTIVATION certificates of the allowed CAs
+   every ``sweep_interval_s`` and queues them: a missed event (the handler was
+   down longer than the broker kept its session) costs one interval.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import concurrent.futures
+import json
+import logging
+import random
+import re
+import string
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from replicator._errors import (
+    AccessDeniedError,
+    ConfigError,
+    ConflictError,
+    PermanentError,
+    RefusedError,
+    ReplicatorError,
+    RetryableError,
+)
+from replicator._ops import (
+    AttachPolicy,
+    AttachThingPrincipal,
+    CreatePolicy,
+    CreateThing,
+    UpdateCertificate,
+)
+from replicator._quotas import RetryPolicy
+from replicator._records import CertificateChanged
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from replicator._aws import Boto3Region
+    from replicator._journal import Claim, Journal
+    from replicator._ops import Op
+    from replicator._state import CertificateState, ObjectKey, PolicyState, ThingState
+
+__all__ = [
+    "JITR_TOPIC",
+    "Boto3JitrRegion",
+    "CaCertificate",
+    "Eligible",
+    "JitrConfig",
+    "JitrHandler",
+    "JitrRegion",
+    "JitrStats",
+    "LeftAlone",
+    "Refused",
+    "provision",
+    "screen",
+    "subject_common_name",
+    "thing_name_for",
+]
+
+logger = logging.getLogger(__name__)
+
+JITR_TOPIC: Final = "$aws/events/certificates/registered/+"
+"""The topic filter of AWS's just-in-time registration events."""
+
+ACTIVE: Final = "ACTIVE"
+PENDING: Final = "PENDING_ACTIVATION"
+THING_NAME_FIELDS: Final = frozenset({"cn", "certificate_id", "ca_certificate_id"})
+_THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
+_POLICY_NAME = re.compile(r"[\w+=,.@-]{1,128}")
+_CERT_ID = re.compile(r"[0-9a-f]{64}")
+_CN_OID: Final = bytes.fromhex("550403")  # 2.5.4.3
+_BY_MARKER: Final = ("marker", "nextMarker")  # the paging fields of the older IoT lists
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JitrConfig:
+    """What the handler provisions, for which CAs, and how it retries.
+
+    Attributes:
+        policy_name: the policy attached to every activated certificate.
+        policy_document: its document (JSON), to create the policy where it is
+            missing; None: the policy must exist (AttachPolicy fails until it does).
+        thing_name: ``cn`` (the certificate's subject CN) or a template with
+            ``{cn}``, ``{certificate_id}``, ``{ca_certificate_id}`` (``dev-{cn}``).
+        allowed_cas: CA certificate ids whose certificates may be activated;
+            None: every ACTIVE CA registered in the region.
+        workers: certificates handled in parallel (the quota buckets pace them).
+        max_attempts: attempts before a certificate that keeps failing (not
+            throttling, not an outage) is dead-lettered.
+        backoff: the wait before a failed certificate is tried again.
+        sweep_interval_s: how often to look for pending certificates; 0: never.
+        poll_s: how often to look for due work when there is none.
+    """
+
+    policy_name: str
+    policy_document: str | None = None
+    thing_name: str = "cn"
+    allowed_cas: frozenset[str] | None = None
+    workers: int = 4
+    max_attempts: int = 10
+    backoff: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(max_attempts=1_000_000, base_s=1.0, cap_s=300.0)
+    )
+    sweep_interval_s: float = 300.0
+    poll_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not _POLICY_NAME.fullmatch(self.policy_name):
+            raise ConfigError(f"jitr: {self.policy_name!r} is not a policy name")
+        if self.policy_document is not None:
+            try:
+                document = json.loads(self.policy_document)
+            except ValueError as exc:
+                raise ConfigError(f"jitr: the policy document is not JSON: {exc}") from None
+            if not isinstance(document, dict) or "Statement" not in document:
+                raise ConfigError("jitr: the policy document is not a policy (no Statement)")
+        _check_template(self.thing_name)
+        for ca in self.allowed_cas or ():
+            if not _CERT_ID.fullmatch(ca):
+                raise ConfigError(f"jitr: CA id {ca!r} is not 64 lower-case hex digits")
+        if self.allowed_cas is not None and not self.allowed_cas:
+            raise ConfigError("jitr: an empty CA allow-list would refuse everything")
+        if self.workers < 1 or self.max_attempts < 1:
+            raise ConfigError("jitr: workers and max_attempts must be at least 1")
+        if self.sweep_interval_s < 0 or self.poll_s <= 0:
+            raise ConfigError("jitr: the sweep interval must be >= 0 and the poll interval > 0")
+
+
+def _check_template(template: str) -> None:
+    if template == "cn":
+        return
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ConfigError(f"jitr: thing name template {template!r}: {exc}") from None
+    unknown = sorted(set(fields) - THING_NAME_FIELDS)
+    if unknown or not fields:
+        raise ConfigError(
+            f"jitr: thing name {template!r} is neither 'cn' nor a template of "
+            f"{{{'}, {'.join(sorted(THING_NAME_FIELDS))}}}"
+        )
+    try:
+        template.format(cn="x", certificate_id="0" * 64, ca_certificate_id="0" * 64)
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise ConfigError(f"jitr: thing name template {template!r}: {exc}") from None
+
+
+# -- the pure core ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CaCertificate:
+    """A CA certificate registered in the region."""
+
+    certificate_id: str
+    status: str
+    auto_registration: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Eligible:
+    """Activate the certificate, with its policy and this thing."""
+
+    thing_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeftAlone:
+    """Nothing to do: the certificate is not pending (ACTIVE already, REVOKED, INACTIVE)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Not for this handler to activate: no allowed CA, or no thing name can be made."""
+
+    reason: str
+
+
+Screening = Eligible | LeftAlone | Refused
+
+
+def screen(
+    config: JitrConfig, certificate: CertificateState, ca: CaCertificate | None
+) -> Screening:
+    """Whether to activate ``certificate``, as read in the region with its CA (None: not there)."""
+    if certificate.status != PENDING:
+        return LeftAlone(f"the certificate is {certificate.status}")
+    ca_id = certificate.ca_certificate_id
+    if ca_id is None:
+        return Refused("registered without a CA")
+    if config.allowed_cas is not None and ca_id not in config.allowed_cas:
+        return Refused(f"CA {ca_id} is not on the allow-list")
+    if ca is None:
+        return Refused(f"CA {ca_id} is not registered in the region")
+    if ca.status != ACTIVE:
+        return Refused(f"CA {ca_id} is {ca.status}")
+    name = thing_name_for(config.thing_name, certificate)
+    if name is None:
+        return Refused(
+            f"no thing name: the certificate has no subject CN for {config.thing_name!r}"
+        )
+    if not _THING_NAME.fullmatch(name):
+        return Refused(f"thing name {name!r} is not a valid thing name")
+    return Eligible(name)
+
+
+def provision(
+    config: JitrConfig,
+    certificate: CertificateState,
+    thing_name: str,
+    *,
+    thing_exists: bool,
+    policy_exists: bool,
+) -> tuple[Op, ...]:
+    """The writes that make an eligible certificate usable, activation last."""
+    cert_id = certificate.certificate_id
+    ops: list[Op] = []
+    if config.policy_name not in certificate.policies:
+        if not policy_exists and config.policy_document is not None:
+            ops.append(CreatePolicy(config.policy_name, config.policy_document))
+        ops.append(AttachPolicy(config.policy_name, cert_id))
+    if thing_name not in (certificate.things or ()):
+        if not thing_exists:
+            ops.append(CreateThing(thing_name))
+        ops.append(AttachThingPrincipal(thing_name, cert_id))
+    if certificate.status == PENDING:
+        ops.append(UpdateCertificate(cert_id, ACTIVE))
+    return tuple(ops)
+
+
+def thing_name_for(template: str, certificate: CertificateState) -> str | None:
+    """The thing name ``template`` makes for ``certificate``; None: it needs a CN there is not."""
+    cn = subject_common_name(certificate.pem)
+    if template == "cn":
+        return cn
+    if cn is None and "{cn" in template:
+        return None
+    return template.format(
+        cn=cn or "",
+        certificate_id=certificate.certificate_id,
+        ca_certificate_id=certificate.ca_certificate_id or "",
+    )
+
+
+def subject_common_name(pem: str) -> str | None:
+    """The first subject CN of the first certificate in ``pem``; None: none, or not a certificate.
+
+    A few lines of DER instead of a dependency on ``cryptography``, which the
+    replicator (and its Lambda) does not otherwise need.
+    """
+    lines = pem.strip().splitlines()
+    try:
+        start = lines.index("-----BEGIN CERTIFICATE-----")
+        end = lines.index("-----END CERTIFICATE-----", start)
+        der = base64.b64decode("".join(lines[start + 1 : end]), validate=True)
+        _, cert_start, _ = _der_item(der, 0)
+        _, tbs_start, tbs_end = _der_item(der, cert_start)
+        fields = list(_der_children(der, tbs_start, tbs_end))
+        if fields and fields[0][0] == 0xA0:  # [0] version
+            fields = fields[1:]
+        _, subject_start, subject_end = fields[4]  # serial, signature, issuer, validity, subject
+        for _, rdn_start, rdn_end in _der_children(der, subject_start, subject_end):
+            for _, atv_start, atv_end in _der_children(der, rdn_start, rdn_end):
+                (_, oid_start, oid_end), value = list(_der_children(der, atv_start, atv_end))[:2]
+                if der[oid_start:oid_end] == _CN_OID:
+                    return _der_string(der, *value)
+    except (ValueError, IndexError, binascii.Error, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _der_item(der: bytes, pos: int) -> tuple[int, int, int]:
+    """The tag, content start and content end of the DER item at ``pos``."""
+    tag, length = der[pos], der[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 0 < count <= 4:
+            raise ValueError("unsupported DER length")
+        length = int.from_bytes(der[pos : pos + count], "big")
+        pos += count
+    if pos + length > len(der):
+        raise ValueError("truncated DER")
+    return tag, pos, pos + length
+
+
+def _der_children(der: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    pos = start
+    while pos < end:
+        item = _der_item(der, pos)
+        yield item
+        pos = item[2]
+
+
+def _der_string(der: bytes, tag: int, start: int, end: int) -> str:
+    codecs = {0x0C: "utf-8", 0x13: "ascii", 0x16: "ascii", 0x14: "latin-1", 0x1E: "utf-16-be"}
+    codec = codecs.get(tag, "utf-32-be" if tag == 0x1C else None)
+    if codec is None:
+        raise ValueError(f"CN of DER type {tag:#x}")
+    return der[start:end].decode(codec)
+
+
+# -- the port ------------------------------------------------------------------------------------
+
+
+class JitrRegion(Protocol):
+    """What the handler needs of the secondary region (errors as the replicator's)."""
+
+    @property
+    def region(self) -> str:
+        """The region's name."""
+        ...
+
+    def read_certificate(self, certificate_id: str, *, things: bool) -> CertificateState | None:
+        """The certificate with its policies (and things)."""
+        ...
+
+    def read_thing(self, name: str, *, principals: bool) -> ThingState | None:
+        """The thing."""
+        ...
+
+    def read_policy(self, name: str, *, targets: bool) -> PolicyState | None:
+        """The policy."""
+        ...
+
+    def execute(self, op: Op) -> int | None:
+        """Carry out one write."""
+        ...
+
+    def read_ca_certificate(self, ca_certificate_id: str) -> CaCertificate | None:
+        """The CA certificate registered in the region, or None."""
+        ...
+
+    def list_ca_certificates(self) -> Iterator[CaCertificate]:
+        """Every CA certificate registered in the region."""
+        ...
+
+    def list_certificates_by_ca(self, ca_certificate_id: str) -> Iterator[tuple[str, str]]:
+        """(certificate id, status) of every certificate registered with the CA."""
+        ...
+
+
+class Boto3JitrRegion:
+    """:class:`JitrRegion` over the replicator's boto3 adapter, plus the CA calls it lacks."""
+
+    def __init__(self, region: Boto3Region) -> None:
+        self._region = region
+        self.read_certificate = region.read_certificate
+        self.read_thing = region.read_thing
+        self.read_policy = region.read_policy
+        self.execute = region.execute
+
+    def __repr__(self) -> str:
+        return f"Boto3JitrRegion({self._region!r})"
+
+    @property
+    def region(self) -> str:
+        """The region's name."""
+        return self._region.region
+
+    def read_ca_certificate(self, ca_certificate_id: str) -> CaCertificate | None:
+        """DescribeCACertificate."""
+        iot = self._region.iot
+        found = self._region.read(
+            "DescribeCACertificate", iot.describe_ca_certificate, certificateId=ca_certificate_id
+        )
+        if found is None:
+            return None
+        return _ca(found["certificateDescription"])
+
+    def list_ca_certificates(self) -> Iterator[CaCertificate]:
+        """ListCACertificates."""
+        iot = self._region.iot
+        for item in self._region.pages(
+            "ListCACertificates", iot.list_ca_certificates, "certificates", paging=_BY_MARKER
+        ):
+            yield _ca(item)
+
+    def list_certificates_by_ca(self, ca_certificate_id: str) -> Iterator[tuple[str, str]]:
+        """ListCertificatesByCA."""
+        iot = self._region.iot
+        for item in self._region.pages(
+            "ListCertificatesByCA",
+            iot.list_certificates_by_ca,
+            "certificates",
+            paging=_BY_MARKER,
+            caCertificateId=ca_certificate_id,
+        ):
+            yield str(item["certificateId"]), str(item.get("status"))
+
+
+def _ca(item: dict[str, Any]) -> CaCertificate:
+    return CaCertificate(
+        str(item["certificateId"]),
+        str(item.get("status")),
+        item.get("autoRegistrationStatus") == "ENABLE",
+    )
+
+
+# -- the handler ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class JitrStats:
+    """Counters since the handler started."""
+
+    activated: int = 0
+    left_alone: int = 0
+    refused: int = 0
+    gone: int = 0
+    retried: int = 0
+    dead: int = 0
+    sweeps: int = 0
+    sweep_failures: int = 0
+    swept: int = 0
+    writes: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters, JSON-ready."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return {**values, "writes": dict(sorted(self.writes.items()))}
+
+
+class JitrHandler:
+    """Activates JITR'd certificates in one region, from its journal queue and its sweeps.
+
+    Args:
+        region: the secondary region.
+        journal: the durable queue (``Journal(path, queue="jitr")``).
+        config: what to provision and how to retry.
+        wall: epoch seconds (journal times).
+        rng: jitter of the retry backoff.
+    """
+
+    def __init__(
+        self,
+        region: JitrRegion,
+        journal: Journal,
+        config: JitrConfig,
+        *,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.region = region
+        self.journal = journal
+        self.config = config
+        self.stats = JitrStats()
+        self._wall = wall
+        self._rng = rng or random.Random()  # noqa: S311 - backoff jitter
+        self._lock = threading.Lock()
+        self._policy_seen = False
+
+    def __repr__(self) -> str:
+        return (
+            f"JitrHandler({self.region.region!r}, policy={self.config.policy_name!r}, "
+            f"activated={self.stats.activated}, refused={self.stats.refused}, "
+            f"dead={self.stats.dead})"
+        )
+
+    def now(self) -> float:
+        """The handler's wall clock, in epoch seconds."""
+        return self._wall()
+
+    # -- one certificate -----------------------------------------------------------------------
+
+    def handle(self, certificate_id: str) -> str:
+        """Look at one certificate and activate it if it is eligible; return what happened.
+
+        Results: ``activated``, ``left_alone``, ``refused``, ``gone`` (deleted).
+
+        Raises:
+            ReplicatorError: a read or a write failed (the caller retries).
+        """
+        region = self.region
+        certificate = region.read_certificate(certificate_id, things=True)
+        if certificate is None:
+            self._count("gone")
+            return "gone"
+        ca_id = certificate.ca_certificate_id
+        ca = region.read_ca_certificate(ca_id) if ca_id is not None else None
+        verdict = screen(self.config, certificate, ca)
+        extra = {"region": region.region, "certificate_id": certificate_id, "ca": ca_id}
+        if isinstance(verdict, Refused):
+            self._count("refused")
+            logger.warning("jitr.refused", extra={**extra, "reason": verdict.reason})
+            return "refused"
+        if isinstance(verdict, LeftAlone):
+            self._count("left_alone")
+            logger.info("jitr.left_alone", extra={**extra, "reason": verdict.reason})
+            return "left_alone"
+        thing = verdict.thing_name
+        ops = provision(
+            self.config,
+            certificate,
+            thing,
+            thing_exists=thing in (certificate.things or ())
+            or region.read_thing(thing, principals=False) is not None,
+            policy_exists=self._policy_exists(certificate),
+        )
+        for op in ops:
+            self._write(op)
+        self._count("activated")
+        logger.info(
+            "jitr.activated",
+            extra={**extra, "thing": thing, "writes": [type(op).__name__ for op in ops]},
+        )
+        return "activated"
+
+    def _policy_exists(self, certificate: CertificateState) -> bool:
+        name = self.config.policy_name
+        if self.config.policy_document is None or name in certificate.policies:
+            return True
+        if not self._policy_seen:
+            self._policy_seen = self.region.read_policy(name, targets=False) is not None
+        return self._policy_seen
+
+    def _write(self, op: Op) -> None:
+        try:
+            self.region.execute(op)
+        except (ConflictError, RefusedError):
+            # Created meanwhile (a duplicate event in another worker, the replicator
+            # copying the thing): what exists is what was wanted.
+            if isinstance(op, CreateThing):
+                if self.region.read_thing(op.thing_name, principals=False) is None:
+                    raise
+            elif isinstance(op, CreatePolicy):
+                if self.region.read_policy(op.policy_name, targets=False) is None:
+                    raise
+            else:
+                raise
+        else:
+            with self._lock:
+                self.stats.writes[op.api] = self.stats.writes.get(op.api, 0) + 1
+        if isinstance(op, CreatePolicy):
+            self._policy_seen = True
+
+    def _count(self, result: str) -> None:
+        with self._lock:
+            setattr(self.stats, result, getattr(self.stats, result) + 1)
+
+    # -- the queue -----------------------------------------------------------------------------
+
+    def accept(self, certificate_id: str, ca_certificate_id: str | None = None) -> None:
+        """Queue a certificate (committed when this returns)."""
+        record = CertificateChanged(
+            certificate_id=certificate_id,
+            ca_certificate_id=ca_certificate_id,
+            operation="CREATED",
+            region=self.region.region,
+        )
+        self.journal.accept(record, now=self._wall())
+
+    def process(self, claim: Claim) -> str:
+        """Handle one claimed certificate and record the outcome in the journal; return it.
+
+        Outcomes: those of :meth:`handle`, ``retry`` or ``dead``.
+
+        Raises:
+            AccessDeniedError: the credentials lack a permission (the certificate stays queued).
+        """
+        try:
+            result = self.handle(claim.key.name)
+        except AccessDeniedError as exc:
+            self._retry(claim, exc, forever=True)
+            raise
+        except RetryableError as exc:  # throttling, an outage, a conflict
+            return self._retry(claim, exc, forever=True)
+        except PermanentError as exc:
+            return self._dead(claim, str(exc))
+        except ReplicatorError as exc:  # refused, not found (the policy): may pass
+            return self._retry(claim, exc, forever=False)
+        except Exception as exc:
+            logger.exception("jitr.failed", extra={"certificate_id": claim.key.name})
+            return self._retry(claim, exc, forever=False)
+        self.journal.done(claim, now=self._wall())
+        return result
+
+    def _retry(self, claim: Claim, exc: BaseException, *, forever: bool) -> str:
+        reason = f"{type(exc).__name__}: {exc}"
+        if not forever and claim.attempts + 1 >= self.config.max_attempts:
+            return self._dead(claim, f"after {claim.attempts + 1} attempts: {reason}")
+        now = self._wall()
+        delay = max(self.config.backoff.delay(claim.attempts, self._rng), 0.05)
+        self.journal.retry(claim, now=now, not_before=now + delay, reason=reason)
+        self._count("retried")
+        logger.warning(
+            "jitr.retry",
+            extra={
+                "certificate_id": claim.key.name,
+                "attempt": claim.attempts + 1,
+                "delay_s": round(delay, 3),
+                "reason": reason,
+            },
+        )
+        return "retry"
+
+    def _dead(self, claim: Claim, reason: str) -> str:
+        self.journal.dead(claim, now=self._wall(), reason=reason)
+        self._count("dead")
+        logger.error("jitr.dead", extra={"certificate_id": claim.key.name, "reason": reason})
+        return "dead"
+
+    # -- the sweep -----------------------------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Queue every PENDING_ACTIVATION certificate of the allowed CAs; return how many.
+
+        Raises:
+            ReplicatorError: a list call failed.
+        """
+        allowed = self.config.allowed_cas
+        if allowed is None:
+            cas = [ca.certificate_id for ca in self.region.list_ca_certificates()]
+        else:
+            cas = sorted(allowed)
+        records: list[CertificateChanged] = []
+        for ca_id in cas:
+            ca = self.region.read_ca_certificate(ca_id)
+            if ca is None or ca.status != ACTIVE:
+                continue
+            records.extend(
+                CertificateChanged(
+                    certificate_id=cert_id,
+                    ca_certificate_id=ca_id,
+                    operation="REQUESTED",
+                    region=self.region.region,
+                )
+                for cert_id, status in self.region.list_certificates_by_ca(ca_id)
+                if status == PENDING
+            )
+        if records:
+            self.journal.accept_many(records, now=self._wall())
+        with self._lock:
+            self.stats.sweeps += 1
+            self.stats.swept += len(records)
+        logger.info("jitr.sweep", extra={"region": self.region.region, "pending": len(records)})
+        return len(records)
+
+    def _sweep_safely(self) -> bool:
+        try:
+            self.sweep()
+        except AccessDeniedError:
+            raise
+        except ReplicatorError as exc:
+            self._count("sweep_failures")
+            logger.warning("jitr.sweep.failed", extra={"error": str(exc)})
+            return False
+        return True
+
+    # -- loops ---------------------------------------------------------------------------------
+
+    def drain(self, *, max_rounds: int = 1000) -> int:
+        """Handle queued certificates until none is due (one-shot runs, tests); return how many.
+
+        Raises:
+            AccessDeniedError: see :meth:`process`.
+        """
+        total = 0
+        with concurrent.futures.ThreadPoolExecutor(self.config.workers) as pool:
+            for _ in range(max_rounds):
+                claims = self.journal.claim(now=self._wall(), limit=self.config.workers * 8)
+                for future in [pool.submit(self.process, claim) for claim in claims]:
+                    future.result()
+                total += len(claims)
+                if not claims:
+                    break
+        return total
+
+    def run(self, stop: threading.Event) -> None:
+        """Sweep at once and every ``sweep_interval_s``; handle the queue until ``stop`` is set.
+
+        Raises:
+            AccessDeniedError: see :meth:`process`; the loop stops.
+        """
+        config = self.config
+        running: dict[concurrent.futures.Future[str], ObjectKey] = {}
+        next_sweep = self._wall()
+        with concurrent.futures.ThreadPoolExecutor(
+            config.workers, thread_name_prefix="jitr"
+        ) as pool:
+            try:
+                while not stop.is_set():
+                    if config.sweep_interval_s and self._wall() >= next_sweep:
+                        swept = self._sweep_safely()
+                        retry_s = config.backoff.delay(0, self._rng) + config.poll_s
+                        next_sweep = self._wall() + (
+                            config.sweep_interval_s
+                            if swept
+                            else min(retry_s, config.sweep_interval_s)
+                        )
+                    room = config.workers * 2 - len(running)
+                    claims = (
+                        self.journal.claim(now=self._wall(), limit=room, exclude=running.values())
+                        if room > 0
+                        else []
+                    )
+                    for claim in claims:
+                        running[pool.submit(self.process, claim)] = claim.key
+                    if not running:
+                        stop.wait(config.poll_s)
+                        continue
+                    finished, _ = concurrent.futures.wait(
+                        running, timeout=config.poll_s, return_when="FIRST_COMPLETED"
+                    )
+                    for future in finished:
+                        del running[future]
+                        future.result()  # re-raises AccessDeniedError
+            finally:
+                stop.set()
+                for future in running:
+                    future.cancel()

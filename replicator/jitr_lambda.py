@@ -1,0 +1,148 @@
+"""AWS Lambda entry point of the JITR handler: ``replicator.jitr_lambda.handler``.
+
+Two triggers, one function:
+
+- an IoT rule ``SELECT * FROM '$aws/events/certificates/registered/#'`` with a
+  Lambda action delivers the registration event itself (``certificateId``,
+  ``caCertificateId``, ...): the certificate is handled at once;
+- an EventBridge schedule (``"source": "aws.events"``, or ``{"sweep": true}``)
+  runs the sweep: every PENDING_ACTIVATION certificate of the allowed CAs is
+  handled, so that one whose event was lost or whose retries ran out is
+  activated at the next sweep.
+
+A failure that may pass (throttling, an outage, a conflict, a missing policy)
+raises, so that Lambda retries the invocation (an IoT rule invokes
+asynchronously: two retries with backoff, then the function's on-failure
+destination); the schedule is the backstop. A refusal (CA not allowed), a
+certificate left alone (REVOKED, INACTIVE, ACTIVE) or a malformed event
+returns normally: retrying it would change nothing.
+
+Configuration, from the environment (read at each invocation: no
+module-level state):
+
+- ``IOTDR_JITR_POLICY`` (required): the policy to attach;
+- ``IOTDR_JITR_POLICY_DOCUMENT``: its document (JSON), to create it where missing;
+- ``IOTDR_JITR_THING_NAME``: ``cn`` (default) or a template (``dev-{cn}``);
+- ``IOTDR_JITR_CAS``: the allowed CA ids, separated by commas or spaces
+  (default: every ACTIVE CA registered in the region);
+- ``IOTDR_JITR_REGION`` (default ``AWS_REGION``), ``IOTDR_JITR_ENDPOINT_URL``,
+  ``IOTDR_JITR_ACCOUNT_ID``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import TYPE_CHECKING, Any
+
+from replicator._errors import ConfigError, PermanentError, ReplicatorError
+from replicator._jitr import JitrConfig, JitrHandler
+from replicator._journal import Journal
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from replicator._aws_calls import RegionConfig
+    from replicator._jitr import JitrRegion
+
+__all__ = ["JitrIncompleteError", "config_from_env", "handle_event", "handler"]
+
+logger = logging.getLogger(__name__)
+
+_CERT_ID = re.compile(r"[0-9a-f]{64}")
+
+
+class JitrIncompleteError(ReplicatorError):
+    """A sweep left certificates that could not be activated yet: the invocation failed."""
+
+    def __init__(self, pending: int, dead: int) -> None:
+        super().__init__(f"jitr: {pending} certificate(s) still pending, {dead} failed for good")
+        self.pending = pending
+        self.dead = dead
+
+
+def config_from_env(env: Mapping[str, str]) -> tuple[RegionConfig, JitrConfig]:
+    """The region and the handler's configuration from the Lambda's environment.
+
+    Raises:
+        ConfigError: a variable is missing or invalid.
+    """
+    from replicator._aws_calls import RegionConfig  # noqa: PLC0415 - boto3 only when needed
+
+    policy = env.get("IOTDR_JITR_POLICY")
+    if not policy:
+        raise ConfigError("IOTDR_JITR_POLICY is not set")
+    region = env.get("IOTDR_JITR_REGION") or env.get("AWS_REGION")
+    if not region:
+        raise ConfigError("neither IOTDR_JITR_REGION nor AWS_REGION is set")
+    cas = frozenset(re.split(r"[\s,]+", env.get("IOTDR_JITR_CAS", "").strip())) - {""}
+    config = JitrConfig(
+        policy_name=policy,
+        policy_document=env.get("IOTDR_JITR_POLICY_DOCUMENT") or None,
+        thing_name=env.get("IOTDR_JITR_THING_NAME") or "cn",
+        allowed_cas=cas or None,
+    )
+    return RegionConfig(
+        region=region,
+        endpoint_url=env.get("IOTDR_JITR_ENDPOINT_URL") or None,
+        account_id=env.get("IOTDR_JITR_ACCOUNT_ID") or None,
+    ), config
+
+
+def handler(event: Any, context: object) -> dict[str, Any]:
+    """The Lambda function: handle one registration event, or sweep.
+
+    Raises:
+        ReplicatorError: a failure that may pass; Lambda retries the invocation.
+    """
+    del context
+    from replicator._aws import build_region  # noqa: PLC0415 - boto3 only when needed
+    from replicator._jitr import Boto3JitrRegion  # noqa: PLC0415
+    from replicator._quotas import QuotaLimiter  # noqa: PLC0415
+
+    region_config, config = config_from_env(os.environ)
+    region = Boto3JitrRegion(build_region(region_config, limiter=QuotaLimiter()))
+    return handle_event(event, region, config)
+
+
+def handle_event(event: Any, region: JitrRegion, config: JitrConfig) -> dict[str, Any]:
+    """What :func:`handler` does once the region is built (tests call it with a fake region).
+
+    Raises:
+        ReplicatorError: a failure that may pass.
+    """
+    with Journal(":memory:", queue="jitr") as journal:
+        jitr = JitrHandler(region, journal, config)
+        if isinstance(event, dict) and (event.get("source") == "aws.events" or event.get("sweep")):
+            return _sweep(jitr)
+        certificate_id = event.get("certificateId") if isinstance(event, dict) else None
+        if not isinstance(certificate_id, str) or not _CERT_ID.fullmatch(certificate_id):
+            logger.error("jitr.lambda.bad_event", extra={"event": str(event)[:512]})
+            return {"result": "ignored", "reason": "not a registration event"}
+        try:
+            result = jitr.handle(certificate_id)
+        except PermanentError as exc:  # retrying would fail the same way
+            reason = str(exc)
+        else:
+            return {"certificateId": certificate_id, "result": result}
+    logger.error("jitr.dead", extra={"certificate_id": certificate_id, "reason": reason})
+    return {"certificateId": certificate_id, "result": "dead", "reason": reason}
+
+
+def _sweep(jitr: JitrHandler) -> dict[str, Any]:
+    swept = jitr.sweep()
+    jitr.drain()
+    counts = jitr.journal.counts(jitr.now())
+    summary = {
+        "result": "swept",
+        "swept": swept,
+        "activated": jitr.stats.activated,
+        "refused": jitr.stats.refused,
+        "pending": counts.pending,
+        "dead": counts.dead,
+    }
+    logger.info("jitr.lambda.swept", extra=summary)
+    if counts.pending or counts.dead:
+        raise JitrIncompleteError(counts.pending, counts.dead)
+    return summary
