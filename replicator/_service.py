@@ -1,11 +1,18 @@
-"""The replicator service: the feed and the engine in one process until SIGTERM or SIGINT.
+"""The replicator service: the feed, the engine and the HTTP endpoints until SIGTERM or SIGINT.
 
-The feed's paho thread journals changes; the engine's workers apply them. A
-signal sets the stop event: the engine finishes the objects it is applying,
-the feed disconnects (its persistent session keeps what arrives meanwhile),
-and the journal keeps everything not yet applied for the next start. A feed
-whose journal failed, or AccessDenied in the engine, stops the service with
-the error, so that a supervisor restarts it or an operator sees the line.
+The feed's paho thread journals changes; the engine's workers apply them; a
+daemon thread serves ``/healthz``, ``/readyz`` and ``/metrics`` (``_http.py``).
+A signal sets the stop event: readiness turns 503, the engine finishes the
+objects it is applying, the feed disconnects (its persistent session keeps
+what arrives meanwhile), the HTTP server stops, and the journal keeps
+everything not yet applied for the next start. A feed whose journal failed, or
+AccessDenied in the engine, stops the service with the error, so that a
+supervisor restarts it or an operator sees the line.
+
+Lifecycle lines (``replicator.started``, ``replicator.stats``,
+``replicator.stopped``) go both to ``report`` (the command's stdout with
+``--json``) and to the log with their fields as ``extra=`` (JSON lines under
+``iotdr --log-json``).
 """
 
 from __future__ import annotations
@@ -17,18 +24,46 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from replicator._feed import MqttFeed
+from replicator._health import ServiceHealth
+from replicator._http import OpsServer
+from replicator._metrics import ReplicatorMetrics
+from replicator._quotas import QuotaLimiter
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from replicator._engine import Engine
+    from replicator._engine import Engine, Outcome
     from replicator._feed import FeedConfig
 
-__all__ = ["run_service"]
+__all__ = ["ServiceOps", "run_service"]
 
 logger = logging.getLogger(__name__)
 
 _WATCH_S = 1.0
+
+
+class ServiceOps:
+    """The service's metrics and health; :meth:`observe` is the engine's observer.
+
+    Build it before the engine (``Engine(..., observer=ops.observe)``) so that
+    every outcome reaches the lag histogram, the counters and readiness.
+
+    Args:
+        unavailable_after: ``unavailable`` outcomes in a row after which the
+            service is not ready (a region is unreachable).
+    """
+
+    def __init__(self, *, unavailable_after: int = 3) -> None:
+        self.metrics = ReplicatorMetrics()
+        self.health = ServiceHealth(unavailable_after=unavailable_after)
+
+    def __repr__(self) -> str:
+        return f"ServiceOps({self.health!r})"
+
+    def observe(self, outcome: Outcome) -> None:
+        """Count one processed change (from the engine's workers; never raises)."""
+        self.metrics.observe(outcome)
+        self.health.observe(outcome)
 
 
 def run_service(
@@ -38,35 +73,57 @@ def run_service(
     report: Callable[[dict[str, Any]], None],
     stop: threading.Event | None = None,
     stats_interval_s: float = 60.0,
+    listen: tuple[str, int] | None = None,
+    ops: ServiceOps | None = None,
 ) -> None:
-    """Run the feed and the engine until ``stop`` is set or a signal arrives.
+    """Run the feed, the engine and the endpoints until ``stop`` is set or a signal arrives.
 
     Args:
-        engine: the engine, with its journal.
+        engine: the engine, with its journal (built with ``observer=ops.observe``
+            for the outcome metrics).
         feed_config: the source region's broker.
         report: called with one JSON-ready line per lifecycle event.
         stop: set it to stop; by default SIGTERM and SIGINT set it.
         stats_interval_s: how often to report a ``replicator.stats`` line (queue
             depth, lag, counters).
+        listen: where to serve ``/healthz``, ``/readyz`` and ``/metrics``; None: nowhere.
+        ops: the metrics and health the engine reports to; None: new ones (the
+            journal's and the feed's metrics only).
 
     Raises:
+        ConfigError: the ``listen`` address cannot be bound.
         ReplicatorError: the feed's journal failed, or a permission is missing.
     """
     stop = stop or threading.Event()
+    ops = ops or ServiceOps()
+    feed = MqttFeed(feed_config, engine.journal)
+    server = OpsServer(*listen, health=ops.health, metrics=ops.metrics) if listen else None
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
-    feed = MqttFeed(feed_config, engine.journal)
+    journal_probe = lambda: engine.journal.counts(engine.now())  # noqa: E731 - a probe
+    ops.health.watch(journal_probe=journal_probe, feed=feed)
+    ops.metrics.watch(
+        journal=engine.journal,
+        now=engine.now,
+        feed=feed,
+        limiter=_limiter_of(engine),
+        health=ops.health,
+    )
+    if server is not None:
+        server.start()
     feed.start()
-    report(
+    _lifecycle(
+        report,
+        "replicator.started",
         {
-            "event": "replicator.started",
             "source": engine.source.region,
             "target": engine.target.region,
             "mode": engine.config.mode,
             "journal": engine.journal.path,
-        }
+            "listen": server.url if server is not None else None,
+        },
     )
 
     def watch() -> None:
@@ -76,21 +133,48 @@ def run_service(
                 stop.set()
             if time.monotonic() >= next_stats:
                 next_stats += stats_interval_s
-                report({"event": "replicator.stats", **_status(engine, feed)})
+                _lifecycle(report, "replicator.stats", _status(engine, feed))
+        ops.health.stopping()  # at once, while the engine finishes what it is applying
 
     watcher = threading.Thread(target=watch, name="replicator-watch", daemon=True)
     watcher.start()
+    ops.health.engine_running()
     try:
         engine.run(stop)
+    except BaseException as exc:
+        ops.health.engine_stopped(exc)
+        raise
     finally:
         stop.set()
+        ops.health.stopping()
+        ops.health.engine_stopped()
         feed.stop()
         watcher.join()
+        if server is not None:
+            server.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        report({"event": "replicator.stopped", **_status(engine, feed)})
+        _lifecycle(report, "replicator.stopped", _status(engine, feed))
     if feed.failed is not None:
         raise feed.failed
+
+
+def _lifecycle(
+    report: Callable[[dict[str, Any]], None], event: str, fields: dict[str, Any]
+) -> None:
+    """One lifecycle line: to ``report`` and to the log (fields as ``extra=``)."""
+    logger.info(event, extra=fields)
+    report({"event": event, **fields})
+
+
+def _limiter_of(engine: Engine) -> QuotaLimiter | None:
+    """The quota buckets the engine's target calls through, for the throttle counters.
+
+    The boto3 adapter keeps its limiter private and ``Engine`` does not expose
+    one; until it does, look for it, and go without the metric when not found.
+    """
+    found = getattr(engine.target, "_limiter", None)
+    return found if isinstance(found, QuotaLimiter) else None
 
 
 def _status(engine: Engine, feed: MqttFeed) -> dict[str, Any]:

@@ -164,7 +164,28 @@ def _engine(options: dict[str, Any], journal: Journal) -> Engine:
     )
 
 
+def _config_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """Load ``--config`` into the command's default map (command line > env > file)."""
+    del param
+    if value is not None:
+        from replicator._config import load_default_map  # noqa: PLC0415
+
+        ctx.default_map = {**(ctx.default_map or {}), **load_default_map(value, ctx)}
+
+
+_config_option = click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="IOTDR_REPLICATOR_CONFIG",
+    is_eager=True,
+    expose_value=False,
+    callback=_config_file,
+    help="TOML file of option defaults (long names as keys, [quota] table of API = TPS).",
+)
+
+
 @replicator.command("reconcile")
+@_config_option
 @_connection_options
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option(
@@ -206,6 +227,7 @@ def replicator_reconcile(**options: Any) -> None:
 
 
 @replicator.command("run")
+@_config_option
 @_connection_options
 @click.option(
     "--feed",
@@ -226,13 +248,22 @@ def replicator_reconcile(**options: Any) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="The SQLite journal: accepted changes survive a restart.",
 )
+@click.option(
+    "--listen",
+    default="127.0.0.1:9464",
+    show_default=True,
+    envvar="IOTDR_REPLICATOR_LISTEN",
+    help="HOST:PORT of /healthz, /readyz and /metrics (Prometheus); 'off': none.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per lifecycle event.")
 def replicator_run(**options: Any) -> None:
     """Replicate changes from the primary to the secondary until SIGTERM or SIGINT."""
+    from replicator._engine import Engine  # noqa: PLC0415
     from replicator._errors import ConfigError  # noqa: PLC0415
     from replicator._feed import FeedConfig  # noqa: PLC0415
+    from replicator._http import parse_listen  # noqa: PLC0415
     from replicator._journal import Journal  # noqa: PLC0415
-    from replicator._service import run_service  # noqa: PLC0415
+    from replicator._service import ServiceOps, run_service  # noqa: PLC0415
 
     host, _, port = str(options["feed"]).rpartition(":")
     if not host or not port.isdigit():
@@ -251,8 +282,19 @@ def replicator_run(**options: Any) -> None:
         if options["as_json"]:
             click.echo(json.dumps(line, sort_keys=True, default=str))
 
+    listen = parse_listen(options["listen"])
+    ops = ServiceOps()
     with Journal(options["journal_path"], queue=_queue(options)) as journal:
-        run_service(_engine(options, journal), feed, report=report)
+        built = _engine(options, journal)
+        # The same engine, reporting each outcome to the metrics and readiness.
+        engine = Engine(
+            source=built.source,
+            target=built.target,
+            journal=journal,
+            config=built.config,
+            observer=ops.observe,
+        )
+        run_service(engine, feed, report=report, listen=listen, ops=ops)
 
 
 @replicator.command("iam-policy")

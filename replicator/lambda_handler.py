@@ -1,0 +1,356 @@
+"""The replicator as an AWS Lambda function behind an SQS FIFO queue.
+
+For fleets that outgrow one sidecar: an IoT rule writes the primary's registry
+events and shadow documents to an SQS FIFO queue (``MessageGroupId`` = the
+thing name, bodies ``{"topic": ..., "payload": ...}`` as
+:func:`~replicator._feed.accept_bodies` takes them), and this handler applies
+them with the same engine as ``iotdr replicator run``.
+
+Per batch: every message is parsed and journaled; the affected objects are
+applied at once; the response lists, for SQS's partial batch response
+(``ReportBatchItemFailures``), the messages whose objects were not applied
+(throttled, a region down, a step scheduled for later), so that SQS delivers
+them again: SQS is the durable queue and the timer, the journal only a
+per-container working set (``:memory:`` by default). On a FIFO queue, once a
+message of a group fails, every later message of that group in the batch is
+reported too, as AWS requires to keep the group's order. A body that does not
+parse goes to the journal's dead letters and is *not* reported: it would fail
+the same way forever. AccessDenied raises, so that the whole batch comes back
+after the permission is fixed; the log line names it.
+
+Configuration, from the environment (the names of ``iotdr replicator``'s
+options): ``IOTDR_PRIMARY_REGION``, ``IOTDR_SECONDARY_REGION`` (required),
+``IOTDR_REPLICATOR_MODE`` (``complete``), ``IOTDR_PRIMARY_ENDPOINT_URL``,
+``IOTDR_SECONDARY_ENDPOINT_URL``, ``IOTDR_PRIMARY_DATA_ENDPOINT_URL``,
+``IOTDR_SECONDARY_DATA_ENDPOINT_URL``, ``IOTDR_PRIMARY_ACCOUNT_ID``,
+``IOTDR_SECONDARY_ACCOUNT_ID``, ``IOTDR_REPLICATOR_JOURNAL`` (``:memory:``, or
+a file under ``/tmp``) and ``IOTDR_REPLICATOR_WORKERS`` (8).
+
+The engine (clients, quota buckets, journal) is built on the first invocation
+and kept for the container's life: Lambda reuses a warm container, and
+building boto3 clients per batch would cost more than the batch.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self
+
+from replicator._errors import AccessDeniedError, ConfigError, ReplicatorError
+from replicator._records import DeadLetter, Ignored, parse_sqs_body
+
+if TYPE_CHECKING:
+    from replicator._engine import Engine
+    from replicator._state import ObjectKey
+
+__all__ = ["LambdaConfig", "LambdaReplicator", "fifo_failures", "handler"]
+
+logger = logging.getLogger(__name__)
+
+APPLIED_RESULTS = frozenset({"done", "dead"})
+"""Outcomes after which SQS must not deliver a message again.
+
+``done``: applied. ``dead``: given up on with the reason in the journal (a
+document that does not parse, or a change that kept failing): delivering it
+again would fail the same way.
+"""
+
+_RETRY_S = 0.05  # the engine's shortest wait before a retry, and this handler's backoff
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LambdaConfig:
+    """The handler's configuration (see the module docstring for the variables)."""
+
+    primary_region: str
+    secondary_region: str
+    mode: str = "complete"
+    primary_endpoint_url: str | None = None
+    secondary_endpoint_url: str | None = None
+    primary_data_endpoint_url: str | None = None
+    secondary_data_endpoint_url: str | None = None
+    primary_account_id: str | None = None
+    secondary_account_id: str | None = None
+    journal: str = ":memory:"
+    workers: int = 8
+
+    def __post_init__(self) -> None:
+        if self.primary_region == self.secondary_region:
+            raise ConfigError("the primary and the secondary region must differ")
+        if self.mode not in ("complete", "jitr"):
+            raise ConfigError(f"IOTDR_REPLICATOR_MODE {self.mode!r} is not complete or jitr")
+        if not 1 <= self.workers <= 256:
+            raise ConfigError(f"IOTDR_REPLICATOR_WORKERS {self.workers} is not in 1..256")
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> LambdaConfig:
+        """Read the ``IOTDR_*`` variables.
+
+        Raises:
+            ConfigError: a region is missing, or a value is invalid.
+        """
+
+        def get(name: str) -> str | None:
+            return environ.get(name) or None
+
+        regions = {role: get(f"IOTDR_{role.upper()}_REGION") for role in ("primary", "secondary")}
+        for role, region in regions.items():
+            if region is None:
+                raise ConfigError(f"IOTDR_{role.upper()}_REGION is not set")
+        workers = get("IOTDR_REPLICATOR_WORKERS") or "8"
+        if not workers.isdigit():
+            raise ConfigError(f"IOTDR_REPLICATOR_WORKERS {workers!r} is not a number")
+        return cls(
+            primary_region=str(regions["primary"]),
+            secondary_region=str(regions["secondary"]),
+            mode=get("IOTDR_REPLICATOR_MODE") or "complete",
+            primary_endpoint_url=get("IOTDR_PRIMARY_ENDPOINT_URL"),
+            secondary_endpoint_url=get("IOTDR_SECONDARY_ENDPOINT_URL"),
+            primary_data_endpoint_url=get("IOTDR_PRIMARY_DATA_ENDPOINT_URL"),
+            secondary_data_endpoint_url=get("IOTDR_SECONDARY_DATA_ENDPOINT_URL"),
+            primary_account_id=get("IOTDR_PRIMARY_ACCOUNT_ID"),
+            secondary_account_id=get("IOTDR_SECONDARY_ACCOUNT_ID"),
+            journal=get("IOTDR_REPLICATOR_JOURNAL") or ":memory:",
+            workers=int(workers),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    message_id: str
+    group: str | None
+    body: str
+
+
+def fifo_failures(messages: Sequence[tuple[str, str | None]], failed: set[str]) -> list[str]:
+    """The ids to report to SQS, in batch order: the failed, and all after them in their group.
+
+    Args:
+        messages: (message id, group id) in the batch's order; group None on a
+            standard queue (then only the failed ones are reported).
+        failed: the ids whose objects were not applied.
+    """
+    broken: set[str] = set()
+    reported = []
+    for message_id, group in messages:
+        if message_id in failed or (group is not None and group in broken):
+            reported.append(message_id)
+            if group is not None:
+                broken.add(group)
+    return reported
+
+
+class LambdaReplicator:
+    """Applies SQS batches with one engine, kept across invocations.
+
+    Args:
+        engine: the engine (its journal is the per-container working set).
+        workers: objects applied in parallel within a batch.
+    """
+
+    def __init__(self, engine: Engine, *, workers: int = 8) -> None:
+        self.engine = engine
+        self._workers = workers
+        self._lock = threading.Lock()  # one batch at a time per container, as Lambda runs
+
+    def __repr__(self) -> str:
+        return f"LambdaReplicator({self.engine!r})"
+
+    @classmethod
+    def from_config(cls, config: LambdaConfig) -> LambdaReplicator:
+        """Build the regions' clients, the quota buckets, the journal and the engine.
+
+        Raises:
+            ConfigError: boto3 cannot build the clients.
+            JournalError: the journal cannot be opened.
+        """
+        # boto3 is the replicator extra's; a Lambda package has it.
+        from replicator._aws import RegionConfig, build_region  # noqa: PLC0415
+        from replicator._engine import Engine, EngineConfig  # noqa: PLC0415
+        from replicator._journal import Journal  # noqa: PLC0415
+        from replicator._quotas import QuotaLimiter, RetryPolicy  # noqa: PLC0415
+
+        limiter = QuotaLimiter()
+        regions = [
+            build_region(
+                RegionConfig(
+                    region=getattr(config, f"{role}_region"),
+                    endpoint_url=getattr(config, f"{role}_endpoint_url"),
+                    data_endpoint_url=getattr(config, f"{role}_data_endpoint_url"),
+                    account_id=getattr(config, f"{role}_account_id"),
+                ),
+                limiter=limiter,
+            )
+            for role in ("primary", "secondary")
+        ]
+        engine = Engine(
+            source=regions[0],
+            target=regions[1],
+            journal=Journal(config.journal),
+            config=EngineConfig(
+                mode="jitr" if config.mode == "jitr" else "complete",
+                workers=config.workers,
+                # SQS delivers a failed message again after its visibility timeout:
+                # that is the backoff. The journal's row must be due by then.
+                backoff=RetryPolicy(max_attempts=1_000_000, base_s=_RETRY_S, cap_s=_RETRY_S),
+                # No later invocation is sure to come for a re-check; reconcile repairs.
+                thing_recheck_s=None,
+            ),
+        )
+        return cls(engine, workers=config.workers)
+
+    def close(self) -> None:
+        """Close the journal."""
+        self.engine.journal.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def handle(self, event: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
+        """Apply one SQS event; return the partial batch response.
+
+        Raises:
+            AccessDeniedError: a permission is missing (the whole batch comes back).
+            JournalError: the journal cannot be read (the whole batch comes back).
+        """
+        with self._lock:
+            messages = _messages(event)
+            keys_of, failed = self._journal(messages)
+            results = self._apply()
+        for message in messages:
+            keys = keys_of.get(message.message_id, ())
+            if any(results.get(key) not in APPLIED_RESULTS for key in keys):
+                failed.add(message.message_id)
+        reported = fifo_failures([(m.message_id, m.group) for m in messages], failed)
+        logger.info(
+            "replicator.lambda.batch",
+            extra={
+                "messages": len(messages),
+                "objects": len(results),
+                "results": _tally(results.values()),
+                "reported": len(reported),
+            },
+        )
+        return {"batchItemFailures": [{"itemIdentifier": m} for m in reported]}
+
+    def _journal(
+        self, messages: Sequence[_Message]
+    ) -> tuple[dict[str, tuple[ObjectKey, ...]], set[str]]:
+        """Journal the batch: (the object keys of each message, the ids that failed)."""
+        journal, region = self.engine.journal, self.engine.source.region
+        keys_of: dict[str, tuple[ObjectKey, ...]] = {}
+        failed: set[str] = set()
+        now = self.engine.now()
+        for message in messages:
+            result = parse_sqs_body(message.body, region=region)
+            try:
+                if isinstance(result, DeadLetter):
+                    journal.dead_letter(result, now=now)
+                    logger.warning(
+                        "replicator.lambda.dead_letter",
+                        extra={"id": message.message_id, "reason": result.reason},
+                    )
+                elif not isinstance(result, Ignored):
+                    keys_of[message.message_id] = tuple(journal.accept(result, now=now))
+            except ReplicatorError as exc:
+                logger.exception(
+                    "replicator.lambda.journal_failed",
+                    extra={"id": message.message_id, "error": str(exc)},
+                )
+                failed.add(message.message_id)
+        return keys_of, failed
+
+    def _apply(self) -> dict[ObjectKey, str]:
+        """Apply every due object (the batch's, and earlier ones due now); their results.
+
+        Raises:
+            AccessDeniedError: after the other objects of the batch finished.
+        """
+        engine = self.engine
+        # A retried row waits at least the engine's shortest backoff; a message SQS
+        # delivers again must be tried again at once, so look that far ahead.
+        ahead = engine.now() + _RETRY_S
+        claims = engine.journal.claim(now=ahead, limit=engine.config.batch)
+        results: dict[ObjectKey, str] = {}
+        denied: AccessDeniedError | None = None
+        with concurrent.futures.ThreadPoolExecutor(self._workers) as pool:
+            # ``process`` folds throttled and unavailable into retry: enough here.
+            futures = {pool.submit(engine.process, claim): claim.key for claim in claims}
+            for future in concurrent.futures.as_completed(futures):
+                try:
+                    results[futures[future]] = future.result()
+                except AccessDeniedError as exc:
+                    denied = exc
+        if denied is not None:
+            logger.error(
+                "replicator.lambda.denied",
+                extra={"permission": denied.permission, "region": denied.region},
+            )
+            raise denied
+        return results
+
+
+def _messages(event: Mapping[str, Any]) -> list[_Message]:
+    """The SQS records of ``event`` in order (a record without an id cannot be reported)."""
+    found = []
+    for record in event.get("Records") or ():
+        if not isinstance(record, Mapping) or not isinstance(record.get("messageId"), str):
+            logger.warning("replicator.lambda.no_message_id", extra={"record": str(record)[:200]})
+            continue
+        attributes = record.get("attributes")
+        group = attributes.get("MessageGroupId") if isinstance(attributes, Mapping) else None
+        body = record.get("body")
+        found.append(
+            _Message(
+                record["messageId"],
+                group if isinstance(group, str) else None,
+                body if isinstance(body, str) else "",
+            )
+        )
+    return found
+
+
+def _tally(results: Iterable[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result] = counts.get(result, 0) + 1
+    return counts
+
+
+# One replicator per container (see the module docstring): Lambda's model, not a library's.
+_cached: LambdaReplicator | None = None
+_cache_lock = threading.Lock()
+
+
+def _replicator() -> LambdaReplicator:
+    global _cached  # noqa: PLW0603 - the per-container cache
+    with _cache_lock:
+        if _cached is None:
+            _cached = LambdaReplicator.from_config(LambdaConfig.from_environ(os.environ))
+        return _cached
+
+
+def handler(event: Mapping[str, Any], context: object) -> dict[str, list[dict[str, str]]]:
+    """The Lambda entry point for SQS event source mappings with ``ReportBatchItemFailures``.
+
+    Args:
+        event: the SQS event (``{"Records": [...]}``).
+        context: Lambda's context (unused).
+
+    Returns:
+        ``{"batchItemFailures": [{"itemIdentifier": messageId}, ...]}``.
+
+    Raises:
+        ConfigError: the environment is incomplete or invalid.
+        AccessDeniedError: a permission is missing; the whole batch comes back.
+    """
+    del context
+    return _replicator().handle(event)
