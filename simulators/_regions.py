@@ -37,7 +37,7 @@ from simulators._healthcheck import HealthCheckConfig, HealthChecker
 from simulators._loopthread import LoopThread
 from simulators._pki import FleetPKI
 from simulators._topology import DEFAULT_DOMAIN, DEFAULT_REGIONS
-from simulators.controlplane import start_control_plane
+from simulators.controlplane import THING_TYPE_DELETE_AFTER_S, start_control_plane
 from simulators.dns import ThreadedDNSServer, default_zone
 from simulators.gateway import GatewayConfig, GatewayFault, ThreadedRegionGateway
 from simulators.shadows import ShadowService
@@ -104,6 +104,8 @@ class LocalRegions:
         quotas: control-plane TPS overrides over AWS's defaults.
         health: the health checker's settings; None runs no checker (the CNAME
             then stays on the primary unless changed by hand).
+        thing_type_delete_after_s: how long a thing type must have been deprecated
+            before the control plane deletes it (AWS: 300 s; a few seconds in tests).
     """
 
     state_dir: Path
@@ -112,6 +114,7 @@ class LocalRegions:
     broker_kind: Literal["auto", "mosquitto", "amqtt"] = "auto"
     quotas: Mapping[str, float] | None = None
     health: HealthCheckConfig | None = field(default_factory=HealthCheckConfig)
+    thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S
     pki: FleetPKI | None = None
     dns: ThreadedDNSServer | None = None
     control_plane: ControlPlane | None = None
@@ -166,6 +169,7 @@ class LocalRegions:
                 port=self.ports.control_plane,
                 brokers={name: (r.broker.host, r.broker.port) for name, r in self._regions.items()},
                 quotas=self.quotas,
+                thing_type_delete_after_s=self.thing_type_delete_after_s,
             )
         )
         checker = pki.issue_device(HEALTH_CHECKER_ID) if self.health is not None else None

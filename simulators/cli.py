@@ -540,6 +540,15 @@ _state_dir_option = click.option(
     multiple=True,
     help="API=TPS control-plane quota override, repeatable (e.g. CreateThing=5, default=50).",
 )
+@click.option(
+    "--thing-type-delete-after",
+    "thing_type_delete_after_s",
+    metavar="SECONDS",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(0, 1e9, max_open=True),
+    help="How long a thing type must be deprecated before DeleteThingType deletes it (AWS: 300).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON object.")
 def regions_up(
     state_dir: Path,
@@ -550,6 +559,7 @@ def regions_up(
     control_plane_port: int,
     dns_port: int,
     quotas: tuple[str, ...],
+    thing_type_delete_after_s: float,
     as_json: bool,
 ) -> None:
     """Start the local regions (us-east-1 primary, us-west-2 secondary) until interrupted.
@@ -580,6 +590,7 @@ def regions_up(
         ),
         broker_kind=cast('Literal["auto", "mosquitto", "amqtt"]', broker),
         quotas=overrides or None,
+        thing_type_delete_after_s=thing_type_delete_after_s,
     )
     with local:
         path = local.write_regions_file()

@@ -4,7 +4,9 @@ Regions are isolated by name (the SigV4 credential scope of each request). A
 WSGI middleware in front of moto adds what the DR logic has to cope with on
 AWS: throttling at AWS's default TPS per API and region, per-region outages
 (HTTP 503 or dropped connections) switched at run time, and registry events
-published in AWS's format on each region's broker. Start it as a child
+published in AWS's format on each region's broker; and AWS's rules that
+moto lacks, such as a thing type's deletion only five minutes after its
+deprecation (``thing_type_delete_after_s``). Start it as a child
 process with :func:`start_control_plane`; point boto3 at ``ControlPlane.url``.
 The regions' gateways follow each region's certificates and CAs through the
 admin endpoints' snapshot and change feed (:class:`CertificateFeed`), and
@@ -46,6 +48,7 @@ from simulators.controlplane._middleware import (
 )
 from simulators.controlplane._process import (
     DEFAULT_ACCOUNT_ID,
+    THING_TYPE_DELETE_AFTER_S,
     ControlPlane,
     ControlPlaneAdmin,
     ControlPlaneConfig,
@@ -70,6 +73,7 @@ __all__ = [
     "DEFAULT_UNLISTED_TPS",
     "EVENT_APIS",
     "OUTAGE_MODES",
+    "THING_TYPE_DELETE_AFTER_S",
     "ApiCall",
     "ApiRouter",
     "CertificateFeed",

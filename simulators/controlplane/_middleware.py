@@ -9,7 +9,11 @@ service (:class:`ApiRouter`). Then, in this order:
    ``drop`` closes the connection without a response;
 2. the (region, API) token bucket: empty answers 400 ThrottlingException;
 3. moto, under one lock (moto's backends are not thread-safe: a listing while
-   another thread creates things can fail with 500);
+   another thread creates things can fail with 500), unless a rule of AWS's
+   that moto lacks refuses the call first (under the same lock, so the state
+   it reads is the state moto acts on): ``DeleteThingType`` of a type that is
+   not deprecated, or was deprecated less than ``thing_type_delete_after_s``
+   ago (AWS: 5 minutes), answers 400 InvalidRequestException;
 4. for a successful mutating registry call, the state of the touched objects
    before and after the call becomes registry events on the region's broker.
 
@@ -69,6 +73,7 @@ from simulators.controlplane._events import (
     registry_events,
     subjects_for,
 )
+from simulators.controlplane._process import THING_TYPE_DELETE_AFTER_S
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -219,7 +224,10 @@ class ControlPlaneMiddleware:
         account_id: the account the events carry (moto's default account).
         feed: the certificate journal the gateways poll (a fresh one if None).
         default_region: the region of a request without a SigV4 credential scope.
-        now_ms: the events' clock (UNIX milliseconds).
+        now_ms: the events' clock (UNIX milliseconds); also what a thing type's
+            deprecation date is compared with.
+        thing_type_delete_after_s: how long a thing type must have been
+            deprecated before ``DeleteThingType`` deletes it (AWS: 300).
     """
 
     def __init__(
@@ -234,7 +242,11 @@ class ControlPlaneMiddleware:
         feed: CertificateFeed | None = None,
         default_region: str = "us-east-1",
         now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S,
     ) -> None:
+        if thing_type_delete_after_s < 0:
+            msg = f"thing_type_delete_after_s must be >= 0, not {thing_type_delete_after_s}"
+            raise ValueError(msg)
         self._app = app
         self.feed = feed or CertificateFeed()
         self._router = router
@@ -244,6 +256,7 @@ class ControlPlaneMiddleware:
         self._account_id = account_id
         self._default_region = default_region
         self._now_ms = now_ms
+        self._thing_type_delete_after_s = thing_type_delete_after_s
         self._outages: dict[str, OutageMode] = {}
         self._lock = threading.Lock()
         self._requests = 0
@@ -275,6 +288,7 @@ class ControlPlaneMiddleware:
             "throttled": self._throttle.throttled,
             "regions": regions,
             "quotas": self._throttle.table.as_dict(),
+            "thing_type_delete_after_s": self._thing_type_delete_after_s,
         }
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -317,7 +331,10 @@ class ControlPlaneMiddleware:
             certificate_call = _CertificateCall(
                 region, route[0], route[1], environ.get("HTTP_X_AMZN_PRINCIPAL")
             )
-        status, headers, payload = self._call_moto(environ, call, certificate_call)
+        guarded = None
+        if route is not None and route[0] == "DeleteThingType":
+            guarded = _ThingTypeDelete(region, route[1].get("thingTypeName", ""))
+        status, headers, payload = self._call_moto(environ, call, certificate_call, guarded)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "controlplane.request",
@@ -386,10 +403,24 @@ class ControlPlaneMiddleware:
         environ: WSGIEnvironment,
         call: ApiCall | None,
         certificate_call: _CertificateCall | None = None,
+        thing_type_delete: _ThingTypeDelete | None = None,
     ) -> tuple[str, list[tuple[str, str]], bytes]:
         subjects = subjects_for(call) if call is not None else None
         with self._lock:
             self._requests += 1
+            if thing_type_delete is not None:
+                refusal = self._thing_type_delete_refusal(thing_type_delete)
+                if refusal is not None:
+                    logger.info(
+                        "controlplane.refused",
+                        extra={
+                            "region": thing_type_delete.region,
+                            "api": "DeleteThingType",
+                            "error": refusal[1],
+                            "detail": refusal[2],
+                        },
+                    )
+                    return _buffered(*refusal)
             before = self._snapshot(call, subjects)
             attached = self._attached_before(certificate_call)
             status, headers, payload = self._run_app(environ)
@@ -399,6 +430,41 @@ class ControlPlaneMiddleware:
             if certificate_call is not None and status.startswith("2"):
                 self._journal(certificate_call, attached, payload)
         return status, headers, payload
+
+    def _thing_type_delete_refusal(self, call: _ThingTypeDelete) -> tuple[int, str, str] | None:
+        """AWS's refusal of a ``DeleteThingType`` that moto would serve; None to serve it.
+
+        AWS deletes a thing type only once it has been deprecated for five
+        minutes; the error code and status are AWS's, the wording is ours. A
+        type that does not exist is left to moto (404 ResourceNotFoundException).
+        """
+        name = call.type_name
+        try:
+            view = self._registry.snapshot(call.region, Subjects(types=frozenset({name})))
+        except Exception:
+            logger.exception("controlplane.thing_type.read_failed", extra={"region": call.region})
+            return (500, "InternalFailureException", f"cannot read thing type {name}")
+        state = view.types.get(name)
+        if state is None:
+            return None
+        wait_s = self._thing_type_delete_after_s
+        if not state.deprecated:
+            message = (
+                f"Thing type {name} is not deprecated: deprecate it, then delete it "
+                f"{wait_s:g} seconds later"
+            )
+            return (400, "InvalidRequestException", message)
+        since_ms = state.deprecation_date_ms
+        if since_ms is None:
+            return None
+        elapsed_s = (self._now_ms() - since_ms) / 1000
+        if elapsed_s < wait_s:
+            message = (
+                f"Thing type {name} was deprecated {max(elapsed_s, 0.0):.1f} seconds ago: "
+                f"it can be deleted {wait_s:g} seconds after its deprecation"
+            )
+            return (400, "InvalidRequestException", message)
+        return None
 
     def _attached_before(self, call: _CertificateCall | None) -> frozenset[str]:
         """For a call that detaches certificates from a thing, those certificates (before it)."""
@@ -609,6 +675,14 @@ class ControlPlaneMiddleware:
                 extra={"region": region, "certificate_id": record["certificateId"], "ca": ca_id},
             )
         return {"certificate": record, "registered": created}
+
+
+@dataclass(frozen=True, slots=True)
+class _ThingTypeDelete:
+    """A ``DeleteThingType`` call, checked against AWS's deprecation wait before moto sees it."""
+
+    region: str
+    type_name: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_ACCOUNT_ID",
+    "THING_TYPE_DELETE_AFTER_S",
     "ControlPlane",
     "ControlPlaneAdmin",
     "ControlPlaneConfig",
@@ -49,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ACCOUNT_ID = "123456789012"
 """moto's default account: the account of every request and event."""
+
+THING_TYPE_DELETE_AFTER_S = 300.0
+"""AWS deletes a thing type only five minutes after its deprecation."""
 
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _LOG_TAIL = 5
@@ -74,6 +78,8 @@ class ControlPlaneConfig:
         quotas: TPS overrides over AWS's defaults, ``default`` for unlisted APIs.
         account_id: the account of every request and event.
         log_level: the child's log level.
+        thing_type_delete_after_s: how long a thing type must have been deprecated
+            before ``DeleteThingType`` deletes it (AWS: 300 s; shorter for tests).
     """
 
     host: str = "127.0.0.1"
@@ -82,6 +88,7 @@ class ControlPlaneConfig:
     quotas: Mapping[str, float] = field(default_factory=dict)
     account_id: str = DEFAULT_ACCOUNT_ID
     log_level: str = "info"
+    thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S
 
     def __post_init__(self) -> None:
         try:
@@ -108,6 +115,10 @@ class ControlPlaneConfig:
             raise ControlPlaneError(f"control plane: {exc}") from exc
         if self.log_level.upper() not in logging.getLevelNamesMapping():
             raise ControlPlaneError(f"control plane: unknown log level {self.log_level!r}")
+        wait_s = self.thing_type_delete_after_s
+        if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) or not 0 <= wait_s < 1e9:
+            msg = f"control plane: thing_type_delete_after_s must be seconds >= 0, not {wait_s!r}"
+            raise ControlPlaneError(msg)
 
     def to_json(self) -> str:
         """The configuration as JSON, for the child process."""
@@ -118,6 +129,7 @@ class ControlPlaneConfig:
             "quotas": dict(self.quotas),
             "account_id": self.account_id,
             "log_level": self.log_level,
+            "thing_type_delete_after_s": self.thing_type_delete_after_s,
         }
         return json.dumps(data, indent=2, sort_keys=True)
 
@@ -288,6 +300,7 @@ def start_control_plane(
     quotas: Mapping[str, float] | None = None,
     timeout_s: float = 15.0,
     log_level: str = "info",
+    thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S,
 ) -> ControlPlane:
     """Start the control-plane process and return once it serves.
 
@@ -299,13 +312,20 @@ def start_control_plane(
         quotas: TPS overrides over AWS's defaults (``{"CreateThing": 5, "default": 50}``).
         timeout_s: how long the process may take to get ready.
         log_level: the child's log level.
+        thing_type_delete_after_s: how long a thing type must have been deprecated
+            before it can be deleted (AWS: 300 s).
 
     Raises:
         AddressInUseError: the port is taken.
         ControlPlaneError: bad configuration, or the process exited or did not get ready.
     """
     config = ControlPlaneConfig(
-        host=host, port=port, brokers=dict(brokers), quotas=dict(quotas or {}), log_level=log_level
+        host=host,
+        port=port,
+        brokers=dict(brokers),
+        quotas=dict(quotas or {}),
+        log_level=log_level,
+        thing_type_delete_after_s=thing_type_delete_after_s,
     )
     folder = state_dir / "controlplane"
     try:

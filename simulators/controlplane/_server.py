@@ -15,7 +15,9 @@ certificate as in AWS, and the gaps the DR logic depends on are patched:
 - ``CreateCertificateFromCsr`` issues a certificate for the CSR's own key
   (moto generated a new key) and rejects a CSR with a bad signature;
 - ``UpdateCertificate`` rejects invalid status transitions;
-- ``DeprecateThingType`` records the deprecation date;
+- ``DeprecateThingType`` records the deprecation date (which the middleware
+  checks: ``DeleteThingType`` waits ``thing_type_delete_after_s`` after it, as
+  AWS waits five minutes);
 - ``RegisterCACertificate`` and ``UpdateCACertificate`` keep the CA's
   auto-registration status (``allowAutoRegistration``,
   ``newAutoRegistrationStatus``), which ``DescribeCACertificate`` reports and
@@ -64,6 +66,8 @@ logger = logging.getLogger(__name__)
 
 def _ms(value: object) -> int | None:
     if isinstance(value, dt.datetime):
+        if value.tzinfo is None:  # moto's dates are naive UTC, not local time
+            value = value.replace(tzinfo=dt.UTC)
         return int(value.timestamp() * 1000)
     return None
 
@@ -571,6 +575,7 @@ class ControlPlaneServer:
             publishers=self._publishers,
             account_id=self.config.account_id,
             feed=self._feed,
+            thing_type_delete_after_s=self.config.thing_type_delete_after_s,
         )
         listener = self._listen()
         with listener:  # werkzeug serves a duplicate of the descriptor
