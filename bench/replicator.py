@@ -16,14 +16,23 @@ with a broker for the primary's registry events. Then:
 
 Prints one JSON object; never asserts a time. Run by hand:
 
-    python bench/replication.py                      # 2,000 devices: about 7 minutes
-    python bench/replication.py --devices 300 --steady-devices 60
+    python bench/replicator.py                      # 2,000 devices: about 7 minutes
+    python bench/replicator.py --devices 300 --steady-devices 60
 
-(Named ``replication.py``, not ``replicator.py``: a script of that name would
-shadow the ``replicator`` package on ``sys.path`` and clash with it in mypy.)
+Run as a script, this file would shadow the ``replicator`` package it
+benchmarks: Python puts the script's own folder first on ``sys.path``. So it
+takes that folder off ``sys.path`` before importing anything else (the bench
+scripts import nothing from their folder). mypy names it ``bench.replicator``
+(``bench/__init__.py``), so it does not clash with the package there either.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]  # else ``import replicator`` would import this script
 
 import argparse
 import concurrent.futures
@@ -32,11 +41,9 @@ import json
 import os
 import platform
 import random
-import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
