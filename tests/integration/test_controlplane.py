@@ -80,7 +80,10 @@ def error_code(exc: botocore.exceptions.ClientError) -> str:
 def plane(region_brokers: dict[str, Broker], tmp_path: Path) -> Iterator[ControlPlane]:
     """A control plane publishing each region's events on that region's broker."""
     brokers = {region: (broker.host, broker.port) for region, broker in region_brokers.items()}
-    with start_control_plane(state_dir=tmp_path, brokers=brokers) as started:
+    # The events test deletes a type right after deprecating it: no 5-minute wait here.
+    with start_control_plane(
+        state_dir=tmp_path, brokers=brokers, thing_type_delete_after_s=0
+    ) as started:
         yield started
 
 
