@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from device_agent.cli import main
 from replicator._engine import Engine, EngineConfig, Outcome
-from replicator._errors import ConfigError, RegionUnavailableError
+from replicator._errors import AccessDeniedError, ConfigError, RegionUnavailableError
 from replicator._feed import FeedCounters
 from replicator._health import HealthSnapshot, ServiceHealth, liveness, readiness
 from replicator._http import OpsServer, parse_listen
@@ -430,8 +430,11 @@ class PartlyDown(InMemoryRegion):
     """A region whose reads of some things fail as if it were down."""
 
     down: set[str] = field(default_factory=set)
+    denied: bool = False
 
     def read_thing(self, name: str, *, principals: bool) -> ThingState | None:
+        if self.denied:
+            raise AccessDeniedError(region=self.region, api="DescribeThing")
         if name in self.down:
             raise RegionUnavailableError("connection refused", region=self.region)
         return super().read_thing(name, principals=principals)
@@ -504,6 +507,22 @@ def test_lambda_reports_nothing_for_ignored_or_unparseable_messages(
     }
     assert replicator.handle(event) == {"batchItemFailures": []}
     assert secondary.things == {}
+
+
+def test_lambda_raises_access_denied_so_the_whole_batch_comes_back(
+    lambda_rig: tuple[LambdaReplicator, InMemoryRegion, PartlyDown],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    replicator, _, secondary = lambda_rig
+    secondary.denied = True
+    with pytest.raises(AccessDeniedError, match="iot:DescribeThing"):
+        replicator.handle({"Records": [sqs_record("m1", "a1", "A")]})
+    [denied] = [r for r in caplog.records if r.getMessage() == "replicator.lambda.denied"]
+    assert denied.__dict__["permission"] == "iot:DescribeThing"
+    secondary.denied = False  # fixed: SQS delivers the batch again
+    assert replicator.handle({"Records": [sqs_record("m1", "a1", "A")]}) == {
+        "batchItemFailures": []
+    }
 
 
 def test_lambda_configuration_from_the_environment() -> None:
