@@ -40,7 +40,7 @@ import re
 import string
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from replicator._errors import (
@@ -495,8 +495,15 @@ class JitrHandler:
 
     # -- one certificate -----------------------------------------------------------------------
 
-    def handle(self, certificate_id: str) -> str:
+    def handle(self, certificate_id: str, ca_hint: str | None = None) -> str:
         """Look at one certificate and activate it if it is eligible; return what happened.
+
+        Args:
+            certificate_id: the certificate.
+            ca_hint: the CA the event or the sweep named, used only when the
+                region's description of the certificate names none (moto's does
+                not) and, for an allowed CA, only once the region lists the
+                certificate under it.
 
         Results: ``activated``, ``left_alone``, ``refused``, ``gone`` (deleted).
 
@@ -508,6 +515,8 @@ class JitrHandler:
         if certificate is None:
             self._count("gone")
             return "gone"
+        if certificate.ca_certificate_id is None and ca_hint is not None:
+            certificate = self._with_ca(certificate, ca_hint)
         ca_id = certificate.ca_certificate_id
         ca = region.read_ca_certificate(ca_id) if ca_id is not None else None
         verdict = screen(self.config, certificate, ca)
@@ -537,6 +546,17 @@ class JitrHandler:
             extra={**extra, "thing": thing, "writes": [type(op).__name__ for op in ops]},
         )
         return "activated"
+
+    def _with_ca(self, certificate: CertificateState, ca_hint: str) -> CertificateState:
+        allowed = self.config.allowed_cas
+        if not _CERT_ID.fullmatch(ca_hint) or certificate.status != PENDING:
+            return certificate
+        if allowed is not None and ca_hint not in allowed:
+            return replace(certificate, ca_certificate_id=ca_hint)  # refused either way
+        listed = self.region.list_certificates_by_ca(ca_hint)
+        if any(cert_id == certificate.certificate_id for cert_id, _ in listed):
+            return replace(certificate, ca_certificate_id=ca_hint)
+        return certificate
 
     def _policy_exists(self, certificate: CertificateState) -> bool:
         name = self.config.policy_name
@@ -591,7 +611,9 @@ class JitrHandler:
             AccessDeniedError: the credentials lack a permission (the certificate stays queued).
         """
         try:
-            result = self.handle(claim.key.name)
+            record = claim.record
+            hint = record.ca_certificate_id if isinstance(record, CertificateChanged) else None
+            result = self.handle(claim.key.name, hint)
         except AccessDeniedError as exc:
             self._retry(claim, exc, forever=True)
             raise

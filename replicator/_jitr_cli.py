@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from replicator._feed import FeedConfig, MqttFeed
     from replicator._jitr import JitrHandler
 
-__all__ = ["replicator_jitr"]
+__all__ = ["replicator_jitr", "serve"]
 
 _STATS_INTERVAL_S = 60.0
 
@@ -115,7 +115,7 @@ def replicator_jitr(**options: Any) -> None:
     journal_path = options["journal_path"]
     if journal_path is None and not options["once"]:
         raise ConfigError("--journal is required unless --once")
-    feed = _feed_config(options) if options["feed"] and not options["once"] else None
+    feed_config = _feed_config(options) if options["feed"] and not options["once"] else None
 
     def report(line: dict[str, Any]) -> None:
         if options["as_json"]:
@@ -126,6 +126,9 @@ def replicator_jitr(**options: Any) -> None:
         if options["once"]:
             _once(handler, as_json=options["as_json"])
         else:
+            from replicator._feed import MqttFeed  # noqa: PLC0415
+
+            feed = MqttFeed(feed_config, journal) if feed_config is not None else None
             serve(handler, feed, report=report)
 
 
@@ -210,24 +213,23 @@ def _once(handler: JitrHandler, *, as_json: bool) -> None:
 
 def serve(
     handler: JitrHandler,
-    feed_config: FeedConfig | None,
+    feed: MqttFeed | None,
     *,
     report: Callable[[dict[str, Any]], None],
     stop: threading.Event | None = None,
 ) -> None:
-    """Run the feed (when given) and the handler until ``stop`` is set or a signal arrives.
+    """Run the feed (when given; it journals into the handler's queue) and the handler.
+
+    Until ``stop`` is set, or SIGTERM or SIGINT arrive (in the main thread).
 
     Raises:
         ReplicatorError: the feed's journal failed, or a permission is missing.
     """
-    from replicator._feed import MqttFeed  # noqa: PLC0415
-
     stop = stop or threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
-    feed = MqttFeed(feed_config, handler.journal) if feed_config is not None else None
     if feed is not None:
         feed.start()
     report(
@@ -235,7 +237,7 @@ def serve(
             "event": "jitr.started",
             "region": handler.region.region,
             "policy": handler.config.policy_name,
-            "feed": f"{feed_config.host}:{feed_config.port}" if feed_config else None,
+            "feed": f"{feed.config.host}:{feed.config.port}" if feed is not None else None,
             "journal": handler.journal.path,
         }
     )

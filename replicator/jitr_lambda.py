@@ -121,7 +121,8 @@ def handle_event(event: Any, region: JitrRegion, config: JitrConfig) -> dict[str
             logger.error("jitr.lambda.bad_event", extra={"event": str(event)[:512]})
             return {"result": "ignored", "reason": "not a registration event"}
         try:
-            result = jitr.handle(certificate_id)
+            hint = event.get("caCertificateId")
+            result = jitr.handle(certificate_id, hint if isinstance(hint, str) else None)
         except PermanentError as exc:  # retrying would fail the same way
             reason = str(exc)
         else:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -824,3 +824,23 @@ def test_cli_errors_are_one_line(
     assert code == 2
     assert message in err
     assert "Traceback" not in err
+
+
+def test_the_event_names_the_ca_when_the_description_does_not(ca: CA, other_ca: CA) -> None:
+    """moto's DescribeCertificate has no caCertificateId: the region's listing confirms the hint."""
+
+    class Undescribed(MemoryJitrRegion):
+        def read_certificate(self, certificate_id: str, *, things: bool) -> CertificateState | None:
+            found = super().read_certificate(certificate_id, things=things)
+            return None if found is None else replace(found, ca_certificate_id=None)
+
+    r = rig(Undescribed())
+    r.region.register_ca(ca)
+    r.region.register_ca(other_ca)
+    cid = r.region.jitr(ca, "hinted-1")
+    assert r.handler.handle(cid) == "refused"  # no CA known: registered without one
+    assert r.handler.handle(cid, other_ca.certificate_id) == "refused"  # not listed under it
+    assert r.region.status(cid) == "PENDING_ACTIVATION"
+    r.handler.accept(cid, ca.certificate_id)
+    assert r.handler.process(r.claim()) == "activated"
+    assert r.region.status(cid) == "ACTIVE"
