@@ -199,6 +199,11 @@ class RegionCalls:
         return self._config.region
 
     @property
+    def limiter(self) -> QuotaLimiter:
+        """The quota buckets this region's calls go through (throttle counts for metrics)."""
+        return self._limiter
+
+    @property
     def account_id(self) -> str | None:
         """The account, configured or learnt from an ARN."""
         return self._account_id

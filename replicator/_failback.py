@@ -129,7 +129,8 @@ class AutoFailback:
         """Run the failback engine and the watch until ``stop`` is set.
 
         Raises:
-            AccessDeniedError: a permission is missing in either region (``stop`` is set).
+            ReplicatorError: a permission is missing in either region, or the
+                journal failed (``stop`` is set, and the error kept on ``failed``).
         """
         engine = threading.Thread(
             target=self._guarded, args=(self.failback.run, stop), name="replicator-failback"
@@ -139,7 +140,7 @@ class AutoFailback:
             while not stop.wait(self._probe_interval_s):
                 if self.watch.down and self._primary_answers():
                     self.full_pass(self.watch.came_back() or 0.0)
-        except AccessDeniedError as exc:
+        except Exception as exc:  # noqa: BLE001 - kept on .failed and raised below
             self.failed = exc
             stop.set()
         finally:

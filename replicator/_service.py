@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from replicator._engine import Engine, Outcome
+    from replicator._failback import AutoFailback
     from replicator._feed import FeedConfig
 
 __all__ = ["ServiceOps", "run_service"]
@@ -75,6 +76,7 @@ def run_service(
     stats_interval_s: float = 60.0,
     listen: tuple[str, int] | None = None,
     ops: ServiceOps | None = None,
+    failback: tuple[AutoFailback, FeedConfig] | None = None,
 ) -> None:
     """Run the feed, the engine and the endpoints until ``stop`` is set or a signal arrives.
 
@@ -89,6 +91,8 @@ def run_service(
         listen: where to serve ``/healthz``, ``/readyz`` and ``/metrics``; None: nowhere.
         ops: the metrics and health the engine reports to; None: new ones (the
             journal's and the feed's metrics only).
+        failback: automatic failback (``_failback.py``) with the secondary's
+            broker: a second feed into the failback engine's journal queue.
 
     Raises:
         ConfigError: the ``listen`` address cannot be bound.
@@ -98,15 +102,10 @@ def run_service(
     ops = ops or ServiceOps()
     feed = MqttFeed(feed_config, engine.journal)
     server = OpsServer(*listen, health=ops.health, metrics=ops.metrics) if listen else None
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    back = _Failback(*failback, stop) if failback is not None else None
+    previous = _install_signals(stop)
 
-    def journal_probe() -> None:
-        engine.journal.counts(engine.now())
-
-    ops.health.watch(journal_probe=journal_probe, feed=feed)
+    ops.health.watch(journal_probe=lambda: engine.journal.counts(engine.now()), feed=feed)
     ops.metrics.watch(
         journal=engine.journal,
         now=engine.now,
@@ -117,6 +116,8 @@ def run_service(
     if server is not None:
         server.start()
     feed.start()
+    if back is not None:
+        back.start()
     _lifecycle(
         report,
         "replicator.started",
@@ -126,13 +127,14 @@ def run_service(
             "mode": engine.config.mode,
             "journal": engine.journal.path,
             "listen": server.url if server is not None else None,
+            "failback": "auto" if back is not None else "off",
         },
     )
 
     def watch() -> None:
         next_stats = time.monotonic() + stats_interval_s
         while not stop.wait(_WATCH_S):
-            if feed.failed is not None:
+            if feed.failed is not None or (back is not None and back.failed is not None):
                 stop.set()
             if time.monotonic() >= next_stats:
                 next_stats += stats_interval_s
@@ -152,6 +154,8 @@ def run_service(
         ops.health.stopping()
         ops.health.engine_stopped()
         feed.stop()
+        if back is not None:
+            back.stop()
         watcher.join()
         if server is not None:
             server.stop()
@@ -160,6 +164,47 @@ def run_service(
         _lifecycle(report, "replicator.stopped", _status(engine, feed))
     if feed.failed is not None:
         raise feed.failed
+    if back is not None and back.failed is not None:
+        raise back.failed
+
+
+def _install_signals(stop: threading.Event) -> dict[int, Any]:
+    """SIGTERM and SIGINT set ``stop`` (from the main thread only); the previous handlers."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    return previous
+
+
+class _Failback:
+    """Automatic failback's feed (the secondary's broker) and thread, run with the service."""
+
+    def __init__(self, auto: AutoFailback, feed_config: FeedConfig, stop: threading.Event) -> None:
+        self.auto = auto
+        self.feed = MqttFeed(feed_config, auto.failback.journal)
+        self.thread = threading.Thread(target=self._run, args=(stop,), name="replicator-failback")
+
+    def __repr__(self) -> str:
+        return f"_Failback({self.auto!r})"
+
+    def _run(self, stop: threading.Event) -> None:
+        try:
+            self.auto.run(stop)
+        except BaseException:  # noqa: BLE001 - kept on auto.failed, raised by run_service
+            stop.set()
+
+    def start(self) -> None:
+        self.feed.start()
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.feed.stop()
+        self.thread.join()
+
+    @property
+    def failed(self) -> BaseException | None:
+        return self.feed.failed or self.auto.failed
 
 
 def _lifecycle(
@@ -171,12 +216,8 @@ def _lifecycle(
 
 
 def _limiter_of(engine: Engine) -> QuotaLimiter | None:
-    """The quota buckets the engine's target calls through, for the throttle counters.
-
-    The boto3 adapter keeps its limiter private and ``Engine`` does not expose
-    one; until it does, look for it, and go without the metric when not found.
-    """
-    found = getattr(engine.target, "_limiter", None)
+    """The quota buckets the engine's target calls through (the boto3 adapter's), if any."""
+    found = getattr(engine.target, "limiter", None)
     return found if isinstance(found, QuotaLimiter) else None
 
 

@@ -11,6 +11,7 @@ errors, which reach the user as one line (errors carry an ``exit_code``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from replicator._engine import Engine
+    from replicator._feed import FeedConfig
     from replicator._journal import Journal
     from replicator._state import Kind
 
@@ -127,7 +129,9 @@ def _queue(options: dict[str, Any]) -> str:
     return "failback" if _source_role(options) == "secondary" else "changes"
 
 
-def _engine(options: dict[str, Any], journal: Journal) -> Engine:
+def _engine(
+    options: dict[str, Any], journal: Journal, *, keep_target_changes: bool = False
+) -> Engine:
     from replicator._aws import RegionConfig, build_region  # noqa: PLC0415
     from replicator._engine import Engine, EngineConfig  # noqa: PLC0415
     from replicator._errors import ConfigError  # noqa: PLC0415
@@ -157,6 +161,7 @@ def _engine(options: dict[str, Any], journal: Journal) -> Engine:
         journal=journal,
         config=EngineConfig(
             direction="failback" if failback else "forward",
+            keep_target_changes=keep_target_changes,
             mode=options["mode"],
             workers=options["workers"],
             thing_recheck_s=options["thing_recheck_s"] or None,
@@ -255,28 +260,41 @@ def replicator_reconcile(**options: Any) -> None:
     envvar="IOTDR_REPLICATOR_LISTEN",
     help="HOST:PORT of /healthz, /readyz and /metrics (Prometheus); 'off': none.",
 )
+@click.option(
+    "--failback",
+    type=click.Choice(["off", "auto"]),
+    default="off",
+    show_default=True,
+    envvar="IOTDR_REPLICATOR_FAILBACK",
+    help="auto: also copy back what changes in the secondary (fed by --failback-feed), and "
+    "run a full failback pass whenever the primary returns from an outage.",
+)
+@click.option(
+    "--failback-feed",
+    envvar="IOTDR_REPLICATOR_FAILBACK_FEED",
+    help="The secondary's MQTT broker, HOST:PORT, for --failback auto (same TLS flags).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per lifecycle event.")
 def replicator_run(**options: Any) -> None:
-    """Replicate changes from the primary to the secondary until SIGTERM or SIGINT."""
-    from replicator._engine import Engine  # noqa: PLC0415
+    """Replicate changes, primary to secondary (and back with --failback auto), until SIGTERM.
+
+    With --direction secondary-to-primary it fails back instead, fed by the
+    secondary's broker, copying back only what changed there since the last sync.
+    """
     from replicator._errors import ConfigError  # noqa: PLC0415
-    from replicator._feed import FeedConfig  # noqa: PLC0415
+    from replicator._failback import AutoFailback  # noqa: PLC0415
     from replicator._http import parse_listen  # noqa: PLC0415
     from replicator._journal import Journal  # noqa: PLC0415
     from replicator._service import ServiceOps, run_service  # noqa: PLC0415
 
-    host, _, port = str(options["feed"]).rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--feed {options['feed']!r} is not HOST:PORT")
-    feed = FeedConfig(
-        region=options[f"{_source_role(options)}_region"],
-        host=host.strip("[]"),
-        port=int(port),
-        client_id=options["feed_client_id"],
-        ca_path=options["feed_ca"],
-        cert_path=options["feed_cert"],
-        key_path=options["feed_key"],
-    )
+    auto = options["failback"] == "auto"
+    if auto and _source_role(options) == "secondary":
+        raise ConfigError("--failback auto runs both directions: leave --direction at its default")
+    if auto and not options["failback_feed"]:
+        raise ConfigError(
+            "--failback auto needs --failback-feed HOST:PORT (the secondary's broker)"
+        )
+    feed = _feed_config(options, "--feed", options["feed"], _source_role(options))
 
     def report(line: dict[str, Any]) -> None:
         if options["as_json"]:
@@ -284,17 +302,42 @@ def replicator_run(**options: Any) -> None:
 
     listen = parse_listen(options["listen"])
     ops = ServiceOps()
-    with Journal(options["journal_path"], queue=_queue(options)) as journal:
-        built = _engine(options, journal)
-        # The same engine, reporting each outcome to the metrics and readiness.
-        engine = Engine(
-            source=built.source,
-            target=built.target,
-            journal=journal,
-            config=built.config,
-            observer=ops.observe,
-        )
-        run_service(engine, feed, report=report, listen=listen, ops=ops)
+    with contextlib.ExitStack() as stack:
+        journal = stack.enter_context(Journal(options["journal_path"], queue=_queue(options)))
+        engine = _engine(options, journal, keep_target_changes=auto)
+        engine.add_observer(ops.observe)
+        failback = None
+        if auto:
+            back_journal = stack.enter_context(Journal(options["journal_path"], queue="failback"))
+            back = _engine({**options, "direction": "secondary-to-primary"}, back_journal)
+            back.add_observer(ops.observe)
+            back_feed = _feed_config(
+                options, "--failback-feed", options["failback_feed"], "secondary"
+            )
+            failback = (
+                AutoFailback(engine, back, report=report, workers=options["workers"]),
+                back_feed,
+            )
+        run_service(engine, feed, report=report, listen=listen, ops=ops, failback=failback)
+
+
+def _feed_config(options: dict[str, Any], flag: str, address: str, role: str) -> FeedConfig:
+    """A feed on ``role``'s broker at ``address`` (HOST:PORT), with the TLS flags."""
+    from replicator._errors import ConfigError  # noqa: PLC0415
+    from replicator._feed import FeedConfig  # noqa: PLC0415
+
+    host, _, port = str(address).rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{flag} {address!r} is not HOST:PORT")
+    return FeedConfig(
+        region=options[f"{role}_region"],
+        host=host.strip("[]"),
+        port=int(port),
+        client_id=options["feed_client_id"],
+        ca_path=options["feed_ca"],
+        cert_path=options["feed_cert"],
+        key_path=options["feed_key"],
+    )
 
 
 @replicator.command("iam-policy")

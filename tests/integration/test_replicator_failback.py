@@ -15,12 +15,20 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from replicator._aws import build_region
+from replicator._engine import Engine, EngineConfig
+from replicator._failback import AutoFailback
+from replicator._feed import FeedConfig
 from replicator._journal import Journal
+from replicator._quotas import QuotaLimiter
 from replicator._records import ObjectNamed
+from replicator._service import run_service
 from replicator._state import ObjectKey
 from tests.integration.test_replicator_live import (
     EAST,
@@ -29,6 +37,7 @@ from tests.integration.test_replicator_live import (
     attributes,
     pair,
     shadow_state,
+    wait_for,
 )
 
 if TYPE_CHECKING:
@@ -134,3 +143,76 @@ def test_failback_after_an_outage_copies_back_only_what_changed_in_the_secondary
     assert {t["thingName"] for t in west.list_things()["things"]} == {"pump-1", "pump-9"}
     assert cli("reconcile", *forward, "--dry-run")[1]["drift"] is False
     assert cli("reconcile", *failback, "--dry-run")[1]["drift"] is False
+
+
+def test_auto_failback_copies_back_as_the_secondary_changes_and_after_the_primary_returns(
+    pair: LocalPair, tmp_path: Path
+) -> None:
+    east, west = pair.iot(EAST), pair.iot(WEST)
+    east_data, west_data = pair.data(EAST), pair.data(WEST)
+    path = tmp_path / "replicator.db"
+    limiter = QuotaLimiter()
+    lines: list[dict[str, Any]] = []
+    stop = threading.Event()
+    with Journal(path) as journal, Journal(path, queue="failback") as back_journal:
+        forward = pair.engine(journal, thing_recheck_s=None, keep_target_changes=True)
+        back = Engine(
+            source=build_region(pair.region_config(WEST), limiter=limiter),
+            target=build_region(pair.region_config(EAST), limiter=limiter),
+            journal=back_journal,
+            config=EngineConfig(direction="failback", thing_recheck_s=None),
+        )
+        auto = AutoFailback(forward, back, report=lines.append, probe_interval_s=0.2)
+        feeds = {
+            region: FeedConfig(
+                region=region,
+                host=pair.brokers[region].host,
+                port=pair.brokers[region].port,
+                client_id=f"iotdr-replicator-{region}",
+            )
+            for region in (EAST, WEST)
+        }
+        service = threading.Thread(
+            target=run_service,
+            args=(forward, feeds[EAST]),
+            kwargs={"report": lines.append, "stop": stop, "failback": (auto, feeds[WEST])},
+        )
+        service.start()
+        try:
+            wait_for("the service", lambda: bool(lines))
+            time.sleep(0.5)  # the subscriptions are granted within a round trip
+            east.create_thing(thingName="pump-1", attributePayload={"attributes": {"site": "a"}})
+            east_data.update_thing_shadow(
+                thingName="pump-1", payload=b'{"state":{"reported":{"temp":20}}}'
+            )
+            wait_for("pump-1 in the secondary", lambda: attributes(west, "pump-1") == {"site": "a"})
+            wait_for(
+                "its shadow in the secondary",
+                lambda: shadow_state(west_data, "pump-1")["reported"] == {"temp": 20},
+            )
+
+            # The primary's control plane fails; devices work in the secondary.
+            pair.plane.set_outage(EAST, "http503")
+            west.create_thing(thingName="pump-9", attributePayload={"attributes": {"site": "b"}})
+            west_data.update_thing_shadow(
+                thingName="pump-1", payload=b'{"state":{"reported":{"temp":31}}}'
+            )
+            wait_for(  # the shadow service is up: copied back at once
+                "the new temperature in the primary",
+                lambda: shadow_state(east_data, "pump-1")["reported"] == {"temp": 31},
+            )
+            wait_for("the outage seen", lambda: auto.watch.down)
+            pair.plane.set_outage(EAST, "up")
+            wait_for("pump-9 in the primary", lambda: attributes(east, "pump-9") == {"site": "b"})
+            wait_for(
+                "the full pass",
+                lambda: any(line["event"] == "replicator.failback.complete" for line in lines),
+            )
+        finally:
+            stop.set()
+            service.join(20)
+        assert not service.is_alive()
+    names = {t["thingName"] for t in east.list_things()["things"]}
+    assert names == {t["thingName"] for t in west.list_things()["things"]} == {"pump-1", "pump-9"}
+    assert attributes(west, "pump-1") == {"site": "a"}  # nothing ping-ponged
+    assert auto.watch.outages == 1
