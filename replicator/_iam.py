@@ -1,16 +1,27 @@
-"""The least-privilege IAM policy the replicator needs, as a document to print and attach.
+"""The least-privilege IAM policies the replicator and the JITR handler need, to print and attach.
 
-The primary is only read (and its change feed subscribed to); the secondary is
-read and written. Every action here is one the adapter (``_aws.py``) or the
-feed (``_feed.py``) calls; an :class:`~replicator._errors.AccessDeniedError`
-names the action that is missing from a narrower policy.
+The replicator reads the primary (and subscribes to its change feed) and reads
+and writes the secondary. With failback (``--direction secondary-to-primary``
+or ``--failback auto``) it also writes the primary and subscribes to the
+secondary's feed: :func:`iam_policy` with ``failback=True``. The JITR handler
+(``iotdr replicator jitr``, one region) has its own, narrower policy:
+:func:`jitr_iam_policy`. Every action here is one the adapter (``_aws.py``),
+the JITR handler (``_jitr.py``) or a feed (``_feed.py``) calls; an
+:class:`~replicator._errors.AccessDeniedError` names the action that is
+missing from a narrower policy.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-__all__ = ["PRIMARY_ACTIONS", "SECONDARY_WRITE_ACTIONS", "iam_policy"]
+__all__ = [
+    "JITR_ACTIONS",
+    "PRIMARY_ACTIONS",
+    "SECONDARY_WRITE_ACTIONS",
+    "iam_policy",
+    "jitr_iam_policy",
+]
 
 _READ: Final = (
     "iot:DescribeEndpoint",
@@ -68,6 +79,29 @@ SECONDARY_WRITE_ACTIONS: Final = (
 )
 """What the replicator calls in the secondary besides the reads."""
 
+JITR_ACTIONS: Final = (
+    "iot:DescribeCertificate",
+    "iot:ListAttachedPolicies",
+    "iot:ListPrincipalThings",
+    "iot:DescribeCACertificate",
+    "iot:ListCACertificates",
+    "iot:ListCertificatesByCA",
+    "iot:DescribeThing",
+    "iot:ListThingPrincipals",
+    "iot:ListThingGroupsForThing",
+    "iot:GetPolicy",
+    "iot:ListPolicyVersions",
+    "iot:GetPolicyVersion",
+    "iot:CreatePolicy",
+    "iot:AttachPolicy",
+    "iot:CreateThing",
+    "iot:AttachThingPrincipal",
+    "iot:UpdateCertificate",
+)
+"""What the JITR handler calls in its region."""
+
+_JITR_TOPICS: Final = ("$aws/events/certificates/registered/*",)
+
 _FEED_TOPICS: Final = (
     "$aws/events/*",
     "$aws/things/*/shadow/update/documents",
@@ -78,6 +112,36 @@ _FEED_TOPICS: Final = (
 )
 
 
+def _arn(partition: str, region: str, account_id: str, resource: str) -> str:
+    return f"arn:{partition}:iot:{region}:{account_id}:{resource}"
+
+
+def _feed_statements(
+    sid: str, arn: Any, region: str, client_id: str, topics: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Connect as ``client_id`` to ``region``'s broker, subscribe to and receive ``topics``."""
+    return [
+        {
+            "Sid": f"Connect{sid}",
+            "Effect": "Allow",
+            "Action": "iot:Connect",
+            "Resource": arn(region, f"client/{client_id}"),
+        },
+        {
+            "Sid": f"Subscribe{sid}",
+            "Effect": "Allow",
+            "Action": "iot:Subscribe",
+            "Resource": [arn(region, f"topicfilter/{t}") for t in topics],
+        },
+        {
+            "Sid": f"Receive{sid}",
+            "Effect": "Allow",
+            "Action": "iot:Receive",
+            "Resource": [arn(region, f"topic/{t}") for t in topics],
+        },
+    ]
+
+
 def iam_policy(
     primary_region: str,
     secondary_region: str,
@@ -85,44 +149,66 @@ def iam_policy(
     account_id: str = "*",
     feed_client_id: str = "iotdr-replicator",
     partition: str = "aws",
+    failback: bool = False,
 ) -> dict[str, Any]:
-    """The IAM policy document for a replicator from ``primary_region`` to ``secondary_region``."""
+    """The IAM policy document for a replicator from ``primary_region`` to ``secondary_region``.
+
+    Args:
+        primary_region: the region copied from.
+        secondary_region: the region copied to.
+        account_id: the account in the ARNs (``*`` for any).
+        feed_client_id: the MQTT client id of the change feed(s).
+        partition: ``aws``, ``aws-cn``, ``aws-us-gov``.
+        failback: also write the primary and read the secondary's feed.
+    """
 
     def arn(region: str, resource: str) -> str:
-        return f"arn:{partition}:iot:{region}:{account_id}:{resource}"
+        return _arn(partition, region, account_id, resource)
+
+    primary: dict[str, Any] = {
+        "Sid": "ReadAndWriteThePrimary" if failback else "ReadThePrimary",
+        "Effect": "Allow",
+        "Action": [*_READ, *SECONDARY_WRITE_ACTIONS] if failback else list(PRIMARY_ACTIONS),
+        "Resource": arn(primary_region, "*"),
+    }
+    statements = [
+        primary,
+        {
+            "Sid": "ReadAndWriteTheSecondary",
+            "Effect": "Allow",
+            "Action": [*_READ, *SECONDARY_WRITE_ACTIONS],
+            "Resource": arn(secondary_region, "*"),
+        },
+        *_feed_statements("TheChangeFeed", arn, primary_region, feed_client_id, _FEED_TOPICS),
+    ]
+    if failback:
+        statements += _feed_statements(
+            "TheFailbackFeed", arn, secondary_region, feed_client_id, _FEED_TOPICS
+        )
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def jitr_iam_policy(
+    region: str,
+    *,
+    account_id: str = "*",
+    feed_client_id: str = "iotdr-jitr",
+    partition: str = "aws",
+) -> dict[str, Any]:
+    """The IAM policy document for the JITR handler of ``region`` (its registration events)."""
+
+    def arn(name: str, resource: str) -> str:
+        return _arn(partition, name, account_id, resource)
 
     return {
         "Version": "2012-10-17",
         "Statement": [
             {
-                "Sid": "ReadThePrimary",
+                "Sid": "ActivateJustInTime",
                 "Effect": "Allow",
-                "Action": list(PRIMARY_ACTIONS),
-                "Resource": arn(primary_region, "*"),
+                "Action": list(JITR_ACTIONS),
+                "Resource": arn(region, "*"),
             },
-            {
-                "Sid": "ReadAndWriteTheSecondary",
-                "Effect": "Allow",
-                "Action": [*_READ, *SECONDARY_WRITE_ACTIONS],
-                "Resource": arn(secondary_region, "*"),
-            },
-            {
-                "Sid": "ConnectTheChangeFeed",
-                "Effect": "Allow",
-                "Action": "iot:Connect",
-                "Resource": arn(primary_region, f"client/{feed_client_id}"),
-            },
-            {
-                "Sid": "SubscribeTheChangeFeed",
-                "Effect": "Allow",
-                "Action": "iot:Subscribe",
-                "Resource": [arn(primary_region, f"topicfilter/{t}") for t in _FEED_TOPICS],
-            },
-            {
-                "Sid": "ReceiveTheChangeFeed",
-                "Effect": "Allow",
-                "Action": "iot:Receive",
-                "Resource": [arn(primary_region, f"topic/{t}") for t in _FEED_TOPICS],
-            },
+            *_feed_statements("TheRegistrationEvents", arn, region, feed_client_id, _JITR_TOPICS),
         ],
     }

@@ -341,19 +341,45 @@ def _feed_config(options: dict[str, Any], flag: str, address: str, role: str) ->
 
 
 @replicator.command("iam-policy")
-@click.option("--primary-region", required=True, envvar="IOTDR_PRIMARY_REGION")
-@click.option("--secondary-region", required=True, envvar="IOTDR_SECONDARY_REGION")
+@click.option("--primary-region", envvar="IOTDR_PRIMARY_REGION")
+@click.option("--secondary-region", envvar="IOTDR_SECONDARY_REGION")
 @click.option("--account-id", default="*", show_default=True)
-@click.option("--feed-client-id", default="iotdr-replicator", show_default=True)
-def replicator_iam_policy(
-    primary_region: str, secondary_region: str, account_id: str, feed_client_id: str
-) -> None:
-    """Print the least-privilege IAM policy document the replicator needs (JSON)."""
-    from replicator._iam import iam_policy  # noqa: PLC0415
+@click.option("--feed-client-id", help="[default: iotdr-replicator, iotdr-jitr with --jitr]")
+@click.option(
+    "--failback",
+    is_flag=True,
+    help="Also write the primary and read the secondary's feed (failback, --failback auto).",
+)
+@click.option(
+    "--jitr",
+    is_flag=True,
+    help="The JITR handler's policy instead, for the --secondary-region.",
+)
+@click.option("--partition", default="aws", show_default=True)
+def replicator_iam_policy(**options: Any) -> None:
+    """Print the least-privilege IAM policy document the replicator (or JITR handler) needs."""
+    from replicator._errors import ConfigError  # noqa: PLC0415
+    from replicator._iam import iam_policy, jitr_iam_policy  # noqa: PLC0415
 
-    document = iam_policy(
-        primary_region, secondary_region, account_id=account_id, feed_client_id=feed_client_id
-    )
+    common = {"account_id": options["account_id"], "partition": options["partition"]}
+    if not options["secondary_region"]:
+        raise ConfigError("iam-policy needs --secondary-region")
+    if options["jitr"]:
+        document = jitr_iam_policy(
+            options["secondary_region"],
+            feed_client_id=options["feed_client_id"] or "iotdr-jitr",
+            **common,
+        )
+    else:
+        if not options["primary_region"]:
+            raise ConfigError("iam-policy needs --primary-region (or --jitr)")
+        document = iam_policy(
+            options["primary_region"],
+            options["secondary_region"],
+            feed_client_id=options["feed_client_id"] or "iotdr-replicator",
+            failback=options["failback"],
+            **common,
+        )
     click.echo(json.dumps(document, indent=2))
 
 

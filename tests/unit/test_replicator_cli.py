@@ -147,3 +147,45 @@ def test_journal_message_outcomes(journal: Journal) -> None:
         journal_message(journal, "$aws/events/presence/connected/c", b"{}", EAST, 1.0) == "ignored"
     )
     assert journal_message(journal, "$aws/events/thing/t/created", b"{", EAST, 1.0) == "dead_letter"
+
+
+def test_the_failback_iam_policy_writes_the_primary_and_reads_the_secondarys_feed() -> None:
+    document = iam_policy(EAST, WEST, account_id="123456789012", failback=True)
+    statements = {s["Sid"]: s for s in document["Statement"]}
+    assert "iot:CreateThing" in statements["ReadAndWriteThePrimary"]["Action"]
+    assert statements["ConnectTheFailbackFeed"]["Resource"] == (
+        f"arn:aws:iot:{WEST}:123456789012:client/iotdr-replicator"
+    )
+    plain = {s["Sid"] for s in iam_policy(EAST, WEST)["Statement"]}
+    assert "ConnectTheFailbackFeed" not in plain
+
+
+def test_the_jitr_iam_policy_allows_every_api_the_handler_calls(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tree = ast.parse((ROOT / "replicator" / "_jitr.py").read_text())
+    called = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr in ("read", "pages", "call")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            called.add(str(node.args[0].value))
+        if isinstance(func, ast.Name) and hasattr(_ops, func.id):
+            api = getattr(getattr(_ops, func.id), "api", "")
+            called |= {api} if api else set()
+    # the adapter's reads the handler uses: certificates with their things, things, policies
+    called |= {"DescribeCertificate", "ListAttachedPolicies", "ListPrincipalThings"}
+    called |= {"DescribeThing", "ListThingGroupsForThing", "GetPolicy", "ListPolicyVersions"}
+    assert {"UpdateCertificate", "AttachThingPrincipal", "DescribeCACertificate"} <= called
+    args = ["replicator", "iam-policy", "--jitr", "--secondary-region", WEST]
+    code, out, _ = run(args, capsys)
+    assert code == 0
+    [activate, *_] = json.loads(out)["Statement"]
+    assert activate["Resource"] == f"arn:aws:iot:{WEST}:*:*"
+    assert not {f"iot:{api}" for api in called} - set(activate["Action"])
