@@ -6,7 +6,7 @@ or ``--failback auto``) it also writes the primary and subscribes to the
 secondary's feed: :func:`iam_policy` with ``failback=True``. The JITR handler
 (``iotdr replicator jitr``, one region) has its own, narrower policy:
 :func:`jitr_iam_policy`. Every action here is one the adapter (``_aws.py``),
-the JITR handler (``_jitr.py``) or a feed (``_feed.py``) calls; an
+the JITR handler (``_jitr.py``, ``_jitr_plan.py``) or a feed (``_feed.py``) calls; an
 :class:`~replicator._errors.AccessDeniedError` names the action that is
 missing from a narrower policy.
 """

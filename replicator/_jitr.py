@@ -30,14 +30,9 @@ and drops the connection. This module finishes the job:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import concurrent.futures
-import json
 import logging
 import random
-import re
-import string
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -45,21 +40,28 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from replicator._errors import (
     AccessDeniedError,
-    ConfigError,
     ConflictError,
     PermanentError,
     RefusedError,
     ReplicatorError,
     RetryableError,
 )
-from replicator._ops import (
-    AttachPolicy,
-    AttachThingPrincipal,
-    CreatePolicy,
-    CreateThing,
-    UpdateCertificate,
+from replicator._jitr_plan import (
+    ACTIVE,
+    CERT_ID,
+    JITR_TOPIC,
+    PENDING,
+    CaCertificate,
+    Eligible,
+    JitrConfig,
+    LeftAlone,
+    Refused,
+    provision,
+    screen,
+    subject_common_name,
+    thing_name_for,
 )
-from replicator._quotas import RetryPolicy
+from replicator._ops import CreatePolicy, CreateThing
 from replicator._records import CertificateChanged
 
 if TYPE_CHECKING:
@@ -89,247 +91,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-JITR_TOPIC: Final = "$aws/events/certificates/registered/+"
-"""The topic filter of AWS's just-in-time registration events."""
-
-ACTIVE: Final = "ACTIVE"
-PENDING: Final = "PENDING_ACTIVATION"
-THING_NAME_FIELDS: Final = frozenset({"cn", "certificate_id", "ca_certificate_id"})
-_THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
-_POLICY_NAME = re.compile(r"[\w+=,.@-]{1,128}")
-_CERT_ID = re.compile(r"[0-9a-f]{64}")
-_CN_OID: Final = bytes.fromhex("550403")  # 2.5.4.3
 _BY_MARKER: Final = ("marker", "nextMarker")  # the paging fields of the older IoT lists
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JitrConfig:
-    """What the handler provisions, for which CAs, and how it retries.
-
-    Attributes:
-        policy_name: the policy attached to every activated certificate.
-        policy_document: its document (JSON), to create the policy where it is
-            missing; None: the policy must exist (AttachPolicy fails until it does).
-        thing_name: ``cn`` (the certificate's subject CN) or a template with
-            ``{cn}``, ``{certificate_id}``, ``{ca_certificate_id}`` (``dev-{cn}``).
-        allowed_cas: CA certificate ids whose certificates may be activated;
-            None: every ACTIVE CA registered in the region.
-        workers: certificates handled in parallel (the quota buckets pace them).
-        max_attempts: attempts before a certificate that keeps failing (not
-            throttling, not an outage) is dead-lettered.
-        backoff: the wait before a failed certificate is tried again.
-        sweep_interval_s: how often to look for pending certificates; 0: never.
-        poll_s: how often to look for due work when there is none.
-    """
-
-    policy_name: str
-    policy_document: str | None = None
-    thing_name: str = "cn"
-    allowed_cas: frozenset[str] | None = None
-    workers: int = 4
-    max_attempts: int = 10
-    backoff: RetryPolicy = field(
-        default_factory=lambda: RetryPolicy(max_attempts=1_000_000, base_s=1.0, cap_s=300.0)
-    )
-    sweep_interval_s: float = 300.0
-    poll_s: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not _POLICY_NAME.fullmatch(self.policy_name):
-            raise ConfigError(f"jitr: {self.policy_name!r} is not a policy name")
-        if self.policy_document is not None:
-            try:
-                document = json.loads(self.policy_document)
-            except ValueError as exc:
-                raise ConfigError(f"jitr: the policy document is not JSON: {exc}") from None
-            if not isinstance(document, dict) or "Statement" not in document:
-                raise ConfigError("jitr: the policy document is not a policy (no Statement)")
-        _check_template(self.thing_name)
-        for ca in self.allowed_cas or ():
-            if not _CERT_ID.fullmatch(ca):
-                raise ConfigError(f"jitr: CA id {ca!r} is not 64 lower-case hex digits")
-        if self.allowed_cas is not None and not self.allowed_cas:
-            raise ConfigError("jitr: an empty CA allow-list would refuse everything")
-        if self.workers < 1 or self.max_attempts < 1:
-            raise ConfigError("jitr: workers and max_attempts must be at least 1")
-        if self.sweep_interval_s < 0 or self.poll_s <= 0:
-            raise ConfigError("jitr: the sweep interval must be >= 0 and the poll interval > 0")
-
-
-def _check_template(template: str) -> None:
-    if template == "cn":
-        return
-    try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as exc:
-        raise ConfigError(f"jitr: thing name template {template!r}: {exc}") from None
-    unknown = sorted(set(fields) - THING_NAME_FIELDS)
-    if unknown or not fields:
-        raise ConfigError(
-            f"jitr: thing name {template!r} is neither 'cn' nor a template of "
-            f"{{{'}, {'.join(sorted(THING_NAME_FIELDS))}}}"
-        )
-    try:
-        template.format(cn="x", certificate_id="0" * 64, ca_certificate_id="0" * 64)
-    except (ValueError, KeyError, IndexError, AttributeError) as exc:
-        raise ConfigError(f"jitr: thing name template {template!r}: {exc}") from None
-
-
-# -- the pure core ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CaCertificate:
-    """A CA certificate registered in the region."""
-
-    certificate_id: str
-    status: str
-    auto_registration: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Eligible:
-    """Activate the certificate, with its policy and this thing."""
-
-    thing_name: str
-
-
-@dataclass(frozen=True, slots=True)
-class LeftAlone:
-    """Nothing to do: the certificate is not pending (ACTIVE already, REVOKED, INACTIVE)."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """Not for this handler to activate: no allowed CA, or no thing name can be made."""
-
-    reason: str
-
-
-Screening = Eligible | LeftAlone | Refused
-
-
-def screen(
-    config: JitrConfig, certificate: CertificateState, ca: CaCertificate | None
-) -> Screening:
-    """Whether to activate ``certificate``, as read in the region with its CA (None: not there)."""
-    if certificate.status != PENDING:
-        return LeftAlone(f"the certificate is {certificate.status}")
-    ca_id = certificate.ca_certificate_id
-    if ca_id is None:
-        return Refused("registered without a CA")
-    if config.allowed_cas is not None and ca_id not in config.allowed_cas:
-        return Refused(f"CA {ca_id} is not on the allow-list")
-    if ca is None:
-        return Refused(f"CA {ca_id} is not registered in the region")
-    if ca.status != ACTIVE:
-        return Refused(f"CA {ca_id} is {ca.status}")
-    name = thing_name_for(config.thing_name, certificate)
-    if name is None:
-        return Refused(
-            f"no thing name: the certificate has no subject CN for {config.thing_name!r}"
-        )
-    if not _THING_NAME.fullmatch(name):
-        return Refused(f"thing name {name!r} is not a valid thing name")
-    return Eligible(name)
-
-
-def provision(
-    config: JitrConfig,
-    certificate: CertificateState,
-    thing_name: str,
-    *,
-    thing_exists: bool,
-    policy_exists: bool,
-) -> tuple[Op, ...]:
-    """The writes that make an eligible certificate usable, activation last."""
-    cert_id = certificate.certificate_id
-    ops: list[Op] = []
-    if config.policy_name not in certificate.policies:
-        if not policy_exists and config.policy_document is not None:
-            ops.append(CreatePolicy(config.policy_name, config.policy_document))
-        ops.append(AttachPolicy(config.policy_name, cert_id))
-    if thing_name not in (certificate.things or ()):
-        if not thing_exists:
-            ops.append(CreateThing(thing_name))
-        ops.append(AttachThingPrincipal(thing_name, cert_id))
-    if certificate.status == PENDING:
-        ops.append(UpdateCertificate(cert_id, ACTIVE))
-    return tuple(ops)
-
-
-def thing_name_for(template: str, certificate: CertificateState) -> str | None:
-    """The thing name ``template`` makes for ``certificate``; None: it needs a CN there is not."""
-    cn = subject_common_name(certificate.pem)
-    if template == "cn":
-        return cn
-    if cn is None and "{cn" in template:
-        return None
-    return template.format(
-        cn=cn or "",
-        certificate_id=certificate.certificate_id,
-        ca_certificate_id=certificate.ca_certificate_id or "",
-    )
-
-
-def subject_common_name(pem: str) -> str | None:
-    """The first subject CN of the first certificate in ``pem``; None: none, or not a certificate.
-
-    A few lines of DER instead of a dependency on ``cryptography``, which the
-    replicator (and its Lambda) does not otherwise need.
-    """
-    lines = pem.strip().splitlines()
-    try:
-        start = lines.index("-----BEGIN CERTIFICATE-----")
-        end = lines.index("-----END CERTIFICATE-----", start)
-        der = base64.b64decode("".join(lines[start + 1 : end]), validate=True)
-        _, cert_start, _ = _der_item(der, 0)
-        _, tbs_start, tbs_end = _der_item(der, cert_start)
-        fields = list(_der_children(der, tbs_start, tbs_end))
-        if fields and fields[0][0] == 0xA0:  # [0] version
-            fields = fields[1:]
-        _, subject_start, subject_end = fields[4]  # serial, signature, issuer, validity, subject
-        for _, rdn_start, rdn_end in _der_children(der, subject_start, subject_end):
-            for _, atv_start, atv_end in _der_children(der, rdn_start, rdn_end):
-                (_, oid_start, oid_end), value = list(_der_children(der, atv_start, atv_end))[:2]
-                if der[oid_start:oid_end] == _CN_OID:
-                    return _der_string(der, *value)
-    except (ValueError, IndexError, binascii.Error, UnicodeDecodeError):
-        return None
-    return None
-
-
-def _der_item(der: bytes, pos: int) -> tuple[int, int, int]:
-    """The tag, content start and content end of the DER item at ``pos``."""
-    tag, length = der[pos], der[pos + 1]
-    pos += 2
-    if length & 0x80:
-        count = length & 0x7F
-        if not 0 < count <= 4:
-            raise ValueError("unsupported DER length")
-        length = int.from_bytes(der[pos : pos + count], "big")
-        pos += count
-    if pos + length > len(der):
-        raise ValueError("truncated DER")
-    return tag, pos, pos + length
-
-
-def _der_children(der: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    pos = start
-    while pos < end:
-        item = _der_item(der, pos)
-        yield item
-        pos = item[2]
-
-
-def _der_string(der: bytes, tag: int, start: int, end: int) -> str:
-    codecs = {0x0C: "utf-8", 0x13: "ascii", 0x16: "ascii", 0x14: "latin-1", 0x1E: "utf-16-be"}
-    codec = codecs.get(tag, "utf-32-be" if tag == 0x1C else None)
-    if codec is None:
-        raise ValueError(f"CN of DER type {tag:#x}")
-    return der[start:end].decode(codec)
 
 
 # -- the port ------------------------------------------------------------------------------------
@@ -549,7 +311,7 @@ class JitrHandler:
 
     def _with_ca(self, certificate: CertificateState, ca_hint: str) -> CertificateState:
         allowed = self.config.allowed_cas
-        if not _CERT_ID.fullmatch(ca_hint) or certificate.status != PENDING:
+        if not CERT_ID.fullmatch(ca_hint) or certificate.status != PENDING:
             return certificate
         if allowed is not None and ca_hint not in allowed:
             return replace(certificate, ca_certificate_id=ca_hint)  # refused either way

@@ -163,9 +163,10 @@ def test_the_failback_iam_policy_writes_the_primary_and_reads_the_secondarys_fee
 def test_the_jitr_iam_policy_allows_every_api_the_handler_calls(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    tree = ast.parse((ROOT / "replicator" / "_jitr.py").read_text())
     called = set()
-    for node in ast.walk(tree):
+    modules = ("_jitr.py", "_jitr_plan.py")
+    nodes = [ast.walk(ast.parse((ROOT / "replicator" / m).read_text())) for m in modules]
+    for node in (n for walk in nodes for n in walk):
         if not isinstance(node, ast.Call):
             continue
         func = node.func
