@@ -13,7 +13,16 @@ The parts, from the outside in:
   both regions through a :class:`RegionApi`, plans the minimal writes with the
   pure planners (:func:`plan_thing` and friends) and executes them within
   quotas (:class:`QuotaLimiter`);
-- :func:`reconcile` diffs both regions completely with the same planners.
+- :func:`reconcile` diffs both regions completely with the same planners;
+- failback (an :class:`Engine` with ``direction="failback"``) copies back what
+  changed in the secondary since the regions were last in sync
+  (:func:`failback_guard`, the sync points' :func:`fingerprint`), and
+  :class:`AutoFailback` runs it beside the forward engine;
+- the JITR handler (:class:`JitrHandler`) activates, in the secondary, the
+  certificates devices present there on their first connect (``jitr`` mode);
+- the service (``iotdr replicator run``) adds ``/healthz``, ``/readyz`` and
+  ``/metrics``; ``replicator.lambda_handler`` and ``replicator.jitr_lambda``
+  are the AWS Lambda entry points.
 """
 
 from __future__ import annotations
@@ -37,7 +46,9 @@ from replicator._errors import (
     RetryableError,
     ThrottledError,
 )
+from replicator._failback import AutoFailback, OutageWatch
 from replicator._feed import FEED_TOPICS, BatchResult, FeedConfig, MqttFeed, accept_bodies
+from replicator._jitr import JitrConfig, JitrHandler
 from replicator._journal import Claim, Journal, JournalCounts
 from replicator._memory import InMemoryRegion
 from replicator._ops import Op, Plan
@@ -65,6 +76,7 @@ from replicator._state import (
     ThingState,
     ThingTypeState,
 )
+from replicator._sync import Direction, failback_guard, fingerprint, forward_guard
 
 __all__ = [
     "DEFAULT_TPS",
@@ -72,6 +84,7 @@ __all__ = [
     "AccessDeniedError",
     "ArnScope",
     "Assessment",
+    "AutoFailback",
     "BatchResult",
     "CertificateState",
     "Claim",
@@ -79,6 +92,7 @@ __all__ = [
     "ConflictError",
     "DeadLetter",
     "Difference",
+    "Direction",
     "Engine",
     "EngineConfig",
     "EngineStats",
@@ -86,6 +100,8 @@ __all__ = [
     "Ignored",
     "InMemoryRegion",
     "InvalidRequestError",
+    "JitrConfig",
+    "JitrHandler",
     "Journal",
     "JournalCounts",
     "JournalError",
@@ -94,6 +110,7 @@ __all__ = [
     "NotFoundError",
     "ObjectKey",
     "Op",
+    "OutageWatch",
     "Outcome",
     "PermanentError",
     "Plan",
@@ -118,6 +135,9 @@ __all__ = [
     "ThingTypeState",
     "ThrottledError",
     "accept_bodies",
+    "failback_guard",
+    "fingerprint",
+    "forward_guard",
     "origin_token",
     "parse_message",
     "parse_sqs_body",

@@ -14,9 +14,6 @@ import string
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
 from replicator._errors import ConfigError
 from replicator._ops import (
     AttachPolicy,
@@ -233,6 +230,9 @@ def thing_name_for(template: str, certificate: CertificateState) -> str | None:
 
 def subject_common_name(pem: str) -> str | None:
     """The first subject CN of the certificate in ``pem``; None: none, or not a certificate."""
+    from cryptography import x509  # noqa: PLC0415 - only where certificates are read
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
     try:
         certificate = x509.load_pem_x509_certificate(pem.encode())
         found = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
