@@ -132,6 +132,7 @@ class Outcome:
         lag_s: from acceptance to applied (``done`` and ``scheduled``), else None.
         writes: the write APIs called for it (requirements included).
         region: for ``unavailable`` and ``throttled``, the region that failed.
+        direction: the engine's direction, ``forward`` or ``failback``.
     """
 
     key: ObjectKey
@@ -139,6 +140,7 @@ class Outcome:
     lag_s: float | None = None
     writes: tuple[str, ...] = ()
     region: str | None = None
+    direction: str = "forward"
 
 
 @dataclass(slots=True)
@@ -429,7 +431,12 @@ class Engine:
                 self.stats.count(claim.key.kind, result)
             if self._observers:
                 outcome = Outcome(
-                    claim.key, result, lag, tuple(self._writes.apis), self._writes.region
+                    claim.key,
+                    result,
+                    lag,
+                    tuple(self._writes.apis),
+                    self._writes.region,
+                    self.config.direction,
                 )
                 for observe in self._observers:
                     observe(outcome)

@@ -12,7 +12,10 @@ Applied, failed and throttled changes are ``iotdr_replicator_changes_total``
 by ``result``: applied is ``done`` and ``scheduled``; failed is ``retry``,
 ``unavailable``, ``denied`` and ``dead``; ``throttled`` is its own result.
 Every (kind, result) series exists from the start at 0, so that ``rate()``
-sees the first increment.
+sees the first increment. With ``--failback auto`` the failback engine's
+outcomes and queue have the same metrics under ``iotdr_replicator_failback_``
+(``iotdr_replicator_failback_changes_total``, ``..._lag_seconds``,
+``..._writes_total``, ``..._queue_pending``...).
 """
 
 from __future__ import annotations
@@ -72,29 +75,10 @@ class ReplicatorMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self._lag = Histogram(
-            "iotdr_replicator_lag_seconds",
-            "From a change's acceptance into the journal to its application in the target.",
-            ["kind"],
-            buckets=LAG_BUCKETS_S,
-            registry=self.registry,
-        )
-        self._changes = Counter(
-            "iotdr_replicator_changes",
-            "Processed changes by object kind and result (done and scheduled are applied).",
-            ["kind", "result"],
-            registry=self.registry,
-        )
-        self._writes = Counter(
-            "iotdr_replicator_writes",
-            "Write calls made in the target region, by API.",
-            ["api"],
-            registry=self.registry,
-        )
-        for kind in KINDS:
-            self._lag.labels(kind)
-            for result in RESULTS:
-                self._changes.labels(kind, result)
+        self._observed = {
+            "forward": _Observed("iotdr_replicator", "", self.registry),
+            "failback": _Observed("iotdr_replicator_failback", "failback: ", self.registry),
+        }
         self._scraped = _ScrapedCollector()
         self.registry.register(self._scraped)
 
@@ -102,13 +86,8 @@ class ReplicatorMetrics:
         return f"ReplicatorMetrics(watching={self._scraped.watching})"
 
     def observe(self, outcome: Outcome) -> None:
-        """Count one processed change: the engine's observer (quick, never raises)."""
-        kind = outcome.key.kind
-        self._changes.labels(kind, outcome.result).inc()
-        if outcome.lag_s is not None:
-            self._lag.labels(kind).observe(outcome.lag_s)
-        for api in outcome.writes:
-            self._writes.labels(api).inc()
+        """Count one processed change: the engines' observer (quick, never raises)."""
+        self._observed.get(outcome.direction, self._observed["forward"]).observe(outcome)
 
     def watch(
         self,
@@ -118,13 +97,61 @@ class ReplicatorMetrics:
         feed: FeedView | None = None,
         limiter: QuotaLimiter | None = None,
         health: ServiceHealth | None = None,
+        failback_journal: Journal | None = None,
     ) -> None:
         """Read these at scrape time from now on (the service calls it once it has them)."""
-        self._scraped.bind(journal=journal, now=now, feed=feed, limiter=limiter, health=health)
+        self._scraped.bind(
+            journal=journal,
+            now=now,
+            feed=feed,
+            limiter=limiter,
+            health=health,
+            failback_journal=failback_journal,
+        )
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus text format (what ``/metrics`` serves)."""
         return generate_latest(self.registry)
+
+
+class _Observed:
+    """One direction's observed metrics: lag, outcomes, writes.
+
+    The failback engine of ``--failback auto`` has its own, ``iotdr_replicator_failback_*``.
+    """
+
+    def __init__(self, prefix: str, label: str, registry: CollectorRegistry) -> None:
+        self._lag = Histogram(
+            f"{prefix}_lag_seconds",
+            f"{label}From a change's acceptance into the journal to its application in the target.",
+            ["kind"],
+            buckets=LAG_BUCKETS_S,
+            registry=registry,
+        )
+        self._changes = Counter(
+            f"{prefix}_changes",
+            f"{label}Processed changes by object kind and result (done and scheduled are applied).",
+            ["kind", "result"],
+            registry=registry,
+        )
+        self._writes = Counter(
+            f"{prefix}_writes",
+            f"{label}Write calls made in the target region, by API.",
+            ["api"],
+            registry=registry,
+        )
+        for kind in KINDS:
+            self._lag.labels(kind)
+            for result in RESULTS:
+                self._changes.labels(kind, result)
+
+    def observe(self, outcome: Outcome) -> None:
+        kind = outcome.key.kind
+        self._changes.labels(kind, outcome.result).inc()
+        if outcome.lag_s is not None:
+            self._lag.labels(kind).observe(outcome.lag_s)
+        for api in outcome.writes:
+            self._writes.labels(api).inc()
 
 
 class _ScrapedCollector:
@@ -137,6 +164,7 @@ class _ScrapedCollector:
         self._feed: FeedView | None = None
         self._limiter: QuotaLimiter | None = None
         self._health: ServiceHealth | None = None
+        self._failback_journal: Journal | None = None
 
     @property
     def watching(self) -> bool:
@@ -150,17 +178,22 @@ class _ScrapedCollector:
         feed: FeedView | None,
         limiter: QuotaLimiter | None,
         health: ServiceHealth | None,
+        failback_journal: Journal | None,
     ) -> None:
         with self._lock:
             self._journal, self._now = journal, now
             self._feed, self._limiter, self._health = feed, limiter, health
+            self._failback_journal = failback_journal
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             journal, now, feed = self._journal, self._now, self._feed
             limiter, health = self._limiter, self._health
+            failback_journal = self._failback_journal
         if journal is not None and now is not None:
             yield from _journal_metrics(journal, now())
+            if failback_journal is not None:
+                yield from _journal_metrics(failback_journal, now(), "iotdr_replicator_failback")
         if feed is not None:
             yield from _feed_metrics(feed)
         if limiter is not None:
@@ -180,26 +213,28 @@ class _ScrapedCollector:
             )
 
 
-def _journal_metrics(journal: Journal, now: float) -> Iterator[Metric]:
+def _journal_metrics(
+    journal: Journal, now: float, prefix: str = "iotdr_replicator"
+) -> Iterator[Metric]:
     try:
         counts = journal.counts(now)
     except ReplicatorError as exc:
         # A scrape must not fail with the journal: say it is down instead.
         logger.warning("replicator.metrics.journal_failed", extra={"error": str(exc)})
-        yield GaugeMetricFamily("iotdr_replicator_journal_up", "1 when the journal reads.", 0)
+        yield GaugeMetricFamily(f"{prefix}_journal_up", "1 when the journal reads.", 0)
         return
-    yield GaugeMetricFamily("iotdr_replicator_journal_up", "1 when the journal reads.", 1)
+    yield GaugeMetricFamily(f"{prefix}_journal_up", "1 when the journal reads.", 1)
     gauges = (
-        ("iotdr_replicator_queue_pending", "Objects waiting to be applied.", counts.pending),
-        ("iotdr_replicator_queue_due", "Pending objects due now.", counts.due),
-        ("iotdr_replicator_queue_dead", "Objects given up on (dead).", counts.dead),
+        (f"{prefix}_queue_pending", "Objects waiting to be applied.", counts.pending),
+        (f"{prefix}_queue_due", "Pending objects due now.", counts.due),
+        (f"{prefix}_queue_dead", "Objects given up on (dead).", counts.dead),
         (
-            "iotdr_replicator_queue_oldest_pending_seconds",
+            f"{prefix}_queue_oldest_pending_seconds",
             "Age of the oldest pending change (0 when none).",
             counts.oldest_pending_s,
         ),
         (
-            "iotdr_replicator_dead_letters",
+            f"{prefix}_dead_letters",
             "Messages that could not be parsed, kept in the journal.",
             counts.dead_letters,
         ),

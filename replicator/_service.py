@@ -112,6 +112,7 @@ def run_service(
         feed=feed,
         limiter=_limiter_of(engine),
         health=ops.health,
+        failback_journal=failback[0].failback.journal if failback is not None else None,
     )
     if server is not None:
         server.start()

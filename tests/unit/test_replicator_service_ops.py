@@ -542,3 +542,34 @@ def test_lambda_configuration_from_the_environment() -> None:
         LambdaConfig.from_environ({"IOTDR_PRIMARY_REGION": EAST})
     with pytest.raises(ConfigError, match="must differ"):
         LambdaConfig.from_environ({"IOTDR_PRIMARY_REGION": EAST, "IOTDR_SECONDARY_REGION": EAST})
+
+
+def test_the_failback_engines_outcomes_and_queue_have_their_own_metrics() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from replicator._engine import Outcome
+    from replicator._journal import Journal
+    from replicator._metrics import ReplicatorMetrics
+    from replicator._records import ObjectNamed
+    from replicator._state import ObjectKey
+
+    metrics = ReplicatorMetrics()
+    key = ObjectKey.thing("t1")
+    metrics.observe(Outcome(key, "done", 1.0, ("CreateThing",)))
+    metrics.observe(Outcome(key, "unavailable", None, (), "us-east-1", "failback"))
+    with Journal(":memory:") as journal, Journal(":memory:", queue="failback") as back:
+        back.accept(ObjectNamed(region="us-west-2", key=key), now=0.0)
+        metrics.watch(journal=journal, now=lambda: 1.0, failback_journal=back)
+        text = metrics.exposition().decode()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    done = (("kind", "thing"), ("result", "done"))
+    unavailable = (("kind", "thing"), ("result", "unavailable"))
+    assert samples["iotdr_replicator_changes_total", done] == 1
+    assert samples["iotdr_replicator_changes_total", unavailable] == 0
+    assert samples["iotdr_replicator_failback_changes_total", unavailable] == 1
+    assert samples["iotdr_replicator_queue_pending", ()] == 0
+    assert samples["iotdr_replicator_failback_queue_pending", ()] == 1
