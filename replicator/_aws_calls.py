@@ -6,7 +6,9 @@ replicator's: ThrottlingException slows the bucket down and is retried with
 jittered backoff; ResourceNotFound becomes :class:`NotFoundError` (None for a
 read); AccessDenied stops the replicator with the missing permission named;
 5xx answers and connection failures mean the region is down
-(:class:`RegionUnavailableError`, retried later by the engine).
+(:class:`RegionUnavailableError`, retried later by the engine); credentials
+that boto3 cannot find or load stop the replicator with what to set
+(:class:`CredentialsError`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from replicator._errors import (
     AccessDeniedError,
     ConfigError,
     ConflictError,
+    CredentialsError,
     InvalidRequestError,
     NotFoundError,
     RefusedError,
@@ -36,7 +39,14 @@ if TYPE_CHECKING:
 
     from replicator._quotas import Clock, QuotaLimiter, RetryPolicy
 
-__all__ = ["BY_MARKER", "BY_NEXT", "RegionCalls", "RegionConfig", "translate_client_error"]
+__all__ = [
+    "BY_MARKER",
+    "BY_NEXT",
+    "RegionCalls",
+    "RegionConfig",
+    "translate_client_error",
+    "translate_credentials_error",
+]
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -92,6 +102,26 @@ _CONNECTION_ERRORS: Final = (
     botocore.exceptions.ConnectTimeoutError,
     botocore.exceptions.ReadTimeoutError,
     botocore.exceptions.ConnectionError,
+)
+# boto3 could not find or load credentials: no request was sent, and none will be until
+# the environment is fixed. (LoginError, of ``aws login``, is in botocore >= 1.40 only.)
+_SSO_ERRORS: Final = (
+    botocore.exceptions.SSOError,
+    botocore.exceptions.TokenRetrievalError,
+    botocore.exceptions.NoAuthTokenError,
+    getattr(botocore.exceptions, "LoginError", botocore.exceptions.SSOError),
+)
+_CREDENTIALS_ERRORS: Final = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.CredentialRetrievalError,
+    botocore.exceptions.RefreshWithMFAUnsupportedError,
+    botocore.exceptions.UnknownCredentialError,
+    botocore.exceptions.ProfileNotFound,
+    botocore.exceptions.ConfigNotFound,
+    botocore.exceptions.ConfigParseError,
+    botocore.exceptions.InvalidConfigError,
+    *_SSO_ERRORS,
 )
 
 
@@ -160,6 +190,33 @@ def translate_client_error(
     if code in _INVALID:
         return InvalidRequestError(text, region=region, api=api, code=code)
     return RefusedError(text, region=region, api=api, code=code)
+
+
+def translate_credentials_error(
+    exc: botocore.exceptions.BotoCoreError, *, region: str, api: str
+) -> CredentialsError:
+    """The replicator's error, saying what to do, when boto3 has no usable credentials."""
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        message = (
+            f"no AWS credentials for {region}: set AWS_PROFILE or "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run where an instance role is available"
+        )
+    elif isinstance(exc, botocore.exceptions.PartialCredentialsError):
+        message = (
+            f"incomplete AWS credentials for {region} ({exc}): set both "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use AWS_PROFILE"
+        )
+    elif isinstance(exc, _SSO_ERRORS):
+        message = (
+            f"the AWS login session for {region} cannot be used ({exc}): "
+            "log in again (aws sso login / aws login) or use other credentials"
+        )
+    else:
+        message = (
+            f"the AWS credentials for {region} cannot be loaded ({exc}): fix the profile "
+            "(AWS_PROFILE, AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE) or the environment"
+        )
+    return CredentialsError(message, region=region, api=api, code=type(exc).__name__)
 
 
 class RegionCalls:
@@ -234,6 +291,8 @@ class RegionCalls:
                     f"{api} in {self.region}: unreachable: {exc}", region=self.region, api=api
                 )
                 cause = exc
+            except _CREDENTIALS_ERRORS as exc:
+                raise translate_credentials_error(exc, region=self.region, api=api) from exc
             else:
                 self._limiter.succeeded(self.region, api)
                 return result

@@ -122,3 +122,11 @@ class AccessDeniedError(RegionError):
         if detail:
             message += f" ({detail})"
         super().__init__(message, region=region, api=api, code="AccessDeniedException")
+
+
+class CredentialsError(RegionError, ConfigError):
+    """boto3 found no usable credentials for a region; nothing can succeed until they are fixed.
+
+    Not a refusal by AWS (that is :class:`AccessDeniedError` with
+    ``credentials_refused``): no request was sent. The message says what to set.
+    """

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import random
+import re
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -17,11 +19,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from moto import mock_aws
 
+from device_agent.cli import main
 from replicator._aws import Boto3Region, RegionConfig, build_region, translate_client_error
 from replicator._engine import Engine, EngineConfig
 from replicator._errors import (
     AccessDeniedError,
+    ConfigError,
     ConflictError,
+    CredentialsError,
     InvalidRequestError,
     NotFoundError,
     RefusedError,
@@ -373,8 +378,6 @@ def test_throttling_slows_the_bucket_and_is_retried() -> None:
         def list_thing_groups_for_thing(self, **kwargs: Any) -> Any:
             return {"thingGroups": []}
 
-    import random
-
     region = Boto3Region(
         RegionConfig(region=WEST),
         iot=Iot(),
@@ -408,6 +411,123 @@ def test_an_unreachable_region_is_region_unavailable() -> None:
     )
     with pytest.raises(RegionUnavailableError, match="unreachable"):
         region.read_thing("t1", principals=False)
+
+
+def _unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_no_credentials_is_one_line_naming_the_region_and_what_to_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _no_credentials(monkeypatch)
+    region = build_region(
+        RegionConfig(region=EAST, endpoint_url=f"http://127.0.0.1:{_unused_port()}"),
+        limiter=QuotaLimiter(),
+        retry=RetryPolicy(max_attempts=3, base_s=0.01, cap_s=0.01),
+    )
+    with pytest.raises(CredentialsError) as caught:
+        region.read_thing("t1", principals=False)
+    error = caught.value
+    assert str(error) == (
+        f"no AWS credentials for {EAST}: set AWS_PROFILE or "
+        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run where an instance role is available"
+    )
+    assert isinstance(error, ConfigError)
+    assert error.exit_code == 2
+    assert (error.region, error.api) == (EAST, "DescribeThing")
+    assert region.calls == {"DescribeThing": 1}  # not retried: it cannot pass
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (
+            botocore.exceptions.PartialCredentialsError(provider="env", cred_var="secret"),
+            "incomplete AWS credentials for us-west-2",
+        ),
+        (
+            botocore.exceptions.UnauthorizedSSOTokenError(),
+            "log in again (aws sso login / aws login)",
+        ),
+        (
+            botocore.exceptions.CredentialRetrievalError(provider="process", error_msg="exit 1"),
+            "the AWS credentials for us-west-2 cannot be loaded",
+        ),
+        (botocore.exceptions.ProfileNotFound(profile="nope"), "fix the profile"),
+    ],
+)
+def test_credentials_that_cannot_be_loaded_are_credentials_errors(
+    exc: Exception, expected: str
+) -> None:
+    class Iot:
+        def describe_thing(self, **kwargs: Any) -> Any:
+            raise exc
+
+    region = Boto3Region(
+        RegionConfig(region=WEST),
+        iot=Iot(),
+        data_client=lambda url: None,
+        limiter=QuotaLimiter(),
+        retry=RetryPolicy(max_attempts=3, base_s=0.01, cap_s=0.01),
+        rng=random.Random(1),
+        clock=FakeClock(),
+    )
+    with pytest.raises(CredentialsError, match=re.escape(expected)) as caught:
+        region.read_thing("t1", principals=False)
+    assert "\n" not in str(caught.value)
+    assert caught.value.__cause__ is exc
+    assert region.calls == {"DescribeThing": 1}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [
+            "replicator",
+            "reconcile",
+            "--primary-region",
+            EAST,
+            "--secondary-region",
+            WEST,
+            "--primary-endpoint-url",
+            "http://127.0.0.1:{port}",
+            "--secondary-endpoint-url",
+            "http://127.0.0.1:{port}",
+            "--dry-run",
+        ],
+        [
+            "replicator",
+            "jitr",
+            "--region",
+            "us-west-2",
+            "--endpoint-url",
+            "http://127.0.0.1:{port}",
+            "--policy",
+            "p",
+            "--once",
+        ],
+    ],
+    ids=["reconcile", "jitr"],
+)
+def test_the_commands_say_no_credentials_in_one_line_and_exit_2(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _no_credentials(monkeypatch)
+    port = _unused_port()
+    code = main([arg.format(port=port) for arg in args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("iotdr: error: no AWS credentials for ")
+    assert "Traceback" not in err
+    assert err.count("\n") == 1
 
 
 def test_thing_type_deletion_deprecates_then_deletes_on_schedule(moto: Moto) -> None:
