@@ -81,6 +81,11 @@ def configure_logging(level: str = "info", *, json_lines: bool = False) -> None:
         root_logger.removeHandler(old)
     root_logger.addHandler(handler)
     root_logger.setLevel(level.upper())
+    # boto3 says "Found credentials in ..." at INFO for every client it builds: noise in
+    # a service's logs. Their warnings still show; --log-level debug shows everything.
+    chatty = logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING
+    for name in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(name).setLevel(chatty)
 
 
 def emit(result: object, *, as_json: bool, text: str | None = None) -> None:
