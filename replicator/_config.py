@@ -7,9 +7,14 @@ the file. The values become click's ``default_map``, so that the command line
 wins over the environment, the environment over the file, and the file over
 the defaults; click checks them like command-line values.
 
-A bad file (missing, not TOML, an unknown key, a value of the wrong type or
-out of range) is a :class:`~replicator._errors.ConfigError` naming the file and
-the key: one line, exit 2.
+One file serves every ``iotdr replicator`` command that takes ``--config``
+(``run`` and ``reconcile``): a key that is an option of another of them
+(``feed`` for ``reconcile``, ``dry_run`` for ``run``) is ignored by the command
+that does not have it, unchecked (the command that has it checks it).
+
+A bad file (missing, not TOML, a key no such command knows, a value of the
+wrong type or out of range) is a :class:`~replicator._errors.ConfigError`
+naming the file and the key: one line, exit 2.
 """
 
 from __future__ import annotations
@@ -34,11 +39,12 @@ def load_default_map(path: Path, ctx: click.Context) -> dict[str, Any]:
     Args:
         path: the TOML file.
         ctx: the context of the command being invoked (its options say which
-            keys exist and what they hold).
+            keys exist and what they hold; its group's other commands, which
+            keys to ignore).
 
     Raises:
-        ConfigError: the file cannot be read, is not TOML, or holds an unknown
-            key or a bad value.
+        ConfigError: the file cannot be read, is not TOML, or holds a key no
+            command knows or a bad value.
     """
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -47,13 +53,17 @@ def load_default_map(path: Path, ctx: click.Context) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config {path}: not TOML: {exc}") from None
     options = _options_by_key(ctx.command)
+    theirs = {k for other in _siblings(ctx) for k in _options_by_key(other)}
     found: dict[str, Any] = {}
     for key, raw in document.items():
-        option = options.get(key.replace("-", "_"))
+        name = key.replace("-", "_")
+        option = options.get(name)
+        if option is None and name in theirs:
+            continue  # another command's option: that command checks it
         if option is None or option.name is None:
-            known = ", ".join(sorted(options))
+            known = ", ".join(sorted(options.keys() | theirs))
             raise ConfigError(f"config {path}: unknown key {key!r} (known: {known})")
-        if key.replace("-", "_") == QUOTA_KEY:
+        if name == QUOTA_KEY:
             value: object = _quota_table(path, key, raw)
         else:
             _check_type(path, key, option, raw)
@@ -64,6 +74,24 @@ def load_default_map(path: Path, ctx: click.Context) -> dict[str, Any]:
             raise ConfigError(f"config {path}: key {key!r}: {exc.format_message()}") from None
         found[option.name] = value
     return found
+
+
+def _siblings(ctx: click.Context) -> list[click.Command]:
+    """The other commands of ``ctx.command``'s group that read a ``--config`` file too."""
+    parent = ctx.parent
+    if parent is not None and isinstance(parent.command, click.Group):
+        group = parent.command
+    else:  # invoked on its own (tests, embedding): its group is still ``iotdr replicator``
+        from replicator.cli import replicator  # noqa: PLC0415 - cli imports this module lazily
+
+        group = replicator
+    if not any(command is ctx.command for command in group.commands.values()):
+        return []
+    return [
+        command
+        for command in group.commands.values()
+        if command is not ctx.command and any(p.name == "config" for p in command.params)
+    ]
 
 
 def _options_by_key(command: click.Command | None) -> dict[str, click.Option]:

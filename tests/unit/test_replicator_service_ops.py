@@ -27,7 +27,7 @@ from replicator._quotas import RetryPolicy
 from replicator._records import DeadLetter, ObjectNamed
 from replicator._service import ServiceOps
 from replicator._state import ObjectKey, ThingState
-from replicator.cli import replicator_reconcile, replicator_run
+from replicator.cli import replicator, replicator_reconcile, replicator_run
 from replicator.lambda_handler import LambdaConfig, LambdaReplicator, fifo_failures
 
 if TYPE_CHECKING:
@@ -121,6 +121,47 @@ def test_the_config_file_can_come_from_the_environment(
     params = resolved(replicator_run, [])
     assert (params["feed"], params["listen"]) == ("h:1", "off")
     assert params["journal_path"] == tmp_path / "j.db"
+
+
+SHARED = (
+    'primary_region = "us-east-1"\nsecondary_region = "us-west-2"\njournal = "j.db"\n'
+    'feed = "h:1"\nlisten = "off"\nfailback = "auto"\nfailback-feed = "h:2"\n'  # run's
+    'dry_run = true\nkind = ["thing"]\n'  # reconcile's
+)
+
+
+def test_one_config_file_serves_run_and_reconcile_on_their_own(tmp_path: Path) -> None:
+    path = write(tmp_path, SHARED)
+    reconcile = resolved(replicator_reconcile, ["--config", str(path)])
+    assert (reconcile["dry_run"], reconcile["kinds"]) == (True, ("thing",))
+    assert "feed" not in reconcile
+    run = resolved(replicator_run, ["--config", str(path)])
+    assert (run["feed"], run["failback"], run["failback_feed"]) == ("h:1", "auto", "h:2")
+    assert "dry_run" not in run
+    assert reconcile["journal_path"] == run["journal_path"] == tmp_path / "j.db"
+
+
+@pytest.mark.parametrize("name", ["run", "reconcile"])
+def test_one_config_file_serves_run_and_reconcile_under_their_group(
+    tmp_path: Path, name: str
+) -> None:
+    path = write(tmp_path, SHARED)
+    with replicator.make_context("replicator", [name]) as group:
+        ctx = replicator.commands[name].make_context(name, ["--config", str(path)], parent=group)
+    assert ctx.params["primary_region"] == EAST
+    assert ("feed" in ctx.params) == (name == "run")
+
+
+@pytest.mark.parametrize("name", ["run", "reconcile"])
+def test_a_key_no_command_knows_still_fails_with_a_shared_file(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, SHARED + "feeds = 1\n")
+    code = main(["replicator", name, "--config", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"iotdr: error: config {path}: unknown key 'feeds' (known: ")
+    assert len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize(
