@@ -108,9 +108,16 @@ class Assessor:
 
     def fingerprints(self, assessment: Assessment) -> tuple[str | None, str | None]:
         """The source's and the target's fingerprints of a registry object (see ``_sync.py``)."""
+        scopes = [_scope(self.source), _scope(self.target)]
+        scopes.extend(
+            found
+            for state in (assessment.source, assessment.target)
+            if isinstance(state, PolicyState) and (found := scope_of_arn(state.arn))
+        )
+        both = tuple(dict.fromkeys(s for s in scopes if s.account))
         return (
-            fingerprint(assessment.source, mode=self.mode, scope=_scope(self.source)),
-            fingerprint(assessment.target, mode=self.mode, scope=_scope(self.target)),
+            fingerprint(assessment.source, mode=self.mode, scopes=both),
+            fingerprint(assessment.target, mode=self.mode, scopes=both),
         )
 
     def assess(
@@ -120,6 +127,7 @@ class Assessor:
         sync: ShadowSync | None,
         source_state: object = UNREAD,
         synced: str | None = None,
+        required: bool = False,
     ) -> Assessment:
         """Read ``key`` (the source only if ``source_state`` is :data:`UNREAD`) and plan it.
 
@@ -128,13 +136,27 @@ class Assessor:
             sync: a shadow's sync point.
             source_state: the source's state when already read.
             synced: a registry object's sync point (its fingerprint), for failback.
+            required: planned as another object's requirement (see ``_sync.py``).
         """
         found = self._assess(key, sync=sync, source_state=source_state)
         if key.kind == "shadow" or (self.direction == "forward" and not self.keep_target_changes):
             return found
+        if self.direction == "failback" and _never_failed_back(found, synced):
+            return Assessment(Plan(key), found.source, found.target)
         source, target = self.fingerprints(found)
-        guard = failback_guard if self.direction == "failback" else forward_guard
-        plan = guard(found.plan, source=source, target=target, synced=synced)
+        # Never-synced objects that exist on one side only: devices (things and
+        # their certificates) registered in the secondary during an outage, and
+        # what such a device needs, are the secondary's own; other kinds are the
+        # primary's (a type deleted there is deleted, not brought back).
+        own = key.kind in ("thing", "certificate") or required
+        if self.direction == "failback":
+            plan = failback_guard(
+                found.plan, source=source, target=target, synced=synced, copy_new=own
+            )
+        else:
+            plan = forward_guard(
+                found.plan, source=source, target=target, synced=synced, keep_new=own
+            )
         return Assessment(plan, found.source, found.target)
 
     def _assess(
@@ -235,3 +257,21 @@ class Assessor:
 
 def _scope(region: RegionApi) -> ArnScope:
     return ArnScope(region.region, region.account_id or "")
+
+
+_TRANSIENT: Final = frozenset({"PENDING_ACTIVATION", "PENDING_TRANSFER", "REGISTER_INACTIVE"})
+
+
+def _never_failed_back(found: Assessment, synced: str | None) -> bool:
+    """What failback leaves alone whatever the fingerprints say.
+
+    A certificate in a transient status in the primary (being activated by
+    the primary's own JITR, being transferred): the secondary holds only its
+    INACTIVE stand-in. A thing type that is deprecated in the secondary and was
+    never synced: a type on its way out (the forward direction deprecates a
+    type five minutes before deleting it), not one to bring back.
+    """
+    target, source = found.target, found.source
+    if isinstance(target, CertificateState) and target.status in _TRANSIENT:
+        return True
+    return synced is None and isinstance(source, ThingTypeState) and source.deprecated

@@ -50,7 +50,15 @@ from replicator._errors import (
     ReplicatorError,
     ThrottledError,
 )
-from replicator._ops import Conflict, DeleteThingShadow, ScheduleAt, UpdateThingShadow
+from replicator._ops import (
+    Conflict,
+    CreateThing,
+    DeleteThingShadow,
+    DeprecateThingType,
+    Plan,
+    ScheduleAt,
+    UpdateThingShadow,
+)
 from replicator._plan import THING_TYPE_DELETE_AFTER_S
 from replicator._plan_shadow import ShadowSync
 from replicator._quotas import RetryPolicy
@@ -61,7 +69,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from replicator._journal import Claim, Journal
-    from replicator._ops import Plan
     from replicator._plan import Mode
     from replicator._region import RegionApi
     from replicator._sync import Direction
@@ -71,6 +78,7 @@ __all__ = ["Engine", "EngineConfig", "EngineStats", "Outcome"]
 logger = logging.getLogger(__name__)
 
 _MAX_REQUIRE_DEPTH = 6
+_DEFER_S = 1.0  # how long a failback change waits for the forward direction's
 _ENSURED_PRUNE_AT = 10_000  # entries of the "applied recently" memo before old ones go
 
 
@@ -127,7 +135,8 @@ class Outcome:
 
     Attributes:
         key: the object.
-        result: ``done``, ``scheduled``, ``retry`` (a failure to try again),
+        result: ``done``, ``scheduled``, ``deferred`` (failback waiting for the
+            forward direction), ``retry`` (a failure to try again),
             ``throttled``, ``unavailable`` (a region is down), ``denied`` or ``dead``.
         lag_s: from acceptance to applied (``done`` and ``scheduled``), else None.
         writes: the write APIs called for it (requirements included).
@@ -226,7 +235,9 @@ class Engine:
             keep_target_changes=self.config.keep_target_changes,
         )
         self._lock = threading.Lock()
+        self._keys_lock = threading.Lock()  # guards _inflight, which another engine may share
         self._inflight: dict[ObjectKey, threading.Event] = {}
+        self._defer_to: Journal | None = None
         self._ensured: dict[ObjectKey, float] = {}
         self._observers: list[Callable[[Outcome], None]] = [observer] if observer else []
         self._writes = threading.local()
@@ -237,6 +248,25 @@ class Engine:
             f"{self.config.direction}, "
             f"applied={self.stats.applied}, dead={self.stats.dead})"
         )
+
+    def pair_with(self, forward: Engine) -> None:
+        """Run beside ``forward`` (this engine failing back): one object at a time between them.
+
+        Both engines then share the set of objects being applied, so the two
+        directions never apply the same object at once, and this engine leaves
+        an object alone while ``forward`` has a change of it pending: the
+        forward direction finishes first, and its writes' echoes are then seen
+        for what they are.
+        """
+        if self.config.direction != "failback" or forward.config.direction != "forward":
+            raise ValueError("pair a failback engine with a forward one")
+        self._inflight = forward._inflight
+        self._keys_lock = forward._keys_lock
+        self._defer_to = forward.journal
+
+    def defers(self, key: ObjectKey) -> bool:
+        """Whether ``key`` is left to the paired forward engine for now (see :meth:`pair_with`)."""
+        return self._defer_to is not None and self._defer_to.is_pending(key)
 
     def add_observer(self, observer: Callable[[Outcome], None]) -> None:
         """Also call ``observer`` with every :class:`Outcome` (see the constructor)."""
@@ -254,6 +284,7 @@ class Engine:
         *,
         sync: ShadowSync | None = None,
         source_state: object = UNREAD,
+        required: bool = False,
     ) -> Assessment:
         """Read ``key`` in both regions and plan; no writes. Reconcile uses this too.
 
@@ -262,13 +293,17 @@ class Engine:
             sync: a shadow's sync point; None reads it from the journal.
             source_state: the source's state when already read (writes to the
                 target do not change it), else :data:`UNREAD`.
+            required: planned as a requirement of another object (failback then
+                copies a type, group or policy that exists only in the source).
         """
         if key.kind == "shadow":
             if sync is None:
                 sync = self._shadow_sync(key)
             return self._assessor.assess(key, sync=sync, source_state=source_state)
         synced = self.journal.object_sync(key, self._regions)
-        return self._assessor.assess(key, sync=None, source_state=source_state, synced=synced)
+        return self._assessor.assess(
+            key, sync=None, source_state=source_state, synced=synced, required=required
+        )
 
     @property
     def _regions(self) -> tuple[str, str]:
@@ -293,10 +328,16 @@ class Engine:
         Raises:
             ReplicatorError: a read or a write failed (see the module docstring).
         """
-        return self._apply(key, depth=0, chain=frozenset())
+        _, mine = self._enter(key)
+        try:
+            return self._apply(key, depth=0, chain=frozenset())
+        finally:
+            self._leave(key, mine)
 
     def _apply(self, key: ObjectKey, *, depth: int, chain: frozenset[ObjectKey]) -> Plan:
-        assessment = self.assess(key)
+        if self.defers(key):
+            return Plan(key)  # the forward direction's change goes first (see pair_with)
+        assessment = self.assess(key, required=depth > 0)
         plan = assessment.plan
         wrote = False
         for required in plan.requires:
@@ -304,12 +345,30 @@ class Engine:
                 continue
             wrote |= self._apply_required(required, depth=depth + 1, chain=chain | {key})
         if wrote:  # what the plan saw of the target has changed: plan again
-            assessment = self.assess(key, source_state=assessment.source)
+            assessment = self.assess(key, source_state=assessment.source, required=depth > 0)
             plan = assessment.plan
-        self._execute(assessment)
         now = self._wall()
-        for follow in plan.follow_ups:
+        for follow in plan.follow_ups:  # before the writes: pending while they happen
             self.journal.accept(ObjectNamed(key=follow, region=self.source.region), now=now)
+            if follow.kind != "shadow":
+                # these writes change it in the target: this engine's doing, not a
+                # change made there that a guard should keep (see _sync.py)
+                self.journal.set_object_sync(follow, self._regions, None, now=now)
+        # A thing's plan may undo a type's deprecation for a moment (AWS refuses a
+        # deprecated type on a thing): hold the type too, so that nothing else (the
+        # failback direction seeing the moment's echo) takes it for a change.
+        types = {
+            ObjectKey.thing_type(op.type_name)
+            for op in plan.ops
+            if isinstance(op, DeprecateThingType) and op.undo and key.kind != "thingType"
+        }
+        held = [(type_key, self._enter(type_key)[1]) for type_key in sorted(types)]
+        try:
+            self._execute(assessment)
+        finally:
+            for held_key, token in held:
+                self._leave(held_key, token)
+        now = self._wall()
         with self._lock:
             self._ensured[key] = now
             if len(self._ensured) > _ENSURED_PRUNE_AT:
@@ -336,7 +395,7 @@ class Engine:
         """Become the one worker applying ``key``, waiting for another that is; (waited, token)."""
         waited = False
         while True:
-            with self._lock:
+            with self._keys_lock:
                 running = self._inflight.get(key)
                 if running is None:
                     mine = threading.Event()
@@ -346,7 +405,7 @@ class Engine:
             running.wait(60.0)
 
     def _leave(self, key: ObjectKey, mine: threading.Event) -> None:
-        with self._lock:
+        with self._keys_lock:
             if self._inflight.get(key) is mine:
                 del self._inflight[key]
         mine.set()
@@ -444,6 +503,11 @@ class Engine:
 
     def _process(self, claim: Claim) -> tuple[str, float | None]:
         key = claim.key
+        if self.defers(key):
+            now = self._wall()
+            reason = "waiting for the forward direction's pending change"
+            self.journal.schedule(claim, now=now, not_before=now + _DEFER_S, reason=reason)
+            return "deferred", None
         try:
             plan = self._apply(key, depth=0, chain=frozenset())
         except AccessDeniedError as exc:
@@ -465,7 +529,7 @@ class Engine:
             logger.exception("replicator.apply.failed", extra={"key": str(key)})
             return self._retry(claim, exc, forever=False), None
         now = self._wall()
-        lag = max(0.0, now - claim.accepted_at)
+        lag = max(0.0, now - claim.due_since)
         with self._lock:
             self.stats.applied += 1
             self.stats.in_sync += plan.in_sync
@@ -480,12 +544,19 @@ class Engine:
         self.journal.done(claim, now=now)
         record = claim.record
         recheck = self.config.thing_recheck_s
+        created = any(isinstance(op, CreateThing) for op in plan.ops) or (
+            isinstance(record, ThingChanged) and record.operation == "CREATED"
+        )
         if (
             recheck is not None
-            and isinstance(record, ThingChanged)
-            and record.operation == "CREATED"
+            and key.kind == "thing"
+            and created
+            and self.config.mode == "complete"
         ):
-            again = ObjectNamed(key=key, region=record.region)
+            # AWS publishes no event when a certificate is attached, usually just after
+            # the create: look again. (The journal keeps an object's latest record only,
+            # so a type association right after the create must not hide the create.)
+            again = ObjectNamed(key=key, region=self.source.region)
             self.journal.accept(again, now=now, not_before=now + recheck)
         return "done", lag
 

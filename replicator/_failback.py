@@ -12,14 +12,23 @@ a shadow a device reported, an operator's edit) is copied back as soon as the
 primary accepts writes; while the primary is down it waits in the failback
 queue with backoff, as any change does.
 
+The two engines never apply the same object at once, and the failback engine
+leaves an object alone while the forward direction has a change of it pending
+(:meth:`~replicator._engine.Engine.pair_with`): the forward change goes first,
+and the echo of its writes in the secondary is then seen as nothing new.
+
 What events cannot cover (the secondary's broker dropped a message, the
 replicator was down during the outage) a full pass does: when the primary's
-control plane comes back after the forward engine saw it unavailable,
-:class:`AutoFailback` runs the failback reconcile (guarded: it copies back
-only what changed in the secondary), then wakes both queues so that changes
-backing off for minutes are tried at once. The primary being down is learnt
-from the forward engine's outcomes; its return from a cheap read probed every
-``probe_interval_s`` while it is down.
+control plane comes back after either engine saw it unavailable,
+:class:`AutoFailback` wakes the forward queue (its changes win), runs the
+failback reconcile (guarded: it copies back only what changed in the
+secondary, and skips objects with a forward change pending), then wakes the
+failback queue, so that changes backing off for minutes are tried at once.
+The primary being down is learnt from the engines' outcomes and kept in the
+journal (``failback_due``) until a pass completes, so that a restart in
+between still runs it; the primary's return is learnt from a cheap read
+probed every ``probe_interval_s`` while it is down. A pass that fails or is
+stopped stays due.
 """
 
 from __future__ import annotations
@@ -27,9 +36,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from replicator._errors import AccessDeniedError, ReplicatorError
+from replicator._errors import AccessDeniedError, ReplicatorError, RetryableError
 from replicator._reconcile import reconcile
 
 if TYPE_CHECKING:
@@ -41,6 +50,7 @@ __all__ = ["AutoFailback", "OutageWatch"]
 
 logger = logging.getLogger(__name__)
 
+_DUE: Final = "failback_due"  # journal meta: an outage was seen, the full pass not yet done
 _PROBE_THING = "iotdr-failback-probe"  # read, never written: NotFound means the region answers
 
 
@@ -50,11 +60,19 @@ class OutageWatch:
     Args:
         region: the region watched (the primary).
         clock: monotonic seconds.
+        on_down: called (once per outage) when the region is first seen down.
     """
 
-    def __init__(self, region: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        region: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_down: Callable[[], None] | None = None,
+    ) -> None:
         self.region = region
         self._clock = clock
+        self._on_down = on_down
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self.outages = 0
@@ -72,9 +90,12 @@ class OutageWatch:
         """Take an outcome of the engine copying from (or to) the region."""
         if outcome.result == "unavailable" and outcome.region == self.region:
             with self._lock:
-                if self._down_since is None:
+                went_down = self._down_since is None
+                if went_down:
                     self._down_since = self._clock()
                     self.outages += 1
+            if went_down and self._on_down is not None:
+                self._on_down()
 
     def mark_down(self) -> None:
         """Mark the region down (a full pass could not finish)."""
@@ -113,7 +134,10 @@ class AutoFailback:
             raise ValueError("AutoFailback needs a forward and a failback engine")
         self.forward = forward
         self.failback = failback
-        self.watch = OutageWatch(forward.source.region)
+        failback.pair_with(forward)
+        self.watch = OutageWatch(forward.source.region, on_down=self._remember_outage)
+        if forward.journal.meta(_DUE) is not None:  # an outage before a restart, not failed back
+            self.watch.mark_down()
         self.passes = 0
         self.failed: BaseException | None = None
         self._report = report
@@ -124,6 +148,10 @@ class AutoFailback:
 
     def __repr__(self) -> str:
         return f"AutoFailback({self.watch!r}, passes={self.passes})"
+
+    def _remember_outage(self) -> None:
+        """Keep "a full pass is due" in the journal: a restart before it must not lose it."""
+        self.forward.journal.set_meta(_DUE, str(self.forward.now()), now=self.forward.now())
 
     def run(self, stop: threading.Event) -> None:
         """Run the failback engine and the watch until ``stop`` is set.
@@ -139,7 +167,7 @@ class AutoFailback:
         try:
             while not stop.wait(self._probe_interval_s):
                 if self.watch.down and self._primary_answers():
-                    self.full_pass(self.watch.came_back() or 0.0)
+                    self.full_pass(self.watch.came_back() or 0.0, stop)
         except Exception as exc:  # noqa: BLE001 - kept on .failed and raised below
             self.failed = exc
             stop.set()
@@ -164,8 +192,17 @@ class AutoFailback:
             return False
         return True
 
-    def full_pass(self, outage_s: float) -> None:
-        """Copy back everything that changed in the secondary, then wake both queues."""
+    def full_pass(self, outage_s: float, stop: threading.Event | None = None) -> bool:
+        """Copy back everything that changed in the secondary, then wake both queues.
+
+        Returns whether the pass completed. One that failed (the primary failed
+        again, throttling beyond the retries) or was stopped stays due: the watch
+        is marked down again, and the journal remembers it across a restart.
+
+        Raises:
+            AccessDeniedError: a permission is missing.
+            JournalError: the journal failed.
+        """
         self._report(
             {
                 "event": "replicator.failback.started",
@@ -173,19 +210,34 @@ class AutoFailback:
                 "outage_s": round(outage_s, 3),
             }
         )
-        report = reconcile(self.failback, dry_run=False, workers=self._workers)
-        self.passes += 1
         now = self.forward.now()
-        woken = self.failback.journal.wake(now=now) + self.forward.journal.wake(now=now)
+        woken = self.forward.journal.wake(now=now)  # the forward changes first: they win
+        try:
+            report = reconcile(self.failback, dry_run=False, workers=self._workers, stop=stop)
+        except AccessDeniedError:
+            raise
+        except RetryableError as exc:
+            self.watch.mark_down()
+            self._report({"event": "replicator.failback.failed", "error": str(exc)})
+            return False
+        woken += self.failback.journal.wake(now=self.forward.now())
+        complete = not (report.errors or report.interrupted)
         self._report(
             {
-                "event": "replicator.failback.complete",
+                "event": "replicator.failback.complete"
+                if complete
+                else "replicator.failback.incomplete",
                 "compared": report.compared,
                 "copied_back": report.differing,
                 "conflicts": report.conflicts,
+                "deferred": report.deferred,
                 "errors": report.errors,
                 "woken": woken,
             }
         )
-        if report.errors:  # the primary failed again, or objects could not be read: once more
+        if not complete:  # the primary failed again, objects could not be read, or a stop
             self.watch.mark_down()
+            return False
+        self.passes += 1
+        self.forward.journal.set_meta(_DUE, None, now=self.forward.now())
+        return True

@@ -73,6 +73,11 @@ CREATE TABLE IF NOT EXISTS shadow_sync (
     target_version INTEGER NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS object_sync (
     key TEXT PRIMARY KEY,
     regions TEXT NOT NULL,
@@ -109,6 +114,16 @@ class Claim:
     generation: int
     attempts: int
     accepted_at: float
+    not_before: float = 0.0
+
+    @property
+    def due_since(self) -> float:
+        """Since when the change has been waiting to be applied, for lag.
+
+        The acceptance time, or the time it was scheduled for when it waited on
+        purpose (a thing type's deletion, a re-check) rather than after failures.
+        """
+        return self.accepted_at if self.attempts else max(self.accepted_at, self.not_before)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,13 +277,13 @@ class Journal:
         """Up to ``limit`` due pending changes, oldest first, leaving out ``exclude``."""
         skip = {str(k) for k in exclude}
         rows = self._read(
-            "SELECT key, record, generation, attempts, accepted_at FROM {q}"
+            "SELECT key, record, generation, attempts, accepted_at, not_before FROM {q}"
             " WHERE state = 'pending' AND not_before <= ? ORDER BY not_before, accepted_at"
             " LIMIT ?",
             (now, limit + len(skip)),
         )
         claims = []
-        for key, record, generation, attempts, accepted_at in rows:
+        for key, record, generation, attempts, accepted_at, not_before in rows:
             if key in skip:
                 continue
             claims.append(
@@ -278,6 +293,7 @@ class Journal:
                     int(generation),
                     int(attempts),
                     float(accepted_at),
+                    float(not_before),
                 )
             )
         return claims[:limit]
@@ -378,6 +394,29 @@ class Journal:
             {"now": now},
         )
 
+    def is_pending(self, key: ObjectKey) -> bool:
+        """Whether ``key`` has a pending change in this queue (due or not)."""
+        return bool(
+            self._read("SELECT 1 FROM {q} WHERE key = ? AND state = 'pending'", (str(key),))
+        )
+
+    # -- the service's own state --------------------------------------------------------------
+
+    def meta(self, name: str) -> str | None:
+        """A value the service keeps across restarts (``failback_due``...), or None."""
+        rows = self._read("SELECT value FROM meta WHERE name = ?", (name,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, name: str, value: str | None, *, now: float) -> None:
+        """Keep ``value`` under ``name`` (None: forget it)."""
+        if value is None:
+            self._write("DELETE FROM meta WHERE name = :name", {"name": name})
+        else:
+            self._write(
+                "INSERT OR REPLACE INTO meta VALUES (:name, :value, :now)",
+                {"name": name, "value": value, "now": now},
+            )
+
     # -- registry sync points ---------------------------------------------------------------
 
     def object_sync(self, key: ObjectKey, regions: tuple[str, str]) -> str | None:
@@ -434,7 +473,14 @@ class Journal:
             " WHERE state = 'pending' AND not_before <= ?",
             (now,),
         )[0]
-        oldest = self._read("SELECT min(accepted_at) FROM {q} WHERE state = 'pending'")[0][0]
+        # The oldest change waiting: failing ones since their acceptance (a region
+        # down shows as lag), ones waiting on purpose only once they are due.
+        oldest = self._read(
+            "SELECT min(CASE WHEN attempts > 0 THEN accepted_at"
+            " ELSE max(accepted_at, not_before) END) FROM {q}"
+            " WHERE state = 'pending' AND (attempts > 0 OR not_before <= ?)",
+            (now,),
+        )[0][0]
         letters = self._read("SELECT count(*) FROM dead_letters")[0][0]
         return JournalCounts(
             pending=int(by_state.get("pending", 0)),

@@ -9,7 +9,8 @@ service's readiness. Reading at scrape time keeps the numbers true after a
 restart (the journal is durable) and costs nothing between scrapes.
 
 Applied, failed and throttled changes are ``iotdr_replicator_changes_total``
-by ``result``: applied is ``done`` and ``scheduled``; failed is ``retry``,
+by ``result``: applied is ``done`` and ``scheduled``; ``deferred`` is a failback
+change waiting for the forward direction's change of the same object; failed is ``retry``,
 ``unavailable``, ``denied`` and ``dead``; ``throttled`` is its own result.
 Every (kind, result) series exists from the start at 0, so that ``rate()``
 sees the first increment. With ``--failback auto`` the failback engine's
@@ -53,7 +54,9 @@ LAG_BUCKETS_S: Final = (
 )  # fmt: skip
 """From a shadow update applied within a round trip to a backlog an hour old."""
 
-RESULTS: Final = ("done", "scheduled", "retry", "throttled", "unavailable", "denied", "dead")
+RESULTS: Final = (
+    "done", "scheduled", "deferred", "retry", "throttled", "unavailable", "denied", "dead",
+)  # fmt: skip
 """The engine's outcomes of one processed change (see :class:`~replicator._engine.Outcome`)."""
 
 _FEED_OUTCOMES: Final = (

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from replicator._errors import AccessDeniedError, ReplicatorError
 from replicator._ops import Conflict, ScheduleAt, describe
@@ -64,6 +65,8 @@ class ReconcileReport:
         compared: objects compared, by kind.
         differing: objects that differed, by kind.
         conflicts: differences left alone on purpose (newer in the target...).
+        deferred: objects a failback pass left to the forward direction's pending change.
+        interrupted: the run was stopped before it compared everything.
         errors: objects whose assessment or repair failed.
         differences: the objects that differed, with their plans.
     """
@@ -75,6 +78,8 @@ class ReconcileReport:
     compared: dict[str, int] = field(default_factory=dict)
     differing: dict[str, int] = field(default_factory=dict)
     conflicts: int = 0
+    deferred: int = 0
+    interrupted: bool = False
     errors: int = 0
     differences: list[Difference] = field(default_factory=list)
 
@@ -98,6 +103,12 @@ class ReconcileReport:
                 for op in difference.ops
             )
             lines.append(f"  {difference.key}: {steps}")
+        if self.deferred:
+            lines.append(
+                f"  {self.deferred} objects left to the forward direction's pending changes"
+            )
+        if self.interrupted:
+            lines.append("  stopped before everything was compared")
         lines.append("in sync" if not self.drift else f"{len(self.differences)} objects differ")
         return "\n".join(lines)
 
@@ -111,6 +122,8 @@ class ReconcileReport:
             "compared": self.compared,
             "differing": self.differing,
             "conflicts": self.conflicts,
+            "deferred": self.deferred,
+            "interrupted": self.interrupted,
             "errors": self.errors,
             "drift": self.drift,
             "differences": [d.as_dict() for d in self.differences],
@@ -139,11 +152,15 @@ def reconcile(
     dry_run: bool,
     kinds: Iterable[Kind] = KINDS,
     workers: int = 8,
+    stop: threading.Event | None = None,
 ) -> ReconcileReport:
     """Compare both regions completely and repair the target unless ``dry_run``.
 
     A plan that schedules a later step (a thing type deleted five minutes after
-    its deprecation) journals it in the engine's journal.
+    its deprecation) journals it in the engine's journal. A failback engine
+    paired with a forward one (:meth:`Engine.pair_with`) leaves objects that
+    have a forward change pending to it (counted as ``deferred``). Setting
+    ``stop`` ends the run after the objects being compared (``interrupted``).
 
     Raises:
         AccessDeniedError: a permission is missing (the report so far is lost: fix and rerun).
@@ -157,19 +174,26 @@ def reconcile(
     wanted = [k for k in KINDS if k in set(kinds)]
     if engine.config.mode == "jitr":
         wanted = [k for k in wanted if k not in ("certificate", "policy")]
+    stop = stop or threading.Event()
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         for kind in wanted:
+            if stop.is_set():
+                break
             keys = _keys_of(engine, kind)
             report.compared[kind] = len(keys)
-            outcomes = pool.map(lambda key: _one(engine, key, dry_run=dry_run), keys)
+            outcomes = pool.map(lambda key: _one(engine, key, dry_run=dry_run, stop=stop), keys)
             for key, outcome in zip(keys, outcomes, strict=True):
-                if outcome is None:
+                if outcome is _DEFERRED:
+                    report.deferred += 1
+                    continue
+                if outcome is None or isinstance(outcome, _Skipped):
                     continue
                 report.differences.append(outcome)
                 report.differing[kind] = report.differing.get(kind, 0) + 1
                 report.errors += outcome.error is not None
                 report.conflicts += sum(1 for op in outcome.ops if op["op"] == "Conflict")
                 logger.info("replicator.reconcile.difference", extra={"key": str(key)})
+    report.interrupted = stop.is_set()
     logger.info(
         "replicator.reconcile.complete",
         extra={"compared": report.compared, "differing": report.differing, "dry_run": dry_run},
@@ -177,7 +201,22 @@ def reconcile(
     return report
 
 
-def _one(engine: Engine, key: ObjectKey, *, dry_run: bool) -> Difference | None:
+class _Skipped:
+    def __repr__(self) -> str:
+        return "_Skipped"
+
+
+_DEFERRED: Final = _Skipped()
+_STOPPED: Final = _Skipped()
+
+
+def _one(
+    engine: Engine, key: ObjectKey, *, dry_run: bool, stop: threading.Event
+) -> Difference | _Skipped | None:
+    if stop.is_set():
+        return _STOPPED
+    if engine.defers(key):
+        return _DEFERRED
     try:
         plan: Plan = engine.assess(key).plan if dry_run else engine.apply(key)
     except AccessDeniedError:

@@ -22,10 +22,12 @@ yes                yes                    nothing: a conflict, reported; the
 =================  =====================  ======================================
 
 Without a sync point (an object the replicator never synced, or a new journal)
-only an object that exists in the source alone is copied: that is a device
-registered in the secondary during the outage, by JITR or by an operator. An
-object in both regions that differs is reported as a conflict and left; one in
-the target alone is the forward direction's business.
+only a thing or certificate that exists in the source alone is copied, with
+what it requires (its type, groups, policies): that is a device registered in
+the secondary during the outage, by JITR or by an operator. An object in both
+regions that differs is reported as a conflict and left; one in the target
+alone is the forward direction's business, as are other kinds that exist only
+in the secondary (a type the primary deleted is not brought back).
 
 Fingerprints cover what the mode replicates and what is comparable across
 regions: a thing's type, attributes and groups (and certificates in complete
@@ -42,6 +44,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from replicator._arns import ArnScope, rewrite_policy_document, scope_of_arn
 from replicator._ops import Conflict, Plan
+from replicator._plan_security import target_status
 from replicator._state import (
     CertificateState,
     PolicyState,
@@ -67,7 +70,7 @@ def _sorted(values: frozenset[str] | None) -> list[str] | None:
     return None if values is None else sorted(values)
 
 
-def _content(state: object, *, mode: Mode, scope: ArnScope | None) -> object:
+def _content(state: object, *, mode: Mode, scopes: tuple[ArnScope, ...]) -> object:
     """The comparable content of one kind's state (see the module docstring)."""
     match state:
         case ThingState():
@@ -90,31 +93,37 @@ def _content(state: object, *, mode: Mode, scope: ArnScope | None) -> object:
                 "attributes": state.attributes,
             }
         case CertificateState():
-            return {"status": state.status, "policies": sorted(state.policies)}
+            # as copied: a transient status (PENDING_ACTIVATION...) becomes INACTIVE
+            return {"status": target_status(state.status), "policies": sorted(state.policies)}
         case PolicyState():
             default = state.default
             if default is None:
                 return {"default": None}
-            own = scope_of_arn(state.arn) or scope or NEUTRAL_SCOPE
-            document = rewrite_policy_document(state.name, default.document, own, NEUTRAL_SCOPE)
+            own = scope_of_arn(state.arn) if state.arn else None
+            document = default.document
+            for scope in dict.fromkeys((*((own,) if own else ()), *scopes)):
+                # every region's own ARNs, so that a document naming the other region
+                # on purpose (which the copy cannot tell from its own) compares equal
+                document = rewrite_policy_document(state.name, document, scope, NEUTRAL_SCOPE)
             return {"default": document}
     raise TypeError(f"no fingerprint for {type(state).__name__}")
 
 
-def fingerprint(state: object, *, mode: Mode, scope: ArnScope | None = None) -> str | None:
+def fingerprint(state: object, *, mode: Mode, scopes: tuple[ArnScope, ...] = ()) -> str | None:
     """A region-neutral digest of a registry object's replicated content; None when absent.
 
     Args:
         state: a thing, type, group, certificate or policy state, or None.
         mode: ``complete`` (a thing's certificates count) or ``jitr``.
-        scope: the region's ARN scope, for a policy without an ARN of its own.
+        scopes: both regions' ARN scopes (region and account): a policy's ARNs in
+            any of them, and in its own ARN's, are rewritten to a neutral scope.
 
     Raises:
         PolicyDocumentError: a policy's default document does not parse.
     """
     if state is None:
         return None
-    text = canonical_json(_content(state, mode=mode, scope=scope))
+    text = canonical_json(_content(state, mode=mode, scopes=scopes))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -124,6 +133,7 @@ def failback_guard(
     source: str | None,
     target: str | None,
     synced: str | None,
+    copy_new: bool = True,
 ) -> Plan:
     """The part of a registry object's plan that the failback direction may carry out.
 
@@ -132,13 +142,16 @@ def failback_guard(
         source: the source's fingerprint (None: absent there).
         target: the target's fingerprint.
         synced: the fingerprint at the last sync point, None when there is none.
+        copy_new: copy an object that exists only in the source and was never
+            synced (a device registered there, or what it needs); False for
+            other kinds, which are the primary's to create and delete.
     """
     key: ObjectKey = plan.key
     if source == target or not plan.ops:
         return Plan(key)
     if synced is None:
-        if target is None:
-            return plan  # only in the source: registered there during the outage
+        if target is None:  # only in the source: registered there during the outage?
+            return plan if copy_new else Plan(key)
         if source is None:
             return Plan(key)  # only in the target: not the failback direction's business
         return Plan(key, (Conflict(key, "differs between the regions and was never synced"),))
@@ -155,6 +168,7 @@ def forward_guard(
     source: str | None,
     target: str | None,
     synced: str | None,
+    keep_new: bool = True,
 ) -> Plan:
     """The forward plan when failback runs alongside: leave what only the target changed.
 
@@ -162,9 +176,18 @@ def forward_guard(
     change made in the secondary since the last sync is the failback
     direction's to copy back; the forward direction must not overwrite it with
     the primary's older content (the shadows' rule, ``_plan_shadow.py``, for
-    registry objects). Without a sync point, or when the source changed too,
-    the forward plan stands: the primary wins.
+    registry objects), nor delete a thing or certificate that exists only in
+    the target and was never synced (a device registered there by JITR during
+    an outage; ``keep_new``).
+    Otherwise, when the source changed too, the forward plan stands: the
+    primary wins.
     """
-    if synced is None or source != synced or target == synced or not plan.ops:
+    if not plan.ops:
+        return plan
+    if synced is None:
+        if source is None and target is not None and keep_new:  # registered there (JITR)
+            return Plan(plan.key, (Conflict(plan.key, "only in the target, never synced"),))
+        return plan
+    if source != synced or target == synced:
         return plan
     return Plan(plan.key, (Conflict(plan.key, "changed in the target since the last sync"),))

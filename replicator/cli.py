@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from replicator._engine import Engine
     from replicator._feed import FeedConfig
     from replicator._journal import Journal
+    from replicator._quotas import QuotaLimiter
     from replicator._state import Kind
 
 __all__ = ["replicator", "tools"]
@@ -129,20 +130,31 @@ def _queue(options: dict[str, Any]) -> str:
     return "failback" if _source_role(options) == "secondary" else "changes"
 
 
+def _limiter(options: dict[str, Any]) -> QuotaLimiter:
+    """The quota buckets of ``--quota``: one set per process, shared by its engines."""
+    from replicator._errors import ConfigError  # noqa: PLC0415
+    from replicator._quotas import QuotaConfig, QuotaLimiter  # noqa: PLC0415
+
+    try:
+        return QuotaLimiter(QuotaConfig.with_overrides(options["quotas"]))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _engine(
-    options: dict[str, Any], journal: Journal, *, keep_target_changes: bool = False
+    options: dict[str, Any],
+    journal: Journal,
+    *,
+    keep_target_changes: bool = False,
+    limiter: QuotaLimiter | None = None,
 ) -> Engine:
     from replicator._aws import RegionConfig, build_region  # noqa: PLC0415
     from replicator._engine import Engine, EngineConfig  # noqa: PLC0415
     from replicator._errors import ConfigError  # noqa: PLC0415
-    from replicator._quotas import QuotaConfig, QuotaLimiter  # noqa: PLC0415
 
     if options["primary_region"] == options["secondary_region"]:
         raise ConfigError("the primary and the secondary region must differ")
-    try:
-        limiter = QuotaLimiter(QuotaConfig.with_overrides(options["quotas"]))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    limiter = limiter or _limiter(options)
     regions = []
     for role in ("primary", "secondary"):
         config = RegionConfig(
@@ -203,20 +215,36 @@ _config_option = click.option(
 @click.option(
     "--journal",
     "journal_path",
+    envvar="IOTDR_REPLICATOR_JOURNAL",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="The service's journal: shadow sync points, and where scheduled steps go.",
+    help="The service's journal: the sync points, and where scheduled steps go "
+    "(required with --direction secondary-to-primary).",
+)
+@click.option(
+    "--keep-target-changes",
+    is_flag=True,
+    help="Leave objects that changed only in the secondary since the last sync, and "
+    "devices registered only there (what failback copies back), instead of overwriting "
+    "or deleting them; needs --journal. For scheduled reconciles next to --failback auto.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def replicator_reconcile(**options: Any) -> None:
-    """Diff both regions completely and repair the secondary (unless --dry-run).
+    """Diff both regions completely and repair the target (unless --dry-run).
 
     Exit code 1 when a dry run found drift, or when an object could not be compared.
     """
+    from replicator._errors import ConfigError  # noqa: PLC0415
     from replicator._journal import Journal  # noqa: PLC0415
     from replicator._reconcile import reconcile  # noqa: PLC0415
 
+    failback = _source_role(options) == "secondary"
+    if (failback or options["keep_target_changes"]) and not options["journal_path"]:
+        flag = "--direction secondary-to-primary" if failback else "--keep-target-changes"
+        raise ConfigError(
+            f"{flag} needs the service's --journal (its sync points tell what changed where)"
+        )
     with Journal(options["journal_path"] or ":memory:", queue=_queue(options)) as journal:
-        engine = _engine(options, journal)
+        engine = _engine(options, journal, keep_target_changes=options["keep_target_changes"])
         report = reconcile(
             engine,
             dry_run=options["dry_run"],
@@ -302,14 +330,16 @@ def replicator_run(**options: Any) -> None:
 
     listen = parse_listen(options["listen"])
     ops = ServiceOps()
+    limiter = _limiter(options)
     with contextlib.ExitStack() as stack:
         journal = stack.enter_context(Journal(options["journal_path"], queue=_queue(options)))
-        engine = _engine(options, journal, keep_target_changes=auto)
+        engine = _engine(options, journal, keep_target_changes=auto, limiter=limiter)
         engine.add_observer(ops.observe)
         failback = None
         if auto:
             back_journal = stack.enter_context(Journal(options["journal_path"], queue="failback"))
-            back = _engine({**options, "direction": "secondary-to-primary"}, back_journal)
+            back_options = {**options, "direction": "secondary-to-primary"}
+            back = _engine(back_options, back_journal, limiter=limiter)
             back.add_observer(ops.observe)
             back_feed = _feed_config(
                 options, "--failback-feed", options["failback_feed"], "secondary"

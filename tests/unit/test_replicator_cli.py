@@ -190,3 +190,20 @@ def test_the_jitr_iam_policy_allows_every_api_the_handler_calls(
     [activate, *_] = json.loads(out)["Statement"]
     assert activate["Resource"] == f"arn:aws:iot:{WEST}:*:*"
     assert not {f"iot:{api}" for api in called} - set(activate["Action"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--direction", "secondary-to-primary"], "--direction secondary-to-primary needs"),
+        (["--keep-target-changes"], "--keep-target-changes needs the service's --journal"),
+    ],
+)
+def test_failback_and_keeping_target_changes_need_the_journal(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["replicator", "reconcile", "--primary-region", EAST, "--secondary-region", WEST]
+    code, _, err = run([*args, *extra, "--dry-run"], capsys)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from replicator._arns import ArnScope
-from replicator._engine import Engine, EngineConfig
-from replicator._errors import RegionUnavailableError
+from replicator._engine import Engine, EngineConfig, Outcome
+from replicator._errors import RegionUnavailableError, ThrottledError
 from replicator._failback import AutoFailback
 from replicator._journal import Journal
 from replicator._memory import InMemoryRegion
@@ -24,8 +24,12 @@ from replicator._ops import (
     CreatePolicy,
     CreateThing,
     CreateThingGroup,
+    CreateThingType,
     DeleteThing,
+    DeleteThingGroup,
     DeleteThingShadow,
+    DeleteThingType,
+    DeprecateThingType,
     Op,
     Plan,
     RegisterCertificateWithoutCA,
@@ -278,7 +282,7 @@ def test_fingerprints_are_region_neutral() -> None:
     )
     assert fingerprint(east, mode="complete") == fingerprint(west, mode="complete")
     other = PolicyState(name="p", versions=(PolicyVersion(version_id="1", document=doc(EAST)),))
-    assert fingerprint(other, mode="complete", scope=ArnScope(EAST, "1")) != fingerprint(
+    assert fingerprint(other, mode="complete", scopes=(ArnScope(EAST, "1"),)) != fingerprint(
         east, mode="complete"
     )
     a = ThingState(name="t", attributes={"k": "v"}, principals=frozenset({C1}), version=1)
@@ -392,3 +396,241 @@ def test_forward_keeps_what_only_the_secondary_changed_when_failback_runs_alongs
     run(pair.primary, UpdateThing("t1", {"site": "p"}))
     pair.sync(keeping, T1)  # the primary changed since: it wins
     assert pair.secondary.things["t1"].attributes == {"site": "p"}
+
+
+# -- both directions at once (review scenarios) -------------------------------------------------
+
+
+@dataclass
+class Both(Pair):
+    """Forward keeping the secondary's changes, and failback paired with it (--failback auto)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.forward = Engine(
+            source=self.primary,
+            target=self.secondary,
+            journal=self.forward_journal,
+            config=EngineConfig(
+                mode=self.mode,  # type: ignore[arg-type]
+                workers=2,
+                thing_recheck_s=None,
+                dependency_ttl_s=0.0,
+                keep_target_changes=True,
+            ),
+            wall=lambda: self.now[0],
+        )
+        self.failback.pair_with(self.forward)
+
+
+@pytest.fixture(params=["complete", "jitr"])
+def both(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Both]:
+    found = Both(tmp_path / "journal.db", mode=request.param)
+    yield found
+    found.close()
+
+
+def test_a_policy_naming_the_other_region_on_purpose_is_not_rewritten(tmp_path: Path) -> None:
+    pair = Both(tmp_path / "j.db")
+    document = json.dumps(
+        {
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": "iot:Publish",
+                    "Resource": [
+                        f"arn:aws:iot:{EAST}:123456789012:topic/own",
+                        f"arn:aws:iot:{WEST}:123456789012:topic/the-other-region-on-purpose",
+                    ],
+                }
+            ]
+        }
+    )
+    run(pair.primary, CreatePolicy("fleet", document))
+    pair.sync(pair.forward, ObjectKey.policy("fleet"))
+    before = pair.primary.read_policy("fleet", targets=False)
+    report = reconcile(pair.failback, dry_run=False, workers=1)
+    assert pair.primary.read_policy("fleet", targets=False) == before
+    assert not report.drift, report.text()
+    pair.close()
+
+
+def test_failback_never_touches_a_certificate_pending_in_the_primary(tmp_path: Path) -> None:
+    pair = Both(tmp_path / "j.db")
+    run(pair.primary, RegisterCertificateWithoutCA(C1, "PEM1", "ACTIVE"))
+    pair.primary.certificates[C1] = replace(
+        pair.primary.certificates[C1], status="PENDING_ACTIVATION"
+    )
+    pair.sync(pair.forward, ObjectKey.certificate(C1))
+    assert pair.secondary.certificates[C1].status == "INACTIVE"
+    report = reconcile(pair.failback, dry_run=False, workers=1)
+    assert pair.primary.certificates[C1].status == "PENDING_ACTIVATION"
+    assert not report.drift, report.text()
+    pair.close()
+
+
+def test_forward_keeps_a_device_registered_only_in_the_secondary(both: Both) -> None:
+    run(both.primary, CreateThingGroup("g"))
+    both.sync(both.forward, ObjectKey.thing_group("g"))
+    run(both.secondary, CreateThing("dev-1", None, {"k": "v"}), AddThingToThingGroup("g", "dev-1"))
+    both.sync(both.forward, ObjectKey.thing_group("g"), ObjectKey.thing("dev-1"))
+    reconcile(both.forward, dry_run=False, workers=1)
+    both.forward.drain()  # the group's follow-ups
+    assert "dev-1" in both.secondary.things
+    both.sync(both.failback, ObjectKey.thing("dev-1"))
+    found = both.primary.read_thing("dev-1", principals=False)
+    assert found is not None
+    assert found.groups == frozenset({"g"})
+
+
+def test_a_type_deleted_in_the_primary_is_not_brought_back(both: Both) -> None:
+    run(both.primary, CreateThingType("pump", "d", ()))
+    run(both.secondary, CreateThingType("pump", "d", ()))  # copied before sync points existed
+    run(both.primary, DeprecateThingType("pump"))
+    both.now[0] += 400
+    run(both.primary, DeleteThingType("pump"))
+    both.sync(both.forward, ObjectKey.thing_type("pump"))  # deprecated there, deletion scheduled
+    found = both.secondary.read_thing_type("pump")
+    assert found is not None
+    assert found.deprecated
+    both.failback_journal.accept(ObjectNamed(region=WEST, key=ObjectKey.thing_type("pump")), now=0)
+    both.failback.drain()  # the echo of the deprecation
+    assert both.primary.read_thing_type("pump") is None
+    report = reconcile(both.failback, dry_run=False, workers=1)
+    assert both.primary.read_thing_type("pump") is None, report.text()
+
+
+def test_a_group_recreated_in_the_primary_keeps_its_members_in_both(both: Both) -> None:
+    run(both.primary, CreateThingGroup("root"), CreateThingGroup("g"), CreateThing("t1"))
+    run(both.primary, AddThingToThingGroup("g", "t1"))
+    for key in (ObjectKey.thing_group("root"), ObjectKey.thing_group("g"), T1):
+        both.sync(both.forward, key)
+    # moved under root in the primary: deleted, created, t1 added again
+    run(both.primary, DeleteThingGroup("g"), CreateThingGroup("g", "root"))
+    run(both.primary, AddThingToThingGroup("g", "t1"))
+    both.forward.apply(ObjectKey.thing_group("g"))  # t1 is its follow-up, pending
+    both.failback.apply(T1)  # the secondary's membership echo: left to the forward change
+    both.forward.drain()
+    both.failback.drain()
+    for region in (both.primary, both.secondary):
+        found = region.read_thing("t1", principals=False)
+        assert found is not None
+        assert found.groups == frozenset({"g"}), region.region
+
+
+def test_the_two_directions_never_apply_one_object_at_once(both: Both) -> None:
+    run(both.primary, CreateThingGroup("g"))
+    both.sync(both.forward, ObjectKey.thing_group("g"))
+    run(both.secondary, CreateThing("dev-1", None, {"k": "v"}), AddThingToThingGroup("g", "dev-1"))
+    created = threading.Event()
+    release = threading.Event()
+    execute = both.primary.execute
+
+    def slow(op: Op) -> int | None:
+        found = execute(op)
+        if isinstance(op, CreateThing):
+            created.set()
+            release.wait(5)
+        return found
+
+    both.primary.execute = slow  # type: ignore[method-assign]
+    failing_back = threading.Thread(target=both.failback.apply, args=(ObjectKey.thing("dev-1"),))
+    failing_back.start()
+    assert created.wait(5)
+    # the primary's "created" event reaches the forward engine mid-way
+    forwarding = threading.Thread(target=both.forward.apply, args=(ObjectKey.thing("dev-1"),))
+    forwarding.start()
+    forwarding.join(0.2)
+    assert forwarding.is_alive()  # waits for the failback direction to finish the object
+    release.set()
+    failing_back.join(5)
+    forwarding.join(5)
+    for region in (both.primary, both.secondary):
+        found = region.read_thing("dev-1", principals=False)
+        assert found is not None
+        assert found.groups == frozenset({"g"}), region.region
+
+
+def test_failback_waits_while_a_thing_briefly_undeprecates_its_type(tmp_path: Path) -> None:
+    pair = Both(tmp_path / "j.db", mode="jitr")
+    run(pair.primary, CreateThingType("old", None, ()), CreateThing("t0", "old", {}))
+    run(pair.primary, DeprecateThingType("old"))
+    pair.sync(pair.forward, ObjectKey.thing_type("old"))
+    echoes: list[threading.Thread] = []
+    execute = pair.secondary.execute
+
+    def echo(op: Op) -> int | None:
+        found = execute(op)
+        if isinstance(op, DeprecateThingType) and op.undo and not echoes:
+            thread = threading.Thread(
+                target=pair.failback.apply, args=(ObjectKey.thing_type("old"),)
+            )
+            echoes.append(thread)
+            thread.start()
+            thread.join(0.2)  # it must wait for the thing's plan to deprecate again
+            assert thread.is_alive()
+        return found
+
+    pair.secondary.execute = echo  # type: ignore[method-assign]
+    pair.forward.apply(ObjectKey.thing("t0"))
+    [thread] = echoes
+    thread.join(5)
+    found = pair.primary.read_thing_type("old")
+    assert found is not None
+    assert found.deprecated
+    pair.close()
+
+
+def test_a_full_pass_that_fails_stays_due_and_does_not_stop_the_service(
+    tmp_path: Path,
+) -> None:
+    pair = Both(tmp_path / "j.db")
+    lines: list[dict[str, Any]] = []
+    auto = AutoFailback(pair.forward, pair.failback, report=lines.append, workers=1)
+
+    def throttled(kind: str) -> Any:
+        raise ThrottledError("ListThingTypes: throttled", region=EAST, api="ListThingTypes")
+
+    list_names = pair.primary.list_names
+    pair.primary.list_names = throttled  # type: ignore[method-assign]
+    assert auto.full_pass(1.0) is False
+    assert auto.watch.down
+    assert lines[-1]["event"] == "replicator.failback.failed"
+    pair.primary.list_names = list_names  # type: ignore[method-assign]
+    assert auto.full_pass(1.0) is True
+    pair.close()
+
+
+def test_a_stop_ends_the_full_pass_early_and_it_stays_due(tmp_path: Path) -> None:
+    pair = Both(tmp_path / "j.db", mode="jitr")
+    for n in range(40):
+        run(pair.secondary, CreateThing(f"t{n}"))
+    stop = threading.Event()
+    read_thing = pair.primary.read_thing
+
+    def stopping(name: str, *, principals: bool) -> ThingState | None:
+        stop.set()  # a SIGTERM arrives during the first object
+        return read_thing(name, principals=principals)
+
+    pair.primary.read_thing = stopping  # type: ignore[method-assign]
+    auto = AutoFailback(pair.forward, pair.failback, report=lambda line: None, workers=1)
+    auto.watch.mark_down()
+    assert auto.full_pass(1.0, stop) is False
+    assert len(pair.primary.things) < 40
+    assert auto.watch.down
+
+
+def test_an_outage_seen_before_a_restart_still_gets_its_full_pass(tmp_path: Path) -> None:
+    pair = Both(tmp_path / "j.db")
+    auto = AutoFailback(pair.forward, pair.failback, report=lambda line: None)
+    key = ObjectKey.thing("t1")
+    auto.watch.observe(Outcome(key, "unavailable", region=EAST, direction="failback"))
+    assert pair.forward_journal.meta("failback_due") is not None
+    pair.close()
+
+    again = Both(tmp_path / "j.db")  # the restart
+    restarted = AutoFailback(again.forward, again.failback, report=lambda line: None)
+    assert restarted.watch.down
+    assert restarted.full_pass(0.0) is True
+    assert again.forward_journal.meta("failback_due") is None
+    again.close()
