@@ -379,6 +379,33 @@ def test_a_created_thing_is_checked_again_for_its_certificate() -> None:
     assert rig.secondary.things["t1"].principals == frozenset({C1})
 
 
+def test_a_thing_created_with_a_type_is_checked_again_too() -> None:
+    """The type association event replaces the CREATED record in the journal (review)."""
+    rig = Rig()
+    rig.engine.config = EngineConfig(thing_recheck_s=30.0, dependency_ttl_s=0.0)
+    rig.user(CreateThingType("pump"), CreateThing("t1", "pump"))
+    created = ThingChanged(region=EAST, thing_name="t1", operation="CREATED")
+    rig.journal.accept(created, now=rig.now[0])
+    rig.journal.accept(ObjectNamed(region=EAST, key=T1), now=rig.now[0])  # the type event
+    rig.engine.drain()
+    rig.user(RegisterCertificateWithoutCA(C1, "PEM", "ACTIVE"), AttachThingPrincipal("t1", C1))
+    rig.now[0] += 31
+    rig.engine.drain()
+    assert rig.secondary.things["t1"].principals == frozenset({C1})
+    # the re-check waited on purpose: its lag counts from when it was due, not 30 s
+    assert max(rig.engine.stats.lag_s) < 5.0
+
+
+def test_the_oldest_pending_age_counts_failures_not_planned_waits() -> None:
+    rig = Rig()
+    rig.journal.accept(ObjectNamed(region=EAST, key=T1), now=0.0, not_before=300.0)
+    assert rig.journal.counts(100.0).oldest_pending_s == 0.0  # waiting on purpose
+    assert rig.journal.counts(310.0).oldest_pending_s == 10.0  # due for 10 s
+    [claim] = rig.journal.claim(now=310.0, limit=1)
+    rig.journal.retry(claim, now=310.0, not_before=400.0, reason="down")
+    assert rig.journal.counts(350.0).oldest_pending_s == 350.0  # failing: since accepted
+
+
 def test_run_until_stopped(rig: Rig) -> None:
     stop = threading.Event()
     worker = threading.Thread(target=rig.engine.run, args=(stop,))
