@@ -17,6 +17,7 @@ from typing import Any, Final
 
 __all__ = [
     "JITR_ACTIONS",
+    "JITR_PRIMARY_ACTIONS",
     "PRIMARY_ACTIONS",
     "SECONDARY_WRITE_ACTIONS",
     "iam_policy",
@@ -99,6 +100,9 @@ JITR_ACTIONS: Final = (
     "iot:UpdateCertificate",
 )
 """What the JITR handler calls in its region."""
+
+JITR_PRIMARY_ACTIONS: Final = ("iot:DescribeCertificate",)
+"""What the JITR handler calls in the primary, with ``--primary-region``: one read."""
 
 _JITR_TOPICS: Final = ("$aws/events/certificates/registered/*",)
 
@@ -194,21 +198,38 @@ def jitr_iam_policy(
     account_id: str = "*",
     feed_client_id: str = "iotdr-jitr",
     partition: str = "aws",
+    primary_region: str | None = None,
 ) -> dict[str, Any]:
-    """The IAM policy document for the JITR handler of ``region`` (its registration events)."""
+    """The IAM policy document for the JITR handler of ``region`` (its registration events).
+
+    Args:
+        region: the region whose certificates the handler activates.
+        account_id: the account in the ARNs (``*`` for any).
+        feed_client_id: the MQTT client id of the registration events' feed.
+        partition: ``aws``, ``aws-cn``, ``aws-us-gov``.
+        primary_region: the primary the handler asks before activating
+            (``--primary-region``): adds a read-only DescribeCertificate there.
+    """
 
     def arn(name: str, resource: str) -> str:
         return _arn(partition, name, account_id, resource)
 
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "ActivateJustInTime",
+            "Effect": "Allow",
+            "Action": list(JITR_ACTIONS),
+            "Resource": arn(region, "*"),
+        },
+        *_feed_statements("TheRegistrationEvents", arn, region, feed_client_id, _JITR_TOPICS),
+    ]
+    if primary_region is not None:
+        statements.append(
             {
-                "Sid": "ActivateJustInTime",
+                "Sid": "CheckThePrimary",
                 "Effect": "Allow",
-                "Action": list(JITR_ACTIONS),
-                "Resource": arn(region, "*"),
-            },
-            *_feed_statements("TheRegistrationEvents", arn, region, feed_client_id, _JITR_TOPICS),
-        ],
-    }
+                "Action": list(JITR_PRIMARY_ACTIONS),
+                "Resource": arn(primary_region, "cert/*"),
+            }
+        )
+    return {"Version": "2012-10-17", "Statement": statements}

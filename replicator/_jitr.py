@@ -8,22 +8,30 @@ and drops the connection. This module finishes the job:
 
 1. :func:`screen` (pure) looks at the certificate and its CA as read in the
    region: only a PENDING_ACTIVATION certificate of an ACTIVE CA registered
-   there (and on the allow-list, when there is one) whose thing name can be
-   made is *eligible*; anything else is left alone (REVOKED, INACTIVE or
-   already ACTIVE) or *refused* with one log line.
-2. :func:`provision` (pure) lists the writes, each only if still needed:
+   there (on the allow-list, when there is one; auto-registering, when there
+   is none) whose thing name can be made is *eligible*; anything else is left
+   alone (REVOKED, INACTIVE or already ACTIVE) or *refused* with one log line.
+2. With a primary configured, the primary's view of the certificate is asked
+   (DescribeCertificate, read-only): REVOKED or INACTIVE there is *mirrored*
+   (the secondary's copy set REVOKED or INACTIVE, not activated); unknown
+   there, or the primary unreachable or throttling, the activation goes on
+   with a log line saying the primary could not be checked: an outage of the
+   primary is exactly when JITR matters.
+3. :func:`provision` (pure) lists the writes, each only if still needed:
    CreatePolicy (when a document is configured and the policy is missing),
    AttachPolicy, CreateThing, AttachThingPrincipal, and UpdateCertificate
    ACTIVE *last*: an ACTIVE certificate then always has its policy and thing,
-   and one that is still pending is found again by the sweep.
-3. :class:`JitrHandler` runs that against the region (:class:`JitrRegion`:
+   and one that is still pending is found again by the sweep. Right before
+   that last write the certificate is read again: one an operator deactivated
+   or revoked since the screen is left alone (the window left is one call).
+4. :class:`JitrHandler` runs that against the region (:class:`JitrRegion`:
    the replicator's adapter, with its quota buckets and error translation)
    from a durable queue (the journal's ``jitr`` queue): events are triggers,
    not truth, so a duplicate is one more look at the certificate. Throttling,
    an outage or a version conflict keep the certificate queued with jittered
    backoff for as long as it takes; other failures are retried up to
    ``max_attempts``, then dead-lettered; AccessDenied stops the handler.
-4. The *sweep* lists the PENDING_ACTIVATION certificates of the allowed CAs
+5. The *sweep* lists the PENDING_ACTIVATION certificates of the allowed CAs
    every ``sweep_interval_s`` and queues them: a missed event (the handler was
    down longer than the broker kept its session) costs one interval.
 """
@@ -61,7 +69,8 @@ from replicator._jitr_plan import (
     subject_common_name,
     thing_name_for,
 )
-from replicator._ops import CreatePolicy, CreateThing
+from replicator._ops import CreatePolicy, CreateThing, UpdateCertificate
+from replicator._quotas import RetryPolicy
 from replicator._records import CertificateChanged
 
 if TYPE_CHECKING:
@@ -70,6 +79,7 @@ if TYPE_CHECKING:
     from replicator._aws import Boto3Region
     from replicator._journal import Claim, Journal
     from replicator._ops import Op
+    from replicator._quotas import QuotaLimiter
     from replicator._state import CertificateState, ObjectKey, PolicyState, ThingState
 
 __all__ = [
@@ -82,7 +92,9 @@ __all__ = [
     "JitrRegion",
     "JitrStats",
     "LeftAlone",
+    "PrimaryCertificates",
     "Refused",
+    "build_primary",
     "provision",
     "screen",
     "subject_common_name",
@@ -92,6 +104,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _BY_MARKER: Final = ("marker", "nextMarker")  # the paging fields of the older IoT lists
+_MIRRORED: Final = frozenset({"REVOKED", "INACTIVE"})  # primary statuses copied, not activated
 
 
 # -- the port ------------------------------------------------------------------------------------
@@ -134,6 +147,19 @@ class JitrRegion(Protocol):
         ...
 
 
+class PrimaryCertificates(Protocol):
+    """What the handler asks of the primary region: a certificate's status, read-only."""
+
+    @property
+    def region(self) -> str:
+        """The region's name."""
+        ...
+
+    def certificate_status(self, certificate_id: str) -> str | None:
+        """The certificate's status there; None: the region does not know it."""
+        ...
+
+
 class Boto3JitrRegion:
     """:class:`JitrRegion` over the replicator's boto3 adapter, plus the CA calls it lacks."""
 
@@ -151,6 +177,14 @@ class Boto3JitrRegion:
     def region(self) -> str:
         """The region's name."""
         return self._region.region
+
+    def certificate_status(self, certificate_id: str) -> str | None:
+        """DescribeCertificate alone (all the primary's policy needs to allow)."""
+        iot = self._region.iot
+        found = self._region.read(
+            "DescribeCertificate", iot.describe_certificate, certificateId=certificate_id
+        )
+        return None if found is None else str(found["certificateDescription"]["status"])
 
     def read_ca_certificate(self, ca_certificate_id: str) -> CaCertificate | None:
         """DescribeCACertificate."""
@@ -183,6 +217,29 @@ class Boto3JitrRegion:
             yield str(item["certificateId"]), str(item.get("status"))
 
 
+def build_primary(config: JitrConfig, limiter: QuotaLimiter) -> Boto3JitrRegion | None:
+    """The primary region the handler asks before activating, or None without one.
+
+    One attempt per call and short timeouts: a primary that does not answer
+    must not hold up an activation (the handler goes on, and logs it).
+
+    Raises:
+        ConfigError: boto3 cannot build the client.
+    """
+    from replicator._aws import RegionConfig, build_region  # noqa: PLC0415 - boto3 when needed
+
+    if config.primary_region is None:
+        return None
+    primary = RegionConfig(
+        region=config.primary_region,
+        endpoint_url=config.primary_endpoint_url,
+        connect_timeout_s=2.0,
+        read_timeout_s=5.0,
+    )
+    region = build_region(primary, limiter=limiter, retry=RetryPolicy(max_attempts=1))
+    return Boto3JitrRegion(region)
+
+
 def _ca(item: dict[str, Any]) -> CaCertificate:
     return CaCertificate(
         str(item["certificateId"]),
@@ -201,6 +258,9 @@ class JitrStats:
     activated: int = 0
     left_alone: int = 0
     refused: int = 0
+    mirrored: int = 0
+    primary_unchecked: int = 0
+    changed_meanwhile: int = 0
     gone: int = 0
     retried: int = 0
     dead: int = 0
@@ -222,6 +282,8 @@ class JitrHandler:
         region: the secondary region.
         journal: the durable queue (``Journal(path, queue="jitr")``).
         config: what to provision and how to retry.
+        primary: the primary region, asked about each certificate before it is
+            activated (None: no check).
         wall: epoch seconds (journal times).
         rng: jitter of the retry backoff.
     """
@@ -232,12 +294,14 @@ class JitrHandler:
         journal: Journal,
         config: JitrConfig,
         *,
+        primary: PrimaryCertificates | None = None,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.region = region
         self.journal = journal
         self.config = config
+        self.primary = primary
         self.stats = JitrStats()
         self._wall = wall
         self._rng = rng or random.Random()  # noqa: S311 - backoff jitter
@@ -245,8 +309,10 @@ class JitrHandler:
         self._policy_seen = False
 
     def __repr__(self) -> str:
+        primary = self.primary.region if self.primary is not None else None
         return (
-            f"JitrHandler({self.region.region!r}, policy={self.config.policy_name!r}, "
+            f"JitrHandler({self.region.region!r}, primary={primary!r}, "
+            f"policy={self.config.policy_name!r}, "
             f"activated={self.stats.activated}, refused={self.stats.refused}, "
             f"dead={self.stats.dead})"
         )
@@ -267,9 +333,12 @@ class JitrHandler:
                 not) and, for an allowed CA, only once the region lists the
                 certificate under it.
 
-        Results: ``activated``, ``left_alone``, ``refused``, ``gone`` (deleted).
+        Results: ``activated``, ``left_alone`` (not pending, or no longer
+        pending right before the activation), ``refused``, ``mirrored`` (REVOKED
+        or INACTIVE in the primary, set so here), ``gone`` (deleted).
 
         Raises:
+            AccessDeniedError: a permission is missing, here or in the primary.
             ReplicatorError: a read or a write failed (the caller retries).
         """
         region = self.region
@@ -291,6 +360,11 @@ class JitrHandler:
             self._count("left_alone")
             logger.info("jitr.left_alone", extra={**extra, "reason": verdict.reason})
             return "left_alone"
+        if ca is not None and not ca.auto_registration:  # on the allow-list: accepted
+            logger.warning("jitr.ca_not_auto_registering", extra=extra)
+        mirrored = self._mirror_primary(certificate_id, extra)
+        if mirrored is not None:
+            return mirrored
         thing = verdict.thing_name
         ops = provision(
             self.config,
@@ -301,6 +375,10 @@ class JitrHandler:
             policy_exists=self._policy_exists(certificate),
         )
         for op in ops:
+            if isinstance(op, UpdateCertificate) and op.status == ACTIVE:
+                changed = self._changed_meanwhile(certificate_id, {**extra, "thing": thing})
+                if changed is not None:
+                    return changed
             self._write(op)
         self._count("activated")
         logger.info(
@@ -308,6 +386,51 @@ class JitrHandler:
             extra={**extra, "thing": thing, "writes": [type(op).__name__ for op in ops]},
         )
         return "activated"
+
+    def _changed_meanwhile(self, certificate_id: str, extra: dict[str, Any]) -> str | None:
+        """Read the certificate again right before activating it: None if still pending.
+
+        An operator may have deactivated, revoked or deleted it since the screen:
+        then it is left alone (``left_alone``, or ``gone``), with a log line.
+        """
+        current = self.region.read_certificate(certificate_id, things=False)
+        if current is not None and current.status == PENDING:
+            return None
+        result = "gone" if current is None else "left_alone"
+        status = "deleted" if current is None else current.status
+        self._count("changed_meanwhile")
+        self._count(result)
+        logger.warning("jitr.changed_meanwhile", extra={**extra, "status": status})
+        return result
+
+    def _mirror_primary(self, certificate_id: str, extra: dict[str, Any]) -> str | None:
+        """Ask the primary; ``mirrored`` when it has the certificate REVOKED or INACTIVE.
+
+        None: go on activating (the primary has it otherwise, does not know it,
+        or could not be asked: logged).
+        """
+        primary = self.primary
+        if primary is None:
+            return None
+        extra = {**extra, "primary": primary.region}
+        try:
+            status = primary.certificate_status(certificate_id)
+        except AccessDeniedError:
+            raise  # a policy without the primary's statement: say so, do not skip the check
+        except ReplicatorError as exc:  # unreachable, throttled, ...: JITR is for outages
+            self._count("primary_unchecked")
+            logger.warning("jitr.primary.unchecked", extra={**extra, "error": str(exc)})
+            return None
+        if status is None:
+            self._count("primary_unchecked")
+            logger.info("jitr.primary.unknown", extra=extra)
+            return None
+        if status not in _MIRRORED:
+            return None
+        self._write(UpdateCertificate(certificate_id, status))
+        self._count("mirrored")
+        logger.warning("jitr.primary.refused", extra={**extra, "status": status})
+        return "mirrored"
 
     def _with_ca(self, certificate: CertificateState, ca_hint: str) -> CertificateState:
         allowed = self.config.allowed_cas
@@ -421,6 +544,9 @@ class JitrHandler:
     def sweep(self) -> int:
         """Queue every PENDING_ACTIVATION certificate of the allowed CAs; return how many.
 
+        Allowed: those of the allow-list, or without one the ACTIVE CAs that
+        auto-register.
+
         Raises:
             ReplicatorError: a list call failed.
         """
@@ -434,6 +560,8 @@ class JitrHandler:
             ca = self.region.read_ca_certificate(ca_id)
             if ca is None or ca.status != ACTIVE:
                 continue
+            if allowed is None and not ca.auto_registration:
+                continue  # screen() would refuse its certificates at every sweep
             records.extend(
                 CertificateChanged(
                     certificate_id=cert_id,

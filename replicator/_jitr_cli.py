@@ -74,7 +74,19 @@ _STATS_INTERVAL_S = 60.0
     "cas",
     multiple=True,
     help="A CA certificate id whose certificates may be activated (repeatable; default: "
-    "every ACTIVE CA registered in the region).",
+    "every ACTIVE CA registered in the region with auto-registration on).",
+)
+@click.option(
+    "--primary-region",
+    envvar="IOTDR_PRIMARY_REGION",
+    help="The primary region, asked (DescribeCertificate) before each activation: a "
+    "certificate REVOKED or INACTIVE there is set so here instead of activated. Unknown "
+    "there, or the primary unreachable: activated, with a log line.",
+)
+@click.option(
+    "--primary-endpoint-url",
+    envvar="IOTDR_PRIMARY_ENDPOINT_URL",
+    help="The primary's iot endpoint (with --primary-region).",
 )
 @click.option(
     "--journal",
@@ -135,7 +147,12 @@ def replicator_jitr(**options: Any) -> None:
 def _handler(options: dict[str, Any], journal: Any) -> JitrHandler:
     from replicator._aws import RegionConfig, build_region  # noqa: PLC0415
     from replicator._errors import ConfigError  # noqa: PLC0415
-    from replicator._jitr import Boto3JitrRegion, JitrConfig, JitrHandler  # noqa: PLC0415
+    from replicator._jitr import (  # noqa: PLC0415
+        Boto3JitrRegion,
+        JitrConfig,
+        JitrHandler,
+        build_primary,
+    )
     from replicator._quotas import QuotaLimiter  # noqa: PLC0415
 
     document: str | None = None
@@ -149,19 +166,24 @@ def _handler(options: dict[str, Any], journal: Any) -> JitrHandler:
         policy_document=document,
         thing_name=options["thing_name"],
         allowed_cas=frozenset(options["cas"]) if options["cas"] else None,
+        primary_region=options["primary_region"] or None,
+        primary_endpoint_url=options["primary_endpoint_url"] or None,
         workers=options["workers"],
         max_attempts=options["max_attempts"],
         sweep_interval_s=options["sweep_interval_s"],
     )
+    limiter = QuotaLimiter()
     region = build_region(
         RegionConfig(
             region=options["region"],
             endpoint_url=options["endpoint_url"],
             account_id=options["account_id"],
         ),
-        limiter=QuotaLimiter(),
+        limiter=limiter,
     )
-    return JitrHandler(Boto3JitrRegion(region), journal, config)
+    return JitrHandler(
+        Boto3JitrRegion(region), journal, config, primary=build_primary(config, limiter)
+    )
 
 
 def _feed_config(options: dict[str, Any]) -> FeedConfig:
@@ -194,6 +216,7 @@ def _once(handler: JitrHandler, *, as_json: bool) -> None:
         "swept": swept,
         "activated": stats.activated,
         "refused": stats.refused,
+        "mirrored": stats.mirrored,
         "left_alone": stats.left_alone,
         "pending": counts.pending,
         "dead": counts.dead,
@@ -205,7 +228,8 @@ def _once(handler: JitrHandler, *, as_json: bool) -> None:
         click.echo(
             f"{summary['region']}: {swept} pending certificate(s) found; "
             f"{stats.activated} activated, {stats.refused} refused, "
-            f"{stats.left_alone} left alone; {counts.pending} still queued, {counts.dead} dead"
+            f"{stats.mirrored} set as in the primary, {stats.left_alone} left alone; "
+            f"{counts.pending} still queued, {counts.dead} dead"
         )
     if counts.pending or counts.dead:
         raise click.exceptions.Exit(1)

@@ -67,7 +67,13 @@ class JitrConfig:
         thing_name: ``cn`` (the certificate's subject CN) or a template with
             ``{cn}``, ``{certificate_id}``, ``{ca_certificate_id}`` (``dev-{cn}``).
         allowed_cas: CA certificate ids whose certificates may be activated;
-            None: every ACTIVE CA registered in the region.
+            None: every ACTIVE CA registered in the region *with auto-registration
+            enabled* (a certificate registered PENDING_ACTIVATION by hand under a
+            CA that does not auto-register is not the handler's to activate).
+        primary_region: the primary region, whose view of a certificate is asked
+            before it is activated: REVOKED or INACTIVE there is mirrored here
+            instead of activating; None: no check (see ``JitrHandler``).
+        primary_endpoint_url: the primary's ``iot`` endpoint (None: AWS's).
         workers: certificates handled in parallel (the quota buckets pace them).
         max_attempts: attempts before a certificate that keeps failing (not
             throttling, not an outage) is dead-lettered.
@@ -80,6 +86,8 @@ class JitrConfig:
     policy_document: str | None = None
     thing_name: str = "cn"
     allowed_cas: frozenset[str] | None = None
+    primary_region: str | None = None
+    primary_endpoint_url: str | None = None
     workers: int = 4
     max_attempts: int = 10
     backoff: RetryPolicy = field(
@@ -104,6 +112,8 @@ class JitrConfig:
                 raise ConfigError(f"jitr: CA id {ca!r} is not 64 lower-case hex digits")
         if self.allowed_cas is not None and not self.allowed_cas:
             raise ConfigError("jitr: an empty CA allow-list would refuse everything")
+        if self.primary_endpoint_url is not None and not self.primary_region:
+            raise ConfigError("jitr: a primary endpoint URL needs the primary region")
         if self.workers < 1 or self.max_attempts < 1:
             raise ConfigError("jitr: workers and max_attempts must be at least 1")
         if self.sweep_interval_s < 0 or self.poll_s <= 0:
@@ -168,7 +178,12 @@ Screening = Eligible | LeftAlone | Refused
 def screen(
     config: JitrConfig, certificate: CertificateState, ca: CaCertificate | None
 ) -> Screening:
-    """Whether to activate ``certificate``, as read in the region with its CA (None: not there)."""
+    """Whether to activate ``certificate``, as read in the region with its CA (None: not there).
+
+    With an allow-list the operator chose the CAs: one whose auto-registration
+    is off is still accepted (the handler logs it). Without one, the CA must
+    be ACTIVE *and* auto-registering.
+    """
     if certificate.status != PENDING:
         return LeftAlone(f"the certificate is {certificate.status}")
     ca_id = certificate.ca_certificate_id
@@ -180,6 +195,10 @@ def screen(
         return Refused(f"CA {ca_id} is not registered in the region")
     if ca.status != ACTIVE:
         return Refused(f"CA {ca_id} is {ca.status}")
+    if config.allowed_cas is None and not ca.auto_registration:
+        # Without an allow-list only what AWS registered just in time is ours: a
+        # certificate registered by hand under any CA must not be activated.
+        return Refused(f"CA {ca_id} does not have auto-registration enabled")
     name = thing_name_for(config.thing_name, certificate)
     if name is None:
         return Refused(

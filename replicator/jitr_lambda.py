@@ -14,8 +14,8 @@ A failure that may pass (throttling, an outage, a conflict, a missing policy)
 raises, so that Lambda retries the invocation (an IoT rule invokes
 asynchronously: two retries with backoff, then the function's on-failure
 destination); the schedule is the backstop. A refusal (CA not allowed), a
-certificate left alone (REVOKED, INACTIVE, ACTIVE) or a malformed event
-returns normally: retrying it would change nothing.
+certificate left alone (REVOKED, INACTIVE, ACTIVE), one set REVOKED or
+INACTIVE as in the primary, or a malformed event returns normally: retrying it would change nothing.
 
 Configuration, from the environment (read at each invocation: no
 module-level state):
@@ -24,9 +24,14 @@ module-level state):
 - ``IOTDR_JITR_POLICY_DOCUMENT``: its document (JSON), to create it where missing;
 - ``IOTDR_JITR_THING_NAME``: ``cn`` (default) or a template (``dev-{cn}``);
 - ``IOTDR_JITR_CAS``: the allowed CA ids, separated by commas or spaces
-  (default: every ACTIVE CA registered in the region);
+  (default: every ACTIVE CA registered in the region with auto-registration on);
 - ``IOTDR_JITR_REGION`` (default ``AWS_REGION``), ``IOTDR_JITR_ENDPOINT_URL``,
-  ``IOTDR_JITR_ACCOUNT_ID``.
+  ``IOTDR_JITR_ACCOUNT_ID``;
+- ``IOTDR_PRIMARY_REGION``, ``IOTDR_PRIMARY_ENDPOINT_URL``: the primary, asked
+  before each activation (a certificate REVOKED or INACTIVE there is set so
+  here instead; unknown there or the primary unreachable: activated, logged).
+  The function's role then needs ``iot:DescribeCertificate`` in the primary
+  (``iotdr replicator iam-policy --jitr --primary-region ...``).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from replicator._aws_calls import RegionConfig
-    from replicator._jitr import JitrRegion
+    from replicator._jitr import JitrRegion, PrimaryCertificates
 
 __all__ = ["JitrIncompleteError", "config_from_env", "handle_event", "handler"]
 
@@ -82,6 +87,8 @@ def config_from_env(env: Mapping[str, str]) -> tuple[RegionConfig, JitrConfig]:
         policy_document=env.get("IOTDR_JITR_POLICY_DOCUMENT") or None,
         thing_name=env.get("IOTDR_JITR_THING_NAME") or "cn",
         allowed_cas=cas or None,
+        primary_region=env.get("IOTDR_PRIMARY_REGION") or None,
+        primary_endpoint_url=env.get("IOTDR_PRIMARY_ENDPOINT_URL") or None,
     )
     return RegionConfig(
         region=region,
@@ -98,22 +105,29 @@ def handler(event: Any, context: object) -> dict[str, Any]:
     """
     del context
     from replicator._aws import build_region  # noqa: PLC0415 - boto3 only when needed
-    from replicator._jitr import Boto3JitrRegion  # noqa: PLC0415
+    from replicator._jitr import Boto3JitrRegion, build_primary  # noqa: PLC0415
     from replicator._quotas import QuotaLimiter  # noqa: PLC0415
 
     region_config, config = config_from_env(os.environ)
-    region = Boto3JitrRegion(build_region(region_config, limiter=QuotaLimiter()))
-    return handle_event(event, region, config)
+    limiter = QuotaLimiter()
+    region = Boto3JitrRegion(build_region(region_config, limiter=limiter))
+    return handle_event(event, region, config, primary=build_primary(config, limiter))
 
 
-def handle_event(event: Any, region: JitrRegion, config: JitrConfig) -> dict[str, Any]:
-    """What :func:`handler` does once the region is built (tests call it with a fake region).
+def handle_event(
+    event: Any,
+    region: JitrRegion,
+    config: JitrConfig,
+    *,
+    primary: PrimaryCertificates | None = None,
+) -> dict[str, Any]:
+    """What :func:`handler` does once the regions are built (tests call it with fakes).
 
     Raises:
         ReplicatorError: a failure that may pass.
     """
     with Journal(":memory:", queue="jitr") as journal:
-        jitr = JitrHandler(region, journal, config)
+        jitr = JitrHandler(region, journal, config, primary=primary)
         if isinstance(event, dict) and (event.get("source") == "aws.events" or event.get("sweep")):
             return _sweep(jitr)
         certificate_id = event.get("certificateId") if isinstance(event, dict) else None
@@ -140,6 +154,7 @@ def _sweep(jitr: JitrHandler) -> dict[str, Any]:
         "swept": swept,
         "activated": jitr.stats.activated,
         "refused": jitr.stats.refused,
+        "mirrored": jitr.stats.mirrored,
         "pending": counts.pending,
         "dead": counts.dead,
     }

@@ -210,7 +210,13 @@ def west(local_regions: LocalRegions, tmp_path: Path) -> West:
 class Running:
     """The handler and its feed in a thread of this process."""
 
-    def __init__(self, west: West, journal_path: Path, **overrides: Any) -> None:
+    def __init__(
+        self,
+        west: West,
+        journal_path: Path,
+        primary: Boto3JitrRegion | None = None,
+        **overrides: Any,
+    ) -> None:
         settings: dict[str, Any] = {
             "policy_name": POLICY,
             "policy_document": DOCUMENT,
@@ -226,7 +232,9 @@ class Running:
             retry=RetryPolicy(max_attempts=1),
         )
         self.journal = Journal(journal_path, queue="jitr")
-        self.handler = JitrHandler(Boto3JitrRegion(region), self.journal, JitrConfig(**settings))
+        self.handler = JitrHandler(
+            Boto3JitrRegion(region), self.journal, JitrConfig(**settings), primary=primary
+        )
         self.feed = MqttFeed(
             FeedConfig(
                 region=WEST.name,
@@ -445,3 +453,47 @@ async def test_the_command_once_and_as_a_service(west: West, tmp_path: Path) -> 
     assert lines[-1]["activated"] == 1
     assert lines[-1]["pending"] == 0
     assert "jitr.activated" in log.read_text()
+
+
+# -- the primary's word --------------------------------------------------------------------------
+
+
+async def test_a_certificate_revoked_in_the_primary_is_revoked_not_activated_in_the_secondary(
+    west: West, running: Callable[..., Running]
+) -> None:
+    east_name = DEFAULT_REGIONS[0].name
+    east: IoTClient = boto3.client(
+        "iot", region_name=east_name, endpoint_url=west.url, config=NO_RETRIES
+    )
+    pki, ca_id = west.register_ca("jitr-ca")
+    described = west.iot.describe_ca_certificate(certificateId=ca_id)["certificateDescription"]
+    assert described.get("autoRegistrationStatus") == "ENABLE"  # what the screen reads
+    stolen, known = pki.issue_device("stolen-2"), pki.issue_device("known-1")
+    # The primary knows both devices; the stolen one's certificate is revoked there.
+    revoked = east.register_certificate_without_ca(
+        certificatePem=stolen.cert_path.read_text(), status="REVOKED"
+    )
+    active = east.register_certificate_without_ca(
+        certificatePem=known.cert_path.read_text(), status="ACTIVE"
+    )
+    assert (revoked["certificateId"], active["certificateId"]) == (
+        stolen.certificate_id,
+        known.certificate_id,
+    )
+    primary = build_region(
+        RegionConfig(region=east_name, endpoint_url=west.url, read_timeout_s=5.0),
+        limiter=QuotaLimiter(),
+        retry=RetryPolicy(max_attempts=1),
+    )
+    jitr = running(allowed_cas=frozenset({ca_id}), primary=Boto3JitrRegion(primary))
+
+    await west.first_connect_is_jitr(stolen)
+    wait_for(lambda: west.status(stolen.certificate_id) == "REVOKED", "the secondary revoking it")
+    assert jitr.handler.stats.mirrored == 1
+    assert "stolen-2" not in {t["thingName"] for t in west.iot.list_things()["things"]}
+    assert await west.connect(stolen) == "closed"
+
+    await west.first_connect_is_jitr(known)
+    await west.connects_and_publishes(known)
+    assert jitr.handler.stats.activated == 1
+    assert jitr.handler.stats.primary_unchecked == 0

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from replicator._errors import (
     ReplicatorError,
     ThrottledError,
 )
+from replicator._iam import JITR_PRIMARY_ACTIONS, jitr_iam_policy
 from replicator._jitr import (
     CaCertificate,
     Eligible,
@@ -60,7 +62,7 @@ from replicator.jitr_lambda import JitrIncompleteError, config_from_env, handle_
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-WEST = "us-west-2"
+EAST, WEST = "us-east-1", "us-west-2"
 POLICY = "device-policy"
 DOCUMENT = json.dumps(
     {
@@ -196,8 +198,10 @@ class MemoryJitrRegion:
 
     # -- what AWS does on a device's first connect -----------------------------------------
 
-    def register_ca(self, ca: CA, status: str = "ACTIVE") -> None:
-        self.cas[ca.certificate_id] = CaCertificate(ca.certificate_id, status, True)
+    def register_ca(
+        self, ca: CA, status: str = "ACTIVE", *, auto_registration: bool = True
+    ) -> None:
+        self.cas[ca.certificate_id] = CaCertificate(ca.certificate_id, status, auto_registration)
 
     def jitr(self, ca: CA, cn: str | None, status: str = "PENDING_ACTIVATION") -> str:
         cert_id, pem = ca.issue(cn)
@@ -215,6 +219,25 @@ class MemoryJitrRegion:
 
     def writes(self) -> list[str]:
         return [c for c in self.calls if not c.startswith(("Describe", "List", "Get"))]
+
+
+@dataclass
+class FakePrimary:
+    """The primary's certificates, by id: their status; failures injected before a call."""
+
+    statuses: dict[str, str] = field(default_factory=dict)
+    failures: list[ReplicatorError] = field(default_factory=list)
+    calls: int = 0
+
+    @property
+    def region(self) -> str:
+        return EAST
+
+    def certificate_status(self, certificate_id: str) -> str | None:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return self.statuses.get(certificate_id)
 
 
 class Wall:
@@ -241,7 +264,9 @@ class Rig:
         return self.journal.state_of(ObjectKey.certificate(cert_id))
 
 
-def rig(region: MemoryJitrRegion | None = None, **overrides: Any) -> Rig:
+def rig(
+    region: MemoryJitrRegion | None = None, primary: FakePrimary | None = None, **overrides: Any
+) -> Rig:
     settings: dict[str, Any] = {
         "policy_name": POLICY,
         "policy_document": DOCUMENT,
@@ -253,7 +278,7 @@ def rig(region: MemoryJitrRegion | None = None, **overrides: Any) -> Rig:
     region = region or MemoryJitrRegion()
     journal = Journal(":memory:", queue="jitr")
     wall = Wall()
-    handler = JitrHandler(region, journal, JitrConfig(**settings), wall=wall)
+    handler = JitrHandler(region, journal, JitrConfig(**settings), primary=primary, wall=wall)
     return Rig(region, journal, handler, wall)
 
 
@@ -564,10 +589,17 @@ def test_throttling_and_outages_are_retried_with_backoff_for_as_long_as_it_takes
         assert r.journal.claim(now=r.wall(), limit=10) == []  # not due yet
         due = r.journal.counts(r.wall() + 3600).due
         assert due == 1
-        # Jump to just after the backoff (at most the cap).
+        # Jump to just after the backoff (at most the cap): bounded, so a regression
+        # (a backoff past the cap, a row never due again) fails instead of hanging.
         before = r.wall.now
-        while not r.journal.claim(now=r.wall.now, limit=1):
+        deadline = time.monotonic() + 10.0
+        for _ in range(int(30.0 / 0.25) + 2):
+            if r.journal.claim(now=r.wall.now, limit=1) or time.monotonic() > deadline:
+                break
             r.wall.now += 0.25
+        else:
+            pytest.fail(f"attempt {attempt + 1}: not due again within the 30 s cap")
+        assert time.monotonic() <= deadline, "looking for the due row took too long"
         delays.append(r.wall.now - before)
     assert max(delays) <= 30.25
     assert r.region.status(cid) == "PENDING_ACTIVATION"  # activation is the last write
@@ -704,15 +736,16 @@ def test_a_failed_sweep_is_counted_and_tried_again_soon(ca: CA) -> None:
     runner = threading.Thread(target=r.handler.run, args=(stop,))
     runner.start()
     try:
-        for _ in range(200):
-            if r.handler.stats.sweep_failures:
-                break
+        # Deadlines, not iteration counts: a slow runner must not advance the wall
+        # clock before the failed sweep has set the next one.
+        deadline = time.monotonic() + 10.0
+        while not r.handler.stats.sweep_failures and time.monotonic() < deadline:
             stop.wait(0.01)
+        assert r.handler.stats.sweep_failures == 1
         # The next sweep is due within the first backoff, not the interval.
         r.wall.now += 2.0
-        for _ in range(500):
-            if r.region.status(cid) == "ACTIVE":
-                break
+        deadline = time.monotonic() + 10.0
+        while r.region.status(cid) != "ACTIVE" and time.monotonic() < deadline:
             stop.wait(0.01)
     finally:
         stop.set()
@@ -802,6 +835,8 @@ def _no_jitr_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "IOTDR_JITR_FEED",
         "IOTDR_JITR_POLICY",
         "IOTDR_JITR_JOURNAL",
+        "IOTDR_PRIMARY_REGION",
+        "IOTDR_PRIMARY_ENDPOINT_URL",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -814,6 +849,7 @@ def _no_jitr_env(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--once", "--thing-name", "same-for-all"], "neither 'cn' nor a template"),
         (["--once", "--ca", "xyz"], "64 lower-case hex"),
         (["--journal", "j.db", "--feed", "nohost"], "is not HOST:PORT"),
+        (["--once", "--primary-endpoint-url", "http://x:1"], "needs the primary region"),
     ],
 )
 def test_cli_errors_are_one_line(
@@ -844,3 +880,215 @@ def test_the_event_names_the_ca_when_the_description_does_not(ca: CA, other_ca: 
     r.handler.accept(cid, ca.certificate_id)
     assert r.handler.process(r.claim()) == "activated"
     assert r.region.status(cid) == "ACTIVE"
+
+
+# -- the CA's auto-registration ------------------------------------------------------------------
+
+
+def test_without_an_allow_list_the_ca_must_auto_register(ca: CA) -> None:
+    config = JitrConfig(policy_name=POLICY)
+    manual = CaCertificate(ca.certificate_id, "ACTIVE", auto_registration=False)
+    assert screen(config, _cert(ca, "d-1"), manual) == Refused(
+        f"CA {ca.certificate_id} does not have auto-registration enabled"
+    )
+    # With an allow-list the operator chose the CA: accepted.
+    allowed = JitrConfig(policy_name=POLICY, allowed_cas=frozenset({ca.certificate_id}))
+    assert screen(allowed, _cert(ca, "d-2"), manual) == Eligible("d-2")
+
+
+def test_a_certificate_registered_by_hand_under_a_manual_ca_is_not_activated(
+    ca: CA, other_ca: CA
+) -> None:
+    r = rig()
+    r.region.register_ca(ca)
+    r.region.register_ca(other_ca, auto_registration=False)
+    by_hand = r.region.jitr(other_ca, "by-hand-1")  # PENDING_ACTIVATION, registered by hand
+    jitr = r.region.jitr(ca, "jitr-1")
+    assert r.handler.sweep() == 1  # the manual CA is not swept
+    assert r.handler.drain() == 1
+    assert r.handler.handle(by_hand, other_ca.certificate_id) == "refused"  # nor its events
+    assert (r.region.status(by_hand), r.region.status(jitr)) == ("PENDING_ACTIVATION", "ACTIVE")
+
+
+def test_an_allowed_ca_without_auto_registration_is_accepted_and_logged(
+    other_ca: CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = rig(allowed_cas=frozenset({other_ca.certificate_id}))
+    r.region.register_ca(other_ca, auto_registration=False)
+    cid = r.region.jitr(other_ca, "chosen-1")
+    with caplog.at_level(logging.INFO, logger="replicator._jitr"):
+        assert r.handler.sweep() == 1
+        assert r.handler.drain() == 1
+    assert r.region.status(cid) == "ACTIVE"
+    [line] = [rec for rec in caplog.records if rec.getMessage() == "jitr.ca_not_auto_registering"]
+    assert line.levelno == logging.WARNING
+
+
+# -- the status, read again right before the activation ------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["REVOKED", "INACTIVE"])
+def test_a_certificate_changed_by_an_operator_meanwhile_is_not_activated(
+    ca: CA, status: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class OperatorActs(MemoryJitrRegion):
+        def execute(self, op: Op) -> int | None:
+            written = super().execute(op)
+            if isinstance(op, AttachThingPrincipal):  # between the screen and the activation
+                self.memory.execute(UpdateCertificate(op.certificate_id, status))
+            return written
+
+    r = rig(OperatorActs())
+    r.region.register_ca(ca)
+    cid = r.region.jitr(ca, "turned-off-1")
+    r.handler.accept(cid, ca.certificate_id)
+    with caplog.at_level(logging.INFO, logger="replicator._jitr"):
+        assert r.handler.process(r.claim()) == "left_alone"
+    assert r.region.status(cid) == status
+    assert "UpdateCertificate" not in r.region.writes()
+    assert r.row(cid) == ("done", 0, None)
+    assert r.handler.stats.changed_meanwhile == 1
+    assert r.handler.stats.activated == 0
+    [line] = [rec for rec in caplog.records if rec.getMessage() == "jitr.changed_meanwhile"]
+    assert line.__dict__["status"] == status
+
+
+def test_a_certificate_deleted_meanwhile_is_gone(ca: CA) -> None:
+    class OperatorDeletes(MemoryJitrRegion):
+        def execute(self, op: Op) -> int | None:
+            if isinstance(op, UpdateCertificate):
+                pytest.fail("activated a deleted certificate")
+            written = super().execute(op)
+            if isinstance(op, AttachThingPrincipal):
+                del self.memory.certificates[op.certificate_id]
+            return written
+
+    r = rig(OperatorDeletes())
+    r.region.register_ca(ca)
+    cid = r.region.jitr(ca, "deleted-1")
+    assert r.handler.handle(cid) == "gone"
+
+
+# -- the primary's view of the certificate -------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["REVOKED", "INACTIVE"])
+def test_a_certificate_revoked_or_inactive_in_the_primary_is_set_so_not_activated(
+    ca: CA, status: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    primary = FakePrimary()
+    r = rig(primary=primary)
+    r.region.register_ca(ca)
+    cid = r.region.jitr(ca, "stolen-1")
+    primary.statuses[cid] = status
+    r.handler.accept(cid, ca.certificate_id)
+    with caplog.at_level(logging.INFO, logger="replicator._jitr"):
+        assert r.handler.process(r.claim()) == "mirrored"
+    assert r.region.status(cid) == status  # not left PENDING_ACTIVATION
+    assert r.region.writes() == ["UpdateCertificate"]  # no policy, no thing
+    assert "stolen-1" not in r.region.memory.things
+    assert r.handler.stats.mirrored == 1
+    assert r.handler.stats.activated == 0
+    assert r.row(cid) == ("done", 0, None)
+    [line] = [rec for rec in caplog.records if rec.getMessage() == "jitr.primary.refused"]
+    assert (line.levelno, line.__dict__["status"]) == (logging.WARNING, status)
+    assert r.handler.sweep() == 0  # no longer pending: not swept again
+
+
+@pytest.mark.parametrize(
+    ("statuses", "failure", "event"),
+    [
+        ({}, None, "jitr.primary.unknown"),  # registered in the secondary only
+        ({}, RegionUnavailableError("down", region=EAST, api="DescribeCertificate"), None),
+        ({}, ThrottledError("slow down", region=EAST, api="DescribeCertificate"), None),
+    ],
+    ids=["unknown", "unreachable", "throttled"],
+)
+def test_a_primary_that_cannot_say_does_not_stop_the_activation(
+    ca: CA,
+    statuses: dict[str, str],
+    failure: ReplicatorError | None,
+    event: str | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    primary = FakePrimary(statuses=statuses, failures=[failure] if failure else [])
+    r = rig(primary=primary)
+    r.region.register_ca(ca)
+    cid = r.region.jitr(ca, "outage-1")
+    with caplog.at_level(logging.INFO, logger="replicator._jitr"):
+        assert r.handler.handle(cid) == "activated"
+    assert r.region.status(cid) == "ACTIVE"
+    assert primary.calls == 1
+    assert r.handler.stats.primary_unchecked == 1
+    names = [rec.getMessage() for rec in caplog.records]
+    assert (event or "jitr.primary.unchecked") in names
+
+
+def test_a_certificate_active_in_the_primary_is_activated(ca: CA) -> None:
+    primary = FakePrimary()
+    r = rig(primary=primary)
+    r.region.register_ca(ca)
+    cid = r.region.jitr(ca, "moved-1")
+    primary.statuses[cid] = "ACTIVE"
+    assert r.handler.handle(cid) == "activated"
+    assert r.handler.stats.primary_unchecked == 0
+
+
+def test_access_denied_in_the_primary_stops_rather_than_skipping_the_check(ca: CA) -> None:
+    primary = FakePrimary(failures=[AccessDeniedError(region=EAST, api="DescribeCertificate")])
+    r = rig(primary=primary)
+    r.region.register_ca(ca)
+    cid = r.region.jitr(ca, "denied-2")
+    r.handler.accept(cid, ca.certificate_id)
+    with pytest.raises(AccessDeniedError, match="iot:DescribeCertificate"):
+        r.handler.process(r.claim())
+    assert r.region.status(cid) == "PENDING_ACTIVATION"
+    assert (r.row(cid) or ("",))[0] == "pending"
+
+
+def test_the_lambda_asks_the_primary(ca: CA) -> None:
+    region = MemoryJitrRegion()
+    region.register_ca(ca)
+    config = JitrConfig(policy_name=POLICY, policy_document=DOCUMENT, primary_region=EAST)
+    cid = region.jitr(ca, "lambda-revoked")
+    primary = FakePrimary(statuses={cid: "REVOKED"})
+    assert handle_event(_event(cid, ca), region, config, primary=primary) == {
+        "certificateId": cid,
+        "result": "mirrored",
+    }
+    assert region.status(cid) == "REVOKED"
+    env = {
+        "AWS_REGION": WEST,
+        "IOTDR_JITR_POLICY": POLICY,
+        "IOTDR_PRIMARY_REGION": EAST,
+        "IOTDR_PRIMARY_ENDPOINT_URL": "http://127.0.0.1:5000",
+    }
+    _, from_env = config_from_env(env)
+    assert (from_env.primary_region, from_env.primary_endpoint_url) == (
+        EAST,
+        "http://127.0.0.1:5000",
+    )
+    assert (
+        config_from_env({"AWS_REGION": WEST, "IOTDR_JITR_POLICY": POLICY})[1].primary_region is None
+    )
+
+
+def test_a_primary_endpoint_needs_the_primary_region() -> None:
+    with pytest.raises(ConfigError, match="needs the primary region"):
+        JitrConfig(policy_name=POLICY, primary_endpoint_url="http://127.0.0.1:5000")
+
+
+def test_the_jitr_iam_policy_reads_certificates_in_the_primary_only_when_asked() -> None:
+    without = jitr_iam_policy(WEST, account_id="123456789012")
+    assert all(s["Sid"] != "CheckThePrimary" for s in without["Statement"])
+    document = jitr_iam_policy(WEST, account_id="123456789012", primary_region=EAST)
+    [check] = [s for s in document["Statement"] if s["Sid"] == "CheckThePrimary"]
+    assert check == {
+        "Sid": "CheckThePrimary",
+        "Effect": "Allow",
+        "Action": ["iot:DescribeCertificate"],
+        "Resource": f"arn:aws:iot:{EAST}:123456789012:cert/*",
+    }
+    assert list(JITR_PRIMARY_ACTIONS) == ["iot:DescribeCertificate"]  # read-only
+    others = [s for s in document["Statement"] if s["Sid"] != "CheckThePrimary"]
+    assert all(EAST not in json.dumps(s) for s in others)
