@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +52,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     health: ServiceHealth
     metrics: ReplicatorMetrics
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6  # socketserver binds with the class's family
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -100,7 +105,8 @@ class OpsServer:
     """``/healthz``, ``/readyz`` and ``/metrics`` on ``host:port``, in a daemon thread.
 
     Args:
-        host: the address to bind (``127.0.0.1`` keeps it on the machine).
+        host: the address to bind (``127.0.0.1`` keeps it on the machine); an
+            IPv6 address (``::1``) binds an IPv6 socket.
         port: the port; 0 picks a free one (see :attr:`address`).
         health: answers the probes.
         metrics: what ``/metrics`` serves.
@@ -112,10 +118,13 @@ class OpsServer:
     def __init__(
         self, host: str, port: int, *, health: ServiceHealth, metrics: ReplicatorMetrics
     ) -> None:
+        # An IPv6 literal (``::1``, from ``[::1]:PORT``) needs an AF_INET6 socket.
+        server_class = _Server6 if ":" in host else _Server
         try:
-            server = _Server((host, port), _Handler, bind_and_activate=True)
+            server = server_class((host, port), _Handler, bind_and_activate=True)
         except OSError as exc:
-            raise ConfigError(f"--listen {host}:{port}: {exc.strerror or exc}") from exc
+            shown = f"[{host}]" if ":" in host else host
+            raise ConfigError(f"--listen {shown}:{port}: {exc.strerror or exc}") from exc
         server.health = health
         server.metrics = metrics
         self._server = server

@@ -7,16 +7,41 @@ thing name, bodies ``{"topic": ..., "payload": ...}`` as
 them with the same engine as ``iotdr replicator run``.
 
 Per batch: every message is parsed and journaled; the affected objects are
-applied at once; the response lists, for SQS's partial batch response
-(``ReportBatchItemFailures``), the messages whose objects were not applied
-(throttled, a region down, a step scheduled for later), so that SQS delivers
-them again: SQS is the durable queue and the timer, the journal only a
-per-container working set (``:memory:`` by default). On a FIFO queue, once a
-message of a group fails, every later message of that group in the batch is
-reported too, as AWS requires to keep the group's order. A body that does not
-parse goes to the journal's dead letters and is *not* reported: it would fail
-the same way forever. AccessDenied raises, so that the whole batch comes back
-after the permission is fixed; the log line names it.
+applied at once (in parallel); the response lists, for SQS's partial batch
+response (``ReportBatchItemFailures``), the messages whose objects were not
+applied (throttled, a region down, a step scheduled for later), so that SQS
+delivers them again: SQS is the durable queue and the timer, the journal only
+a per-container working set (``:memory:`` by default).
+
+On a FIFO queue the response follows AWS's documented rule for FIFO event
+sources: stop at the first failure and return it *and every later message of
+the batch*, whatever its group (:func:`fifo_failures`). The handler has in fact
+tried the later ones too (it applies the batch at once); delivering them again
+is harmless, since the engine reads the source again and writes only what
+differs, and it keeps each group's order. On a standard queue only the failed
+messages are returned. A body that does not parse goes to the journal's dead
+letters and is not reported, unless it comes after the first failure of a
+FIFO batch (the rule above; it is dead-lettered again on its next delivery).
+AccessDenied raises, so that the whole batch comes back after the permission is
+fixed; the log line names it.
+
+Scheduled steps and the queue's settings. AWS deletes a thing type only five
+minutes (:data:`~replicator._plan.THING_TYPE_DELETE_AFTER_S`, 300 s) after its
+deprecation; the engine deprecates it and *schedules* the deletion. Such a
+message is reported failed at every delivery until the deletion is due: SQS's
+redelivery is the timer. The queue must therefore redeliver for longer than
+that before giving up: with visibility timeout ``V`` and ``maxReceiveCount``
+``N`` of the redrive policy, ``V * (N - 1)`` must exceed 300 s plus a margin
+(360 s or more: for example ``V = 60 s, N >= 8``), or the message ends in the
+dead-letter queue with the type still in the secondary. On a FIFO queue the
+messages after it in its batches are returned with it and need the same room.
+The Lambda's own timeout must stay below ``V``, as AWS requires anyway.
+
+A scheduled step is reported even when ``IOTDR_REPLICATOR_JOURNAL`` names a
+file (on EFS, say), deliberately: nothing would invoke the function when the
+step falls due if no message came, and the journal is SQLite in WAL mode, not
+safe to share between the concurrent containers of one function over a
+network file system. A journal file only spares work within one container.
 
 Configuration, from the environment (the names of ``iotdr replicator``'s
 options): ``IOTDR_PRIMARY_REGION``, ``IOTDR_SECONDARY_REGION`` (required),
@@ -128,21 +153,23 @@ class _Message:
 
 
 def fifo_failures(messages: Sequence[tuple[str, str | None]], failed: set[str]) -> list[str]:
-    """The ids to report to SQS, in batch order: the failed, and all after them in their group.
+    """The ids to report to SQS, in batch order.
+
+    AWS's rule for FIFO queues: from the first failed message on, every message
+    of the batch, whatever its group. On a standard queue (no group ids): the
+    failed messages only.
 
     Args:
         messages: (message id, group id) in the batch's order; group None on a
-            standard queue (then only the failed ones are reported).
+            standard queue.
         failed: the ids whose objects were not applied.
     """
-    broken: set[str] = set()
-    reported = []
-    for message_id, group in messages:
-        if message_id in failed or (group is not None and group in broken):
-            reported.append(message_id)
-            if group is not None:
-                broken.add(group)
-    return reported
+    if all(group is None for _, group in messages):
+        return [message_id for message_id, _ in messages if message_id in failed]
+    for index, (message_id, _) in enumerate(messages):
+        if message_id in failed:
+            return [later for later, _ in messages[index:]]
+    return []
 
 
 class LambdaReplicator:

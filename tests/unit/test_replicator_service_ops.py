@@ -5,6 +5,7 @@ the Lambda handler's partial batch responses (over in-memory regions).
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from replicator._http import OpsServer, parse_listen
 from replicator._journal import Journal
 from replicator._memory import InMemoryRegion
 from replicator._metrics import LAG_BUCKETS_S, ReplicatorMetrics
-from replicator._ops import CreateThing
+from replicator._ops import CreateThing, CreateThingType
 from replicator._quotas import RetryPolicy
 from replicator._records import DeadLetter, ObjectNamed
 from replicator._service import ServiceOps
@@ -446,6 +447,30 @@ def test_a_port_in_use_is_a_config_error() -> None:
             OpsServer("127.0.0.1", port, health=ops.health, metrics=ops.metrics)
 
 
+def _has_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_an_ipv6_listen_address_binds_and_answers() -> None:
+    ops = ServiceOps()
+    ops.health.engine_running()
+    host, port = parse_listen("[::1]:0") or ("", 0)
+    with OpsServer(host, port, health=ops.health, metrics=ops.metrics) as server:
+        assert server.address[0] == "::1"
+        assert server.address[1] > 0
+        assert server.url == f"http://[::1]:{server.address[1]}"
+        with urllib.request.urlopen(f"{server.url}/healthz", timeout=5) as response:
+            assert response.status == 200
+
+
 # -- the Lambda handler -------------------------------------------------------------------------
 
 
@@ -453,11 +478,16 @@ def test_a_port_in_use_is_a_config_error() -> None:
     ("messages", "failed", "reported"),
     [
         ([("a", "g1"), ("b", "g1"), ("c", "g2")], set(), []),
-        ([("a", "g1"), ("b", "g1"), ("c", "g2")], {"a"}, ["a", "b"]),
-        ([("a", "g1"), ("b", "g2"), ("c", "g1"), ("d", "g2")], {"b"}, ["b", "d"]),
+        # FIFO, AWS's rule: the first failure and every later message, whatever its group.
+        ([("a", "g1"), ("b", "g1"), ("c", "g2")], {"a"}, ["a", "b", "c"]),
+        ([("a", "g1"), ("b", "g2"), ("c", "g1"), ("d", "g2")], {"b"}, ["b", "c", "d"]),
         ([("a", "g1"), ("b", "g1"), ("c", "g1")], {"b"}, ["b", "c"]),  # earlier ones stand
         ([("a", "g1"), ("b", "g2"), ("c", "g1")], {"a", "b"}, ["a", "b", "c"]),
-        ([("a", None), ("b", None)], {"a"}, ["a"]),  # a standard queue: no groups
+        ([("a", "g1"), ("b", "g2"), ("c", "g3")], {"c"}, ["c"]),  # the last one only
+        ([], set(), []),
+        # A standard queue (no groups): the failed ones only.
+        ([("a", None), ("b", None), ("c", None)], {"a", "c"}, ["a", "c"]),
+        ([("a", None), ("b", None)], set(), []),
     ],
 )
 def test_fifo_partial_batch_rule(
@@ -509,7 +539,7 @@ def lambda_rig() -> Iterator[tuple[LambdaReplicator, InMemoryRegion, PartlyDown]
         yield replicator, primary, secondary
 
 
-def test_lambda_reports_the_failed_group_from_its_first_failure(
+def test_lambda_reports_the_batch_from_its_first_failure_on_a_fifo_queue(
     lambda_rig: tuple[LambdaReplicator, InMemoryRegion, PartlyDown],
 ) -> None:
     replicator, _, secondary = lambda_rig
@@ -519,19 +549,87 @@ def test_lambda_reports_the_failed_group_from_its_first_failure(
             sqs_record("m1", "a1", "A"),
             sqs_record("m2", "b1", "B"),
             sqs_record("m3", "a2", "A"),  # fails
-            sqs_record("m4", "a1", "A"),  # after it in its group: reported too
-            sqs_record("m5", None, "B"),  # malformed: dead-lettered, not reported
+            sqs_record("m4", "a1", "A"),  # after it in its group: reported
+            sqs_record("m5", "b1", "B"),  # after it in another group: reported too (AWS's rule)
         ]
     }
     response = replicator.handle(event)
-    assert response == {"batchItemFailures": [{"itemIdentifier": "m3"}, {"itemIdentifier": "m4"}]}
-    assert set(secondary.things) == {"a1", "b1"}
-    assert replicator.engine.journal.counts(0.0).dead_letters == 1
+    assert [item["itemIdentifier"] for item in response["batchItemFailures"]] == [
+        "m3",
+        "m4",
+        "m5",
+    ]
+    assert set(secondary.things) == {"a1", "b1"}  # m1 and m2, before the failure, stand
 
-    secondary.down = set()  # SQS delivers m3 and m4 again
-    again = {"Records": event["Records"][2:4]}
+    secondary.down = set()  # SQS delivers m3, m4 and m5 again
+    again = {"Records": event["Records"][2:]}
     assert replicator.handle(again) == {"batchItemFailures": []}
     assert set(secondary.things) == {"a1", "a2", "b1"}
+
+
+def test_lambda_does_not_report_a_malformed_message_before_the_first_failure(
+    lambda_rig: tuple[LambdaReplicator, InMemoryRegion, PartlyDown],
+) -> None:
+    replicator, _, secondary = lambda_rig
+    secondary.down = {"a2"}
+    event = {
+        "Records": [
+            sqs_record("m1", None, "B"),  # malformed: dead-lettered, not reported
+            sqs_record("m2", "a2", "A"),  # fails
+            sqs_record("m3", None, "C"),  # malformed, but after the failure: reported
+        ]
+    }
+    response = replicator.handle(event)
+    assert [item["itemIdentifier"] for item in response["batchItemFailures"]] == ["m2", "m3"]
+    assert replicator.engine.journal.counts(0.0).dead_letters == 2
+
+
+def test_lambda_reports_only_the_failed_messages_of_a_standard_queue(
+    lambda_rig: tuple[LambdaReplicator, InMemoryRegion, PartlyDown],
+) -> None:
+    replicator, _, secondary = lambda_rig
+    secondary.down = {"a2"}
+    records = [sqs_record(m, thing, "") for m, thing in (("m1", "a2"), ("m2", "a1"), ("m3", "b1"))]
+    for record in records:
+        del record["attributes"]["MessageGroupId"]
+    response = replicator.handle({"Records": records})
+    assert response == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+    assert set(secondary.things) == {"a1", "b1"}
+
+
+def test_lambda_reports_a_scheduled_step_until_it_is_due_sqs_being_the_timer() -> None:
+    """A thing type deleted in the primary: deprecated now, deleted 300 s later.
+
+    The message is reported at every delivery until then (see the module
+    docstring for the queue settings this needs), then applied.
+    """
+    clock = [1_700_000_000.0]
+    primary = InMemoryRegion(EAST, clock=lambda: clock[0])
+    secondary = InMemoryRegion(WEST, clock=lambda: clock[0])
+    secondary.execute(CreateThingType("sensor"))
+    engine = Engine(
+        source=primary,
+        target=secondary,
+        journal=Journal(":memory:"),
+        config=EngineConfig(workers=1, thing_recheck_s=None),
+        wall=lambda: clock[0],
+    )
+    body = json.dumps(
+        {
+            "topic": "$aws/events/thingType/sensor/deleted",
+            "payload": {"operation": "DELETED", "thingTypeName": "sensor"},
+        }
+    )
+    event = {"Records": [{"messageId": "t1", "body": body, "attributes": {}}]}
+    with LambdaReplicator(engine, workers=1) as replicator:
+        assert replicator.handle(event) == {"batchItemFailures": [{"itemIdentifier": "t1"}]}
+        assert secondary.types["sensor"].deprecated
+        clock[0] += 120.0  # SQS delivers it again before the deletion is due
+        assert replicator.handle(event) == {"batchItemFailures": [{"itemIdentifier": "t1"}]}
+        assert "sensor" in secondary.types
+        clock[0] += 300.0 - 120.0 + 5.0
+        assert replicator.handle(event) == {"batchItemFailures": []}
+        assert "sensor" not in secondary.types
 
 
 def test_lambda_reports_nothing_for_ignored_or_unparseable_messages(
