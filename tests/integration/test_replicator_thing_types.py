@@ -28,6 +28,7 @@ from replicator._aws import RegionConfig, build_region
 from replicator._engine import Engine, EngineConfig
 from replicator._feed import FeedConfig
 from replicator._journal import Journal
+from replicator._plan import _SCHEDULE_MARGIN_S
 from replicator._quotas import QuotaLimiter, RetryPolicy
 from replicator._service import run_service
 from replicator._state import ObjectKey
@@ -44,6 +45,7 @@ pytestmark = pytest.mark.integration
 EAST, WEST = "us-east-1", "us-west-2"
 DELETE_AFTER_S = 2.0
 WAIT_S = 30.0
+STAMP_S = 0.01  # the resolution of the control plane's timestamps, and then some
 TYPE = "sensor"
 KEY = ObjectKey.thing_type(TYPE)
 
@@ -157,14 +159,17 @@ class Replicator:
         assert not self.thread.is_alive()
 
 
-def journal_row(journal: Journal, key: ObjectKey) -> tuple[str, float, str | None]:
-    """The journal's row of ``key``: state, not_before (epoch s), reason; read as a reader would."""
+def journal_row(journal: Journal, key: ObjectKey) -> tuple[str, float, str | None, float]:
+    """The journal's row of ``key``, read as a reader would.
+
+    State, not_before (epoch s), reason, updated_at (epoch s).
+    """
     with sqlite3.connect(f"file:{journal.path}?mode=ro", uri=True) as conn:
-        state, not_before, reason = conn.execute(
-            f"SELECT state, not_before, reason FROM {journal.queue} WHERE key = ?",
+        state, not_before, reason, updated_at = conn.execute(
+            f"SELECT state, not_before, reason, updated_at FROM {journal.queue} WHERE key = ?",
             (str(key),),
         ).fetchone()
-    return str(state), float(not_before), reason
+    return str(state), float(not_before), reason, float(updated_at)
 
 
 def delete_when_allowed(client: IoTClient, *, timeout_s: float) -> list[str]:
@@ -214,12 +219,13 @@ def test_a_thing_types_life_replicates_and_its_deletion_waits_for_the_rule(
         # The secondary misses the deprecation and the deletion: its control plane is down.
         regions.set_control_plane(WEST, "http503")
         east.deprecate_thing_type(thingTypeName=TYPE)
-        deprecated_at = time.monotonic()
+        # The primary enforces the rule too: its own refusal is the evidence, not the
+        # runner's clock (a slow runner may reach the deadline before asking twice).
         assert error_code(lambda: east.delete_thing_type(thingTypeName=TYPE)) == (
             "InvalidRequestException"
-        )  # the primary enforces the rule too
+        )
         refusals = delete_when_allowed(east, timeout_s=DELETE_AFTER_S + 10)
-        assert time.monotonic() - deprecated_at >= DELETE_AFTER_S
+        assert refusals
         assert set(refusals) == {"InvalidRequestException"}
         assert error_code(lambda: east.describe_thing_type(thingTypeName=TYPE)) == (
             "ResourceNotFoundException"
@@ -232,11 +238,20 @@ def test_a_thing_types_life_replicates_and_its_deletion_waits_for_the_rule(
             "InvalidRequestException"
         )  # too early: deprecated less than DELETE_AFTER_S ago
         wait_for("the scheduled deletion", lambda: replicator.engine.stats.scheduled >= 1)
-        state, not_before, reason = journal_row(journal, KEY)
+        state, not_before, reason, updated_at = journal_row(journal, KEY)
         assert state == "pending"
-        assert not_before >= time.time() + DELETE_AFTER_S / 2  # later, not now: no sleeping
         assert reason is not None
         assert "deprecat" in reason
+        # Scheduled, not slept: not_before is the secondary's own deprecation time plus
+        # the wait (and the plan's margin), from recorded timestamps only. The engine
+        # planned at not_before - wait - margin, deprecated, then recorded the schedule
+        # at updated_at; the secondary's deprecation date lies between the two.
+        west_deprecated_at = west.describe_thing_type(thingTypeName=TYPE)["thingTypeMetadata"][
+            "deprecationDate"
+        ].timestamp()
+        planned_at = not_before - DELETE_AFTER_S - _SCHEDULE_MARGIN_S
+        assert planned_at - STAMP_S <= west_deprecated_at <= updated_at + STAMP_S
+        assert not_before > updated_at  # later than the scheduling itself: no sleeping
 
         # After the wait, the type is gone from the secondary too.
         wait_for(
