@@ -17,12 +17,18 @@ Two ways in, one parser (``_records.py``) and one journal:
 A message that does not parse goes to the journal's dead letters with the
 reason; one that needs nothing (a presence event, the replicator's own shadow
 write echoed back) is counted and dropped.
+
+A broker that cannot be reached is logged, not only shown by ``/readyz``: a
+warning when the connection is lost or the first attempt fails, then at most
+one a minute while paho keeps retrying (each with the attempts so far), and an
+info line when it connects again (:class:`FeedLink` decides, the feed logs).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,7 +48,15 @@ if TYPE_CHECKING:
 
     from replicator._journal import Journal
 
-__all__ = ["FEED_TOPICS", "BatchResult", "FeedConfig", "FeedCounters", "MqttFeed", "accept_bodies"]
+__all__ = [
+    "FEED_TOPICS",
+    "BatchResult",
+    "FeedConfig",
+    "FeedCounters",
+    "FeedLink",
+    "MqttFeed",
+    "accept_bodies",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +118,50 @@ class FeedCounters:
     connects: int = 0
 
 
+@dataclass(slots=True)
+class FeedLink:
+    """The feed's connection as its log tells it: when a failure is worth a warning.
+
+    Pure: the feed reports what paho saw, with the time, and logs what this
+    answers. Failing starts at a lost connection or a failed first attempt and
+    ends at the next accepted connection.
+
+    Attributes:
+        warn_every_s: while failing, the least time between two warnings.
+        failing_since: when failing started (monotonic seconds), or None.
+        failures: failed attempts (and the loss) since then.
+        warned_at: when the last warning of this failing spell was logged.
+    """
+
+    warn_every_s: float = 60.0
+    failing_since: float | None = None
+    failures: int = 0
+    warned_at: float | None = None
+
+    @property
+    def failing(self) -> bool:
+        """Whether the feed is between a failure and its next connection."""
+        return self.failing_since is not None
+
+    def failed(self, now: float) -> bool:
+        """Count one failure at ``now``; whether to warn (the first, then once a minute)."""
+        if self.failing_since is None:
+            self.failing_since = now
+        self.failures += 1
+        if self.warned_at is not None and now - self.warned_at < self.warn_every_s:
+            return False
+        self.warned_at = now
+        return True
+
+    def connected(self, now: float) -> tuple[float, int] | None:
+        """The feed connected at ``now``: how long it failed and how often, if it was failing."""
+        if self.failing_since is None:
+            return None
+        spell = (now - self.failing_since, self.failures)
+        self.failing_since, self.failures, self.warned_at = None, 0, None
+        return spell
+
+
 class MqttFeed:
     """Subscribes to the source region's change feed and journals every change.
 
@@ -111,16 +169,25 @@ class MqttFeed:
         config: broker and session.
         journal: where changes go.
         wall: epoch seconds (journal times).
+        monotonic: seconds, for how often a failing connection is logged.
     """
 
     def __init__(
-        self, config: FeedConfig, journal: Journal, *, wall: Callable[[], float] = time.time
+        self,
+        config: FeedConfig,
+        journal: Journal,
+        *,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.counters = FeedCounters()
         self.failed: ReplicatorError | None = None
         self._journal = journal
         self._wall = wall
+        self._monotonic = monotonic
+        self._link = FeedLink()  # paho's network thread only
+        self._connected = False
         self._subscribed = threading.Event()
         self._lock = threading.Lock()
         client = mqtt.Client(
@@ -137,6 +204,7 @@ class MqttFeed:
                 context.load_cert_chain(str(config.cert_path), str(config.key_path))
             client.tls_set_context(context)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -147,6 +215,11 @@ class MqttFeed:
             f"MqttFeed({self.config.host}:{self.config.port}, client_id={self.config.client_id!r}, "
             f"subscribed={self.subscribed}, accepted={self.counters.accepted})"
         )
+
+    @property
+    def broker(self) -> str:
+        """``host:port`` of the broker, as logged."""
+        return f"{self.config.host}:{self.config.port}"
 
     @property
     def subscribed(self) -> bool:
@@ -178,16 +251,26 @@ class MqttFeed:
     ) -> None:
         del userdata, properties
         if reason.is_failure:
-            logger.warning("replicator.feed.refused", extra={"reason": str(reason)})
+            self._failure("replicator.feed.refused", str(reason))
             return
         self.counters.connects += 1
-        logger.info(
-            "replicator.feed.connected",
-            extra={
-                "broker": f"{self.config.host}:{self.config.port}",
-                "session": flags.session_present,
-            },
-        )
+        self._connected = True
+        spell = self._link.connected(self._monotonic())
+        if spell is None:
+            logger.info(
+                "replicator.feed.connected",
+                extra={"broker": self.broker, "session": flags.session_present},
+            )
+        else:
+            logger.info(
+                "replicator.feed.reconnected",
+                extra={
+                    "broker": self.broker,
+                    "session": flags.session_present,
+                    "failing_s": round(spell[0], 1),
+                    "failed_attempts": spell[1],
+                },
+            )
         client.subscribe([(topic, 1) for topic in self.config.topics])
 
     def _on_subscribe(
@@ -214,7 +297,33 @@ class MqttFeed:
     ) -> None:
         del client, userdata, flags, properties
         self._subscribed.clear()
-        logger.info("replicator.feed.disconnected", extra={"reason": str(reason)})
+        was_connected, self._connected = self._connected, False
+        if was_connected and reason.is_failure:
+            self._failure("replicator.feed.lost", str(reason))
+        elif was_connected:
+            logger.info(
+                "replicator.feed.disconnected", extra={"broker": self.broker, "reason": str(reason)}
+            )
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        del client, userdata
+        # paho calls this inside its ``except OSError`` and does not pass the error on.
+        error = sys.exc_info()[1]
+        self._failure("replicator.feed.unreachable", str(error or "connection failed"))
+
+    def _failure(self, event: str, reason: str) -> None:
+        """One lost connection or failed attempt: a warning, unless one was logged lately."""
+        if self._link.failed(self._monotonic()):
+            logger.warning(
+                event,
+                extra={
+                    "broker": self.broker,
+                    "reason": reason,
+                    "failed_attempts": self._link.failures,
+                },
+            )
+        else:
+            logger.debug(event, extra={"broker": self.broker, "reason": reason})
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         del userdata
