@@ -383,7 +383,8 @@ def _feed_config(options: dict[str, Any], flag: str, address: str, role: str) ->
 @click.option(
     "--jitr",
     is_flag=True,
-    help="The JITR handler's policy instead, for the --secondary-region.",
+    help="The JITR handler's policy instead, for the --secondary-region; with "
+    "--primary-region, also the read-only check of a certificate's status in the primary.",
 )
 @click.option("--partition", default="aws", show_default=True)
 def replicator_iam_policy(**options: Any) -> None:
@@ -398,6 +399,7 @@ def replicator_iam_policy(**options: Any) -> None:
         document = jitr_iam_policy(
             options["secondary_region"],
             feed_client_id=options["feed_client_id"] or "iotdr-jitr",
+            primary_region=options["primary_region"] or None,
             **common,
         )
     else:

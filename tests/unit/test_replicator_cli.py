@@ -207,3 +207,14 @@ def test_failback_and_keeping_target_changes_need_the_journal(
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_jitr_iam_policy_can_check_the_primary(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["replicator", "iam-policy", "--jitr", "--secondary-region", WEST]
+    code, out, _ = run([*args, "--primary-region", EAST], capsys)
+    assert code == 0
+    statements = {s["Sid"]: s for s in json.loads(out)["Statement"]}
+    assert statements["CheckThePrimary"]["Action"] in (
+        "iot:DescribeCertificate",
+        ["iot:DescribeCertificate"],
+    )
