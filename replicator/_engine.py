@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from replicator._assess import UNREAD, Assessment, Assessor
 from replicator._errors import (
     AccessDeniedError,
+    CredentialsError,
     PermanentError,
     RegionUnavailableError,
     ReplicatorError,
@@ -476,6 +477,7 @@ class Engine:
 
         Raises:
             AccessDeniedError: the credentials lack a permission (the change stays pending).
+            CredentialsError: there are no usable credentials (the change stays pending).
         """
         _, mine = self._enter(claim.key)
         self._writes.apis = []
@@ -510,7 +512,7 @@ class Engine:
             return "deferred", None
         try:
             plan = self._apply(key, depth=0, chain=frozenset())
-        except AccessDeniedError as exc:
+        except (AccessDeniedError, CredentialsError) as exc:  # every change would fail alike
             self._retry(claim, exc, forever=True)
             raise
         except ThrottledError as exc:

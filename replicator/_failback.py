@@ -38,7 +38,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from replicator._errors import AccessDeniedError, ReplicatorError, RetryableError
+from replicator._errors import (
+    AccessDeniedError,
+    CredentialsError,
+    ReplicatorError,
+    RetryableError,
+)
 from replicator._reconcile import reconcile
 
 if TYPE_CHECKING:
@@ -186,7 +191,7 @@ class AutoFailback:
     def _primary_answers(self) -> bool:
         try:
             self.forward.source.read_thing(_PROBE_THING, principals=False)
-        except AccessDeniedError:
+        except (AccessDeniedError, CredentialsError):
             raise
         except ReplicatorError:
             return False
@@ -214,7 +219,7 @@ class AutoFailback:
         woken = self.forward.journal.wake(now=now)  # the forward changes first: they win
         try:
             report = reconcile(self.failback, dry_run=False, workers=self._workers, stop=stop)
-        except AccessDeniedError:
+        except (AccessDeniedError, CredentialsError):
             raise
         except RetryableError as exc:
             self.watch.mark_down()

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from replicator._errors import AccessDeniedError, ReplicatorError
+from replicator._errors import AccessDeniedError, CredentialsError, ReplicatorError
 from replicator._ops import Conflict, ScheduleAt, describe
 from replicator._records import ObjectNamed
 from replicator._state import KINDS, ObjectKey
@@ -219,7 +219,7 @@ def _one(
         return _DEFERRED
     try:
         plan: Plan = engine.assess(key).plan if dry_run else engine.apply(key)
-    except AccessDeniedError:
+    except (AccessDeniedError, CredentialsError):
         raise
     except ReplicatorError as exc:
         return Difference(key, error=f"{type(exc).__name__}: {exc}")

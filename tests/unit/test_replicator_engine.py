@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from replicator._engine import Engine, EngineConfig
-from replicator._errors import AccessDeniedError, RegionUnavailableError
+from replicator._errors import AccessDeniedError, CredentialsError, RegionUnavailableError
 from replicator._journal import Journal
 from replicator._memory import InMemoryRegion
 from replicator._ops import (
@@ -361,6 +361,19 @@ def test_access_denied_stops_with_the_permission_and_keeps_the_change() -> None:
     state = rig.journal.state_of(T1)
     assert state is not None
     assert state[0] == "pending"
+
+
+def test_missing_credentials_stop_the_engine_and_keep_the_change() -> None:
+    error = CredentialsError("no AWS credentials for us-west-2: set AWS_PROFILE", region=WEST)
+    rig, _ = flaky_rig(error, 1)
+    rig.user(CreateThing("t1"))
+    rig.trigger(T1)
+    with pytest.raises(CredentialsError, match="no AWS credentials"):
+        rig.engine.run_once()
+    state = rig.journal.state_of(T1)
+    assert state is not None
+    assert state[0] == "pending"
+    assert rig.engine.stats.dead == 0
 
 
 def test_a_created_thing_is_checked_again_for_its_certificate() -> None:
