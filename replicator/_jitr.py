@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from replicator._errors import (
     AccessDeniedError,
     ConflictError,
+    CredentialsError,
     PermanentError,
     RefusedError,
     ReplicatorError,
@@ -415,7 +416,7 @@ class JitrHandler:
         extra = {**extra, "primary": primary.region}
         try:
             status = primary.certificate_status(certificate_id)
-        except AccessDeniedError:
+        except (AccessDeniedError, CredentialsError):
             raise  # a policy without the primary's statement: say so, do not skip the check
         except ReplicatorError as exc:  # unreachable, throttled, ...: JITR is for outages
             self._count("primary_unchecked")
@@ -499,7 +500,7 @@ class JitrHandler:
             record = claim.record
             hint = record.ca_certificate_id if isinstance(record, CertificateChanged) else None
             result = self.handle(claim.key.name, hint)
-        except AccessDeniedError as exc:
+        except (AccessDeniedError, CredentialsError) as exc:  # every certificate alike
             self._retry(claim, exc, forever=True)
             raise
         except RetryableError as exc:  # throttling, an outage, a conflict
@@ -583,7 +584,7 @@ class JitrHandler:
     def _sweep_safely(self) -> bool:
         try:
             self.sweep()
-        except AccessDeniedError:
+        except (AccessDeniedError, CredentialsError):
             raise
         except ReplicatorError as exc:
             self._count("sweep_failures")

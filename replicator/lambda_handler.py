@@ -66,7 +66,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
-from replicator._errors import AccessDeniedError, ConfigError, ReplicatorError
+from replicator._errors import AccessDeniedError, ConfigError, CredentialsError, ReplicatorError
 from replicator._records import DeadLetter, Ignored, parse_sqs_body
 
 if TYPE_CHECKING:
@@ -307,19 +307,23 @@ class LambdaReplicator:
         ahead = engine.now() + _RETRY_S
         claims = engine.journal.claim(now=ahead, limit=engine.config.batch)
         results: dict[ObjectKey, str] = {}
-        denied: AccessDeniedError | None = None
+        denied: AccessDeniedError | CredentialsError | None = None
         with concurrent.futures.ThreadPoolExecutor(self._workers) as pool:
             # ``process`` folds throttled and unavailable into retry: enough here.
             futures = {pool.submit(engine.process, claim): claim.key for claim in claims}
             for future in concurrent.futures.as_completed(futures):
                 try:
                     results[futures[future]] = future.result()
-                except AccessDeniedError as exc:
+                except (AccessDeniedError, CredentialsError) as exc:
                     denied = exc
         if denied is not None:
             logger.error(
                 "replicator.lambda.denied",
-                extra={"permission": denied.permission, "region": denied.region},
+                extra={
+                    "permission": getattr(denied, "permission", None),
+                    "region": denied.region,
+                    "error": str(denied),
+                },
             )
             raise denied
         return results
