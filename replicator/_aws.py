@@ -65,7 +65,10 @@ def build_region(
         )
         iot = session.client("iot", endpoint_url=config.endpoint_url, config=botocore_config)
     except botocore.exceptions.BotoCoreError as exc:
-        raise ConfigError(f"{config.region}: cannot build the AWS clients: {exc}") from exc
+        raise ConfigError(
+            f"{config.region}: cannot build the AWS clients: {exc} (check AWS_PROFILE, "
+            "the AWS config and credentials files, or the AWS_* environment variables)"
+        ) from exc
 
     def data_client(url: str | None) -> Any:
         return session.client("iot-data", endpoint_url=url, config=botocore_config)
