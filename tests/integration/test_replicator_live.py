@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import boto3
 import pytest
@@ -135,15 +135,12 @@ def wait_for(what: str, check: Callable[[], bool], timeout_s: float = WAIT_S) ->
     pytest.fail(f"{what}: not within {timeout_s} s")
 
 
-class Service:
-    """``run_service`` in a thread: the feed on the primary's broker, the engine, a journal."""
+class ServiceThread:
+    """``run_service`` of ``engine`` and ``feed`` in a thread, as a context manager."""
 
-    def __init__(self, pair: LocalPair, journal: Journal, **config: Any) -> None:
-        self.engine = pair.engine(journal, **config)
-        broker = pair.brokers[EAST]
-        self.feed = FeedConfig(
-            region=EAST, host=broker.host, port=broker.port, client_id="iotdr-replicator-test"
-        )
+    def __init__(self, engine: Engine, feed: FeedConfig) -> None:
+        self.engine = engine
+        self.feed = feed
         self.stop = threading.Event()
         self.lines: list[dict[str, Any]] = []
         self.thread = threading.Thread(
@@ -152,7 +149,7 @@ class Service:
             kwargs={"report": self.lines.append, "stop": self.stop},
         )
 
-    def __enter__(self) -> Service:
+    def __enter__(self) -> Self:
         self.thread.start()
         wait_for("the feed's subscriptions", lambda: bool(self.lines))
         time.sleep(0.5)  # the subscription is granted within a round trip
@@ -162,6 +159,17 @@ class Service:
         self.stop.set()
         self.thread.join(15)
         assert not self.thread.is_alive()
+
+
+class Service(ServiceThread):
+    """The feed on the primary's broker, the engine, a journal."""
+
+    def __init__(self, pair: LocalPair, journal: Journal, **config: Any) -> None:
+        broker = pair.brokers[EAST]
+        feed = FeedConfig(
+            region=EAST, host=broker.host, port=broker.port, client_id="iotdr-replicator-test"
+        )
+        super().__init__(pair.engine(journal, **config), feed)
 
 
 def attributes(client: IoTClient, name: str) -> dict[str, str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +29,9 @@ from replicator._feed import FeedConfig
 from replicator._journal import Journal
 from replicator._plan import _SCHEDULE_MARGIN_S
 from replicator._quotas import QuotaLimiter, RetryPolicy
-from replicator._service import run_service
 from replicator._state import ObjectKey
 from simulators._regions import LocalRegions
+from tests.integration.test_replicator_live import ServiceThread
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -108,14 +107,14 @@ def error_code(call: Callable[[], object]) -> str | None:
     return None
 
 
-class Replicator:
+class Replicator(ServiceThread):
     """``run_service`` in a thread: the feed on the primary's broker, the engine, its journal."""
 
     def __init__(self, regions: LocalRegions, journal: Journal) -> None:
         assert regions.control_plane is not None
         url = regions.control_plane.url
         limiter = QuotaLimiter()
-        self.engine = Engine(
+        engine = Engine(
             source=build_region(
                 RegionConfig(
                     region=EAST, endpoint_url=url, data_endpoint_url=regions.shadows(EAST).url
@@ -136,27 +135,10 @@ class Replicator:
             ),
         )
         broker = regions.broker(EAST)
-        self.feed = FeedConfig(
+        feed = FeedConfig(
             region=EAST, host=broker.host, port=broker.port, client_id="iotdr-thing-types-test"
         )
-        self.stop = threading.Event()
-        self.lines: list[dict[str, Any]] = []
-        self.thread = threading.Thread(
-            target=run_service,
-            args=(self.engine, self.feed),
-            kwargs={"report": self.lines.append, "stop": self.stop},
-        )
-
-    def __enter__(self) -> Replicator:
-        self.thread.start()
-        wait_for("the feed's subscriptions", lambda: bool(self.lines))
-        time.sleep(0.5)  # the subscription is granted within a round trip
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(15)
-        assert not self.thread.is_alive()
+        super().__init__(engine, feed)
 
 
 def journal_row(journal: Journal, key: ObjectKey) -> tuple[str, float, str | None, float]:
