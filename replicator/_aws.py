@@ -19,7 +19,13 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from replicator._aws_calls import BY_MARKER, RegionCalls, RegionConfig, translate_client_error
+from replicator._aws_calls import (
+    BY_MARKER,
+    RegionCalls,
+    RegionConfig,
+    translate_client_error,
+    translate_credentials_error,
+)
 from replicator._aws_writes import execute
 from replicator._errors import ConfigError, NotFoundError
 from replicator._quotas import Clock, QuotaLimiter, RetryPolicy, SystemClock
@@ -49,11 +55,22 @@ def build_region(
     retry: RetryPolicy | None = None,
     rng: random.Random | None = None,
     clock: Clock | None = None,
+    check_credentials: bool = False,
 ) -> Boto3Region:
     """One region's clients, built here and only here, behind the adapter.
 
+    Args:
+        config: the region and its endpoints.
+        limiter: the quota buckets its calls go through.
+        retry: the adapter's own retries.
+        rng: their jitter.
+        clock: for the retries' waits.
+        check_credentials: look for credentials now (a service that is to run
+            for days says at once that it has none, rather than at its first call).
+
     Raises:
         ConfigError: boto3 cannot build the clients (unknown profile, no region).
+        CredentialsError: ``check_credentials`` and boto3 finds no usable credentials.
     """
     try:
         session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
@@ -69,6 +86,14 @@ def build_region(
             f"{config.region}: cannot build the AWS clients: {exc} (check AWS_PROFILE, "
             "the AWS config and credentials files, or the AWS_* environment variables)"
         ) from exc
+    if check_credentials:
+        try:
+            found = session.get_credentials()
+            if found is None:
+                raise botocore.exceptions.NoCredentialsError
+            found.get_frozen_credentials()
+        except botocore.exceptions.BotoCoreError as exc:
+            raise translate_credentials_error(exc, region=config.region, api="startup") from exc
 
     def data_client(url: str | None) -> Any:
         return session.client("iot-data", endpoint_url=url, config=botocore_config)

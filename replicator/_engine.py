@@ -263,11 +263,21 @@ class Engine:
             raise ValueError("pair a failback engine with a forward one")
         self._inflight = forward._inflight
         self._keys_lock = forward._keys_lock
-        self._defer_to = forward.journal
+        self.defer_to(forward.journal)
+
+    def defer_to(self, forward: Journal) -> None:
+        """Leave objects alone while ``forward`` (the forward queue) has a change of them due.
+
+        :meth:`pair_with` does it for an engine in the same process; a failback
+        reconcile run next to a service does it with the service's journal.
+        """
+        if self.config.direction != "failback":
+            raise ValueError("only a failback engine defers to the forward direction")
+        self._defer_to = forward
 
     def defers(self, key: ObjectKey) -> bool:
         """Whether ``key`` is left to the paired forward engine for now (see :meth:`pair_with`)."""
-        return self._defer_to is not None and self._defer_to.is_pending(key)
+        return self._defer_to is not None and self._defer_to.is_pending(key, now=self._wall())
 
     def add_observer(self, observer: Callable[[Outcome], None]) -> None:
         """Also call ``observer`` with every :class:`Outcome` (see the constructor)."""
@@ -508,7 +518,7 @@ class Engine:
         if self.defers(key):
             now = self._wall()
             reason = "waiting for the forward direction's pending change"
-            self.journal.schedule(claim, now=now, not_before=now + _DEFER_S, reason=reason)
+            self.journal.defer(claim, now=now, not_before=now + _DEFER_S, reason=reason)
             return "deferred", None
         try:
             plan = self._apply(key, depth=0, chain=frozenset())
@@ -554,6 +564,7 @@ class Engine:
             and key.kind == "thing"
             and created
             and self.config.mode == "complete"
+            and self.config.direction == "forward"  # failback's creates echo into forward
         ):
             # AWS publishes no event when a certificate is attached, usually just after
             # the create: look again. (The journal keeps an object's latest record only,

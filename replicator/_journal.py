@@ -337,6 +337,20 @@ class Journal:
             },
         )
 
+    def defer(self, claim: Claim, *, now: float, not_before: float, reason: str) -> None:
+        """Try the change again at ``not_before``, not counting an attempt nor resetting them."""
+        self._write(
+            "UPDATE {q} SET reason = :reason, updated_at = :now, not_before = :not_before"
+            " WHERE key = :key AND generation = :generation",
+            {
+                "now": now,
+                "key": str(claim.key),
+                "generation": claim.generation,
+                "not_before": not_before,
+                "reason": reason,
+            },
+        )
+
     def dead(self, claim: Claim, *, now: float, reason: str) -> bool:
         """Give up on the change, keeping the reason (unless a newer trigger arrived)."""
         return bool(
@@ -394,10 +408,17 @@ class Journal:
             {"now": now},
         )
 
-    def is_pending(self, key: ObjectKey) -> bool:
-        """Whether ``key`` has a pending change in this queue (due or not)."""
+    def is_pending(self, key: ObjectKey, *, now: float) -> bool:
+        """Whether ``key`` has a change in this queue that is due at ``now`` or failing.
+
+        A change waiting on purpose (a re-check, a scheduled deletion) does not count.
+        """
         return bool(
-            self._read("SELECT 1 FROM {q} WHERE key = ? AND state = 'pending'", (str(key),))
+            self._read(
+                "SELECT 1 FROM {q} WHERE key = ? AND state = 'pending'"
+                " AND (not_before <= ? OR attempts > 0)",
+                (str(key), now),
+            )
         )
 
     # -- the service's own state --------------------------------------------------------------

@@ -216,6 +216,9 @@ def _one(
     if stop.is_set():
         return _STOPPED
     if engine.defers(key):
+        if not dry_run:  # after the forward change, look again (an event may have been lost)
+            record = ObjectNamed(key=key, region=engine.source.region)
+            engine.journal.accept(record, now=engine.now())
         return _DEFERRED
     try:
         plan: Plan = engine.assess(key).plan if dry_run else engine.apply(key)

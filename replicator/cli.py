@@ -163,7 +163,7 @@ def _engine(
             data_endpoint_url=options[f"{role}_data_endpoint_url"],
             account_id=options[f"{role}_account_id"],
         )
-        regions.append(build_region(config, limiter=limiter))
+        regions.append(build_region(config, limiter=limiter, check_credentials=True))
     failback = _source_role(options) == "secondary"
     if failback:
         regions.reverse()
@@ -243,8 +243,12 @@ def replicator_reconcile(**options: Any) -> None:
         raise ConfigError(
             f"{flag} needs the service's --journal (its sync points tell what changed where)"
         )
-    with Journal(options["journal_path"] or ":memory:", queue=_queue(options)) as journal:
+    with contextlib.ExitStack() as stack:
+        journal_path = options["journal_path"] or ":memory:"
+        journal = stack.enter_context(Journal(journal_path, queue=_queue(options)))
         engine = _engine(options, journal, keep_target_changes=options["keep_target_changes"])
+        if failback:  # a running service's forward changes go first
+            engine.defer_to(stack.enter_context(Journal(journal_path, queue="changes")))
         report = reconcile(
             engine,
             dry_run=options["dry_run"],

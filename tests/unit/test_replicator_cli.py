@@ -218,3 +218,23 @@ def test_the_jitr_iam_policy_can_check_the_primary(capsys: pytest.CaptureFixture
         "iot:DescribeCertificate",
         ["iot:DescribeCertificate"],
     )
+
+
+def test_run_without_credentials_stops_at_startup_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    args = ["replicator", "run", "--primary-region", EAST, "--secondary-region", WEST]
+    args += ["--primary-endpoint-url", "http://127.0.0.1:9", "--listen", "off"]
+    args += ["--secondary-endpoint-url", "http://127.0.0.1:9", "--feed", "127.0.0.1:9"]
+    code, _, err = run([*args, "--journal", str(tmp_path / "j.db")], capsys)
+    assert code == 2
+    assert f"no AWS credentials for {EAST}" in err
+    assert len(err.strip().splitlines()) == 1

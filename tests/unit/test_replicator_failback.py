@@ -634,3 +634,40 @@ def test_an_outage_seen_before_a_restart_still_gets_its_full_pass(tmp_path: Path
     assert restarted.full_pass(0.0) is True
     assert again.forward_journal.meta("failback_due") is None
     again.close()
+
+
+def test_only_due_or_failing_forward_changes_make_failback_wait(tmp_path: Path) -> None:
+    pair = Both(tmp_path / "j.db")
+    pair.now[0] = 0.0
+    pair.forward_journal.accept(ObjectNamed(region=EAST, key=T1), now=0.0, not_before=500.0)
+    assert not pair.failback.defers(T1)  # a re-check or a scheduled deletion: not yet due
+    pair.now[0] = 600.0
+    assert pair.failback.defers(T1)
+    pair.failback_journal.accept(ObjectNamed(region=WEST, key=T1), now=600.0)
+    [claim] = pair.failback_journal.claim(now=600.0, limit=1)
+    pair.failback_journal.retry(claim, now=600.0, not_before=600.0, reason="primary down")
+    assert pair.failback.process(pair.failback_journal.claim(now=600.0, limit=1)[0]) == "deferred"
+    state = pair.failback_journal.state_of(T1)
+    assert state is not None
+    assert state[1] == 1  # the failed attempt still counts: its lag shows the outage
+    run(pair.secondary, CreateThing("t1"))
+    report = reconcile(pair.failback, dry_run=False, workers=1)
+    assert report.deferred == 1
+    assert pair.failback_journal.is_pending(T1, now=601.0)  # looked at again after forward
+    pair.close()
+
+
+def test_failback_creating_a_thing_schedules_no_recheck_of_its_own(tmp_path: Path) -> None:
+    pair = Both(tmp_path / "j.db")
+    pair.failback = Engine(
+        source=pair.secondary,
+        target=pair.primary,
+        journal=pair.failback_journal,
+        config=EngineConfig(direction="failback", thing_recheck_s=30.0, dependency_ttl_s=0.0),
+        wall=lambda: pair.now[0],
+    )
+    run(pair.secondary, CreateThing("t9"))
+    pair.sync(pair.failback, ObjectKey.thing("t9"))
+    assert "t9" in pair.primary.things
+    assert not list(pair.failback_journal.rows("pending"))
+    pair.close()
