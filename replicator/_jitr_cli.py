@@ -180,6 +180,7 @@ def _handler(options: dict[str, Any], journal: Any) -> JitrHandler:
             account_id=options["account_id"],
         ),
         limiter=limiter,
+        check_credentials=True,
     )
     return JitrHandler(
         Boto3JitrRegion(region), journal, config, primary=build_primary(config, limiter)
