@@ -303,7 +303,11 @@ class LocalRegions:
     def write_regions_file(self) -> Path:
         """Write :meth:`endpoints` to ``<state_dir>/regions.json`` (for status and fault)."""
         path = self.state_dir / REGIONS_FILE
-        path.write_text(json.dumps(self.endpoints(), indent=2, sort_keys=True) + "\n")
+        # Rewritten every few seconds while readers (status, fault) may be reading:
+        # write a sibling and rename it over, so that a reader never sees half a file.
+        partial = path.with_name(f".{REGIONS_FILE}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(self.endpoints(), indent=2, sort_keys=True) + "\n")
+        partial.replace(path)
         return path
 
     def _region(self, name: str) -> _Region:
