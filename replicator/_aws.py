@@ -21,6 +21,7 @@ from botocore.config import Config
 
 from replicator._aws_calls import (
     BY_MARKER,
+    CREDENTIALS_ERRORS,
     RegionCalls,
     RegionConfig,
     translate_client_error,
@@ -81,6 +82,8 @@ def build_region(
             max_pool_connections=64,
         )
         iot = session.client("iot", endpoint_url=config.endpoint_url, config=botocore_config)
+    except CREDENTIALS_ERRORS as exc:
+        raise translate_credentials_error(exc, region=config.region, api="startup") from exc
     except botocore.exceptions.BotoCoreError as exc:
         raise ConfigError(
             f"{config.region}: cannot build the AWS clients: {exc} (check AWS_PROFILE, "

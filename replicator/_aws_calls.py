@@ -111,7 +111,7 @@ _SSO_ERRORS: Final = (
     botocore.exceptions.NoAuthTokenError,
     getattr(botocore.exceptions, "LoginError", botocore.exceptions.SSOError),
 )
-_CREDENTIALS_ERRORS: Final = (
+CREDENTIALS_ERRORS: Final = (
     botocore.exceptions.NoCredentialsError,
     botocore.exceptions.PartialCredentialsError,
     botocore.exceptions.CredentialRetrievalError,
@@ -291,7 +291,7 @@ class RegionCalls:
                     f"{api} in {self.region}: unreachable: {exc}", region=self.region, api=api
                 )
                 cause = exc
-            except _CREDENTIALS_ERRORS as exc:
+            except CREDENTIALS_ERRORS as exc:
                 raise translate_credentials_error(exc, region=self.region, api=api) from exc
             else:
                 self._limiter.succeeded(self.region, api)

@@ -218,7 +218,13 @@ class AutoFailback:
         now = self.forward.now()
         woken = self.forward.journal.wake(now=now)  # the forward changes first: they win
         try:
-            report = reconcile(self.failback, dry_run=False, workers=self._workers, stop=stop)
+            report = reconcile(
+                self.failback,
+                dry_run=False,
+                workers=self._workers,
+                stop=stop,
+                requeue_deferred=True,
+            )
         except (AccessDeniedError, CredentialsError):
             raise
         except RetryableError as exc:

@@ -66,6 +66,7 @@ class ReconcileReport:
         differing: objects that differed, by kind.
         conflicts: differences left alone on purpose (newer in the target...).
         deferred: objects a failback pass left to the forward direction's pending change.
+        deferred_keys: which.
         interrupted: the run was stopped before it compared everything.
         errors: objects whose assessment or repair failed.
         differences: the objects that differed, with their plans.
@@ -79,14 +80,15 @@ class ReconcileReport:
     differing: dict[str, int] = field(default_factory=dict)
     conflicts: int = 0
     deferred: int = 0
+    deferred_keys: list[ObjectKey] = field(default_factory=list)
     interrupted: bool = False
     errors: int = 0
     differences: list[Difference] = field(default_factory=list)
 
     @property
     def drift(self) -> bool:
-        """Whether any object differed (or could not be compared)."""
-        return bool(self.differences)
+        """Whether any object differed, or could not be compared (errors, deferred)."""
+        return bool(self.differences or self.deferred)
 
     def text(self) -> str:
         """For people: a line per kind, then a line per difference."""
@@ -104,12 +106,18 @@ class ReconcileReport:
             )
             lines.append(f"  {difference.key}: {steps}")
         if self.deferred:
+            keys = ", ".join(str(k) for k in self.deferred_keys[:10])
+            more = f" and {self.deferred - 10} more" if self.deferred > 10 else ""
             lines.append(
-                f"  {self.deferred} objects left to the forward direction's pending changes"
+                f"  not compared, a forward change of them is due: {keys}{more} "
+                "(run again once the forward direction has applied it)"
             )
         if self.interrupted:
             lines.append("  stopped before everything was compared")
-        lines.append("in sync" if not self.drift else f"{len(self.differences)} objects differ")
+        if not self.drift:
+            lines.append("in sync")
+        elif self.differences:
+            lines.append(f"{len(self.differences)} objects differ")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
@@ -123,6 +131,7 @@ class ReconcileReport:
             "differing": self.differing,
             "conflicts": self.conflicts,
             "deferred": self.deferred,
+            "deferred_keys": [str(k) for k in self.deferred_keys],
             "interrupted": self.interrupted,
             "errors": self.errors,
             "drift": self.drift,
@@ -153,6 +162,7 @@ def reconcile(
     kinds: Iterable[Kind] = KINDS,
     workers: int = 8,
     stop: threading.Event | None = None,
+    requeue_deferred: bool = False,
 ) -> ReconcileReport:
     """Compare both regions completely and repair the target unless ``dry_run``.
 
@@ -161,6 +171,10 @@ def reconcile(
     paired with a forward one (:meth:`Engine.pair_with`) leaves objects that
     have a forward change pending to it (counted as ``deferred``). Setting
     ``stop`` ends the run after the objects being compared (``interrupted``).
+    With ``requeue_deferred`` (the full pass of ``--failback auto``, whose
+    failback engine then looks at them again after the forward change) deferred
+    objects are journaled in the engine's queue; a reconcile run on its own
+    reports them (they count as drift: not compared) and leaves them.
 
     Raises:
         AccessDeniedError: a permission is missing (the report so far is lost: fix and rerun).
@@ -185,6 +199,10 @@ def reconcile(
             for key, outcome in zip(keys, outcomes, strict=True):
                 if outcome is _DEFERRED:
                     report.deferred += 1
+                    report.deferred_keys.append(key)
+                    if requeue_deferred and not dry_run:  # looked at again after forward
+                        record = ObjectNamed(key=key, region=engine.source.region)
+                        engine.journal.accept(record, now=engine.now())
                     continue
                 if outcome is None or isinstance(outcome, _Skipped):
                     continue
@@ -216,9 +234,6 @@ def _one(
     if stop.is_set():
         return _STOPPED
     if engine.defers(key):
-        if not dry_run:  # after the forward change, look again (an event may have been lost)
-            record = ObjectNamed(key=key, region=engine.source.region)
-            engine.journal.accept(record, now=engine.now())
         return _DEFERRED
     try:
         plan: Plan = engine.assess(key).plan if dry_run else engine.apply(key)

@@ -238,3 +238,8 @@ def test_run_without_credentials_stops_at_startup_in_one_line(
     assert code == 2
     assert f"no AWS credentials for {EAST}" in err
     assert len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "only-half")  # no secret key
+    code, _, err = run([*args, "--journal", str(tmp_path / "j.db")], capsys)
+    assert code == 2
+    assert f"incomplete AWS credentials for {EAST}" in err
+    assert len(err.strip().splitlines()) == 1

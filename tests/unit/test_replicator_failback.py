@@ -651,9 +651,14 @@ def test_only_due_or_failing_forward_changes_make_failback_wait(tmp_path: Path) 
     assert state is not None
     assert state[1] == 1  # the failed attempt still counts: its lag shows the outage
     run(pair.secondary, CreateThing("t1"))
+    pair.failback_journal.done(pair.failback_journal.claim(now=700.0, limit=1)[0], now=700.0)
     report = reconcile(pair.failback, dry_run=False, workers=1)
-    assert report.deferred == 1
-    assert pair.failback_journal.is_pending(T1, now=601.0)  # looked at again after forward
+    assert report.deferred_keys == [T1]
+    assert report.drift  # not compared: not in sync either
+    assert "not compared, a forward change of them is due: thing/t1" in report.text()
+    assert not pair.failback_journal.is_pending(T1, now=700.0)  # a reconcile on its own
+    report = reconcile(pair.failback, dry_run=False, workers=1, requeue_deferred=True)
+    assert pair.failback_journal.is_pending(T1, now=700.0)  # the full pass: looked at again
     pair.close()
 
 
