@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS {q} (
     not_before REAL NOT NULL,
     accepted_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    reason TEXT
+    reason TEXT,
+    due_since REAL
 );
 CREATE INDEX IF NOT EXISTS {q}_due ON {q} (state, not_before);
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -87,9 +88,15 @@ CREATE TABLE IF NOT EXISTS object_sync (
 """
 
 _ACCEPT = """
-INSERT INTO {q} (key, record, state, generation, attempts, not_before, accepted_at, updated_at)
-VALUES (:key, :record, 'pending', 1, 0, :not_before, :now, :now)
+INSERT INTO {q} (
+    key, record, state, generation, attempts, not_before, accepted_at, updated_at, due_since
+)
+VALUES (:key, :record, 'pending', 1, 0, :not_before, :now, :now, :not_before)
 ON CONFLICT (key) DO UPDATE SET
+    due_since = CASE
+        WHEN {q}.state = 'pending'
+        THEN MIN(COALESCE({q}.due_since, {q}.accepted_at), excluded.not_before)
+        ELSE excluded.not_before END,
     record = excluded.record,
     generation = {q}.generation + 1,
     not_before = CASE
@@ -115,15 +122,10 @@ class Claim:
     attempts: int
     accepted_at: float
     not_before: float = 0.0
-
-    @property
-    def due_since(self) -> float:
-        """Since when the change has been waiting to be applied, for lag.
-
-        The acceptance time, or the time it was scheduled for when it waited on
-        purpose (a thing type's deletion, a re-check) rather than after failures.
-        """
-        return self.accepted_at if self.attempts else max(self.accepted_at, self.not_before)
+    due_since: float = 0.0
+    """Since when the change has been waiting to be applied, for lag: when it was
+    accepted or, when it waited on purpose (a re-check, a thing type's deletion),
+    when that wait ended; failed attempts and deferrals do not move it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +190,9 @@ class Journal:
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
         conn.executescript(_SCHEMA.replace("{q}", self._queue))
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({self._queue})")}
+        if "due_since" not in columns:  # a journal from before lag counted from due times
+            conn.execute(f"ALTER TABLE {self._queue} ADD COLUMN due_since REAL")
 
     def __repr__(self) -> str:
         if self._conn is None:
@@ -277,13 +282,14 @@ class Journal:
         """Up to ``limit`` due pending changes, oldest first, leaving out ``exclude``."""
         skip = {str(k) for k in exclude}
         rows = self._read(
-            "SELECT key, record, generation, attempts, accepted_at, not_before FROM {q}"
+            "SELECT key, record, generation, attempts, accepted_at, not_before,"
+            " COALESCE(due_since, accepted_at) FROM {q}"
             " WHERE state = 'pending' AND not_before <= ? ORDER BY not_before, accepted_at"
             " LIMIT ?",
             (now, limit + len(skip)),
         )
         claims = []
-        for key, record, generation, attempts, accepted_at, not_before in rows:
+        for key, record, generation, attempts, accepted_at, not_before, due_since in rows:
             if key in skip:
                 continue
             claims.append(
@@ -294,6 +300,7 @@ class Journal:
                     int(attempts),
                     float(accepted_at),
                     float(not_before),
+                    float(due_since),
                 )
             )
         return claims[:limit]
@@ -327,7 +334,8 @@ class Journal:
         """Leave the change pending until ``not_before`` (a rule of AWS's, not a failure)."""
         self._write(
             "UPDATE {q} SET attempts = 0, reason = :reason, updated_at = :now,"
-            " not_before = :not_before WHERE key = :key AND generation = :generation",
+            " not_before = :not_before, due_since = :not_before"
+            " WHERE key = :key AND generation = :generation",
             {
                 "now": now,
                 "key": str(claim.key),
@@ -494,12 +502,11 @@ class Journal:
             " WHERE state = 'pending' AND not_before <= ?",
             (now,),
         )[0]
-        # The oldest change waiting: failing ones since their acceptance (a region
-        # down shows as lag), ones waiting on purpose only once they are due.
+        # The oldest change waiting: since it was accepted, or since its planned
+        # wait (a re-check, a scheduled deletion) ended; failures do not reset it.
         oldest = self._read(
-            "SELECT min(CASE WHEN attempts > 0 THEN accepted_at"
-            " ELSE max(accepted_at, not_before) END) FROM {q}"
-            " WHERE state = 'pending' AND (attempts > 0 OR not_before <= ?)",
+            "SELECT min(COALESCE(due_since, accepted_at)) FROM {q}"
+            " WHERE state = 'pending' AND COALESCE(due_since, accepted_at) <= ?",
             (now,),
         )[0][0]
         letters = self._read("SELECT count(*) FROM dead_letters")[0][0]

@@ -409,14 +409,16 @@ def test_a_thing_created_with_a_type_is_checked_again_too() -> None:
     assert max(rig.engine.stats.lag_s) < 5.0
 
 
-def test_the_oldest_pending_age_counts_failures_not_planned_waits() -> None:
+def test_the_oldest_pending_age_counts_from_when_a_change_was_due() -> None:
     rig = Rig()
     rig.journal.accept(ObjectNamed(region=EAST, key=T1), now=0.0, not_before=300.0)
     assert rig.journal.counts(100.0).oldest_pending_s == 0.0  # waiting on purpose
     assert rig.journal.counts(310.0).oldest_pending_s == 10.0  # due for 10 s
     [claim] = rig.journal.claim(now=310.0, limit=1)
     rig.journal.retry(claim, now=310.0, not_before=400.0, reason="down")
-    assert rig.journal.counts(350.0).oldest_pending_s == 350.0  # failing: since accepted
+    assert rig.journal.counts(350.0).oldest_pending_s == 50.0  # failing: since it was due
+    rig.journal.accept(ObjectNamed(region=EAST, key=T1), now=360.0)  # a new event meanwhile
+    assert rig.journal.counts(370.0).oldest_pending_s == 70.0  # still since it was due
 
 
 def test_run_until_stopped(rig: Rig) -> None:

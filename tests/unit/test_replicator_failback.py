@@ -676,3 +676,18 @@ def test_failback_creating_a_thing_schedules_no_recheck_of_its_own(tmp_path: Pat
     assert "t9" in pair.primary.things
     assert not list(pair.failback_journal.rows("pending"))
     pair.close()
+
+
+def test_a_deferred_change_counts_its_lag_from_when_it_was_due(tmp_path: Path) -> None:
+    pair = Both(tmp_path / "j.db")
+    pair.now[0] = 100.0
+    pair.forward_journal.accept(ObjectNamed(region=EAST, key=T1), now=100.0)
+    pair.failback_journal.accept(ObjectNamed(region=WEST, key=T1), now=100.0)
+    for now in (100.0, 101.0, 102.0):  # deferred three times behind the forward change
+        pair.now[0] = now
+        [claim] = pair.failback_journal.claim(now=now, limit=1)
+        assert pair.failback.process(claim) == "deferred"
+    assert pair.failback_journal.counts(110.0).oldest_pending_s == 10.0
+    [claim] = pair.failback_journal.claim(now=110.0, limit=1)
+    assert claim.due_since == 100.0
+    pair.close()

@@ -122,3 +122,23 @@ def test_not_a_journal_and_closed_are_clear_errors(tmp_path: Path) -> None:
         journal.accept(changed(), now=1.0)
     with pytest.raises(JournalError, match="journal"):
         Journal(tmp_path / "missing" / "j.db")
+
+
+def test_a_journal_from_before_due_times_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA application_id={0x696F7472}")
+        conn.execute(
+            "CREATE TABLE changes (key TEXT PRIMARY KEY, record TEXT NOT NULL, state TEXT NOT"
+            " NULL, generation INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, not_before"
+            " REAL NOT NULL, accepted_at REAL NOT NULL, updated_at REAL NOT NULL, reason TEXT)"
+        )
+        record = '{"type": "ObjectNamed", "region": "us-east-1", "key": "thing/t1"}'
+        conn.execute(
+            "INSERT INTO changes VALUES ('thing/t1', ?, 'pending', 1, 0, 5.0, 5.0, 5.0, NULL)",
+            (record,),
+        )
+    with Journal(path) as journal:
+        assert journal.counts(15.0).oldest_pending_s == 10.0
+        [claim] = journal.claim(now=15.0, limit=1)
+        assert claim.due_since == 5.0
