@@ -34,6 +34,7 @@ shadows' sync points (versions) as before; failback reads them.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import random
 import threading
@@ -67,7 +68,7 @@ from replicator._records import ObjectNamed, ThingChanged
 from replicator._state import ObjectKey, ShadowState
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from replicator._journal import Claim, Journal
     from replicator._plan import Mode
@@ -240,6 +241,7 @@ class Engine:
         self._inflight: dict[ObjectKey, threading.Event] = {}
         self._defer_to: Journal | None = None
         self._ensured: dict[ObjectKey, float] = {}
+        self._passes: list[float] = []  # start times of the reconcile passes running
         self._observers: list[Callable[[Outcome], None]] = [observer] if observer else []
         self._writes = threading.local()
 
@@ -383,7 +385,7 @@ class Engine:
         with self._lock:
             self._ensured[key] = now
             if len(self._ensured) > _ENSURED_PRUNE_AT:
-                horizon = now - self.config.dependency_ttl_s
+                horizon = min([now - self.config.dependency_ttl_s, *self._passes])
                 self._ensured = {k: t for k, t in self._ensured.items() if t >= horizon}
         return plan
 
@@ -424,7 +426,28 @@ class Engine:
     def _recently_ensured(self, key: ObjectKey) -> bool:
         with self._lock:
             when = self._ensured.get(key)
-        return when is not None and self._wall() - when < self.config.dependency_ttl_s
+            in_pass = when is not None and bool(self._passes) and when >= min(self._passes)
+        if when is None:
+            return False
+        return in_pass or self._wall() - when < self.config.dependency_ttl_s
+
+    @contextlib.contextmanager
+    def full_pass(self) -> Iterator[None]:
+        """Within: an object applied since the pass began counts as in place for its dependents.
+
+        A reconcile applies every kind in dependency order, so a thing's
+        certificates were made right earlier in the same pass: reading them
+        again as requirements (once ``dependency_ttl_s`` has gone by, in a pass
+        that takes longer) would only spend the quota.
+        """
+        started = self._wall()
+        with self._lock:
+            self._passes.append(started)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._passes.remove(started)
 
     def _execute(self, assessment: Assessment) -> None:
         plan = assessment.plan

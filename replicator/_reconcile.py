@@ -189,7 +189,7 @@ def reconcile(
     if engine.config.mode == "jitr":
         wanted = [k for k in wanted if k not in ("certificate", "policy")]
     stop = stop or threading.Event()
-    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    with engine.full_pass(), concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         for kind in wanted:
             if stop.is_set():
                 break

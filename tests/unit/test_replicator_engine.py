@@ -39,6 +39,7 @@ from replicator._ops import (
     UpdateThingShadow,
 )
 from replicator._quotas import RetryPolicy
+from replicator._reconcile import reconcile
 from replicator._records import ObjectNamed, ThingChanged, origin_token
 from replicator._state import ObjectKey
 
@@ -437,3 +438,31 @@ def test_run_until_stopped(rig: Rig) -> None:
         worker.join(10)
     assert "t1" in rig.secondary.things
     assert not worker.is_alive()
+
+
+def test_a_reconcile_pass_reads_no_requirement_twice(rig: Rig) -> None:
+    rig.engine.config = EngineConfig(dependency_ttl_s=60.0, thing_recheck_s=None, workers=1)
+    rig.user(
+        CreatePolicy("fleet", doc("a")),
+        RegisterCertificateWithoutCA(C1, "PEM1", "ACTIVE"),
+        AttachPolicy("fleet", C1),
+        CreateThing("t1"),
+        AttachThingPrincipal("t1", C1),
+    )
+    read_thing = rig.primary.read_thing
+    read_certificate = rig.secondary.read_certificate
+    reads: list[str] = []
+
+    def slow_read_thing(name: str, *, principals: bool) -> Any:
+        rig.now[0] += 100.0  # a long pass: the certificate phase is past the TTL
+        return read_thing(name, principals=principals)
+
+    def counted(certificate_id: str, *, things: bool) -> Any:
+        reads.append(certificate_id)
+        return read_certificate(certificate_id, things=things)
+
+    rig.primary.read_thing = slow_read_thing  # type: ignore[method-assign]
+    rig.secondary.read_certificate = counted  # type: ignore[method-assign]
+    report = reconcile(rig.engine, dry_run=False, workers=1)
+    assert rig.secondary.things["t1"].principals == frozenset({C1})
+    assert reads == [C1], report.text()  # the certificate phase only
