@@ -66,6 +66,7 @@ from replicator._plan_shadow import ShadowSync
 from replicator._quotas import RetryPolicy
 from replicator._records import ObjectNamed, ThingChanged
 from replicator._state import ObjectKey, ShadowState
+from replicator._sync import FORWARD_PENDING
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -80,8 +81,13 @@ __all__ = ["Engine", "EngineConfig", "EngineStats", "Outcome"]
 logger = logging.getLogger(__name__)
 
 _MAX_REQUIRE_DEPTH = 6
+_HELD_S = 0.2  # how long a follow-up claimed during its parent's writes waits
 _DEFER_S = 1.0  # how long a failback change waits for the forward direction's
 _ENSURED_PRUNE_AT = 10_000  # entries of the "applied recently" memo before old ones go
+
+
+class _DeferredError(Exception):
+    """A failback object has a forward change due: it goes first (see Engine.pair_with)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -240,6 +246,9 @@ class Engine:
         self._keys_lock = threading.Lock()  # guards _inflight, which another engine may share
         self._inflight: dict[ObjectKey, threading.Event] = {}
         self._defer_to: Journal | None = None
+        # follow-ups of writes in progress: journaled first, claimed only after the writes
+        self._held: dict[ObjectKey, int] = {}
+        self._defer_held: dict[ObjectKey, int] | None = None
         self._ensured: dict[ObjectKey, float] = {}
         self._passes: list[float] = []  # start times of the reconcile passes running
         self._observers: list[Callable[[Outcome], None]] = [observer] if observer else []
@@ -265,6 +274,7 @@ class Engine:
             raise ValueError("pair a failback engine with a forward one")
         self._inflight = forward._inflight
         self._keys_lock = forward._keys_lock
+        self._defer_held = forward._held
         self.defer_to(forward.journal)
 
     def defer_to(self, forward: Journal) -> None:
@@ -279,7 +289,24 @@ class Engine:
 
     def defers(self, key: ObjectKey) -> bool:
         """Whether ``key`` is left to the paired forward engine for now (see :meth:`pair_with`)."""
+        if self._defer_held is not None:
+            with self._keys_lock:
+                if key in self._defer_held:
+                    return True
         return self._defer_to is not None and self._defer_to.is_pending(key, now=self._wall())
+
+    def _defer_until(self, key: ObjectKey, now: float) -> float:
+        """When to look at a deferred change again: after the forward change's next try."""
+        due = self._defer_to.due_at(key) if self._defer_to is not None else None
+        return max(now + _DEFER_S, (due or now) + _DEFER_S)
+
+    def _is_held(self, key: ObjectKey) -> bool:
+        with self._keys_lock:
+            return key in self._held
+
+    def _held_keys(self) -> list[ObjectKey]:
+        with self._keys_lock:
+            return list(self._held)
 
     def add_observer(self, observer: Callable[[Outcome], None]) -> None:
         """Also call ``observer`` with every :class:`Outcome` (see the constructor)."""
@@ -344,12 +371,14 @@ class Engine:
         _, mine = self._enter(key)
         try:
             return self._apply(key, depth=0, chain=frozenset())
+        except _DeferredError:
+            return Plan(key)  # the forward direction's change goes first (see pair_with)
         finally:
             self._leave(key, mine)
 
     def _apply(self, key: ObjectKey, *, depth: int, chain: frozenset[ObjectKey]) -> Plan:
         if self.defers(key):
-            return Plan(key)  # the forward direction's change goes first (see pair_with)
+            raise _DeferredError(key)  # the forward direction's change goes first
         assessment = self.assess(key, required=depth > 0)
         plan = assessment.plan
         wrote = False
@@ -361,12 +390,41 @@ class Engine:
             assessment = self.assess(key, source_state=assessment.source, required=depth > 0)
             plan = assessment.plan
         now = self._wall()
-        for follow in plan.follow_ups:  # before the writes: pending while they happen
-            self.journal.accept(ObjectNamed(key=follow, region=self.source.region), now=now)
-            if follow.kind != "shadow":
-                # these writes change it in the target: this engine's doing, not a
-                # change made there that a guard should keep (see _sync.py)
-                self.journal.set_object_sync(follow, self._regions, None, now=now)
+        follow_ups = list(plan.follow_ups)
+        with self._keys_lock:
+            for follow in follow_ups:  # held: claimed only once the writes are done
+                self._held[follow] = self._held.get(follow, 0) + 1
+        try:
+            for follow in follow_ups:  # journaled before the writes: pending while they run
+                self.journal.accept(ObjectNamed(key=follow, region=self.source.region), now=now)
+                if (
+                    follow.kind != "shadow"
+                    and self.config.direction == "forward"
+                    and self.journal.object_sync(follow, self._regions) is not None
+                ):
+                    # these writes change a synced object in the secondary: the forward
+                    # direction's doing, not a change made there to keep (_sync.py); a
+                    # never-synced one stays so (a device registered there is kept)
+                    self.journal.set_object_sync(follow, self._regions, FORWARD_PENDING, now=now)
+            self._execute_holding_types(key, assessment)
+        finally:
+            with self._keys_lock:
+                for follow in follow_ups:
+                    left = self._held[follow] - 1
+                    if left:
+                        self._held[follow] = left
+                    else:
+                        del self._held[follow]
+        now = self._wall()
+        with self._lock:
+            self._ensured[key] = now
+            if len(self._ensured) > _ENSURED_PRUNE_AT:
+                horizon = min([now - self.config.dependency_ttl_s, *self._passes])
+                self._ensured = {k: t for k, t in self._ensured.items() if t >= horizon}
+        return plan
+
+    def _execute_holding_types(self, key: ObjectKey, assessment: Assessment) -> None:
+        plan = assessment.plan
         # A thing's plan may undo a type's deprecation for a moment (AWS refuses a
         # deprecated type on a thing): hold the type too, so that nothing else (the
         # failback direction seeing the moment's echo) takes it for a change.
@@ -381,13 +439,6 @@ class Engine:
         finally:
             for held_key, token in held:
                 self._leave(held_key, token)
-        now = self._wall()
-        with self._lock:
-            self._ensured[key] = now
-            if len(self._ensured) > _ENSURED_PRUNE_AT:
-                horizon = min([now - self.config.dependency_ttl_s, *self._passes])
-                self._ensured = {k: t for k, t in self._ensured.items() if t >= horizon}
-        return plan
 
     def _apply_required(self, key: ObjectKey, *, depth: int, chain: frozenset[ObjectKey]) -> bool:
         """Apply a requirement (unless another worker just did); return whether it wrote."""
@@ -395,7 +446,10 @@ class Engine:
         try:
             if waited and self._recently_ensured(key):
                 return True  # written or not, by another worker: plan again to be sure
-            plan = self._apply(key, depth=depth, chain=chain)
+            try:
+                plan = self._apply(key, depth=depth, chain=chain)
+            except _DeferredError:
+                return False  # the forward direction's change of it goes first
             for op in plan.ops:
                 if isinstance(op, ScheduleAt):
                     record = ObjectNamed(key=op.key, region=self.source.region)
@@ -538,13 +592,19 @@ class Engine:
 
     def _process(self, claim: Claim) -> tuple[str, float | None]:
         key = claim.key
-        if self.defers(key):
+        if self._is_held(key):  # a follow-up of writes still running: after them
             now = self._wall()
-            reason = "waiting for the forward direction's pending change"
-            self.journal.defer(claim, now=now, not_before=now + _DEFER_S, reason=reason)
+            reason = "after the writes that made it a follow-up"
+            self.journal.defer(claim, now=now, not_before=now + _HELD_S, reason=reason)
             return "deferred", None
         try:
             plan = self._apply(key, depth=0, chain=frozenset())
+        except _DeferredError:
+            now = self._wall()
+            reason = "waiting for the forward direction's pending change"
+            until = self._defer_until(key, now)
+            self.journal.defer(claim, now=now, not_before=until, reason=reason)
+            return "deferred", None
         except (AccessDeniedError, CredentialsError) as exc:  # every change would fail alike
             self._retry(claim, exc, forever=True)
             raise
@@ -579,15 +639,17 @@ class Engine:
         self.journal.done(claim, now=now)
         record = claim.record
         recheck = self.config.thing_recheck_s
-        created = any(isinstance(op, CreateThing) for op in plan.ops) or (
-            isinstance(record, ThingChanged) and record.operation == "CREATED"
+        created_event = isinstance(record, ThingChanged) and record.operation == "CREATED"
+        created = created_event or (
+            # failback's own creates echo into the forward direction, which re-checks them
+            self.config.direction == "forward"
+            and any(isinstance(op, CreateThing) for op in plan.ops)
         )
         if (
             recheck is not None
             and key.kind == "thing"
             and created
             and self.config.mode == "complete"
-            and self.config.direction == "forward"  # failback's creates echo into forward
         ):
             # AWS publishes no event when a certificate is attached, usually just after
             # the create: look again. (The journal keeps an object's latest record only,
@@ -624,7 +686,9 @@ class Engine:
         Raises:
             AccessDeniedError: see :meth:`process`.
         """
-        claims = self.journal.claim(now=self._wall(), limit=self.config.batch)
+        claims = self.journal.claim(
+            now=self._wall(), limit=self.config.batch, exclude=self._held_keys()
+        )
         if executor is None:
             for claim in claims:
                 self.process(claim)
@@ -663,7 +727,11 @@ class Engine:
                 while not stop.is_set():
                     room = workers * 2 - len(running)
                     claims = (
-                        self.journal.claim(now=self._wall(), limit=room, exclude=running.values())
+                        self.journal.claim(
+                            now=self._wall(),
+                            limit=room,
+                            exclude=[*running.values(), *self._held_keys()],
+                        )
                         if room > 0
                         else []
                     )

@@ -27,8 +27,11 @@ failback queue, so that changes backing off for minutes are tried at once.
 The primary being down is learnt from the engines' outcomes and kept in the
 journal (``failback_due``) until a pass completes, so that a restart in
 between still runs it; the primary's return is learnt from a cheap read
-probed every ``probe_interval_s`` while it is down. A pass that fails or is
-stopped stays due.
+probed every ``probe_interval_s`` while it is down. A pass whose listing
+fails (the primary down again, throttling beyond the retries) or that is
+stopped stays due; objects that failed in a pass are journaled in the failback
+queue, where they are retried (and dead-lettered if they keep failing) like
+any change, and the pass counts as done.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from replicator._errors import (
     RetryableError,
 )
 from replicator._reconcile import reconcile
+from replicator._records import ObjectNamed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -200,9 +204,10 @@ class AutoFailback:
     def full_pass(self, outage_s: float, stop: threading.Event | None = None) -> bool:
         """Copy back everything that changed in the secondary, then wake both queues.
 
-        Returns whether the pass completed. One that failed (the primary failed
-        again, throttling beyond the retries) or was stopped stays due: the watch
-        is marked down again, and the journal remembers it across a restart.
+        Returns whether the pass completed. One whose listing failed (the primary
+        failed again, throttling beyond the retries) or that was stopped stays due:
+        the watch is marked down again, and the journal remembers it across a
+        restart. Objects that failed go to the failback queue, to be retried there.
 
         Raises:
             AccessDeniedError: a permission is missing.
@@ -231,8 +236,15 @@ class AutoFailback:
             self.watch.mark_down()
             self._report({"event": "replicator.failback.failed", "error": str(exc)})
             return False
-        woken += self.failback.journal.wake(now=self.forward.now())
-        complete = not (report.errors or report.interrupted)
+        now = self.forward.now()
+        for difference in report.differences:
+            if difference.error is not None:  # tried again from the queue, with attempts
+                record = ObjectNamed(key=difference.key, region=self.failback.source.region)
+                self.failback.journal.accept(record, now=now)
+        woken += self.failback.journal.wake(now=now)
+        # Objects that failed are the failback queue's now (retries, dead letters; a
+        # primary down again is seen there): only a stop leaves the pass due.
+        complete = not report.interrupted
         self._report(
             {
                 "event": "replicator.failback.complete"
@@ -246,7 +258,7 @@ class AutoFailback:
                 "woken": woken,
             }
         )
-        if not complete:  # the primary failed again, objects could not be read, or a stop
+        if not complete:  # stopped: run it again after the restart
             self.watch.mark_down()
             return False
         self.passes += 1

@@ -192,7 +192,19 @@ class Journal:
         conn.executescript(_SCHEMA.replace("{q}", self._queue))
         columns = {row[1] for row in conn.execute(f"PRAGMA table_info({self._queue})")}
         if "due_since" not in columns:  # a journal from before lag counted from due times
-            conn.execute(f"ALTER TABLE {self._queue} ADD COLUMN due_since REAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                again = {row[1] for row in conn.execute(f"PRAGMA table_info({self._queue})")}
+                if "due_since" not in again:  # not migrated by another process meanwhile
+                    conn.execute(f"ALTER TABLE {self._queue} ADD COLUMN due_since REAL")
+                    conn.execute(  # the queue's name is checked against _QUEUE_NAME
+                        f"UPDATE {self._queue} SET due_since = CASE WHEN attempts = 0"  # noqa: S608
+                        " THEN MAX(accepted_at, not_before) ELSE accepted_at END"
+                    )
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                conn.execute("ROLLBACK")
+                raise
 
     def __repr__(self) -> str:
         if self._conn is None:
@@ -415,6 +427,13 @@ class Journal:
             " WHERE state = 'pending' AND attempts > 0 AND not_before > :now",
             {"now": now},
         )
+
+    def due_at(self, key: ObjectKey) -> float | None:
+        """When ``key``'s pending change is next to be tried, or None when it has none."""
+        rows = self._read(
+            "SELECT not_before FROM {q} WHERE key = ? AND state = 'pending'", (str(key),)
+        )
+        return float(rows[0][0]) if rows else None
 
     def is_pending(self, key: ObjectKey, *, now: float) -> bool:
         """Whether ``key`` has a change in this queue that is due at ``now`` or failing.

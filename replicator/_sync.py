@@ -58,9 +58,21 @@ if TYPE_CHECKING:
     from replicator._plan import Mode
     from replicator._state import ObjectKey
 
-__all__ = ["NEUTRAL_SCOPE", "Direction", "failback_guard", "fingerprint", "forward_guard"]
+__all__ = [
+    "FORWARD_PENDING",
+    "NEUTRAL_SCOPE",
+    "Direction",
+    "failback_guard",
+    "fingerprint",
+    "forward_guard",
+]
 
 Direction = Literal["forward", "failback"]
+
+FORWARD_PENDING: Final = "forward-pending"
+"""The sync point of an object the forward direction's own writes just changed in the
+secondary (a follow-up): equal to no fingerprint, so the forward plan stands (the
+primary wins) and failback leaves the object alone until forward has applied it."""
 
 NEUTRAL_SCOPE: Final = ArnScope("region", "account")
 """What policy ARNs are rewritten to before fingerprinting: equal in every region."""

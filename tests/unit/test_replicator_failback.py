@@ -12,7 +12,7 @@ import pytest
 
 from replicator._arns import ArnScope
 from replicator._engine import Engine, EngineConfig, Outcome
-from replicator._errors import RegionUnavailableError, ThrottledError
+from replicator._errors import InvalidRequestError, RegionUnavailableError, ThrottledError
 from replicator._failback import AutoFailback
 from replicator._journal import Journal
 from replicator._memory import InMemoryRegion
@@ -25,19 +25,22 @@ from replicator._ops import (
     CreateThing,
     CreateThingGroup,
     CreateThingType,
+    DeleteCertificate,
     DeleteThing,
     DeleteThingGroup,
     DeleteThingShadow,
     DeleteThingType,
     DeprecateThingType,
+    DetachThingPrincipal,
     Op,
     Plan,
     RegisterCertificateWithoutCA,
+    UpdateCertificate,
     UpdateThing,
     UpdateThingShadow,
 )
 from replicator._reconcile import reconcile
-from replicator._records import ObjectNamed
+from replicator._records import ObjectNamed, ThingChanged
 from replicator._state import ObjectKey, PolicyState, PolicyVersion, ThingState
 from replicator._sync import failback_guard, fingerprint
 
@@ -690,4 +693,136 @@ def test_a_deferred_change_counts_its_lag_from_when_it_was_due(tmp_path: Path) -
     assert pair.failback_journal.counts(110.0).oldest_pending_s == 10.0
     [claim] = pair.failback_journal.claim(now=110.0, limit=1)
     assert claim.due_since == 100.0
+    pair.close()
+
+
+# -- second review: follow-ups, re-checks, full passes -------------------------------------------
+
+
+def rotate_out(pair: Pair, *, delete_thing: bool = False) -> None:
+    run(pair.primary, RegisterCertificateWithoutCA(C1, "PEM1", "ACTIVE"), CreateThing("t1"))
+    run(pair.primary, AttachThingPrincipal("t1", C1))
+    pair.sync(pair.forward, ObjectKey.certificate(C1), T1)
+    assert C1 in pair.secondary.certificates
+    run(pair.primary, DetachThingPrincipal("t1", C1))
+    if delete_thing:
+        run(pair.primary, DeleteThing("t1"))
+    run(pair.primary, UpdateCertificate(C1, "INACTIVE"), DeleteCertificate(C1))
+    pair.sync(pair.forward, T1)  # detaches (or deletes) in the secondary; C1 is a follow-up
+    pair.forward.drain()
+
+
+@pytest.mark.parametrize("delete_thing", [False, True])
+def test_a_certificate_rotated_out_in_the_primary_is_deleted_and_not_brought_back(
+    tmp_path: Path, delete_thing: bool
+) -> None:
+    pair = Both(tmp_path / "j.db")
+    rotate_out(pair, delete_thing=delete_thing)
+    assert C1 not in pair.secondary.certificates
+    reconcile(pair.failback, dry_run=False, workers=1)  # the full pass
+    assert C1 not in pair.primary.certificates
+    pair.close()
+
+
+def _move_g_under_root_while_a_worker_races(pair: Pair) -> None:
+    run(pair.primary, CreateThingGroup("root"), CreateThingGroup("g"), CreateThing("t1"))
+    run(pair.primary, AddThingToThingGroup("g", "t1"))
+    for key in (ObjectKey.thing_group("root"), ObjectKey.thing_group("g"), T1):
+        pair.sync(pair.forward, key)
+    run(pair.primary, DeleteThingGroup("g"), CreateThingGroup("g", "root"))
+    run(pair.primary, AddThingToThingGroup("g", "t1"))
+    execute = pair.secondary.execute
+
+    def racing(op: Op) -> int | None:
+        if isinstance(op, DeleteThingGroup):  # another worker claims what is due meanwhile
+            for claim in pair.forward_journal.claim(now=pair.now[0], limit=10):
+                if claim.key == T1:
+                    pair.forward.process(claim)
+        return execute(op)
+
+    pair.secondary.execute = racing  # type: ignore[method-assign]
+    pair.sync(pair.forward, ObjectKey.thing_group("g"))
+    pair.secondary.execute = execute  # type: ignore[method-assign]
+    pair.forward.drain()
+
+
+def test_a_follow_up_is_not_applied_before_the_writes_that_made_it(tmp_path: Path) -> None:
+    pair = Pair(tmp_path / "j.db")  # forward only
+    _move_g_under_root_while_a_worker_races(pair)
+    found = pair.secondary.read_thing("t1", principals=False)
+    assert found is not None
+    assert found.groups == frozenset({"g"})
+    pair.close()
+
+
+def test_a_racing_follow_up_does_not_make_failback_remove_a_membership(tmp_path: Path) -> None:
+    pair = Both(tmp_path / "j.db")
+    _move_g_under_root_while_a_worker_races(pair)
+    pair.sync(pair.failback, T1)  # the secondary's membership echo, or a full pass
+    found = pair.primary.read_thing("t1", principals=False)
+    assert found is not None
+    assert found.groups == frozenset({"g"})
+    pair.close()
+
+
+def test_a_certificate_attached_just_after_a_create_in_the_secondary_reaches_the_primary(
+    tmp_path: Path,
+) -> None:
+    pair = Both(tmp_path / "j.db")
+    config = {"workers": 2, "thing_recheck_s": 30.0, "dependency_ttl_s": 0.0}
+    pair.forward = Engine(
+        source=pair.primary,
+        target=pair.secondary,
+        journal=pair.forward_journal,
+        config=EngineConfig(keep_target_changes=True, **config),  # type: ignore[arg-type]
+        wall=lambda: pair.now[0],
+    )
+    pair.failback = Engine(
+        source=pair.secondary,
+        target=pair.primary,
+        journal=pair.failback_journal,
+        config=EngineConfig(direction="failback", **config),  # type: ignore[arg-type]
+        wall=lambda: pair.now[0],
+    )
+    pair.failback.pair_with(pair.forward)
+    run(pair.secondary, CreateThing("t9", None, {"k": "v"}))
+    created = ThingChanged(region=WEST, thing_name="t9", operation="CREATED")
+    pair.failback_journal.accept(created, now=pair.now[0])
+    pair.failback.drain()  # the CREATED event first
+    run(pair.secondary, RegisterCertificateWithoutCA(C9, "PEM9", "ACTIVE"))
+    run(pair.secondary, AttachThingPrincipal("t9", C9))  # no event
+    echo = ThingChanged(region=EAST, thing_name="t9", operation="CREATED")
+    pair.forward_journal.accept(echo, now=pair.now[0])
+    pair.forward.drain()
+    for _ in range(2):
+        pair.now[0] += 60
+        pair.forward.drain()
+        pair.failback.drain()
+    found = pair.primary.read_thing("t9", principals=True)
+    assert found is not None
+    assert found.principals == frozenset({C9})
+    pair.close()
+
+
+def test_an_object_that_cannot_be_copied_back_does_not_repeat_the_full_pass(
+    tmp_path: Path,
+) -> None:
+    pair = Both(tmp_path / "j.db", mode="jitr")
+    run(pair.secondary, CreateThing("t9"))
+    execute = pair.primary.execute
+
+    def refuse(op: Op) -> int | None:
+        if isinstance(op, CreateThing):
+            raise InvalidRequestError("CreateThing: refused", region=EAST, api="CreateThing")
+        return execute(op)
+
+    pair.primary.execute = refuse  # type: ignore[method-assign]
+    lines: list[dict[str, Any]] = []
+    auto = AutoFailback(pair.forward, pair.failback, report=lines.append, workers=1)
+    auto.watch.mark_down()
+    auto.watch.came_back()  # as run() does before a pass
+    assert auto.full_pass(1.0) is True  # done: the object is the failback queue's now
+    assert not auto.watch.down  # no pass again at the next probe
+    assert lines[-1]["errors"] == 1
+    assert pair.failback_journal.is_pending(ObjectKey.thing("t9"), now=pair.now[0])
     pair.close()

@@ -138,7 +138,14 @@ def test_a_journal_from_before_due_times_is_upgraded_in_place(tmp_path: Path) ->
             "INSERT INTO changes VALUES ('thing/t1', ?, 'pending', 1, 0, 5.0, 5.0, 5.0, NULL)",
             (record,),
         )
-    with Journal(path) as journal:
+        waiting = record.replace("t1", "t2")  # a planned wait (a re-check) until 900
+        conn.execute(
+            "INSERT INTO changes VALUES ('thing/t2', ?, 'pending', 1, 0, 900.0, 5.0, 5.0, NULL)",
+            (waiting,),
+        )
+    with Journal(path) as journal, Journal(path) as second:  # opened twice: one migration
         assert journal.counts(15.0).oldest_pending_s == 10.0
-        [claim] = journal.claim(now=15.0, limit=1)
+        [claim] = journal.claim(now=15.0, limit=5)
         assert claim.due_since == 5.0
+        journal.done(claim, now=15.0)
+        assert second.counts(15.0).oldest_pending_s == 0.0  # t2 waits on purpose
