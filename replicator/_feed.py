@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -41,7 +41,7 @@ from replicator._errors import ConfigError, ReplicatorError
 from replicator._records import DeadLetter, Ignored, parse_message, parse_sqs_body
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
     from pathlib import Path
 
     from paho.mqtt.reasoncodes import ReasonCode
@@ -96,6 +96,37 @@ class FeedConfig:
     key_path: Path | None = None
     keepalive_s: int = 60
     topics: tuple[str, ...] = FEED_TOPICS
+
+    @classmethod
+    def from_options(
+        cls,
+        options: Mapping[str, Any],
+        *,
+        flag: str,
+        address: str,
+        region: str,
+        topics: tuple[str, ...] = FEED_TOPICS,
+    ) -> FeedConfig:
+        """A feed at ``address`` (``HOST:PORT``, from ``flag``) with a command's options.
+
+        The options are ``--feed-client-id`` and ``--feed-ca/-cert/-key``.
+
+        Raises:
+            ConfigError: the address is not ``HOST:PORT``, or the TLS options do not fit.
+        """
+        host, _, port = str(address).rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"{flag} {address!r} is not HOST:PORT")
+        return cls(
+            region=region,
+            host=host.strip("[]"),
+            port=int(port),
+            client_id=options["feed_client_id"],
+            ca_path=options["feed_ca"],
+            cert_path=options["feed_cert"],
+            key_path=options["feed_key"],
+            topics=topics,
+        )
 
     def __post_init__(self) -> None:
         if not 0 < self.port <= 65535:

@@ -188,21 +188,14 @@ def _handler(options: dict[str, Any], journal: Any) -> JitrHandler:
 
 
 def _feed_config(options: dict[str, Any]) -> FeedConfig:
-    from replicator._errors import ConfigError  # noqa: PLC0415
     from replicator._feed import FeedConfig  # noqa: PLC0415
     from replicator._jitr import JITR_TOPIC  # noqa: PLC0415
 
-    host, _, port = str(options["feed"]).rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--feed {options['feed']!r} is not HOST:PORT")
-    return FeedConfig(
+    return FeedConfig.from_options(
+        options,
+        flag="--feed",
+        address=options["feed"],
         region=options["region"],
-        host=host.strip("[]"),
-        port=int(port),
-        client_id=options["feed_client_id"],
-        ca_path=options["feed_ca"],
-        cert_path=options["feed_cert"],
-        key_path=options["feed_key"],
         topics=(JITR_TOPIC,),
     )
 

@@ -357,20 +357,10 @@ def replicator_run(**options: Any) -> None:
 
 def _feed_config(options: dict[str, Any], flag: str, address: str, role: str) -> FeedConfig:
     """A feed on ``role``'s broker at ``address`` (HOST:PORT), with the TLS flags."""
-    from replicator._errors import ConfigError  # noqa: PLC0415
     from replicator._feed import FeedConfig  # noqa: PLC0415
 
-    host, _, port = str(address).rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"{flag} {address!r} is not HOST:PORT")
-    return FeedConfig(
-        region=options[f"{role}_region"],
-        host=host.strip("[]"),
-        port=int(port),
-        client_id=options["feed_client_id"],
-        ca_path=options["feed_ca"],
-        cert_path=options["feed_cert"],
-        key_path=options["feed_key"],
+    return FeedConfig.from_options(
+        options, flag=flag, address=address, region=options[f"{role}_region"]
     )
 
 
