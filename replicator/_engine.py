@@ -631,10 +631,10 @@ class Engine:
             self.stats.lag_s.append(lag)
         schedule = [op for op in plan.ops if isinstance(op, ScheduleAt)]
         if schedule:
-            with self._lock:
-                self.stats.scheduled += 1
             due = min(op.epoch_s for op in schedule)
             self.journal.schedule(claim, now=now, not_before=due, reason=schedule[0].reason)
+            with self._lock:  # counted once it is in the journal
+                self.stats.scheduled += 1
             return "scheduled", lag
         self.journal.done(claim, now=now)
         record = claim.record

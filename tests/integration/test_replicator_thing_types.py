@@ -154,6 +154,14 @@ def journal_row(journal: Journal, key: ObjectKey) -> tuple[str, float, str | Non
     return str(state), float(not_before), reason, float(updated_at)
 
 
+def scheduled_row(journal: Journal) -> tuple[str, float, str, float] | None:
+    """The type's row while it holds a schedule (a reason and a not_before ahead), else None."""
+    state, not_before, reason, updated_at = journal_row(journal, KEY)
+    if state != "pending" or reason is None or not_before <= updated_at:
+        return None
+    return state, not_before, str(reason), updated_at
+
+
 def delete_when_allowed(client: IoTClient, *, timeout_s: float) -> list[str]:
     """Delete the type, asking again until the region allows it; the refusals on the way."""
     deadline = time.monotonic() + timeout_s
@@ -220,9 +228,14 @@ def test_a_thing_types_life_replicates_and_its_deletion_waits_for_the_rule(
             "InvalidRequestException"
         )  # too early: deprecated less than DELETE_AFTER_S ago
         wait_for("the scheduled deletion", lambda: replicator.engine.stats.scheduled >= 1)
-        state, not_before, reason, updated_at = journal_row(journal, KEY)
+        # The primary's deletion event may still reach the journal after the schedule
+        # (it re-triggers the row, which is scheduled again): read the row once the
+        # schedule is what it holds.
+        wait_for("the schedule in the journal", lambda: scheduled_row(journal) is not None)
+        row = scheduled_row(journal)
+        assert row is not None
+        state, not_before, reason, updated_at = row
         assert state == "pending"
-        assert reason is not None
         assert "deprecat" in reason
         # Scheduled, not slept: not_before is the secondary's own deprecation time plus
         # the wait (and the plan's margin), from recorded timestamps only. The engine
