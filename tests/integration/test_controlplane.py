@@ -50,16 +50,6 @@ NO_RETRIES = Config(
 )
 
 
-@pytest.fixture(autouse=True)
-def _no_aws_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
-    """boto3 reads no user configuration and never asks an instance metadata service."""
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_IOT"):
-        monkeypatch.delenv(name, raising=False)
-
-
 def iot(plane: ControlPlane, region: str) -> IoTClient:
     assert plane.url.startswith("http://127.0.0.1:")  # loopback only, fake credentials
     return boto3.client(

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import os
 import queue
 import ssl
 import time
@@ -62,16 +61,6 @@ NO_RETRIES = Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_
 # Most tests reconnect a client ID at once; the per-client-ID rate has a test of its own.
 FAST = ConnectLimits(client_id_per_s=1000)
 ALL_TPS = dict.fromkeys(DEFAULT_TPS, 1000.0) | {"default": 1000.0}
-
-
-@pytest.fixture(autouse=True)
-def _no_aws_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
-    """boto3 reads no user configuration and never asks an instance metadata service."""
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_IOT"):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

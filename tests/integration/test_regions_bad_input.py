@@ -17,7 +17,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
 import queue
 import time
 import uuid
@@ -56,17 +55,6 @@ NO_RETRIES = Config(
     retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=3, read_timeout=5
 )
 LAMP_STATE: JsonObject = {"reported": {"on": True, "note": "n" * 4000}}
-
-
-@pytest.fixture(autouse=True)
-def _no_aws_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
-    """boto3 reads no user configuration and never asks an instance metadata service."""
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_IOT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL_IOT_DATA_PLANE", raising=False)
 
 
 def _iot(regions: LocalRegions, region: str) -> IoTClient:

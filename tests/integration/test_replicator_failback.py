@@ -33,7 +33,6 @@ from replicator._state import ObjectKey
 from tests.integration.test_replicator_live import (
     EAST,
     WEST,
-    _no_aws_configuration,
     attributes,
     pair,
     shadow_state,
@@ -46,7 +45,7 @@ if TYPE_CHECKING:
     from simulators.pytest_plugin import FleetFixture
     from tests.integration.test_replicator_live import LocalPair
 
-__all__ = ["_no_aws_configuration", "pair"]  # the fixtures, imported for pytest
+__all__ = ["pair"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,6 @@ from tests.integration.test_replicator_live import (  # the fixtures too
     EAST,
     WEST,
     LocalPair,
-    _no_aws_configuration,  # noqa: F401
     pair,  # noqa: F401
     wait_for,
 )

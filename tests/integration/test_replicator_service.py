@@ -26,7 +26,6 @@ from replicator import lambda_handler
 from tests.integration.test_replicator_live import (
     EAST,
     WEST,
-    _no_aws_configuration,  # noqa: F401 - autouse: fake credentials, no AWS configuration
     wait_for,
 )
 

@@ -13,7 +13,6 @@ deadline.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
@@ -47,18 +46,6 @@ WAIT_S = 30.0
 STAMP_S = 0.01  # the resolution of the control plane's timestamps, and then some
 TYPE = "sensor"
 KEY = ObjectKey.thing_type(TYPE)
-
-
-@pytest.fixture(autouse=True)
-def _no_aws_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fake credentials; boto3 reads no user configuration and never asks a metadata service."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_IOT", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import queue
 import selectors
 import signal
@@ -35,16 +34,6 @@ pytestmark = pytest.mark.integration
 
 JsonObject = dict[str, Any]
 WAIT_S = 5.0
-
-
-@pytest.fixture(autouse=True)
-def _no_aws_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
-    """boto3 reads no user configuration and never asks an instance metadata service."""
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_IOT_DATA_PLANE"):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
