@@ -489,6 +489,133 @@ def drill(
         raise click.exceptions.Exit(1)
 
 
+@sim.command("run")
+@click.option(
+    "--scenario",
+    "scenario_name",
+    default="region-outage",
+    show_default=True,
+    metavar="NAME|FILE",
+    help="A built-in scenario (see `iotdr sim scenarios`) or a scenario YAML file.",
+)
+@click.option("--devices", type=click.IntRange(1), help="Fleet size (default: the scenario's own).")
+@click.option(
+    "--report-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("iotdr-report"),
+    show_default=True,
+    help="Where report.json, report.md, timeline.csv and the plots go.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="The fleet's randomness.")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    help="Device-host processes (default: one per core).",
+)
+@click.option(
+    "--broker",
+    type=click.Choice(["auto", "mosquitto", "amqtt"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep keys, outboxes and logs here (default: a temporary folder, removed after).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
+def run(
+    scenario_name: str,
+    devices: int | None,
+    report_dir: Path,
+    seed: int,
+    processes: int | None,
+    broker: str,
+    state_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Drive a fleet of real device agents through a scenario of region outages.
+
+    Starts local regions (the door in front of each broker, control plane,
+    shadows, DNS, health checker), provisions the fleet in both regions,
+    runs the replicator, starts the devices (each the real agent, over mTLS),
+    plays the scenario's timeline, stops everything it started and writes the
+    report. Exit code 1 when the verdict is FAIL (a device that did not move,
+    a lost message, ...).
+    """
+    from simulators.fleet._driver import RunOptions, run_fleet  # noqa: PLC0415
+    from simulators.fleet._live import LiveDisplay  # noqa: PLC0415
+    from simulators.fleet._scenario import load_scenario, with_devices  # noqa: PLC0415
+
+    scenario = load_scenario(scenario_name)
+    if devices is not None:
+        scenario = with_devices(scenario, devices)
+    with LiveDisplay(scenario.name) as display:
+        report = run_fleet(
+            RunOptions(
+                scenario=scenario,
+                report_dir=report_dir,
+                seed=seed,
+                processes=processes,
+                state_dir=state_dir,
+                broker=cast('Literal["auto", "mosquitto", "amqtt"]', broker),
+                progress=display.update if display.enabled else None,
+            )
+        )
+    emit(report, as_json=as_json, text=_run_summary(report, report_dir))
+    if not report.get("verdict", {}).get("ok", False):
+        raise click.exceptions.Exit(1)
+
+
+def _run_summary(report: dict[str, Any], report_dir: Path) -> str:
+    verdict = report.get("verdict", {})
+    lines = [
+        f"{'PASS' if verdict.get('ok') else 'FAIL'}: {report['scenario']}, "
+        f"{report['devices']} devices, {report['duration_s']:.0f} s",
+    ]
+    lines += [f"  - {problem}" for problem in verdict.get("problems", [])]
+    for kind in ("failover", "failback"):
+        stats = report.get(kind, {})
+        if stats.get("count"):
+            lines.append(
+                f"{kind:9} {stats['count']:>6} devices  p50 {stats['p50_s']:.2f} s  "
+                f"p95 {stats['p95_s']:.2f} s  max {stats['max_s']:.2f} s"
+            )
+    messages = report.get("messages", {})
+    lines.append(
+        "messages  sent {sent}  delivered {delivered}  lost {lost}  duplicated {duplicated}".format(
+            **{k: messages.get(k, 0) for k in ("sent", "delivered", "lost", "duplicated")}
+        )
+    )
+    lines.append(f"report    {report_dir}/report.md (and report.json, timeline.csv, plots)")
+    return "\n".join(lines)
+
+
+@sim.command("scenarios")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def scenarios(as_json: bool) -> None:
+    """List the built-in scenarios of `iotdr sim run`, one line each."""
+    from simulators.fleet._scenario import builtin_scenarios  # noqa: PLC0415
+
+    found = builtin_scenarios()
+    rows = {
+        name: {
+            "description": s.description,
+            "devices": s.devices,
+            "duration_s": s.duration_s,
+            "replication": s.replication,
+        }
+        for name, s in found.items()
+    }
+    width = max(len(name) for name in rows)
+    text = "\n".join(
+        f"{name:{width}}  {row['devices']:>5} devices {row['duration_s']:>5.0f} s  "
+        f"{row['description']}"
+        for name, row in rows.items()
+    )
+    emit(rows, as_json=as_json, text=text)
+
+
 def _pair(summary: dict[str, float | None]) -> str:
     if summary["p50"] is None:
         return "-"
