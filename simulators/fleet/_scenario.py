@@ -1,0 +1,702 @@
+"""Scenarios: what a fleet run does and when, read from YAML and checked to the last key.
+
+A scenario names the regions (primary first), the fleet's size and pace, the
+agent's settings that differ from its defaults, the quotas in force and a
+timeline of steps::
+
+    name: primary-blackhole
+    description: the primary goes silent for a minute, then recovers
+    devices: 500                      # default when --devices is not given
+    duration_s: 150
+    regions: [us-east-1, us-west-2]   # primary first
+    replication: complete             # complete | jitr | off
+    fleet: {telemetry_interval_s: 1.0, shadow_interval_s: 10}
+    agent: {failover: {stability_window_s: 20}}   # same sections and names as agent.toml
+    quotas: {us-west-2: {connect_per_s: 100, CreateThing: 10}}
+    timeline:
+      - {at: 20, fault: {region: us-east-1, mode: blackhole}}
+      - {at: 25, create_devices: 50}
+      - {at: 30, replicator: stop}
+      - {at: 60, replicator: start}
+      - {at: 80, heal: {region: us-east-1}}
+      - {at: 120, dns: {cname: us-east-1}}
+
+Everything here is pure but :func:`load_scenario`, which reads the file (or
+the built-in's package data). Unknown keys are errors, and every error is a
+:class:`ScenarioError` whose one-line message names the file, the line and the
+field at fault: ``scenario my.yaml line 12: timeline[2].fault.mode: unknown
+fault mode 'melt' (known: ...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+
+from device_agent._config import (
+    AgentConfig,
+    DiscoveryConfig,
+    FailoverConfig,
+    IdentityConfig,
+    MQTTConfig,
+    OutboxConfig,
+    ProbeConfig,
+)
+from device_agent._errors import ConfigError
+from replicator._quotas import DEFAULT_TPS
+from simulators._errors import SimulatorError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "CONTROL_PLANE_FAULT_MODES",
+    "DEFAULT_SCENARIO",
+    "DOOR_FAULT_MODES",
+    "FAULT_MODES",
+    "REPLICATION_MODES",
+    "CreateDevicesStep",
+    "DnsStep",
+    "FaultStep",
+    "FleetSettings",
+    "HealStep",
+    "RegionQuotas",
+    "ReplicatorStep",
+    "Scenario",
+    "ScenarioError",
+    "Step",
+    "apply_agent_overrides",
+    "builtin_scenarios",
+    "load_scenario",
+    "parse_scenario",
+    "with_devices",
+]
+
+DOOR_FAULT_MODES: tuple[str, ...] = ("down", "blackhole", "partial", "degraded")
+"""Faults of a region's door, as ``iotdr sim fault`` takes them."""
+CONTROL_PLANE_FAULT_MODES: tuple[str, ...] = ("control-plane-down", "control-plane-drop")
+"""Faults of a region's control plane, as ``iotdr sim fault`` takes them."""
+FAULT_MODES: tuple[str, ...] = DOOR_FAULT_MODES + CONTROL_PLANE_FAULT_MODES
+REPLICATION_MODES: tuple[str, ...] = ("complete", "jitr", "off")
+DEFAULT_SCENARIO = "region-outage"
+
+FaultMode = Literal[
+    "down", "blackhole", "partial", "degraded", "control-plane-down", "control-plane-drop"
+]
+Replication = Literal["complete", "jitr", "off"]
+
+
+class ScenarioError(SimulatorError):
+    """A scenario is malformed, or names something that does not exist.
+
+    Attributes:
+        source: the file (or built-in) it came from.
+        line: the 1-based line at fault, when known.
+        path: the field at fault (``timeline[2].fault.mode``), when known.
+        problem: what is wrong, without the place.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        line: int | None = None,
+        path: str | None = None,
+    ) -> None:
+        where = f"scenario {source}" if source else "scenario"
+        if line is not None:
+            where += f" line {line}"
+        text = f"{where}: {path}: {message}" if path else f"{where}: {message}"
+        super().__init__(text)
+        self.problem = message
+        self.source = source
+        self.line = line
+        self.path = path
+
+
+# -- the scenario's values ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetSettings:
+    """How the virtual devices behave.
+
+    Attributes:
+        telemetry_interval_s: each device publishes numbered QoS 1 telemetry this often.
+        shadow_interval_s: each device updates its reported shadow this often.
+        start_spread_s: the devices start spread evenly over this long (0: all at once).
+    """
+
+    telemetry_interval_s: float = 1.0
+    shadow_interval_s: float = 10.0
+    start_spread_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegionQuotas:
+    """One region's quotas while the scenario runs (None: AWS's default).
+
+    Attributes:
+        connect_per_s: the door's CONNECTs per second per account (AWS: 500).
+        connect_per_client_id_per_s: CONNECTs per second per client ID (AWS: 1).
+        api_tps: control-plane calls per second by AWS IoT operation name.
+    """
+
+    connect_per_s: float | None = None
+    connect_per_client_id_per_s: float | None = None
+    api_tps: Mapping[str, float] = field(default_factory=lambda: types.MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultStep:
+    """Inject ``mode`` into ``region`` (its door, or its control plane)."""
+
+    at: float
+    region: str
+    mode: FaultMode
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealStep:
+    """Clear every fault of ``region``: its door and its control plane."""
+
+    at: float
+    region: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateDevicesStep:
+    """Register ``count`` new devices, in the primary only, and start them."""
+
+    at: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicatorStep:
+    """Stop or start the replicator."""
+
+    at: float
+    action: Literal["stop", "start"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsStep:
+    """Point the devices' CNAME at ``cname`` by hand."""
+
+    at: float
+    cname: str
+
+
+Step = FaultStep | HealStep | CreateDevicesStep | ReplicatorStep | DnsStep
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scenario:
+    """A fleet run's plan.
+
+    Attributes:
+        name: its name.
+        description: one line for ``iotdr sim scenarios``.
+        devices: how many devices (``--devices`` overrides it).
+        duration_s: how long the timeline runs.
+        regions: the regions, primary first.
+        replication: ``complete`` (the replicator copies what is created),
+            ``jitr`` (certificates reach the secondary by just-in-time
+            registration), ``off``.
+        fleet: the devices' pace.
+        agent: overrides of the agent's settings by section and field, as in
+            ``agent.toml`` (:func:`apply_agent_overrides` applies them).
+        quotas: per region, the quotas that differ from AWS's defaults.
+        timeline: the steps, in time order.
+    """
+
+    name: str
+    description: str
+    devices: int
+    duration_s: float
+    regions: tuple[str, ...]
+    replication: Replication = "complete"
+    fleet: FleetSettings = field(default_factory=FleetSettings)
+    agent: Mapping[str, Mapping[str, object]] = field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
+    quotas: Mapping[str, RegionQuotas] = field(default_factory=lambda: types.MappingProxyType({}))
+    timeline: tuple[Step, ...] = ()
+
+    @property
+    def primary(self) -> str:
+        """The primary region."""
+        return self.regions[0]
+
+
+def with_devices(scenario: Scenario, devices: int) -> Scenario:
+    """``scenario`` with ``devices`` devices (the ``--devices`` flag).
+
+    Raises:
+        ScenarioError: ``devices`` is not a positive whole number.
+    """
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        msg = f"--devices must be a whole number of at least 1, not {devices!r}"
+        raise ScenarioError(msg, source=scenario.name)
+    return dataclasses.replace(scenario, devices=devices)
+
+
+# -- the agent's settings -----------------------------------------------------------------
+
+_AGENT_SECTIONS: dict[str, type[Any]] = {
+    "failover": FailoverConfig,
+    "probe": ProbeConfig,
+    "mqtt": MQTTConfig,
+    "outbox": OutboxConfig,
+    "agent": AgentConfig,
+}
+_SIMULATOR_OWNS = {
+    "identity": "the simulator gives every device its own identity",
+    "discovery": "the simulator points every device at the local regions' DNS",
+    "outbox.path": "the simulator gives every device its own outbox",
+    "agent.status_path": "the simulator watches the devices itself",
+    "agent.identity": "the simulator gives every device its own identity",
+    "agent.discovery": "the simulator points every device at the local regions' DNS",
+    "agent.failover": "write it as its own section, failover: {...}",
+    "agent.probe": "write it as its own section, probe: {...}",
+    "agent.mqtt": "write it as its own section, mqtt: {...}",
+    "agent.outbox": "write it as its own section, outbox: {...}",
+}
+
+
+def _section_fields(section: str) -> dict[str, Any]:
+    cls = _AGENT_SECTIONS[section]
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _agent_value(section: str, name: str, value: object) -> object:
+    """``value`` as the type of ``section.name``; raises ValueError saying what it must be."""
+    kind = _section_fields(section)[name]
+    origin = typing.get_origin(kind)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError("must be true or false")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError("must be a whole number")
+    if kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError("must be a number")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError("must be a string")
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        if value in choices and isinstance(value, str):
+            return value
+        raise ValueError(f"must be one of {', '.join(map(str, choices))}")
+    if origin is tuple:
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ValueError("must be a list of strings")
+    if kind == (str | None):
+        if value is None or isinstance(value, str):
+            return value
+        raise ValueError("must be a string or null")
+    raise ValueError("cannot be set from a scenario")  # pragma: no cover - every field is typed
+
+
+def _check_override_key(section: str, name: str | None = None) -> str | None:
+    """Why ``section[.name]`` cannot be overridden, or None when it can."""
+    key = section if name is None else f"{section}.{name}"
+    if key in _SIMULATOR_OWNS:
+        return f"cannot be overridden: {_SIMULATOR_OWNS[key]}"
+    if section not in _AGENT_SECTIONS:
+        return f"unknown agent section (known: {', '.join(sorted(_AGENT_SECTIONS))})"
+    if name is not None and name not in _section_fields(section):
+        known = sorted(set(_section_fields(section)) - _owned_fields(section))
+        return f"unknown field of [{section}] (known: {', '.join(known)})"
+    return None
+
+
+def _owned_fields(section: str) -> set[str]:
+    return {k.partition(".")[2] for k in _SIMULATOR_OWNS if k.startswith(f"{section}.")}
+
+
+def apply_agent_overrides(
+    config: AgentConfig, overrides: Mapping[str, Mapping[str, object]]
+) -> AgentConfig:
+    """``config`` with a scenario's ``agent:`` overrides applied.
+
+    Sections are those of ``agent.toml`` (failover, probe, mqtt, outbox, agent);
+    the dataclasses' own checks validate the values.
+
+    Raises:
+        ScenarioError: an unknown or simulator-owned section or field, or a
+            value the agent's configuration refuses; the message names
+            ``agent.SECTION.FIELD``.
+    """
+    for section, values in overrides.items():
+        problem = _check_override_key(section)
+        if problem is not None:
+            raise ScenarioError(problem, path=f"agent.{section}")
+        converted: dict[str, object] = {}
+        for name, value in values.items():
+            path = f"agent.{section}.{name}"
+            problem = _check_override_key(section, name)
+            if problem is not None:
+                raise ScenarioError(problem, path=path)
+            try:
+                converted[name] = _agent_value(section, name, value)
+            except ValueError as exc:
+                raise ScenarioError(f"{exc}, not {value!r}", path=path) from None
+        try:
+            if section == "agent":
+                config = dataclasses.replace(config, **converted)  # type: ignore[arg-type]
+            else:
+                part = dataclasses.replace(getattr(config, section), **converted)
+                config = dataclasses.replace(config, **{section: part})
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise ScenarioError(str(exc), path=f"agent.{section}") from exc
+    return config
+
+
+def _placeholder_agent_config() -> AgentConfig:
+    """An agent configuration to check overrides against (no file is read)."""
+    here = Path("device.pem")
+    return AgentConfig(
+        identity=IdentityConfig(client_id="check", cert_path=here, key_path=here, ca_path=here),
+        discovery=DiscoveryConfig(name="iot.iotdr.test"),
+    )
+
+
+# -- YAML with line numbers ---------------------------------------------------------------
+
+
+class _Node:
+    """A YAML node with its path in the document: every error it raises names both."""
+
+    def __init__(self, node: yaml.Node, path: str, source: str, loader: yaml.SafeLoader) -> None:
+        self.node = node
+        self.path = path
+        self.source = source
+        self._loader = loader
+
+    @property
+    def line(self) -> int:
+        return self.node.start_mark.line + 1
+
+    def error(self, message: str) -> ScenarioError:
+        return ScenarioError(message, source=self.source, line=self.line, path=self.path or None)
+
+    def _child(self, node: yaml.Node, path: str) -> _Node:
+        return _Node(node, path, self.source, self._loader)
+
+    def mapping(self, what: str) -> dict[str, _Node]:
+        if not isinstance(self.node, yaml.MappingNode):
+            raise self.error(f"must be a mapping ({what})")
+        out: dict[str, _Node] = {}
+        for key_node, value_node in self.node.value:
+            key = self._loader.construct_object(key_node, deep=True)
+            sub = f"{self.path}.{key}" if self.path else str(key)
+            if not isinstance(key, str):
+                raise self._child(key_node, sub).error("keys must be strings")
+            if key in out:
+                raise self._child(key_node, sub).error("given twice")
+            out[key] = self._child(value_node, sub)
+        return out
+
+    def keys(
+        self, what: str, *, required: tuple[str, ...], optional: tuple[str, ...] = ()
+    ) -> dict[str, _Node]:
+        items = self.mapping(what)
+        allowed = (*required, *optional)
+        for key, child in items.items():
+            if key not in allowed:
+                raise child.error(f"unknown key (allowed: {', '.join(allowed)})")
+        missing = [key for key in required if key not in items]
+        if missing:
+            raise self.error(f"missing {', '.join(missing)} ({what})")
+        return items
+
+    def sequence(self, what: str) -> list[_Node]:
+        if not isinstance(self.node, yaml.SequenceNode):
+            raise self.error(f"must be a list ({what})")
+        return [self._child(item, f"{self.path}[{i}]") for i, item in enumerate(self.node.value)]
+
+    def value(self) -> object:
+        return self._loader.construct_object(self.node, deep=True)
+
+    def string(self) -> str:
+        value = self.value()
+        if not isinstance(value, str) or not value:
+            raise self.error(f"must be a non-empty string, not {value!r}")
+        return value
+
+    def number(self, *, positive: bool = False) -> float:
+        value = self.value()
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise self.error(f"must be a number, not {value!r}")
+        if value < 0 or (positive and value == 0):
+            raise self.error(f"must be {'more than zero' if positive else 'zero or more'}")
+        return float(value)
+
+    def integer(self) -> int:
+        value = self.value()
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(f"must be a whole number, not {value!r}")
+        if value < 1:
+            raise self.error(f"must be at least 1, not {value}")
+        return value
+
+    def choice(self, choices: tuple[str, ...], what: str) -> str:
+        value = self.value()
+        if not isinstance(value, str) or value not in choices:
+            raise self.error(f"unknown {what} {value!r} (known: {', '.join(choices)})")
+        return value
+
+
+def _compose(text: str, source: str) -> tuple[yaml.Node, yaml.SafeLoader]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "invalid"
+        msg = f"not valid YAML: {problem}; check the indentation and brackets"
+        raise ScenarioError(msg, source=source, line=line) from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"not valid YAML: {exc}", source=source) from None
+    if node is None:
+        msg = "empty; a scenario needs name, devices, duration_s, regions and timeline"
+        raise ScenarioError(msg, source=source, line=1)
+    return node, loader
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+_TOP_REQUIRED = ("name", "devices", "duration_s", "regions", "timeline")
+_TOP_OPTIONAL = ("description", "replication", "fleet", "agent", "quotas")
+_ACTIONS = ("fault", "heal", "create_devices", "replicator", "dns")
+_DOOR_QUOTAS = ("connect_per_s", "connect_per_client_id_per_s")
+
+
+def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
+    """Parse and check a scenario's YAML text.
+
+    Args:
+        text: the YAML.
+        source: the file name the errors name.
+
+    Raises:
+        ScenarioError: the text is not YAML, or not a valid scenario.
+    """
+    node, loader = _compose(text, source)
+    root = _Node(node, "", source, loader)
+    top = root.keys(
+        "a scenario: name, devices, duration_s, regions, timeline, ...",
+        required=_TOP_REQUIRED,
+        optional=_TOP_OPTIONAL,
+    )
+    duration_s = top["duration_s"].number(positive=True)
+    regions = _regions(top["regions"])
+    description = top["description"].value() if "description" in top else ""
+    if not isinstance(description, str):
+        raise top["description"].error("must be a string (one line)")
+    return Scenario(
+        name=top["name"].string(),
+        description=" ".join(description.split()),
+        devices=top["devices"].integer(),
+        duration_s=duration_s,
+        regions=regions,
+        replication=typing.cast(
+            "Replication",
+            top["replication"].choice(REPLICATION_MODES, "replication")
+            if "replication" in top
+            else "complete",
+        ),
+        fleet=_fleet(top["fleet"]) if "fleet" in top else FleetSettings(),
+        agent=_agent(top["agent"]) if "agent" in top else types.MappingProxyType({}),
+        quotas=_quotas(top["quotas"], regions) if "quotas" in top else types.MappingProxyType({}),
+        timeline=_timeline(top["timeline"], regions, duration_s),
+    )
+
+
+def _regions(node: _Node) -> tuple[str, ...]:
+    items = node.sequence("the regions, primary first")
+    regions: list[str] = []
+    for item in items:
+        region = item.string()
+        if region in regions:
+            raise item.error(f"region {region!r} is listed twice")
+        regions.append(region)
+    if len(regions) < 2:
+        raise node.error("needs at least two regions, the primary first")
+    return tuple(regions)
+
+
+def _fleet(node: _Node) -> FleetSettings:
+    names = tuple(f.name for f in dataclasses.fields(FleetSettings))
+    items = node.keys("the devices' pace", required=(), optional=names)
+    values = {
+        name: child.number(positive=name != "start_spread_s") for name, child in items.items()
+    }
+    return FleetSettings(**values)
+
+
+def _agent(node: _Node) -> Mapping[str, Mapping[str, object]]:
+    base = _placeholder_agent_config()
+    out: dict[str, Mapping[str, object]] = {}
+    for section, section_node in node.mapping("overrides by agent.toml section").items():
+        problem = _check_override_key(section)
+        if problem is not None:
+            raise section_node.error(problem)
+        values: dict[str, object] = {}
+        for name, child in section_node.mapping(f"the [{section}] fields to override").items():
+            problem = _check_override_key(section, name)
+            if problem is not None:
+                raise child.error(problem)
+            try:
+                value = _agent_value(section, name, child.value())
+                apply_agent_overrides(base, {section: {name: value}})
+            except ValueError as exc:
+                raise child.error(f"{exc}, not {child.value()!r}") from None
+            except ScenarioError as exc:
+                raise child.error(exc.problem) from None
+            values[name] = value
+        out[section] = types.MappingProxyType(values)
+    return types.MappingProxyType(out)
+
+
+def _quotas(node: _Node, regions: tuple[str, ...]) -> Mapping[str, RegionQuotas]:
+    out: dict[str, RegionQuotas] = {}
+    for region, region_node in node.mapping("quotas per region").items():
+        if region not in regions:
+            raise region_node.error(
+                f"not a region of this scenario (regions: {', '.join(regions)})"
+            )
+        door: dict[str, float] = {}
+        api: dict[str, float] = {}
+        for name, child in region_node.mapping("door CONNECT quotas and API=TPS").items():
+            if name in _DOOR_QUOTAS:
+                door[name] = child.number(positive=True)
+            elif name in DEFAULT_TPS:
+                api[name] = child.number(positive=True)
+            else:
+                known = ", ".join((*_DOOR_QUOTAS, *sorted(DEFAULT_TPS)))
+                raise child.error(f"unknown quota (known: {known})")
+        out[region] = RegionQuotas(api_tps=types.MappingProxyType(api), **door)
+    return types.MappingProxyType(out)
+
+
+def _timeline(node: _Node, regions: tuple[str, ...], duration_s: float) -> tuple[Step, ...]:
+    steps: list[Step] = []
+    for item in node.sequence("the steps"):
+        fields = item.mapping("a step: at and one action")
+        actions = [name for name in fields if name in _ACTIONS]
+        for name, child in fields.items():
+            if name != "at" and name not in _ACTIONS:
+                raise child.error(f"unknown key (allowed: at, {', '.join(_ACTIONS)})")
+        if "at" not in fields:
+            raise item.error("missing at (seconds from the start)")
+        if len(actions) != 1:
+            found = f"{len(actions)} ({', '.join(actions)})" if actions else "none"
+            raise item.error(f"a step takes exactly one of {', '.join(_ACTIONS)}; found {found}")
+        at = fields["at"].number()
+        if at > duration_s:
+            raise fields["at"].error(
+                f"{at:g} is after the end of the run (duration_s {duration_s:g})"
+            )
+        if steps and at < steps[-1].at:
+            raise fields["at"].error(
+                f"{at:g} is before the previous step's {steps[-1].at:g}; "
+                "list the steps in time order"
+            )
+        steps.append(_step(actions[0], fields[actions[0]], at, regions))
+    return tuple(steps)
+
+
+def _region(node: _Node, regions: tuple[str, ...]) -> str:
+    region = node.string()
+    if region not in regions:
+        raise node.error(f"region {region!r} is not one of this scenario's ({', '.join(regions)})")
+    return region
+
+
+def _step(action: str, node: _Node, at: float, regions: tuple[str, ...]) -> Step:
+    if action == "fault":
+        items = node.keys("the region and the mode", required=("region", "mode"))
+        mode = items["mode"].choice(FAULT_MODES, "fault mode")
+        return FaultStep(
+            at=at, region=_region(items["region"], regions), mode=typing.cast("FaultMode", mode)
+        )
+    if action == "heal":
+        items = node.keys("the region to heal", required=("region",))
+        return HealStep(at=at, region=_region(items["region"], regions))
+    if action == "create_devices":
+        return CreateDevicesStep(at=at, count=node.integer())
+    if action == "replicator":
+        choice = node.choice(("stop", "start"), "replicator action")
+        return ReplicatorStep(at=at, action=typing.cast("Literal['stop', 'start']", choice))
+    items = node.keys("the region the CNAME points at", required=("cname",))
+    return DnsStep(at=at, cname=_region(items["cname"], regions))
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+def _builtin_texts() -> dict[str, str]:
+    folder = resources.files("simulators.fleet").joinpath("scenarios")
+    return {
+        entry.name.removesuffix(".yaml"): entry.read_text(encoding="utf-8")
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".yaml")
+    }
+
+
+def builtin_scenarios() -> dict[str, Scenario]:
+    """The scenarios that come with iotdr, by name (``region-outage`` is the default)."""
+    return {
+        name: parse_scenario(text, source=f"{name}.yaml") for name, text in _builtin_texts().items()
+    }
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    """A built-in scenario by name, or a scenario file by path.
+
+    Raises:
+        ScenarioError: not a built-in and not a readable file, or invalid.
+    """
+    texts = _builtin_texts()
+    if name_or_path in texts:
+        return parse_scenario(texts[name_or_path], source=f"{name_or_path}.yaml")
+    path = Path(name_or_path)
+    looks_like_path = path.suffix in {".yaml", ".yml"} or len(path.parts) > 1
+    if not looks_like_path and not path.exists():
+        msg = (
+            f"unknown scenario {name_or_path!r}: "
+            f"give a built-in ({', '.join(texts)}) or a .yaml file"
+        )
+        raise ScenarioError(msg)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        msg = f"cannot read: {reason}; built-ins: {', '.join(texts)}"
+        raise ScenarioError(msg, source=str(path)) from exc
+    return parse_scenario(text, source=str(path))
