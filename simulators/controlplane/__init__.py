@@ -10,11 +10,23 @@ deprecation (``thing_type_delete_after_s``). Start it as a child
 process with :func:`start_control_plane`; point boto3 at ``ControlPlane.url``.
 The regions' gateways follow each region's certificates and CAs through the
 admin endpoints' snapshot and change feed (:class:`CertificateFeed`), and
-register certificates just in time through them.
+register certificates just in time through them. A fleet's steady state is
+written in bulk through them too (:meth:`ControlPlaneAdmin.bulk_register`:
+unthrottled, no registry events, seen by the gateways through the feed).
 """
 
 from __future__ import annotations
 
+from simulators.controlplane._bulk import (
+    BULK_CHUNK,
+    MAX_BULK_DEVICES,
+    BulkDevice,
+    BulkPolicy,
+    BulkRegistration,
+    BulkRequestError,
+    BulkResult,
+    parse_bulk_request,
+)
 from simulators.controlplane._certfeed import (
     CERTIFICATE_APIS,
     CertificateFeed,
@@ -41,6 +53,7 @@ from simulators.controlplane._events import (
 from simulators.controlplane._middleware import (
     OUTAGE_MODES,
     ApiRouter,
+    BulkRegistrar,
     ControlPlaneMiddleware,
     OutageMode,
     RegistryReader,
@@ -67,15 +80,23 @@ from simulators.controlplane._quotas import (
 from simulators.controlplane._server import ControlPlaneServer, MotoRegistry, configure_moto
 
 __all__ = [
+    "BULK_CHUNK",
     "CERTIFICATE_APIS",
     "DEFAULT_ACCOUNT_ID",
     "DEFAULT_TPS",
     "DEFAULT_UNLISTED_TPS",
     "EVENT_APIS",
+    "MAX_BULK_DEVICES",
     "OUTAGE_MODES",
     "THING_TYPE_DELETE_AFTER_S",
     "ApiCall",
     "ApiRouter",
+    "BulkDevice",
+    "BulkPolicy",
+    "BulkRegistrar",
+    "BulkRegistration",
+    "BulkRequestError",
+    "BulkResult",
     "CertificateFeed",
     "CertificateSubjects",
     "ControlPlane",
@@ -105,6 +126,7 @@ __all__ = [
     "certificate_subjects",
     "configure_moto",
     "jitr_event",
+    "parse_bulk_request",
     "region_from_authorization",
     "registry_events",
     "start_control_plane",

@@ -36,12 +36,20 @@ served whatever the region's outage mode (they are the simulator's, not AWS's):
 - ``POST /_iotdr/regions/{region}/jitr`` with ``{"certificatePem", "caCertificateId"}``:
   just-in-time registration as a gateway performs it: the certificate is
   registered PENDING_ACTIVATION and ``$aws/events/certificates/registered/<caCertificateId>``
-  is published on the region's broker (only when it was not registered yet).
+  is published on the region's broker (only when it was not registered yet);
+- ``POST /_iotdr/regions/{region}/bulk-registration``: a fleet's steady state
+  (:mod:`~simulators.controlplane._bulk`): certificates ACTIVE, things,
+  attachments, written into moto directly, unthrottled, with no registry
+  event, journaled in the certificate feed as one revision;
+- ``POST /_iotdr/regions/{region}/quotas`` with ``{"quotas": {"CreateThing": 5,
+  "default": 10}}``: the region's TPS quotas from now on, over the server's
+  common table (``{}``: back to it); its token buckets start full.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http
 import io
 import json
@@ -56,6 +64,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
+from simulators.controlplane._bulk import BulkRequestError, parse_bulk_request
 from simulators.controlplane._certfeed import (
     CERTIFICATE_APIS,
     CertificateFeed,
@@ -74,18 +83,21 @@ from simulators.controlplane._events import (
     subjects_for,
 )
 from simulators.controlplane._process import THING_TYPE_DELETE_AFTER_S
+from simulators.controlplane._quotas import QuotaTable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from simulators.controlplane._bulk import BulkRegistration, BulkResult
     from simulators.controlplane._quotas import Throttle
 
 __all__ = [
     "ADMIN_PREFIX",
     "OUTAGE_MODES",
     "ApiRouter",
+    "BulkRegistrar",
     "ControlPlaneMiddleware",
     "OutageMode",
     "RegistryReader",
@@ -102,8 +114,10 @@ _CREDENTIAL = re.compile(r"Credential=[^/,\s]+/\d{8}/(?P<region>[^/,\s]+)/[^/,\s
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _OUTAGE_PATH = re.compile(r"^/_iotdr/regions/(?P<region>[^/]+)/control-plane$")
 _REGION_PATH = re.compile(
-    r"^/_iotdr/regions/(?P<region>[^/]+)/(?P<what>registry|registry/changes|jitr)$"
+    r"^/_iotdr/regions/(?P<region>[^/]+)/"
+    r"(?P<what>registry|registry/changes|jitr|bulk-registration|quotas)$"
 )
+_POSTED = frozenset({"jitr", "bulk-registration", "quotas"})
 _MAX_WAIT_S = 30.0
 _PLACEHOLDER = re.compile(r"\{(?P<name>[A-Za-z0-9_]+)(?P<greedy>\+?)\}")
 
@@ -208,6 +222,16 @@ class RegistryReader(Protocol):
         ...
 
 
+class BulkRegistrar(Protocol):
+    """Writes a fleet's steady state into a region's registry (moto's backend, in-process)."""
+
+    def register_bulk(
+        self, region: str, registration: BulkRegistration
+    ) -> tuple[BulkResult, list[str]]:
+        """Register the batch; what it did, and the ids of its certificates."""
+        ...
+
+
 class _ConnectionDroppedError(ConnectionAbortedError):
     """Raised to make the HTTP server drop the connection: the ``drop`` outage."""
 
@@ -223,6 +247,7 @@ class ControlPlaneMiddleware:
         publishers: one event publisher per region that has a broker.
         account_id: the account the events carry (moto's default account).
         feed: the certificate journal the gateways poll (a fresh one if None).
+        bulk: writes bulk registrations; None refuses them (501).
         default_region: the region of a request without a SigV4 credential scope.
         now_ms: the events' clock (UNIX milliseconds); also what a thing type's
             deprecation date is compared with.
@@ -240,6 +265,7 @@ class ControlPlaneMiddleware:
         publishers: Mapping[str, EventPublisher],
         account_id: str,
         feed: CertificateFeed | None = None,
+        bulk: BulkRegistrar | None = None,
         default_region: str = "us-east-1",
         now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S,
@@ -257,6 +283,8 @@ class ControlPlaneMiddleware:
         self._default_region = default_region
         self._now_ms = now_ms
         self._thing_type_delete_after_s = thing_type_delete_after_s
+        self._bulk = bulk
+        self._bulk_registered: dict[str, int] = {}
         self._outages: dict[str, OutageMode] = {}
         self._lock = threading.Lock()
         self._requests = 0
@@ -275,11 +303,14 @@ class ControlPlaneMiddleware:
     def status(self) -> dict[str, Any]:
         """Outage modes, event publishers and counters, for ``GET /_iotdr/status``."""
         regions: dict[str, Any] = {}
-        for region in sorted(self._publishers.keys() | self._outages.keys()):
+        own_quotas = self._throttle.region_tables
+        for region in sorted(self._publishers.keys() | self._outages.keys() | own_quotas.keys()):
             publisher = self._publishers.get(region)
             regions[region] = {
                 "control_plane": self._outages.get(region, "up"),
                 "events": publisher.status() if publisher else None,
+                "bulk_registered": self._bulk_registered.get(region, 0),
+                "quotas": own_quotas[region].as_dict() if region in own_quotas else None,
             }
         return {
             "pid": os.getpid(),
@@ -582,11 +613,15 @@ class ControlPlaneMiddleware:
         self, environ: WSGIEnvironment, start_response: StartResponse, region: str, what: str
     ) -> list[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
-        wanted = "POST" if what == "jitr" else "GET"
+        wanted = "POST" if what in _POSTED else "GET"
         if method != wanted:
+            _raw_body(environ)  # read it all: closing on unread data would reset the answer
             return _json(start_response, 405, {"message": f"use {wanted}"})
         if not _REGION.match(region):
+            _raw_body(environ)
             return _json(start_response, 400, {"message": f"{region!r} is not a region name"})
+        if what in ("bulk-registration", "quotas"):
+            return self._region_setup(environ, start_response, region, what)
         try:
             if what == "registry":
                 return _json(start_response, 200, self.registry_snapshot(region))
@@ -610,6 +645,67 @@ class ControlPlaneMiddleware:
             return _json(start_response, 404, {"message": f"moto has no region {region!r}"})
         except RegistrationRefusedError as exc:
             return _json(start_response, exc.status, {"message": str(exc)})
+
+    def _region_setup(
+        self, environ: WSGIEnvironment, start_response: StartResponse, region: str, what: str
+    ) -> list[bytes]:
+        body = _raw_body(environ)
+        if self._publishers and region not in self._publishers:
+            served = ", ".join(sorted(self._publishers))
+            message = f"region {region} is not served here ({served})"
+            return _json(start_response, 400, {"message": message})
+        try:
+            if what == "quotas":
+                return _json(start_response, 200, self.set_quotas(region, _quota_body(body)))
+            result = self.register_bulk(region, parse_bulk_request(body))
+            return _json(start_response, 200, result.to_json())
+        except BulkRequestError as exc:
+            return _json(start_response, exc.status, {"message": str(exc)})
+        except ValueError as exc:
+            return _json(start_response, 400, {"message": str(exc)})
+        except KeyError:
+            return _json(start_response, 404, {"message": f"moto has no region {region!r}"})
+
+    def register_bulk(self, region: str, registration: BulkRegistration) -> BulkResult:
+        """Write a fleet's steady state into ``region``: unthrottled, journaled, no events.
+
+        The certificates are journaled in the feed as one revision, so the
+        region's door sees them within one long poll; no registry event is
+        published (the replicator has nothing to copy: both regions get the
+        same batch).
+
+        Raises:
+            BulkRequestError: no registrar (501), a missing thing type (404), or a
+                conflict with an existing object (409); nothing was written.
+        """
+        if self._bulk is None:
+            raise BulkRequestError("bulk registration is not served here", status=501)
+        with self._lock:
+            result, certificate_ids = self._bulk.register_bulk(region, registration)
+            revision = self.feed.record(region, certificates=certificate_ids)
+            self._bulk_registered[region] = self._bulk_registered.get(region, 0) + result.devices
+        logger.info(
+            "controlplane.bulk.registered",
+            extra={
+                "region": region,
+                "devices": result.devices,
+                "certificates_created": result.certificates_created,
+                "revision": revision,
+            },
+        )
+        return dataclasses.replace(result, revision=revision)
+
+    def set_quotas(self, region: str, overrides: Mapping[str, float]) -> dict[str, Any]:
+        """Give ``region`` its own TPS quotas over the common table (``{}``: the common table).
+
+        Raises:
+            ValueError: a rate is not a positive, finite number.
+        """
+        base = self._throttle.table
+        table = QuotaTable.with_overrides(overrides, base=base) if overrides else None
+        self._throttle.set_region_table(region, table)
+        logger.info("controlplane.quotas", extra={"region": region, "quotas": dict(overrides)})
+        return {"region": region, "quotas": self._throttle.table_for(region).as_dict()}
 
     def registry_snapshot(self, region: str) -> dict[str, Any]:
         """Every certificate and CA of ``region``, at the feed's current revision."""
@@ -693,6 +789,20 @@ class _CertificateCall:
     api: str
     path: Mapping[str, str]
     principal: str | None
+
+
+def _quota_body(body: bytes) -> dict[str, float]:
+    """The ``quotas`` mapping of a ``POST .../quotas`` body."""
+    try:
+        data = json.loads(body) if body.strip() else None
+    except ValueError as exc:
+        msg = f"the request body is not JSON: {exc}"
+        raise ValueError(msg) from exc
+    quotas = data.get("quotas") if isinstance(data, dict) else None
+    if not isinstance(quotas, dict):
+        msg = 'give {"quotas": {"API": TPS, "default": TPS}}'
+        raise ValueError(msg)  # noqa: TRY004 - a bad request, answered 400
+    return quotas
 
 
 def _path_info(environ: WSGIEnvironment) -> str:

@@ -5,8 +5,9 @@ folder and runs ``python -m simulators.controlplane --config <file>``. The
 child binds its port and prints one JSON line on stdout: ``controlplane.ready``
 with the port, or ``controlplane.failed`` with the reason. Readiness is that
 line, read with a deadline, never a sleep. The child's log (JSON lines) stays
-in the state folder. The returned :class:`ControlPlane` switches outages and
-reads status through the admin endpoints, and stops the child by its PID.
+in the state folder. The returned :class:`ControlPlane` switches outages,
+sets a region's quotas, bulk-registers a fleet and reads status through the
+admin endpoints (:class:`ControlPlaneAdmin`), and stops the child by its PID.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from simulators._errors import AddressInUseError, SimulatorError
 from simulators.controlplane._quotas import QuotaTable
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
     from pathlib import Path
     from types import TracebackType
 
+    from simulators.controlplane._bulk import BulkDevice, BulkPolicy, BulkResult
     from simulators.controlplane._middleware import OutageMode
 
 __all__ = [
@@ -76,6 +78,7 @@ class ControlPlaneConfig:
         brokers: each region's broker plain listener ``(host, port)``, where its
             registry events are published; a region without one gets no events.
         quotas: TPS overrides over AWS's defaults, ``default`` for unlisted APIs.
+        region_quotas: per region, TPS overrides over ``quotas`` (a region's own quotas).
         account_id: the account of every request and event.
         log_level: the child's log level.
         thing_type_delete_after_s: how long a thing type must have been deprecated
@@ -86,6 +89,7 @@ class ControlPlaneConfig:
     port: int = 0
     brokers: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     quotas: Mapping[str, float] = field(default_factory=dict)
+    region_quotas: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     account_id: str = DEFAULT_ACCOUNT_ID
     log_level: str = "info"
     thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S
@@ -110,9 +114,17 @@ class ControlPlaneConfig:
                 msg = f"control plane: the broker of {region} must be (host, port), not {address!r}"
                 raise ControlPlaneError(msg, region=region)
         try:
-            QuotaTable.with_overrides(self.quotas)
+            common = QuotaTable.with_overrides(self.quotas)
         except ValueError as exc:
             raise ControlPlaneError(f"control plane: {exc}") from exc
+        for region, overrides in self.region_quotas.items():
+            if not _REGION.match(region):
+                msg = f"control plane: {region!r} is not a region name (like us-east-1)"
+                raise ControlPlaneError(msg, region=region)
+            try:
+                QuotaTable.with_overrides(overrides, base=common)
+            except (ValueError, AttributeError) as exc:
+                raise ControlPlaneError(f"control plane quotas of {region}: {exc}") from exc
         if self.log_level.upper() not in logging.getLevelNamesMapping():
             raise ControlPlaneError(f"control plane: unknown log level {self.log_level!r}")
         wait_s = self.thing_type_delete_after_s
@@ -127,6 +139,7 @@ class ControlPlaneConfig:
             "port": self.port,
             "brokers": {region: [host, port] for region, (host, port) in self.brokers.items()},
             "quotas": dict(self.quotas),
+            "region_quotas": {region: dict(q) for region, q in self.region_quotas.items()},
             "account_id": self.account_id,
             "log_level": self.log_level,
             "thing_type_delete_after_s": self.thing_type_delete_after_s,
@@ -155,10 +168,12 @@ class ControlPlaneAdmin:
     Attributes:
         url: the control plane's base URL (``http://127.0.0.1:PORT``).
         timeout_s: how long one request may take.
+        bulk_timeout_s: how long one bulk-registration request may take.
     """
 
     url: str
     timeout_s: float = 5.0
+    bulk_timeout_s: float = 120.0
 
     def set_outage(self, region: str, mode: OutageMode) -> None:
         """Switch ``region``'s control plane to ``up``, ``http503`` or ``drop``.
@@ -176,8 +191,68 @@ class ControlPlaneAdmin:
         """
         return self._call("GET", "/_iotdr/status")
 
+    def set_quotas(self, region: str, quotas: Mapping[str, float]) -> dict[str, float]:
+        """Give ``region`` TPS quotas of its own over the server's table; ``{}`` resets them.
+
+        Returns the rates now in force in ``region``.
+
+        Raises:
+            ControlPlaneError: a rate or the region was refused, or the server is unreachable.
+        """
+        path = f"/_iotdr/regions/{region}/quotas"
+        answer = self._call("POST", path, {"quotas": dict(quotas)}, region)
+        return {str(api): float(tps) for api, tps in answer["quotas"].items()}
+
+    def bulk_register(
+        self,
+        region: str,
+        devices: Iterable[BulkDevice],
+        *,
+        policy: BulkPolicy | None = None,
+        chunk_size: int | None = None,
+    ) -> BulkResult:
+        """Write a fleet's steady state into ``region``, in requests of ``chunk_size`` devices.
+
+        Each device's certificate is registered ACTIVE (its id the SHA-256 of
+        its DER, as AWS's), a thing of its name is created and the certificate
+        attached to it; ``policy`` is created once and attached to every
+        certificate. Unthrottled, and no registry event is published: this is
+        the state the replicator would have reached, not a change for it to
+        copy. The region's door sees the certificates through its change feed.
+        Registering a device again changes nothing.
+
+        Raises:
+            ControlPlaneError: a device or the region was refused (the message
+                names the device and field), or the server is unreachable.
+                Chunks before the refused one stay registered.
+        """
+        from simulators.controlplane._bulk import (  # noqa: PLC0415 - _bulk imports this module
+            BULK_CHUNK,
+            BulkRegistration,
+            BulkResult,
+            bulk_chunks,
+        )
+
+        try:
+            chunks = bulk_chunks(list(devices), chunk_size or BULK_CHUNK)
+        except ValueError as exc:
+            raise ControlPlaneError(f"control plane: {exc}", region=region) from exc
+        total = BulkResult(region=region)
+        path = f"/_iotdr/regions/{region}/bulk-registration"
+        for chunk in chunks:
+            body = BulkRegistration(devices=chunk, policy=policy).to_json()
+            answer = self._call("POST", path, body, region, timeout_s=self.bulk_timeout_s)
+            total += BulkResult.from_json(answer)
+        return total
+
     def _call(
-        self, method: str, path: str, body: object = None, region: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        region: str | None = None,
+        *,
+        timeout_s: float | None = None,
     ) -> dict[str, Any]:
         if not self.url.startswith("http://"):
             raise ControlPlaneError(f"control plane: {self.url!r} is not an http:// URL")
@@ -186,7 +261,8 @@ class ControlPlaneAdmin:
             self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
+            timeout = timeout_s or self.timeout_s
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
                 answer: dict[str, Any] = json.loads(response.read())
                 return answer
         except urllib.error.HTTPError as exc:
@@ -298,6 +374,7 @@ def start_control_plane(
     port: int = 0,
     brokers: Mapping[str, tuple[str, int]],
     quotas: Mapping[str, float] | None = None,
+    region_quotas: Mapping[str, Mapping[str, float]] | None = None,
     timeout_s: float = 15.0,
     log_level: str = "info",
     thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S,
@@ -310,6 +387,7 @@ def start_control_plane(
         port: the port, 0 for a free one.
         brokers: each region's broker plain listener, for its registry events.
         quotas: TPS overrides over AWS's defaults (``{"CreateThing": 5, "default": 50}``).
+        region_quotas: per region, TPS overrides over ``quotas``.
         timeout_s: how long the process may take to get ready.
         log_level: the child's log level.
         thing_type_delete_after_s: how long a thing type must have been deprecated
@@ -324,6 +402,7 @@ def start_control_plane(
         port=port,
         brokers=dict(brokers),
         quotas=dict(quotas or {}),
+        region_quotas={region: dict(q) for region, q in (region_quotas or {}).items()},
         log_level=log_level,
         thing_type_delete_after_s=thing_type_delete_after_s,
     )

@@ -134,14 +134,16 @@ class QuotaTable:
         _check_rate(DEFAULT_KEY, self.default)
 
     @classmethod
-    def with_overrides(cls, overrides: Mapping[str, float] | None = None) -> QuotaTable:
-        """AWS's defaults with ``overrides`` applied; the key ``default`` sets unlisted APIs.
+    def with_overrides(
+        cls, overrides: Mapping[str, float] | None = None, *, base: QuotaTable | None = None
+    ) -> QuotaTable:
+        """AWS's defaults (or ``base``) with ``overrides``; the key ``default`` sets unlisted APIs.
 
         Raises:
             ValueError: a rate is not a positive finite number.
         """
-        rates = dict(DEFAULT_TPS)
-        default = DEFAULT_UNLISTED_TPS
+        rates = dict(DEFAULT_TPS if base is None else base.rates)
+        default = DEFAULT_UNLISTED_TPS if base is None else base.default
         for name, rate in (overrides or {}).items():
             if name == DEFAULT_KEY:
                 default = _check_rate(name, rate)
@@ -159,22 +161,59 @@ class QuotaTable:
 
 
 class Throttle:
-    """Token buckets per region and API, created full on first use. Thread-safe."""
+    """Token buckets per region and API, created full on first use. Thread-safe.
 
-    def __init__(self, table: QuotaTable, *, clock: MonotonicClock | None = None) -> None:
+    Args:
+        table: the rates of every region without a table of its own.
+        clock: where the buckets read the time.
+        region_tables: rates of particular regions (a scenario lowers one region's quotas).
+    """
+
+    def __init__(
+        self,
+        table: QuotaTable,
+        *,
+        clock: MonotonicClock | None = None,
+        region_tables: Mapping[str, QuotaTable] | None = None,
+    ) -> None:
         self._table = table
+        self._region_tables = dict(region_tables or {})
         self._clock = clock or SystemClock()
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._lock = threading.Lock()
         self._throttled = 0
 
     def __repr__(self) -> str:
-        return f"Throttle(buckets={len(self._buckets)}, throttled={self._throttled})"
+        return (
+            f"Throttle(buckets={len(self._buckets)}, throttled={self._throttled}, "
+            f"regions_with_own_quotas={sorted(self._region_tables)})"
+        )
 
     @property
     def table(self) -> QuotaTable:
-        """The rates in force."""
+        """The rates in force in regions without a table of their own."""
         return self._table
+
+    @property
+    def region_tables(self) -> Mapping[str, QuotaTable]:
+        """The regions with rates of their own, and those rates."""
+        with self._lock:
+            return MappingProxyType(dict(self._region_tables))
+
+    def table_for(self, region: str) -> QuotaTable:
+        """The rates in force in ``region``."""
+        with self._lock:
+            return self._region_tables.get(region, self._table)
+
+    def set_region_table(self, region: str, table: QuotaTable | None) -> None:
+        """Give ``region`` rates of its own (None: back to the common table); buckets start full."""
+        with self._lock:
+            if table is None:
+                self._region_tables.pop(region, None)
+            else:
+                self._region_tables[region] = table
+            for key in [key for key in self._buckets if key[0] == region]:
+                del self._buckets[key]
 
     @property
     def throttled(self) -> int:
@@ -187,7 +226,8 @@ class Throttle:
             now = self._clock.monotonic()
             bucket = self._buckets.get((region, api))
             if bucket is None:
-                bucket = TokenBucket.full(self._table.rate_for(api), now)
+                table = self._region_tables.get(region, self._table)
+                bucket = TokenBucket.full(table.rate_for(api), now)
                 self._buckets[(region, api)] = bucket
             admitted = bucket.try_take(now)
             if not admitted:

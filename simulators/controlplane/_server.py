@@ -22,8 +22,9 @@ certificate as in AWS, and the gaps the DR logic depends on are patched:
   auto-registration status (``allowAutoRegistration``,
   ``newAutoRegistrationStatus``), which ``DescribeCACertificate`` reports and
   the gateways' JITR flow reads;
-- thing, thing type, thing group and certificate look-ups by name or id are
-  dictionary look-ups instead of scans of every object.
+- thing, thing type, thing group and certificate look-ups by name or id (and a
+  certificate principal's look-up by ARN) are dictionary look-ups instead of
+  scans of every object.
 
 moto is imported inside functions: importing this module (and the package)
 costs nothing until a server is built.
@@ -39,6 +40,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from simulators._errors import AddressInUseError
+from simulators.controlplane._bulk import apply_bulk_registration
 from simulators.controlplane._certfeed import CertificateFeed, RegistrationRefusedError
 from simulators.controlplane._events import (
     EventPublisher,
@@ -55,6 +57,7 @@ from simulators.controlplane._quotas import QuotaTable, Throttle
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+    from simulators.controlplane._bulk import BulkRegistration, BulkResult
     from simulators.controlplane._events import Subjects
     from simulators.controlplane._middleware import OutageMode
     from simulators.controlplane._process import ControlPlaneConfig
@@ -171,6 +174,19 @@ class MotoRegistry:
             principal.rsplit(":cert/", 1)[1]
             for principal, name in backend.principal_things
             if name == thing_name and ":cert/" in principal
+        )
+
+    def register_bulk(
+        self, region: str, registration: BulkRegistration
+    ) -> tuple[BulkResult, list[str]]:
+        """Write a fleet's steady state into ``region``'s backend; the result and certificate ids.
+
+        Raises:
+            BulkRequestError: a thing type is missing, or an existing object disagrees.
+        """
+        backend = self._backends[self._account_id][region]
+        return apply_bulk_registration(
+            backend, registration, region=region, account_id=self._account_id
         )
 
     def register_pending(
@@ -307,6 +323,7 @@ def _patch_moto_iot() -> None:  # noqa: PLR0915 - one patch per gap, kept togeth
         for name in ("create_thing", "update_thing", "delete_thing", "create_thing_type")
     }
     original["deprecate_thing_type"] = IoTBackend.deprecate_thing_type
+    original["get_principal"] = IoTBackend._get_principal
     original["compute_der_cert_id"] = FakeCertificate.compute_der_cert_id
     original["certificate_description"] = FakeCertificate.to_description_dict
     issuer: dict[str, Any] = {}  # the "Amazon" CA that signs certificates made from CSRs
@@ -331,6 +348,14 @@ def _patch_moto_iot() -> None:  # noqa: PLR0915 - one patch per gap, kept togeth
 
     def describe_certificate(self: Any, certificate_id: str) -> Any:
         return found(self.certificates.get(certificate_id))
+
+    def get_principal(self: Any, principal_arn: str) -> Any:
+        if ":cert/" not in principal_arn:
+            return original["get_principal"](self, principal_arn)
+        certificate = self.certificates.get(principal_arn.rsplit(":cert/", 1)[1])
+        if certificate is None or certificate.arn != principal_arn:
+            raise errors.ResourceNotFoundException()
+        return certificate
 
     def create_thing(
         self: Any,
@@ -499,6 +524,7 @@ def _patch_moto_iot() -> None:  # noqa: PLR0915 - one patch per gap, kept togeth
         "describe_thing_type": describe_thing_type,
         "describe_thing_group": describe_thing_group,
         "describe_certificate": describe_certificate,
+        "_get_principal": get_principal,
         "create_thing": create_thing,
         "update_thing": update_thing,
         "delete_thing": delete_thing,
@@ -570,8 +596,15 @@ class ControlPlaneServer:
         self._middleware = ControlPlaneMiddleware(
             create_backend_app("iot"),
             router=ApiRouter.from_botocore("iot"),
-            throttle=Throttle(QuotaTable.with_overrides(self.config.quotas)),
-            registry=MotoRegistry(self.config.account_id),
+            throttle=Throttle(
+                common := QuotaTable.with_overrides(self.config.quotas),
+                region_tables={
+                    region: QuotaTable.with_overrides(overrides, base=common)
+                    for region, overrides in self.config.region_quotas.items()
+                },
+            ),
+            registry=(registry := MotoRegistry(self.config.account_id)),
+            bulk=registry,
             publishers=self._publishers,
             account_id=self.config.account_id,
             feed=self._feed,
