@@ -77,6 +77,7 @@ __all__ = [
     "builtin_scenarios",
     "load_scenario",
     "parse_scenario",
+    "region_settings",
     "with_devices",
 ]
 
@@ -249,6 +250,30 @@ def with_devices(scenario: Scenario, devices: int) -> Scenario:
         msg = f"--devices must be a whole number of at least 1, not {devices!r}"
         raise ScenarioError(msg, source=scenario.name)
     return dataclasses.replace(scenario, devices=devices)
+
+
+def region_settings(scenario: Scenario) -> dict[str, Any]:
+    """The scenario's quotas as :class:`simulators._regions.LocalRegions` keyword arguments.
+
+    ``region_quotas``: per region, the control plane's API=TPS overrides;
+    ``door_limits``: per region, the door's CONNECT quotas (AWS's defaults
+    where the scenario gives none). Only regions with overrides appear.
+    """
+    from simulators.gateway import ConnectLimits  # noqa: PLC0415 - the gateway loads TLS code
+
+    region_quotas: dict[str, dict[str, float]] = {}
+    door_limits: dict[str, ConnectLimits] = {}
+    for region, quotas in scenario.quotas.items():
+        if quotas.api_tps:
+            region_quotas[region] = dict(quotas.api_tps)
+        door: dict[str, float] = {}
+        if quotas.connect_per_s is not None:
+            door["account_per_s"] = quotas.connect_per_s
+        if quotas.connect_per_client_id_per_s is not None:
+            door["client_id_per_s"] = quotas.connect_per_client_id_per_s
+        if door:
+            door_limits[region] = ConnectLimits(**door)
+    return {"region_quotas": region_quotas, "door_limits": door_limits}
 
 
 # -- the agent's settings -----------------------------------------------------------------

@@ -25,6 +25,7 @@ from simulators.fleet._scenario import (
     builtin_scenarios,
     load_scenario,
     parse_scenario,
+    region_settings,
     with_devices,
 )
 
@@ -643,3 +644,24 @@ def test_scenario_is_frozen() -> None:
     scenario = builtin_scenarios()["blackhole"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         scenario.devices = 3  # type: ignore[misc]
+
+
+def test_region_settings_for_local_regions() -> None:
+    from simulators.gateway import ConnectLimits
+
+    scenario = parse_scenario(
+        BASE + "quotas:\n  us-west-2: {connect_per_s: 50, CreateThing: 10}\n"
+        "  us-east-1: {connect_per_client_id_per_s: 2}\ntimeline: []\n"
+    )
+    settings = region_settings(scenario)
+    assert settings == {
+        "region_quotas": {"us-west-2": {"CreateThing": 10.0}},
+        "door_limits": {
+            "us-west-2": ConnectLimits(account_per_s=50.0),
+            "us-east-1": ConnectLimits(client_id_per_s=2.0),
+        },
+    }
+    assert region_settings(parse_scenario(BASE + "timeline: []\n")) == {
+        "region_quotas": {},
+        "door_limits": {},
+    }
