@@ -10,6 +10,11 @@ serving the regions' records. :meth:`LocalRegions.endpoints` says where
 everything is; :meth:`LocalRegions.stop` stops everything it started, in
 reverse order.
 
+A fleet starts from a steady state: :meth:`LocalRegions.register_fleet` writes
+every device's registration into the regions in bulk (unthrottled, without
+registry events) and waits until each region's door admits them; devices
+created during a run go through the AWS APIs with :func:`register_device`.
+
 While ``iotdr sim regions up`` runs, the endpoints are also written to
 ``<state_dir>/regions.json`` so that ``iotdr sim regions status`` and
 ``iotdr sim fault`` can find them.
@@ -23,10 +28,13 @@ import logging
 import os
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import boto3
+import botocore.config
+import botocore.exceptions
 import dns.exception
 import dns.message
 import dns.query
@@ -37,22 +45,29 @@ from simulators._healthcheck import HealthCheckConfig, HealthChecker
 from simulators._loopthread import LoopThread
 from simulators._pki import FleetPKI
 from simulators._topology import DEFAULT_DOMAIN, DEFAULT_REGIONS
-from simulators.controlplane import THING_TYPE_DELETE_AFTER_S, start_control_plane
+from simulators.controlplane import (
+    THING_TYPE_DELETE_AFTER_S,
+    BulkDevice,
+    ControlPlaneError,
+    start_control_plane,
+)
 from simulators.dns import ThreadedDNSServer, default_zone
-from simulators.gateway import GatewayConfig, GatewayFault, ThreadedRegionGateway
+from simulators.gateway import ConnectLimits, GatewayConfig, GatewayFault, ThreadedRegionGateway
 from simulators.shadows import ShadowService
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
     from types import TracebackType
+
+    from mypy_boto3_iot import IoTClient
 
     from simulators._broker import Broker
     from simulators._pki import CertifiedKey
     from simulators._topology import LocalRegion
-    from simulators.controlplane import ControlPlane, OutageMode
+    from simulators.controlplane import BulkPolicy, BulkResult, ControlPlane, OutageMode
 
-__all__ = ["LocalRegions", "RegionPorts", "read_regions_file"]
+__all__ = ["LocalRegions", "RegionPorts", "read_regions_file", "register_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +116,11 @@ class LocalRegions:
         regions: the regions, the primary first.
         ports: where to listen.
         broker_kind: ``auto`` (mosquitto when installed), ``mosquitto`` or ``amqtt``.
-        quotas: control-plane TPS overrides over AWS's defaults.
+        quotas: control-plane TPS overrides over AWS's defaults, in every region.
+        region_quotas: per region, control-plane TPS overrides over ``quotas``
+            (also settable while running: :meth:`set_control_plane_quotas`).
+        door_limits: per region, the door's CONNECT quotas (AWS's defaults for a
+            region not named), so that a scenario can lower the secondary's.
         health: the health checker's settings; None runs no checker (the CNAME
             then stays on the primary unless changed by hand).
         thing_type_delete_after_s: how long a thing type must have been deprecated
@@ -113,6 +132,8 @@ class LocalRegions:
     ports: RegionPorts = field(default_factory=RegionPorts)
     broker_kind: Literal["auto", "mosquitto", "amqtt"] = "auto"
     quotas: Mapping[str, float] | None = None
+    region_quotas: Mapping[str, Mapping[str, float]] | None = None
+    door_limits: Mapping[str, ConnectLimits] | None = None
     health: HealthCheckConfig | None = field(default_factory=HealthCheckConfig)
     thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S
     pki: FleetPKI | None = None
@@ -132,6 +153,15 @@ class LocalRegions:
         if len(self.regions) < 2:
             msg = "local regions need at least a primary and a secondary"
             raise SimulatorError(msg)
+        names = {r.name for r in self.regions}
+        for what, mapping in (
+            ("region_quotas", self.region_quotas),
+            ("door_limits", self.door_limits),
+        ):
+            unknown = sorted(set(mapping or {}) - names)
+            if unknown:
+                msg = f"{what} name {', '.join(unknown)}: not one of the regions {sorted(names)}"
+                raise SimulatorError(msg)
         try:
             self._start()
         except BaseException:
@@ -169,6 +199,7 @@ class LocalRegions:
                 port=self.ports.control_plane,
                 brokers={name: (r.broker.host, r.broker.port) for name, r in self._regions.items()},
                 quotas=self.quotas,
+                region_quotas=self.region_quotas,
                 thing_type_delete_after_s=self.thing_type_delete_after_s,
             )
         )
@@ -184,6 +215,7 @@ class LocalRegions:
                     tls=running.tls,
                     broker=(running.broker.host, running.broker.port),
                     control_plane_url=control_plane.url,
+                    limits=(self.door_limits or {}).get(name, ConnectLimits()),
                     faults=GatewayFault(exempt_client_ids=frozenset({HEALTH_CHECKER_ID})),
                 )
             )
@@ -267,6 +299,80 @@ class LocalRegions:
             raise SimulatorError(msg)
         self.control_plane.set_outage(region, mode)
 
+    def set_control_plane_quotas(self, region: str, quotas: Mapping[str, float]) -> None:
+        """Give ``region``'s control plane TPS quotas of its own over ``quotas``; ``{}`` resets.
+
+        Raises:
+            SimulatorError: the regions are not running, or a rate is refused.
+        """
+        self._region(region)
+        if self.control_plane is None:
+            msg = "the local regions are not running"
+            raise SimulatorError(msg)
+        self.control_plane.admin.set_quotas(region, quotas)
+
+    def register_fleet(
+        self,
+        devices: Sequence[CertifiedKey],
+        regions: Sequence[str] | None = None,
+        *,
+        policy: BulkPolicy | None = None,
+        door_timeout_s: float = 60.0,
+    ) -> dict[str, BulkResult]:
+        """Register ``devices`` in ``regions`` (all by default) as the fleet's steady state.
+
+        In each region every device's certificate is registered ACTIVE, a thing
+        of the device's name is created and the certificate attached to it (and
+        ``policy`` attached to every certificate), in bulk: unthrottled, and
+        without registry events, as if the replicator had already caught up.
+        Returns once each region's door admits every device (its registry view
+        has the certificates ACTIVE and attached to their things). Registering
+        a device again changes nothing.
+
+        Raises:
+            SimulatorError: the regions are not running, a region is unknown, the
+                control plane refused a device, or a door did not see the
+                certificates within ``door_timeout_s``.
+        """
+        names = list(regions) if regions is not None else [r.name for r in self.regions]
+        for name in names:
+            self._region(name)
+        if self.control_plane is None:
+            msg = "the local regions are not running"
+            raise SimulatorError(msg)
+        batch = [
+            BulkDevice(thing_name=d.name, certificate_pem=d.cert_path.read_text()) for d in devices
+        ]
+        results = {
+            name: self.control_plane.admin.bulk_register(name, batch, policy=policy)
+            for name in names
+        }
+        wanted = {d.certificate_id: d.name for d in devices}
+        deadline = time.monotonic() + door_timeout_s
+        for name in names:
+            self._wait_for_door(name, wanted, deadline)
+        logger.info("regions.fleet_registered", extra={"regions": names, "devices": len(devices)})
+        return results
+
+    def _wait_for_door(self, region: str, wanted: Mapping[str, str], deadline: float) -> None:
+        """Wait until ``region``'s door has every certificate ACTIVE and attached to its thing."""
+        view = self.gateway(region).gateway.view
+        pending = dict(wanted)
+        while True:
+            for certificate_id, thing in list(pending.items()):
+                record = view.certificate(certificate_id)
+                if record is not None and record.status == "ACTIVE" and thing in record.things:
+                    del pending[certificate_id]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                msg = (
+                    f"the door of {region} did not see {len(pending)} of {len(wanted)} "
+                    "bulk-registered certificates in time"
+                )
+                raise SimulatorError(msg)
+            time.sleep(0.05)
+
     def endpoints(self) -> dict[str, Any]:
         """Every endpoint as one JSON-ready object (what ``iotdr sim regions up`` prints)."""
         if self.pki is None or self.dns is None or self.control_plane is None:
@@ -323,14 +429,56 @@ LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "loc
 """What boto3 signs with for the local regions: any key is accepted there."""
 
 
-def register_device(control_plane_url: str, region: str, device: CertifiedKey) -> str:
+_PATIENT = botocore.config.Config(retries={"mode": "adaptive", "total_max_attempts": 30})
+"""Retries that wait out AWS's TPS quotas (adaptive mode also slows the client down)."""
+
+
+def iot_client(control_plane_url: str, region: str) -> IoTClient:
+    """A boto3 IoT client of ``region`` on the local control plane that waits out throttling."""
+    client: IoTClient = boto3.client(  # type: ignore[call-overload]
+        "iot",
+        region_name=region,
+        endpoint_url=control_plane_url,
+        config=_PATIENT,
+        **LOCAL_CREDENTIALS,
+    )
+    return client
+
+
+def register_device(
+    control_plane_url: str,
+    region: str,
+    device: CertifiedKey,
+    *,
+    iot: IoTClient | None = None,
+) -> str:
     """Register ``device``'s certificate ACTIVE in ``region`` and attach it to a thing of its name.
 
+    Through the AWS APIs (RegisterCertificateWithoutCA, CreateThing,
+    AttachThingPrincipal): throttled at the region's quotas (the client waits
+    them out) and published as registry events, as on AWS. For a fleet's
+    steady state use :meth:`LocalRegions.register_fleet` instead.
+
+    Args:
+        control_plane_url: the local control plane.
+        region: where to register.
+        device: the identity.
+        iot: a client of ``region`` to reuse (:func:`iot_client`); one is built if None.
+
     Returns the certificate's ARN. Idempotent (an existing thing or certificate is reused).
+
+    Raises:
+        SimulatorError: the control plane refused a call or could not be reached.
     """
-    iot = boto3.client(  # type: ignore[call-overload]
-        "iot", region_name=region, endpoint_url=control_plane_url, **LOCAL_CREDENTIALS
-    )
+    iot = iot or iot_client(control_plane_url, region)
+    try:
+        return _register(iot, device)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        msg = f"cannot register {device.name} in {region}: {exc}"
+        raise ControlPlaneError(msg, region=region) from exc
+
+
+def _register(iot: IoTClient, device: CertifiedKey) -> str:
     try:
         arn = iot.register_certificate_without_ca(
             certificatePem=device.cert_path.read_text(), status="ACTIVE"
