@@ -5,6 +5,10 @@ standard library, ``dnspython`` and ``paho-mqtt`` (and ``awscrt`` for the
 optional Common Runtime transport), never boto3, moto or ``simulators``.
 
 Embed :class:`FailoverClient` in an application, or run ``iotdr agent run``.
+Its ports (:class:`Transport`, :class:`ProberPort`, :class:`OutboxPort`,
+:class:`DiscoveryPort`, :class:`Clock`) are injectable; ``device_agent.testing``
+has an in-memory MQTT world and an event loop on virtual time to run hundreds
+of clients in one test.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from device_agent._errors import (
 from device_agent._machine import FailoverMachine, IllegalTransitionError
 from device_agent._outbox import Outbox, OutboxEntry
 from device_agent._paho import PahoTransport
+from device_agent._ports import DiscoveryPort, OutboxPort, ProberPort
 from device_agent._probe import ProbeOutcome, Prober
 from device_agent._shadows import ShadowSnapshot
+from device_agent._status import SystemClock, TimerHandle
 from device_agent._transport import (
     ConnectError,
     ConnectParams,
@@ -54,6 +60,7 @@ __all__ = [
     "Discovery",
     "DiscoveryConfig",
     "DiscoveryError",
+    "DiscoveryPort",
     "DnsDiscovery",
     "Endpoint",
     "FailoverClient",
@@ -68,14 +75,18 @@ __all__ = [
     "OutboxEntry",
     "OutboxError",
     "OutboxFullError",
+    "OutboxPort",
     "PahoTransport",
     "ProbeConfig",
     "ProbeOutcome",
     "Prober",
+    "ProberPort",
     "Roles",
     "ShadowSnapshot",
     "Status",
     "Subscription",
+    "SystemClock",
+    "TimerHandle",
     "Transport",
     "TransportCallbacks",
     "TransportClosedError",

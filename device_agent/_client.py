@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -59,7 +60,7 @@ from device_agent._outbox import Outbox
 from device_agent._paho import PahoTransport
 from device_agent._probe import Prober
 from device_agent._shadows import ShadowFetcher, ShadowSnapshot
-from device_agent._status import AgentEvent, Clock, Status, SystemClock
+from device_agent._status import AgentEvent, Clock, Status, SystemClock, TimerHandle
 from device_agent._subscriptions import Message, Subscription
 from device_agent._transport import (
     ConnectError,
@@ -75,10 +76,16 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from device_agent._config import AgentConfig
+    from device_agent._ports import DiscoveryPort, OutboxPort, ProberPort
 
 __all__ = ["AgentEvent", "Clock", "FailoverClient", "Message", "Status", "Subscription"]
 
 logger = logging.getLogger(__name__)
+
+# The boot-time DNS retry: first delay, cap (seconds); each wait is "equal jitter",
+# uniform in [delay/2, delay], so a fleet booting without DNS does not retry in step.
+_DNS_RETRY_FIRST_S = 1.0
+_DNS_RETRY_MAX_S = 60.0
 
 
 @dataclass(eq=False)
@@ -96,14 +103,29 @@ class _Connection:
 class FailoverClient:
     """A failover-aware MQTT client. Use it as an async context manager.
 
+    Every port is injectable, so one process can host many clients (the fleet
+    simulator) on sockets or on the in-memory network of
+    :mod:`device_agent.testing`; what is not given is built from ``config``.
+
     Args:
         config: the agent's configuration.
         transport_factory: builds one MQTT connection; paho-mqtt by default.
-        clock: time source (monotonic and wall clock).
+        clock: time source (monotonic and wall clock) and every timer and
+            deliberate wait of the client; :class:`SystemClock` by default.
         rng: jitter source; seed it for repeatable runs.
         on_event: called with every :class:`AgentEvent`.
         on_shadow: called with the shadows fetched after a region switch.
-        discovery: DNS discovery; built from ``config.discovery`` by default.
+        discovery: DNS discovery and address lookups; a
+            :class:`~device_agent.DnsDiscovery` built from ``config.discovery``
+            by default. Its ``discover()`` is only asked when
+            ``config.discovery.name`` is set.
+        prober: health probes; a :class:`~device_agent.Prober` over
+            ``transport_factory`` by default.
+        outbox: the QoS 1 outbox; a :class:`~device_agent.Outbox` from
+            ``config.outbox`` by default. The client closes it in :meth:`close`.
+        ssl_context: the TLS context of every connection; by default built
+            from ``config.identity``'s files, which are then not read at all
+            when one is given.
     """
 
     def __init__(
@@ -115,11 +137,14 @@ class FailoverClient:
         rng: random.Random | None = None,
         on_event: Callable[[AgentEvent], None] | None = None,
         on_shadow: Callable[[ShadowSnapshot], Awaitable[None] | None] | None = None,
-        discovery: DnsDiscovery | None = None,
+        discovery: DiscoveryPort | None = None,
+        prober: ProberPort | None = None,
+        outbox: OutboxPort | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self._factory = transport_factory
-        self._clock = clock or SystemClock()
+        self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._listeners: list[Callable[[AgentEvent], None]] = [on_event] if on_event else []
         self._event_queues: list[asyncio.Queue[AgentEvent]] = []
@@ -128,7 +153,7 @@ class FailoverClient:
         # Without a name to discover, the resolver still looks up endpoint addresses
         # (through the configured nameservers); "invalid." is never asked (RFC 6761).
         self._discover_name = d.name is not None
-        self._discovery = discovery or (
+        self._discovery: DiscoveryPort | None = discovery or (
             DnsDiscovery(
                 d.name or "invalid",
                 txt_name=d.txt_name,
@@ -141,29 +166,33 @@ class FailoverClient:
             else None
         )
         self._endpoints: dict[str, Endpoint] = dict(d.endpoints)
-        self._ssl = _ssl_context(config)
-        topic = config.probe.topic.replace("{client_id}", config.identity.client_id)
-        self._prober = Prober(
+        self._own_identity = ssl_context is None
+        self._ssl = ssl_context if ssl_context is not None else _ssl_context(config)
+        self._prober: ProberPort = prober or Prober(
             client_id=config.identity.client_id,
             ssl_context=self._ssl,
             transport_factory=transport_factory,
             timeout_s=config.probe.timeout_s,
-            topic=topic,
+            topic=config.probe.topic.replace("{client_id}", config.identity.client_id),
             keepalive_s=max(30, config.mqtt.keepalive_s),
             timer=self._clock.monotonic,
         )
         self._shadows = ShadowFetcher(config.identity.thing, config.named_shadows)
-        self._outbox = Outbox(
-            config.outbox.path or ":memory:",
-            capacity=config.outbox.capacity,
-            overflow=config.outbox.overflow,
-            synchronous=config.outbox.synchronous,
-            clock=self._clock.time,
+        self._outbox: OutboxPort = (
+            outbox
+            if outbox is not None  # an empty outbox is falsy (len 0)
+            else Outbox(
+                config.outbox.path or ":memory:",
+                capacity=config.outbox.capacity,
+                overflow=config.outbox.overflow,
+                synchronous=config.outbox.synchronous,
+                clock=self._clock.time,
+            )
         )
         self._subscriptions: list[Subscription] = []
         self._machine: FailoverMachine | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue()
-        self._timers: dict[Timer, asyncio.TimerHandle] = {}
+        self._timers: dict[Timer, TimerHandle] = {}
         self._conn: _Connection | None = None
         self._generation = 0
         self._driver: asyncio.Task[None] | None = None
@@ -197,16 +226,21 @@ class FailoverClient:
 
         When DNS gives no answer and the configuration names no regions (a
         device booting before its network is up), discovery is retried with
-        backoff (1 s doubling to 60 s, ``dns.failed`` each time) until it works.
+        backoff until it works (``dns.failed`` and ``dns.retry`` each time):
+        the step starts at 1 s and doubles to 60 s, and each wait is drawn
+        from ``rng`` between half the step and the step ("equal jitter"), so a
+        fleet that boots together does not ask DNS in step.
         """
-        for warning in self.config.identity.check_files():
-            self._emit("identity.warning", {"warning": warning})
+        if self._own_identity:
+            for warning in self.config.identity.check_files():
+                self._emit("identity.warning", {"warning": warning})
         discovery = await self._discover()
-        delay = 1.0
+        step = _DNS_RETRY_FIRST_S
         while discovery is None and not self._static_roles():
-            self._emit("dns.retry", {"in_s": delay})
-            await asyncio.sleep(delay)
-            delay = min(60.0, delay * 2)
+            wait = step / 2 + self._rng.uniform(0.0, step / 2)
+            self._emit("dns.retry", {"in_s": wait})
+            await self._clock.sleep(wait)
+            step = min(_DNS_RETRY_MAX_S, step * 2)
             discovery = await self._discover()
         primary, secondary = self._roles(discovery)
         self._machine = FailoverMachine(
@@ -389,8 +423,8 @@ class FailoverClient:
         if old is not None:
             old.cancel()
         delay = max(0.0, at - self._clock.monotonic())
-        self._timers[timer] = asyncio.get_running_loop().call_later(
-            delay, self._put, TimerFired(timer)
+        self._timers[timer] = self._clock.call_later(
+            delay, functools.partial(self._put, TimerFired(timer))
         )
 
     def _spawn(self, conn: _Connection | None, coro: Awaitable[Any]) -> None:
