@@ -569,10 +569,9 @@ def run(
 
 def _run_summary(report: dict[str, Any], report_dir: Path) -> str:
     verdict = report.get("verdict", {})
-    lines = [
-        f"{'PASS' if verdict.get('ok') else 'FAIL'}: {report['scenario']}, "
-        f"{report['devices']} devices, {report['duration_s']:.0f} s",
-    ]
+    verdict_word = "PASS" if verdict.get("ok") else "FAIL"
+    head = f"{verdict_word}: {report['scenario']}, {report['devices']} devices"
+    lines = [f"{head}, {report['duration_s']:.0f} s"]
     lines += [f"  - {problem}" for problem in verdict.get("problems", [])]
     for kind in ("failover", "failback"):
         stats = report.get(kind, {})

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators._errors import SimulatorError
 from simulators.fleet._records import Arrival
@@ -51,7 +52,7 @@ class CloudCounter:
         """Connect and subscribe in every region; return once the subscriptions are granted."""
         for region, (host, port) in self._brokers.items():
             client = mqtt.Client(
-                mqtt.CallbackAPIVersion.VERSION2,
+                CallbackAPIVersion.VERSION2,
                 client_id=f"iotdr-fleet-counter-{region}",
                 clean_session=True,
             )

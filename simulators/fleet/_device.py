@@ -35,7 +35,7 @@ __all__ = ["DeviceBehaviour", "EventSink", "VirtualDevice", "telemetry_topic"]
 
 logger = logging.getLogger(__name__)
 
-type EventSink = Callable[[str, str, str | None, str], None]
+EventSink = Callable[[str, str, str | None, str], None]
 """``sink(device, kind, region, detail)``: one :class:`DeviceEvent` (the host stamps ``t``)."""
 
 

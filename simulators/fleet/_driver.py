@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from simulators._errors import SimulatorError
 from simulators._topology import DEFAULT_DOMAIN, LocalRegion
 from simulators.fleet._cloud import CloudCounter
+from simulators.fleet._provision import fleet_device_names
 from simulators.fleet._records import (
     Arrival,
     DeviceEvent,
@@ -203,7 +204,7 @@ class _FleetRun:
                 asyncio.run(self._main())
             except KeyboardInterrupt:
                 interrupted = "interrupted (Ctrl-C)"
-            except _Terminated:
+            except _TerminatedError:
                 interrupted = "interrupted (SIGTERM)"
         if interrupted is not None:
             self._collect()
@@ -238,7 +239,7 @@ class _FleetRun:
             await self._play()
         except asyncio.CancelledError:
             if terminated:
-                raise _Terminated from None
+                raise _TerminatedError from None
             raise
         finally:
             await self._stop_hosts()
@@ -304,7 +305,7 @@ class _FleetRun:
         assert self.regions is not None
         self.phase = "provisioning"
         self._progress()
-        names = [_device_name(i) for i in range(self.scenario.devices)]
+        names = fleet_device_names(self.scenario.devices)
         for identity in provision_fleet(self.regions, names):
             self.identities[identity.name] = identity
         self.record.devices = tuple(names)
@@ -393,6 +394,7 @@ class _FleetRun:
             "behaviour": {
                 "telemetry_interval_s": self.scenario.fleet.telemetry_interval_s,
                 "shadow_interval_s": self.scenario.fleet.shadow_interval_s,
+                "start_spread_s": self.scenario.fleet.start_spread_s,
             },
             "seed": self.options.seed,
             "devices": [self._device_entry(name) for name in names],
@@ -449,7 +451,8 @@ class _FleetRun:
     def _check_hosts(self) -> None:
         for host in self.hosts:
             if host.error is not None:
-                msg = f"device host {host.index}: {host.error} (log: {self.state}/host-{host.index}.log)"
+                log = self.state / f"host-{host.index}.log"
+                msg = f"device host {host.index}: {host.error} (log: {log})"
                 raise SimulatorError(msg)
             code = host.process.returncode
             if code is not None and self.phase in ("booting", "running"):
@@ -484,8 +487,9 @@ class _FleetRun:
             self.regions.dns.zone.set("iot", "CNAME", target.endpoint + ".")
             record = StepRecord(now, "dns", step.cname, "cname")
         elif isinstance(step, sc.CreateDevicesStep):
-            await self._create_devices(step.count)
-            record = StepRecord(now, "create_devices", self.scenario.regions[0], str(step.count))
+            done = await self._create_devices(step.count)
+            detail = str(step.count) if done else f"{step.count} (failed)"
+            record = StepRecord(now, "create_devices", self.scenario.regions[0], detail)
         elif isinstance(step, sc.ReplicatorStep):
             if step.action == "stop":
                 await asyncio.to_thread(self._stop_replicator)
@@ -499,21 +503,26 @@ class _FleetRun:
         self.last_step = f"t={record.t:.0f}s {record.action} {record.region or ''} {record.detail}"
         logger.info("fleet.step", extra={"step": record.action, "region": record.region})
 
-    async def _create_devices(self, count: int) -> None:
+    async def _create_devices(self, count: int) -> bool:
         from simulators.fleet._provision import register_new_devices  # noqa: PLC0415
 
         assert self.regions is not None
         start = len(self.record.devices)
-        names = [_device_name(start + i) for i in range(count)]
-        identities = await asyncio.to_thread(
-            register_new_devices, self.regions, names, region=self.scenario.regions[0]
-        )
+        names = fleet_device_names(count, start=start + 1)
+        try:
+            identities = await asyncio.to_thread(
+                register_new_devices, self.regions, names, region=self.scenario.regions[0]
+            )
+        except SimulatorError as exc:
+            self.record.notes.append(f"creating {count} devices failed: {exc}")
+            return False
         for identity in identities:
             self.identities[identity.name] = identity
         self.record.devices = (*self.record.devices, *names)
         for offset, name in enumerate(names):
             host = self.hosts[(start + offset) % len(self.hosts)]
             await host.send({"cmd": "add", "devices": [self._device_entry(name)]})
+        return True
 
     # -- sampling --------------------------------------------------------------------------------
 
@@ -605,7 +614,7 @@ class _FleetRun:
         self._progress()
 
     def _collect(self) -> None:
-        """Device events and arrivals into the record, on the timeline's clock (t = 0 at its start)."""
+        """Device events and arrivals into the record, on the timeline's clock (t = 0 at start)."""
         t0 = self.t0
         self.record.events = [
             DeviceEvent(round(e.t - t0, 4), e.device, e.kind, e.region, e.detail)
@@ -661,12 +670,8 @@ class _FleetRun:
         await asyncio.gather(*self._readers, return_exceptions=True)
 
 
-class _Terminated(Exception):
+class _TerminatedError(Exception):
     """SIGTERM arrived."""
-
-
-def _device_name(index: int) -> str:
-    return f"sim-{index + 1:05d}"
 
 
 def _plain(value: Any) -> Any:

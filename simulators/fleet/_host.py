@@ -138,7 +138,9 @@ class DeviceHost:
         self.devices: dict[str, VirtualDevice] = {}
         self._events: list[list[Any]] = []
         (Path(spec.state_dir) / "outbox").mkdir(parents=True, exist_ok=True)
-        self._behaviour = DeviceBehaviour(**spec.behaviour)
+        behaviour = dict(spec.behaviour)
+        self._start_spread_s = behaviour.pop("start_spread_s", 0.0)
+        self._behaviour = DeviceBehaviour(**behaviour)
 
     def __repr__(self) -> str:
         return f"DeviceHost({self.spec.index}, devices={len(self.devices)})"
@@ -148,7 +150,9 @@ class DeviceHost:
         self._events.append([t, device, kind, region, detail])
 
     async def add(self, devices: list[dict[str, str]], *, created: bool = False) -> None:
-        """Start these devices (a few at a time, so that the loop stays responsive)."""
+        """Start these devices, spread over ``start_spread_s`` (created ones at once)."""
+        spread = 0.0 if created else self._start_spread_s
+        starts = []
         for device in devices:
             name = device["name"]
             if name in self.devices:
@@ -160,8 +164,15 @@ class DeviceHost:
             self.devices[name] = virtual
             if created:
                 self._sink(name, "created", None, "")
-            await virtual.start()
-            await asyncio.sleep(0)
+            starts.append(self._start(virtual, rng.uniform(0, spread)))
+        await asyncio.gather(*starts)
+
+    @staticmethod
+    async def _start(device: VirtualDevice, delay_s: float) -> None:
+        # A fleet powered on in one second still boots over a few: that spread is
+        # the scenario's (fleet.start_spread_s), not a limit of the simulator.
+        await asyncio.sleep(delay_s)
+        await device.start()
 
     def write(self, message: dict[str, Any]) -> None:
         """One line to the driver."""

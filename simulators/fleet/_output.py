@@ -40,6 +40,7 @@ def write_report(record: RunRecord, directory: Path) -> dict[str, Any]:
         (directory / "report.md").write_text(render_markdown(report))
         (directory / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     except OSError as exc:
-        msg = f"cannot write the report into {directory}: {exc.strerror or exc}; choose another --report-dir"
+        reason = exc.strerror or exc
+        msg = f"cannot write the report into {directory}: {reason}; choose another --report-dir"
         raise SimulatorError(msg) from exc
     return report
