@@ -42,6 +42,7 @@ from device_agent._shadows import ShadowSnapshot
 from device_agent._status import SystemClock, TimerHandle
 from device_agent._transport import (
     ConnectError,
+    ConnectErrorKind,
     ConnectParams,
     Transport,
     TransportCallbacks,
@@ -55,6 +56,7 @@ __all__ = [
     "Clock",
     "ConfigError",
     "ConnectError",
+    "ConnectErrorKind",
     "ConnectParams",
     "DeviceAgentError",
     "Discovery",

@@ -513,15 +513,17 @@ class MemoryTransport:
         self._region = region
         region.stats.attempts += 1
         deadline = params.timeout_s
+        waited = 0.0
         if region.mode == "up" and 2 * region.latency_s <= deadline:
             await asyncio.sleep(region.latency_s)  # the CONNECT on its way
+            waited = region.latency_s
             if region.mode == "up":
                 return await self._accept(region)
         if region.mode == "down":
             await asyncio.sleep(min(region.latency_s, deadline))
             region.stats.refusals["refused"] += 1
             raise ConnectError("refused", params.endpoint, "nothing listens (region down)")
-        await asyncio.sleep(max(0.0, deadline - region.latency_s))
+        await asyncio.sleep(max(0.0, deadline - waited))
         region.stats.timeouts += 1
         raise ConnectError("timeout", params.endpoint, f"no answer in {deadline:g} s")
 
