@@ -198,8 +198,9 @@ class _FleetRun:
 
         interrupted: str | None = None
         with contextlib.ExitStack() as stack:
-            stack.callback(self._stop_replicator)
             self._start_regions(stack)
+            # Stopped before the regions (it would log their departure as an outage).
+            stack.callback(self._stop_replicator)
             try:
                 asyncio.run(self._main())
             except KeyboardInterrupt:
@@ -318,6 +319,7 @@ class _FleetRun:
         primary, secondary = self.scenario.regions[0], self.scenario.regions[1]
         control = endpoints["control_plane_url"]
         broker = self.regions.broker(primary)
+        back = self.regions.broker(secondary)
         self.replicator_port = free_port("127.0.0.1")
         mode = "jitr" if self.scenario.replication == "jitr" else "complete"
         command = [
@@ -327,6 +329,9 @@ class _FleetRun:
             "--primary-data-endpoint-url", endpoints["regions"][primary]["data_url"],
             "--secondary-data-endpoint-url", endpoints["regions"][secondary]["data_url"],
             "--mode", mode, "--feed", f"{broker.host}:{broker.port}",
+            # What a DR deployment runs: what devices change in the secondary during an
+            # outage (shadows, JITR registrations) is copied back, so both regions converge.
+            "--failback", "auto", "--failback-feed", f"{back.host}:{back.port}",
             "--feed-client-id", "iotdr-fleet-replicator",
             "--journal", str(self.state / "replicator.sqlite"),
             "--listen", f"127.0.0.1:{self.replicator_port}", "--json",
