@@ -35,66 +35,39 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from simulators._errors import SimulatorError
 from simulators._topology import DEFAULT_DOMAIN, LocalRegion
 from simulators.fleet._cloud import CloudCounter
+from simulators.fleet._play import FleetFinal, Progress, TimelinePlayer
 from simulators.fleet._provision import fleet_device_names
 from simulators.fleet._records import (
-    Arrival,
     DeviceEvent,
     DoorSample,
     RunRecord,
-    SentSample,
     ShadowCheck,
-    StepRecord,
 )
+from simulators.fleet._scenario import DnsStep, FaultStep, HealStep, ReplicatorStep
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from simulators._pki import CertifiedKey
     from simulators._regions import LocalRegions
-    from simulators.fleet._scenario import Scenario
+    from simulators.fleet._play import DeviceEntry
+    from simulators.fleet._records import Arrival
+    from simulators.fleet._scenario import Scenario, Step
 
-__all__ = ["Progress", "RunOptions", "run_fleet"]
+__all__ = ["Progress", "RunOptions", "local_regions_for", "run_fleet"]
 
 logger = logging.getLogger(__name__)
 
-_SAMPLE_S = 1.0
-_BOOT_LIMIT_S = 120.0
 _SHADOW_SETTLE_S = 30.0
+_QUIET_LIMIT_S = 60.0
 _CONTROL_PLANE_MODES = {"control-plane-down": "http503", "control-plane-drop": "drop"}
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """What the live display shows, about once a second.
-
-    Attributes:
-        phase: ``starting``, ``provisioning``, ``booting``, ``running``, ``draining``, ``done``.
-        t: seconds into the timeline.
-        duration_s: the timeline's length.
-        connected: devices connected per region.
-        devices: devices in the fleet now.
-        sent: telemetry messages published.
-        delivered: telemetry arrivals counted in the regions.
-        faults: active faults, ``region: mode``.
-        last_step: the last timeline step carried out.
-    """
-
-    phase: str
-    t: float = 0.0
-    duration_s: float = 0.0
-    connected: dict[str, int] = field(default_factory=dict)
-    devices: int = 0
-    sent: int = 0
-    delivered: int = 0
-    faults: tuple[str, ...] = ()
-    last_step: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,18 +98,82 @@ def run_fleet(options: RunOptions) -> dict[str, Any]:
 
     Raises:
         SimulatorError: one clear line for what stopped the run (ports taken,
-            a broker missing, a device host that died, ...).
+            a broker missing, a device host that died, an interruption: the
+            report is then partial).
     """
-    with contextlib.ExitStack() as scratch:
+    from simulators.fleet._output import write_report  # noqa: PLC0415
+
+    scenario = options.scenario
+    record = RunRecord(
+        scenario=scenario.name,
+        description=scenario.description,
+        seed=options.seed,
+        regions=tuple(scenario.regions),
+        settings=_settings(scenario, options),
+    )
+    interrupted: str | None = None
+    with contextlib.ExitStack() as stack:
         state = options.state_dir or Path(
-            scratch.enter_context(tempfile.TemporaryDirectory(prefix="iotdr-fleet-"))
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="iotdr-fleet-"))
         )
         state.mkdir(parents=True, exist_ok=True)
-        run = _FleetRun(options, state)
-        return run.run()
+        stage = RegionsStage(scenario, state, broker=options.broker)
+        fleet = ProcessFleet(
+            scenario,
+            state,
+            seed=options.seed,
+            processes=options.processes,
+            endpoints=lambda: stage.running().endpoints(),
+        )
+        player = TimelinePlayer(scenario, stage, fleet, record, progress=options.progress)
+        try:
+            stage.start(stack, record)
+            asyncio.run(_main(player, stage, fleet, options))
+        except KeyboardInterrupt:
+            interrupted = "interrupted (Ctrl-C)"
+        except _TerminatedError:
+            interrupted = "interrupted (SIGTERM)"
+        player.finish(interrupted=interrupted)
+    report = write_report(record, options.report_dir)
+    if interrupted is not None:
+        msg = (
+            f"{interrupted}: everything the run started was stopped; "
+            f"a partial report is in {options.report_dir}"
+        )
+        raise SimulatorError(msg)
+    return report
 
 
-def local_regions_for(names: tuple[str, ...]) -> tuple[LocalRegion, ...]:
+async def _main(
+    player: TimelinePlayer, stage: RegionsStage, fleet: ProcessFleet, options: RunOptions
+) -> None:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    terminated = False
+
+    def on_term() -> None:
+        nonlocal terminated
+        terminated = True
+        main.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    try:
+        if options.progress is not None:
+            options.progress(Progress(phase="provisioning", duration_s=player.scenario.duration_s))
+        devices = await asyncio.to_thread(stage.provision, player.scenario.devices)
+        stage.start_replicator()
+        await player.run(devices)
+    except asyncio.CancelledError:
+        if terminated:
+            raise _TerminatedError from None
+        raise
+    finally:
+        await fleet.stop()
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def local_regions_for(names: Sequence[str]) -> tuple[LocalRegion, ...]:
     """The scenario's regions on loopback: the first on 127.0.0.2, the next on .3, ..."""
     return tuple(
         LocalRegion(name=name, host=f"127.0.0.{2 + i}", domain=DEFAULT_DOMAIN)
@@ -144,182 +181,162 @@ def local_regions_for(names: tuple[str, ...]) -> tuple[LocalRegion, ...]:
     )
 
 
-class _Host:
-    """One device-host process and what it has reported."""
+def _settings(scenario: Scenario, options: RunOptions) -> dict[str, object]:
+    return {
+        "replication": scenario.replication,
+        "telemetry_interval_s": scenario.fleet.telemetry_interval_s,
+        "shadow_interval_s": scenario.fleet.shadow_interval_s,
+        "start_spread_s": scenario.fleet.start_spread_s,
+        "agent": _plain(scenario.agent),
+        "quotas": {
+            region: {
+                "connect_per_s": q.connect_per_s,
+                "connect_per_client_id_per_s": q.connect_per_client_id_per_s,
+                **dict(q.api_tps),
+            }
+            for region, q in scenario.quotas.items()
+        },
+        "processes": options.processes or _default_processes(),
+        "broker": options.broker,
+    }
 
-    def __init__(self, index: int, process: asyncio.subprocess.Process) -> None:
-        self.index = index
-        self.process = process
-        self.sent = 0
-        self.final: dict[str, Any] | None = None
-        self.final_seen = asyncio.Event()
-        self.error: str | None = None
-        self.devices = 0
 
-    async def send(self, message: dict[str, Any]) -> None:
-        stdin = self.process.stdin
-        if stdin is None or stdin.is_closing():
-            return
-        stdin.write((json.dumps(message, separators=(",", ":")) + "\n").encode())
-        with contextlib.suppress(ConnectionError):
-            await stdin.drain()
+def _default_processes() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
 
 
-class _FleetRun:
-    def __init__(self, options: RunOptions, state: Path) -> None:
-        self.options = options
-        self.scenario = options.scenario
+# -- the regions -----------------------------------------------------------------------------
+
+
+class RegionsStage:
+    """The local regions as a run's :class:`~simulators.fleet._play.Stage`.
+
+    The regions (with the scenario's quotas), the cloud-side counter on each
+    broker, and the replicator as a process of its own (``iotdr replicator
+    run --failback auto``, what a DR deployment runs).
+    """
+
+    def __init__(self, scenario: Scenario, state: Path, *, broker: str = "auto") -> None:
+        self.scenario = scenario
         self.state = state
-        self.record = RunRecord(
-            scenario=self.scenario.name,
-            description=self.scenario.description,
-            seed=options.seed,
-            regions=tuple(self.scenario.regions),
-        )
-        self.t0 = time.monotonic()
+        self.broker_kind = broker
         self.regions: LocalRegions | None = None
         self.counter: CloudCounter | None = None
-        self.hosts: list[_Host] = []
         self.replicator: subprocess.Popen[bytes] | None = None
         self.replicator_port = 0
         self.identities: dict[str, CertifiedKey] = {}
-        self.region_of: dict[str, str | None] = {}
-        self.faults: dict[str, str] = {}
-        self.created = 0
-        self.phase = "starting"
-        self.last_step = ""
-        self._readers: list[asyncio.Task[None]] = []
-        self._raw_events: list[DeviceEvent] = []
 
-    # -- the run ---------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"RegionsStage({list(self.scenario.regions)}, state={str(self.state)!r})"
 
-    def run(self) -> dict[str, Any]:
-        from simulators.fleet._output import write_report  # noqa: PLC0415
-
-        interrupted: str | None = None
-        with contextlib.ExitStack() as stack:
-            self._start_regions(stack)
-            # Stopped before the regions (it would log their departure as an outage).
-            stack.callback(self._stop_replicator)
-            try:
-                asyncio.run(self._main())
-            except KeyboardInterrupt:
-                interrupted = "interrupted (Ctrl-C)"
-            except _TerminatedError:
-                interrupted = "interrupted (SIGTERM)"
-        if interrupted is not None:
-            self._collect()
-            self.record.duration_s = round(max(0.0, self._now()), 3)
-            self.record.notes.append(
-                f"{interrupted} at t={self._now():.1f} s; the report is partial"
-            )
-        report = write_report(self.record, self.options.report_dir)
-        if interrupted is not None:
-            raise SimulatorError(
-                f"{interrupted}: everything the run started was stopped; "
-                f"a partial report is in {self.options.report_dir}"
-            )
-        return report
-
-    def _now(self) -> float:
-        return time.monotonic() - self.t0
-
-    async def _main(self) -> None:
-        loop = asyncio.get_running_loop()
-        main = asyncio.current_task()
-        assert main is not None
-        terminated = False
-
-        def on_term() -> None:
-            nonlocal terminated
-            terminated = True
-            main.cancel()
-
-        loop.add_signal_handler(signal.SIGTERM, on_term)
-        try:
-            await self._play()
-        except asyncio.CancelledError:
-            if terminated:
-                raise _TerminatedError from None
-            raise
-        finally:
-            await self._stop_hosts()
-            loop.remove_signal_handler(signal.SIGTERM)
-
-    async def _play(self) -> None:
-        scenario = self.scenario
-        await asyncio.to_thread(self._provision)
-        if scenario.replication != "off":
-            self._start_replicator()
-        self._progress()
-        await self._start_hosts()
-        await self._boot()
-        self.phase = "running"
-        self.t0 = time.monotonic()
-        steps = sorted(scenario.timeline, key=lambda s: s.at)
-        pending = list(steps)
-        next_sample = 0.0
-        while True:
-            now = self._now()
-            while pending and pending[0].at <= now:
-                await self._apply(pending.pop(0))
-            if now >= next_sample:
-                await asyncio.to_thread(self._sample)
-                next_sample += _SAMPLE_S
-            if now >= scenario.duration_s:
-                break
-            self._check_hosts()
-            await asyncio.sleep(0.1)
-        self.record.duration_s = round(self._now(), 3)
-        await self._drain()
-
-    # -- set-up ----------------------------------------------------------------------------------
-
-    def _start_regions(self, stack: contextlib.ExitStack) -> None:
+    def start(self, stack: contextlib.ExitStack, record: RunRecord) -> None:
+        """Start the regions and the counter; ``stack`` stops them (the replicator first)."""
         from simulators._regions import LocalRegions  # noqa: PLC0415
         from simulators.fleet._scenario import region_settings  # noqa: PLC0415
 
-        settings = region_settings(self.scenario)
         self.regions = LocalRegions(
             state_dir=self.state / "regions",
-            regions=local_regions_for(tuple(self.scenario.regions)),
-            broker_kind=self.options.broker,
-            **settings,
+            regions=local_regions_for(self.scenario.regions),
+            broker_kind=self.broker_kind,  # type: ignore[arg-type]
+            **region_settings(self.scenario),
         )
         stack.enter_context(self.regions)
-        if self.regions.broker(self.scenario.regions[0]).kind != "mosquitto":
-            self.record.notes.append(
+        kind = self.regions.broker(self.scenario.regions[0]).kind
+        record.settings["broker"] = kind
+        if kind != "mosquitto":
+            record.notes.append(
                 "mosquitto is not installed: the regions run the embedded amqtt broker "
                 "(MQTT 3.1.1 only); apt-get install mosquitto for MQTT 5"
             )
-        brokers = {
-            name: (self.regions.broker(name).host, self.regions.broker(name).port)
-            for name in self.scenario.regions
-        }
-        self.counter = CloudCounter(brokers)
+        self.counter = CloudCounter(
+            {
+                name: (self.regions.broker(name).host, self.regions.broker(name).port)
+                for name in self.scenario.regions
+            }
+        )
         self.counter.start()
         stack.callback(self.counter.stop)
+        # Stopped before the regions (it would log their departure as an outage).
+        stack.callback(self.stop_replicator)
 
-    def _provision(self) -> None:
+    def running(self) -> LocalRegions:
+        """The running regions (SimulatorError before start)."""
+        if self.regions is None:
+            msg = "the local regions are not running"
+            raise SimulatorError(msg)
+        return self.regions
+
+    # -- devices -------------------------------------------------------------------------
+
+    def provision(self, count: int) -> list[DeviceEntry]:
+        """The fleet's identities, registered in every region at once (bulk, no events)."""
         from simulators.fleet._provision import provision_fleet  # noqa: PLC0415
 
-        assert self.regions is not None
-        self.phase = "provisioning"
-        self._progress()
-        names = fleet_device_names(self.scenario.devices)
-        for identity in provision_fleet(self.regions, names):
+        names = fleet_device_names(count)
+        for identity in provision_fleet(self.running(), names):
             self.identities[identity.name] = identity
-        self.record.devices = tuple(names)
+        return [self.entry(name) for name in names]
 
-    def _start_replicator(self) -> None:
+    def entry(self, name: str) -> DeviceEntry:
+        """What a device host needs to run ``name``."""
+        identity = self.identities[name]
+        return {"name": name, "cert": str(identity.cert_path), "key": str(identity.key_path)}
+
+    async def register_devices(self, names: Sequence[str]) -> list[DeviceEntry]:
+        """New devices in the primary only, through the AWS APIs (registry events follow)."""
+        from simulators.fleet._provision import register_new_devices  # noqa: PLC0415
+
+        identities = await asyncio.to_thread(
+            register_new_devices, self.running(), list(names), region=self.scenario.regions[0]
+        )
+        for identity in identities:
+            self.identities[identity.name] = identity
+        return [self.entry(name) for name in names]
+
+    # -- the timeline ----------------------------------------------------------------------
+
+    async def apply(self, step: Step) -> str:
+        """Carry out a fault, heal, DNS or replicator step."""
+        regions = self.running()
+        if isinstance(step, FaultStep):
+            if step.mode in _CONTROL_PLANE_MODES:
+                regions.set_control_plane(step.region, _CONTROL_PLANE_MODES[step.mode])  # type: ignore[arg-type]
+            else:
+                await asyncio.to_thread(regions.set_fault, step.region, step.mode)
+            return step.mode
+        if isinstance(step, HealStep):
+            await asyncio.to_thread(regions.set_fault, step.region, "up")
+            regions.set_control_plane(step.region, "up")
+            return "up"
+        if isinstance(step, DnsStep):
+            assert regions.dns is not None
+            target = next(r for r in regions.regions if r.name == step.cname)
+            regions.dns.zone.set("iot", "CNAME", target.endpoint + ".")
+            return "cname"
+        if isinstance(step, ReplicatorStep):
+            if step.action == "stop":
+                await asyncio.to_thread(self.stop_replicator)
+            else:
+                self.start_replicator()
+            return step.action
+        msg = f"the local regions cannot carry out {step!r}"
+        raise SimulatorError(msg)
+
+    # -- the replicator ----------------------------------------------------------------------
+
+    def start_replicator(self) -> None:
+        """``iotdr replicator run`` between the first two regions, unless replication is off."""
         from simulators._broker import free_port  # noqa: PLC0415
 
-        assert self.regions is not None
-        endpoints = self.regions.endpoints()
+        if self.scenario.replication == "off" or (
+            self.replicator is not None and self.replicator.poll() is None
+        ):
+            return
+        regions = self.running()
+        endpoints = regions.endpoints()
         primary, secondary = self.scenario.regions[0], self.scenario.regions[1]
         control = endpoints["control_plane_url"]
-        broker = self.regions.broker(primary)
-        back = self.regions.broker(secondary)
+        broker, back = regions.broker(primary), regions.broker(secondary)
         self.replicator_port = free_port("127.0.0.1")
         mode = "jitr" if self.scenario.replication == "jitr" else "complete"
         command = [
@@ -343,14 +360,14 @@ class _FleetRun:
             "AWS_CONFIG_FILE": os.devnull,
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         }
-        log = (self.state / "replicator.log").open("ab")
-        self.replicator = subprocess.Popen(  # noqa: S603 - our own command
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,
-        )  # fmt: skip
-        log.close()
+        with (self.state / "replicator.log").open("ab") as log:
+            self.replicator = subprocess.Popen(  # noqa: S603 - our own command
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True,
+            )  # fmt: skip
 
-    def _stop_replicator(self) -> None:
+    def stop_replicator(self) -> None:
+        """SIGTERM (it finishes what is in flight), SIGKILL after 15 s; only our own process."""
         process, self.replicator = self.replicator, None
         if process is None or process.poll() is not None:
             return
@@ -361,29 +378,162 @@ class _FleetRun:
             process.kill()
             process.wait(5)
 
-    async def _start_hosts(self) -> None:
-        self.phase = "booting"
-        count = self.options.processes or max(1, min(os.cpu_count() or 1, 8))
-        count = max(1, min(count, len(self.record.devices) or 1))
-        names = list(self.record.devices)
+    # -- measuring -----------------------------------------------------------------------------
+
+    async def sample(self, t: float) -> tuple[list[DoorSample], float | None]:
+        """Each door's counters and the replicator's oldest pending change."""
+        return await asyncio.to_thread(self._sample, t)
+
+    def _sample(self, t: float) -> tuple[list[DoorSample], float | None]:
+        regions = self.running()
+        doors = []
+        for name in self.scenario.regions:
+            try:
+                status = regions.gateway(name).status()
+            except Exception:  # noqa: BLE001 - a busy door must not stop the run
+                logger.debug("fleet.door_sample_failed", extra={"region": name})
+                continue
+            doors.append(
+                DoorSample(
+                    t,
+                    name,
+                    int(status["connections"]["live"]),
+                    int(status["admitted"]),
+                    {str(k): int(v) for k, v in status["refused"].items()},
+                )
+            )
+        return doors, self._replicator_lag()
+
+    def _replicator_lag(self) -> float | None:
+        if self.replicator is None or self.replicator.poll() is not None:
+            return None
+        url = f"http://127.0.0.1:{self.replicator_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("iotdr_replicator_queue_oldest_pending_seconds "):
+                with contextlib.suppress(ValueError, IndexError):
+                    return float(line.split()[1])
+        return None
+
+    def delivered(self) -> int:
+        """Telemetry arrivals so far."""
+        return self.counter.count() if self.counter is not None else 0
+
+    async def settle(self) -> list[Arrival]:
+        """Wait for the last messages; every arrival (stamped on CLOCK_MONOTONIC)."""
+        if self.counter is None:
+            return []
+        await asyncio.to_thread(self.counter.settle)
+        return self.counter.arrivals()
+
+    async def check_shadows(self, final: FleetFinal) -> ShadowCheck:
+        """Each device's last reported state in its region (and, replicated, in the others)."""
+        return await asyncio.to_thread(self._check_shadows, final)
+
+    def _check_shadows(self, final: FleetFinal) -> ShadowCheck:
+        regions = self.running()
+        deadline = time.monotonic() + _SHADOW_SETTLE_S
+        reported = {d: s for d, s in final.reported.items() if s.get("seq", 0)}
+        while True:
+            diverged = []
+            for device, state in reported.items():
+                where = (
+                    list(self.scenario.regions)
+                    if self.scenario.replication != "off"
+                    else [final.region.get(device) or self.scenario.regions[0]]
+                )
+                for region in where:
+                    document = regions.shadows(region).store.get(device).document or {}
+                    have = document.get("state", {}).get("reported", {})
+                    if any(have.get(k) != v for k, v in state.items()):
+                        diverged.append(device)
+                        break
+            if not diverged or time.monotonic() >= deadline:
+                return ShadowCheck(len(reported), len(diverged), tuple(sorted(diverged)[:200]))
+            time.sleep(1.0)
+
+
+# -- the devices -------------------------------------------------------------------------------
+
+
+class _Host:
+    """One device-host process and what it has reported."""
+
+    def __init__(self, index: int, process: asyncio.subprocess.Process, log: Path) -> None:
+        self.index = index
+        self.process = process
+        self.log = log
+        self.sent = 0
+        self.final: dict[str, Any] | None = None
+        self.final_seen = asyncio.Event()
+        self.error: str | None = None
+
+    async def send(self, message: dict[str, Any]) -> None:
+        stdin = self.process.stdin
+        if stdin is None or stdin.is_closing():
+            return
+        stdin.write((json.dumps(message, separators=(",", ":")) + "\n").encode())
+        with contextlib.suppress(ConnectionError):
+            await stdin.drain()
+
+
+class ProcessFleet:
+    """The devices as a run's :class:`~simulators.fleet._play.Fleet`: device-host processes.
+
+    One host per core (``python -m simulators.fleet._host``), devices dealt out
+    round robin, each host running its share in one asyncio loop and
+    reporting over a pipe (see :mod:`simulators.fleet._host`).
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        state: Path,
+        *,
+        seed: int = 0,
+        processes: int | None = None,
+        endpoints: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.state = state
+        self.seed = seed
+        self.processes = processes or _default_processes()
+        self.endpoints = endpoints
+        self.hosts: list[_Host] = []
+        self._events: list[DeviceEvent] = []
+        self._readers: list[asyncio.Task[None]] = []
+        self._added = 0
+        self.stopping = False
+
+    def __repr__(self) -> str:
+        return f"ProcessFleet(hosts={len(self.hosts)})"
+
+    async def start(self, devices: Sequence[DeviceEntry]) -> None:
+        """Start the hosts and hand each its share of ``devices``."""
+        count = max(1, min(self.processes, len(devices) or 1))
         for index in range(count):
-            mine = names[index::count]
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "simulators.fleet._host",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=(self.state / f"host-{index}.log").open("ab"),
-                start_new_session=True, limit=64 * 1024 * 1024,
-            )  # fmt: skip
-            host = _Host(index, process)
-            host.devices = len(mine)
+            log = self.state / f"host-{index}.log"
+            with log.open("ab") as stderr:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "simulators.fleet._host",
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                    stderr=stderr, start_new_session=True, limit=64 * 1024 * 1024,
+                )  # fmt: skip
+            host = _Host(index, process, log)
             self.hosts.append(host)
             self._readers.append(asyncio.create_task(self._read(host)))
-            await host.send(self._host_spec(index, mine))
+            await host.send(self._spec(index, list(devices[index::count])))
+        self._added = len(devices)
 
-    def _host_spec(self, index: int, names: list[str]) -> dict[str, Any]:
-        assert self.regions is not None
-        endpoints = self.regions.endpoints()
+    def _spec(self, index: int, devices: list[DeviceEntry]) -> dict[str, Any]:
+        assert self.endpoints is not None
+        endpoints = self.endpoints()
         dns_host, _, dns_port = endpoints["dns"].rpartition(":")
+        fleet = self.scenario.fleet
         return {
             "t0": 0.0,
             "index": index,
@@ -397,17 +547,20 @@ class _FleetRun:
             },
             "agent": _plain(self.scenario.agent),
             "behaviour": {
-                "telemetry_interval_s": self.scenario.fleet.telemetry_interval_s,
-                "shadow_interval_s": self.scenario.fleet.shadow_interval_s,
-                "start_spread_s": self.scenario.fleet.start_spread_s,
+                "telemetry_interval_s": fleet.telemetry_interval_s,
+                "shadow_interval_s": fleet.shadow_interval_s,
+                "start_spread_s": fleet.start_spread_s,
             },
-            "seed": self.options.seed,
-            "devices": [self._device_entry(name) for name in names],
+            "seed": self.seed,
+            "devices": devices,
         }
 
-    def _device_entry(self, name: str) -> dict[str, str]:
-        identity = self.identities[name]
-        return {"name": name, "cert": str(identity.cert_path), "key": str(identity.key_path)}
+    async def add(self, devices: Sequence[DeviceEntry]) -> None:
+        """Deal created devices out to the hosts, round robin."""
+        for device in devices:
+            host = self.hosts[self._added % len(self.hosts)]
+            self._added += 1
+            await host.send({"cmd": "add", "devices": [device]})
 
     async def _read(self, host: _Host) -> None:
         stdout = host.process.stdout
@@ -421,243 +574,66 @@ class _FleetRun:
                 return
             try:
                 message = json.loads(line)
-            except ValueError:
-                continue
-            if "evs" in message:
-                host.sent = int(message.get("sent", host.sent))
-                for t, device, kind, region, detail in message["evs"]:
-                    # Stamped on CLOCK_MONOTONIC; made relative to t = 0 at the end.
-                    self._raw_events.append(DeviceEvent(t, device, kind, region, detail))
-                    if kind == "connected":
-                        self.region_of[device] = region
-                    elif kind == "disconnected" and self.region_of.get(device) == region:
-                        self.region_of[device] = None
-            elif "final" in message:
-                host.final = message["final"]
-                host.final_seen.set()
-            elif "error" in message:
-                host.error = str(message["error"])
+                self._take(host, message)
+            except (ValueError, TypeError, KeyError):
+                logger.warning("fleet.host_bad_line", extra={"host": host.index})
 
-    async def _boot(self) -> None:
-        """Wait until every device is connected (bounded), then the timeline may start."""
-        total = len(self.record.devices)
-        deadline = time.monotonic() + _BOOT_LIMIT_S + total / 50
-        while time.monotonic() < deadline:
-            self._check_hosts()
-            self._progress()
-            if sum(1 for r in self.region_of.values() if r is not None) >= total:
-                return
-            await asyncio.sleep(0.2)
-        connected = sum(1 for r in self.region_of.values() if r is not None)
-        self.record.notes.append(
-            f"only {connected} of {total} devices had connected when the timeline started"
-        )
+    def _take(self, host: _Host, message: dict[str, Any]) -> None:
+        if "evs" in message:
+            host.sent = int(message.get("sent", host.sent))
+            self._events.extend(
+                DeviceEvent(float(t), str(d), kind, region, str(detail))
+                for t, d, kind, region, detail in message["evs"]
+            )
+        elif "final" in message:
+            host.final = message["final"]
+            host.final_seen.set()
+        elif "error" in message:
+            host.error = str(message["error"])
 
-    def _check_hosts(self) -> None:
+    def take_events(self) -> list[DeviceEvent]:
+        """Events since the last call (stamped on CLOCK_MONOTONIC by the hosts)."""
+        events, self._events = self._events, []
+        return events
+
+    def sent(self) -> int:
+        """Telemetry published so far, every host together."""
+        return sum(h.sent for h in self.hosts)
+
+    def check(self) -> None:
+        """Raise if a host reported an error or exited."""
         for host in self.hosts:
             if host.error is not None:
-                log = self.state / f"host-{host.index}.log"
-                msg = f"device host {host.index}: {host.error} (log: {log})"
+                msg = f"device host {host.index}: {host.error} (log: {host.log})"
                 raise SimulatorError(msg)
             code = host.process.returncode
-            if code is not None and self.phase in ("booting", "running"):
-                msg = (
-                    f"device host {host.index} exited with code {code} "
-                    f"(log: {self.state}/host-{host.index}.log)"
-                )
+            if code is not None and not self.stopping:
+                msg = f"device host {host.index} exited with code {code} (log: {host.log})"
                 raise SimulatorError(msg)
 
-    # -- the timeline ----------------------------------------------------------------------------
-
-    async def _apply(self, step: Any) -> None:
-        from simulators.fleet import _scenario as sc  # noqa: PLC0415
-
-        assert self.regions is not None
-        now = round(self._now(), 3)
-        if isinstance(step, sc.FaultStep):
-            if step.mode in _CONTROL_PLANE_MODES:
-                self.regions.set_control_plane(step.region, _CONTROL_PLANE_MODES[step.mode])  # type: ignore[arg-type]
-            else:
-                await asyncio.to_thread(self.regions.set_fault, step.region, step.mode)
-            self.faults[step.region] = step.mode
-            record = StepRecord(now, "fault", step.region, step.mode)
-        elif isinstance(step, sc.HealStep):
-            await asyncio.to_thread(self.regions.set_fault, step.region, "up")
-            self.regions.set_control_plane(step.region, "up")
-            self.faults.pop(step.region, None)
-            record = StepRecord(now, "heal", step.region, "up")
-        elif isinstance(step, sc.DnsStep):
-            assert self.regions.dns is not None
-            target = next(r for r in self.regions.regions if r.name == step.cname)
-            self.regions.dns.zone.set("iot", "CNAME", target.endpoint + ".")
-            record = StepRecord(now, "dns", step.cname, "cname")
-        elif isinstance(step, sc.CreateDevicesStep):
-            done = await self._create_devices(step.count)
-            detail = str(step.count) if done else f"{step.count} (failed)"
-            record = StepRecord(now, "create_devices", self.scenario.regions[0], detail)
-        elif isinstance(step, sc.ReplicatorStep):
-            if step.action == "stop":
-                await asyncio.to_thread(self._stop_replicator)
-            elif self.replicator is None and self.scenario.replication != "off":
-                self._start_replicator()
-            record = StepRecord(now, "replicator", None, step.action)
-        else:  # pragma: no cover - the scenario parser knows every step
-            msg = f"unknown timeline step {step!r}"
-            raise SimulatorError(msg)
-        self.record.steps.append(record)
-        self.last_step = f"t={record.t:.0f}s {record.action} {record.region or ''} {record.detail}"
-        logger.info("fleet.step", extra={"step": record.action, "region": record.region})
-
-    async def _create_devices(self, count: int) -> bool:
-        from simulators.fleet._provision import register_new_devices  # noqa: PLC0415
-
-        assert self.regions is not None
-        start = len(self.record.devices)
-        names = fleet_device_names(count, start=start + 1)
-        try:
-            identities = await asyncio.to_thread(
-                register_new_devices, self.regions, names, region=self.scenario.regions[0]
-            )
-        except SimulatorError as exc:
-            self.record.notes.append(f"creating {count} devices failed: {exc}")
-            return False
-        for identity in identities:
-            self.identities[identity.name] = identity
-        self.record.devices = (*self.record.devices, *names)
-        for offset, name in enumerate(names):
-            host = self.hosts[(start + offset) % len(self.hosts)]
-            await host.send({"cmd": "add", "devices": [self._device_entry(name)]})
-        return True
-
-    # -- sampling --------------------------------------------------------------------------------
-
-    def _sample(self) -> None:
-        assert self.regions is not None
-        t = round(self._now(), 3)
-        for name in self.scenario.regions:
-            with contextlib.suppress(Exception):  # a busy door must not stop the run
-                status = self.regions.gateway(name).status()
-                self.record.doors.append(
-                    DoorSample(
-                        t,
-                        name,
-                        int(status["connections"]["live"]),
-                        int(status["admitted"]),
-                        {str(k): int(v) for k, v in status["refused"].items()},
-                    )
-                )
-        self.record.sent_samples.append(SentSample(t, sum(h.sent for h in self.hosts)))
-        lag = self._replicator_lag()
-        if lag is not None:
-            self.record.replicator_lag_s.append((t, lag))
-        self._progress()
-
-    def _replicator_lag(self) -> float | None:
-        if self.replicator is None or self.replicator.poll() is not None:
-            return None
-        url = f"http://127.0.0.1:{self.replicator_port}/metrics"
-        try:
-            with urllib.request.urlopen(url, timeout=0.5) as response:
-                text = response.read().decode()
-        except OSError:
-            return None
-        for line in text.splitlines():
-            if line.startswith("iotdr_replicator_queue_oldest_pending_seconds "):
-                with contextlib.suppress(ValueError):
-                    return float(line.split()[1])
-        return None
-
-    def _progress(self) -> None:
-        if self.options.progress is None:
-            return
-        connected: dict[str, int] = dict.fromkeys(self.scenario.regions, 0)
-        for region in self.region_of.values():
-            if region is not None:
-                connected[region] = connected.get(region, 0) + 1
-        with contextlib.suppress(Exception):  # the display must never stop the run
-            self.options.progress(
-                Progress(
-                    phase=self.phase,
-                    t=max(0.0, self._now()) if self.phase in ("running", "draining") else 0.0,
-                    duration_s=self.scenario.duration_s,
-                    connected=connected,
-                    devices=len(self.record.devices),
-                    sent=sum(h.sent for h in self.hosts),
-                    delivered=self.counter.count() if self.counter else 0,
-                    faults=tuple(f"{r}: {m}" for r, m in self.faults.items()),
-                    last_step=self.last_step,
-                )
-            )
-
-    # -- the end ---------------------------------------------------------------------------------
-
-    async def _drain(self) -> None:
-        self.phase = "draining"
-        self._progress()
+    async def quiet(self) -> FleetFinal:
+        """Every host stops publishing and empties its outboxes; where everyone is."""
+        self.stopping = True
         for host in self.hosts:
             await host.send({"cmd": "quiet"})
+        final = FleetFinal()
         for host in self.hosts:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(60):
+            try:
+                async with asyncio.timeout(_QUIET_LIMIT_S):
                     await host.final_seen.wait()
-        assert self.counter is not None
-        await asyncio.to_thread(self.counter.settle)
-        for host in self.hosts:
-            final = host.final or {}
-            self.record.sent.update({k: int(v) for k, v in final.get("sent", {}).items()})
-            self.record.final_region.update(final.get("region", {}))
-            for device, depth in final.get("outbox", {}).items():
-                self.record.notes.append(f"{device} still had {depth} messages in its outbox")
-        for name in self.record.devices:
-            self.record.final_region.setdefault(name, None)
-        self._collect()
-        reported: dict[str, dict[str, Any]] = {}
-        for host in self.hosts:
-            reported.update((host.final or {}).get("reported", {}))
-        self.record.shadows = await asyncio.to_thread(self._check_shadows, reported)
-        self.phase = "done"
-        self._progress()
+            except TimeoutError:
+                logger.warning("fleet.host_quiet_timeout", extra={"host": host.index})
+                continue
+            data = host.final or {}
+            final.sent.update({k: int(v) for k, v in data.get("sent", {}).items()})
+            final.region.update(data.get("region", {}))
+            final.reported.update(data.get("reported", {}))
+            final.outbox.update({k: int(v) for k, v in data.get("outbox", {}).items()})
+        return final
 
-    def _collect(self) -> None:
-        """Device events and arrivals into the record, on the timeline's clock (t = 0 at start)."""
-        t0 = self.t0
-        self.record.events = [
-            DeviceEvent(round(e.t - t0, 4), e.device, e.kind, e.region, e.detail)
-            for e in self._raw_events
-        ]
-        if self.counter is not None:
-            self.record.arrivals = [
-                Arrival(round(a.t - t0, 4), a.region, a.device, a.seq)
-                for a in self.counter.arrivals()
-            ]
-
-    def _check_shadows(self, reported: dict[str, dict[str, Any]]) -> ShadowCheck:
-        """Each device's last reported state, in its region (and, replicated, in the others)."""
-        assert self.regions is not None
-        deadline = time.monotonic() + _SHADOW_SETTLE_S
-        while True:
-            diverged = []
-            for device, state in reported.items():
-                if state.get("seq", 0) == 0:
-                    continue
-                regions = (
-                    list(self.scenario.regions)
-                    if self.scenario.replication != "off"
-                    else [self.record.final_region.get(device) or self.scenario.regions[0]]
-                )
-                for region in regions:
-                    result = self.regions.shadows(region).store.get(device)
-                    document = result.document or {}
-                    have = document.get("state", {}).get("reported", {})
-                    if any(have.get(k) != v for k, v in state.items()):
-                        diverged.append(device)
-                        break
-            checked = sum(1 for s in reported.values() if s.get("seq", 0))
-            if not diverged or time.monotonic() >= deadline:
-                return ShadowCheck(checked, len(diverged), tuple(sorted(diverged)[:200]))
-            time.sleep(1.0)
-
-    async def _stop_hosts(self) -> None:
+    async def stop(self) -> None:
+        """Stop every host: ask, then SIGKILL after 20 s (by PID, our own processes only)."""
+        self.stopping = True
         for host in self.hosts:
             await host.send({"cmd": "stop"})
             if host.process.stdin is not None:
