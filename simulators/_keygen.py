@@ -14,6 +14,7 @@ Output in ``directory``, per device ``<name>``: ``<name>.key`` (mode 0600),
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -119,7 +120,11 @@ def generate_device_identities(
         for chunk in chunks:
             records.extend(_generate_chunk(str(directory), chunk, algorithm, ca))
     else:
-        pool = ProcessPoolExecutor(max_workers=workers)
+        # Spawned, not forked: the caller may run threads (the fleet driver runs the
+        # regions' doors and brokers' clients), and a fork copies their locks held.
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+        )
         try:
             futures = [
                 pool.submit(_generate_chunk, str(directory), chunk, algorithm, ca)
