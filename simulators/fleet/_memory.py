@@ -55,6 +55,7 @@ import random
 import ssl
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,7 +128,7 @@ from simulators.shadows import ShadowStore
 from simulators.shadows._mqtt import responses
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from device_agent._transport import ConnectErrorKind
     from device_agent.testing import PublishedMessage
@@ -142,6 +143,7 @@ __all__ = [
     "MemoryFleet",
     "MemoryRegionApi",
     "MemoryReplicator",
+    "MemoryRun",
     "MemoryStage",
     "run_memory_scenario",
 ]
@@ -387,6 +389,10 @@ class MemoryDoor:
         identities: the fleet's certificates (a device presents its own).
         quotas: per region, its CONNECT token buckets.
         rng: ``degraded``'s rolls.
+
+    Attributes:
+        on_jitr: called with (certificate id, CA id) for each certificate the
+            door registered by JITR: AWS's ``certificates/registered`` event.
     """
 
     def __init__(
@@ -402,7 +408,7 @@ class MemoryDoor:
         self.faults: dict[str, GatewayFault] = {name: GatewayFault() for name in apis}
         self.admitted: Counter[str] = Counter()
         self.refused: dict[str, Counter[str]] = {name: Counter() for name in apis}
-        self.jitr_registered: list[tuple[str, str]] = []
+        self.on_jitr: Callable[[str, str], None] | None = None
         self._rng = rng
         self._policy = AdmissionPolicy()
 
@@ -487,7 +493,8 @@ class MemoryDoor:
                 arn=api.registry.arn("cert", cert_id),
                 ca_certificate_id=ca_id,
             )
-            self.jitr_registered.append((cert_id, ca_id))
+            if self.on_jitr is not None:
+                self.on_jitr(cert_id, ca_id)
         return "jitr"
 
 
@@ -667,6 +674,7 @@ class MemoryStage:
                 clock=self.clock,
                 rng=rng,
             )
+            self.door.on_jitr = self.replicator.jitr_registered
         self.arrivals: list[Arrival] = []
         self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # the network never reads it
         self._tasks: list[asyncio.Task[None]] = []
@@ -1011,9 +1019,33 @@ def _settings(scenario: Scenario) -> dict[str, object]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class MemoryRun:
+    """What a memory run leaves to read after it: the world, the devices, the cloud side.
+
+    Attributes:
+        stage: the regions (network and its connection log, registries,
+            shadows, door counters, the cloud side's arrivals on the loop's clock).
+        fleet: the devices (closed).
+        t0: the loop time of the timeline's ``t = 0`` (records are relative to it).
+        connected_at_end: per region, the client IDs the network held connected
+            when the run ended (after the drain, before the devices closed).
+    """
+
+    stage: MemoryStage
+    fleet: MemoryFleet
+    t0: float
+    connected_at_end: dict[str, frozenset[str]]
+
+    @property
+    def network(self) -> MemoryNetwork:
+        """The in-memory network."""
+        return self.stage.network
+
+
 def run_memory_scenario(
     scenario: Scenario, *, seed: int = 0, latency_s: float = 0.02
-) -> tuple[RunRecord, dict[str, Any], MemoryStage]:
+) -> tuple[RunRecord, dict[str, Any], MemoryRun]:
     """Play ``scenario`` in memory on virtual time; its record, its report and the world.
 
     Args:
@@ -1023,8 +1055,7 @@ def run_memory_scenario(
 
     Returns:
         The run's record, :func:`~simulators.fleet._report.build_report` of it,
-        and the stage (its network's connection log, registries, shadows,
-        door counters and cloud-side arrivals stay readable).
+        and the :class:`MemoryRun` to check them against.
     """
     record = RunRecord(
         scenario=scenario.name,
@@ -1034,19 +1065,20 @@ def run_memory_scenario(
         settings=_settings(scenario),
     )
 
-    async def main(folder: Path) -> MemoryStage:
+    async def main(folder: Path) -> MemoryRun:
         stage = MemoryStage(scenario, seed=seed, latency_s=latency_s, folder=folder)
         fleet = MemoryFleet(stage, scenario, seed=seed)
         player = TimelinePlayer(scenario, stage, fleet, record)
         stage.start()
         try:
             await player.run(stage.provision(scenario.devices))
+            connected = {r: frozenset(stage.network.connected(r)) for r in scenario.regions}
             player.finish()
         finally:
             await fleet.close()
             await stage.close()
-        return stage
+        return MemoryRun(stage, fleet, player.t0 or 0.0, connected)
 
     with tempfile.TemporaryDirectory(prefix="iotdr-memory-") as folder:
-        stage = run_virtual(main(Path(folder)))
-    return record, build_report(record), stage
+        run = run_virtual(main(Path(folder)))
+    return record, build_report(record), run
