@@ -629,6 +629,8 @@ class ProcessFleet:
             final.region.update(data.get("region", {}))
             final.reported.update(data.get("reported", {}))
             final.outbox.update({k: int(v) for k, v in data.get("outbox", {}).items()})
+            if isinstance(data.get("usage"), dict):
+                final.usage.append(data["usage"])
         return final
 
     async def stop(self) -> None:

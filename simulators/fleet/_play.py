@@ -80,12 +80,14 @@ class FleetFinal:
         region: per device, where it is connected (None: nowhere).
         reported: per device, the state it last reported to its shadow (``seq`` included).
         outbox: per device, messages still in its outbox (only those with any).
+        usage: per device host, its devices, peak memory (``max_rss_kb``) and CPU (``cpu_s``).
     """
 
     sent: dict[str, int] = field(default_factory=dict)
     region: dict[str, str | None] = field(default_factory=dict)
     reported: dict[str, dict[str, Any]] = field(default_factory=dict)
     outbox: dict[str, int] = field(default_factory=dict)
+    usage: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Stage(Protocol):
@@ -294,6 +296,16 @@ class TimelinePlayer:
         self.record.final_region.update(final.region)
         for name in self.record.devices:
             self.record.final_region.setdefault(name, None)
+        if final.usage:
+            devices = sum(u.get("devices", 0) for u in final.usage)
+            rss_kb = sum(u.get("max_rss_kb", 0) for u in final.usage)
+            self.record.settings["device_hosts"] = {
+                "processes": len(final.usage),
+                "max_rss_mb": round(rss_kb / 1024, 1),
+                "kb_per_device": round(rss_kb / devices, 1) if devices else None,
+                "cpu_s": round(sum(u.get("cpu_s", 0.0) for u in final.usage), 1),
+                "outbox": final.usage[0].get("outbox"),
+            }
         for device, depth in sorted(final.outbox.items()):
             self.record.notes.append(f"{device} still had {depth} messages in its outbox")
         self.record.shadows = await self.stage.check_shadows(final)
