@@ -1,32 +1,108 @@
-"""The main job, end to end: `iotdr sim drill` on its embedded defaults."""
+"""`iotdr sim drill`: one-device scenarios of the fleet engine on the local regions."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from simulators._drill import FAULT_KINDS, DrillOptions, drill_scenario
+from simulators._errors import SimulatorError
+from simulators.fleet._scenario import DnsStep, FaultStep, HealStep
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-pytestmark = pytest.mark.integration
 
-
-def test_drill_reports_a_failover_without_loss(tmp_path: Path) -> None:
-    result = subprocess.run(
+def _drill(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "device_agent.cli", "--log-level", "warning", "sim", "drill",
-         "--stability-window", "1", "--state-dir", str(tmp_path), "--json"],
-        capture_output=True, text=True, timeout=120, check=False,
+         *args, "--json"],
+        capture_output=True, text=True, timeout=200, check=False,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+def test_each_kind_is_a_scenario_with_one_device_per_trial(kind: Any) -> None:
+    options = DrillOptions(faults=(kind,), trials=4, stability_window_s=7.0, dr_jitter_s=2.0)
+    scenario = drill_scenario(kind, options)
+
+    assert scenario.devices == 4
+    assert scenario.regions == ("us-east-1", "us-west-2")
+    failover = scenario.agent["failover"]
+    assert failover["stability_window_s"] == 7.0
+    probe_interval = failover["failback_probe_interval_s"]
+    assert isinstance(probe_interval, float)
+    assert probe_interval <= 5.0
+    first, second = scenario.timeline
+    assert 0 < first.at < second.at < scenario.duration_s
+    # The end leaves room for the failback: at least a probe and the whole window.
+    assert scenario.duration_s - second.at >= 7.0 + probe_interval
+    if kind == "dns_flip":
+        assert failover["dr_mode"] is True
+        assert failover["dr_jitter_s"] == 2.0
+        assert first == DnsStep(at=first.at, cname="us-west-2")
+        assert second == DnsStep(at=second.at, cname="us-east-1")
+    else:
+        assert "dr_mode" not in failover
+        assert first == FaultStep(at=first.at, region="us-east-1", mode=kind)
+        assert second == HealStep(at=second.at, region="us-east-1")
+
+
+def test_options_refuse_an_unknown_kind_and_no_trials() -> None:
+    with pytest.raises(SimulatorError, match="unknown fault kind"):
+        DrillOptions(faults=("melt",))  # type: ignore[arg-type]
+    with pytest.raises(SimulatorError, match="at least 1"):
+        DrillOptions(trials=0)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_down_drill_moves_every_trial_and_back_without_loss(tmp_path: Path) -> None:
+    result = _drill("--trials", "2", "--stability-window", "1", "--state-dir", str(tmp_path))
+
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    down = report["results"]["down"]
-    assert down["lost"] == 0
-    assert down["incomplete_trials"] == 0
-    assert down["published"] > 50
-    assert down["failover_s"]["max"] < 5.0
+    assert report["trials"] == 2
     assert report["settings"]["stability_window_s"] == 1.0
-    assert (tmp_path / "pki" / "fleet-ca.crt").exists()
+    down = report["results"]["down"]
+    assert list(report["results"]) == ["down"]
+    assert down["incomplete_trials"] == 0
+    assert down["lost"] == 0
+    assert down["published"] > 50
+    assert down["failover_s"]["p50"] is not None
+    assert down["failback_s"]["max"] is not None
+    # The run behind it is a fleet run on the local regions: one device per trial.
+    fleet = json.loads((tmp_path / "down" / "report" / "report.json").read_text())
+    assert down["report_dir"] == str(tmp_path / "down" / "report")
+    assert fleet["scenario"] == "drill-down"
+    assert fleet["devices"] == 2
+    assert fleet["failover"]["count"] == fleet["failback"]["count"] == 2
+    assert fleet["messages"]["sent"] == down["published"]
+    assert [s["action"] for s in fleet["steps"]] == ["fault", "heal"]
+    assert (tmp_path / "down" / "regions" / "pki").is_dir()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_dns_flip_drill_follows_the_cname_there_and_back(tmp_path: Path) -> None:
+    result = _drill(
+        "--fault", "dns_flip", "--dr-jitter", "1", "--stability-window", "1",
+        "--state-dir", str(tmp_path),
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    flip = json.loads(result.stdout)["results"]["dns_flip"]
+    assert flip["incomplete_trials"] == 0
+    assert flip["lost"] == 0
+    fleet = json.loads((tmp_path / "dns_flip" / "report" / "report.json").read_text())
+    assert [(s["action"], s["region"]) for s in fleet["steps"]] == [
+        ("dns", "us-west-2"),
+        ("dns", "us-east-1"),
+    ]
+    assert fleet["moved"]["count"] == 1
+    assert fleet["devices_final"]["us-east-1"] == 1
+    assert fleet["settings"]["agent"]["failover"]["dr_mode"] is True
