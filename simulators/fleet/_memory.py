@@ -963,9 +963,13 @@ class MemoryFleet:
 
     def check(self) -> None:
         """Raise SimulatorError if a device failed to start, or a loop of the stage died."""
+        running = []
         for task in self._starts:
-            if task.done() and not task.cancelled() and task.exception() is not None:
+            if not task.done():
+                running.append(task)
+            elif not task.cancelled() and task.exception() is not None:
                 raise SimulatorError(f"a device failed to start: {task.exception()}")
+        self._starts = running
         self.stage.check()
 
     async def quiet(self) -> FleetFinal:
