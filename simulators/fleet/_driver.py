@@ -55,7 +55,7 @@ from simulators.fleet._scenario import DnsStep, FaultStep, HealStep, ReplicatorS
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from simulators._pki import CertifiedKey
+    from simulators._pki import CertifiedKey, FleetPKI
     from simulators._regions import LocalRegions
     from simulators.fleet._play import DeviceEntry
     from simulators.fleet._records import Arrival
@@ -225,6 +225,7 @@ class RegionsStage:
         self.replicator: subprocess.Popen[bytes] | None = None
         self.replicator_port = 0
         self.identities: dict[str, CertifiedKey] = {}
+        self.jitr_pki: FleetPKI | None = None
 
     def __repr__(self) -> str:
         return f"RegionsStage({list(self.scenario.regions)}, state={str(self.state)!r})"
@@ -258,6 +259,8 @@ class RegionsStage:
         stack.callback(self.counter.stop)
         # Stopped before the regions (it would log their departure as an outage).
         stack.callback(self.stop_replicator)
+        if self.scenario.replication == "jitr":
+            self._start_jitr(stack)
 
     def running(self) -> LocalRegions:
         """The running regions (SimulatorError before start)."""
@@ -287,7 +290,11 @@ class RegionsStage:
         from simulators.fleet._provision import register_new_devices  # noqa: PLC0415
 
         identities = await asyncio.to_thread(
-            register_new_devices, self.running(), list(names), region=self.scenario.regions[0]
+            register_new_devices,
+            self.running(),
+            list(names),
+            region=self.scenario.regions[0],
+            pki=self.jitr_pki,
         )
         for identity in identities:
             self.identities[identity.name] = identity
@@ -353,6 +360,9 @@ class RegionsStage:
             "--journal", str(self.state / "replicator.sqlite"),
             "--listen", f"127.0.0.1:{self.replicator_port}", "--json",
         ]  # fmt: skip
+        self.replicator = self._spawn(command, "replicator.log")
+
+    def _spawn(self, command: list[str], log_name: str) -> subprocess.Popen[bytes]:
         env = {
             **os.environ,
             "AWS_ACCESS_KEY_ID": "local",
@@ -360,23 +370,61 @@ class RegionsStage:
             "AWS_CONFIG_FILE": os.devnull,
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         }
-        with (self.state / "replicator.log").open("ab") as log:
-            self.replicator = subprocess.Popen(  # noqa: S603 - our own command
+        with (self.state / log_name).open("ab") as log:
+            return subprocess.Popen(  # noqa: S603 - our own command
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=env, start_new_session=True,
             )  # fmt: skip
 
     def stop_replicator(self) -> None:
-        """SIGTERM (it finishes what is in flight), SIGKILL after 15 s; only our own process."""
+        """Stop the replicator (see :func:`_stop_process`)."""
         process, self.replicator = self.replicator, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        _stop_process(process)
+
+    def _start_jitr(self, stack: contextlib.ExitStack) -> None:
+        """JITR in the secondary: a device CA registered in every region, the handler running.
+
+        Devices created during a ``jitr`` run get certificates of this CA. It is
+        registered with auto-registration in the secondary, so a device's first
+        connect there registers its certificate PENDING_ACTIVATION and is refused,
+        and ``iotdr replicator jitr`` activates it; in the primary it is registered
+        (for TLS) and the devices are registered ACTIVE as usual.
+        """
+        from simulators._pki import FleetPKI  # noqa: PLC0415
+        from simulators._regions import iot_client  # noqa: PLC0415
+
+        regions = self.running()
+        assert regions.control_plane is not None
+        url = regions.control_plane.url
+        self.jitr_pki = FleetPKI.create(self.state / "jitr-ca", common_name="iotdr fleet device CA")
+        pem = self.jitr_pki.ca_path.read_text()
+        primary, secondary = self.scenario.regions[0], self.scenario.regions[1]
+        ca_id = ""
+        for name in self.scenario.regions:
+            ca_id = iot_client(url, name).register_ca_certificate(
+                caCertificate=pem, setAsActive=True, allowAutoRegistration=name != primary
+            )["certificateId"]
+        deadline = time.monotonic() + 30
+        while any(
+            regions.gateway(name).gateway.view.ca_count < 1 for name in self.scenario.regions
+        ):
+            if time.monotonic() > deadline:
+                msg = "the regions' doors did not learn the JITR device CA within 30 s"
+                raise SimulatorError(msg)
+            time.sleep(0.1)
+        policy = self.state / "jitr-policy.json"
+        policy.write_text(json.dumps(_DEVICE_POLICY))
+        broker = regions.broker(secondary)
+        command = [
+            sys.executable, "-m", "device_agent.cli", "replicator", "jitr",
+            "--region", secondary, "--endpoint-url", url,
+            "--feed", f"{broker.host}:{broker.port}", "--feed-client-id", "iotdr-fleet-jitr",
+            "--policy", "iotdr-fleet-device", "--policy-document", str(policy),
+            "--ca", ca_id, "--primary-region", primary, "--primary-endpoint-url", url,
+            "--journal", str(self.state / "jitr.sqlite"), "--sweep-interval", "30", "--json",
+        ]  # fmt: skip
+        process = self._spawn(command, "jitr.log")
+        stack.callback(_stop_process, process)
 
     # -- measuring -----------------------------------------------------------------------------
 
@@ -651,6 +699,31 @@ class ProcessFleet:
         for reader in self._readers:
             reader.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
+
+
+def _stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM (a service finishes what is in flight), SIGKILL after 15 s; our own only."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+_DEVICE_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": ["iot:Connect", "iot:Publish", "iot:Subscribe", "iot:Receive"],
+            "Resource": "*",
+        }
+    ],
+}
+"""The policy JITR attaches to the devices it activates (the local doors do not read policies)."""
 
 
 class _TerminatedError(Exception):

@@ -185,6 +185,8 @@ class TimelinePlayer:
         self.last_step = ""
         self._events: list[DeviceEvent] = []
         self._arrivals: list[Arrival] = []
+        self._next_device = 1
+        self._creating: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"TimelinePlayer({self.scenario.name!r}, {self.phase})"
@@ -202,6 +204,7 @@ class TimelinePlayer:
     async def run(self, devices: Sequence[DeviceEntry]) -> None:
         """Boot ``devices``, play the timeline to its end, drain, fill the record."""
         self.record.devices = tuple(d["name"] for d in devices)
+        self._next_device = len(devices) + 1
         await self.fleet.start(devices)
         await self._boot()
         self.phase = "running"
@@ -252,30 +255,37 @@ class TimelinePlayer:
     async def _apply(self, step: Step) -> None:
         t = round(self.now(), 3)
         if isinstance(step, CreateDevicesStep):
-            start = len(self.record.devices) + 1
-            names = fleet_device_names(step.count, start=start)
-            try:
-                entries = await self.stage.register_devices(names)
-            except Exception as exc:  # noqa: BLE001 - a failed step is reported, the run goes on
-                self.record.notes.append(
-                    f"t={t:.0f} s: creating {step.count} devices failed: {exc}"
-                )
-                record = StepRecord(t, "create_devices", self.scenario.regions[0], "failed")
-            else:
-                self.record.devices = (*self.record.devices, *names)
-                await self.fleet.add(entries)
-                record = StepRecord(t, "create_devices", self.scenario.regions[0], str(step.count))
-        else:
-            detail = await self.stage.apply(step)
-            action, region = _step_action(step)
-            record = StepRecord(t, action, region, detail)
-            if action == "fault" and region is not None:
-                self.faults[region] = detail
-            elif action == "heal" and region is not None:
-                self.faults.pop(region, None)
+            # Registering takes seconds at the control plane's quotas (or fails in an
+            # outage): the timeline goes on meanwhile, as it would in the world.
+            names = fleet_device_names(step.count, start=self._next_device)
+            self._next_device += step.count
+            task = asyncio.create_task(self._create(t, names))
+            self._creating.add(task)
+            task.add_done_callback(self._creating.discard)
+            self.last_step = f"t={t:.0f}s create_devices {len(names)}"
+            return
+        detail = await self.stage.apply(step)
+        action, region = _step_action(step)
+        record = StepRecord(t, action, region, detail)
+        if action == "fault" and region is not None:
+            self.faults[region] = detail
+        elif action == "heal" and region is not None:
+            self.faults.pop(region, None)
         self.record.steps.append(record)
         self.last_step = f"t={record.t:.0f}s {record.action} {record.region or ''} {record.detail}"
         logger.info("fleet.step", extra={"step": record.action, "region": record.region})
+
+    async def _create(self, t: float, names: list[str]) -> None:
+        primary = self.scenario.regions[0]
+        try:
+            entries = await self.stage.register_devices(names)
+        except Exception as exc:  # noqa: BLE001 - a failed step is reported, the run goes on
+            self.record.notes.append(f"t={t:.0f} s: creating {len(names)} devices failed: {exc}")
+            self.record.steps.append(StepRecord(t, "create_devices", primary, "failed"))
+            return
+        self.record.devices = (*self.record.devices, *names)
+        await self.fleet.add(entries)
+        self.record.steps.append(StepRecord(t, "create_devices", primary, str(len(names))))
 
     async def _sample(self) -> None:
         t = self._clock()
@@ -289,6 +299,9 @@ class TimelinePlayer:
     async def _drain(self) -> None:
         self.phase = "draining"
         self._progress()
+        if self._creating:
+            await asyncio.wait(set(self._creating), timeout=120)
+        self.record.steps.sort(key=lambda step: step.t)
         final = await self.fleet.quiet()
         self._take_events()
         self._arrivals = await self.stage.settle()

@@ -120,6 +120,7 @@ def register_new_devices(
     *,
     region: str | None = None,
     workers: int | None = 1,
+    pki: FleetPKI | None = None,
 ) -> list[CertifiedKey]:
     """Issue identities for devices created during a run and register them the AWS way.
 
@@ -134,11 +135,13 @@ def register_new_devices(
         names: thing names of the new devices.
         region: where to register them; None for the primary.
         workers: key-generation processes (1: in this process, fine for tens).
+        pki: the CA that signs them (default: the regions' fleet CA); a JITR run
+            uses a device CA registered in the secondary with auto-registration.
 
     Raises:
         SimulatorError: the regions are not running, or a call failed after its retries.
     """
-    pki = _running_pki(regions)
+    pki = pki or _running_pki(regions)
     target = region or regions.regions[0].name
     plane = regions.control_plane
     if plane is None:
