@@ -92,6 +92,7 @@ from replicator._ops import (
     RegisterCertificateWithoutCA,
     UpdateThingShadow,
 )
+from replicator._quotas import DEFAULT_TPS
 from replicator._records import ObjectNamed, ShadowChanged, ThingChanged
 from replicator._state import CertificateState, ObjectKey, ShadowState
 from simulators._errors import SimulatorError
@@ -601,6 +602,12 @@ class MemoryReplicator:
             for claim in self.jitr_journal.claim(now=self._clock.time(), limit=64):
                 self.jitr.process(claim)
 
+    def wake(self) -> None:
+        """Make every change waiting out a retry backoff due now (a region came back)."""
+        now = self._clock.time()
+        for journal in (self.journal, self.back_journal, self.jitr_journal):
+            journal.wake(now=now)
+
     def lag_s(self) -> float | None:
         """The oldest pending change's age (the replicator's metric), None when stopped."""
         if not self.running:
@@ -678,6 +685,7 @@ class MemoryStage:
         self.arrivals: list[Arrival] = []
         self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # the network never reads it
         self._tasks: list[asyncio.Task[None]] = []
+        self._api_free: dict[str, float] = {}
         self.network.add_tap(self._tap)
 
     def __repr__(self) -> str:
@@ -762,6 +770,10 @@ class MemoryStage:
         if isinstance(step, HealStep):
             self.network.heal(step.region)
             self.door.faults[step.region] = GatewayFault()
+            if self.apis[step.region].control_plane != "up" and self.replicator is not None:
+                # What the service's AutoFailback does when a region answers again
+                # (within its probe interval): changes backing off are due at once.
+                self.replicator.wake()
             self.apis[step.region].control_plane = "up"
             return "up"
         if isinstance(step, DnsStep):
@@ -775,12 +787,18 @@ class MemoryStage:
         return str(step.count)
 
     async def register_devices(self, names: Sequence[str]) -> list[DeviceEntry]:
-        """Register new devices in the primary only, through its APIs (they may be down)."""
+        """Register new devices in the primary only, through its APIs (they may be down).
+
+        Each call waits for its API's quota (the scenario's, else AWS's default
+        TPS), as the real client waits out throttling: 50 devices take 5 s at
+        RegisterCertificateWithoutCA's 10/s.
+        """
         api = self.apis[self.primary]
         for name in names:
             cert_id = self.identities.issue(name)
             try:
                 for op in self._registration(name, cert_id):
+                    await self._paced(op.api)
                     api.execute(op)
             except ReplicatorError as exc:
                 msg = f"registering {name} in {self.primary} failed: {exc}"
@@ -788,6 +806,18 @@ class MemoryStage:
             if self.replicator is not None:
                 self.replicator.thing_created(name, cert_id)
         return [{"name": name} for name in names]
+
+    async def _paced(self, api_name: str) -> None:
+        """Wait for a token of ``api_name``'s quota in the primary (one call per 1/TPS s)."""
+        limits = self.scenario.quotas.get(self.primary)
+        tps = (limits.api_tps.get(api_name) if limits else None) or DEFAULT_TPS.get(api_name)
+        if not tps:
+            return
+        now = self.clock.monotonic()
+        due = max(now, self._api_free.get(api_name, now))
+        self._api_free[api_name] = due + 1.0 / tps
+        if due > now:
+            await asyncio.sleep(due - now)
 
     async def sample(self, t: float) -> tuple[list[DoorSample], float | None]:
         """The doors and the replicator's lag."""
