@@ -112,6 +112,25 @@ def test_scenario_in_memory(name: str) -> None:
         assert report["connects"][region]["total"] == opened, region
     assert report["devices_final"]["none"] == 0
 
+    # Every device's last reported shadow state is in every region (replicated both ways).
+    assert report["shadows"]["checked"] == len(record.devices)
+    assert report["shadows"]["diverged"] == 0
+
+    # DNS: the health checker moved the CNAME only when the primary was unhealthy to it.
+    health = run.stage.health.regions[primary]
+    config = run.stage.health.config
+    outages = [
+        end_ - begin
+        for begin, end_, region, mode in fault_windows(record)
+        if region == primary and mode in {"down", "blackhole"}
+    ]
+    if any(o >= config.interval_s * (config.failure_threshold + 1) for o in outages):
+        assert health.changed_at is not None  # it saw the outage and flipped the CNAME
+    elif all(o < config.interval_s * (config.failure_threshold - 1) for o in outages):
+        # partial (the checker gets in, devices do not), short outages (flapping): no flip
+        assert health.changed_at is None
+    assert run.stage.dns.cname == primary
+
     _check_refusals(record, report, run)
     _check_created(record, report, run)
     _check_registries(record, run)
