@@ -71,6 +71,7 @@ from device_agent.testing import (
     MemoryNetwork,
     MemoryOutbox,
     MemoryProber,
+    MemoryTransport,
     run_virtual,
 )
 from replicator._engine import Engine, EngineConfig
@@ -131,7 +132,7 @@ from simulators.shadows._mqtt import responses
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
-    from device_agent._transport import ConnectErrorKind
+    from device_agent._transport import ConnectErrorKind, ConnectParams, TransportCallbacks
     from device_agent.testing import PublishedMessage
     from replicator._ops import Op
     from replicator._state import Kind, PolicyState, ThingGroupState, ThingState, ThingTypeState
@@ -735,6 +736,12 @@ class MemoryStage:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise SimulatorError(str(task.exception()))
 
+    def transport_factory(
+        self, params: ConnectParams, callbacks: TransportCallbacks
+    ) -> MemoryTransport:
+        """The devices' transports: the network's, the door counting what a fault holds."""
+        return _DoorTransport(self, params, callbacks)
+
     # -- provisioning -----------------------------------------------------------------------------
 
     def provision(self, count: int) -> list[DeviceEntry]:
@@ -894,6 +901,27 @@ class MemoryStage:
                     self.replicator.shadow_changed(message.region, thing, current["version"])
 
 
+class _DoorTransport(MemoryTransport):
+    """A device connection that the door counts when a fault holds it (as the gateway does).
+
+    The real gateway accepts a connection into a ``blackhole`` or ``partial``
+    door and counts it (``fault_blackhole``, ``fault_partial``) before holding
+    it silent; ``down`` closes its listener, so nothing is counted there.
+    """
+
+    def __init__(
+        self, stage: MemoryStage, params: ConnectParams, callbacks: TransportCallbacks
+    ) -> None:
+        super().__init__(stage.network, params, callbacks)
+        self._stage = stage
+
+    async def connect(self) -> bool:
+        region = self.network.route(self.params.endpoint, self.params.address)
+        if region is not None and region.mode in ("blackhole", "partial"):
+            self._stage.door.refused[region.name][f"fault_{region.mode}"] += 1
+        return await super().connect()
+
+
 # -- the fleet ------------------------------------------------------------------------------------
 
 
@@ -945,7 +973,7 @@ class MemoryFleet:
             behaviour=self._behaviour,
             rng=random.Random(f"{self.seed}:{name}"),  # noqa: S311 - simulation
             sink=self._sink,
-            transport_factory=stage.network.transport_factory,
+            transport_factory=stage.transport_factory,
             clock=clock,
             prober=MemoryProber(
                 stage.network,
