@@ -11,7 +11,6 @@ by hand, never by the test suite:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 
@@ -26,16 +25,14 @@ def main(argv: list[str] | None = None) -> int:
         "--stability-window", type=float, default=10.0, help="failback window (s); library: 60"
     )
     parser.add_argument("--dr-jitter", type=float, default=5.0)
-    parser.add_argument("--limit", type=float, default=60.0, help="give up on a move after (s)")
     args = parser.parse_args(argv)
     options = DrillOptions(
         faults=tuple(args.faults),
         trials=args.trials,
         stability_window_s=args.stability_window,
         dr_jitter_s=args.dr_jitter,
-        limit_s=args.limit,
     )
-    report = asyncio.run(run_drill(options))
+    report = run_drill(options)
     report["benchmark"] = report.pop("drill")
     print(json.dumps(report))
     return 0

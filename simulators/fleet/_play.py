@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -193,7 +194,10 @@ class TimelinePlayer:
 
     @staticmethod
     def _clock() -> float:
-        return asyncio.get_running_loop().time()
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:  # finish() after an interrupted run, outside the loop
+            return time.monotonic()  # what a real loop's time() reads
 
     def now(self) -> float:
         """Seconds into the timeline (0 before it starts)."""

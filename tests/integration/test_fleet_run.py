@@ -261,11 +261,6 @@ def test_ctrl_c_in_the_middle_leaves_no_process_or_port_behind(interrupted: _Int
     assert taken == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TimelinePlayer.finish (simulators/fleet/_play.py) calls self.now() after "
-    "asyncio.run has returned: RuntimeError 'no running event loop', a traceback and exit 1",
-)
 @pytest.mark.timeout(240)
 def test_ctrl_c_in_the_middle_is_one_line_and_a_partial_report(
     interrupted: _Interrupted,

@@ -144,9 +144,12 @@ def test_builtins_say_what_they_claim() -> None:
     storm = s["reconnect-storm"].quotas["us-west-2"]
     assert storm.connect_per_s is not None
     assert storm.connect_per_s < 100
-    cp = s["control-plane-outage"].timeline[0]
-    assert isinstance(cp, FaultStep)
-    assert cp.mode == "control-plane-down"
+    outage = s["control-plane-outage"].timeline
+    faults = [step for step in outage if isinstance(step, FaultStep)]
+    assert [f.mode for f in faults] == ["control-plane-down"]
+    created = [step for step in outage if isinstance(step, CreateDevicesStep)]
+    assert created
+    assert created[0].at < faults[0].at
 
 
 def test_load_scenario_by_name_and_by_path(tmp_path: Path) -> None:
