@@ -237,8 +237,14 @@ def start_broker(
         command = [sys.executable, "-m", "simulators._amqtt_main", str(config_path)]
     broker = Broker(chosen, spec, port, tls_port, log_path, config_path)
     with log_path.open("ab") as log:
+        # A session of its own: a Ctrl-C at the terminal reaches only the program that
+        # started the broker, which stops it in its turn (by PID), not all at once.
         broker._process = subprocess.Popen(  # noqa: S603 - our own broker, fixed arguments
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         _wait_ready(broker, [p for p in (port, tls_port) if p is not None], timeout_s)

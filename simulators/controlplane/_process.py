@@ -416,8 +416,14 @@ def start_control_plane(
     log_path = folder / "controlplane.log"
     command = [sys.executable, "-m", "simulators.controlplane", "--config", str(config_path)]
     with log_path.open("ab") as log:
+        # A session of its own: Ctrl-C reaches only the program that started it,
+        # which stops it in order (see simulators._broker).
         process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
         )
     plane = ControlPlane(host, port, config_path, log_path, process)
     try:
