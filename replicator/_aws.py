@@ -116,6 +116,19 @@ def _attributes(values: dict[str, Any] | None) -> dict[str, str]:
     return {k: str(v) for k, v in (values or {}).items() if v not in (None, "")}
 
 
+def shadow_state(thing: str, shadow: str | None, document: dict[str, Any]) -> ShadowState:
+    """A shadow document (as GetThingShadow returns it) as the planners' :class:`ShadowState`."""
+    state = document.get("state") or {}
+    return ShadowState(
+        thing=thing,
+        name=shadow,
+        version=int(document.get("version") or 0),
+        desired=state.get("desired"),
+        reported=state.get("reported"),
+        updated_epoch_s=max(_leaf_timestamps(document.get("metadata")), default=0.0),
+    )
+
+
 def _leaf_timestamps(meta: Any) -> Iterator[float]:
     if isinstance(meta, dict):
         if isinstance(meta.get("timestamp"), int | float) and len(meta) == 1:
@@ -323,16 +336,7 @@ class Boto3Region(RegionCalls):
         found = self.read("GetThingShadow", self.data.get_thing_shadow, **kwargs)
         if found is None:
             return None
-        doc = json.loads(found["payload"].read())
-        state = doc.get("state") or {}
-        return ShadowState(
-            thing=thing,
-            name=shadow,
-            version=int(doc.get("version") or 0),
-            desired=state.get("desired"),
-            reported=state.get("reported"),
-            updated_epoch_s=max(_leaf_timestamps(doc.get("metadata")), default=0.0),
-        )
+        return shadow_state(thing, shadow, json.loads(found["payload"].read()))
 
     def list_names(self, kind: Kind) -> Iterator[str]:
         """Every object of ``kind`` (dynamic groups too: reads tell them apart)."""

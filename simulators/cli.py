@@ -70,6 +70,15 @@ def _wait_for_signal() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+_broker_option = click.option(
+    "--broker",
+    type=click.Choice(["auto", "mosquitto", "amqtt"]),
+    default="auto",
+    show_default=True,
+    help="auto = mosquitto when installed, else amqtt (MQTT 3.1.1 only).",
+)
+
+
 @click.group()
 def sim() -> None:
     """Local AWS IoT regions, the Route 53 stand-in and the fleet simulator."""
@@ -434,12 +443,7 @@ def broker_serve(
     type=click.FloatRange(0),
     help="The device's DR-mode jitter in seconds (dns_flip).",
 )
-@click.option(
-    "--broker",
-    type=click.Choice(["auto", "mosquitto", "amqtt"]),
-    default="auto",
-    show_default=True,
-)
+@_broker_option
 @click.option(
     "--state-dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -515,12 +519,7 @@ def drill(
     type=click.IntRange(1, 64),
     help="Device-host processes (default: one per core).",
 )
-@click.option(
-    "--broker",
-    type=click.Choice(["auto", "mosquitto", "amqtt"]),
-    default="auto",
-    show_default=True,
-)
+@_broker_option
 @click.option(
     "--state-dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -643,13 +642,7 @@ _state_dir_option = click.option(
 
 @regions.command("up")
 @_state_dir_option
-@click.option(
-    "--broker",
-    type=click.Choice(["auto", "mosquitto", "amqtt"]),
-    default="auto",
-    show_default=True,
-    help="auto = mosquitto when installed, else amqtt (MQTT 3.1.1 only).",
-)
+@_broker_option
 @click.option("--mqtt-port", default=1883, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--mqtts-port", default=8883, show_default=True, type=click.IntRange(0, 65535))
 @click.option(

@@ -74,6 +74,7 @@ from device_agent.testing import (
     MemoryTransport,
     run_virtual,
 )
+from replicator._aws import shadow_state
 from replicator._engine import Engine, EngineConfig
 from replicator._errors import (
     ConflictError,
@@ -219,18 +220,6 @@ class FleetIdentities:
 # -- a region's APIs ------------------------------------------------------------------------------
 
 
-def _leaf_timestamps(tree: object) -> Iterator[float]:
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            if key == "timestamp" and isinstance(value, int | float):
-                yield float(value)
-            else:
-                yield from _leaf_timestamps(value)
-    elif isinstance(tree, list):
-        for item in tree:
-            yield from _leaf_timestamps(item)
-
-
 class MemoryRegionApi:
     """One region's AWS IoT APIs over its registry and its shadow service, in memory.
 
@@ -301,16 +290,7 @@ class MemoryRegionApi:
         found = self.shadows.get(thing, shadow)
         if found.document is None:
             return None
-        doc = found.document
-        state = doc.get("state") or {}
-        return ShadowState(
-            thing=thing,
-            name=shadow,
-            version=int(doc.get("version") or 0),
-            desired=state.get("desired"),
-            reported=state.get("reported"),
-            updated_epoch_s=max(_leaf_timestamps(doc.get("metadata")), default=0.0),
-        )
+        return shadow_state(thing, shadow, found.document)
 
     def list_names(self, kind: Kind) -> Iterator[str]:
         """Every object of ``kind``."""
