@@ -319,7 +319,11 @@ class ShadowMqttBridge:
             answers = responses(self._store, message.topic, bytes(message.payload))
             for answer in answers:
                 if answer.topic.endswith("/rejected"):  # bad input: logged once, here
-                    logger.info(
+                    # A get of a shadow not made yet (every device's first fetch) is
+                    # routine: debug; any other rejection is the client's mistake: info.
+                    routine = message.topic.endswith("/get") and b'"code":404' in answer.payload
+                    logger.log(
+                        logging.DEBUG if routine else logging.INFO,
                         "shadow.rejected",
                         extra={
                             "region": self._region,

@@ -1,0 +1,376 @@
+"""The local regions as a fleet run's stage: regions, cloud-side counter, replicator, JITR.
+
+:class:`RegionsStage` is the :class:`~simulators.fleet._play.Stage` of
+``iotdr sim run``: it starts the scenario's local regions with its quotas,
+provisions the fleet in bulk, runs ``iotdr replicator run --failback auto``
+(and, for ``replication: jitr``, a device CA and ``iotdr replicator jitr`` in
+the secondary) as processes of their own, carries out the timeline's steps,
+and measures the doors, the replicator's lag, the arrivals and the shadows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import TYPE_CHECKING
+
+from simulators._errors import SimulatorError
+from simulators._topology import DEFAULT_DOMAIN, LocalRegion
+from simulators.fleet._cloud import CloudCounter
+from simulators.fleet._provision import fleet_device_names
+from simulators.fleet._records import DoorSample, RunRecord, ShadowCheck
+from simulators.fleet._scenario import DnsStep, FaultStep, HealStep, ReplicatorStep
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from simulators._pki import CertifiedKey, FleetPKI
+    from simulators._regions import LocalRegions
+    from simulators.fleet._play import DeviceEntry, FleetFinal
+    from simulators.fleet._records import Arrival
+    from simulators.fleet._scenario import Scenario, Step
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RegionsStage", "local_regions_for"]
+
+_SHADOW_SETTLE_S = 30.0
+_CONTROL_PLANE_MODES = {"control-plane-down": "http503", "control-plane-drop": "drop"}
+
+
+def local_regions_for(names: Sequence[str]) -> tuple[LocalRegion, ...]:
+    """The scenario's regions on loopback: the first on 127.0.0.2, the next on .3, ..."""
+    return tuple(
+        LocalRegion(name=name, host=f"127.0.0.{2 + i}", domain=DEFAULT_DOMAIN)
+        for i, name in enumerate(names)
+    )
+
+
+class RegionsStage:
+    """The local regions as a run's :class:`~simulators.fleet._play.Stage`.
+
+    The regions (with the scenario's quotas), the cloud-side counter on each
+    broker, and the replicator as a process of its own (``iotdr replicator
+    run --failback auto``, what a DR deployment runs).
+    """
+
+    def __init__(self, scenario: Scenario, state: Path, *, broker: str = "auto") -> None:
+        self.scenario = scenario
+        self.state = state
+        self.broker_kind = broker
+        self.regions: LocalRegions | None = None
+        self.counter: CloudCounter | None = None
+        self.replicator: subprocess.Popen[bytes] | None = None
+        self.replicator_port = 0
+        self.identities: dict[str, CertifiedKey] = {}
+        self.jitr_pki: FleetPKI | None = None
+
+    def __repr__(self) -> str:
+        return f"RegionsStage({list(self.scenario.regions)}, state={str(self.state)!r})"
+
+    def start(self, stack: contextlib.ExitStack, record: RunRecord) -> None:
+        """Start the regions and the counter; ``stack`` stops them (the replicator first)."""
+        from simulators._regions import LocalRegions  # noqa: PLC0415
+        from simulators.fleet._scenario import region_settings  # noqa: PLC0415
+
+        self.regions = LocalRegions(
+            state_dir=self.state / "regions",
+            regions=local_regions_for(self.scenario.regions),
+            broker_kind=self.broker_kind,  # type: ignore[arg-type]
+            **region_settings(self.scenario),
+        )
+        stack.enter_context(self.regions)
+        kind = self.regions.broker(self.scenario.regions[0]).kind
+        record.settings["broker"] = kind
+        if kind != "mosquitto":
+            record.notes.append(
+                "mosquitto is not installed: the regions run the embedded amqtt broker "
+                "(MQTT 3.1.1 only); apt-get install mosquitto for MQTT 5"
+            )
+        self.counter = CloudCounter(
+            {
+                name: (self.regions.broker(name).host, self.regions.broker(name).port)
+                for name in self.scenario.regions
+            }
+        )
+        self.counter.start()
+        stack.callback(self.counter.stop)
+        # Stopped before the regions (it would log their departure as an outage).
+        stack.callback(self.stop_replicator)
+        if self.scenario.replication == "jitr":
+            self._start_jitr(stack)
+
+    def running(self) -> LocalRegions:
+        """The running regions (SimulatorError before start)."""
+        if self.regions is None:
+            msg = "the local regions are not running"
+            raise SimulatorError(msg)
+        return self.regions
+
+    # -- devices -------------------------------------------------------------------------
+
+    def provision(self, count: int) -> list[DeviceEntry]:
+        """The fleet's identities, registered in every region at once (bulk, no events)."""
+        from simulators.fleet._provision import provision_fleet  # noqa: PLC0415
+
+        names = fleet_device_names(count)
+        for identity in provision_fleet(self.running(), names):
+            self.identities[identity.name] = identity
+        return [self.entry(name) for name in names]
+
+    def entry(self, name: str) -> DeviceEntry:
+        """What a device host needs to run ``name``."""
+        identity = self.identities[name]
+        return {"name": name, "cert": str(identity.cert_path), "key": str(identity.key_path)}
+
+    async def register_devices(self, names: Sequence[str]) -> list[DeviceEntry]:
+        """New devices in the primary only, through the AWS APIs (registry events follow)."""
+        from simulators.fleet._provision import register_new_devices  # noqa: PLC0415
+
+        identities = await asyncio.to_thread(
+            register_new_devices,
+            self.running(),
+            list(names),
+            region=self.scenario.regions[0],
+            pki=self.jitr_pki,
+        )
+        for identity in identities:
+            self.identities[identity.name] = identity
+        return [self.entry(name) for name in names]
+
+    # -- the timeline ----------------------------------------------------------------------
+
+    async def apply(self, step: Step) -> str:
+        """Carry out a fault, heal, DNS or replicator step."""
+        regions = self.running()
+        if isinstance(step, FaultStep):
+            if step.mode in _CONTROL_PLANE_MODES:
+                regions.set_control_plane(step.region, _CONTROL_PLANE_MODES[step.mode])  # type: ignore[arg-type]
+            else:
+                await asyncio.to_thread(regions.set_fault, step.region, step.mode)
+            return step.mode
+        if isinstance(step, HealStep):
+            await asyncio.to_thread(regions.set_fault, step.region, "up")
+            regions.set_control_plane(step.region, "up")
+            return "up"
+        if isinstance(step, DnsStep):
+            assert regions.dns is not None
+            target = next(r for r in regions.regions if r.name == step.cname)
+            regions.dns.zone.set("iot", "CNAME", target.endpoint + ".")
+            return "cname"
+        if isinstance(step, ReplicatorStep):
+            if step.action == "stop":
+                await asyncio.to_thread(self.stop_replicator)
+            else:
+                self.start_replicator()
+            return step.action
+        msg = f"the local regions cannot carry out {step!r}"
+        raise SimulatorError(msg)
+
+    # -- the replicator ----------------------------------------------------------------------
+
+    def start_replicator(self) -> None:
+        """``iotdr replicator run`` between the first two regions, unless replication is off."""
+        from simulators._broker import free_port  # noqa: PLC0415
+
+        if self.scenario.replication == "off" or (
+            self.replicator is not None and self.replicator.poll() is None
+        ):
+            return
+        regions = self.running()
+        endpoints = regions.endpoints()
+        primary, secondary = self.scenario.regions[0], self.scenario.regions[1]
+        control = endpoints["control_plane_url"]
+        broker, back = regions.broker(primary), regions.broker(secondary)
+        self.replicator_port = free_port("127.0.0.1")
+        mode = "jitr" if self.scenario.replication == "jitr" else "complete"
+        command = [
+            sys.executable, "-m", "device_agent.cli", "replicator", "run",
+            "--primary-region", primary, "--secondary-region", secondary,
+            "--primary-endpoint-url", control, "--secondary-endpoint-url", control,
+            "--primary-data-endpoint-url", endpoints["regions"][primary]["data_url"],
+            "--secondary-data-endpoint-url", endpoints["regions"][secondary]["data_url"],
+            "--mode", mode, "--feed", f"{broker.host}:{broker.port}",
+            # What a DR deployment runs: what devices change in the secondary during an
+            # outage (shadows, JITR registrations) is copied back, so both regions converge.
+            "--failback", "auto", "--failback-feed", f"{back.host}:{back.port}",
+            "--feed-client-id", "iotdr-fleet-replicator",
+            "--journal", str(self.state / "replicator.sqlite"),
+            "--listen", f"127.0.0.1:{self.replicator_port}", "--json",
+        ]  # fmt: skip
+        self.replicator = self._spawn(command, "replicator.log")
+
+    def _spawn(self, command: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        }
+        with (self.state / log_name).open("ab") as log:
+            return subprocess.Popen(  # noqa: S603 - our own command
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True,
+            )  # fmt: skip
+
+    def stop_replicator(self) -> None:
+        """Stop the replicator (see :func:`_stop_process`)."""
+        process, self.replicator = self.replicator, None
+        _stop_process(process)
+
+    def _start_jitr(self, stack: contextlib.ExitStack) -> None:
+        """JITR in the secondary: a device CA registered in every region, the handler running.
+
+        Devices created during a ``jitr`` run get certificates of this CA. It is
+        registered with auto-registration in the secondary, so a device's first
+        connect there registers its certificate PENDING_ACTIVATION and is refused,
+        and ``iotdr replicator jitr`` activates it; in the primary it is registered
+        (for TLS) and the devices are registered ACTIVE as usual.
+        """
+        from simulators._pki import FleetPKI  # noqa: PLC0415
+        from simulators._regions import iot_client  # noqa: PLC0415
+
+        regions = self.running()
+        assert regions.control_plane is not None
+        url = regions.control_plane.url
+        self.jitr_pki = FleetPKI.create(self.state / "jitr-ca", common_name="iotdr fleet device CA")
+        pem = self.jitr_pki.ca_path.read_text()
+        primary, secondary = self.scenario.regions[0], self.scenario.regions[1]
+        ca_id = ""
+        for name in self.scenario.regions:
+            ca_id = iot_client(url, name).register_ca_certificate(
+                caCertificate=pem, setAsActive=True, allowAutoRegistration=name != primary
+            )["certificateId"]
+        deadline = time.monotonic() + 30
+        while any(
+            regions.gateway(name).gateway.view.ca_count < 1 for name in self.scenario.regions
+        ):
+            if time.monotonic() > deadline:
+                msg = "the regions' doors did not learn the JITR device CA within 30 s"
+                raise SimulatorError(msg)
+            time.sleep(0.1)
+        policy = self.state / "jitr-policy.json"
+        policy.write_text(json.dumps(_DEVICE_POLICY))
+        broker = regions.broker(secondary)
+        command = [
+            sys.executable, "-m", "device_agent.cli", "replicator", "jitr",
+            "--region", secondary, "--endpoint-url", url,
+            "--feed", f"{broker.host}:{broker.port}", "--feed-client-id", "iotdr-fleet-jitr",
+            "--policy", "iotdr-fleet-device", "--policy-document", str(policy),
+            "--ca", ca_id, "--primary-region", primary, "--primary-endpoint-url", url,
+            "--journal", str(self.state / "jitr.sqlite"), "--sweep-interval", "30", "--json",
+        ]  # fmt: skip
+        process = self._spawn(command, "jitr.log")
+        stack.callback(_stop_process, process)
+
+    # -- measuring -----------------------------------------------------------------------------
+
+    async def sample(self, t: float) -> tuple[list[DoorSample], float | None]:
+        """Each door's counters and the replicator's oldest pending change."""
+        return await asyncio.to_thread(self._sample, t)
+
+    def _sample(self, t: float) -> tuple[list[DoorSample], float | None]:
+        regions = self.running()
+        doors = []
+        for name in self.scenario.regions:
+            try:
+                status = regions.gateway(name).status()
+            except Exception:  # noqa: BLE001 - a busy door must not stop the run
+                logger.debug("fleet.door_sample_failed", extra={"region": name})
+                continue
+            doors.append(
+                DoorSample(
+                    t,
+                    name,
+                    int(status["connections"]["live"]),
+                    int(status["admitted"]),
+                    {str(k): int(v) for k, v in status["refused"].items()},
+                )
+            )
+        return doors, self._replicator_lag()
+
+    def _replicator_lag(self) -> float | None:
+        if self.replicator is None or self.replicator.poll() is not None:
+            return None
+        url = f"http://127.0.0.1:{self.replicator_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("iotdr_replicator_queue_oldest_pending_seconds "):
+                with contextlib.suppress(ValueError, IndexError):
+                    return float(line.split()[1])
+        return None
+
+    def delivered(self) -> int:
+        """Telemetry arrivals so far."""
+        return self.counter.count() if self.counter is not None else 0
+
+    async def settle(self) -> list[Arrival]:
+        """Wait for the last messages; every arrival (stamped on CLOCK_MONOTONIC)."""
+        if self.counter is None:
+            return []
+        await asyncio.to_thread(self.counter.settle)
+        return self.counter.arrivals()
+
+    async def check_shadows(self, final: FleetFinal) -> ShadowCheck:
+        """Each device's last reported state in its region (and, replicated, in the others)."""
+        return await asyncio.to_thread(self._check_shadows, final)
+
+    def _check_shadows(self, final: FleetFinal) -> ShadowCheck:
+        regions = self.running()
+        deadline = time.monotonic() + _SHADOW_SETTLE_S
+        reported = {d: s for d, s in final.reported.items() if s.get("seq", 0)}
+        while True:
+            diverged = []
+            for device, state in reported.items():
+                where = (
+                    list(self.scenario.regions)
+                    if self.scenario.replication != "off"
+                    else [final.region.get(device) or self.scenario.regions[0]]
+                )
+                for region in where:
+                    document = regions.shadows(region).store.get(device).document or {}
+                    have = document.get("state", {}).get("reported", {})
+                    if any(have.get(k) != v for k, v in state.items()):
+                        diverged.append(device)
+                        break
+            if not diverged or time.monotonic() >= deadline:
+                return ShadowCheck(len(reported), len(diverged), tuple(sorted(diverged)[:200]))
+            time.sleep(1.0)
+
+
+def _stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM (a service finishes what is in flight), SIGKILL after 15 s; our own only."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+_DEVICE_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": ["iot:Connect", "iot:Publish", "iot:Subscribe", "iot:Receive"],
+            "Resource": "*",
+        }
+    ],
+}
+"""The policy JITR attaches to the devices it activates (the local doors do not read policies)."""
