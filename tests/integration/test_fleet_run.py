@@ -364,3 +364,21 @@ def test_a_missing_mosquitto_is_one_line(tmp_path: Path) -> None:
 
     line = _one_clear_line(result, "mosquitto is not installed")
     assert "amqtt" in line
+
+
+@pytest.mark.timeout(60)
+def test_a_port_taken_is_one_line(tmp_path: Path) -> None:
+    # `sim run` listens on free ports only, so it cannot meet a taken one; the local
+    # regions it is built on can, when asked for a port (`sim regions up`).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.2", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "device_agent.cli", "sim", "regions", "up",
+             "--mqtt-port", str(port), "--state-dir", str(tmp_path / "state")],
+            capture_output=True, text=True, timeout=50, check=False,
+        )  # fmt: skip
+
+    line = _one_clear_line(result, f"127.0.0.2:{port} is already in use")
+    assert "choose another port" in line
