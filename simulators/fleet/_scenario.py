@@ -490,6 +490,9 @@ class _Node:
 
     def choice(self, choices: tuple[str, ...], what: str) -> str:
         value = self.value()
+        # YAML 1.1 reads a bare ``off`` (or ``no``) as false: a choice means the word written.
+        if isinstance(value, bool) and isinstance(self.node, yaml.ScalarNode):
+            value = self.node.value
         if not isinstance(value, str) or value not in choices:
             raise self.error(f"unknown {what} {value!r} (known: {', '.join(choices)})")
         return value

@@ -107,6 +107,18 @@ def test_optional_keys_take_their_defaults() -> None:
     assert scenario.timeline == ()
 
 
+@pytest.mark.parametrize("written", ["off", "'off'", "complete", "jitr"])
+def test_replication_is_the_word_written(written: str) -> None:
+    # YAML 1.1 reads a bare ``off`` as false; the scenario means the word.
+    scenario = parse_scenario(BASE + f"replication: {written}\ntimeline: []\n")
+    assert scenario.replication == written.strip("'")
+
+
+def test_replication_false_is_not_a_mode() -> None:
+    with pytest.raises(ScenarioError, match="unknown replication"):
+        parse_scenario(BASE + "replication: false\ntimeline: []\n")
+
+
 def test_every_builtin_parses_and_fits_its_duration() -> None:
     scenarios = builtin_scenarios()
     assert set(scenarios) == EXPECTED_BUILTINS
