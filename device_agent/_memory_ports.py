@@ -21,14 +21,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import os
 import time
 from typing import TYPE_CHECKING
 
 from device_agent._discovery import Discovery, Roles
 from device_agent._errors import DiscoveryError, DiscoveryErrorKind, OutboxError, OutboxFullError
 from device_agent._outbox import OutboxEntry
-from device_agent._probe import ProbeOutcome
+from device_agent._probe import ProbeEchoes, ProbeOutcome
 from device_agent._transport import TransportClosedError
 
 if TYPE_CHECKING:
@@ -76,19 +75,14 @@ class MemoryProber:
         self.topic = topic
         self.timeout_s = timeout_s
         self._timer = timer
-        self._echoes: dict[bytes, asyncio.Future[None]] = {}
+        self._echoes = ProbeEchoes(topic)
 
     def __repr__(self) -> str:
         return f"MemoryProber(client_id={self.client_id!r}, topic={self.topic!r})"
 
     def on_message(self, topic: str, payload: bytes) -> bool:
         """Feed received messages; True if it was a probe echo (and is consumed)."""
-        if topic != self.topic:
-            return False
-        waiter = self._echoes.pop(payload, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        return True
+        return self._echoes.on_message(topic, payload)
 
     async def probe(
         self,
@@ -103,7 +97,7 @@ class MemoryProber:
         try:
             async with asyncio.timeout(self.timeout_s):
                 if depth == "roundtrip" and live is not None:
-                    await self._roundtrip(live)
+                    await self._echoes.roundtrip(live)
                 else:
                     await self._reach(endpoint, address, depth)
         except TimeoutError:
@@ -130,16 +124,6 @@ class MemoryProber:
             refusal = self.network._admit(region, self.client_id, probe=True)
             if refusal is not None:
                 raise _ProbeFailedError(refusal, "CONNACK refused the connection")
-
-    async def _roundtrip(self, transport: Transport) -> None:
-        nonce = os.urandom(8).hex().encode()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._echoes[nonce] = waiter
-        try:
-            await transport.publish(self.topic, nonce, 0)
-            await waiter
-        finally:
-            self._echoes.pop(nonce, None)
 
     def _now(self) -> float:
         return self._timer() if self._timer is not None else asyncio.get_running_loop().time()

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from device_agent._endpoints import Endpoint
     from device_agent._machine import ProbeDepth
 
-__all__ = ["ProbeOutcome", "Prober"]
+__all__ = ["ProbeEchoes", "ProbeOutcome", "Prober"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,44 @@ class ProbeOutcome:
     latency_s: float
     kind: str | None = None
     detail: str = ""
+
+
+class ProbeEchoes:
+    """The round trip of a probe: a nonce published on the probe topic, waited for back.
+
+    Both probers (the sockets' and the in-memory network's) use it, so an echo is
+    recognised the same way everywhere.
+
+    Args:
+        topic: the round-trip topic (the device subscribes to it on every connection).
+    """
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._waiting: dict[bytes, asyncio.Future[None]] = {}
+
+    def __repr__(self) -> str:
+        return f"ProbeEchoes({self.topic!r}, waiting={len(self._waiting)})"
+
+    def on_message(self, topic: str, payload: bytes) -> bool:
+        """Feed received messages; True if it was a probe echo (and is consumed)."""
+        if topic != self.topic:
+            return False
+        waiter = self._waiting.pop(payload, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
+    async def roundtrip(self, transport: Transport) -> None:
+        """Publish a nonce on ``transport`` and wait for it to come back."""
+        nonce = os.urandom(8).hex().encode()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[nonce] = waiter
+        try:
+            await transport.publish(self.topic, nonce, 0)
+            await waiter
+        finally:
+            self._waiting.pop(nonce, None)
 
 
 class Prober:
@@ -88,19 +126,14 @@ class Prober:
         self._factory = transport_factory
         self._keepalive_s = keepalive_s
         self._timer = timer
-        self._echoes: dict[bytes, asyncio.Future[None]] = {}
+        self._echoes = ProbeEchoes(topic)
 
     def __repr__(self) -> str:
         return f"Prober(client_id={self.client_id!r}, topic={self.topic!r})"
 
     def on_message(self, topic: str, payload: bytes) -> bool:
         """Feed received messages; True if it was a probe echo (and is consumed)."""
-        if topic != self.topic:
-            return False
-        waiter = self._echoes.pop(payload, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        return True
+        return self._echoes.on_message(topic, payload)
 
     async def probe(
         self,
@@ -123,7 +156,7 @@ class Prober:
         try:
             async with asyncio.timeout(self.timeout_s):
                 if depth == "roundtrip" and live is not None:
-                    await self._roundtrip(live)
+                    await self._echoes.roundtrip(live)
                 elif depth == "tcp":
                     await self._tcp(endpoint, address)
                 elif depth == "tls":
@@ -183,19 +216,9 @@ class Prober:
             await transport.connect()
             if roundtrip:
                 await transport.subscribe(self.topic, 0)
-                await self._roundtrip(transport)
+                await self._echoes.roundtrip(transport)
         finally:
             await transport.disconnect()
-
-    async def _roundtrip(self, transport: Transport) -> None:
-        nonce = os.urandom(8).hex().encode()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._echoes[nonce] = waiter
-        try:
-            await transport.publish(self.topic, nonce, 0)
-            await waiter
-        finally:
-            self._echoes.pop(nonce, None)
 
     def _failed(
         self, endpoint: Endpoint, depth: ProbeDepth, started: float, kind: str, detail: str
