@@ -25,13 +25,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from device_agent import FailoverClient, Message
+from simulators.fleet._play import FleetFinal
 
 if TYPE_CHECKING:
     import random
+    from collections.abc import Mapping
 
     from device_agent import AgentConfig, AgentEvent
 
-__all__ = ["DeviceBehaviour", "EventSink", "VirtualDevice", "telemetry_topic"]
+__all__ = ["DeviceBehaviour", "EventSink", "VirtualDevice", "quiet_devices", "telemetry_topic"]
 
 logger = logging.getLogger(__name__)
 
@@ -202,3 +204,25 @@ class VirtualDevice:
     def _record(self, kind: str, region: str | None, detail: str = "") -> None:
         with contextlib.suppress(Exception):  # a broken sink must not stop the device
             self._sink(self.name, kind, region, detail)
+
+
+async def quiet_devices(
+    devices: Mapping[str, VirtualDevice], *, limit_s: float = 20.0
+) -> FleetFinal:
+    """Stop ``devices`` publishing and let their outboxes empty (at most ``limit_s``).
+
+    Returns what each one sent, where it is, its last reported state, what is left.
+    """
+    await asyncio.gather(*(d.quiet() for d in devices.values()))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while loop.time() < deadline:
+        if all(d.client.status().outbox_depth == 0 for d in devices.values()):
+            break
+        await asyncio.sleep(0.2)
+    return FleetFinal(
+        sent={n: d.sent for n, d in devices.items()},
+        region={n: d.region for n, d in devices.items()},
+        reported={n: {**d.state, "seq": d.reported_seq} for n, d in devices.items()},
+        outbox={n: depth for n, d in devices.items() if (depth := d.client.status().outbox_depth)},
+    )

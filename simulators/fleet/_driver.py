@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from simulators._errors import SimulatorError
 from simulators.fleet._play import Progress, TimelinePlayer
-from simulators.fleet._process_fleet import ProcessFleet, default_processes, plain
+from simulators.fleet._process_fleet import ProcessFleet, default_processes
 from simulators.fleet._records import RunRecord
 from simulators.fleet._regions_stage import RegionsStage, local_regions_for
+from simulators.fleet._scenario import scenario_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -159,19 +160,7 @@ async def _main(
 
 def _settings(scenario: Scenario, options: RunOptions) -> dict[str, object]:
     return {
-        "replication": scenario.replication,
-        "telemetry_interval_s": scenario.fleet.telemetry_interval_s,
-        "shadow_interval_s": scenario.fleet.shadow_interval_s,
-        "start_spread_s": scenario.fleet.start_spread_s,
-        "agent": plain(scenario.agent),
-        "quotas": {
-            region: {
-                "connect_per_s": q.connect_per_s,
-                "connect_per_client_id_per_s": q.connect_per_client_id_per_s,
-                **dict(q.api_tps),
-            }
-            for region, q in scenario.quotas.items()
-        },
+        **scenario_settings(scenario),
         "processes": options.processes or default_processes(),
         "broker": options.broker,
     }

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -40,14 +41,13 @@ from device_agent import (
     MQTTConfig,
     OutboxConfig,
 )
-from simulators.fleet._device import DeviceBehaviour, VirtualDevice
+from simulators.fleet._device import DeviceBehaviour, VirtualDevice, quiet_devices
 
 __all__ = ["HostSpec", "agent_config", "main"]
 
 logger = logging.getLogger(__name__)
 
 _FLUSH_S = 0.2
-_QUIET_FLUSH_S = 20.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,21 +187,9 @@ class DeviceHost:
 
     async def quiet(self) -> dict[str, Any]:
         """Stop publishing, let the outboxes empty (bounded), and say where everyone is."""
-        await asyncio.gather(*(d.quiet() for d in self.devices.values()))
-        deadline = time.monotonic() + _QUIET_FLUSH_S
-        while time.monotonic() < deadline:
-            if all(d.client.status().outbox_depth == 0 for d in self.devices.values()):
-                break
-            await asyncio.sleep(0.2)
+        final = await quiet_devices(self.devices)
         return {
-            "sent": {n: d.sent for n, d in self.devices.items()},
-            "region": {n: d.region for n, d in self.devices.items()},
-            "reported": {n: {**d.state, "seq": d.reported_seq} for n, d in self.devices.items()},
-            "outbox": {
-                n: depth
-                for n, d in self.devices.items()
-                if (depth := d.client.status().outbox_depth)
-            },
+            **dataclasses.asdict(final),
             # What the report says a device costs: this process's peak memory and CPU.
             "usage": {
                 "devices": len(self.devices),

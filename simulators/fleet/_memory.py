@@ -80,7 +80,12 @@ from replicator._ops import (
 from replicator._quotas import DEFAULT_TPS
 from simulators._errors import SimulatorError
 from simulators._healthcheck import HealthCheckConfig, HealthTracker
-from simulators.fleet._device import DeviceBehaviour, VirtualDevice, telemetry_topic
+from simulators.fleet._device import (
+    DeviceBehaviour,
+    VirtualDevice,
+    quiet_devices,
+    telemetry_topic,
+)
 from simulators.fleet._play import FleetFinal, TimelinePlayer
 from simulators.fleet._provision import fleet_device_names
 from simulators.fleet._records import Arrival, DeviceEvent, DoorSample, RunRecord, ShadowCheck
@@ -92,6 +97,7 @@ from simulators.fleet._scenario import (
     HealStep,
     ReplicatorStep,
     apply_agent_overrides,
+    scenario_settings,
 )
 from simulators.gateway import (
     ConnectQuotas,
@@ -134,7 +140,6 @@ _REPLICATOR_TICK_S = 0.5
 _SETTLE_QUIET_S = 2.0
 _SETTLE_LIMIT_S = 30.0
 _SHADOW_SETTLE_S = 30.0
-_QUIET_FLUSH_S = 20.0
 
 
 # -- the stage ------------------------------------------------------------------------------------
@@ -549,23 +554,7 @@ class MemoryFleet:
     async def quiet(self) -> FleetFinal:
         """Stop publishing, let the outboxes empty (bounded), say where everyone is."""
         await asyncio.gather(*self._starts, return_exceptions=True)
-        await asyncio.gather(*(d.quiet() for d in self.devices.values()))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _QUIET_FLUSH_S
-        while loop.time() < deadline:
-            if all(d.client.status().outbox_depth == 0 for d in self.devices.values()):
-                break
-            await asyncio.sleep(0.2)
-        return FleetFinal(
-            sent={n: d.sent for n, d in self.devices.items()},
-            region={n: d.region for n, d in self.devices.items()},
-            reported={n: {**d.state, "seq": d.reported_seq} for n, d in self.devices.items()},
-            outbox={
-                n: depth
-                for n, d in self.devices.items()
-                if (depth := d.client.status().outbox_depth)
-            },
-        )
+        return await quiet_devices(self.devices)
 
     async def close(self) -> None:
         """Close every device."""
@@ -576,25 +565,6 @@ class MemoryFleet:
 
 
 # -- a whole run ----------------------------------------------------------------------------------
-
-
-def _settings(scenario: Scenario) -> dict[str, object]:
-    return {
-        "world": "memory",
-        "replication": scenario.replication,
-        "telemetry_interval_s": scenario.fleet.telemetry_interval_s,
-        "shadow_interval_s": scenario.fleet.shadow_interval_s,
-        "start_spread_s": scenario.fleet.start_spread_s,
-        "agent": {s: dict(v) for s, v in scenario.agent.items()},
-        "quotas": {
-            region: {
-                "connect_per_s": q.connect_per_s,
-                "connect_per_client_id_per_s": q.connect_per_client_id_per_s,
-                **dict(q.api_tps),
-            }
-            for region, q in scenario.quotas.items()
-        },
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -640,7 +610,7 @@ def run_memory_scenario(
         description=scenario.description,
         seed=seed,
         regions=tuple(scenario.regions),
-        settings=_settings(scenario),
+        settings={"world": "memory", **scenario_settings(scenario)},
     )
 
     async def main(folder: Path) -> MemoryRun:

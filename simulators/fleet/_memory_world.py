@@ -84,7 +84,6 @@ _REPLICATOR_TICK_S = 0.5
 _SETTLE_QUIET_S = 2.0
 _SETTLE_LIMIT_S = 30.0
 _SHADOW_SETTLE_S = 30.0
-_QUIET_FLUSH_S = 20.0
 
 
 # -- identities -----------------------------------------------------------------------------------

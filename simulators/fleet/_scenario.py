@@ -78,6 +78,7 @@ __all__ = [
     "load_scenario",
     "parse_scenario",
     "region_settings",
+    "scenario_settings",
     "with_devices",
 ]
 
@@ -238,6 +239,25 @@ class Scenario:
     def primary(self) -> str:
         """The primary region."""
         return self.regions[0]
+
+
+def scenario_settings(scenario: Scenario) -> dict[str, object]:
+    """What a run's report records of its scenario's settings (JSON-ready)."""
+    return {
+        "replication": scenario.replication,
+        "telemetry_interval_s": scenario.fleet.telemetry_interval_s,
+        "shadow_interval_s": scenario.fleet.shadow_interval_s,
+        "start_spread_s": scenario.fleet.start_spread_s,
+        "agent": {section: dict(values) for section, values in scenario.agent.items()},
+        "quotas": {
+            region: {
+                "connect_per_s": q.connect_per_s,
+                "connect_per_client_id_per_s": q.connect_per_client_id_per_s,
+                **dict(q.api_tps),
+            }
+            for region, q in scenario.quotas.items()
+        },
+    }
 
 
 def with_devices(scenario: Scenario, devices: int) -> Scenario:
