@@ -114,11 +114,6 @@ def run_fleet(options: RunOptions) -> dict[str, Any]:
         except _TerminatedError:
             interrupted = "interrupted (SIGTERM)"
         player.finish(interrupted=interrupted)
-        if interrupted is not None:
-            # Ctrl-C reached the whole process group: brokers and the control plane are
-            # already gone, and the parts still stopping would each warn about it.
-            logging.disable(logging.WARNING)
-            stack.callback(logging.disable, logging.NOTSET)
     report = write_report(record, options.report_dir)
     if interrupted is not None:
         msg = (
