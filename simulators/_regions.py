@@ -30,7 +30,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 
 import boto3
 import botocore.config
@@ -52,7 +52,13 @@ from simulators.controlplane import (
     start_control_plane,
 )
 from simulators.dns import ThreadedDNSServer, default_zone
-from simulators.gateway import ConnectLimits, GatewayConfig, GatewayFault, ThreadedRegionGateway
+from simulators.gateway import (
+    ConnectLimits,
+    GatewayConfig,
+    GatewayFault,
+    GatewayProcesses,
+    ThreadedRegionGateway,
+)
 from simulators.shadows import ShadowService
 
 if TYPE_CHECKING:
@@ -98,13 +104,30 @@ class RegionPorts:
     dns: int = 0
 
 
+class RegionDoor(Protocol):
+    """A region's door, in a thread of this process or as processes of its own."""
+
+    @property
+    def region(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def admin_url(self) -> str | None: ...
+    def set_fault(self, fault: GatewayFault | str) -> GatewayFault: ...
+    def status(self) -> dict[str, Any]: ...
+    def pending(self, wanted: Mapping[str, str]) -> int: ...
+    def stop(self) -> None: ...
+
+
 @dataclass(slots=True)
 class _Region:
     spec: LocalRegion
     broker: Broker
     shadows: ShadowService
     tls: TLSFiles
-    gateway: ThreadedRegionGateway | None = None
+    gateway: RegionDoor | None = None
 
 
 @dataclass(slots=True)
@@ -125,6 +148,9 @@ class LocalRegions:
             then stays on the primary unless changed by hand).
         thing_type_delete_after_s: how long a thing type must have been deprecated
             before the control plane deletes it (AWS: 300 s; a few seconds in tests).
+        door_processes: 0 runs each region's door in a thread of this process;
+            N > 0 runs it as N processes sharing its port (a fleet of thousands;
+            see :class:`~simulators.gateway.GatewayProcesses`).
     """
 
     state_dir: Path
@@ -136,6 +162,7 @@ class LocalRegions:
     door_limits: Mapping[str, ConnectLimits] | None = None
     health: HealthCheckConfig | None = field(default_factory=HealthCheckConfig)
     thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S
+    door_processes: int = 0
     pki: FleetPKI | None = None
     dns: ThreadedDNSServer | None = None
     control_plane: ControlPlane | None = None
@@ -207,18 +234,23 @@ class LocalRegions:
         for name, running in self._regions.items():
             if checker is not None:
                 register_device(control_plane.url, name, checker)
-            gateway = ThreadedRegionGateway(
-                GatewayConfig(
-                    region=name,
-                    host=running.spec.host,
-                    port=self.ports.mqtts,
-                    tls=running.tls,
-                    broker=(running.broker.host, running.broker.port),
-                    control_plane_url=control_plane.url,
-                    limits=(self.door_limits or {}).get(name, ConnectLimits()),
-                    faults=GatewayFault(exempt_client_ids=frozenset({HEALTH_CHECKER_ID})),
-                )
+            config = GatewayConfig(
+                region=name,
+                host=running.spec.host,
+                port=self.ports.mqtts,
+                tls=running.tls,
+                broker=(running.broker.host, running.broker.port),
+                control_plane_url=control_plane.url,
+                limits=(self.door_limits or {}).get(name, ConnectLimits()),
+                faults=GatewayFault(exempt_client_ids=frozenset({HEALTH_CHECKER_ID})),
             )
+            gateway: RegionDoor
+            if self.door_processes > 0:
+                gateway = GatewayProcesses(
+                    config, processes=self.door_processes, log_dir=self.state_dir / "doors"
+                )
+            else:
+                gateway = ThreadedRegionGateway(config)
             gateway.start()
             self._stack.callback(gateway.stop)
             running.gateway = gateway
@@ -279,17 +311,25 @@ class LocalRegions:
         """The shadow service of ``region``."""
         return self._region(region).shadows
 
-    def gateway(self, region: str) -> ThreadedRegionGateway:
-        """The gateway (the door) of ``region``."""
+    def door(self, region: str) -> RegionDoor:
+        """The door of ``region``, a thread or processes (see ``door_processes``)."""
         gateway = self._region(region).gateway
         if gateway is None:
             msg = "the local regions are not running"
             raise SimulatorError(msg)
         return gateway
 
+    def gateway(self, region: str) -> ThreadedRegionGateway:
+        """The door of ``region`` running in this process (``door_processes=0``)."""
+        gateway = self.door(region)
+        if not isinstance(gateway, ThreadedRegionGateway):
+            msg = f"the door of {region} runs as processes; use door({region!r})"
+            raise SimulatorError(msg)
+        return gateway
+
     def set_fault(self, region: str, mode: str) -> None:
         """Switch ``region``'s door: down, blackhole, partial, degraded or up."""
-        self.gateway(region).set_fault(mode)
+        self.door(region).set_fault(mode)
 
     def set_control_plane(self, region: str, mode: OutageMode) -> None:
         """Switch ``region``'s control plane: ``up``, ``http503`` or ``drop``."""
@@ -356,22 +396,18 @@ class LocalRegions:
 
     def _wait_for_door(self, region: str, wanted: Mapping[str, str], deadline: float) -> None:
         """Wait until ``region``'s door has every certificate ACTIVE and attached to its thing."""
-        view = self.gateway(region).gateway.view
-        pending = dict(wanted)
+        door = self.door(region)
         while True:
-            for certificate_id, thing in list(pending.items()):
-                record = view.certificate(certificate_id)
-                if record is not None and record.status == "ACTIVE" and thing in record.things:
-                    del pending[certificate_id]
+            pending = door.pending(wanted)
             if not pending:
                 return
             if time.monotonic() >= deadline:
                 msg = (
-                    f"the door of {region} did not see {len(pending)} of {len(wanted)} "
+                    f"the door of {region} did not see {pending} of {len(wanted)} "
                     "bulk-registered certificates in time"
                 )
                 raise SimulatorError(msg)
-            time.sleep(0.05)
+            time.sleep(0.1)
 
     def endpoints(self) -> dict[str, Any]:
         """Every endpoint as one JSON-ready object (what ``iotdr sim regions up`` prints)."""

@@ -15,18 +15,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import re
-import selectors
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
+from simulators._child import read_report
 from simulators._errors import AddressInUseError, SimulatorError
 from simulators.controlplane._quotas import QuotaTable
 
@@ -440,28 +438,13 @@ def _read_ready_line(
     plane: ControlPlane, process: subprocess.Popen[bytes], timeout_s: float
 ) -> dict[str, Any]:
     """The child's report line (JSON with an ``event``), skipping any other output."""
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    buffer = b""
-    report: dict[str, Any] = {}
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while not report:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                msg = (
-                    f"control plane was not ready after {timeout_s:g} s "
-                    f"(log: {plane.log_path}): {plane.log_tail() or 'no log'}"
-                )
-                raise ControlPlaneError(msg)
-            if not selector.select(min(remaining, 0.2)):
-                continue
-            chunk = os.read(process.stdout.fileno(), 4096)
-            if not chunk:
-                break  # the child closed stdout: it exited
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            report = next((r for r in map(_report, lines) if r), {})
+    report = read_report(process, timeout_s)
+    if report is None:
+        msg = (
+            f"control plane was not ready after {timeout_s:g} s "
+            f"(log: {plane.log_path}): {plane.log_tail() or 'no log'}"
+        )
+        raise ControlPlaneError(msg)
     if report.get("event") == "controlplane.ready":
         return report
     if report.get("error") == "address_in_use":
@@ -470,11 +453,3 @@ def _read_ready_line(
     reason = report.get("message") or plane.log_tail() or "no log"
     msg = f"control plane exited during start-up: {reason} (log: {plane.log_path})"
     raise ControlPlaneError(msg)
-
-
-def _report(line: bytes) -> dict[str, Any]:
-    try:
-        found = json.loads(line)
-    except ValueError:
-        return {}
-    return found if isinstance(found, dict) and "event" in found else {}

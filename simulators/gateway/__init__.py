@@ -37,6 +37,7 @@ from simulators.gateway._mqtt import (
     connack,
     parse_connect,
 )
+from simulators.gateway._process import GatewayProcesses
 from simulators.gateway._registry import (
     Applied,
     CaRecord,
@@ -70,6 +71,7 @@ __all__ = [
     "GatewayConfig",
     "GatewayFault",
     "GatewayFaultMode",
+    "GatewayProcesses",
     "JitrRefusedError",
     "MalformedPacketError",
     "RegionGateway",

@@ -4,6 +4,8 @@ HTTP with JSON on a loopback port of its own, served from the gateway's event lo
 
 - ``GET /status``: :meth:`RegionGateway.status`;
 - ``GET /fault``: the fault in force;
+- ``POST /pending`` with ``{"certificates": {"CERT_ID": "THING", ...}}``: how many
+  of them the door would not admit yet (not ACTIVE, or not attached to that thing);
 - ``POST /fault`` with ``{"mode": "down" | "blackhole" | "partial" | "degraded" | "up", ...}``
   (optional knobs: ``latency_s``, ``refuse_ratio``, ``partial_effect``,
   ``exempt_client_ids``, ``exempt_certificate_ids``): switch, answered once in force.
@@ -23,6 +25,8 @@ from simulators._errors import GatewayError
 from simulators.gateway._faults import GatewayFault, GatewayFaultMode
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from simulators.gateway._gateway import RegionGateway
     from simulators.gateway._http import JsonHandler
 
@@ -38,8 +42,15 @@ def admin_handler(gateway: RegionGateway) -> JsonHandler:
             if method != "GET":
                 return 405, {"message": "use GET"}
             return 200, gateway.status()
+        if path == "/pending":
+            if method != "POST" or not isinstance(body, dict):
+                return 400, {"message": 'POST {"certificates": {"CERT_ID": "THING", ...}}'}
+            wanted = body.get("certificates")
+            if not isinstance(wanted, dict):
+                return 400, {"message": 'POST {"certificates": {"CERT_ID": "THING", ...}}'}
+            return 200, {"pending": gateway.pending({str(k): str(v) for k, v in wanted.items()})}
         if path != "/fault":
-            return 404, {"message": f"no admin endpoint {path}; use /status or /fault"}
+            return 404, {"message": f"no admin endpoint {path}; use /status, /fault or /pending"}
         if method == "GET":
             return 200, {"region": gateway.region, "fault": gateway.fault.as_dict()}
         if method != "POST":
@@ -90,6 +101,10 @@ class GatewayAdmin:
     def status(self) -> dict[str, Any]:
         """The gateway's status (see :meth:`RegionGateway.status`)."""
         return self._call("GET", "/status")
+
+    def pending(self, wanted: Mapping[str, str]) -> int:
+        """How many of ``wanted`` (certificate id -> thing) the gateway does not admit yet."""
+        return int(self._call("POST", "/pending", {"certificates": dict(wanted)})["pending"])
 
     def _call(self, method: str, path: str, body: object = None) -> dict[str, Any]:
         if not self.url.startswith("http://"):

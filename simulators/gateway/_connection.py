@@ -87,8 +87,11 @@ class Door(Protocol):
         """A TCP connection was accepted; False means hold it silent from the start."""
         ...
 
-    def take_sni(self, tls: ssl.SSLObject) -> str | None:
-        """The SNI the handshake of ``tls`` carried (forgotten once taken)."""
+    def take_sni(self, tls: ssl.SSLObject, *, completed: bool = True) -> str | None:
+        """The SNI the handshake of ``tls`` carried (forgotten once taken).
+
+        ``completed`` is False for a handshake cut short (only its SNI is dropped).
+        """
         ...
 
     def failed(self, connection: DeviceConnection, reason: str) -> None:
@@ -424,7 +427,9 @@ class DeviceConnection(asyncio.Protocol):
 
     def _finish(self) -> None:
         if self._tls is not None and self.state is ConnectionState.HANDSHAKE:
-            self._door.take_sni(self._tls)  # a handshake cut short leaves its SNI behind
+            self._door.take_sni(
+                self._tls, completed=False
+            )  # a handshake cut short leaves its SNI behind
         self.state = ConnectionState.CLOSED
         self._cancel_timer()
         for line in (self._to_broker, self._to_device):

@@ -47,7 +47,7 @@ from simulators.gateway._sync import RegistrySync
 from simulators.gateway._tls import DoorTLS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Callable, Coroutine, Mapping
     from types import TracebackType
 
     from simulators.gateway._admission import Decision
@@ -93,6 +93,7 @@ class RegionGateway:
             account_rate=config.limits.account_per_s, client_id_rate=config.limits.client_id_per_s
         )
         self.admitted = 0
+        self.handshakes = 0  # TLS handshakes completed: every connect and every TLS probe
         self.jitr_registrations = 0
         self.refused: collections.Counter[str] = collections.Counter()
         self.cut: collections.Counter[str] = collections.Counter()
@@ -232,6 +233,7 @@ class RegionGateway:
                 + states[ConnectionState.DECIDING],
             },
             "admitted": self.admitted,
+            "handshakes": self.handshakes,
             "refused": dict(sorted(self.refused.items())),
             "refused_total": sum(self.refused.values()),
             "cut": dict(sorted(self.cut.items())),
@@ -247,6 +249,15 @@ class RegionGateway:
                 ),
             },
         }
+
+    def pending(self, wanted: Mapping[str, str]) -> int:
+        """How many of ``wanted`` (certificate id -> thing) this door would not admit yet."""
+        pending = 0
+        for certificate_id, thing in wanted.items():
+            record = self.view.certificate(certificate_id)
+            if record is None or record.status != "ACTIVE" or thing not in record.things:
+                pending += 1
+        return pending
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -281,9 +292,11 @@ class RegionGateway:
             return False
         return True
 
-    def take_sni(self, tls: ssl.SSLObject) -> str | None:
-        """The SNI of a finished handshake."""
+    def take_sni(self, tls: ssl.SSLObject, *, completed: bool = True) -> str | None:
+        """The SNI of a handshake; a completed one is counted (connects and TLS probes alike)."""
         assert self._tls is not None
+        if completed:
+            self.handshakes += 1
         return self._tls.take_sni(tls)
 
     def failed(self, connection: DeviceConnection, reason: str) -> None:

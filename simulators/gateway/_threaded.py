@@ -10,7 +10,7 @@ from simulators.gateway._gateway import RegionGateway
 
 if TYPE_CHECKING:
     import random
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from types import TracebackType
 
     from simulators.gateway._config import GatewayConfig
@@ -91,6 +91,14 @@ class ThreadedRegionGateway:
 
         async def read() -> dict[str, Any]:
             return self.gateway.status()
+
+        return self._runner.run(read())
+
+    def pending(self, wanted: Mapping[str, str]) -> int:
+        """How many of ``wanted`` (certificate id -> thing) the door would not admit yet."""
+
+        async def read() -> int:
+            return self.gateway.pending(wanted)
 
         return self._runner.run(read())
 
