@@ -1,4 +1,4 @@
-"""Writing a run's report: report.json, report.md, timeline.csv and the plots, in one directory."""
+"""Writing a run's report: report.json, report.md, timeline.csv, the plots and the raw record."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from simulators._errors import SimulatorError
+from simulators.fleet._record_file import RECORD_FILE, write_record
 from simulators.fleet._report import build_report, render_markdown, timeline_csv
 
 if TYPE_CHECKING:
@@ -22,7 +23,10 @@ logger = logging.getLogger(__name__)
 def write_report(record: RunRecord, directory: Path) -> dict[str, Any]:
     """Compute the report of ``record`` and write every file of it into ``directory``.
 
-    Returns report.json's content, with ``files`` listing what was written.
+    The raw record goes there too (``record.json.gz``,
+    :mod:`simulators.fleet._record_file`), so that shards' reports can be merged
+    exactly and a report rebuilt. Returns report.json's content, with ``files``
+    listing what was written.
 
     Raises:
         SimulatorError: the directory cannot be written.
@@ -33,8 +37,9 @@ def write_report(record: RunRecord, directory: Path) -> dict[str, Any]:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         plots = write_plots(record, report, directory)
+        write_record(record, directory / RECORD_FILE)
         report["files"] = sorted(
-            ["report.json", "report.md", "timeline.csv", *(p.name for p in plots)]
+            ["report.json", "report.md", "timeline.csv", RECORD_FILE, *(p.name for p in plots)]
         )
         (directory / "timeline.csv").write_text(timeline_csv(record))
         (directory / "report.md").write_text(render_markdown(report))

@@ -87,6 +87,9 @@ class DoorSample:
         refused: refusals since the door started, by reason (cumulative):
             the door's own reasons (``quota_account``, ``quota_client_id``,
             ``not_registered``, ``pending_activation``, ...).
+        handshakes: TLS handshakes completed since the door started
+            (cumulative: devices' connects and probes alike); None when the
+            door does not count them.
     """
 
     t: float
@@ -94,6 +97,7 @@ class DoorSample:
     live: int
     admitted: int
     refused: dict[str, int] = field(default_factory=dict)
+    handshakes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,13 @@ connects           per door, from its samples: ``total`` = growth of ``admitted`
                    ``peak_per_s`` = the largest growth between consecutive samples divided by
                    their interval; ``refused`` = growth of all its refusal counters. Growth
                    of a counter that went down (a restarted door) counts from zero.
+handshakes         per door, TLS handshakes completed (connects and probes), from its
+                   ``handshakes`` counter: ``total``, and the rate between consecutive
+                   samples (1 s windows): ``peak_per_s`` and ``p95_per_s``. None where the
+                   door does not count them
+failback storm     ``peak_connects_per_s``: P's largest admitted-CONNECT rate between
+                   consecutive samples after the disruption's end (``peak_at_s``: when);
+                   ``spread_s``: from the first device's failback to the 95th percentile's
 overlaps           devices connected to two regions at once (from connected and disconnected
                    events; a disconnect at the same instant as a connect comes first)
 moved              devices that ever connected to a region other than P
@@ -46,7 +53,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     from simulators.fleet._records import DeviceEvent, DoorSample, RunRecord, StepRecord
 
@@ -265,6 +272,44 @@ def _refusals(samples: Sequence[DoorSample]) -> dict[str, int]:
     return {reason: count for reason, count in grown.items() if count}
 
 
+def _rates(
+    samples: Sequence[DoorSample], value: Callable[[DoorSample], int | None]
+) -> list[tuple[float, float]]:
+    """``(t, per second)`` of a cumulative counter between consecutive samples that have it."""
+    counted = [(s.t, v) for s in samples if (v := value(s)) is not None]
+    rates = []
+    for (t0, before), (t1, after) in itertools.pairwise(counted):
+        if t1 > t0:
+            rates.append((t1, _growth([before, after]) / (t1 - t0)))
+    return rates
+
+
+def _handshakes(samples: Sequence[DoorSample]) -> dict[str, Any]:
+    counts = [s.handshakes for s in samples if s.handshakes is not None]
+    rates = [rate for _, rate in _rates(samples, lambda s: s.handshakes)]
+    return {
+        "total": _growth(counts) if counts else None,
+        "peak_per_s": _round(max(rates)) if rates else None,
+        "p95_per_s": _round(percentile(rates, 95)),
+    }
+
+
+def _failback_storm(
+    primary: Sequence[DoorSample], end: float | None, failback: Sequence[float]
+) -> dict[str, Any]:
+    peak: tuple[float, float] | None = None
+    if end is not None:
+        for t, rate in _rates(primary, lambda s: s.admitted):
+            if t > end and (peak is None or rate > peak[1]):
+                peak = (t, rate)
+    p95 = percentile(failback, 95)
+    return {
+        "peak_connects_per_s": _round(peak[1]) if peak else None,
+        "peak_at_s": _round(peak[0]) if peak else None,
+        "spread_s": _round(p95 - min(failback)) if p95 is not None else None,
+    }
+
+
 # -- the report ---------------------------------------------------------------------------
 
 
@@ -372,6 +417,10 @@ def build_report(record: RunRecord) -> dict[str, Any]:
         "overlaps": {"count": len(overlaps), "devices": _names(overlaps)},
         "messages": messages,
         "connects": {region: _connects(samples) for region, samples in doors.items()},
+        "handshakes": {region: _handshakes(samples) for region, samples in doors.items()},
+        "failback_storm": _failback_storm(
+            doors.get(primary, []), window.end, list(failback.values())
+        ),
         "refusals": {
             "door": {region: _refusals(samples) for region, samples in doors.items()},
             "devices": {
@@ -515,6 +564,34 @@ def _verdict_line(report: dict[str, Any]) -> str:
     )
 
 
+def _regions_table(report: dict[str, Any]) -> str:
+    """Per region: connects, refusals, probe load, devices at the end; the failback storm."""
+    out = io.StringIO()
+    w = out.write
+    w("| region | connects | peak /s | refused | handshakes /s peak, p95 | devices at the end |\n")
+    w("|---|---:|---:|---:|---:|---:|\n")
+    for region, c in report["connects"].items():
+        final = report["devices_final"].get(region, 0)
+        h = report.get("handshakes", {}).get(region, {})
+        load = "-" if h.get("peak_per_s") is None else f"{h['peak_per_s']:g}, {h['p95_per_s']:g}"
+        w(
+            f"| {region} | {c['total']} | {c['peak_per_s']:g} | {c['refused']} | {load} "
+            f"| {final} |\n"
+        )
+    w(f"| not connected | | | | | {report['devices_final'].get(NO_REGION, 0)} |\n\n")
+    storm = report.get("failback_storm", {})
+    if storm.get("spread_s") is not None or storm.get("peak_connects_per_s") is not None:
+        peak = storm.get("peak_connects_per_s")
+        spread = storm.get("spread_s")
+        w(
+            "**Failback storm**: "
+            + ("-" if peak is None else f"{peak:g}")
+            + f" connects/s at most at the primary after the heal; from the first failback "
+            f"to the 95th percentile {_fmt(spread)} s.\n\n"
+        )
+    return out.getvalue()
+
+
 def render_markdown(report: dict[str, Any], *, plots: Sequence[str] = PLOT_FILES) -> str:
     """``report`` as Markdown a person reads in a minute, verdict first."""
     out = io.StringIO()
@@ -544,12 +621,7 @@ def render_markdown(report: dict[str, Any], *, plots: Sequence[str] = PLOT_FILES
         f"\n**Messages**: {m['sent']} sent, {m['delivered']} delivered, {m['lost']} lost, "
         f"{m['duplicated']} duplicated (QoS 1 redeliveries).\n\n"
     )
-    w("| region | connects | peak /s | refused | devices at the end |\n")
-    w("|---|---:|---:|---:|---:|\n")
-    for region, c in report["connects"].items():
-        final = report["devices_final"].get(region, 0)
-        w(f"| {region} | {c['total']} | {c['peak_per_s']:g} | {c['refused']} | {final} |\n")
-    w(f"| not connected | | | | {report['devices_final'].get(NO_REGION, 0)} |\n\n")
+    w(_regions_table(report))
     refusals = [
         (region, reason, count)
         for region, reasons in report["refusals"]["door"].items()

@@ -475,8 +475,8 @@ def test_markdown_reads_verdict_first_and_names_everything() -> None:
     assert "| failback | 2 | 10.000 | 11.500 | 11.500 | 11.500 |" in markdown
     assert "| detection | 3 | 1.000 | 3.000 | 3.000 | 3.000 |" in markdown
     assert "**Messages**: 9 sent, 9 delivered, 0 lost, 0 duplicated" in markdown
-    assert "| us-east-1 | 0 | 0 | 0 | 2 |" in markdown
-    assert "| not connected | | | | 0 |" in markdown
+    assert "| us-east-1 | 0 | 0 | 0 | - | 2 |" in markdown
+    assert "| not connected | | | | | 0 |" in markdown
     assert "**1 devices never failed back**: c" in markdown
     assert "- 30.0 s: fault us-east-1 down" in markdown
     assert "- 40.0 s: replicator stop" in markdown
