@@ -30,7 +30,10 @@ if TYPE_CHECKING:
     from simulators.gateway._gateway import RegionGateway
     from simulators.gateway._http import JsonHandler
 
-__all__ = ["GatewayAdmin", "admin_handler"]
+__all__ = ["PENDING_CHUNK", "GatewayAdmin", "admin_handler"]
+
+PENDING_CHUNK = 500
+"""Certificates per ``POST /pending`` (each about 100 bytes of JSON)."""
 
 
 def admin_handler(gateway: RegionGateway) -> JsonHandler:
@@ -103,8 +106,15 @@ class GatewayAdmin:
         return self._call("GET", "/status")
 
     def pending(self, wanted: Mapping[str, str]) -> int:
-        """How many of ``wanted`` (certificate id -> thing) the gateway does not admit yet."""
-        return int(self._call("POST", "/pending", {"certificates": dict(wanted)})["pending"])
+        """How many of ``wanted`` (certificate id -> thing) the gateway does not admit yet.
+
+        Asked in chunks of :data:`PENDING_CHUNK` (a request body may be 64 KB: about 700).
+        """
+        items = list(wanted.items())
+        return sum(
+            int(self._call("POST", "/pending", {"certificates": dict(chunk)})["pending"])
+            for chunk in (items[i : i + PENDING_CHUNK] for i in range(0, len(items), PENDING_CHUNK))
+        )
 
     def _call(self, method: str, path: str, body: object = None) -> dict[str, Any]:
         if not self.url.startswith("http://"):

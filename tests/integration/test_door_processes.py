@@ -116,3 +116,13 @@ def test_children_stop_by_pid(tmp_path: Path) -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert config_from_json(config_to_json(config)) == config
+
+
+def test_pending_is_asked_in_chunks_the_admin_endpoint_takes(regions: LocalRegions) -> None:
+    from simulators.gateway import GatewayAdmin
+    from simulators.gateway._admin import PENDING_CHUNK
+
+    door = regions.door(PRIMARY)
+    unknown = {f"{i:064x}": f"thing-{i}" for i in range(3 * PENDING_CHUNK + 7)}
+    assert door.pending(unknown) == len(unknown)
+    assert GatewayAdmin(door.admin_url or "").pending(unknown) == len(unknown)
