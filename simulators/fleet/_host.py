@@ -5,9 +5,12 @@ and talks to it over pipes, one JSON object per line:
 
 * stdin, first line: the :class:`HostSpec` (devices, where the regions are,
   the agent's settings); then commands: ``{"cmd": "add", "devices": [...]}``
-  (devices created during the run), ``{"cmd": "quiet"}`` (stop publishing,
-  send what is left in the outboxes, answer with the final state),
-  ``{"cmd": "stop"}``. End of input stops the host too.
+  (devices created during the run), ``{"cmd": "fault", "region": R, "mode":
+  M, "fraction": F}`` and ``{"cmd": "heal", "region": R}`` (a device-side
+  fault of R switched on and off, see :mod:`simulators.fleet._device_faults`),
+  ``{"cmd": "quiet"}`` (stop publishing, send what is left in the outboxes,
+  answer with the final state), ``{"cmd": "stop"}``. End of input stops the
+  host too.
 * stdout: ``{"evs": [[t, device, kind, region, detail], ...], "sent": n, "t": t}``
   about five times a second, ``{"final": {...}}`` after ``quiet``, and
   ``{"error": "..."}`` for a failure the driver should report.
@@ -42,6 +45,7 @@ from device_agent import (
     OutboxConfig,
 )
 from simulators.fleet._device import DeviceBehaviour, VirtualDevice, quiet_devices
+from simulators.fleet._device_faults import DeviceFaults, device_ports
 
 __all__ = ["HostSpec", "agent_config", "main"]
 
@@ -136,6 +140,7 @@ class DeviceHost:
         self.spec = spec
         self._out = out or sys.stdout
         self.devices: dict[str, VirtualDevice] = {}
+        self.faults = DeviceFaults(seed=spec.seed)
         self._events: list[list[Any]] = []
         (Path(spec.state_dir) / "outbox").mkdir(parents=True, exist_ok=True)
         behaviour = dict(spec.behaviour)
@@ -158,8 +163,13 @@ class DeviceHost:
             if name in self.devices:
                 continue
             rng = random.Random(f"{self.spec.seed}:{name}")  # noqa: S311 - simulation
+            config = agent_config(self.spec, device)
             virtual = VirtualDevice(
-                agent_config(self.spec, device), behaviour=self._behaviour, rng=rng, sink=self._sink
+                config,
+                behaviour=self._behaviour,
+                rng=rng,
+                sink=self._sink,
+                **device_ports(self.faults, config),
             )
             self.devices[name] = virtual
             if created:
@@ -239,6 +249,10 @@ async def _run() -> int:
             kind = command.get("cmd")
             if kind == "add":
                 await host.add(list(command.get("devices", [])), created=True)
+            elif kind == "fault":
+                host.faults.set(command["region"], command["mode"], float(command["fraction"]))
+            elif kind == "heal":
+                host.faults.clear(command["region"])
             elif kind == "quiet":
                 await starting
                 final = await host.quiet()

@@ -32,6 +32,8 @@ Modelled:
     * the network and its fault modes: :class:`~device_agent.testing.MemoryNetwork`
       (``down``, ``blackhole``, ``partial``; ``degraded`` is the door's share
       of "server unavailable" CONNACKs, without its latency);
+    * device-side faults: the same :class:`~simulators.fleet._device_faults.DeviceFaults`
+      wrappers as a device host's, around the network's transports and probers;
     * the registry events and the shadow feeds: the stage journals what the
       real feeds would (a thing and its certificate created in the primary, a
       device's accepted shadow update, in the direction of its region); the
@@ -86,6 +88,7 @@ from simulators.fleet._device import (
     quiet_devices,
     telemetry_topic,
 )
+from simulators.fleet._device_faults import DeviceFaults
 from simulators.fleet._play import FleetFinal, TimelinePlayer
 from simulators.fleet._provision import fleet_device_names
 from simulators.fleet._records import Arrival, DeviceEvent, DoorSample, RunRecord, ShadowCheck
@@ -114,7 +117,7 @@ if TYPE_CHECKING:
     from device_agent.testing import PublishedMessage
     from replicator._ops import Op
     from simulators.fleet._play import DeviceEntry
-    from simulators.fleet._scenario import Scenario, Step
+    from simulators.fleet._scenario import DeviceFaultMode, Scenario, Step
 
 from simulators.fleet._memory_world import (
     DEVICE_NAME,
@@ -460,6 +463,7 @@ class MemoryFleet:
         self.scenario = scenario
         self.seed = seed
         self.devices: dict[str, VirtualDevice] = {}
+        self.faults = DeviceFaults(seed=seed)
         self._behaviour = DeviceBehaviour(
             telemetry_interval_s=scenario.fleet.telemetry_interval_s,
             shadow_interval_s=scenario.fleet.shadow_interval_s,
@@ -494,12 +498,16 @@ class MemoryFleet:
             behaviour=self._behaviour,
             rng=random.Random(f"{self.seed}:{name}"),  # noqa: S311 - simulation
             sink=self._sink,
-            transport_factory=stage.transport_factory,
+            transport_factory=self.faults.transport_factory(stage.transport_factory),
             clock=clock,
-            prober=MemoryProber(
-                stage.network,
-                client_id=name,
-                topic=config.probe.topic.replace("{client_id}", name),
+            prober=self.faults.prober(
+                MemoryProber(
+                    stage.network,
+                    client_id=name,
+                    topic=config.probe.topic.replace("{client_id}", name),
+                    timeout_s=config.probe.timeout_s,
+                ),
+                device=name,
                 timeout_s=config.probe.timeout_s,
             ),
             discovery=stage.dns,
@@ -550,6 +558,16 @@ class MemoryFleet:
                 raise SimulatorError(f"a device failed to start: {task.exception()}")
         self._starts = running
         self.stage.check()
+
+    async def set_device_fault(
+        self, region: str, mode: DeviceFaultMode, fraction: float = 1.0
+    ) -> None:
+        """Fail the way to ``region`` of ``fraction`` of the devices (the door untouched)."""
+        self.faults.set(region, mode, fraction)
+
+    async def clear_device_fault(self, region: str) -> None:
+        """Clear the device-side fault of ``region``."""
+        self.faults.clear(region)
 
     async def quiet(self) -> FleetFinal:
         """Stop publishing, let the outboxes empty (bounded), say where everyone is."""

@@ -9,8 +9,10 @@ Two ports, so that the same loop drives a real run and a simulation test:
   (:mod:`simulators.fleet._driver`); in the simulation tier an in-memory world
   on virtual time.
 * a :class:`Fleet` is the devices: started, added to, asked for their
-  records, quieted at the end. Device-host processes in a real run; devices
-  in the loop itself in simulation.
+  records, quieted at the end, and the faults on their side switched
+  (``fault: {side: devices, ...}``: their way to a region fails, the door
+  untouched). Device-host processes in a real run; devices in the loop
+  itself in simulation.
 
 Times come from the running loop (``loop.time()``: ``CLOCK_MONOTONIC`` in a
 real loop, which device-host processes share; virtual time in simulation).
@@ -29,13 +31,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from simulators.fleet._provision import fleet_device_names
 from simulators.fleet._records import Arrival, DeviceEvent, SentSample, StepRecord
-from simulators.fleet._scenario import CreateDevicesStep
+from simulators.fleet._scenario import CreateDevicesStep, DeviceFaultStep, FaultStep, HealStep
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from simulators.fleet._records import DoorSample, RunRecord, ShadowCheck
-    from simulators.fleet._scenario import Scenario, Step
+    from simulators.fleet._scenario import DeviceFaultMode, Scenario, Step
 
 __all__ = ["Fleet", "FleetFinal", "Progress", "Stage", "TimelinePlayer"]
 
@@ -140,6 +142,16 @@ class Fleet(Protocol):
 
     def check(self) -> None:
         """Raise SimulatorError if part of the fleet died."""
+        ...
+
+    async def set_device_fault(
+        self, region: str, mode: DeviceFaultMode, fraction: float = 1.0
+    ) -> None:
+        """Fail the way to ``region`` of ``fraction`` of the devices (chosen from the seed)."""
+        ...
+
+    async def clear_device_fault(self, region: str) -> None:
+        """Clear the device-side fault of ``region``."""
         ...
 
     async def quiet(self) -> FleetFinal:
@@ -268,16 +280,38 @@ class TimelinePlayer:
             task.add_done_callback(self._creating.discard)
             self.last_step = f"t={t:.0f}s create_devices {len(names)}"
             return
-        detail = await self.stage.apply(step)
+        detail = await self._carry_out(step, t)
         action, region = _step_action(step)
         record = StepRecord(t, action, region, detail)
-        if action == "fault" and region is not None:
-            self.faults[region] = detail
-        elif action == "heal" and region is not None:
-            self.faults.pop(region, None)
         self.record.steps.append(record)
         self.last_step = f"t={record.t:.0f}s {record.action} {record.region or ''} {record.detail}"
         logger.info("fleet.step", extra={"step": record.action, "region": record.region})
+
+    async def _carry_out(self, step: Step, t: float) -> str:
+        """Door-side steps to the stage, device-side ones to the fleet; the record's detail."""
+        if isinstance(step, DeviceFaultStep):
+            await self.fleet.set_device_fault(step.region, step.mode, step.fraction)
+            share = "" if step.fraction >= 1 else f" {step.fraction:.0%}"
+            self.faults[f"{step.region} devices"] = f"{step.mode}{share}"
+            self.record.notes.append(
+                f"t={t:.0f} s: {step.region} {step.mode} on the devices' side "
+                f"({step.fraction:.0%} of the devices); its door was not touched"
+            )
+            # The mode itself, as a door's fault is recorded: the report's disruption reads it.
+            return step.mode
+        if isinstance(step, HealStep):
+            detail = "up"
+            if step.side != "devices":
+                detail = await self.stage.apply(step)
+                self.faults.pop(step.region, None)
+            if step.side != "door":
+                await self.fleet.clear_device_fault(step.region)
+                self.faults.pop(f"{step.region} devices", None)
+            return detail
+        detail = await self.stage.apply(step)
+        if isinstance(step, FaultStep):
+            self.faults[step.region] = detail
+        return detail
 
     async def _create(self, t: float, names: list[str]) -> None:
         primary = self.scenario.regions[0]
@@ -384,7 +418,7 @@ def _step_action(step: Step) -> tuple[str, str | None]:
     """The record's action and region for a step the stage carries out."""
     from simulators.fleet import _scenario as sc  # noqa: PLC0415
 
-    if isinstance(step, sc.FaultStep):
+    if isinstance(step, sc.FaultStep | sc.DeviceFaultStep):
         return "fault", step.region
     if isinstance(step, sc.HealStep):
         return "heal", step.region

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from simulators.fleet._play import DeviceEntry
-    from simulators.fleet._scenario import Scenario
+    from simulators.fleet._scenario import DeviceFaultMode, Scenario
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +188,18 @@ class ProcessFleet:
             if code is not None and not self.stopping:
                 msg = f"device host {host.index} exited with code {code} (log: {host.log})"
                 raise SimulatorError(msg)
+
+    async def set_device_fault(
+        self, region: str, mode: DeviceFaultMode, fraction: float = 1.0
+    ) -> None:
+        """Every host fails the way to ``region`` of its share of ``fraction`` of the devices."""
+        for host in self.hosts:
+            await host.send({"cmd": "fault", "region": region, "mode": mode, "fraction": fraction})
+
+    async def clear_device_fault(self, region: str) -> None:
+        """Every host clears the device-side fault of ``region``."""
+        for host in self.hosts:
+            await host.send({"cmd": "heal", "region": region})
 
     async def quiet(self) -> FleetFinal:
         """Every host stops publishing and empties its outboxes; where everyone is."""

@@ -20,6 +20,13 @@ timeline of steps::
       - {at: 60, replicator: start}
       - {at: 80, heal: {region: us-east-1}}
       - {at: 120, dns: {cname: us-east-1}}
+      - {at: 130, fault: {side: devices, region: us-east-1, mode: reset, fraction: 0.5}}
+      - {at: 140, heal: {region: us-east-1, side: devices}}
+
+A fault's ``side`` is ``door`` (the default: the region's door or control
+plane fails, for everyone) or ``devices`` (the devices' way to the region
+fails, for ``fraction`` of them, the door untouched: what a drill against a
+real AWS account can do; see :mod:`simulators.fleet._device_faults`).
 
 Everything here is pure but :func:`load_scenario`, which reads the file (or
 the built-in's package data). Unknown keys are errors, and every error is a
@@ -60,10 +67,12 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTROL_PLANE_FAULT_MODES",
     "DEFAULT_SCENARIO",
+    "DEVICE_FAULT_MODES",
     "DOOR_FAULT_MODES",
     "FAULT_MODES",
     "REPLICATION_MODES",
     "CreateDevicesStep",
+    "DeviceFaultStep",
     "DnsStep",
     "FaultStep",
     "FleetSettings",
@@ -87,12 +96,17 @@ DOOR_FAULT_MODES: tuple[str, ...] = ("down", "blackhole", "partial", "degraded")
 CONTROL_PLANE_FAULT_MODES: tuple[str, ...] = ("control-plane-down", "control-plane-drop")
 """Faults of a region's control plane, as ``iotdr sim fault`` takes them."""
 FAULT_MODES: tuple[str, ...] = DOOR_FAULT_MODES + CONTROL_PLANE_FAULT_MODES
+DEVICE_FAULT_MODES: tuple[str, ...] = ("refuse", "reset", "blackhole")
+"""Faults on the devices' side (``side: devices``): their way to a region fails, not its door."""
+FAULT_SIDES: tuple[str, ...] = ("door", "devices")
 REPLICATION_MODES: tuple[str, ...] = ("complete", "jitr", "off")
 DEFAULT_SCENARIO = "region-outage"
 
 FaultMode = Literal[
     "down", "blackhole", "partial", "degraded", "control-plane-down", "control-plane-drop"
 ]
+DeviceFaultMode = Literal["refuse", "reset", "blackhole"]
+FaultSide = Literal["door", "devices"]
 Replication = Literal["complete", "jitr", "off"]
 
 
@@ -168,11 +182,36 @@ class FaultStep:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HealStep:
-    """Clear every fault of ``region``: its door and its control plane."""
+class DeviceFaultStep:
+    """Fail the way to ``region`` of ``fraction`` of the devices (``side: devices``).
+
+    Which devices: chosen from the fleet's seed and each device's name, the
+    same on every run with that seed. The door is not touched.
+    """
 
     at: float
     region: str
+    mode: DeviceFaultMode
+    fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            msg = f"must be more than 0 and at most 1, not {self.fraction!r}"
+            raise ScenarioError(msg, path="fraction")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealStep:
+    """Clear the faults of ``region``: its door's and control plane's, the devices' side, or both.
+
+    Attributes:
+        side: ``door`` (the door and the control plane), ``devices`` (the
+            device-side faults), None: both.
+    """
+
+    at: float
+    region: str
+    side: FaultSide | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,7 +238,7 @@ class DnsStep:
     cname: str
 
 
-Step = FaultStep | HealStep | CreateDevicesStep | ReplicatorStep | DnsStep
+Step = FaultStep | DeviceFaultStep | HealStep | CreateDevicesStep | ReplicatorStep | DnsStep
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -688,14 +727,15 @@ def _region(node: _Node, regions: tuple[str, ...]) -> str:
 
 def _step(action: str, node: _Node, at: float, regions: tuple[str, ...]) -> Step:
     if action == "fault":
-        items = node.keys("the region and the mode", required=("region", "mode"))
-        mode = items["mode"].choice(FAULT_MODES, "fault mode")
-        return FaultStep(
-            at=at, region=_region(items["region"], regions), mode=typing.cast("FaultMode", mode)
-        )
+        return _fault(node, at, regions)
     if action == "heal":
-        items = node.keys("the region to heal", required=("region",))
-        return HealStep(at=at, region=_region(items["region"], regions))
+        items = node.keys("the region to heal", required=("region",), optional=("side",))
+        side = items["side"].choice(FAULT_SIDES, "side") if "side" in items else None
+        return HealStep(
+            at=at,
+            region=_region(items["region"], regions),
+            side=typing.cast("FaultSide | None", side),
+        )
     if action == "create_devices":
         return CreateDevicesStep(at=at, count=node.integer())
     if action == "replicator":
@@ -703,6 +743,32 @@ def _step(action: str, node: _Node, at: float, regions: tuple[str, ...]) -> Step
         return ReplicatorStep(at=at, action=typing.cast("Literal['stop', 'start']", choice))
     items = node.keys("the region the CNAME points at", required=("cname",))
     return DnsStep(at=at, cname=_region(items["cname"], regions))
+
+
+def _fault(node: _Node, at: float, regions: tuple[str, ...]) -> FaultStep | DeviceFaultStep:
+    items = node.keys(
+        "the region and the mode", required=("region", "mode"), optional=("side", "fraction")
+    )
+    side = items["side"].choice(FAULT_SIDES, "side") if "side" in items else "door"
+    region = _region(items["region"], regions)
+    if side == "door":
+        if "fraction" in items:
+            raise items["fraction"].error(
+                "a door's fault takes every device; fraction needs side: devices"
+            )
+        mode = items["mode"].choice(FAULT_MODES, "fault mode")
+        return FaultStep(at=at, region=region, mode=typing.cast("FaultMode", mode))
+    mode = items["mode"].choice(DEVICE_FAULT_MODES, "device-side fault mode")
+    fraction = 1.0
+    if "fraction" in items:
+        fraction = items["fraction"].number(positive=True)
+        if fraction > 1:
+            raise items["fraction"].error(
+                f"must be at most 1 (the share of the devices), not {fraction:g}"
+            )
+    return DeviceFaultStep(
+        at=at, region=region, mode=typing.cast("DeviceFaultMode", mode), fraction=fraction
+    )
 
 
 # -- loading ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from simulators.fleet._memory import MemoryRun, run_memory_scenario
 from simulators.fleet._report import _explain, fault_windows
 from simulators.fleet._scenario import (
     CreateDevicesStep,
+    DeviceFaultStep,
     FaultStep,
     builtin_scenarios,
     with_devices,
@@ -119,11 +120,16 @@ def test_scenario_in_memory(name: str) -> None:
     # DNS: the health checker moved the CNAME only when the primary was unhealthy to it.
     health = run.stage.health.regions[primary]
     config = run.stage.health.config
+    device_side = _device_windows(record)
     outages = [
         end_ - begin
         for begin, end_, region, mode in fault_windows(record)
-        if region == primary and mode in {"down", "blackhole"}
+        if region == primary
+        and mode in {"down", "blackhole"}
+        and (begin, end_, region, mode) not in device_side
     ]
+    if device_side:  # the devices' way failed, the door never did: the checker saw it up
+        assert health.changed_at is None
     if any(o >= config.interval_s * (config.failure_threshold + 1) for o in outages):
         assert health.changed_at is not None  # it saw the outage and flipped the CNAME
     elif all(o < config.interval_s * (config.failure_threshold - 1) for o in outages):
@@ -136,9 +142,23 @@ def test_scenario_in_memory(name: str) -> None:
     _check_registries(record, run)
 
 
+def _device_windows(record: RunRecord) -> list[tuple[float, float, str, str]]:
+    """The fault windows of the scenario's device-side faults (recorded as faults, too)."""
+    steps = [s for s in SCENARIOS[record.scenario].timeline if isinstance(s, DeviceFaultStep)]
+    return [
+        window
+        for window in fault_windows(record)
+        if any(
+            window[2] == s.region and window[3] == s.mode and abs(window[0] - s.at) < 1
+            for s in steps
+        )
+    ]
+
+
 def _check_refusals(record: RunRecord, report: dict[str, Any], run: MemoryRun) -> None:
     """Every refusal has a reason: the door's, or the fault of the region that was faulted."""
     windows = fault_windows(record)
+    device_side = _device_windows(record)
     for region, reasons in report["refusals"]["door"].items():
         for reason in reasons:
             explained = _explain(report, region, reason)
@@ -153,8 +173,12 @@ def _check_refusals(record: RunRecord, report: dict[str, Any], run: MemoryRun) -
         assert event.region is not None
         if event.detail in DOOR_REFUSAL_KINDS:
             seen[event.region] += 1
-        else:  # refused, timeout: the region's fault
-            if event.detail == "timeout":
+        else:  # refused, timeout: the region's fault (the door's holds and counts it)
+            on_devices = any(
+                r == event.region and begin <= event.t <= finish + FAULT_TAIL_S
+                for begin, finish, r, _ in device_side
+            )
+            if event.detail == "timeout" and not on_devices:
                 held[event.region] += 1
             assert any(
                 r == event.region and begin <= event.t <= finish + FAULT_TAIL_S

@@ -14,6 +14,7 @@ from simulators.fleet._scenario import (
     DEFAULT_SCENARIO,
     FAULT_MODES,
     CreateDevicesStep,
+    DeviceFaultStep,
     DnsStep,
     FaultStep,
     FleetSettings,
@@ -58,6 +59,7 @@ EXPECTED_BUILTINS = {
     "replication-lag",
     "reconnect-storm",
     "control-plane-outage",
+    "device-blackhole",
 }
 
 
@@ -162,6 +164,9 @@ def test_builtins_say_what_they_claim() -> None:
     created = [step for step in outage if isinstance(step, CreateDevicesStep)]
     assert created
     assert created[0].at < faults[0].at
+    device = s["device-blackhole"].timeline
+    assert device[0] == DeviceFaultStep(at=30.0, region="us-east-1", mode="blackhole")
+    assert device[1] == HealStep(at=90.0, region="us-east-1", side="devices")
 
 
 def test_load_scenario_by_name_and_by_path(tmp_path: Path) -> None:
