@@ -76,6 +76,11 @@ class BrokerSpec:
         port: the plain MQTT listener; 0 picks a free port when the broker starts.
         tls_port: the mTLS listener, None for none; 0 picks a free port.
         tls: the CA and server certificate for the mTLS listener.
+        shard: 0 for the region's broker; N > 0 for its N-th leaf broker, which
+            bridges every topic (``#`` and ``$aws/#``, both ways, QoS 1) to
+            ``bridge_to``, the region's broker, so that a region holds more
+            devices than one process may have files (mosquitto only).
+        bridge_to: the region broker's plain listener ``(host, port)``, for a leaf.
     """
 
     region: str
@@ -84,6 +89,8 @@ class BrokerSpec:
     port: int = 0
     tls_port: int | None = None
     tls: TLSFiles | None = None
+    shard: int = 0
+    bridge_to: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         for name, value in (("port", self.port), ("tls_port", self.tls_port)):
@@ -93,6 +100,14 @@ class BrokerSpec:
         if self.tls_port is not None and self.tls is None:
             msg = f"broker {self.region}: an mTLS listener needs the CA and server certificate"
             raise BrokerError(msg, region=self.region)
+        if (self.shard > 0) != (self.bridge_to is not None):
+            msg = f"broker {self.region}: a leaf broker (shard > 0) bridges to the region's broker"
+            raise BrokerError(msg, region=self.region)
+
+    @property
+    def folder_name(self) -> str:
+        """Its state folder: ``broker-REGION`` (``broker-REGION-N`` for leaf N)."""
+        return f"broker-{self.region}" + (f"-{self.shard}" if self.shard else "")
 
 
 @dataclass(slots=True)
@@ -217,9 +232,12 @@ def start_broker(
         )
         raise BrokerNotFoundError(msg, region=spec.region)
     chosen: BrokerKind = "mosquitto" if kind != "amqtt" and binary is not None else "amqtt"
+    if spec.bridge_to is not None and chosen != "mosquitto":
+        msg = f"broker {spec.region}: a leaf broker (a bridge) needs mosquitto (apt-get install it)"
+        raise BrokerNotFoundError(msg, region=spec.region)
     port = _claim(spec.host, spec.port, spec.region)
     tls_port = _claim(spec.host, spec.tls_port, spec.region) if spec.tls_port is not None else None
-    folder = spec.state_dir / f"broker-{spec.region}"
+    folder = spec.state_dir / spec.folder_name
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -349,6 +367,23 @@ def _mosquitto_config(spec: BrokerSpec, port: int, tls_port: int | None) -> str:
             "require_certificate true",
             "use_identity_as_username true",
             "tls_version tlsv1.2",
+        ]
+    if spec.bridge_to is not None:
+        hub_host, hub_port = spec.bridge_to
+        lines += [
+            "",
+            # Everything both ways: devices on this leaf reach the region's consumers
+            # (shadow service, counter, replicator feed) and their answers come back.
+            # try_private marks the bridge, so the region's broker never echoes a
+            # message back to the leaf it came from.
+            f"connection {spec.region}-leaf-{spec.shard}",
+            f"address {hub_host}:{hub_port}",
+            "topic # both 1",
+            "topic $aws/# both 1",
+            "try_private true",
+            "cleansession true",
+            "bridge_protocol_version mqttv50",
+            "restart_timeout 1",
         ]
     return "\n".join(lines) + "\n"
 

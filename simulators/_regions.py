@@ -23,6 +23,7 @@ While ``iotdr sim regions up`` runs, the endpoints are also written to
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -128,6 +129,7 @@ class _Region:
     shadows: ShadowService
     tls: TLSFiles
     gateway: RegionDoor | None = None
+    leaves: list[Broker] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -151,6 +153,10 @@ class LocalRegions:
         door_processes: 0 runs each region's door in a thread of this process;
             N > 0 runs it as N processes sharing its port (a fleet of thousands;
             see :class:`~simulators.gateway.GatewayProcesses`).
+        broker_shards: brokers per region: 1 is one broker; N > 1 adds N - 1 leaf
+            brokers bridged to it (mosquitto only), over which the door spreads the
+            devices by client ID, so that a region holds more devices than one
+            process may have files (20,000 here).
     """
 
     state_dir: Path
@@ -163,6 +169,7 @@ class LocalRegions:
     health: HealthCheckConfig | None = field(default_factory=HealthCheckConfig)
     thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S
     door_processes: int = 0
+    broker_shards: int = 1
     pki: FleetPKI | None = None
     dns: ThreadedDNSServer | None = None
     control_plane: ControlPlane | None = None
@@ -179,6 +186,9 @@ class LocalRegions:
         """Start everything; on any failure stop what started and raise one clear error."""
         if len(self.regions) < 2:
             msg = "local regions need at least a primary and a secondary"
+            raise SimulatorError(msg)
+        if self.broker_shards < 1 or self.door_processes < 0:
+            msg = "local regions: broker_shards must be at least 1 and door_processes at least 0"
             raise SimulatorError(msg)
         names = {r.name for r in self.regions}
         for what, mapping in (
@@ -219,7 +229,18 @@ class LocalRegions:
             )
             shadows.start()
             self._stack.callback(shadows.stop)
-            self._regions[region.name] = _Region(region, broker, shadows, tls)
+            leaves = [
+                self._stack.enter_context(
+                    start_broker(
+                        dataclasses.replace(
+                            spec, port=0, shard=shard, bridge_to=(broker.host, broker.port)
+                        ),
+                        kind=self.broker_kind,
+                    )
+                )
+                for shard in range(1, self.broker_shards)
+            ]
+            self._regions[region.name] = _Region(region, broker, shadows, tls, leaves=leaves)
         self.control_plane = control_plane = self._stack.enter_context(
             start_control_plane(
                 state_dir=self.state_dir,
@@ -243,6 +264,7 @@ class LocalRegions:
                 control_plane_url=control_plane.url,
                 limits=(self.door_limits or {}).get(name, ConnectLimits()),
                 faults=GatewayFault(exempt_client_ids=frozenset({HEALTH_CHECKER_ID})),
+                device_brokers=tuple((leaf.host, leaf.port) for leaf in running.leaves),
             )
             gateway: RegionDoor
             if self.door_processes > 0:
@@ -421,6 +443,7 @@ class LocalRegions:
                     "host": r.spec.host,
                     "endpoint": r.spec.endpoint,
                     "mqtt": f"{r.broker.host}:{r.broker.port}",
+                    "leaf_brokers": [f"{b.host}:{b.port}" for b in r.leaves],
                     "mqtts": f"{r.gateway.host}:{r.gateway.port}" if r.gateway else None,
                     "gateway_admin_url": r.gateway.admin_url if r.gateway else None,
                     "gateway": r.gateway.status() if r.gateway else None,

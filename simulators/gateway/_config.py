@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -62,6 +63,10 @@ class GatewayConfig:
         broker_timeout_s: how long opening the broker connection may take.
         backlog: the listener's accept queue.
         reuse_port: SO_REUSEPORT, so that several processes can share the port.
+        device_brokers: the region's leaf brokers (each bridged to ``broker``): an
+            admitted device is spliced to one of ``broker`` and these, chosen by its
+            client ID (CRC-32, so a device always lands on the same one). Empty:
+            every device goes to ``broker``.
     """
 
     region: str
@@ -80,6 +85,14 @@ class GatewayConfig:
     broker_timeout_s: float = 5.0
     backlog: int = 4096
     reuse_port: bool = False
+    device_brokers: tuple[tuple[str, int], ...] = ()
+
+    def broker_for(self, client_id: str) -> tuple[str, int]:
+        """The broker a device of ``client_id`` is spliced to (stable for the client ID)."""
+        if not self.device_brokers:
+            return self.broker
+        brokers = (self.broker, *self.device_brokers)
+        return brokers[zlib.crc32(client_id.encode()) % len(brokers)]
 
     def __post_init__(self) -> None:
         for name, address in (("host", self.host), ("admin_host", self.admin_host)):

@@ -372,7 +372,7 @@ class RegionGateway:
         self._spawn(self._open_upstream(connection))
 
     async def _open_upstream(self, connection: DeviceConnection) -> None:
-        host, port = self.config.broker
+        host, port = self.config.broker_for(connection.client_id or "")
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.config.broker_timeout_s):

@@ -81,6 +81,7 @@ def config_to_json(config: GatewayConfig) -> str:
             "broker_timeout_s": config.broker_timeout_s,
             "backlog": config.backlog,
             "reuse_port": config.reuse_port,
+            "device_brokers": [list(b) for b in config.device_brokers],
         },
         sort_keys=True,
     )
@@ -109,6 +110,7 @@ def config_from_json(text: str) -> GatewayConfig:
             broker_timeout_s=float(data["broker_timeout_s"]),
             backlog=int(data["backlog"]),
             reuse_port=bool(data["reuse_port"]),
+            device_brokers=tuple((str(h), int(p)) for h, p in data.get("device_brokers", [])),
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         msg = f"gateway process: not a gateway configuration ({type(exc).__name__}: {exc})"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import queue
 import ssl
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -126,3 +128,72 @@ def test_pending_is_asked_in_chunks_the_admin_endpoint_takes(regions: LocalRegio
     unknown = {f"{i:064x}": f"thing-{i}" for i in range(3 * PENDING_CHUNK + 7)}
     assert door.pending(unknown) == len(unknown)
     assert GatewayAdmin(door.admin_url or "").pending(unknown) == len(unknown)
+
+
+def test_broker_shards_spread_devices_and_bridge_every_topic(tmp_path: Path) -> None:
+    """Leaf brokers bridged to the region's: a device on a leaf reaches the region's consumers."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from simulators._broker import mosquitto_binary
+
+    if mosquitto_binary() is None:
+        pytest.skip("leaf brokers need mosquitto")
+    with LocalRegions(state_dir=tmp_path, broker_shards=3, health=None) as running:
+        region = running.endpoints()["regions"][PRIMARY]
+        leaves = region["leaf_brokers"]
+        assert len(leaves) == 2
+        hub_host, hub_port = region["mqtt"].rsplit(":", 1)
+        leaf_host, leaf_port = leaves[1].rsplit(":", 1)
+        got: dict[str, queue.Queue[tuple[str, bytes]]] = {
+            "hub": queue.Queue(),
+            "leaf": queue.Queue(),
+        }
+
+        def client(name: str, host: str, port: str) -> mqtt.Client:
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+            c.on_message = lambda _c, _u, m: got[name].put((m.topic, bytes(m.payload)))
+            c.connect(host, int(port))
+            c.subscribe([("#", 1), ("$aws/#", 1)])
+            c.loop_start()
+            return c
+
+        hub, leaf = client("hub", hub_host, hub_port), client("leaf", leaf_host, leaf_port)
+        try:
+            # Subscriptions reach the bridge asynchronously: publish until both sides see it.
+            for attempt in range(50):
+                leaf.publish(f"iotdr/sim/dev/telemetry/{attempt}", b"up", qos=1)
+                hub.publish(f"$aws/things/dev/shadow/update/accepted/{attempt}", b"down", qos=1)
+                try:
+                    up = got["hub"].get(timeout=0.2)
+                    down = got["leaf"].get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                break
+            else:
+                pytest.fail("the leaf and the region's broker never exchanged a message")
+            seen_hub = [up, *_drain(got["hub"])]
+            seen_leaf = [down, *_drain(got["leaf"])]
+            assert any(t.startswith("iotdr/sim/dev/telemetry/") for t, _ in seen_hub)
+            assert any(t.startswith("$aws/things/dev/shadow/") for t, _ in seen_leaf)
+            # Nothing loops: each message arrives once on each side.
+            assert len(seen_hub) == len(set(seen_hub))
+            assert len(seen_leaf) == len(set(seen_leaf))
+        finally:
+            hub.loop_stop()
+            leaf.loop_stop()
+        door = running.gateway(PRIMARY).gateway.config
+        spread = {door.broker_for(f"sim-{i:05d}") for i in range(300)}
+        assert len(spread) == 3  # the hub and both leaves take devices
+        assert door.broker_for("sim-00042") == door.broker_for("sim-00042")
+
+
+def _drain(q: queue.Queue[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    found: list[tuple[str, bytes]] = []
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        try:
+            found.append(q.get(timeout=0.1))
+        except queue.Empty:
+            continue
+    return found
