@@ -7,6 +7,7 @@ without the ``sim`` extra; each command imports what it runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import signal
 import threading
@@ -528,6 +529,61 @@ def drill(
     type=click.Path(path_type=Path, file_okay=False),
     help="Keep keys, outboxes and logs here (default: a temporary folder, removed after).",
 )
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="Run shard I of N of the fleet (from 0; shard 0 plays the region steps). "
+    "Needs --regions or --target aws, and --start-at.",
+)
+@click.option(
+    "--regions",
+    "regions_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    metavar="STATE_DIR",
+    help="Attach to the local regions `iotdr sim regions up --state-dir STATE_DIR` runs.",
+)
+@click.option(
+    "--start-at",
+    type=float,
+    metavar="EPOCH",
+    help="Wall-clock t = 0 in seconds since the epoch, the same for every shard "
+    "(e.g. $(date -d '+2 min' +%s)).",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["local", "aws"]),
+    default="local",
+    show_default=True,
+    help="local: local regions; aws: AWS IoT in a test account (device-side faults only).",
+)
+@click.option(
+    "--target-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="--target aws: a TOML file with device_name, identities, ca, [endpoints], [route53].",
+)
+@click.option(
+    "--identities",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="--target aws: the directory with results.json.",
+)
+@click.option("--device-name", help="--target aws: the CNAME the devices resolve.")
+@click.option(
+    "--endpoint",
+    "endpoints",
+    multiple=True,
+    metavar="REGION=HOST",
+    help="--target aws: a region's ATS endpoint, repeatable, the primary first.",
+)
+@click.option(
+    "--ca",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="--target aws: Amazon Root CA 1 (PEM).",
+)
+@click.option(
+    "--route53-zone",
+    metavar="ID",
+    help="--target aws: the hosted zone of the CNAME that dns steps flip.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
 def run(
     scenario_name: str,
@@ -537,6 +593,16 @@ def run(
     processes: int | None,
     broker: str,
     state_dir: Path | None,
+    shard: str | None,
+    regions_dir: Path | None,
+    start_at: float | None,
+    target: str,
+    target_file: Path | None,
+    identities: Path | None,
+    device_name: str | None,
+    endpoints: tuple[str, ...],
+    ca: Path | None,
+    route53_zone: str | None,
     as_json: bool,
 ) -> None:
     """Drive a fleet of real device agents through a scenario of region outages.
@@ -546,18 +612,32 @@ def run(
     runs the replicator, starts the devices (each the real agent, over mTLS),
     plays the scenario's timeline, stops everything it started and writes the
     report. Exit code 1 when the verdict is FAIL (a device that did not move,
-    a lost message, ...).
+    a lost message, ...). With --regions it attaches to running regions
+    instead; with --shard it runs its share of the fleet; with --target aws
+    it drills a real AWS account.
     """
     from simulators._broker import mosquitto_binary  # noqa: PLC0415
     from simulators.fleet._driver import RunOptions, run_fleet  # noqa: PLC0415
     from simulators.fleet._live import LiveDisplay  # noqa: PLC0415
     from simulators.fleet._scenario import load_scenario, with_devices  # noqa: PLC0415
+    from simulators.fleet._shard import parse_shard  # noqa: PLC0415
 
+    aws_options = {
+        "--target-file": target_file, "--identities": identities, "--device-name": device_name,
+        "--endpoint": endpoints, "--ca": ca, "--route53-zone": route53_zone,
+    }  # fmt: skip
+    given = [name for name, value in aws_options.items() if value]
+    if target != "aws" and given:
+        msg = f"{', '.join(given)} are for --target aws"
+        raise click.UsageError(msg)
     scenario = load_scenario(scenario_name)
+    local_fleet = target == "local" and regions_dir is None
     if devices is not None:
         scenario = with_devices(scenario, devices)
-    elif scenario.devices > _AMQTT_DEVICES and (
-        broker == "amqtt" or (broker == "auto" and mosquitto_binary() is None)
+    elif (
+        local_fleet
+        and scenario.devices > _AMQTT_DEVICES
+        and (broker == "amqtt" or (broker == "auto" and mosquitto_binary() is None))
     ):
         # The embedded broker is pure Python: measured, 1,000 devices did not even all
         # connect in 140 s on 2 cores, while mosquitto carries them with room to spare.
@@ -569,21 +649,47 @@ def run(
             err=True,
         )
         scenario = with_devices(scenario, _AMQTT_DEVICES)
+    options = RunOptions(
+        scenario=scenario,
+        report_dir=report_dir,
+        seed=seed,
+        processes=processes,
+        state_dir=state_dir,
+        broker=cast('Literal["auto", "mosquitto", "amqtt"]', broker),
+        shard=parse_shard(shard) if shard is not None else None,
+        regions=regions_dir,
+        start_at=start_at,
+        aws=_aws_target(aws_options) if target == "aws" else None,
+    )
     with LiveDisplay(scenario.name) as display:
         report = run_fleet(
-            RunOptions(
-                scenario=scenario,
-                report_dir=report_dir,
-                seed=seed,
-                processes=processes,
-                state_dir=state_dir,
-                broker=cast('Literal["auto", "mosquitto", "amqtt"]', broker),
-                progress=display.update if display.enabled else None,
-            )
+            dataclasses.replace(options, progress=display.update if display.enabled else None)
         )
     emit(report, as_json=as_json, text=_run_summary(report, report_dir))
     if not report.get("verdict", {}).get("ok", False):
         raise click.exceptions.Exit(1)
+
+
+def _aws_target(options: dict[str, Any]) -> Any:
+    """The AWS target of ``--target aws``: the target file's values under the options given."""
+    from simulators.fleet._aws_target import load_target_file  # noqa: PLC0415
+
+    endpoints: dict[str, str] = {}
+    for item in options["--endpoint"]:
+        region, sep, host = item.partition("=")
+        if not sep or not region or not host:
+            msg = f"--endpoint {item!r} is not REGION=HOST"
+            raise click.BadParameter(msg)
+        endpoints[region] = host
+    route53 = {"hosted_zone_id": options["--route53-zone"]} if options["--route53-zone"] else None
+    return load_target_file(
+        options["--target-file"],
+        identities=options["--identities"],
+        device_name=options["--device-name"],
+        endpoints=endpoints,
+        ca=options["--ca"],
+        route53=route53,
+    )
 
 
 def _run_summary(report: dict[str, Any], report_dir: Path) -> str:
@@ -632,6 +738,38 @@ def scenarios(as_json: bool) -> None:
         for name, row in rows.items()
     )
     emit(rows, as_json=as_json, text=text)
+
+
+@sim.group("report")
+def report_group() -> None:
+    """Fleet run reports: merge the reports of a sharded run."""
+
+
+@report_group.command("merge")
+@click.argument(
+    "directories", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False)
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("iotdr-report"),
+    show_default=True,
+    help="Where the merged report goes.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the merged report.json on stdout.")
+def report_merge(directories: tuple[Path, ...], report_dir: Path, as_json: bool) -> None:
+    """Merge the report directories of every shard (`sim run --shard I/N`) into one report.
+
+    The shards' raw records are merged and the report built once, with the
+    same schema, markdown and plots as one run of the whole fleet. Exit code
+    1 when the merged verdict is FAIL.
+    """
+    from simulators.fleet._merge import merge_reports  # noqa: PLC0415
+
+    report = merge_reports(list(directories), report_dir)
+    emit(report, as_json=as_json, text=_run_summary(report, report_dir))
+    if not report.get("verdict", {}).get("ok", False):
+        raise click.exceptions.Exit(1)
 
 
 def _pair(summary: dict[str, float | None]) -> str:

@@ -20,12 +20,21 @@
 
 Only steps 4-6 are timed; the records they produce
 (:class:`~simulators.fleet._records.RunRecord`) are all the report reads.
+
+The stage of step 1 is one of three: the local regions the run starts
+(:class:`~simulators.fleet._regions_stage.RegionsStage`), local regions
+already running (``regions``: :class:`~simulators.fleet._attached_stage.AttachedStage`,
+for shards that share them), or a real AWS account (``target="aws"``:
+:class:`~simulators.fleet._aws_stage.AwsStage`). A shard (``shard``) runs
+its contiguous share of the fleet and starts its timeline at the wall-clock
+``start_at`` that every shard was given (:mod:`simulators.fleet._shard`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import tempfile
@@ -36,14 +45,21 @@ from typing import TYPE_CHECKING, Any, Literal
 from simulators._errors import SimulatorError
 from simulators.fleet._play import Progress, TimelinePlayer
 from simulators.fleet._process_fleet import ProcessFleet, default_processes
+from simulators.fleet._provision import fleet_device_names
 from simulators.fleet._records import RunRecord
 from simulators.fleet._regions_stage import RegionsStage, local_regions_for
 from simulators.fleet._scenario import scenario_settings
+from simulators.fleet._shard import Shard, ShardPlayer, share
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from simulators.fleet._attached_stage import AttachedStage
+    from simulators.fleet._aws_stage import AwsStage
+    from simulators.fleet._aws_target import AwsTarget
     from simulators.fleet._scenario import Scenario
+
+    AnyStage = RegionsStage | AttachedStage | AwsStage
 
 __all__ = ["Progress", "RunOptions", "local_regions_for", "run_fleet"]
 
@@ -62,6 +78,11 @@ class RunOptions:
         state_dir: keys, outboxes, logs (default: a temporary directory, removed after).
         broker: ``auto`` (mosquitto when installed), ``mosquitto`` or ``amqtt``.
         progress: called about once a second with the run's state.
+        shard: run this shard of the fleet (None: the whole fleet).
+        regions: the state directory of running local regions to attach to
+            (``iotdr sim regions up``) instead of starting them.
+        start_at: the wall-clock ``t = 0`` (seconds since the epoch) every shard agrees on.
+        aws: run against AWS IoT there (``--target aws``) instead of local regions.
     """
 
     scenario: Scenario
@@ -71,6 +92,27 @@ class RunOptions:
     state_dir: Path | None = None
     broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
     progress: Callable[[Progress], None] | None = None
+    shard: Shard | None = None
+    regions: Path | None = None
+    start_at: float | None = None
+    aws: AwsTarget | None = None
+
+    def __post_init__(self) -> None:
+        if self.aws is not None and self.regions is not None:
+            msg = "--target aws and --regions exclude each other: AWS has no local regions"
+            raise SimulatorError(msg)
+        if self.shard is not None and self.shard.count > 1:
+            if self.regions is None and self.aws is None:
+                msg = (
+                    f"--shard {self.shard} shares regions with the other shards: give "
+                    "--regions STATE_DIR (of `iotdr sim regions up`) or --target aws"
+                )
+                raise SimulatorError(msg)
+            if self.start_at is None:
+                msg = (
+                    f"--shard {self.shard} needs --start-at EPOCH, the t = 0 every shard agrees on"
+                )
+                raise SimulatorError(msg)
 
 
 def run_fleet(options: RunOptions) -> dict[str, Any]:
@@ -84,6 +126,7 @@ def run_fleet(options: RunOptions) -> dict[str, Any]:
     from simulators.fleet._output import write_report  # noqa: PLC0415
 
     scenario = options.scenario
+    shard = options.shard or Shard(index=0, count=1)
     record = RunRecord(
         scenario=scenario.name,
         description=scenario.description,
@@ -97,23 +140,40 @@ def run_fleet(options: RunOptions) -> dict[str, Any]:
             stack.enter_context(tempfile.TemporaryDirectory(prefix="iotdr-fleet-"))
         )
         state.mkdir(parents=True, exist_ok=True)
-        stage = RegionsStage(scenario, state, broker=options.broker)
+        stage = _stage(options, state, shard, record)
         fleet = ProcessFleet(
             scenario,
             state,
             seed=options.seed,
             processes=options.processes,
-            endpoints=lambda: stage.running().endpoints(),
+            endpoints=stage.endpoints,
         )
-        player = TimelinePlayer(scenario, stage, fleet, record, progress=options.progress)
+        player = (
+            TimelinePlayer(scenario, stage, fleet, record, progress=options.progress)
+            if options.shard is None and options.start_at is None
+            else ShardPlayer(
+                scenario,
+                stage,
+                fleet,
+                record,
+                shard=shard,
+                start_at=options.start_at,
+                progress=options.progress,
+            )
+        )
         try:
             stage.start(stack, record)
-            asyncio.run(_main(player, stage, fleet, options))
+            names = _fleet_names(stage, scenario.devices, shard)
+            asyncio.run(_main(player, stage, fleet, names, options))
         except KeyboardInterrupt:
             interrupted = "interrupted (Ctrl-C)"
         except _TerminatedError:
             interrupted = "interrupted (SIGTERM)"
+        doors = list(record.doors)
         player.finish(interrupted=interrupted)
+        # finish() rebuilds each door sample from its first five fields; keep them whole.
+        t0 = player.t0 if player.t0 is not None else 0.0
+        record.doors = [dataclasses.replace(d, t=round(d.t - t0, 3)) for d in doors]
     report = write_report(record, options.report_dir)
     if interrupted is not None:
         msg = (
@@ -124,8 +184,41 @@ def run_fleet(options: RunOptions) -> dict[str, Any]:
     return report
 
 
+def _stage(options: RunOptions, state: Path, shard: Shard, record: RunRecord) -> AnyStage:
+    """The regions' side the options ask for (the AWS plan is checked here, before any start)."""
+    scenario = options.scenario
+    if options.aws is not None:
+        from simulators.fleet._aws_stage import AwsStage, aws_clients  # noqa: PLC0415
+        from simulators.fleet._aws_target import check_aws_plan, load_identities  # noqa: PLC0415
+
+        record.notes.extend(check_aws_plan(scenario, options.aws))
+        identities = load_identities(options.aws.identities)
+        return AwsStage(
+            scenario, options.aws, identities, shard=shard, clients=aws_clients(options.aws)
+        )
+    if options.regions is not None:
+        from simulators.fleet._attached_stage import AttachedStage  # noqa: PLC0415
+
+        return AttachedStage(scenario, state, options.regions, shard=shard)
+    return RegionsStage(scenario, state, broker=options.broker)
+
+
+def _fleet_names(stage: AnyStage, devices: int, shard: Shard) -> list[str]:
+    """This shard's contiguous share of the fleet's names (all of them unsharded)."""
+    from simulators.fleet._aws_stage import AwsStage  # noqa: PLC0415
+
+    names = (
+        stage.fleet_names(devices) if isinstance(stage, AwsStage) else fleet_device_names(devices)
+    )
+    return [names[i] for i in share(len(names), shard)]
+
+
 async def _main(
-    player: TimelinePlayer, stage: RegionsStage, fleet: ProcessFleet, options: RunOptions
+    player: TimelinePlayer,
+    stage: AnyStage,
+    fleet: ProcessFleet,
+    names: list[str],
+    options: RunOptions,
 ) -> None:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -141,7 +234,7 @@ async def _main(
     try:
         if options.progress is not None:
             options.progress(Progress(phase="provisioning", duration_s=player.scenario.duration_s))
-        devices = await asyncio.to_thread(stage.provision, player.scenario.devices)
+        devices = await asyncio.to_thread(stage.provision, names)
         stage.start_replicator()
         await player.run(devices)
     except asyncio.CancelledError:
@@ -154,11 +247,18 @@ async def _main(
 
 
 def _settings(scenario: Scenario, options: RunOptions) -> dict[str, object]:
-    return {
+    settings: dict[str, object] = {
         **scenario_settings(scenario),
         "processes": options.processes or default_processes(),
         "broker": options.broker,
+        "target": "aws" if options.aws is not None else "local",
     }
+    if options.shard is not None:
+        settings["shard"] = options.shard.as_dict()
+        settings["fleet_devices"] = scenario.devices
+    if options.start_at is not None:
+        settings["start_at"] = options.start_at
+    return settings
 
 
 class _TerminatedError(Exception):

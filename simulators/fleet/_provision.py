@@ -34,7 +34,13 @@ if TYPE_CHECKING:
     from simulators._pki import FleetPKI
     from simulators._regions import LocalRegions
 
-__all__ = ["ProvisionTimes", "fleet_device_names", "provision_fleet", "register_new_devices"]
+__all__ = [
+    "ProvisionTimes",
+    "fleet_device_names",
+    "issue_identities",
+    "provision_fleet",
+    "register_new_devices",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +101,7 @@ def provision_fleet(
         msg = "device names must be unique"
         raise SimulatorError(msg)
     started = timer()
-    devices = _issue(pki, names, workers)
+    devices = issue_identities(pki, names, workers)
     registered = timer()
     if register_in is None or register_in:
         regions.register_fleet(devices, register_in)
@@ -148,7 +154,7 @@ def register_new_devices(
         msg = "the local regions are not running"
         raise SimulatorError(msg)
     regions.gateway(target)  # an unknown region fails here, before any key is made
-    devices = _issue(pki, names, workers)
+    devices = issue_identities(pki, names, workers)
     iot = iot_client(plane.url, target)
     for device in devices:
         register_device(plane.url, target, device, iot=iot)
@@ -163,7 +169,9 @@ def _running_pki(regions: LocalRegions) -> FleetPKI:
     return regions.pki
 
 
-def _issue(pki: FleetPKI, names: Sequence[str], workers: int | None) -> list[CertifiedKey]:
+def issue_identities(
+    pki: FleetPKI, names: Sequence[str], workers: int | None = None
+) -> list[CertifiedKey]:
     """Key pairs and certificates for ``names`` under ``pki``'s ``devices/`` folder."""
     directory: Path = pki.directory / "devices"
     if not names:

@@ -11,25 +11,22 @@ and measures the doors, the replicator's lag, the arrivals and the shadows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import subprocess
 import sys
 import time
-import urllib.request
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from simulators._errors import SimulatorError
 from simulators._topology import DEFAULT_DOMAIN, LocalRegion
 from simulators.fleet._cloud import CloudCounter
-from simulators.fleet._provision import fleet_device_names
 from simulators.fleet._records import DoorSample, RunRecord, ShadowCheck
+from simulators.fleet._replicator_process import FleetReplicator, spawn_service, stop_process
 from simulators.fleet._scenario import DnsStep, FaultStep, HealStep, ReplicatorStep
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    import contextlib
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     from simulators._pki import CertifiedKey, FleetPKI
@@ -40,7 +37,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RegionsStage", "local_regions_for"]
+__all__ = ["RegionsStage", "check_shadows", "door_sample", "local_regions_for"]
 
 _SHADOW_SETTLE_S = 30.0
 _CONTROL_PLANE_MODES = {"control-plane-down": "http503", "control-plane-drop": "drop"}
@@ -68,8 +65,7 @@ class RegionsStage:
         self.broker_kind = broker
         self.regions: LocalRegions | None = None
         self.counter: CloudCounter | None = None
-        self.replicator: subprocess.Popen[bytes] | None = None
-        self.replicator_port = 0
+        self.replicator = FleetReplicator(scenario, state, self.endpoints)
         self.identities: dict[str, CertifiedKey] = {}
         self.jitr_pki: FleetPKI | None = None
 
@@ -119,11 +115,14 @@ class RegionsStage:
 
     # -- devices -------------------------------------------------------------------------
 
-    def provision(self, count: int) -> list[DeviceEntry]:
+    def endpoints(self) -> dict[str, Any]:
+        """Where everything runs (:meth:`LocalRegions.endpoints`; the device hosts read it)."""
+        return self.running().endpoints()
+
+    def provision(self, names: Sequence[str]) -> list[DeviceEntry]:
         """The fleet's identities, registered in every region at once (bulk, no events)."""
         from simulators.fleet._provision import provision_fleet  # noqa: PLC0415
 
-        names = fleet_device_names(count)
         for identity in provision_fleet(self.running(), names):
             self.identities[identity.name] = identity
         return [self.entry(name) for name in names]
@@ -181,53 +180,11 @@ class RegionsStage:
 
     def start_replicator(self) -> None:
         """``iotdr replicator run`` between the first two regions, unless replication is off."""
-        from simulators._broker import free_port  # noqa: PLC0415
-
-        if self.scenario.replication == "off" or (
-            self.replicator is not None and self.replicator.poll() is None
-        ):
-            return
-        regions = self.running()
-        endpoints = regions.endpoints()
-        primary, secondary = self.scenario.regions[0], self.scenario.regions[1]
-        control = endpoints["control_plane_url"]
-        broker, back = regions.broker(primary), regions.broker(secondary)
-        self.replicator_port = free_port("127.0.0.1")
-        mode = "jitr" if self.scenario.replication == "jitr" else "complete"
-        command = [
-            sys.executable, "-m", "device_agent.cli", "replicator", "run",
-            "--primary-region", primary, "--secondary-region", secondary,
-            "--primary-endpoint-url", control, "--secondary-endpoint-url", control,
-            "--primary-data-endpoint-url", endpoints["regions"][primary]["data_url"],
-            "--secondary-data-endpoint-url", endpoints["regions"][secondary]["data_url"],
-            "--mode", mode, "--feed", f"{broker.host}:{broker.port}",
-            # What a DR deployment runs: what devices change in the secondary during an
-            # outage (shadows, JITR registrations) is copied back, so both regions converge.
-            "--failback", "auto", "--failback-feed", f"{back.host}:{back.port}",
-            "--feed-client-id", "iotdr-fleet-replicator",
-            "--journal", str(self.state / "replicator.sqlite"),
-            "--listen", f"127.0.0.1:{self.replicator_port}", "--json",
-        ]  # fmt: skip
-        self.replicator = self._spawn(command, "replicator.log")
-
-    def _spawn(self, command: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        env = {
-            **os.environ,
-            "AWS_ACCESS_KEY_ID": "local",
-            "AWS_SECRET_ACCESS_KEY": "local",
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        }
-        with (self.state / log_name).open("ab") as log:
-            return subprocess.Popen(  # noqa: S603 - our own command
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True,
-            )  # fmt: skip
+        self.replicator.start()
 
     def stop_replicator(self) -> None:
-        """Stop the replicator (see :func:`_stop_process`)."""
-        process, self.replicator = self.replicator, None
-        _stop_process(process)
+        """Stop the replicator (by PID; SIGKILL after 15 s)."""
+        self.replicator.stop()
 
     def _start_jitr(self, stack: contextlib.ExitStack) -> None:
         """JITR in the secondary: a device CA registered in every region, the handler running.
@@ -271,8 +228,8 @@ class RegionsStage:
             "--ca", ca_id, "--primary-region", primary, "--primary-endpoint-url", url,
             "--journal", str(self.state / "jitr.sqlite"), "--sweep-interval", "30", "--json",
         ]  # fmt: skip
-        process = self._spawn(command, "jitr.log")
-        stack.callback(_stop_process, process)
+        process = spawn_service(command, self.state, "jitr.log")
+        stack.callback(stop_process, process)
 
     # -- measuring -----------------------------------------------------------------------------
 
@@ -285,35 +242,10 @@ class RegionsStage:
         doors = []
         for name in self.scenario.regions:
             try:
-                status = regions.gateway(name).status()
+                doors.append(door_sample(t, name, regions.gateway(name).status()))
             except Exception:  # noqa: BLE001 - a busy door must not stop the run
                 logger.debug("fleet.door_sample_failed", extra={"region": name})
-                continue
-            doors.append(
-                DoorSample(
-                    t,
-                    name,
-                    int(status["connections"]["live"]),
-                    int(status["admitted"]),
-                    {str(k): int(v) for k, v in status["refused"].items()},
-                )
-            )
-        return doors, self._replicator_lag()
-
-    def _replicator_lag(self) -> float | None:
-        if self.replicator is None or self.replicator.poll() is not None:
-            return None
-        url = f"http://127.0.0.1:{self.replicator_port}/metrics"
-        try:
-            with urllib.request.urlopen(url, timeout=0.5) as response:
-                text = response.read().decode()
-        except OSError:
-            return None
-        for line in text.splitlines():
-            if line.startswith("iotdr_replicator_queue_oldest_pending_seconds "):
-                with contextlib.suppress(ValueError, IndexError):
-                    return float(line.split()[1])
-        return None
+        return doors, self.replicator.lag()
 
     def delivered(self) -> int:
         """Telemetry arrivals so far."""
@@ -332,37 +264,58 @@ class RegionsStage:
 
     def _check_shadows(self, final: FleetFinal) -> ShadowCheck:
         regions = self.running()
-        deadline = time.monotonic() + _SHADOW_SETTLE_S
-        reported = {d: s for d, s in final.reported.items() if s.get("seq", 0)}
-        while True:
-            diverged = []
-            for device, state in reported.items():
-                where = (
-                    list(self.scenario.regions)
-                    if self.scenario.replication != "off"
-                    else [final.region.get(device) or self.scenario.regions[0]]
-                )
-                for region in where:
-                    document = regions.shadows(region).store.get(device).document or {}
-                    have = document.get("state", {}).get("reported", {})
-                    if any(have.get(k) != v for k, v in state.items()):
-                        diverged.append(device)
-                        break
-            if not diverged or time.monotonic() >= deadline:
-                return ShadowCheck(len(reported), len(diverged), tuple(sorted(diverged)[:200]))
-            time.sleep(1.0)
+
+        def reported(region: str, device: str) -> dict[str, Any]:
+            document = regions.shadows(region).store.get(device).document or {}
+            state: dict[str, Any] = document.get("state", {}).get("reported", {})
+            return state
+
+        return check_shadows(self.scenario, final, reported)
 
 
-def _stop_process(process: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM (a service finishes what is in flight), SIGKILL after 15 s; our own only."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+def door_sample(t: float, region: str, status: dict[str, Any]) -> DoorSample:
+    """A door's status (its admin ``/status``) as a sample; ``handshakes`` where it counts them."""
+    handshakes = status.get("handshakes")
+    return DoorSample(
+        t,
+        region,
+        int(status["connections"]["live"]),
+        int(status["admitted"]),
+        {str(k): int(v) for k, v in status["refused"].items()},
+        int(handshakes) if isinstance(handshakes, int) else None,
+    )
+
+
+def check_shadows(
+    scenario: Scenario,
+    final: FleetFinal,
+    reported: Callable[[str, str], dict[str, Any]],
+    *,
+    settle_s: float = _SHADOW_SETTLE_S,
+) -> ShadowCheck:
+    """Every device's last reported state against ``reported(region, device)`` (bounded wait).
+
+    In every region when replicated, else in the device's own; waits up to
+    ``settle_s`` for the last updates (and the replicator) to land.
+    """
+    deadline = time.monotonic() + settle_s
+    expected = {d: s for d, s in final.reported.items() if s.get("seq", 0)}
+    while True:
+        diverged = []
+        for device, state in expected.items():
+            where = (
+                list(scenario.regions)
+                if scenario.replication != "off"
+                else [final.region.get(device) or scenario.regions[0]]
+            )
+            for region in where:
+                have = reported(region, device)
+                if any(have.get(k) != v for k, v in state.items()):
+                    diverged.append(device)
+                    break
+        if not diverged or time.monotonic() >= deadline:
+            return ShadowCheck(len(expected), len(diverged), tuple(sorted(diverged)[:200]))
+        time.sleep(1.0)
 
 
 _DEVICE_POLICY = {

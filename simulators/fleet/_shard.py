@@ -10,8 +10,9 @@
 * devices a ``create_devices`` step creates continue the numbering (D+1...),
   and each shard creates its contiguous share of each step's count;
 * region steps (door and control-plane faults, heals, DNS, the replicator)
-  have one owner, shard 0; the other shards record them at the same time
-  without carrying them out, so every shard's report knows the disruption.
+  have one owner, shard 0; the other shards record them at their planned
+  time without carrying them out, so every shard's report knows the
+  disruption (the merge takes the owner's times).
 
 The shards agree on ``t = 0`` by the wall clock (``--start-at EPOCH``):
 :class:`ShardPlayer` waits, once its devices are connected, until that
@@ -22,6 +23,7 @@ step (NTP: a few milliseconds, against timelines in seconds).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from dataclasses import dataclass
@@ -153,7 +155,13 @@ class ShardPlayer(TimelinePlayer):
 
     async def _apply(self, step: Step) -> None:
         if not isinstance(step, CreateDevicesStep):
+            before = len(self.record.steps)
             await super()._apply(step)
+            if not self.shard.owner and len(self.record.steps) > before:
+                # The owner carries the step out at its planned time (to a loop tick);
+                # recorded here at that time, never after what it caused in these devices.
+                last = self.record.steps[-1]
+                self.record.steps[-1] = dataclasses.replace(last, t=round(step.at, 3))
             return
         t = round(self.now(), 3)
         names = shard_names(step.count, self.shard, start=self._next_global)
