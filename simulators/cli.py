@@ -628,7 +628,7 @@ def run(
     }  # fmt: skip
     given = [name for name, value in aws_options.items() if value]
     if target != "aws" and given:
-        msg = f"{', '.join(given)} are for --target aws"
+        msg = f"{', '.join(given)}: only with --target aws"
         raise click.UsageError(msg)
     scenario = load_scenario(scenario_name)
     local_fleet = target == "local" and regions_dir is None
