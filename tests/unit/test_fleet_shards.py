@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gzip
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from device_agent.testing import run_virtual
 from simulators._errors import SimulatorError
 from simulators.fleet._merge import merge_records
+from simulators.fleet._play import FleetFinal
 from simulators.fleet._provision import fleet_device_names
 from simulators.fleet._record_file import read_record, record_from_json, record_to_json
 from simulators.fleet._records import (
@@ -24,9 +27,11 @@ from simulators.fleet._records import (
     StepRecord,
 )
 from simulators.fleet._report import build_report
-from simulators.fleet._shard import Shard, parse_shard, shard_names, share
+from simulators.fleet._scenario import FaultStep, parse_scenario
+from simulators.fleet._shard import Shard, ShardPlayer, parse_shard, shard_names, share
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
 E, W = "us-east-1", "us-west-2"
@@ -241,3 +246,138 @@ def test_record_file_errors_are_one_line(tmp_path: Path) -> None:
     data["events"][0][2] = "exploded"
     with pytest.raises(SimulatorError, match=r"malformed.*exploded"):
         record_from_json(data)
+
+
+# -- the shard's player, on virtual time ----------------------------------------------------
+
+
+class _Stage:
+    """Carries steps out (records them) and registers devices; nothing else to measure."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[float, str]] = []
+        self.registered: list[str] = []
+
+    async def apply(self, step: Any) -> str:
+        self.applied.append((asyncio.get_running_loop().time(), type(step).__name__))
+        return "down" if isinstance(step, FaultStep) else "up"
+
+    async def register_devices(self, names: Sequence[str]) -> list[dict[str, str]]:
+        self.registered += names
+        return [{"name": n} for n in names]
+
+    async def sample(self, t: float) -> tuple[list[DoorSample], float | None]:
+        return [], None
+
+    def delivered(self) -> int:
+        return 0
+
+    async def settle(self) -> list[Arrival]:
+        return []
+
+    async def check_shadows(self, final: FleetFinal) -> ShadowCheck:
+        return ShadowCheck()
+
+
+class _Fleet:
+    """Devices that connect to the primary as soon as they are started."""
+
+    def __init__(self) -> None:
+        self.events: list[DeviceEvent] = []
+        self.started: list[str] = []
+
+    async def start(self, devices: Sequence[dict[str, str]]) -> None:
+        await self.add(devices)
+
+    async def add(self, devices: Sequence[dict[str, str]]) -> None:
+        now = asyncio.get_running_loop().time()
+        for device in devices:
+            self.started.append(device["name"])
+            self.events.append(DeviceEvent(now, device["name"], "connected", E))
+
+    def take_events(self) -> list[DeviceEvent]:
+        events, self.events = self.events, []
+        return events
+
+    def sent(self) -> int:
+        return 0
+
+    def check(self) -> None:
+        pass
+
+    async def set_device_fault(self, region: str, mode: str, fraction: float = 1.0) -> None:
+        pass
+
+    async def clear_device_fault(self, region: str) -> None:
+        pass
+
+    async def quiet(self) -> FleetFinal:
+        return FleetFinal()
+
+
+_TIMELINE = """\
+name: sharded
+devices: 10
+duration_s: 4
+regions: [us-east-1, us-west-2]
+timeline:
+  - {at: 1, fault: {region: us-east-1, mode: down}}
+  - {at: 2, create_devices: 5}
+  - {at: 3, heal: {region: us-east-1}}
+"""
+
+
+def _play(shard: Shard, *, start_at: float) -> tuple[RunRecord, _Stage, _Fleet, float]:
+    scenario = parse_scenario(_TIMELINE, source="sharded.yaml")
+    stage, fleet = _Stage(), _Fleet()
+    record = RunRecord(scenario=scenario.name, regions=scenario.regions)
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        player = ShardPlayer(
+            scenario,
+            stage,
+            fleet,
+            record,
+            shard=shard,
+            start_at=start_at,
+            wall=lambda: 1_000.0 + loop.time(),  # the epoch at 1,000 s when the loop is at 0
+        )
+        names = shard_names(scenario.devices, shard)
+        await player.run([{"name": n} for n in names])
+        player.finish()
+        assert player.t0 is not None
+        return player.t0
+
+    t0 = run_virtual(main())
+    return record, stage, fleet, t0
+
+
+def test_the_timeline_starts_at_the_wall_clock_instant() -> None:
+    record, stage, fleet, t0 = _play(Shard(index=0, count=2), start_at=1_030.0)
+    assert t0 == pytest.approx(30.0, abs=0.01)  # the loop's time when the epoch was 1,030
+    assert fleet.started[:5] == ["sim-00001", "sim-00002", "sim-00003", "sim-00004", "sim-00005"]
+    # The owner carries out the region steps, at t0 + their time.
+    assert [(round(t - t0), kind) for t, kind in stage.applied] == [
+        (1, "FaultStep"),
+        (3, "HealStep"),
+    ]
+    # Its share of the 5 created devices continues the fleet's numbering: 11 and 12.
+    assert stage.registered == ["sim-00011", "sim-00012"]
+    assert record.devices[-2:] == ("sim-00011", "sim-00012")
+    assert not record.notes
+
+
+def test_a_shard_that_is_late_starts_at_once_and_says_so() -> None:
+    record, _, _, t0 = _play(Shard(index=1, count=2), start_at=990.0)
+    assert t0 == pytest.approx(0.0, abs=0.5)
+    assert any("started late" in note for note in record.notes)
+
+
+def test_other_shards_record_region_steps_at_their_planned_time() -> None:
+    record, stage, _, _ = _play(Shard(index=1, count=2), start_at=1_010.0)
+    steps = [(s.t, s.action, s.detail) for s in sorted(record.steps, key=lambda s: s.t)]
+    assert (1.0, "fault", "down") in steps
+    assert (3.0, "heal", "up") in steps
+    assert stage.registered == ["sim-00013", "sim-00014", "sim-00015"]
+    assert (2.0, "create_devices", "3") in [(round(t), a, d) for t, a, d in steps]
