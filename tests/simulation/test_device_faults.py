@@ -7,11 +7,15 @@ around its transport and prober as in a device host.
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from simulators.fleet._device_faults import chosen
+from device_agent import ConnectError, ConnectParams, TransportCallbacks, TransportClosedError
+from device_agent.testing import MemoryNetwork, run_virtual
+from simulators.fleet._device_faults import DeviceFaults, chosen
 from simulators.fleet._memory import run_memory_scenario
 from simulators.fleet._scenario import parse_scenario
 
@@ -152,3 +156,116 @@ def test_refused_and_reset_move_the_fleet_with_the_agents_own_kinds(mode: str, k
     assert report["devices_final"] == {PRIMARY: 50, SECONDARY: 0, "none": 0}
     _nothing_lost(report, run)
     _door_untouched(run)
+
+
+# -- one connection through the wrapper, on virtual time -----------------------------------------
+
+
+class _Link:
+    """One device connection into a two-region memory network, through a fault table."""
+
+    def __init__(self, *, keepalive_s: int = 20, timeout_s: float = 5.0) -> None:
+        self.network = MemoryNetwork([PRIMARY, SECONDARY], latency_s=0.01)
+        self.faults = DeviceFaults(seed=0)
+        self.received: list[bytes] = []
+        self.lost: list[str] = []
+        self.gone = asyncio.Event()
+        endpoint = self.network.endpoints[PRIMARY]
+        params = ConnectParams(
+            endpoint=endpoint,
+            address=self.network.region(PRIMARY).address,
+            client_id="dev-1",
+            ssl_context=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
+            keepalive_s=keepalive_s,
+            timeout_s=timeout_s,
+        )
+        callbacks = TransportCallbacks(
+            on_message=lambda _t, payload, _q, _r: self.received.append(payload),
+            on_lost=self._on_lost,
+        )
+        self.transport = self.faults.transport_factory(self.network.transport_factory)(
+            params, callbacks
+        )
+
+    def _on_lost(self, kind: str) -> None:
+        self.lost.append(kind)
+        self.gone.set()
+
+    async def connected(self) -> None:
+        await self.transport.connect()
+        await self.transport.subscribe("down/#", 1)
+
+
+def test_a_silent_connection_holds_both_ways_and_flows_again_on_the_heal() -> None:
+    async def scenario() -> tuple[_Link, list[str]]:
+        link = _Link()
+        await link.connected()
+        link.faults.set(PRIMARY, "blackhole")
+        publish = asyncio.create_task(link.transport.publish("up/1", b"held", 1))
+        link.network.publish(PRIMARY, "down/1", b"to the device", 1)
+        await asyncio.sleep(10)
+        during = [str(publish.done()), str(link.received), str(link.transport.connected)]
+        link.faults.clear(PRIMARY)
+        await publish  # acknowledged once the way is back
+        await asyncio.sleep(1)
+        await link.transport.disconnect()
+        return link, during
+
+    link, during = run_virtual(scenario())
+    assert during == ["False", "[]", "True"]  # nothing through, and it looks up
+    assert link.received == [b"to the device"]
+    assert link.lost == []
+
+
+def test_a_silent_connection_is_lost_when_the_keepalive_runs_out() -> None:
+    async def scenario() -> tuple[_Link, float, BaseException | None]:
+        link = _Link(keepalive_s=20)
+        await link.connected()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        link.faults.set(PRIMARY, "blackhole")
+        publish = asyncio.create_task(link.transport.publish("up/1", b"lost", 1))
+        await link.gone.wait()
+        after = loop.time() - began
+        await asyncio.gather(publish, return_exceptions=True)
+        return link, after, publish.exception()
+
+    link, after, error = run_virtual(scenario())
+    assert link.lost == ["timeout"]
+    assert 29.5 <= after <= 31  # 1.5 keep-alives
+    assert isinstance(error, TransportClosedError)
+    assert not link.transport.connected
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind", "waited"),
+    [("refuse", "refused", 0), ("reset", "closed", 0), ("blackhole", "timeout", 5)],
+)
+def test_a_connect_meets_the_fault(mode: str, kind: str, waited: float) -> None:
+    async def scenario() -> tuple[str, float]:
+        link = _Link(timeout_s=5.0)
+        link.faults.set(PRIMARY, mode)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(ConnectError) as info:
+            await link.transport.connect()
+        return info.value.kind, loop.time() - began
+
+    got, took = run_virtual(scenario())
+    assert got == kind
+    assert took == pytest.approx(waited, abs=0.01)
+
+
+def test_a_fault_of_the_other_region_or_a_device_not_chosen_changes_nothing() -> None:
+    async def scenario() -> list[str]:
+        link = _Link()
+        link.faults.set(SECONDARY, "refuse")
+        # dev-1 is not among the 1 % that seed 0 chooses.
+        assert not chosen(0, "dev-1", 0.01)
+        link.faults.set(PRIMARY, "reset", 0.01)
+        await link.connected()
+        await link.transport.publish("up/1", b"fine", 1)
+        await link.transport.disconnect()
+        return link.lost
+
+    assert run_virtual(scenario()) == []
