@@ -24,7 +24,7 @@ shadows            checked and diverged summed, names concatenated
 duration_s         the longest
 settings           shard 0's, with the device hosts summed and
                    ``shard: {"count": N, "merged": true}``
-notes              each shard's, prefixed ``shard I/N:``
+notes              each shard's, prefixed ``shard I/N:`` (unless they name it already)
 =================  ==========================================================
 """
 
@@ -179,7 +179,9 @@ def merge_records(records: Sequence[RunRecord]) -> RunRecord:
         replicator_lag_s=list(owner.replicator_lag_s),
         final_region={d: where for r in ordered for d, where in r.final_region.items()},
         notes=[
-            f"shard {i}/{len(ordered)}: {note}" for i, r in enumerate(ordered) for note in r.notes
+            note if note.startswith(f"shard {i}/") else f"shard {i}/{len(ordered)}: {note}"
+            for i, r in enumerate(ordered)
+            for note in r.notes
         ],
     )
 
