@@ -336,8 +336,10 @@ def check_aws_plan(scenario: Scenario, target: AwsTarget) -> list[str]:
             )
     notes = [
         "target aws: AWS's own quotas apply (CONNECT 500/s per account, 1/s per client ID)",
-        "target aws: AWS's doors cannot be read: connects, refusals at the doors, handshakes "
-        "and the failback storm's peak are not measured",
+        (
+            "target aws: AWS's doors cannot be read: connects, refusals at the doors, handshakes "
+            "and the failback storm's peak are not measured"
+        ),
     ]
     if scenario.quotas:
         notes.append("target aws: the scenario's quotas were not applied (they are AWS's to set)")
