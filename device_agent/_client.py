@@ -176,6 +176,8 @@ class FailoverClient:
             topic=config.probe.topic.replace("{client_id}", config.identity.client_id),
             keepalive_s=max(30, config.mqtt.keepalive_s),
             timer=self._clock.monotonic,
+            source_address=config.mqtt.source_address,
+            protocol=config.mqtt.protocol,
         )
         self._shadows = ShadowFetcher(config.identity.thing, config.named_shadows)
         self._outbox: OutboxPort = (
@@ -485,6 +487,8 @@ class FailoverClient:
             keepalive_s=self.config.mqtt.keepalive_s,
             clean_session=self.config.mqtt.clean_session,
             timeout_s=self.config.mqtt.connect_timeout_s,
+            source_address=self.config.mqtt.source_address,
+            protocol=self.config.mqtt.protocol,
         )
         generation = conn.generation
         callbacks = TransportCallbacks(

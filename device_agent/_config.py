@@ -7,6 +7,7 @@ Durations are float seconds named ``..._s``.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import stat
@@ -66,11 +67,43 @@ class FailoverConfig:
             10 s spends 1/10 of its devices' count per second); ``mqtt`` adds
             CONNECT and CONNACK with the device's identity; ``roundtrip`` adds a
             publish/subscribe echo.
+        probe_jitter: how far each probe interval strays, as a fraction ``j``
+            of it: a probe follows the last one after ``uniform((1 - j) * I,
+            (1 + j) * I)``, and the first one after a connect comes at a random
+            phase in ``[0, I]``, for the health and the failback probes alike.
+            0.2 by default: a fleet that failed over in the same second
+            spreads its probes over the whole interval at once (the phase),
+            and two devices that happen to share a phase drift apart by about
+            a fifth of an interval per probe, while no device probes much
+            more often than configured (at most 1 / 0.8 = 1.25 times).
+            0 keeps the intervals exact (the phase stays random); less than 1.
         stability_window_s: the preferred region must pass every probe for
             this long before the device moves back.
+        failback_spread_s: once the stability window is done, the device waits
+            a random time in ``[0, failback_spread_s]`` before it moves back,
+            probing all along (a failed probe cancels the move and restarts the
+            window). 30 s by default: AWS allows 500 CONNECT/s per account, and
+            with the failback probes' random phase alone a fleet of N devices
+            closes its windows within one probe interval, N / 10 CONNECT/s with
+            the default 10 s; spread over 10 + 30 s, a fleet of up to 20,000
+            devices (the largest this project measures) moves back within the
+            default quota. Failback is never urgent (the device works on the
+            secondary meanwhile), so the cost is only time on the secondary,
+            15 s on average. Raise it for a larger fleet (about N / 500 - 10
+            s), or lower it (0: at once).
         failback: move back at all (False: stay until the current region fails).
         backoff_base_s: first backoff step; doubles per failure (full jitter).
         backoff_max_s: backoff cap.
+        throttle_backoff_base_s: first step of the backoff after a throttled
+            CONNECT (CONNACK quota exceeded or server busy); doubles per
+            throttled attempt since the last connection, full jitter. A throttled attempt counts
+            neither toward ``reconnect_attempts`` nor the backoff above: the
+            region is up, only busy. 1 s by default: AWS refills the client
+            ID's bucket at 1 CONNECT/s, so an earlier retry is throttled again.
+        throttle_backoff_max_s: its cap; 30 s by default, so a fleet that
+            overran the account quota (500/s) spreads its retries over up to
+            30 s, 15,000 devices' worth, without any device waiting longer
+            than that once the region has room.
         stable_after_s: a connection up this long resets the backoff.
         connect_guard_s: at most one CONNECT per client ID per this many
             seconds (AWS IoT allows one per second).
@@ -85,10 +118,14 @@ class FailoverConfig:
     probe_interval_s: float = 3.0
     failback_probe_interval_s: float = 10.0
     failback_probe_depth: Literal["tcp", "tls", "mqtt", "roundtrip"] = "tls"
+    probe_jitter: float = 0.2
     stability_window_s: float = 60.0
+    failback_spread_s: float = 30.0
     failback: bool = True
     backoff_base_s: float = 0.5
     backoff_max_s: float = 60.0
+    throttle_backoff_base_s: float = 1.0
+    throttle_backoff_max_s: float = 30.0
     stable_after_s: float = 30.0
     connect_guard_s: float = 1.0
     dr_mode: bool = False
@@ -98,16 +135,21 @@ class FailoverConfig:
     def __post_init__(self) -> None:
         _positive(self, "reconnect_attempts", "failure_threshold", "probe_interval_s")
         _positive(self, "failback_probe_interval_s", "backoff_base_s", "backoff_max_s")
-        _positive(self, "dns_poll_interval_s")
+        _positive(self, "dns_poll_interval_s", "throttle_backoff_base_s", "throttle_backoff_max_s")
         _positive(
             self,
             "stability_window_s",
+            "failback_spread_s",
             "stable_after_s",
             "connect_guard_s",
             "dr_jitter_s",
+            "probe_jitter",
             allow_zero=True,
         )
         _booleans(self, "failback", "dr_mode")
+        if self.probe_jitter >= 1:
+            msg = f"FailoverConfig.probe_jitter must be less than 1, not {self.probe_jitter!r}"
+            raise ConfigError(msg)
         if self.failback_probe_depth not in ("tcp", "tls", "mqtt", "roundtrip"):
             msg = (
                 f"FailoverConfig.failback_probe_depth must be tcp, tls, mqtt or roundtrip, "
@@ -228,6 +270,17 @@ class MQTTConfig:
         connect_timeout_s: deadline of one connect (TCP, TLS and CONNACK).
         max_inflight: unacknowledged QoS 1 publishes at once (AWS allows 100).
         clean_session: MQTT clean session.
+        source_address: the local IP address every connection and probe binds
+            its socket to (any free port); None (the default) lets the system
+            choose. For a host that runs many devices: each local address
+            gives about 28,000 source ports per destination address and port,
+            so a fleet simulator spreads 20,000 devices over several
+            127.0.0.x addresses.
+        protocol: the MQTT level, ``"3.1.1"`` (the default) or ``"5"``. AWS IoT
+            answers a throttled CONNECT with CONNACK 0x97 (quota exceeded) only
+            to MQTT 5 clients; an MQTT 3.1.1 client sees its connection closed
+            without a CONNACK, which the agent cannot tell from other refusals
+            (so it counts as a failed attempt, not a throttled one).
     """
 
     port: int = 8883
@@ -235,10 +288,23 @@ class MQTTConfig:
     connect_timeout_s: float = 5.0
     max_inflight: int = 20
     clean_session: bool = True
+    source_address: str | None = None
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
 
     def __post_init__(self) -> None:
         _positive(self, "keepalive_s", "connect_timeout_s", "max_inflight")
         _booleans(self, "clean_session")
+        if self.protocol not in ("3.1.1", "5"):
+            msg = f'MQTTConfig.protocol must be "3.1.1" or "5", not {self.protocol!r}'
+            raise ConfigError(msg)
+        if self.source_address is not None:
+            try:
+                ipaddress.ip_address(self.source_address)
+            except ValueError:
+                msg = (
+                    f"MQTTConfig.source_address must be an IP address, not {self.source_address!r}"
+                )
+                raise ConfigError(msg) from None
         if not 0 < self.port < 65536:
             msg = f"MQTTConfig.port must be 1..65535, not {self.port!r}"
             raise ConfigError(msg)

@@ -70,6 +70,7 @@ class Timer(enum.Enum):
     CONNECT = "connect"
     PROBE = "probe"
     FAILBACK_PROBE = "failback_probe"
+    FAILBACK = "failback"  # the failback spread: the window is done, move back when due
     DNS_POLL = "dns_poll"
     DR_MOVE = "dr_move"
 
@@ -101,7 +102,11 @@ class ConnectSucceeded:
 
 @dataclass(frozen=True, slots=True)
 class ConnectFailed:
-    """The attempt failed: ``kind`` is refused, timeout, tls, not_authorized, dns, ..."""
+    """The attempt failed: ``kind`` is refused, timeout, tls, not_authorized, dns, ...
+
+    ``throttled`` (the region refused the CONNECT for quota) is not a failure
+    of the region: see the machine's theory of operation.
+    """
 
     region: str
     kind: str

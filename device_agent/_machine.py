@@ -30,13 +30,33 @@ Decisions:
   consecutive failures and resets only after a connection has stayed up for
   ``stable_after_s`` (a region that accepts and drops at once is not retried
   at full speed).
+* **Throttled is not failed.** A CONNECT refused for quota (``ConnectFailed``
+  kind ``throttled``: CONNACK 0x97 quota exceeded or 0x89 server busy) says
+  the region is up and busy. It is retried in the same region after a backoff
+  of its own, ``uniform(0, min(throttle_backoff_max_s, throttle_backoff_base_s
+  * 2**t))`` with ``t`` the throttled attempts before this one since
+  the last connection, and counts neither toward ``reconnect_attempts`` nor the
+  failure backoff: a device throttled by the secondary during a failover
+  never bounces back to the failed primary, and a throttled failback keeps
+  its target instead of aborting.
 * **Connect guard.** Never more than one CONNECT per client ID per
   ``connect_guard_s`` (AWS IoT throttles CONNECT per client ID at 1/s),
   counting the MQTT-level probes of other regions, which CONNECT too.
+* **Probe jitter.** A fleet that connected or failed over in the same second
+  must not probe in step: the first probe after a connect is at a random
+  phase, ``uniform(0, I)``, and every later one ``uniform((1 - j) * I,
+  (1 + j) * I)`` after the last (``I`` the probe's interval, ``j`` is
+  ``probe_jitter``), for the connected region's health probes and the
+  preferred region's failback probes alike.
 * **Failback with hysteresis.** While away from the preferred region, the
-  machine probes it every ``failback_probe_interval_s``; it moves back only
-  when every probe has passed for ``stability_window_s`` (any failure restarts
-  the window), so a flapping region never pulls the device back and forth.
+  machine probes it every ``failback_probe_interval_s`` (jittered); the window
+  is done when every probe has passed for ``stability_window_s`` (any failure
+  restarts it), so a flapping region never pulls the device back and forth.
+* **Failback spread.** Once the window is done, the device waits
+  ``uniform(0, failback_spread_s)`` more (timer ``FAILBACK``) before moving
+  back, so a fleet whose windows close together does not storm the recovered
+  region's CONNECT quota. It keeps probing while it waits; a failed probe
+  cancels the move and restarts the window.
 * **DR mode.** The preferred region is the CNAME's target instead of the
   TXT record's primary; when the DNS answer changes, the device moves after
   a random delay in ``[0, dr_jitter_s]``, so a fleet does not reconnect in
@@ -160,6 +180,7 @@ class FailoverMachine:
         self._move: _Move | None = None
         self._lost_at: float | None = None  # when the last connection was lost
         self._failback_probe_sent: float | None = None  # when the last failback probe left
+        self._throttles = 0  # throttled attempts since the last connection
         self._timers: dict[Timer, float] = {}
 
     def __repr__(self) -> str:
@@ -233,6 +254,7 @@ class FailoverMachine:
         self.since = now
         self.last_region = region
         self._failures_here = 0
+        self._throttles = 0
         self._probe_failures = 0
         self._lost_at = None
         self._healthy_since = None  # the window counts probes made while connected here
@@ -260,7 +282,7 @@ class FailoverMachine:
                     },
                 )
             )
-        self._arm(Timer.PROBE, now + self.config.probe_interval_s, out)
+        self._arm(Timer.PROBE, now + self._phase(self.config.probe_interval_s), out)
         self._arm_failback_probe(now, out)
 
     def _on_connect_failed(self, event: Event, now: float, out: list[Action]) -> None:
@@ -268,6 +290,9 @@ class FailoverMachine:
         if event.region != self.current:
             msg = f"a failed attempt for {event.region} but the attempt was for {self.current}"
             raise IllegalTransitionError(msg)
+        if event.kind == "throttled":
+            self._on_throttled(event.region, now, out)
+            return
         self._failures_here += 1
         self._exponent += 1
         out.append(
@@ -285,6 +310,26 @@ class FailoverMachine:
             self._begin_move("failover", event.region, now, out)
             self._reason = "failover"
         self._attempt(region, now, now + self._backoff(), out)
+
+    def _on_throttled(self, region: str, now: float, out: list[Action]) -> None:
+        """The region is up but over its CONNECT quota: the same region again, later."""
+        self._throttles += 1
+        out.append(
+            Emit(
+                "connect.failed",
+                {
+                    "region": region,
+                    "kind": "throttled",
+                    "attempt": self._failures_here,
+                    "throttled": self._throttles,
+                },
+            )
+        )
+        cap = min(
+            self.config.throttle_backoff_max_s,
+            self.config.throttle_backoff_base_s * 2.0 ** min(self._throttles - 1, 60),
+        )
+        self._attempt(region, now, now + self._rng.random() * cap, out)
 
     def _on_lost(self, event: Event, now: float, out: list[Action]) -> None:
         assert isinstance(event, ConnectionLost)
@@ -332,6 +377,9 @@ class FailoverMachine:
     def _on_failback_probe(self, event: ProbeResult, now: float, out: list[Action]) -> None:
         if not event.ok:
             self._healthy_since = None
+            if Timer.FAILBACK in self._timers:
+                self._cancel(Timer.FAILBACK, out)
+                out.append(Emit("failback.cancelled", {"region": event.region}))
             return
         # Measure the window between the times the probes were sent: their answers come
         # back with varying latency, which must not push a failback a whole interval out.
@@ -339,19 +387,11 @@ class FailoverMachine:
         if self._healthy_since is None:
             self._healthy_since = sent
         window_done = sent - self._healthy_since >= self.config.stability_window_s
-        if not (window_done and self.state is State.CONNECTED and self.config.failback):
+        if not window_done or not self.config.failback or Timer.FAILBACK in self._timers:
             return
-        assert self.current is not None
-        source = self.current
-        kind: Literal["failback", "dr_move"] = (
-            "failback" if event.region == self.primary else "dr_move"
-        )
-        out.append(Disconnect(source, kind))
-        self._drop_connection(now, out)
-        self._begin_move(kind, source, now, out)
-        self._reason = kind
-        self._exponent = 0
-        self._attempt(event.region, now, now, out)
+        delay = self._rng.random() * self.config.failback_spread_s
+        out.append(Emit("failback.scheduled", {"region": event.region, "in_s": delay}))
+        self._arm(Timer.FAILBACK, now + delay, out)
 
     def _on_dns(self, event: Event, now: float, out: list[Action]) -> None:
         assert isinstance(event, DnsAnswer)
@@ -372,6 +412,7 @@ class FailoverMachine:
         if not self.config.dr_mode or event.region not in self.regions:
             return
         self._healthy_since = None
+        self._cancel(Timer.FAILBACK, out)
         if event.region == self.current:
             self._cancel(Timer.DR_MOVE, out)
             self._arm_failback_probe(now, out)
@@ -413,7 +454,7 @@ class FailoverMachine:
     def _timer_probe(self, now: float, out: list[Action]) -> None:
         if self.state is State.CONNECTED and self.current is not None:
             out.append(Probe(self.current, "roundtrip"))
-            self._arm(Timer.PROBE, now + self.config.probe_interval_s, out)
+            self._arm(Timer.PROBE, now + self._jittered(self.config.probe_interval_s), out)
 
     def _timer_failback_probe(self, now: float, out: list[Action]) -> None:
         preferred = self.preferred
@@ -428,7 +469,23 @@ class FailoverMachine:
             self._last_connect_at = now
         self._failback_probe_sent = now
         out.append(Probe(preferred, depth))
-        self._arm(Timer.FAILBACK_PROBE, now + self.config.failback_probe_interval_s, out)
+        interval = self._jittered(self.config.failback_probe_interval_s)
+        self._arm(Timer.FAILBACK_PROBE, now + interval, out)
+
+    def _timer_failback(self, now: float, out: list[Action]) -> None:
+        """The spread after the stability window is over: move back now."""
+        target = self.preferred
+        if self.state is not State.CONNECTED or self.current in (None, target):
+            return
+        assert self.current is not None
+        source = self.current
+        kind: Literal["failback", "dr_move"] = "failback" if target == self.primary else "dr_move"
+        out.append(Disconnect(source, kind))
+        self._drop_connection(now, out)
+        self._begin_move(kind, source, now, out)
+        self._reason = kind
+        self._exponent = 0
+        self._attempt(target, now, now, out)
 
     def _timer_dns_poll(self, now: float, out: list[Action]) -> None:
         if self.state is State.CLOSED:
@@ -493,7 +550,7 @@ class FailoverMachine:
         self._failures_here = 0
         self._probe_failures = 0
         self._healthy_since = None
-        for timer in (Timer.PROBE, Timer.FAILBACK_PROBE, Timer.DR_MOVE):
+        for timer in (Timer.PROBE, Timer.FAILBACK_PROBE, Timer.FAILBACK, Timer.DR_MOVE):
             self._cancel(timer, out)
 
     def _begin_move(
@@ -516,9 +573,19 @@ class FailoverMachine:
 
     def _arm_failback_probe(self, now: float, out: list[Action]) -> None:
         if self.config.failback and self.current != self.preferred:
-            self._arm(Timer.FAILBACK_PROBE, now + self.config.failback_probe_interval_s, out)
+            at = now + self._phase(self.config.failback_probe_interval_s)
+            self._arm(Timer.FAILBACK_PROBE, at, out)
         else:
             self._cancel(Timer.FAILBACK_PROBE, out)
+
+    def _phase(self, interval: float) -> float:
+        """The first probe's delay: a random phase in [0, interval]."""
+        return self._rng.random() * interval
+
+    def _jittered(self, interval: float) -> float:
+        """A later probe's delay: uniform in [(1 - j) * interval, (1 + j) * interval]."""
+        jitter = self.config.probe_jitter
+        return interval * (1.0 - jitter + 2.0 * jitter * self._rng.random())
 
     def _backoff(self) -> float:
         cap = min(
@@ -574,6 +641,7 @@ _TIMER_HANDLERS: dict[Timer, Callable[[FailoverMachine, float, list[Action]], No
     Timer.CONNECT: FailoverMachine._timer_connect,
     Timer.PROBE: FailoverMachine._timer_probe,
     Timer.FAILBACK_PROBE: FailoverMachine._timer_failback_probe,
+    Timer.FAILBACK: FailoverMachine._timer_failback,
     Timer.DNS_POLL: FailoverMachine._timer_dns_poll,
     Timer.DR_MOVE: FailoverMachine._timer_dr_move,
 }

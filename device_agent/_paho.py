@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 _MISC_INTERVAL_S = 1.0
 # CONNACK reason codes (MQTT 3.1.1 return codes as paho maps them to reason codes).
 _NOT_AUTHORIZED = {"Not authorized", "Bad user name or password", "Banned"}
+# MQTT 5 CONNACK: 0x97 quota exceeded (AWS IoT's CONNECT throttling), 0x89 server busy.
+# MQTT 3.1.1 has no such code: AWS closes the connection without a CONNACK ("closed").
+_THROTTLED = {0x97, 0x89}
 
 
 class _Client(mqtt.Client):
@@ -63,7 +66,7 @@ class _Client(mqtt.Client):
 
 
 class PahoTransport:
-    """One MQTT connection through paho-mqtt (MQTT 3.1.1), asyncio-driven.
+    """One MQTT connection through paho-mqtt (MQTT 3.1.1 or 5), asyncio-driven.
 
     Build one per connection (see :data:`device_agent.TransportFactory`).
     """
@@ -72,11 +75,17 @@ class PahoTransport:
         self.params = params
         self._callbacks = callbacks
         self._loop = asyncio.get_running_loop()
-        self._client = _Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=params.client_id,
-            clean_session=params.clean_session,
-            protocol=mqtt.MQTTv311,
+        self._v5 = params.protocol == "5"
+        # MQTT 5 has clean start instead of clean session: given to connect() below.
+        self._client = (
+            _Client(CallbackAPIVersion.VERSION2, client_id=params.client_id, protocol=mqtt.MQTTv5)
+            if self._v5
+            else _Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=params.client_id,
+                clean_session=params.clean_session,
+                protocol=mqtt.MQTTv311,
+            )
         )
         self._client.max_inflight_messages_set(100)
         self._client.max_queued_messages_set(0)
@@ -124,10 +133,17 @@ class PahoTransport:
                 tls = await self._handshake(raw)
                 stage = "mqtt"
                 self._client._ready_socket = tls
-                rc = self._client.connect(
-                    params.endpoint.host,
-                    params.endpoint.port,
-                    keepalive=params.keepalive_s,
+                rc = (
+                    self._client.connect(
+                        params.endpoint.host,
+                        params.endpoint.port,
+                        keepalive=params.keepalive_s,
+                        clean_start=params.clean_session,
+                    )
+                    if self._v5
+                    else self._client.connect(
+                        params.endpoint.host, params.endpoint.port, keepalive=params.keepalive_s
+                    )
                 )
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     raise ConnectError(  # noqa: TRY301 - translated like the others below
@@ -166,6 +182,8 @@ class PahoTransport:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
+            if self.params.source_address is not None:
+                sock.bind((self.params.source_address, 0))
             await self._loop.sock_connect(sock, (address, self.params.endpoint.port))
         except BaseException:
             sock.close()
@@ -294,7 +312,11 @@ class PahoTransport:
             return
         if reason.is_failure:
             name = str(reason)
-            kind: ConnectErrorKind = "not_authorized" if name in _NOT_AUTHORIZED else "unavailable"
+            kind: ConnectErrorKind = "unavailable"
+            if name in _NOT_AUTHORIZED:
+                kind = "not_authorized"
+            elif reason.value in _THROTTLED:
+                kind = "throttled"
             self._connack.set_exception(ConnectError(kind, self.params.endpoint, name))
         else:
             self._connack.set_result(bool(flags.session_present))

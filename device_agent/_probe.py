@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from device_agent._transport import (
     ConnectError,
     ConnectParams,
+    MQTTProtocol,
     Transport,
     TransportCallbacks,
     TransportClosedError,
@@ -106,6 +107,9 @@ class Prober:
         topic: the round-trip topic.
         keepalive_s: keep-alive for probe connections.
         timer: monotonic clock for latencies.
+        source_address: the local IP address every probe's socket binds to
+            (any free port); None lets the system choose.
+        protocol: the MQTT level of MQTT-depth probes.
     """
 
     def __init__(
@@ -118,8 +122,12 @@ class Prober:
         topic: str,
         keepalive_s: int = 30,
         timer: Callable[[], float] = time.monotonic,
+        source_address: str | None = None,
+        protocol: MQTTProtocol = "3.1.1",
     ) -> None:
         self.client_id = client_id
+        self.source_address = source_address
+        self.protocol: MQTTProtocol = protocol
         self.topic = topic
         self.timeout_s = timeout_s
         self._ssl = ssl_context
@@ -181,15 +189,22 @@ class Prober:
             return self._failed(endpoint, depth, started, "unreachable", exc.strerror or str(exc))
         return ProbeOutcome(endpoint.region, depth, ok=True, latency_s=self._timer() - started)
 
+    def _local(self) -> tuple[str, int] | None:
+        return None if self.source_address is None else (self.source_address, 0)
+
     async def _tcp(self, endpoint: Endpoint, address: str) -> None:
-        _, writer = await asyncio.open_connection(address, endpoint.port)
+        _, writer = await asyncio.open_connection(address, endpoint.port, local_addr=self._local())
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
 
     async def _tls(self, endpoint: Endpoint, address: str) -> None:
         _, writer = await asyncio.open_connection(
-            address, endpoint.port, ssl=self._ssl, server_hostname=endpoint.host
+            address,
+            endpoint.port,
+            ssl=self._ssl,
+            server_hostname=endpoint.host,
+            local_addr=self._local(),
         )
         writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):
@@ -204,6 +219,8 @@ class Prober:
             keepalive_s=self._keepalive_s,
             clean_session=True,
             timeout_s=self.timeout_s,
+            source_address=self.source_address,
+            protocol=self.protocol,
         )
 
         def on_message(topic: str, payload: bytes, qos: int, retain: bool) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "ConnectError",
     "ConnectErrorKind",
     "ConnectParams",
+    "MQTTProtocol",
     "Transport",
     "TransportCallbacks",
     "TransportClosedError",
@@ -37,10 +38,14 @@ ConnectErrorKind = Literal[
     "unreachable",  # no route, host down
     "tls",  # the handshake failed: the server's certificate, or the protocol
     "not_authorized",  # our certificate was refused, or CONNACK said not authorized
-    "unavailable",  # CONNACK said server unavailable / busy / quota exceeded
+    "unavailable",  # CONNACK said server unavailable
+    "throttled",  # CONNACK said quota exceeded (0x97) or server busy (0x89): up, but busy
     "closed",  # the connection closed before CONNACK
     "dns",  # the endpoint's name did not resolve
 ]
+
+
+MQTTProtocol = Literal["3.1.1", "5"]
 
 
 class ConnectError(DeviceAgentError):
@@ -72,6 +77,10 @@ class ConnectParams:
         keepalive_s: MQTT keep-alive.
         clean_session: MQTT clean session.
         timeout_s: the deadline for TCP, TLS and CONNACK together.
+        source_address: the local IP address to bind the socket to before
+            connecting (port 0: any free port); None lets the system choose.
+        protocol: the MQTT level, ``3.1.1`` or ``5``. Only MQTT 5 tells a
+            throttled CONNECT (CONNACK 0x97) from other refusals.
     """
 
     endpoint: Endpoint
@@ -81,6 +90,8 @@ class ConnectParams:
     keepalive_s: int = 60
     clean_session: bool = True
     timeout_s: float = 5.0
+    source_address: str | None = None
+    protocol: MQTTProtocol = "3.1.1"
 
 
 @dataclass(frozen=True, slots=True)

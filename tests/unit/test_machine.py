@@ -105,6 +105,7 @@ def harness(**overrides: object) -> Harness:
         "stability_window_s": 10.0,
         "failback_probe_interval_s": 2.0,
         "probe_interval_s": 3.0,
+        "failback_spread_s": 0.0,  # the move follows the window at once (in the next advance)
     }
     config = FailoverConfig(**{**defaults, **overrides})  # type: ignore[arg-type]
     return Harness(FailoverMachine(config, primary=P, secondary=S, rng=FixedRandom()))
@@ -136,7 +137,7 @@ def test_connect_brings_resubscribe_replay_shadows_and_probing() -> None:
     actions = h.feed(ConnectSucceeded(P))
     assert actions[:3] == [Resubscribe(P), ReplayOutbox(P), FetchShadows(P)]
     assert h.emitted(actions) == ["connected"]
-    assert h.timers[Timer.PROBE] == h.now + 3.0
+    assert h.timers[Timer.PROBE] == h.now + 0.5 * 3.0  # the first probe: a random phase
     assert Timer.FAILBACK_PROBE not in h.timers  # on the preferred region already
     assert h.machine.role == "primary"
 
@@ -248,11 +249,13 @@ def _drive_failback(h: Harness, results: list[bool]) -> tuple[list[float], float
     probe_times: list[float] = []
     results = list(results)
     while results and h.now < 200:
-        for action in h.advance(0.5):
+        actions = h.advance(0.5)
+        if "failback.started" in h.emitted(actions):
+            return probe_times, h.now
+        for action in actions:
             if isinstance(action, Probe) and action.region == P and results:
                 probe_times.append(h.now)
-                if "failback.started" in h.emitted(h.feed(ProbeResult(P, ok=results.pop(0)))):
-                    return probe_times, h.now
+                h.feed(ProbeResult(P, ok=results.pop(0)))
     return probe_times, None
 
 
@@ -424,6 +427,9 @@ class MachineModel(RuleBasedStateMachine):
             backoff_base_s=0.2,
             backoff_max_s=5.0,
             reconnect_attempts=2,
+            failback_spread_s=3.0,
+            throttle_backoff_base_s=0.5,
+            throttle_backoff_max_s=4.0,
         )
         self.h = Harness(
             FailoverMachine(self.config, primary=P, secondary=S, rng=random.Random(7)),
@@ -458,7 +464,10 @@ class MachineModel(RuleBasedStateMachine):
         self._apply(Start(region))
 
     @precondition(lambda self: self.pending is not None)
-    @rule(ok=st.booleans(), kind=st.sampled_from(["refused", "timeout", "not_authorized"]))
+    @rule(
+        ok=st.booleans(),
+        kind=st.sampled_from(["refused", "timeout", "not_authorized", "throttled"]),
+    )
     def answer_connect(self, ok: bool, kind: str) -> None:
         region, self.pending = self.pending, None
         assert region is not None
