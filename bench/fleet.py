@@ -1,13 +1,18 @@
-"""Benchmark: a fleet run (``iotdr sim run``) and what it cost this machine.
+"""Benchmark: fleet runs (``iotdr sim run``) at several sizes and what they cost this machine.
 
-Runs a scenario (default: the built-in ``region-outage``) with the fleet
-simulator and prints one JSON object: the devices, failover and failback
-times, messages, connects per door, the verdict, and the cost: wall-clock
-seconds, CPU seconds of the driver (regions, doors, counter) and of the
-device hosts, and the hosts' memory per device. Run by hand, never by the
+For each size, runs the scenario (default: the built-in ``fleet-scale``, the
+primary's door down and back, telemetry every 10 s) with the fleet simulator
+and prints one JSON object per line: wall and setup time (provisioning and
+boot, before the timeline's t = 0), failover p50/p99/p100, messages lost,
+peak connects/s and TLS handshakes/s per region, the failback storm, memory
+and CPU per device, and the **bound ratio**: the measured fleet-wide failover
+p100 over N / (the secondary's CONNECT quota), the time the quota alone
+imposes on N devices reconnecting (AWS: 500 CONNECT/s per account by
+default). A ratio near 1 means the fleet moved as fast as the quota allows;
+the simulator and the agent added little on top. Run by hand, never by the
 test suite:
 
-    python -m bench.fleet --devices 1000
+    python -m bench.fleet --devices 1000,5000,10000,20000
     python -m bench.fleet --scenario blackhole --devices 300
 """
 
@@ -22,53 +27,134 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from simulators.fleet._driver import RunOptions, run_fleet
 from simulators.fleet._scenario import load_scenario, with_devices
 
+if TYPE_CHECKING:
+    from simulators.fleet._play import Progress
+    from simulators.fleet._scenario import Scenario
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", default="region-outage")
-    parser.add_argument("--devices", type=int, default=None)
-    parser.add_argument("--processes", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+_AWS_CONNECT_PER_S = 500.0
 
-    scenario = load_scenario(args.scenario)
-    if args.devices is not None:
-        scenario = with_devices(scenario, args.devices)
+
+def _secondary_quota(scenario: Scenario) -> float:
+    secondary = scenario.regions[1]
+    quotas = scenario.quotas.get(secondary)
+    if quotas is not None and quotas.connect_per_s is not None:
+        return float(quotas.connect_per_s)
+    return _AWS_CONNECT_PER_S
+
+
+def _cpu() -> tuple[float, float]:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def run_size(
+    scenario: Scenario, *, seed: int, processes: int | None, doors: int | None
+) -> dict[str, Any]:
+    """One fleet run; the bench's JSON object for it."""
+    phases: dict[str, float] = {}
     started = time.monotonic()
+
+    def progress(state: Progress) -> None:
+        phases.setdefault(state.phase, time.monotonic() - started)
+
+    own0, children0 = _cpu()
     with tempfile.TemporaryDirectory(prefix="iotdr-bench-fleet-") as scratch:
         report = run_fleet(
             RunOptions(
                 scenario=scenario,
                 report_dir=Path(scratch) / "report",
-                seed=args.seed,
-                processes=args.processes,
+                seed=seed,
+                processes=processes,
+                door_processes=doors,
+                progress=progress,
             )
         )
     wall_s = time.monotonic() - started
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = {
+    own1, children1 = _cpu()
+    devices = int(report["devices"])
+    quota = _secondary_quota(scenario)
+    bound_s = devices / quota
+    failover = report["failover"]
+    hosts = report["settings"].get("device_hosts") or {}
+    host_cpu = hosts.get("cpu_s")
+    return {
         "bench": "fleet",
         "scenario": scenario.name,
-        "devices": report["devices"],
-        "verdict": report["verdict"],
-        "failover": report["failover"],
+        "devices": devices,
+        "verdict": "PASS" if report["verdict"]["ok"] else "FAIL",
+        "problems": report["verdict"]["problems"][:3],
+        "wall_s": round(wall_s, 1),
+        "setup_s": round(phases.get("running", wall_s), 1),
+        "failover": {
+            "count": failover.get("count"),
+            "p50_s": failover.get("p50_s"),
+            "p99_s": failover.get("p99_s"),
+            "p100_s": failover.get("max_s"),
+        },
         "failback": report["failback"],
-        "detection": report["detection"],
+        "failback_storm": report.get("failback_storm"),
         "messages": report["messages"],
         "connects": report["connects"],
-        "device_hosts": report["settings"].get("device_hosts"),
-        "wall_s": round(wall_s, 1),
-        "driver_cpu_s": round(own.ru_utime + own.ru_stime, 1),
-        "children_cpu_s": round(children.ru_utime + children.ru_stime, 1),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "handshakes": report.get("handshakes"),
+        "secondary_connect_quota_per_s": quota,
+        "bound_s": round(bound_s, 2),
+        "bound_ratio": (
+            round(failover["max_s"] / bound_s, 2) if failover.get("max_s") is not None else None
+        ),
+        "per_device": {
+            "host_kb": hosts.get("kb_per_device"),
+            "host_cpu_ms": round(1000 * host_cpu / devices, 1) if host_cpu and devices else None,
+        },
+        "device_hosts": hosts,
+        "door_processes": report["settings"].get("door_processes"),
+        "driver_cpu_s": round(own1 - own0, 1),
+        "children_cpu_s": round(children1 - children0, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        },
     }
-    print(json.dumps(result, indent=2))
-    return 0 if report["verdict"]["ok"] else 1
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        msg = f"--devices takes sizes separated by commas (1000,5000), not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", default="fleet-scale")
+    parser.add_argument("--devices", type=_sizes, default=None, help="sizes, e.g. 1000,5000")
+    parser.add_argument("--processes", type=int, default=None, help="device-host processes")
+    parser.add_argument("--door-processes", type=int, default=None, help="processes per door")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    base = load_scenario(args.scenario)
+    ok = True
+    for size in args.devices or [base.devices]:
+        result = run_size(
+            with_devices(base, size),
+            seed=args.seed,
+            processes=args.processes,
+            doors=args.door_processes,
+        )
+        ok = ok and result["verdict"] == "PASS"
+        print(json.dumps(result), flush=True)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

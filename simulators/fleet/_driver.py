@@ -47,7 +47,7 @@ from simulators.fleet._play import Progress, TimelinePlayer
 from simulators.fleet._process_fleet import ProcessFleet, default_processes
 from simulators.fleet._provision import fleet_device_names
 from simulators.fleet._records import RunRecord
-from simulators.fleet._regions_stage import RegionsStage, local_regions_for
+from simulators.fleet._regions_stage import RegionsStage, local_regions_for, region_scale
 from simulators.fleet._scenario import scenario_settings
 from simulators.fleet._shard import Shard, ShardPlayer, share
 
@@ -83,6 +83,9 @@ class RunOptions:
             (``iotdr sim regions up``) instead of starting them.
         start_at: the wall-clock ``t = 0`` (seconds since the epoch) every shard agrees on.
         aws: run against AWS IoT there (``--target aws``) instead of local regions.
+        door_processes: processes per region's door (None: by the fleet's size,
+            :func:`~simulators.fleet._regions_stage.region_scale`).
+        broker_shards: brokers per region (None: by the fleet's size).
     """
 
     scenario: Scenario
@@ -96,6 +99,8 @@ class RunOptions:
     regions: Path | None = None
     start_at: float | None = None
     aws: AwsTarget | None = None
+    door_processes: int | None = None
+    broker_shards: int | None = None
 
     def __post_init__(self) -> None:
         if self.aws is not None and self.regions is not None:
@@ -200,7 +205,14 @@ def _stage(options: RunOptions, state: Path, shard: Shard, record: RunRecord) ->
         from simulators.fleet._attached_stage import AttachedStage  # noqa: PLC0415
 
         return AttachedStage(scenario, state, options.regions, shard=shard)
-    return RegionsStage(scenario, state, broker=options.broker)
+    doors, brokers = region_scale(
+        scenario.devices, door_processes=options.door_processes, broker_shards=options.broker_shards
+    )
+    record.settings["door_processes"] = doors
+    record.settings["broker_shards"] = brokers
+    return RegionsStage(
+        scenario, state, broker=options.broker, door_processes=doors, broker_shards=brokers
+    )
 
 
 def _fleet_names(stage: AnyStage, devices: int, shard: Shard) -> list[str]:
