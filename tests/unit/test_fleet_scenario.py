@@ -60,6 +60,7 @@ EXPECTED_BUILTINS = {
     "reconnect-storm",
     "control-plane-outage",
     "device-blackhole",
+    "fleet-scale",
 }
 
 
