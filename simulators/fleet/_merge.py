@@ -10,6 +10,9 @@ and the plots are those of one run.
 How each field merges (shard 0 owns the region steps):
 
 =================  ==========================================================
+every time         first shifted by how late the shard's ``t = 0`` fell after
+                   ``--start-at`` (``settings["t0_wall"]``), so that a shard
+                   that started late is back on the common timeline
 devices, sent,     the union: each device is in exactly one shard
 final_region
 events, arrivals   concatenated (each shard counted only its own devices'
@@ -31,6 +34,7 @@ notes              each shard's, prefixed ``shard I/N:`` (unless they name it al
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from simulators._errors import SimulatorError
@@ -40,7 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
-__all__ = ["merge_records", "merge_reports"]
+__all__ = ["merge_records", "merge_reports", "on_common_timeline"]
 
 
 def _shard_of(record: RunRecord, position: int) -> tuple[int, int]:
@@ -146,6 +150,35 @@ def _settings(ordered: Sequence[RunRecord]) -> dict[str, object]:
     return settings
 
 
+def _late_s(record: RunRecord) -> float:
+    """How long after ``--start-at`` this shard's ``t = 0`` fell (0 when on time or unknown)."""
+    t0_wall, start_at = record.settings.get("t0_wall"), record.settings.get("start_at")
+    if isinstance(t0_wall, int | float) and isinstance(start_at, int | float):
+        return max(0.0, float(t0_wall) - float(start_at))
+    return 0.0
+
+
+def on_common_timeline(record: RunRecord) -> RunRecord:
+    """``record`` with every time shifted by how late its shard started (itself when on time)."""
+    late = _late_s(record)
+    if late < 0.001:  # below the records' resolution
+        return record
+
+    def at(t: float) -> float:
+        return round(t + late, 4)
+
+    return dataclasses.replace(
+        record,
+        duration_s=at(record.duration_s),
+        steps=[dataclasses.replace(s, t=at(s.t)) for s in record.steps],
+        events=[dataclasses.replace(e, t=at(e.t)) for e in record.events],
+        arrivals=[dataclasses.replace(a, t=at(a.t)) for a in record.arrivals],
+        sent_samples=[dataclasses.replace(s, t=at(s.t)) for s in record.sent_samples],
+        doors=[dataclasses.replace(d, t=at(d.t)) for d in record.doors],
+        replicator_lag_s=[(at(t), lag) for t, lag in record.replicator_lag_s],
+    )
+
+
 def merge_records(records: Sequence[RunRecord]) -> RunRecord:
     """The record of the whole fleet from its shards' records (see the module's table).
 
@@ -153,7 +186,7 @@ def merge_records(records: Sequence[RunRecord]) -> RunRecord:
         SimulatorError: not every shard's record exactly once, a record that is
             not a shard's, or shards of different runs (scenario, seed, regions).
     """
-    ordered = _check(records)
+    ordered = [on_common_timeline(r) for r in _check(records)]
     owner = ordered[0]
     devices = list(dict.fromkeys(d for r in ordered for d in r.devices))
     diverged = tuple(d for r in ordered for d in r.shadows.diverged_devices)

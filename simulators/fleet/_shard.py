@@ -16,8 +16,10 @@
 
 The shards agree on ``t = 0`` by the wall clock (``--start-at EPOCH``):
 :class:`ShardPlayer` waits, once its devices are connected, until that
-instant before it starts the timeline. Machines must keep their clocks in
-step (NTP: a few milliseconds, against timelines in seconds).
+instant before it starts the timeline, and records where its ``t = 0``
+fell (``settings["t0_wall"]``): a shard that was late starts at once, and
+the merge shifts its records onto the common timeline. Machines must keep
+their clocks in step (NTP: a few milliseconds, against timelines in seconds).
 """
 
 from __future__ import annotations
@@ -152,6 +154,9 @@ class ShardPlayer(TimelinePlayer):
                 f"shard {self.shard}: the devices were connected {-delay:.1f} s after "
                 "--start-at, so this shard's timeline started late; give the shards more time"
             )
+        # The timeline starts now (run() takes t = 0 as this returns): where that fell on
+        # the wall clock lets the merge put a late shard back on the common timeline.
+        self.record.settings["t0_wall"] = round(self._wall(), 3)
 
     async def _apply(self, step: Step) -> None:
         if not isinstance(step, CreateDevicesStep):

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from device_agent.testing import run_virtual
 from simulators._errors import SimulatorError
-from simulators.fleet._merge import merge_records
+from simulators.fleet._merge import merge_records, on_common_timeline
 from simulators.fleet._play import FleetFinal
 from simulators.fleet._provision import fleet_device_names
 from simulators.fleet._record_file import read_record, record_from_json, record_to_json
@@ -366,6 +366,7 @@ def test_the_timeline_starts_at_the_wall_clock_instant() -> None:
     assert stage.registered == ["sim-00011", "sim-00012"]
     assert record.devices[-2:] == ("sim-00011", "sim-00012")
     assert not record.notes
+    assert record.settings["t0_wall"] == pytest.approx(1_030.0, abs=0.01)
 
 
 def test_a_shard_that_is_late_starts_at_once_and_says_so() -> None:
@@ -381,3 +382,22 @@ def test_other_shards_record_region_steps_at_their_planned_time() -> None:
     assert (3.0, "heal", "up") in steps
     assert stage.registered == ["sim-00013", "sim-00014", "sim-00015"]
     assert (2.0, "create_devices", "3") in [(round(t), a, d) for t, a, d in steps]
+
+
+def test_a_late_shard_is_put_back_on_the_common_timeline() -> None:
+    whole = _whole(fleet_device_names(4))
+    on_time, late = _split(whole, 2)
+    on_time.settings.update(start_at=1_000.0, t0_wall=1_000.0)
+    # Shard 1 started 2.5 s late: its t = 0 is 2.5 s into the common timeline.
+    late.settings.update(start_at=1_000.0, t0_wall=1_002.5)
+    late = dataclasses.replace(
+        late,
+        events=[dataclasses.replace(e, t=e.t - 2.5) for e in late.events],
+        arrivals=[dataclasses.replace(a, t=a.t - 2.5) for a in late.arrivals],
+    )
+    assert on_common_timeline(on_time) is on_time
+    merged = merge_records([on_time, late])
+    assert sorted(merged.events, key=lambda e: (e.t, e.device, e.kind)) == sorted(
+        whole.events, key=lambda e: (e.t, e.device, e.kind)
+    )
+    assert build_report(merged)["failover"] == build_report(whole)["failover"]
