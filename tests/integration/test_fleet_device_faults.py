@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, ClassVar
 
 import pytest
 
-from device_agent import FailoverConfig
 from simulators.fleet import _driver
 from simulators.fleet._driver import RunOptions, run_fleet
 from simulators.fleet._regions_stage import RegionsStage
@@ -39,11 +38,6 @@ PRIMARY, SECONDARY = "us-east-1", "us-west-2"
 DEVICES = 6
 FAULT_AT, HEAL_AT = 3, 14
 
-# An agent that spreads its failback over a window (60 s by default) moves back at once here.
-_SPREAD = (
-    ", failback_spread_s: 0" if "failback_spread_s" in FailoverConfig.__dataclass_fields__ else ""
-)
-
 _SCENARIO = f"""\
 name: device-blackhole-quick
 description: the devices' way to the primary goes silent, the door stays up
@@ -53,7 +47,8 @@ regions: [{PRIMARY}, {SECONDARY}]
 fleet: {{telemetry_interval_s: 1.0, shadow_interval_s: 5, start_spread_s: 1}}
 agent:
   failover: {{probe_interval_s: 1, failure_threshold: 2, failback_probe_interval_s: 2,
-             failback_probe_depth: tcp, stability_window_s: 4{_SPREAD}}}
+             failback_probe_depth: tcp, stability_window_s: 4,
+             failback_spread_s: 0}}  # failback at once, not spread over 60 s
   probe: {{timeout_s: 1}}
   mqtt: {{keepalive_s: 30, connect_timeout_s: 2}}
 timeline:
