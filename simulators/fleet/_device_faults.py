@@ -159,7 +159,8 @@ def device_ports(
     """A device's ``FailoverClient`` ports on sockets, through ``faults``.
 
     The real prober is built as the client would build its own (same
-    identity, deadline, topic and keep-alive), over the wrapped factory.
+    identity, deadline, topic, keep-alive, source address and MQTT level),
+    over the wrapped factory.
     """
     from device_agent._client import _ssl_context  # noqa: PLC0415 - what the client builds
 
@@ -173,6 +174,8 @@ def device_ports(
         timeout_s=config.probe.timeout_s,
         topic=config.probe.topic.replace("{client_id}", client_id),
         keepalive_s=max(30, config.mqtt.keepalive_s),
+        source_address=config.mqtt.source_address,
+        protocol=config.mqtt.protocol,
     )
     return {
         "transport_factory": factory,
