@@ -180,23 +180,23 @@ class AttachedStage:
             BulkDevice(thing_name=d.name, certificate_pem=d.cert_path.read_text())
             for d in identities
         ]
-        revisions = {
-            name: admin.bulk_register(name, batch).revision for name in self.scenario.regions
-        }
-        self._wait_for_doors(revisions)
+        for region in self.scenario.regions:
+            admin.bulk_register(region, batch)
+        self._wait_for_doors({d.certificate_id: d.name for d in identities})
         return [self.entry(name) for name in names]
 
-    def _wait_for_doors(self, revisions: dict[str, int]) -> None:
-        """Until each door's registry view has reached the revision the registration made."""
+    def _wait_for_doors(self, wanted: dict[str, str]) -> None:
+        """Until each door admits every certificate of ``wanted`` (id -> thing)."""
         from simulators.gateway import GatewayAdmin  # noqa: PLC0415
 
         deadline = time.monotonic() + _DOOR_WAIT_S
-        for name, revision in revisions.items():
+        for name in self.scenario.regions:
             door = GatewayAdmin(self.endpoints()["regions"][name]["gateway_admin_url"])
-            while int(door.status()["registry"]["revision"]) < revision:
+            while pending := door.pending(wanted):
                 if time.monotonic() >= deadline:
                     msg = (
-                        f"the door of {name} did not see this shard's devices in {_DOOR_WAIT_S:g} s"
+                        f"the door of {name} did not admit {pending} of this shard's "
+                        f"{len(wanted)} devices in {_DOOR_WAIT_S:g} s"
                     )
                     raise SimulatorError(msg)
                 time.sleep(0.1)
