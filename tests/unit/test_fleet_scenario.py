@@ -61,6 +61,7 @@ EXPECTED_BUILTINS = {
     "control-plane-outage",
     "device-blackhole",
     "fleet-scale",
+    "fleet-scale",
 }
 
 
