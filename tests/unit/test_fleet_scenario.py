@@ -61,7 +61,6 @@ EXPECTED_BUILTINS = {
     "control-plane-outage",
     "device-blackhole",
     "fleet-scale",
-    "fleet-scale",
 }
 
 
