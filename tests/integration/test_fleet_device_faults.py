@@ -48,7 +48,7 @@ fleet: {{telemetry_interval_s: 1.0, shadow_interval_s: 5, start_spread_s: 1}}
 agent:
   failover: {{probe_interval_s: 1, failure_threshold: 2, failback_probe_interval_s: 2,
              failback_probe_depth: tcp, stability_window_s: 4,
-             failback_spread_s: 0}}  # failback at once, not spread over 60 s
+             failback_spread_s: 0}}  # failback at once, not spread over a window
   probe: {{timeout_s: 1}}
   mqtt: {{keepalive_s: 30, connect_timeout_s: 2}}
 timeline:
