@@ -413,9 +413,9 @@ class FailoverMachine:
             return
         self._healthy_since = None
         self._cancel(Timer.FAILBACK, out)
-        if event.region == self.current:
+        if event.region == self.current:  # home already: nothing to move, nothing to probe
             self._cancel(Timer.DR_MOVE, out)
-            self._arm_failback_probe(now, out)
+            self._cancel(Timer.FAILBACK_PROBE, out)
         else:
             self._arm(Timer.DR_MOVE, now + self._rng.random() * self.config.dr_jitter_s, out)
 
@@ -441,15 +441,8 @@ class FailoverMachine:
     # -- timers ---------------------------------------------------------------------------
 
     def _timer_connect(self, now: float, out: list[Action]) -> None:
-        if self.state is not State.WAITING or self.current is None:
-            return
-        guard_until = self._guard_until()
-        if now < guard_until:
-            self._arm(Timer.CONNECT, guard_until, out)
-            return
-        self.state = State.CONNECTING
-        self._last_connect_at = now
-        out.append(Connect(self.current, self._reason))
+        if self.state is State.WAITING and self.current is not None:
+            self._attempt(self.current, now, now, out)  # the guard may still hold it back
 
     def _timer_probe(self, now: float, out: list[Action]) -> None:
         if self.state is State.CONNECTED and self.current is not None:

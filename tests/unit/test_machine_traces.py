@@ -9,10 +9,9 @@ device_agent/_machine.py, so a trace is a worked example as well as a test.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pytest
 
+from device_agent._config import FailoverConfig
 from device_agent._errors import DeviceAgentError
 from device_agent._machine import (
     Action,
@@ -40,10 +39,7 @@ from device_agent._machine import (
     Timer,
     TimerFired,
 )
-from tests.unit.test_machine import FixedRandom, P, S, harness
-
-if TYPE_CHECKING:
-    from tests.unit.test_machine import Harness
+from tests.unit.test_machine import FixedRandom, Harness, P, S, harness
 
 Step = tuple[Event | Timer | float, list[Action] | None]
 
@@ -689,3 +685,183 @@ def test_since_and_last_region_follow_the_connection() -> None:
     h.feed(ConnectionLost(P))
     assert since_of(h.machine) is None
     assert h.machine.last_region == P
+
+
+# -- corners the traces above do not reach -------------------------------------------------
+
+
+def test_both_regions_down_tries_each_region_its_attempts_and_one_failover_started() -> None:
+    h = harness(reconnect_attempts=2)
+    h.feed(Start(P))
+    for _ in range(8):
+        region = h.machine.current
+        assert region is not None
+        h.feed(ConnectFailed(region, "refused"))
+        h.advance(h.timers[Timer.CONNECT] - h.now)
+    assert [c.region for c in h.log if isinstance(c, Connect)] == [P, P, S, S, P, P, S, S, P]
+    failed = [
+        a.fields["attempt"] for a in h.log if isinstance(a, Emit) and a.name == "connect.failed"
+    ]
+    assert failed == [1, 2] * 4
+    assert h.emitted().count("failover.started") == 1
+    assert not [name for name in h.emitted() if name.endswith(".aborted")]
+    # The old region answers first: the failover ends where it began.
+    done = h.feed(ConnectSucceeded(P))
+    restored = [a for a in done if isinstance(a, Emit) and a.name == "connection.restored"]
+    assert restored == [
+        Emit(
+            "connection.restored",
+            {"region": P, "from": P, "role": "primary", "duration_s": pytest.approx(h.now - 101.0)},
+        )
+    ]
+    assert "failover.complete" not in h.emitted(done)
+
+
+def test_a_stable_connection_resets_the_backoff_from_stable_after_s_on() -> None:
+    for up_s, step in ((29.9, 1.0), (30.0, 0.25)):  # 0.5 x 0.5 x 2^2, or 2^0 once stable
+        h = harness(connect_guard_s=0.0)
+        h.feed(Start(P))
+        for _ in range(2):
+            h.feed(ConnectFailed(h.machine.current or P, "refused"))
+            h.advance(h.timers[Timer.CONNECT] - h.now)
+        h.feed(ConnectSucceeded(S))
+        h.advance(up_s)
+        h.feed(ConnectionLost(S))
+        assert h.timers[Timer.CONNECT] - h.now == pytest.approx(step), up_s
+
+
+def test_a_failback_resets_the_backoff_so_a_failed_move_returns_quickly() -> None:
+    h = harness(connect_guard_s=0.0, stability_window_s=2.0)
+    h.feed(Start(P))
+    for _ in range(2):
+        h.feed(ConnectFailed(h.machine.current or P, "refused"))
+        h.advance(h.timers[Timer.CONNECT] - h.now)
+    h.feed(ConnectSucceeded(S))  # the exponent is 2 here
+    while Disconnect(S, "failback") not in h.log:
+        for action in h.advance(0.5):
+            if isinstance(action, Probe) and action.region == P:
+                h.feed(ProbeResult(P, ok=True))
+    actions = h.feed(ConnectFailed(P, "refused"))
+    assert Emit("failback.aborted", {"region": P}) in actions
+    assert h.timers[Timer.CONNECT] - h.now == pytest.approx(0.5)  # 0.5 x 0.5 x 2^1
+
+
+def test_the_window_runs_between_the_times_the_probes_were_sent() -> None:
+    h = connected_to(S, stability_window_s=4.0, probe_jitter=0.0, failback_spread_s=0.0)
+    sent: list[float] = []
+    while len(sent) < 3:
+        actions = h.advance(h.timers[Timer.FAILBACK_PROBE] - h.now)
+        sent += [h.now for a in actions if isinstance(a, Probe) and a.region == P]
+        if len(sent) == 1:
+            h.advance(1.9)  # the first answer is slow
+        h.feed(ProbeResult(P, ok=True))
+    assert sent == [101.0, 103.0, 105.0]
+    assert Timer.FAILBACK in h.timers  # 105 - 101 >= 4, however late the first answer came
+
+
+def test_a_failed_probe_while_waiting_to_move_cancels_with_its_region() -> None:
+    h = connected_to(S, stability_window_s=2.0, failback_spread_s=20.0)
+    for _ in range(2):
+        h.advance(h.timers[Timer.FAILBACK_PROBE] - h.now)
+        h.feed(ProbeResult(P, ok=True))
+    assert Timer.FAILBACK in h.timers
+    h.advance(h.timers[Timer.FAILBACK_PROBE] - h.now)
+    assert h.feed(ProbeResult(P, ok=False, kind="timeout")) == [
+        CancelTimer(Timer.FAILBACK),
+        Emit("failback.cancelled", {"region": P}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("late", "aborts"),
+    [
+        (ProbeResult(P, ok=False, kind="refused"), True),  # the target failed
+        (ProbeResult(P, ok=True), False),  # the target passed: go on
+        (ProbeResult(S, ok=False, kind="refused"), False),  # the region left behind
+    ],
+)
+def test_only_a_failed_probe_of_the_target_aborts_a_move_held_by_the_guard(
+    late: ProbeResult, aborts: bool
+) -> None:
+    h = connected_to(S, stability_window_s=2.0, failback_probe_depth="mqtt", failback_spread_s=0.0)
+    while h.machine.state is State.CONNECTED:
+        for action in h.advance(0.25):
+            if isinstance(action, Probe) and action.region == P:
+                h.feed(ProbeResult(P, ok=True))
+    assert h.machine.state is State.WAITING
+    actions = h.feed(late)
+    assert (Emit("failback.aborted", {"region": P}) in actions) is aborts
+    assert h.machine.current == (S if aborts else P)
+
+
+@pytest.mark.parametrize(("depth", "held"), [("mqtt", True), ("roundtrip", True), ("tls", False)])
+def test_failback_probes_that_connect_wait_for_the_guard(depth: str, held: bool) -> None:
+    h = harness(failback_probe_depth=depth, connect_guard_s=5.0)
+    h.feed(Start(S))
+    h.feed(ConnectSucceeded(S))  # the CONNECT was at 100: the guard holds until 105
+    actions = h.advance(h.timers[Timer.FAILBACK_PROBE] - h.now)
+    if held:
+        assert actions == [SetTimer(Timer.FAILBACK_PROBE, 105.0)]
+        actions = h.advance(h.timers[Timer.FAILBACK_PROBE] - h.now)
+        assert Probe(P, depth) in actions  # type: ignore[arg-type]
+    else:
+        assert actions == [Probe(P, depth), SetTimer(Timer.FAILBACK_PROBE, 103.0)]  # type: ignore[arg-type]
+
+
+def test_roles_that_make_the_current_region_the_primary_stop_the_failback_probes() -> None:
+    h = connected_to(S)
+    assert h.feed(DnsAnswer(S, S, P)) == [
+        Emit("roles.changed", {"primary": S, "secondary": P}),
+        Emit("dns.changed", {"region": S}),
+    ]
+    assert h.advance(h.timers[Timer.FAILBACK_PROBE] - h.now) == []  # neither probed nor re-armed
+    assert Timer.FAILBACK_PROBE not in h.timers
+
+
+def test_dr_mode_dns_pointing_home_stops_the_failback_probes() -> None:
+    h = harness(dr_mode=True, reconnect_attempts=1)
+    h.feed(Start(P))
+    h.feed(DnsAnswer(P, P, S))
+    h.feed(ConnectFailed(P, "refused"))
+    h.advance(h.timers[Timer.CONNECT] - h.now)
+    h.feed(ConnectSucceeded(S))
+    assert Timer.FAILBACK_PROBE in h.timers
+    assert h.feed(DnsAnswer(S, P, S)) == [
+        Emit("dns.changed", {"region": S}),
+        CancelTimer(Timer.FAILBACK_PROBE),
+    ]
+
+
+def test_a_dr_move_while_waiting_starts_its_count_afresh() -> None:
+    h = harness(dr_mode=True, dr_jitter_s=1.0, backoff_base_s=8.0, connect_guard_s=0.0)
+    h.feed(Start(P))
+    h.feed(DnsAnswer(P, P, S))
+    h.feed(ConnectFailed(P, "refused"))  # one failure on P; the retry waits 8 s
+    h.feed(DnsAnswer(S, P, S))
+    h.advance(h.timers[Timer.DR_MOVE] - h.now)
+    assert h.machine.current == S
+    h.advance(h.timers[Timer.CONNECT] - h.now)
+    assert [c for c in h.log if isinstance(c, Connect)][-1] == Connect(S, "dr_move")
+    actions = h.feed(ConnectFailed(S, "refused"))
+    assert actions[0] == Emit("connect.failed", {"region": S, "kind": "refused", "attempt": 1})
+
+
+def test_an_immediate_attempt_disarms_the_one_that_was_waiting() -> None:
+    rng = FixedRandom(0.5)
+    config = FailoverConfig(dr_mode=True, dr_jitter_s=1.0, backoff_base_s=8.0, connect_guard_s=0.0)
+    h = Harness(FailoverMachine(config, primary=P, secondary=S, rng=rng))
+    h.feed(Start(P))
+    h.feed(DnsAnswer(P, P, S))
+    h.feed(ConnectSucceeded(P))
+    h.feed(ConnectionLost(P))  # the retry waits 4 s
+    h.feed(DnsAnswer(S, P, S))
+    h.advance(h.timers[Timer.DR_MOVE] - h.now)  # waiting: the attempt now goes to S
+    assert (h.machine.state, h.machine.current) == (State.WAITING, S)
+    assert Timer.CONNECT in h.timers
+    rng.value = 0.0  # no jitter: the return after the abort is at once
+    actions = h.feed(ProbeResult(S, ok=False, kind="refused"))  # a late probe of the target
+    assert actions == [
+        Emit("dr.move.aborted", {"region": S}),
+        CancelTimer(Timer.CONNECT),
+        Connect(P, "reconnect"),
+    ]
