@@ -64,6 +64,8 @@ class DrillOptions:
         faults: the fault kinds, in order.
         trials: devices per fault kind (each one is a trial).
         stability_window_s: the devices' failback window (the library default is 60 s).
+        failback_spread_s: the devices' failback spread (0: move back when the window
+            closes; a drill times one device's moves, not a fleet's spread).
         dr_jitter_s: the devices' DR-mode jitter (``dns_flip``).
         state_dir: where each kind's regions, keys, logs and report go, in a
             subfolder named after the kind (a temporary folder if None).
@@ -73,6 +75,7 @@ class DrillOptions:
     faults: tuple[FaultKind, ...] = ("down",)
     trials: int = 1
     stability_window_s: float = 5.0
+    failback_spread_s: float = 0.0
     dr_jitter_s: float = 5.0
     state_dir: Path | None = None
     broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
@@ -91,6 +94,7 @@ def drill_failover(options: DrillOptions, kind: FaultKind) -> FailoverConfig:
     """The devices' failover settings for ``kind``."""
     return FailoverConfig(
         stability_window_s=options.stability_window_s,
+        failback_spread_s=options.failback_spread_s,
         failback_probe_interval_s=FAILBACK_PROBE_INTERVAL_S,
         dns_poll_interval_s=DNS_POLL_INTERVAL_S,
         dr_jitter_s=options.dr_jitter_s,
@@ -133,7 +137,7 @@ def _move_times(kind: FaultKind, failover: FailoverConfig) -> tuple[float, float
     # (the window runs between the times probes are sent), the connect.
     interval = failover.failback_probe_interval_s
     closing = math.ceil(failover.stability_window_s / interval) * interval
-    back = interval + closing + probe + connect + MARGIN_S
+    back = interval + closing + failover.failback_spread_s + probe + connect + MARGIN_S
     return over, back
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -381,8 +382,7 @@ class TimelinePlayer:
             Arrival(round(a.t - t0, 4), a.region, a.device, a.seq) for a in self._arrivals
         ]
         self.record.doors = [
-            type(d)(round(d.t - t0, 3), d.region, d.live, d.admitted, d.refused)
-            for d in self.record.doors
+            dataclasses.replace(d, t=round(d.t - t0, 3)) for d in self.record.doors
         ]
         self.record.sent_samples = [
             SentSample(round(s.t - t0, 3), s.sent) for s in self.record.sent_samples

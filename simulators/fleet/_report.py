@@ -81,7 +81,8 @@ PLOT_FILES = ("connected.png", "cdf.png", "messages.png")
 NO_REGION = "none"
 """The key of devices not connected anywhere."""
 
-_TAKES_PRIMARY = frozenset({"down", "blackhole", "partial"})
+# Door faults that take the primary away, and their device-side kin (refuse, reset).
+_TAKES_PRIMARY = frozenset({"down", "blackhole", "partial", "refuse", "reset"})
 
 
 # -- statistics ---------------------------------------------------------------------------

@@ -32,7 +32,7 @@ duration_s: {duration}
 regions: [us-east-1, us-west-2]
 replication: complete
 fleet: {{telemetry_interval_s: 1.0, shadow_interval_s: 5, start_spread_s: 2}}
-agent: {{failover: {{stability_window_s: 5, failback_probe_interval_s: 5}}}}
+agent: {{failover: {{stability_window_s: 5, failback_probe_interval_s: 5, failback_spread_s: 2}}}}
 timeline:
   - {{at: 5, fault: {{region: us-east-1, mode: down}}}}
   - {{at: 6, create_devices: 3}}
