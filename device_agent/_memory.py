@@ -129,6 +129,8 @@ class RegionStats:
         timeouts: connect attempts that timed out (blackhole, partial).
         messages: publishes from devices that reached the broker.
         lost: connections the region dropped (down, takeover).
+        handshakes: TLS handshakes completed: connects and probes of ``tls``
+            depth or deeper that reached a region answering (the door's count).
     """
 
     attempts: int = 0
@@ -138,6 +140,7 @@ class RegionStats:
     timeouts: int = 0
     messages: int = 0
     lost: int = 0
+    handshakes: int = 0
 
 
 class _Pipe:
@@ -528,6 +531,7 @@ class MemoryTransport:
         raise ConnectError("timeout", params.endpoint, f"no answer in {deadline:g} s")
 
     async def _accept(self, region: MemoryRegion) -> bool:
+        region.stats.handshakes += 1
         refusal = self.network._admit(region, self.client_id, probe=False)
         if refusal is not None:
             await asyncio.sleep(region.latency_s)

@@ -120,6 +120,8 @@ class MemoryProber:
         if region.silent:
             await asyncio.get_running_loop().create_future()  # never answers: the deadline ends it
         await asyncio.sleep(2 * region.latency_s * _ROUND_TRIPS[depth])
+        if depth != "tcp":
+            region.stats.handshakes += 1
         if depth in ("mqtt", "roundtrip"):
             refusal = self.network._admit(region, self.client_id, probe=True)
             if refusal is not None:

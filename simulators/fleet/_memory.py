@@ -360,6 +360,7 @@ class MemoryStage:
                 len(self.network.connected(name)),
                 self.door.admitted[name],
                 dict(self.door.refused[name]),
+                handshakes=self.network.region(name).stats.handshakes,
             )
             for name in self.scenario.regions
         ]
