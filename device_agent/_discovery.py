@@ -6,8 +6,12 @@ on failover), and a TXT record, ``_iot.example.com`` by default, holds the
 roles: ``{"primary": "us-east-1", "secondary": "us-west-2"}``.
 
 Every query goes through dnspython's asyncio resolver, bounded by
-``timeout_s`` and never cached here, so a CNAME flipped with TTL 0 is seen on
-the next call. dnspython's exceptions are translated at this boundary into
+``timeout_s``. The CNAME and the TXT record are never cached here, so a CNAME
+flipped with TTL 0 is seen on the next call. An endpoint's addresses (A and
+AAAA, :meth:`DnsDiscovery.resolve_address`) are kept for their TTL, as a stub
+resolver keeps them: a device that reconnects, or a fleet that fails over at
+once, does not ask again for what it was told a moment ago (the regions'
+endpoints do not move; the CNAME does). dnspython's exceptions are translated at this boundary into
 :class:`DiscoveryError` with a ``kind``; deciding what to do about one
 (fall back to the static endpoints, retry later) is the caller's business.
 
@@ -28,6 +32,7 @@ import json
 import logging
 import math
 import socket
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -46,7 +51,7 @@ from device_agent._endpoints import looks_like_region, region_of
 from device_agent._errors import ConfigError, DiscoveryError, DiscoveryErrorKind
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from device_agent._endpoints import Endpoint
 
@@ -113,6 +118,7 @@ class DnsDiscovery:
             a region that is not among them, in the TXT record or as the
             CNAME target's, is an ``unknown_region`` error, and a target equal
             to one of their hosts has that region.
+        clock: monotonic seconds, for the addresses' TTL.
 
     Raises:
         ConfigError: a name, nameserver, port or timeout is invalid.
@@ -127,6 +133,7 @@ class DnsDiscovery:
         port: int = 53,
         timeout_s: float = 2.0,
         endpoints: Mapping[str, Endpoint] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._qname = _absolute(name, "discovery name")
         self._txt_qname = _absolute("_" + name if txt_name is None else txt_name, "TXT name")
@@ -146,6 +153,9 @@ class DnsDiscovery:
         self._port = port
         self._timeout_s = timeout_s
         self._endpoints = None if endpoints is None else dict(endpoints)
+        self._clock = clock
+        # host -> (expires at, addresses): answers kept for their TTL (0: not kept).
+        self._address_cache: dict[dns.name.Name, tuple[float, tuple[str, ...]]] = {}
         self._where = ",".join(f"{_bracket(ns)}:{port}" for ns in nameservers) or None
         # With no nameservers given, built on first use from the system's
         # configuration, which may not exist yet when the agent starts.
@@ -213,12 +223,18 @@ class DnsDiscovery:
             qname = dns.name.root
         if qname == dns.name.root:
             raise self._error("no_address", host, "not a valid host name")
+        cached = self._address_cache.get(qname)
+        if cached is not None:
+            if self._clock() < cached[0]:
+                return cached[1]
+            del self._address_cache[qname]
         results = await asyncio.gather(
             self._addresses(qname, dns.rdatatype.A),
             self._addresses(qname, dns.rdatatype.AAAA),
             return_exceptions=True,
         )
         addresses: list[str] = []
+        ttls: list[int] = []
         errors: list[DiscoveryError] = []
         for result in results:
             if isinstance(result, DiscoveryError):
@@ -226,14 +242,20 @@ class DnsDiscovery:
             elif isinstance(result, BaseException):
                 raise result
             else:
-                addresses.extend(result)
+                found, ttl = result
+                addresses.extend(found)
+                if found:
+                    ttls.append(ttl)
         if addresses:
-            return tuple(dict.fromkeys(addresses))
+            unique = tuple(dict.fromkeys(addresses))
+            if min(ttls) > 0:
+                self._address_cache[qname] = (self._clock() + min(ttls), unique)
+            return unique
         loops = [e for e in errors if e.kind == "cname_loop"]
         if not self._nameservers and not loops:
-            found = await self._system_addresses(_text(qname))
-            if found:
-                return found
+            system = await self._system_addresses(_text(qname))
+            if system:
+                return system
         if loops or errors:
             raise (loops or errors)[0]
         raise self._error("no_address", _text(qname), "the name has no A or AAAA record")
@@ -318,24 +340,27 @@ class DnsDiscovery:
             detail = f"the TXT record names {region!r}, which is not an AWS region name"
             raise self._error("unknown_region", name, detail)
 
-    async def _addresses(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> list[str]:
-        """The ``rdtype`` addresses of ``qname``, following a CNAME chain the server cut short.
+    async def _addresses(
+        self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType
+    ) -> tuple[list[str], int]:
+        """The ``rdtype`` addresses of ``qname`` and their TTL.
 
-        Returns an empty list when the name (or the end of its chain) has
-        none of that type.
+        A CNAME chain the server cut short is followed. Returns an empty list
+        (TTL 0) when the name (or the end of its chain) has none of that type.
         """
         name, seen, hops = qname, {qname}, 0
         while True:
             answer = await self._query(name, rdtype, missing=None, asked=qname)
             if answer.rrset is not None:
-                return [
+                found = [
                     rd.address
                     for rd in answer
                     if isinstance(rd, dns.rdtypes.IN.A.A | dns.rdtypes.IN.AAAA.AAAA)
                 ]
+                return found, int(answer.rrset.ttl)
             end = answer.canonical_name
             if end == name:
-                return []  # no chain left to follow: the name has no such record
+                return [], 0  # no chain left to follow: the name has no such record
             hops += len(answer.chaining_result.cnames)
             if end in seen or hops > _MAX_CNAME_HOPS:
                 detail = f"the CNAME chain loops or is longer than {_MAX_CNAME_HOPS}"

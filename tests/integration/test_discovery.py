@@ -497,3 +497,36 @@ def test_error_pickles() -> None:
         "127.0.0.1:53",
         str(error),
     )
+
+
+# -- the addresses' TTL --------------------------------------------------------------------
+
+
+async def test_addresses_are_kept_for_their_ttl_and_the_cname_never(
+    dns_server: ThreadedDNSServer,
+) -> None:
+    now = [1000.0]
+    discovery = DnsDiscovery(
+        "iot.iotdr.test",
+        nameservers=[dns_server.host],
+        port=dns_server.port,
+        timeout_s=2.0,
+        clock=lambda: now[0],
+    )
+    dns_server.zone.set(EAST + ".", "A", "127.0.0.2", ttl=60)
+    assert await discovery.resolve_address(EAST) == ("127.0.0.2",)
+    dns_server.zone.set(EAST + ".", "A", "127.0.0.9", ttl=60)
+    dns_server.zone.set("iot", "CNAME", WEST + ".", ttl=3600)
+    now[0] += 59
+    assert await discovery.resolve_address(EAST) == ("127.0.0.2",)  # within its TTL
+    assert (await discovery.discover()).region == "us-west-2"  # the CNAME: asked every time
+    now[0] += 2
+    assert await discovery.resolve_address(EAST) == ("127.0.0.9",)  # the TTL ran out
+
+
+async def test_addresses_with_ttl_zero_are_asked_every_time(dns_server: ThreadedDNSServer) -> None:
+    discovery = _discovery(dns_server)
+    dns_server.zone.set(WEST + ".", "A", "127.0.0.3", ttl=0)
+    assert await discovery.resolve_address(WEST) == ("127.0.0.3",)
+    dns_server.zone.set(WEST + ".", "A", "127.0.0.7", ttl=0)
+    assert await discovery.resolve_address(WEST) == ("127.0.0.7",)
