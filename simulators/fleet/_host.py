@@ -35,6 +35,7 @@ import random
 import resource
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ from simulators.fleet._device import DeviceBehaviour, VirtualDevice, quiet_devic
 from simulators.fleet._device_faults import DeviceFaults, device_ports
 from simulators.fleet._host_outbox import HostOutboxes
 
-__all__ = ["HostSpec", "agent_config", "main"]
+__all__ = ["HostSpec", "agent_config", "main", "source_addresses"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class HostSpec:
         behaviour: telemetry and shadow intervals.
         seed: the fleet's seed (each device's is derived from it and its name).
         devices: ``{"name", "cert", "key"}`` for each device.
+        source_addresses: loopback addresses the devices' sockets bind to, each
+            device always the same one (by its name); empty: the system's choice.
+            See :func:`source_addresses`.
     """
 
     t0: float
@@ -87,6 +91,7 @@ class HostSpec:
     behaviour: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     devices: list[dict[str, str]] = field(default_factory=list)
+    source_addresses: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HostSpec:
@@ -102,8 +107,28 @@ class HostSpec:
             agent=dict(data.get("agent", {})),
             behaviour={k: float(v) for k, v in data.get("behaviour", {}).items()},
             seed=int(data.get("seed", 0)),
+            source_addresses=tuple(str(a) for a in data.get("source_addresses", [])),
             devices=list(data.get("devices", [])),
         )
+
+
+DEVICES_PER_SOURCE_ADDRESS = 10_000
+"""Devices per source address (about 28,000 source ports per address pair here)."""
+
+
+def source_addresses(devices: int) -> tuple[str, ...]:
+    """The source addresses a fleet of ``devices`` spreads over (none up to 10,000).
+
+    A connection is (source address, source port, door address, door port),
+    and one source address has about 28,000 ports for one door: 10,000
+    devices, each with its connection, its probes and the connections a
+    reconnect leaves in TIME_WAIT, stay well inside that. Beyond, devices
+    bind to 127.0.1.1, 127.0.1.2, ... (all of 127/8 is this machine).
+    """
+    if devices <= DEVICES_PER_SOURCE_ADDRESS:
+        return ()
+    count = -(-devices // DEVICES_PER_SOURCE_ADDRESS)
+    return tuple(f"127.0.1.{n}" for n in range(1, count + 1))
 
 
 def agent_config(spec: HostSpec, device: dict[str, str]) -> AgentConfig:
@@ -127,7 +152,14 @@ def agent_config(spec: HostSpec, device: dict[str, str]) -> AgentConfig:
                 for region, (host, port) in spec.endpoints.items()
             },
         ),
-        mqtt=MQTTConfig(port=next(iter(spec.endpoints.values()))[1]),
+        mqtt=MQTTConfig(
+            port=next(iter(spec.endpoints.values()))[1],
+            source_address=(
+                spec.source_addresses[zlib.crc32(name.encode()) % len(spec.source_addresses)]
+                if spec.source_addresses
+                else None
+            ),
+        ),
         # A process crash loses nothing with ``normal``; ``full`` (an fsync per message,
         # for power cuts) would make a thousand devices on one disk measure the disk.
         outbox=OutboxConfig(

@@ -17,6 +17,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from simulators._errors import SimulatorError
+from simulators.fleet._host import source_addresses
 from simulators.fleet._play import FleetFinal
 from simulators.fleet._records import DeviceEvent
 
@@ -130,6 +131,7 @@ class ProcessFleet:
                 "start_spread_s": fleet.start_spread_s,
             },
             "seed": self.seed,
+            "source_addresses": list(source_addresses(self.scenario.devices)),
             "devices": devices,
         }
 
