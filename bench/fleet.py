@@ -19,6 +19,7 @@ test suite:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -29,8 +30,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from device_agent import FailoverConfig
 from simulators.fleet._driver import RunOptions, run_fleet
-from simulators.fleet._scenario import load_scenario, with_devices
+from simulators.fleet._scenario import (
+    FaultStep,
+    HealStep,
+    load_scenario,
+    with_devices,
+)
 
 if TYPE_CHECKING:
     from simulators.fleet._play import Progress
@@ -45,6 +52,32 @@ def _secondary_quota(scenario: Scenario) -> float:
     if quotas is not None and quotas.connect_per_s is not None:
         return float(quotas.connect_per_s)
     return _AWS_CONNECT_PER_S
+
+
+def stretched(scenario: Scenario) -> Scenario:
+    """``fleet-scale`` with its outage and its tail long enough for N devices to move.
+
+    N devices need at least N / quota seconds to reconnect (the bound). The
+    outage lasts twice that (at least the scenario's own), so that a fleet
+    within the goal (ratio 1.5) has moved before the heal; after the heal,
+    the stability window, the failback spread and N / quota again (the
+    primary's quota), plus a minute. A fleet that is slower than twice the
+    bound shows as devices that never failed over.
+    """
+    steps = scenario.timeline
+    faults = [s for s in steps if isinstance(s, FaultStep)]
+    heals = [s for s in steps if isinstance(s, HealStep)]
+    if len(faults) != 1 or len(heals) != 1:
+        return scenario
+    bound = scenario.devices / _secondary_quota(scenario)
+    outage = max(heals[0].at - faults[0].at, 2 * bound)
+    heal = dataclasses.replace(heals[0], at=faults[0].at + outage)
+    overrides: dict[str, Any] = dict(scenario.agent.get("failover", {}))
+    agent = FailoverConfig(**overrides)
+    tail = agent.stability_window_s + agent.failback_spread_s + bound + 60
+    duration = max(scenario.duration_s, heal.at + tail)
+    timeline = tuple(heal if s is heals[0] else s for s in steps)
+    return dataclasses.replace(scenario, timeline=timeline, duration_s=duration)
 
 
 def _cpu() -> tuple[float, float]:
@@ -87,6 +120,8 @@ def run_size(
         "bench": "fleet",
         "scenario": scenario.name,
         "devices": devices,
+        "outage_s": next((h.at for h in scenario.timeline if isinstance(h, HealStep)), 0.0)
+        - next((f.at for f in scenario.timeline if isinstance(f, FaultStep)), 0.0),
         "verdict": "PASS" if report["verdict"]["ok"] else "FAIL",
         "problems": report["verdict"]["problems"][:3],
         "wall_s": round(wall_s, 1),
@@ -147,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     for size in args.devices or [base.devices]:
         result = run_size(
-            with_devices(base, size),
+            stretched(with_devices(base, size)),
             seed=args.seed,
             processes=args.processes,
             doors=args.door_processes,
