@@ -377,7 +377,9 @@ class MemoryDoor:
             assert decision.ca_certificate_id is not None
             reason = self._jitr(region, client_id, cert_id, decision.ca_certificate_id)
         self.refused[region][reason] += 1
-        if reason.startswith("throttled") or reason == "fault_degraded":
+        if reason.startswith("throttled"):
+            return "throttled"  # MQTT 5's CONNACK 0x97, as the agents see it
+        if reason == "fault_degraded":
             return "unavailable"
         return _DEVICE_KIND.get(decision.verdict, "not_authorized")
 

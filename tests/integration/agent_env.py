@@ -98,6 +98,7 @@ class Regions:
         quick: dict[str, Any] = {
             "probe_interval_s": 1.0,
             "failback_probe_interval_s": 0.5,
+            "failback_spread_s": 0.0,  # one device: no fleet to spread
             "stability_window_s": 2.0,
             "dns_poll_interval_s": 0.5,
             "dr_jitter_s": 1.0,

@@ -238,7 +238,9 @@ async def test_a_device_moves_through_the_doors_when_its_region_fails(
             port=int(dns_port),
             endpoints=static,
         ),
-        failover=FailoverConfig(stability_window_s=1.0, failback_probe_interval_s=0.5),
+        failover=FailoverConfig(
+            stability_window_s=1.0, failback_probe_interval_s=0.5, failback_spread_s=0.0
+        ),
         mqtt=MQTTConfig(connect_timeout_s=2.0),
         outbox=OutboxConfig(synchronous="normal"),
     )

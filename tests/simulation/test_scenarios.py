@@ -34,7 +34,7 @@ DEVICES = 100
 DEVICES_BY_SCENARIO = {"reconnect-storm": 150}
 # A connect that began while a region was faulted ends (refused, timed out) a little later.
 FAULT_TAIL_S = 15.0
-DOOR_REFUSAL_KINDS = frozenset({"not_authorized", "unavailable", "closed"})
+DOOR_REFUSAL_KINDS = frozenset({"not_authorized", "unavailable", "closed", "throttled"})
 
 Played = tuple["RunRecord", dict[str, Any], MemoryRun]
 _played: dict[tuple[str, int], Played] = {}
