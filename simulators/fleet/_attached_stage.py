@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simulators._errors import SimulatorError
-from simulators.fleet._counter import FleetCounter
+from simulators.fleet._cloud import CloudCounter
 from simulators.fleet._regions_stage import check_shadows, door_sample
 from simulators.fleet._replicator_process import FleetReplicator
 from simulators.fleet._scenario import DnsStep, FaultStep, HealStep, ReplicatorStep
@@ -77,7 +77,7 @@ class AttachedStage:
         self.regions_dir = regions_dir
         self.shard = shard
         self.described: dict[str, Any] | None = None
-        self.counter: FleetCounter | None = None
+        self.counter: CloudCounter | None = None
         self.replicator = FleetReplicator(scenario, state, self.endpoints)
         self.identities: dict[str, CertifiedKey] = {}
         self._pki: FleetPKI | None = None
@@ -135,7 +135,7 @@ class AttachedStage:
             )
         if self.shard.owner:
             self._apply_api_quotas()
-        self.counter = FleetCounter(
+        self.counter = CloudCounter(
             {name: _address(r["mqtt"]) for name, r in described["regions"].items()},
             client_id=f"iotdr-fleet-counter-{self.shard.index}-{os.getpid()}",
             keep=self.identities.__contains__,

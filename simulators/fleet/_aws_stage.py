@@ -27,7 +27,7 @@ import botocore.exceptions
 
 from simulators._errors import SimulatorError
 from simulators.fleet._aws_target import route53_change
-from simulators.fleet._counter import CounterTLS, FleetCounter
+from simulators.fleet._cloud import CloudCounter, CounterTLS
 from simulators.fleet._regions_stage import check_shadows
 from simulators.fleet._scenario import DnsStep, HealStep
 
@@ -95,7 +95,7 @@ class AwsStage:
         self.identities = identities
         self.shard = shard
         self.clients = clients
-        self.counter: FleetCounter | None = None
+        self.counter: CloudCounter | None = None
         self._by_name: dict[str, Identity] = {d.name: d for d in identities.devices}
         self._mine: set[str] = set()
 
@@ -139,7 +139,7 @@ class AwsStage:
                 "counts arrivals in the cloud with it (see docs/simulators.md)"
             )
             raise SimulatorError(msg)
-        self.counter = FleetCounter(
+        self.counter = CloudCounter(
             {r: (host, self.target.port) for r, host in self.target.endpoints.items()},
             client_id=f"{observer.name}-{self.shard.index}",
             keep=self._mine.__contains__,

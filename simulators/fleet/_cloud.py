@@ -5,13 +5,22 @@ door, where an IoT rule would see the message) counts each arrival of
 ``iotdr/sim/<device>/telemetry`` with its ``seq``. The report compares these
 with what the devices say they sent: lost, duplicated, delivered over time.
 A payload that is not ours is counted as malformed, never raised.
+
+Shards of one fleet share the regions, so each shard's counter takes client
+IDs of its own (a second session with the same ID would take the first one
+over) and keeps only its own devices' arrivals (every shard's subscriber sees
+every message; the merge then adds the shards up exactly). Against AWS IoT
+the counter connects over mTLS (:class:`CounterTLS`), with an identity
+allowed to subscribe to the telemetry.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
@@ -21,11 +30,27 @@ from simulators._errors import SimulatorError
 from simulators.fleet._records import Arrival
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
+    from pathlib import Path
 
-__all__ = ["CloudCounter"]
+__all__ = ["CloudCounter", "CounterTLS"]
 
 TELEMETRY_FILTER = "iotdr/sim/+/telemetry"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CounterTLS:
+    """The counter's mTLS identity (AWS IoT: a certificate whose policy allows the subscription).
+
+    Attributes:
+        ca: the CA the regions' server certificates chain to (Amazon Root CA 1).
+        cert: the counter's client certificate.
+        key: its key.
+    """
+
+    ca: Path
+    cert: Path
+    key: Path
 
 
 class CloudCounter:
@@ -34,10 +59,24 @@ class CloudCounter:
     Args:
         brokers: per region, its broker's plain listener ``(host, port)``.
         t0: subtracted from ``time.monotonic()`` to stamp arrivals (0: raw monotonic time).
+        client_id: the client ID's stem; each region's is ``<stem>-<region>``.
+        keep: whether a device's arrivals are this counter's (None: all).
+        tls: connect over mTLS with this identity (None: plain MQTT, the local brokers).
     """
 
-    def __init__(self, brokers: Mapping[str, tuple[str, int]], *, t0: float = 0.0) -> None:
+    def __init__(
+        self,
+        brokers: Mapping[str, tuple[str, int]],
+        *,
+        t0: float = 0.0,
+        client_id: str = "iotdr-fleet-counter",
+        keep: Callable[[str], bool] | None = None,
+        tls: CounterTLS | None = None,
+    ) -> None:
         self.t0 = t0
+        self.client_id = client_id
+        self.keep = keep
+        self.tls = tls
         self._lock = threading.Lock()
         self._arrivals: list[Arrival] = []
         self.malformed = 0
@@ -53,9 +92,16 @@ class CloudCounter:
         for region, (host, port) in self._brokers.items():
             client = mqtt.Client(
                 CallbackAPIVersion.VERSION2,
-                client_id=f"iotdr-fleet-counter-{region}",
+                client_id=f"{self.client_id}-{region}",
                 clean_session=True,
             )
+            if self.tls is not None:
+                client.tls_set(
+                    ca_certs=str(self.tls.ca),
+                    certfile=str(self.tls.cert),
+                    keyfile=str(self.tls.key),
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
             client.max_inflight_messages_set(100)
             granted = self._subscribed[region] = threading.Event()
             client.on_connect = lambda c, *_a: c.subscribe(TELEMETRY_FILTER, qos=1)
@@ -63,9 +109,9 @@ class CloudCounter:
             client.on_message = lambda _c, _u, m, _r=region: self._on_message(_r, m)
             try:
                 client.connect(host, port, keepalive=60)
-            except OSError as exc:
+            except (OSError, ssl.SSLError) as exc:
                 self.stop()
-                msg = f"the fleet's counter cannot reach {region}'s broker at {host}:{port}: {exc}"
+                msg = f"the fleet's counter cannot reach {region} at {host}:{port}: {exc}"
                 raise SimulatorError(msg) from exc
             client.loop_start()
             self._clients[region] = client
@@ -79,6 +125,8 @@ class CloudCounter:
     def _on_message(self, region: str, message: mqtt.MQTTMessage) -> None:
         t = time.monotonic() - self.t0
         parts = message.topic.split("/")
+        if self.keep is not None and len(parts) == 4 and not self.keep(parts[2]):
+            return
         try:
             seq = json.loads(message.payload)["seq"]
             if not isinstance(seq, int) or isinstance(seq, bool) or len(parts) != 4:
