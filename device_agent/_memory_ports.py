@@ -31,7 +31,7 @@ from device_agent._probe import ProbeEchoes, ProbeOutcome
 from device_agent._transport import TransportClosedError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from device_agent._endpoints import Endpoint
     from device_agent._events import ProbeDepth
@@ -221,13 +221,20 @@ class MemoryOutbox:
         capacity: the most messages it holds; :meth:`put` beyond that raises
             :class:`~device_agent.OutboxFullError`.
         clock: gives ``created_at``.
+        entries: what it holds to begin with (a store reloaded); ``seq`` goes on after them.
     """
 
-    def __init__(self, *, capacity: int = 10_000, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        capacity: int = 10_000,
+        clock: Callable[[], float] = time.time,
+        entries: Iterable[OutboxEntry] = (),
+    ) -> None:
         self.capacity = capacity
         self._clock = clock
-        self._entries: dict[int, OutboxEntry] = {}
-        self._seqs = itertools.count(1)
+        self._entries: dict[int, OutboxEntry] = {e.seq: e for e in sorted(entries, key=_seq)}
+        self._seqs = itertools.count(max(self._entries, default=0) + 1)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -280,3 +287,7 @@ class MemoryOutbox:
     def _check_open(self) -> None:
         if self._closed:
             raise OutboxError(":memory:", "closed")
+
+
+def _seq(entry: OutboxEntry) -> int:
+    return entry.seq

@@ -32,7 +32,8 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING
 
-from device_agent import OutboxEntry, OutboxError, OutboxFullError
+from device_agent import OutboxEntry, OutboxError
+from device_agent.testing import MemoryOutbox
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -179,26 +180,20 @@ class HostOutboxes:
         return self._conn
 
 
-class DeviceOutbox:
+class DeviceOutbox(MemoryOutbox):
     """One device's outbox in a host's shared file (an :class:`~device_agent.OutboxPort`).
 
-    Reads come from memory; ``put`` and ``ack`` reach the file at the host's next flush.
+    A :class:`~device_agent.testing.MemoryOutbox` (reads come from memory) whose
+    ``put`` and ``ack`` also reach the file at the host's next flush.
     """
 
     def __init__(self, host: HostOutboxes, device: str, entries: list[OutboxEntry]) -> None:
+        super().__init__(capacity=host.capacity, clock=host.clock, entries=entries)
         self._host = host
         self.device = device
-        self._entries = {e.seq: e for e in entries}
-        self._next_seq = max(self._entries, default=0) + 1
-        self._closed = False
 
     def __repr__(self) -> str:
         return f"DeviceOutbox({self.device!r}, depth={self.depth})"
-
-    @property
-    def depth(self) -> int:
-        """How many messages are waiting."""
-        return len(self._entries)
 
     def put(self, topic: str, payload: bytes, qos: int = 1) -> OutboxEntry:
         """Store a message (in memory now, in the file at the next flush).
@@ -207,50 +202,13 @@ class DeviceOutbox:
             OutboxFullError: it holds the host's ``capacity`` messages.
             OutboxError: it was closed.
         """
-        self._check_open()
-        if len(self._entries) >= self._host.capacity:
-            raise OutboxFullError(str(self._host.path), self._host.capacity)
-        entry = OutboxEntry(self._next_seq, topic, payload, qos, self._host.clock(), 0)
-        self._next_seq += 1
-        self._entries[entry.seq] = entry
+        entry = super().put(topic, payload, qos)
         self._host.queue_put(self.device, entry)
         return entry
 
-    def peek(self, limit: int = 100, *, after_seq: int = 0) -> list[OutboxEntry]:
-        """Up to ``limit`` messages with ``seq > after_seq``, oldest first."""
-        self._check_open()
-        found: list[OutboxEntry] = []
-        for seq, entry in self._entries.items():  # insertion order is seq order
-            if len(found) >= limit:
-                break
-            if seq > after_seq:
-                found.append(entry)
-        return found
-
-    def mark_sent(self, seq: int) -> None:
-        """Count one more send of ``seq`` (in memory: the count is for the agent's stats)."""
-        entry = self._entries.get(seq)
-        if entry is not None:
-            self._entries[seq] = OutboxEntry(
-                entry.seq,
-                entry.topic,
-                entry.payload,
-                entry.qos,
-                entry.created_at,
-                entry.attempts + 1,
-            )
-
     def ack(self, seq: int) -> bool:
         """Remove ``seq``; False if it was not there."""
-        if self._entries.pop(seq, None) is None:
+        if not super().ack(seq):
             return False
         self._host.queue_ack(self.device, seq)
         return True
-
-    def close(self) -> None:
-        """Later :meth:`put` and :meth:`peek` raise; what is left stays for the next start."""
-        self._closed = True
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise OutboxError(str(self._host.path), f"{self.device}: closed")
