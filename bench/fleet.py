@@ -35,7 +35,9 @@ from simulators.fleet._driver import RunOptions, run_fleet
 from simulators.fleet._scenario import (
     FaultStep,
     HealStep,
+    connect_quota,
     load_scenario,
+    resolved_agent,
     with_devices,
 )
 
@@ -43,15 +45,9 @@ if TYPE_CHECKING:
     from simulators.fleet._play import Progress
     from simulators.fleet._scenario import Scenario
 
-_AWS_CONNECT_PER_S = 500.0
-
 
 def _secondary_quota(scenario: Scenario) -> float:
-    secondary = scenario.regions[1]
-    quotas = scenario.quotas.get(secondary)
-    if quotas is not None and quotas.connect_per_s is not None:
-        return float(quotas.connect_per_s)
-    return _AWS_CONNECT_PER_S
+    return connect_quota(scenario, scenario.regions[1])
 
 
 def stretched(scenario: Scenario) -> Scenario:
@@ -72,7 +68,7 @@ def stretched(scenario: Scenario) -> Scenario:
     bound = scenario.devices / _secondary_quota(scenario)
     outage = max(heals[0].at - faults[0].at, 2 * bound)
     heal = dataclasses.replace(heals[0], at=faults[0].at + outage)
-    overrides: dict[str, Any] = dict(scenario.agent.get("failover", {}))
+    overrides: dict[str, Any] = dict(resolved_agent(scenario).get("failover", {}))
     agent = FailoverConfig(**overrides)
     tail = agent.stability_window_s + agent.failback_spread_s + bound + 60
     duration = max(scenario.duration_s, heal.at + tail)

@@ -91,6 +91,17 @@ class FailoverConfig:
             secondary meanwhile), so the cost is only time on the secondary,
             15 s on average. Raise it for a larger fleet (about N / 500 - 10
             s), or lower it (0: at once).
+        failover_spread_s: a device failing over waits a random time in
+            ``[0, failover_spread_s]`` before its first CONNECT to the other
+            region (on top of the backoff). 0 by default: a lone device, or a
+            fleet smaller than its secondary's CONNECT quota per second, moves
+            at once. A fleet of N devices whose secondary allows Q CONNECT/s
+            cannot move faster than N / Q seconds however it tries; without a
+            spread it tries all at once, and every CONNECT over the quota is a
+            full TLS handshake refused (a throttled CONNACK), then retried.
+            Set it to N / Q (the fleet simulator's ``auto``): the fleet then
+            arrives at about the quota's rate, and the last device is over
+            after about N / Q seconds, the bound, with few refusals.
         failback: move back at all (False: stay until the current region fails).
         backoff_base_s: first backoff step; doubles per failure (full jitter).
         backoff_max_s: backoff cap.
@@ -121,6 +132,7 @@ class FailoverConfig:
     probe_jitter: float = 0.2
     stability_window_s: float = 60.0
     failback_spread_s: float = 30.0
+    failover_spread_s: float = 0.0
     failback: bool = True
     backoff_base_s: float = 0.5
     backoff_max_s: float = 60.0
@@ -140,6 +152,7 @@ class FailoverConfig:
             self,
             "stability_window_s",
             "failback_spread_s",
+            "failover_spread_s",
             "stable_after_s",
             "connect_guard_s",
             "dr_jitter_s",

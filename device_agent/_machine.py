@@ -48,6 +48,12 @@ Decisions:
   (1 + j) * I)`` after the last (``I`` the probe's interval, ``j`` is
   ``probe_jitter``), for the connected region's health probes and the
   preferred region's failback probes alike.
+* **Failover spread.** A device failing over waits ``uniform(0,
+  failover_spread_s)`` (0 by default) before its first attempt at the other
+  region, on top of the backoff, and says so (``failover.spread``): a fleet
+  that lost its region in the same second arrives at the secondary at about
+  N / ``failover_spread_s`` CONNECT/s instead of all at once, each CONNECT
+  over the quota a TLS handshake for a refusal.
 * **Failback with hysteresis.** While away from the preferred region, the
   machine probes it every ``failback_probe_interval_s`` (jittered); the window
   is done when every probe has passed for ``stability_window_s`` (any failure
@@ -309,6 +315,8 @@ class FailoverMachine:
             self._failures_here = 0
             self._begin_move("failover", event.region, now, out)
             self._reason = "failover"
+            self._attempt(region, now, now + self._backoff() + self._spread(region, out), out)
+            return
         self._attempt(region, now, now + self._backoff(), out)
 
     def _on_throttled(self, region: str, now: float, out: list[Action]) -> None:
@@ -372,7 +380,8 @@ class FailoverMachine:
         self._drop_connection(now, out)
         self._begin_move("failover", source, now, out)
         self._reason = "failover"
-        self._attempt(self._other(source), now, now, out)
+        target = self._other(source)
+        self._attempt(target, now, now + self._spread(target, out), out)
 
     def _on_failback_probe(self, event: ProbeResult, now: float, out: list[Action]) -> None:
         if not event.ok:
@@ -579,6 +588,14 @@ class FailoverMachine:
         """A later probe's delay: uniform in [(1 - j) * interval, (1 + j) * interval]."""
         jitter = self.config.probe_jitter
         return interval * (1.0 - jitter + 2.0 * jitter * self._rng.random())
+
+    def _spread(self, target: str, out: list[Action]) -> float:
+        """A failover's wait before its first attempt at ``target``: uniform(0, spread)."""
+        if self.config.failover_spread_s <= 0:
+            return 0.0
+        delay = self._rng.random() * self.config.failover_spread_s
+        out.append(Emit("failover.spread", {"region": target, "in_s": delay}))
+        return delay
 
     def _backoff(self) -> float:
         cap = min(

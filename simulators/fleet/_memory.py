@@ -100,6 +100,7 @@ from simulators.fleet._scenario import (
     HealStep,
     ReplicatorStep,
     apply_agent_overrides,
+    resolved_agent,
     scenario_settings,
 )
 from simulators.gateway import (
@@ -484,7 +485,7 @@ class MemoryFleet:
             ),
             discovery=DiscoveryConfig(name=DEVICE_NAME, endpoints=self.stage.network.endpoints),
         )
-        return apply_agent_overrides(base, self.scenario.agent)
+        return apply_agent_overrides(base, resolved_agent(self.scenario))
 
     def _sink(self, device: str, kind: str, region: str | None, detail: str) -> None:
         now = asyncio.get_running_loop().time()

@@ -20,6 +20,7 @@ from simulators._errors import SimulatorError
 from simulators.fleet._host import source_addresses
 from simulators.fleet._play import FleetFinal
 from simulators.fleet._records import DeviceEvent
+from simulators.fleet._scenario import resolved_agent
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -124,7 +125,7 @@ class ProcessFleet:
                 name: [region["endpoint"], int(region["mqtts"].rpartition(":")[2])]
                 for name, region in endpoints["regions"].items()
             },
-            "agent": plain(self.scenario.agent),
+            "agent": plain(resolved_agent(self.scenario)),
             "behaviour": {
                 "telemetry_interval_s": fleet.telemetry_interval_s,
                 "shadow_interval_s": fleet.shadow_interval_s,

@@ -287,7 +287,7 @@ def scenario_settings(scenario: Scenario) -> dict[str, object]:
         "telemetry_interval_s": scenario.fleet.telemetry_interval_s,
         "shadow_interval_s": scenario.fleet.shadow_interval_s,
         "start_spread_s": scenario.fleet.start_spread_s,
-        "agent": {section: dict(values) for section, values in scenario.agent.items()},
+        "agent": {section: dict(values) for section, values in resolved_agent(scenario).items()},
         "quotas": {
             region: {
                 "connect_per_s": q.connect_per_s,
@@ -297,6 +297,41 @@ def scenario_settings(scenario: Scenario) -> dict[str, object]:
             for region, q in scenario.quotas.items()
         },
     }
+
+
+AWS_CONNECT_PER_S = 500.0
+"""AWS IoT's default CONNECT quota per account and region (adjustable)."""
+
+_AUTO_SPREADS = {"failover_spread_s": "secondary", "failback_spread_s": "primary"}
+"""The agent's spreads a scenario may set to ``auto``, and the region whose quota sizes each."""
+
+
+def connect_quota(scenario: Scenario, region: str) -> float:
+    """``region``'s CONNECT quota per second in ``scenario`` (AWS's default when unset)."""
+    quotas = scenario.quotas.get(region)
+    if quotas is not None and quotas.connect_per_s is not None:
+        return float(quotas.connect_per_s)
+    return AWS_CONNECT_PER_S
+
+
+def resolved_agent(scenario: Scenario) -> Mapping[str, Mapping[str, object]]:
+    """The scenario's agent overrides with every ``auto`` spread made a number.
+
+    ``failover.failover_spread_s: auto`` is the whole fleet's size over the
+    secondary's CONNECT quota, the least time N devices can take to move
+    there; ``failover.failback_spread_s: auto`` the same over the primary's.
+    A shard's scenario holds the whole fleet's size, so every shard spreads
+    over the same window.
+    """
+    failover = scenario.agent.get("failover", {})
+    if not any(failover.get(name) == "auto" for name in _AUTO_SPREADS):
+        return scenario.agent
+    roles = {"primary": scenario.regions[0], "secondary": scenario.regions[1]}
+    values = dict(failover)
+    for name, role in _AUTO_SPREADS.items():
+        if values.get(name) == "auto":
+            values[name] = round(scenario.devices / connect_quota(scenario, roles[role]), 3)
+    return types.MappingProxyType({**scenario.agent, "failover": types.MappingProxyType(values)})
 
 
 def with_devices(scenario: Scenario, devices: int) -> Scenario:
@@ -658,6 +693,9 @@ def _agent(node: _Node) -> Mapping[str, Mapping[str, object]]:
             problem = _check_override_key(section, name)
             if problem is not None:
                 raise child.error(problem)
+            if section == "failover" and name in _AUTO_SPREADS and child.value() == "auto":
+                values[name] = "auto"  # the fleet's size over a quota: resolved_agent()
+                continue
             try:
                 value = _agent_value(section, name, child.value())
                 apply_agent_overrides(base, {section: {name: value}})

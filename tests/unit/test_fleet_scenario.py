@@ -27,6 +27,8 @@ from simulators.fleet._scenario import (
     load_scenario,
     parse_scenario,
     region_settings,
+    resolved_agent,
+    scenario_settings,
     with_devices,
 )
 
@@ -135,7 +137,7 @@ def test_every_builtin_parses_and_fits_its_duration() -> None:
         heals = [s.at for s in scenario.timeline if isinstance(s, HealStep | DnsStep)]
         if heals:  # room to fail back after the last recovery
             assert scenario.duration_s - max(heals) >= 60, name
-        config = apply_agent_overrides(_agent_config(), scenario.agent)
+        config = apply_agent_overrides(_agent_config(), resolved_agent(scenario))
         assert config.failover.stability_window_s <= 30
 
 
@@ -638,6 +640,39 @@ def test_agent_overrides_apply_through_the_dataclasses() -> None:
     assert config.named_shadows == ("config",)
     assert config.heartbeat_interval_s == 5.0
     assert config.identity == _agent_config().identity
+
+
+def test_auto_spreads_are_the_fleet_over_each_regions_connect_quota() -> None:
+    scenario = parse_scenario(
+        BASE
+        + textwrap.dedent("""\
+            agent:
+              failover: {failover_spread_s: auto, failback_spread_s: auto, stability_window_s: 5}
+            quotas:
+              us-west-2: {connect_per_s: 40}
+            timeline: []
+            """)
+    )
+    assert scenario.agent["failover"]["failover_spread_s"] == "auto"  # until the size is known
+    big = with_devices(scenario, 2000)
+    resolved = resolved_agent(big)["failover"]
+    assert resolved["failover_spread_s"] == 50.0  # 2,000 / the secondary's 40 CONNECT/s
+    assert resolved["failback_spread_s"] == 4.0  # 2,000 / the primary's default 500/s
+    assert resolved["stability_window_s"] == 5.0
+    config = apply_agent_overrides(_agent_config(), resolved_agent(big))
+    assert config.failover.failover_spread_s == 50.0
+    assert scenario_settings(big)["agent"]["failover"]["failover_spread_s"] == 50.0  # type: ignore[index]
+
+
+def test_auto_is_only_for_the_spreads() -> None:
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(BASE + "agent:\n  failover: {stability_window_s: auto}\ntimeline: []\n")
+    assert "must be a number" in str(info.value)
+
+
+def test_a_scenario_without_auto_keeps_its_overrides() -> None:
+    scenario = parse_scenario(BASE + "agent:\n  failover: {failover_spread_s: 7}\ntimeline: []\n")
+    assert resolved_agent(scenario) is scenario.agent
 
 
 @pytest.mark.parametrize(

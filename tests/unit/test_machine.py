@@ -235,6 +235,64 @@ def test_failed_probes_fail_over_at_once() -> None:
     assert "failover.started" in h.emitted(actions)
 
 
+@pytest.mark.parametrize(
+    ("fraction", "spread", "expected"), [(0.5, 40.0, 20.0), (0.25, 40.0, 10.0), (0.5, 0.0, 0.0)]
+)
+def test_failed_probes_fail_over_after_a_random_share_of_the_spread(
+    fraction: float, spread: float, expected: float
+) -> None:
+    h = harness(failure_threshold=1, failover_spread_s=spread)
+    h.machine._rng = FixedRandom(fraction)  # the phase of the probes stays fixed by harness()
+    connected(h)
+    h.advance(3)
+    actions = h.feed(ProbeResult(P, ok=False, kind="timeout"))
+    assert Disconnect(P, "1 probes failed") in actions
+    spreads = [a for a in actions if isinstance(a, Emit) and a.name == "failover.spread"]
+    if expected == 0:
+        assert Connect(S, "failover") in actions
+        assert not spreads  # no spread configured: nothing to say
+        return
+    assert not connects(actions)
+    assert spreads == [Emit("failover.spread", {"region": S, "in_s": expected})]
+    assert h.timers[Timer.CONNECT] == h.now + expected
+    assert not connects(h.advance(expected - 0.01))
+    assert connects(h.advance(0.01)) == [Connect(S, "failover")]
+
+
+def test_a_failover_after_refused_reconnects_adds_the_spread_to_the_backoff() -> None:
+    h = harness(reconnect_attempts=1, failover_spread_s=30.0, backoff_base_s=1.0)
+    connected(h)
+    h.advance(60)  # long enough for the backoff to reset
+    h.feed(ConnectionLost(P, "closed"))
+    h.advance(1)
+    assert connects(h.log)[-1] == Connect(P, "reconnect")
+    failed_at = h.now
+    actions = h.feed(ConnectFailed(P, "refused"))
+    assert h.emitted(actions) == ["connect.failed", "failover.started", "failover.spread"]
+    # backoff: 0.5 of min(60, 1 * 2**1) = 1.0; spread: 0.5 of 30 = 15
+    assert h.timers[Timer.CONNECT] == failed_at + 1.0 + 15.0
+    h.advance(16)
+    assert connects(h.log)[-1] == Connect(S, "failover")
+
+
+def test_a_reconnect_in_the_same_region_is_never_spread() -> None:
+    h = harness(reconnect_attempts=3, failover_spread_s=30.0)
+    connected(h)
+    h.advance(60)
+    actions = h.feed(ConnectionLost(P, "closed"))
+    assert "failover.spread" not in h.emitted(actions)
+    assert h.timers[Timer.CONNECT] - h.now < 1.0  # the backoff alone
+
+
+def test_a_failback_is_not_spread_by_the_failover_spread() -> None:
+    h = harness(failover_spread_s=30.0)
+    connected(h, S)
+    _, started = _drive_failback(h, [True] * 20)
+    assert started is not None
+    assert "failover.spread" not in h.emitted()
+    assert connects(h.log)[-1] == Connect(P, "failback")
+
+
 def test_a_passing_probe_resets_the_count() -> None:
     h = harness(failure_threshold=2)
     connected(h)
@@ -428,6 +486,7 @@ class MachineModel(RuleBasedStateMachine):
             backoff_max_s=5.0,
             reconnect_attempts=2,
             failback_spread_s=3.0,
+            failover_spread_s=2.0,
             throttle_backoff_base_s=0.5,
             throttle_backoff_max_s=4.0,
         )
