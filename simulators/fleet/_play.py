@@ -292,14 +292,15 @@ class TimelinePlayer:
         """Door-side steps to the stage, device-side ones to the fleet; the record's detail."""
         if isinstance(step, DeviceFaultStep):
             await self.fleet.set_device_fault(step.region, step.mode, step.fraction)
-            share = "" if step.fraction >= 1 else f" {step.fraction:.0%}"
+            share = "" if step.fraction >= 1 else f" {step.fraction * 100:g}%"
             self.faults[f"{step.region} devices"] = f"{step.mode}{share}"
             self.record.notes.append(
                 f"t={t:.0f} s: {step.region} {step.mode} on the devices' side "
                 f"({step.fraction:.0%} of the devices); its door was not touched"
             )
-            # The mode itself, as a door's fault is recorded: the report's disruption reads it.
-            return step.mode
+            # The mode, as a door's fault is recorded, and the share when it is not the whole
+            # fleet: the report's disruption reads both.
+            return f"{step.mode}{share}"
         if isinstance(step, HealStep):
             detail = "up"
             if step.side != "devices":

@@ -8,7 +8,11 @@ disruption start   the first step that takes P away from devices: a ``fault`` of
                    ``down``, ``blackhole`` or ``partial``, or a ``dns`` step to another region
 disruption end     the LAST step after the start that gives P back: ``heal`` of P, or ``dns``
                    back to P (None: P never came back; failback is then not expected)
-present devices    devices not ``created`` during the run, or created before the start
+present devices    devices not ``created`` during the run, or created before the start; when
+                   the disruption is a fault on a share of the devices (its step's detail
+                   ``blackhole 30%``), only those of them that ``detected`` it or were
+                   ``disconnected`` from P at/after start (the others kept P: nothing is
+                   expected of them)
 detection          per present device: its first ``detected`` event at/after start, minus start
 failover           per present device: its first ``first_ack`` in a region other than P
                    at/after start, minus start
@@ -116,35 +120,55 @@ def stats(values: Sequence[float]) -> dict[str, Any]:
 
 
 class Disruption:
-    """When the primary was taken from the devices and when it was given back."""
+    """When the primary was taken from the devices and when it was given back.
 
-    __slots__ = ("end", "start")
+    ``share``: the fraction of the devices it was taken from (1.0: all of them;
+    less for a device-side fault on a share of the fleet).
+    """
 
-    def __init__(self, start: float | None, end: float | None) -> None:
+    __slots__ = ("end", "share", "start")
+
+    def __init__(self, start: float | None, end: float | None, share: float = 1.0) -> None:
         self.start = start
         self.end = end
+        self.share = share
 
     def __repr__(self) -> str:
-        return f"Disruption(start={self.start!r}, end={self.end!r})"
+        return f"Disruption(start={self.start!r}, end={self.end!r}, share={self.share!r})"
+
+
+def _share(detail: str) -> float | None:
+    """``blackhole`` -> 1.0, ``blackhole 30%`` -> 0.3; None when it takes nothing away."""
+    mode, _, share = detail.partition(" ")
+    if mode not in _TAKES_PRIMARY:
+        return None
+    if not share.endswith("%"):
+        return 1.0
+    try:
+        return min(1.0, max(0.0, float(share[:-1]) / 100))
+    except ValueError:
+        return 1.0
 
 
 def disruption(steps: Iterable[StepRecord], primary: str) -> Disruption:
     """The disruption of ``primary`` the steps describe (see the module's table)."""
     start: float | None = None
     end: float | None = None
+    share = 1.0
     for step in sorted(steps, key=lambda s: s.t):
         if start is None:
-            takes = (step.action == "fault" and step.region == primary) and (
-                step.detail in _TAKES_PRIMARY
+            taken = (
+                _share(step.detail) if step.action == "fault" and step.region == primary else None
             )
             moves = step.action == "dns" and step.region != primary
-            if takes or moves:
+            if taken is not None or moves:
                 start = step.t
+                share = 1.0 if taken is None else taken
         elif (step.action == "heal" and step.region == primary) or (
             step.action == "dns" and step.region == primary
         ):
             end = step.t
-    return Disruption(start, end)
+    return Disruption(start, end, share)
 
 
 def fault_windows(record: RunRecord) -> list[tuple[float, float, str, str]]:
@@ -339,6 +363,14 @@ def device_times(record: RunRecord) -> DeviceTimes:
         for d in _all_devices(record)
         if d not in created_at or (window.start is not None and created_at[d] < window.start)
     )
+    if window.start is not None and window.share < 1:
+        start = window.start
+        present = tuple(
+            d
+            for d in present
+            if _first(events.get(d, []), "detected", start, None, other=False) is not None
+            or _first(events.get(d, []), "disconnected", start, primary, other=False) is not None
+        )
     detection: dict[str, float] = {}
     failover: dict[str, float] = {}
     failback: dict[str, float] = {}

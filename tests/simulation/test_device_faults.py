@@ -117,6 +117,11 @@ def test_half_the_fleet_moves_the_half_the_seed_chooses() -> None:
     left = {e.device for e in record.events if e.kind == "disconnected" and e.region == PRIMARY}
     assert left == chosen_devices
     assert report["devices_final"] == {PRIMARY: DEVICES, SECONDARY: 0, "none": 0}
+    # The report expects of the chosen half what a whole-fleet fault expects of all.
+    assert any(s.detail == "blackhole 50%" for s in record.steps)
+    assert report["verdict"]["ok"], report["verdict"]["problems"]
+    assert report["present"] == len(chosen_devices)
+    assert report["failover"]["count"] == report["failback"]["count"] == len(chosen_devices)
     _nothing_lost(report, run)
     _door_untouched(run)
 

@@ -332,7 +332,31 @@ def test_disruption_rules() -> None:
     )
     assert (flapping.start, flapping.end) == (30, 80)
     assert disruption([s(5, "heal", E, "up"), s(30, "fault", E, "down")], E).end is None
-    assert repr(flapping) == "Disruption(start=30, end=80)"
+    assert repr(flapping) == "Disruption(start=30, end=80, share=1.0)"
+    assert disruption([s(10, "fault", E, "blackhole 30%")], E).share == 0.3
+    assert disruption([s(10, "fault", E, "refuse 12.5%")], E).share == 0.125
+    assert disruption([s(10, "fault", E, "reset")], E).share == 1.0
+    assert disruption([s(10, "fault", E, "degraded 30%")], E).start is None
+
+
+def test_a_fault_on_a_share_of_the_devices_expects_only_those_that_detected_it() -> None:
+    steps = [StepRecord(30.0, "fault", E, "blackhole 50%"), StepRecord(90.0, "heal", E, "up")]
+    untouched = [
+        _ev(0.5, "d", "started"),
+        _ev(1.0, "d", "connected", E),
+        _ev(1.2, "d", "first_ack", E),
+    ]
+    record = _record(steps=steps, devices=("a", "b", "c", "d"))
+    record.events = [*record.events, *untouched]
+    record.final_region = {**record.final_region, "d": E}
+    report = build_report(record)
+    assert report["present"] == 3  # d kept its primary: nothing is expected of it
+    assert report["failover"]["count"] == 3
+    assert report["not_failed_back"]["devices"] == ["c"]  # c is still judged
+    record.steps = [StepRecord(30.0, "fault", E, "blackhole"), steps[1]]
+    whole = build_report(record)
+    assert whole["present"] == 4
+    assert whole["not_failed_over"]["devices"] == ["d"]
 
 
 def test_no_end_means_failback_is_not_expected() -> None:
