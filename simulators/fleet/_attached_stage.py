@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simulators._errors import SimulatorError
-from simulators.fleet._cloud import CloudCounter
+from simulators.fleet._cloud import CloudCounter, CountedArrivals
 from simulators.fleet._regions_stage import check_shadows, door_sample
 from simulators.fleet._replicator_process import FleetReplicator
 from simulators.fleet._scenario import DnsStep, FaultStep, HealStep, ReplicatorStep
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from simulators._pki import CertifiedKey, FleetPKI
     from simulators.fleet._play import DeviceEntry, FleetFinal
-    from simulators.fleet._records import Arrival, DoorSample, RunRecord, ShadowCheck
+    from simulators.fleet._records import DoorSample, RunRecord, ShadowCheck
     from simulators.fleet._scenario import Scenario, Step
     from simulators.fleet._shard import Shard
 
@@ -61,7 +61,7 @@ _CONTROL_PLANE_MODES = {"control-plane-down": "http503", "control-plane-drop": "
 _DOOR_WAIT_S = 60.0
 
 
-class AttachedStage:
+class AttachedStage(CountedArrivals):
     """Running local regions (``regions.json`` in ``regions_dir``) as a run's stage.
 
     Args:
@@ -281,17 +281,6 @@ class AttachedStage:
             except Exception:  # noqa: BLE001 - a busy door must not stop the run
                 logger.debug("fleet.door_sample_failed", extra={"region": name})
         return doors, self.replicator.lag()
-
-    def delivered(self) -> int:
-        """This shard's devices' arrivals so far."""
-        return self.counter.count() if self.counter is not None else 0
-
-    async def settle(self) -> list[Arrival]:
-        """Wait for the last messages; this shard's devices' arrivals."""
-        if self.counter is None:
-            return []
-        await asyncio.to_thread(self.counter.settle)
-        return self.counter.arrivals()
 
     async def check_shadows(self, final: FleetFinal) -> ShadowCheck:
         """This shard's devices' last reported state, read through the iot-data HTTP API."""

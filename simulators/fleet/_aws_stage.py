@@ -27,7 +27,7 @@ import botocore.exceptions
 
 from simulators._errors import SimulatorError
 from simulators.fleet._aws_target import route53_change
-from simulators.fleet._cloud import CloudCounter, CounterTLS
+from simulators.fleet._cloud import CloudCounter, CountedArrivals, CounterTLS
 from simulators.fleet._regions_stage import check_shadows
 from simulators.fleet._scenario import DnsStep, HealStep
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from simulators.fleet._aws_target import AwsIdentities, AwsTarget, Identity
     from simulators.fleet._play import DeviceEntry, FleetFinal
-    from simulators.fleet._records import Arrival, DoorSample, RunRecord, ShadowCheck
+    from simulators.fleet._records import DoorSample, RunRecord, ShadowCheck
     from simulators.fleet._scenario import Scenario, Step
     from simulators.fleet._shard import Shard
 
@@ -70,7 +70,7 @@ def aws_clients(target: AwsTarget, session: Any = None) -> AwsClients:
     )
 
 
-class AwsStage:
+class AwsStage(CountedArrivals):
     """AWS IoT in a test account as a run's stage.
 
     Args:
@@ -203,17 +203,6 @@ class AwsStage:
     async def sample(self, t: float) -> tuple[list[DoorSample], float | None]:  # noqa: ARG002
         """Nothing: AWS's doors cannot be read (no samples, no replicator lag)."""
         return [], None
-
-    def delivered(self) -> int:
-        """This shard's devices' arrivals so far."""
-        return self.counter.count() if self.counter is not None else 0
-
-    async def settle(self) -> list[Arrival]:
-        """Wait for the last messages; this shard's devices' arrivals."""
-        if self.counter is None:
-            return []
-        await asyncio.to_thread(self.counter.settle)
-        return self.counter.arrivals()
 
     async def check_shadows(self, final: FleetFinal) -> ShadowCheck:
         """Each device's last reported state, read with GetThingShadow in each region."""

@@ -16,6 +16,7 @@ allowed to subscribe to the telemetry.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import threading
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from pathlib import Path
 
-__all__ = ["CloudCounter", "CounterTLS"]
+__all__ = ["CloudCounter", "CountedArrivals", "CounterTLS"]
 
 TELEMETRY_FILTER = "iotdr/sim/+/telemetry"
 
@@ -166,3 +167,20 @@ class CloudCounter:
             client.disconnect()
             client.loop_stop()
         self._clients.clear()
+
+
+class CountedArrivals:
+    """A stage's ``delivered`` and ``settle`` from its :class:`CloudCounter` (None: not yet)."""
+
+    counter: CloudCounter | None
+
+    def delivered(self) -> int:
+        """The arrivals its counter has seen so far."""
+        return self.counter.count() if self.counter is not None else 0
+
+    async def settle(self) -> list[Arrival]:
+        """Wait for the last messages; every arrival its counter saw."""
+        if self.counter is None:
+            return []
+        await asyncio.to_thread(self.counter.settle)
+        return self.counter.arrivals()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from simulators._errors import SimulatorError
 from simulators._topology import DEFAULT_DOMAIN, LocalRegion
-from simulators.fleet._cloud import CloudCounter
+from simulators.fleet._cloud import CloudCounter, CountedArrivals
 from simulators.fleet._records import DoorSample, RunRecord, ShadowCheck
 from simulators.fleet._replicator_process import FleetReplicator, spawn_service, stop_process
 from simulators.fleet._scenario import DnsStep, FaultStep, HealStep, ReplicatorStep
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from simulators._pki import CertifiedKey, FleetPKI
     from simulators._regions import LocalRegions
     from simulators.fleet._play import DeviceEntry, FleetFinal
-    from simulators.fleet._records import Arrival
     from simulators.fleet._scenario import Scenario, Step
 
 logger = logging.getLogger(__name__)
@@ -80,7 +79,7 @@ def local_regions_for(names: Sequence[str]) -> tuple[LocalRegion, ...]:
     )
 
 
-class RegionsStage:
+class RegionsStage(CountedArrivals):
     """The local regions as a run's :class:`~simulators.fleet._play.Stage`.
 
     The regions (with the scenario's quotas), the cloud-side counter on each
@@ -288,17 +287,6 @@ class RegionsStage:
             except Exception:  # noqa: BLE001 - a busy door must not stop the run
                 logger.debug("fleet.door_sample_failed", extra={"region": name})
         return doors, self.replicator.lag()
-
-    def delivered(self) -> int:
-        """Telemetry arrivals so far."""
-        return self.counter.count() if self.counter is not None else 0
-
-    async def settle(self) -> list[Arrival]:
-        """Wait for the last messages; every arrival (stamped on CLOCK_MONOTONIC)."""
-        if self.counter is None:
-            return []
-        await asyncio.to_thread(self.counter.settle)
-        return self.counter.arrivals()
 
     async def check_shadows(self, final: FleetFinal) -> ShadowCheck:
         """Each device's last reported state in its region (and, replicated, in the others)."""
