@@ -76,16 +76,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from replicator._aws import RegionConfig, build_region
-from replicator._engine import Engine, EngineConfig
-from replicator._failback import AutoFailback
-from replicator._feed import FeedConfig
-from replicator._journal import Journal
-from replicator._quotas import DEFAULT_TPS, DEFAULT_UNLISTED_TPS, QuotaLimiter
-from replicator._reconcile import reconcile
-from replicator._records import ObjectNamed
-from replicator._service import run_service
-from replicator._state import ObjectKey
+from replicator.aws._adapter import RegionConfig, build_region
+from replicator.core._records import ObjectNamed
+from replicator.core._state import ObjectKey
+from replicator.runtime._engine import Engine, EngineConfig
+from replicator.runtime._failback import AutoFailback
+from replicator.runtime._feed import FeedConfig
+from replicator.runtime._host import run_service
+from replicator.runtime._journal import Journal
+from replicator.runtime._quotas import DEFAULT_TPS, DEFAULT_UNLISTED_TPS, QuotaLimiter
+from replicator.runtime._reconcile import reconcile
 from simulators import BrokerSpec, start_broker
 from simulators.controlplane import start_control_plane
 from simulators.shadows import ShadowService
@@ -97,7 +97,7 @@ if TYPE_CHECKING:
     from mypy_boto3_iot.type_defs import AttributePayloadTypeDef
     from mypy_boto3_iot_data import IoTDataPlaneClient
 
-    from replicator._sync import Direction
+    from replicator.core._sync import Direction
     from simulators.controlplane import ControlPlane
 
 EAST, WEST = "us-east-1", "us-west-2"

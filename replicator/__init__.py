@@ -1,35 +1,47 @@
 """Replication of an AWS IoT registry and its shadows from a primary region to a secondary.
 
 Imports nothing from ``simulators``. boto3 (the ``replicator`` extra) is
-imported by ``replicator._aws`` only, which this package does not import:
-``from replicator._aws import build_region`` where AWS is needed.
+imported by ``replicator.aws`` only, which this package does not import:
+``replicator.runtime._build.build`` imports it when it builds the regions.
 
-The parts, from the outside in:
+The layout, from the inside out::
 
-- the change feed (:class:`MqttFeed`, :func:`accept_bodies` for SQS) parses
-  registry events and shadow messages into records (:func:`parse_message`)
-  and commits them to the :class:`Journal`;
-- the :class:`Engine` takes due changes from the journal, reads each object in
-  both regions through a :class:`RegionApi`, plans the minimal writes with the
-  pure planners (:func:`plan_thing` and friends) and executes them within
-  quotas (:class:`QuotaLimiter`);
-- :func:`reconcile` diffs both regions completely with the same planners;
-- failback (an :class:`Engine` with ``direction="failback"``) copies back what
-  changed in the secondary since the regions were last in sync
-  (:func:`failback_guard`, the sync points' :func:`fingerprint`), and
-  :class:`AutoFailback` runs it beside the forward engine;
-- the JITR handler (:class:`JitrHandler`) activates, in the secondary, the
-  certificates devices present there on their first connect (``jitr`` mode);
-- the service (``iotdr replicator run``) adds ``/healthz``, ``/readyz`` and
-  ``/metrics``; ``replicator.lambda_handler`` and ``replicator.jitr_lambda``
-  are the AWS Lambda entry points.
+    core/       pure: no I/O, no clocks, no logging
+      _state.py _records.py _ops.py     states, change records (parse_message), writes
+      _plan*.py _sync.py _arns.py       the planners, sync points, ARN rewriting
+      _jitr_plan.py                     JITR's screen and provisioning plan
+      _region.py                        RegionApi, the port to one region
+    aws/        the adapter behind RegionApi
+      _adapter.py                       build_region: where the boto3 clients are built
+      _calls.py _writes.py _iam.py      quota, retries and errors per call; writes; IAM
+    runtime/    journal, worker, quotas, feed, host
+      _journal.py                       the SQLite journal: queues, sync points, dead letters
+      _worker.py                        JournalWorker: where a retry decision happens
+      _engine.py _assess.py             the engine: apply(key), for either direction
+      _jitr.py                          the JITR handler: handle(certificate), sweep()
+      _reconcile.py _failback.py        full passes; automatic failback
+      _quotas.py _feed.py               token buckets and retry policy; the MQTT feed
+      _host.py _http.py _health.py _metrics.py   the service host and its endpoints
+      _build.py                         Settings and build(): the one composition root
+    cli.py _jitr_cli.py _config.py      entry points: ``iotdr replicator ...``
+    lambda_handler.py jitr_lambda.py    entry points: the AWS Lambda functions
+    testing.py                          InMemoryRegion, for tests and benches
+
+The flow: a feed (:class:`MqttFeed`, :func:`accept_bodies` for SQS) parses
+registry events and shadow messages into records and commits them to the
+:class:`Journal`; a :class:`JournalWorker` claims them and hands each to the
+:class:`Engine` (which reads both regions through :class:`RegionApi`, plans the
+minimal writes and executes them within quotas) or to the :class:`JitrHandler`;
+:func:`reconcile` diffs both regions completely with the same planners;
+:class:`AutoFailback` runs a failback engine beside the forward one. The
+:class:`ServiceHost` runs feeds and workers with ``/healthz``, ``/readyz`` and
+``/metrics``. A change's failure is judged once, by :func:`classify` in
+``runtime/_worker.py`` (the policy is documented in ``_errors.py``); a single
+throttled call is retried within the call by ``aws/_calls.py``.
 """
 
 from __future__ import annotations
 
-from replicator._arns import ArnScope, rewrite_policy_document
-from replicator._assess import Assessment
-from replicator._engine import Engine, EngineConfig, EngineStats, Outcome
 from replicator._errors import (
     AccessDeniedError,
     ConfigError,
@@ -47,18 +59,12 @@ from replicator._errors import (
     RetryableError,
     ThrottledError,
 )
-from replicator._failback import AutoFailback, OutageWatch
-from replicator._feed import FEED_TOPICS, BatchResult, FeedConfig, MqttFeed, accept_bodies
-from replicator._jitr import JitrConfig, JitrHandler
-from replicator._journal import Claim, Journal, JournalCounts
-from replicator._memory import InMemoryRegion
-from replicator._ops import Op, Plan
-from replicator._plan import Mode, plan_thing, plan_thing_group, plan_thing_type
-from replicator._plan_security import plan_certificate, plan_policy
-from replicator._plan_shadow import ShadowSync, plan_shadow
-from replicator._quotas import DEFAULT_TPS, QuotaConfig, QuotaLimiter, RetryPolicy
-from replicator._reconcile import Difference, ReconcileReport, reconcile
-from replicator._records import (
+from replicator.core._arns import ArnScope, rewrite_policy_document
+from replicator.core._ops import Op, Plan
+from replicator.core._plan import Mode, plan_thing, plan_thing_group, plan_thing_type
+from replicator.core._plan_security import plan_certificate, plan_policy
+from replicator.core._plan_shadow import ShadowSync, plan_shadow
+from replicator.core._records import (
     DeadLetter,
     Ignored,
     Record,
@@ -66,8 +72,8 @@ from replicator._records import (
     parse_message,
     parse_sqs_body,
 )
-from replicator._region import RegionApi
-from replicator._state import (
+from replicator.core._region import RegionApi
+from replicator.core._state import (
     CertificateState,
     ObjectKey,
     PolicyState,
@@ -77,7 +83,19 @@ from replicator._state import (
     ThingState,
     ThingTypeState,
 )
-from replicator._sync import Direction, failback_guard, fingerprint, forward_guard
+from replicator.core._sync import Direction, failback_guard, fingerprint, forward_guard
+from replicator.runtime._assess import Assessment
+from replicator.runtime._build import Runtime, build
+from replicator.runtime._engine import Engine, EngineConfig, EngineStats
+from replicator.runtime._failback import AutoFailback, OutageWatch
+from replicator.runtime._feed import FEED_TOPICS, BatchResult, FeedConfig, MqttFeed, accept_bodies
+from replicator.runtime._host import ServiceHost, ServiceOps
+from replicator.runtime._jitr import JitrConfig, JitrHandler
+from replicator.runtime._journal import Claim, Journal, JournalCounts
+from replicator.runtime._quotas import DEFAULT_TPS, QuotaConfig, QuotaLimiter, RetryPolicy
+from replicator.runtime._reconcile import Difference, ReconcileReport, reconcile
+from replicator.runtime._settings import Settings
+from replicator.runtime._worker import JournalWorker, Outcome, WorkerConfig, classify
 
 __all__ = [
     "DEFAULT_TPS",
@@ -100,13 +118,13 @@ __all__ = [
     "EngineStats",
     "FeedConfig",
     "Ignored",
-    "InMemoryRegion",
     "InvalidRequestError",
     "JitrConfig",
     "JitrHandler",
     "Journal",
     "JournalCounts",
     "JournalError",
+    "JournalWorker",
     "Mode",
     "MqttFeed",
     "NotFoundError",
@@ -130,13 +148,20 @@ __all__ = [
     "ReplicatorError",
     "RetryPolicy",
     "RetryableError",
+    "Runtime",
+    "ServiceHost",
+    "ServiceOps",
+    "Settings",
     "ShadowState",
     "ShadowSync",
     "ThingGroupState",
     "ThingState",
     "ThingTypeState",
     "ThrottledError",
+    "WorkerConfig",
     "accept_bodies",
+    "build",
+    "classify",
     "failback_guard",
     "fingerprint",
     "forward_guard",

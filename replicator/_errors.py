@@ -22,8 +22,12 @@ class ReplicatorError(Exception):
     exit_code: int = 2
 
 
-class ConfigError(ReplicatorError):
-    """The replicator's configuration or command line is invalid."""
+class ConfigError(ReplicatorError, ValueError):
+    """The replicator's configuration or command line is invalid.
+
+    The one error of every configuration value (``EngineConfig``, ``JitrConfig``,
+    ``RetryPolicy``, ``QuotaConfig``, the settings tree); a ``ValueError`` too.
+    """
 
 
 class JournalError(ReplicatorError):

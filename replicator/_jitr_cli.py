@@ -9,22 +9,16 @@ logs to stderr.
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from replicator.runtime._jitr import JitrHandler
+    from replicator.runtime._settings import Settings
 
-    from replicator._feed import FeedConfig, MqttFeed
-    from replicator._jitr import JitrHandler
-
-__all__ = ["replicator_jitr", "serve"]
-
-_STATS_INTERVAL_S = 60.0
+__all__ = ["replicator_jitr"]
 
 
 @click.command("jitr")
@@ -113,6 +107,13 @@ _STATS_INTERVAL_S = 60.0
     help="Attempts before a certificate that keeps failing (not throttling, not an outage) "
     "is dead-lettered.",
 )
+@click.option(
+    "--listen",
+    default="127.0.0.1:9465",
+    show_default=True,
+    envvar="IOTDR_JITR_LISTEN",
+    help="HOST:PORT of /healthz, /readyz and /metrics (Prometheus); 'off': none.",
+)
 @click.option("--once", is_flag=True, help="Sweep once, handle what it found, and exit.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (one line per event).")
 def replicator_jitr(**options: Any) -> None:
@@ -122,38 +123,44 @@ def replicator_jitr(**options: Any) -> None:
     queued for a retry, or dead-lettered).
     """
     from replicator._errors import ConfigError  # noqa: PLC0415
-    from replicator._journal import Journal  # noqa: PLC0415
+    from replicator.runtime._build import build  # noqa: PLC0415
+    from replicator.runtime._feed import FeedConfig, MqttFeed  # noqa: PLC0415
+    from replicator.runtime._host import run_jitr_service  # noqa: PLC0415
+    from replicator.runtime._http import parse_listen  # noqa: PLC0415
+    from replicator.runtime._jitr import JITR_TOPIC  # noqa: PLC0415
 
-    journal_path = options["journal_path"]
-    if journal_path is None and not options["once"]:
+    if options["journal_path"] is None and not options["once"]:
         raise ConfigError("--journal is required unless --once")
-    feed_config = _feed_config(options) if options["feed"] and not options["once"] else None
+    feed_config = None
+    if options["feed"] and not options["once"]:
+        feed_config = FeedConfig.from_options(
+            options,
+            flag="--feed",
+            address=options["feed"],
+            region=options["region"],
+            topics=(JITR_TOPIC,),
+        )
+    listen = parse_listen(options["listen"])
 
     def report(line: dict[str, Any]) -> None:
         if options["as_json"]:
             click.echo(json.dumps(line, sort_keys=True, default=str))
 
-    with Journal(journal_path or ":memory:", queue="jitr") as journal:
-        handler = _handler(options, journal)
+    with build(_settings(options)) as runtime:
+        handler = runtime.jitr
+        assert handler is not None
         if options["once"]:
             _once(handler, as_json=options["as_json"])
         else:
-            from replicator._feed import MqttFeed  # noqa: PLC0415
-
-            feed = MqttFeed(feed_config, journal) if feed_config is not None else None
-            serve(handler, feed, report=report)
+            feed = MqttFeed(feed_config, handler.journal) if feed_config is not None else None
+            run_jitr_service(handler, feed, report=report, listen=listen)
 
 
-def _handler(options: dict[str, Any], journal: Any) -> JitrHandler:
-    from replicator._aws import RegionConfig, build_region  # noqa: PLC0415
+def _settings(options: dict[str, Any]) -> Settings:
     from replicator._errors import ConfigError  # noqa: PLC0415
-    from replicator._jitr import (  # noqa: PLC0415
-        Boto3JitrRegion,
-        JitrConfig,
-        JitrHandler,
-        build_primary,
-    )
-    from replicator._quotas import QuotaLimiter  # noqa: PLC0415
+    from replicator.aws._calls import RegionConfig  # noqa: PLC0415
+    from replicator.runtime._jitr import JitrConfig  # noqa: PLC0415
+    from replicator.runtime._settings import Settings  # noqa: PLC0415
 
     document: str | None = None
     if options["policy_document"] is not None:
@@ -161,142 +168,38 @@ def _handler(options: dict[str, Any], journal: Any) -> JitrHandler:
             document = options["policy_document"].read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"--policy-document: {exc}") from None
-    config = JitrConfig(
-        policy_name=options["policy_name"],
-        policy_document=document,
-        thing_name=options["thing_name"],
-        allowed_cas=frozenset(options["cas"]) if options["cas"] else None,
-        primary_region=options["primary_region"] or None,
-        primary_endpoint_url=options["primary_endpoint_url"] or None,
-        workers=options["workers"],
-        max_attempts=options["max_attempts"],
-        sweep_interval_s=options["sweep_interval_s"],
-    )
-    limiter = QuotaLimiter()
-    region = build_region(
-        RegionConfig(
+    return Settings(
+        secondary=RegionConfig(
             region=options["region"],
             endpoint_url=options["endpoint_url"],
             account_id=options["account_id"],
         ),
-        limiter=limiter,
+        jitr=JitrConfig(
+            policy_name=options["policy_name"],
+            policy_document=document,
+            thing_name=options["thing_name"],
+            allowed_cas=frozenset(options["cas"]) if options["cas"] else None,
+            primary_region=options["primary_region"] or None,
+            primary_endpoint_url=options["primary_endpoint_url"] or None,
+            workers=options["workers"],
+            max_attempts=options["max_attempts"],
+            sweep_interval_s=options["sweep_interval_s"],
+        ),
+        journal=str(options["journal_path"] or ":memory:"),
         check_credentials=True,
-    )
-    return JitrHandler(
-        Boto3JitrRegion(region), journal, config, primary=build_primary(config, limiter)
-    )
-
-
-def _feed_config(options: dict[str, Any]) -> FeedConfig:
-    from replicator._feed import FeedConfig  # noqa: PLC0415
-    from replicator._jitr import JITR_TOPIC  # noqa: PLC0415
-
-    return FeedConfig.from_options(
-        options,
-        flag="--feed",
-        address=options["feed"],
-        region=options["region"],
-        topics=(JITR_TOPIC,),
     )
 
 
 def _once(handler: JitrHandler, *, as_json: bool) -> None:
-    swept = handler.sweep()
-    handler.drain()
-    counts = handler.journal.counts(handler.now())
-    stats = handler.stats
-    summary = {
-        "region": handler.region.region,
-        "swept": swept,
-        "activated": stats.activated,
-        "refused": stats.refused,
-        "mirrored": stats.mirrored,
-        "left_alone": stats.left_alone,
-        "pending": counts.pending,
-        "dead": counts.dead,
-        "writes": dict(sorted(stats.writes.items())),
-    }
+    summary = handler.sweep_and_drain()
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))
     else:
         click.echo(
-            f"{summary['region']}: {swept} pending certificate(s) found; "
-            f"{stats.activated} activated, {stats.refused} refused, "
-            f"{stats.mirrored} set as in the primary, {stats.left_alone} left alone; "
-            f"{counts.pending} still queued, {counts.dead} dead"
+            f"{summary['region']}: {summary['swept']} pending certificate(s) found; "
+            f"{summary['activated']} activated, {summary['refused']} refused, "
+            f"{summary['mirrored']} set as in the primary, {summary['left_alone']} left alone; "
+            f"{summary['pending']} still queued, {summary['dead']} dead"
         )
-    if counts.pending or counts.dead:
+    if summary["pending"] or summary["dead"]:
         raise click.exceptions.Exit(1)
-
-
-def serve(
-    handler: JitrHandler,
-    feed: MqttFeed | None,
-    *,
-    report: Callable[[dict[str, Any]], None],
-    stop: threading.Event | None = None,
-) -> None:
-    """Run the feed (when given; it journals into the handler's queue) and the handler.
-
-    Until ``stop`` is set, or SIGTERM or SIGINT arrive (in the main thread).
-
-    Raises:
-        ReplicatorError: the feed's journal failed, or a permission is missing.
-    """
-    stop = stop or threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
-    if feed is not None:
-        feed.start()
-    report(
-        {
-            "event": "jitr.started",
-            "region": handler.region.region,
-            "policy": handler.config.policy_name,
-            "feed": f"{feed.config.host}:{feed.config.port}" if feed is not None else None,
-            "journal": handler.journal.path,
-        }
-    )
-
-    def watch() -> None:
-        waited = 0.0
-        while not stop.wait(1.0):
-            if feed is not None and feed.failed is not None:
-                stop.set()
-            waited += 1.0
-            if waited >= _STATS_INTERVAL_S:
-                waited = 0.0
-                report({"event": "jitr.stats", **_status(handler, feed)})
-
-    watcher = threading.Thread(target=watch, name="jitr-watch", daemon=True)
-    watcher.start()
-    try:
-        handler.run(stop)
-    finally:
-        stop.set()
-        if feed is not None:
-            feed.stop()
-        watcher.join()
-        for signum, previous_handler in previous.items():
-            signal.signal(signum, previous_handler)
-        report({"event": "jitr.stopped", **_status(handler, feed)})
-    if feed is not None and feed.failed is not None:
-        raise feed.failed
-
-
-def _status(handler: JitrHandler, feed: MqttFeed | None) -> dict[str, Any]:
-    counts = handler.journal.counts(handler.now())
-    status: dict[str, Any] = {
-        **handler.stats.as_dict(),
-        "pending": counts.pending,
-        "due": counts.due,
-        "queued_dead": counts.dead,
-        "oldest_pending_s": round(counts.oldest_pending_s, 3),
-    }
-    if feed is not None:
-        counters = feed.counters
-        status["feed"] = {name: getattr(counters, name) for name in counters.__dataclass_fields__}
-        status["subscribed"] = feed.subscribed
-    return status

@@ -11,7 +11,6 @@ errors, which reach the user as one line (errors carry an ``exit_code``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,11 +20,9 @@ import click
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from replicator._engine import Engine
-    from replicator._feed import FeedConfig
-    from replicator._journal import Journal
-    from replicator._quotas import QuotaLimiter
-    from replicator._state import Kind
+    from replicator.core._state import Kind
+    from replicator.runtime._feed import FeedConfig
+    from replicator.runtime._settings import Settings
 
 __all__ = ["replicator", "tools"]
 
@@ -125,59 +122,44 @@ def _source_role(options: dict[str, Any]) -> str:
     return "secondary" if options.get("direction") == "secondary-to-primary" else "primary"
 
 
-def _queue(options: dict[str, Any]) -> str:
-    """The journal's queue: failback keeps its changes apart, sharing the sync points."""
-    return "failback" if _source_role(options) == "secondary" else "changes"
+def _settings(
+    options: dict[str, Any], *, journal: str = ":memory:", keep_target_changes: bool = False
+) -> Settings:
+    """The composition root's settings from the command's options (flags, env, TOML)."""
+    from replicator.aws._calls import RegionConfig  # noqa: PLC0415
+    from replicator.runtime._engine import EngineConfig  # noqa: PLC0415
+    from replicator.runtime._quotas import QuotaConfig  # noqa: PLC0415
+    from replicator.runtime._settings import Settings  # noqa: PLC0415
 
-
-def _limiter(options: dict[str, Any]) -> QuotaLimiter:
-    """The quota buckets of ``--quota``: one set per process, shared by its engines."""
-    from replicator._errors import ConfigError  # noqa: PLC0415
-    from replicator._quotas import QuotaConfig, QuotaLimiter  # noqa: PLC0415
-
-    try:
-        return QuotaLimiter(QuotaConfig.with_overrides(options["quotas"]))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _engine(
-    options: dict[str, Any],
-    journal: Journal,
-    *,
-    keep_target_changes: bool = False,
-    limiter: QuotaLimiter | None = None,
-) -> Engine:
-    from replicator._aws import RegionConfig, build_region  # noqa: PLC0415
-    from replicator._engine import Engine, EngineConfig  # noqa: PLC0415
-    from replicator._errors import ConfigError  # noqa: PLC0415
-
-    if options["primary_region"] == options["secondary_region"]:
-        raise ConfigError("the primary and the secondary region must differ")
-    limiter = limiter or _limiter(options)
-    regions = []
-    for role in ("primary", "secondary"):
-        config = RegionConfig(
+    primary, secondary = (
+        RegionConfig(
             region=options[f"{role}_region"],
             endpoint_url=options[f"{role}_endpoint_url"],
             data_endpoint_url=options[f"{role}_data_endpoint_url"],
             account_id=options[f"{role}_account_id"],
         )
-        regions.append(build_region(config, limiter=limiter, check_credentials=True))
+        for role in ("primary", "secondary")
+    )
     failback = _source_role(options) == "secondary"
-    if failback:
-        regions.reverse()
-    return Engine(
-        source=regions[0],
-        target=regions[1],
-        journal=journal,
-        config=EngineConfig(
+    common = {
+        "mode": options["mode"],
+        "workers": options["workers"],
+        "thing_recheck_s": options["thing_recheck_s"] or None,
+    }
+    auto = options.get("failback") == "auto"
+    return Settings(
+        primary=primary,
+        secondary=secondary,
+        engine=EngineConfig(
             direction="failback" if failback else "forward",
             keep_target_changes=keep_target_changes,
-            mode=options["mode"],
-            workers=options["workers"],
-            thing_recheck_s=options["thing_recheck_s"] or None,
+            **common,
         ),
+        failback=EngineConfig(direction="failback", **common) if auto else None,
+        defer_to_forward=failback and journal != ":memory:",
+        quotas=QuotaConfig.with_overrides(options["quotas"]),
+        journal=journal,
+        check_credentials=True,
     )
 
 
@@ -234,8 +216,8 @@ def replicator_reconcile(**options: Any) -> None:
     Exit code 1 when a dry run found drift, or when an object could not be compared.
     """
     from replicator._errors import ConfigError  # noqa: PLC0415
-    from replicator._journal import Journal  # noqa: PLC0415
-    from replicator._reconcile import reconcile  # noqa: PLC0415
+    from replicator.runtime._build import build  # noqa: PLC0415
+    from replicator.runtime._reconcile import reconcile  # noqa: PLC0415
 
     failback = _source_role(options) == "secondary"
     if (failback or options["keep_target_changes"]) and not options["journal_path"]:
@@ -243,14 +225,12 @@ def replicator_reconcile(**options: Any) -> None:
         raise ConfigError(
             f"{flag} needs the service's --journal (its sync points tell what changed where)"
         )
-    with contextlib.ExitStack() as stack:
-        journal_path = options["journal_path"] or ":memory:"
-        journal = stack.enter_context(Journal(journal_path, queue=_queue(options)))
-        engine = _engine(options, journal, keep_target_changes=options["keep_target_changes"])
-        if failback:  # a running service's forward changes go first
-            engine.defer_to(stack.enter_context(Journal(journal_path, queue="changes")))
+    journal = str(options["journal_path"] or ":memory:")
+    keep = options["keep_target_changes"]
+    with build(_settings(options, journal=journal, keep_target_changes=keep)) as runtime:
+        assert runtime.engine is not None
         report = reconcile(
-            engine,
+            runtime.engine,
             dry_run=options["dry_run"],
             kinds=options["kinds"] or _KINDS,
             workers=options["workers"],
@@ -314,10 +294,10 @@ def replicator_run(**options: Any) -> None:
     secondary's broker, copying back only what changed there since the last sync.
     """
     from replicator._errors import ConfigError  # noqa: PLC0415
-    from replicator._failback import AutoFailback  # noqa: PLC0415
-    from replicator._http import parse_listen  # noqa: PLC0415
-    from replicator._journal import Journal  # noqa: PLC0415
-    from replicator._service import ServiceOps, run_service  # noqa: PLC0415
+    from replicator.runtime._build import build  # noqa: PLC0415
+    from replicator.runtime._failback import AutoFailback  # noqa: PLC0415
+    from replicator.runtime._host import ServiceOps, run_service  # noqa: PLC0415
+    from replicator.runtime._http import parse_listen  # noqa: PLC0415
 
     auto = options["failback"] == "auto"
     if auto and _source_role(options) == "secondary":
@@ -334,30 +314,27 @@ def replicator_run(**options: Any) -> None:
 
     listen = parse_listen(options["listen"])
     ops = ServiceOps()
-    limiter = _limiter(options)
-    with contextlib.ExitStack() as stack:
-        journal = stack.enter_context(Journal(options["journal_path"], queue=_queue(options)))
-        engine = _engine(options, journal, keep_target_changes=auto, limiter=limiter)
+    settings = _settings(options, journal=str(options["journal_path"]), keep_target_changes=auto)
+    with build(settings) as runtime:
+        engine = runtime.engine
+        assert engine is not None
         engine.add_observer(ops.observe)
         failback = None
-        if auto:
-            back_journal = stack.enter_context(Journal(options["journal_path"], queue="failback"))
-            back_options = {**options, "direction": "secondary-to-primary"}
-            back = _engine(back_options, back_journal, limiter=limiter)
-            back.add_observer(ops.observe)
+        if runtime.failback is not None:
+            runtime.failback.add_observer(ops.observe)
             back_feed = _feed_config(
                 options, "--failback-feed", options["failback_feed"], "secondary"
             )
-            failback = (
-                AutoFailback(engine, back, report=report, workers=options["workers"]),
-                back_feed,
+            auto_failback = AutoFailback(
+                engine, runtime.failback, report=report, workers=options["workers"]
             )
+            failback = (auto_failback, back_feed)
         run_service(engine, feed, report=report, listen=listen, ops=ops, failback=failback)
 
 
 def _feed_config(options: dict[str, Any], flag: str, address: str, role: str) -> FeedConfig:
     """A feed on ``role``'s broker at ``address`` (HOST:PORT), with the TLS flags."""
-    from replicator._feed import FeedConfig  # noqa: PLC0415
+    from replicator.runtime._feed import FeedConfig  # noqa: PLC0415
 
     return FeedConfig.from_options(
         options, flag=flag, address=address, region=options[f"{role}_region"]
@@ -384,7 +361,7 @@ def _feed_config(options: dict[str, Any], flag: str, address: str, role: str) ->
 def replicator_iam_policy(**options: Any) -> None:
     """Print the least-privilege IAM policy document the replicator (or JITR handler) needs."""
     from replicator._errors import ConfigError  # noqa: PLC0415
-    from replicator._iam import iam_policy, jitr_iam_policy  # noqa: PLC0415
+    from replicator.aws._iam import iam_policy, jitr_iam_policy  # noqa: PLC0415
 
     common = {"account_id": options["account_id"], "partition": options["partition"]}
     if not options["secondary_region"]:

@@ -42,20 +42,21 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from replicator._errors import ConfigError, PermanentError, ReplicatorError
-from replicator._jitr import JitrConfig, JitrHandler
-from replicator._journal import Journal
+from replicator.core._state import CERTIFICATE_ID
+from replicator.runtime._build import build
+from replicator.runtime._jitr import JitrConfig, JitrHandler
+from replicator.runtime._journal import Journal
+from replicator.runtime._settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from replicator._aws_calls import RegionConfig
-    from replicator._jitr import JitrRegion, PrimaryCertificates
+    from replicator.aws._calls import RegionConfig
+    from replicator.core._region import RegionApi
 
 __all__ = ["JitrIncompleteError", "config_from_env", "handle_event", "handler"]
 
 logger = logging.getLogger(__name__)
-
-_CERT_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class JitrIncompleteError(ReplicatorError):
@@ -73,7 +74,7 @@ def config_from_env(env: Mapping[str, str]) -> tuple[RegionConfig, JitrConfig]:
     Raises:
         ConfigError: a variable is missing or invalid.
     """
-    from replicator._aws_calls import RegionConfig  # noqa: PLC0415 - boto3 only when needed
+    from replicator.aws._calls import RegionConfig  # noqa: PLC0415 - boto3 only when needed
 
     policy = env.get("IOTDR_JITR_POLICY")
     if not policy:
@@ -104,22 +105,19 @@ def handler(event: Any, context: object) -> dict[str, Any]:
         ReplicatorError: a failure that may pass; Lambda retries the invocation.
     """
     del context
-    from replicator._aws import build_region  # noqa: PLC0415 - boto3 only when needed
-    from replicator._jitr import Boto3JitrRegion, build_primary  # noqa: PLC0415
-    from replicator._quotas import QuotaLimiter  # noqa: PLC0415
-
-    region_config, config = config_from_env(os.environ)
-    limiter = QuotaLimiter()
-    region = Boto3JitrRegion(build_region(region_config, limiter=limiter))
-    return handle_event(event, region, config, primary=build_primary(config, limiter))
+    region, config = config_from_env(os.environ)
+    with build(Settings(secondary=region, jitr=config)) as runtime:
+        jitr = runtime.jitr
+        assert jitr is not None
+        return handle_event(event, jitr.region, config, primary=jitr.primary)
 
 
 def handle_event(
     event: Any,
-    region: JitrRegion,
+    region: RegionApi,
     config: JitrConfig,
     *,
-    primary: PrimaryCertificates | None = None,
+    primary: RegionApi | None = None,
 ) -> dict[str, Any]:
     """What :func:`handler` does once the regions are built (tests call it with fakes).
 
@@ -131,7 +129,7 @@ def handle_event(
         if isinstance(event, dict) and (event.get("source") == "aws.events" or event.get("sweep")):
             return _sweep(jitr)
         certificate_id = event.get("certificateId") if isinstance(event, dict) else None
-        if not isinstance(certificate_id, str) or not _CERT_ID.fullmatch(certificate_id):
+        if not isinstance(certificate_id, str) or not CERTIFICATE_ID.fullmatch(certificate_id):
             logger.error("jitr.lambda.bad_event", extra={"event": str(event)[:512]})
             return {"result": "ignored", "reason": "not a registration event"}
         try:
@@ -146,19 +144,8 @@ def handle_event(
 
 
 def _sweep(jitr: JitrHandler) -> dict[str, Any]:
-    swept = jitr.sweep()
-    jitr.drain()
-    counts = jitr.journal.counts(jitr.now())
-    summary = {
-        "result": "swept",
-        "swept": swept,
-        "activated": jitr.stats.activated,
-        "refused": jitr.stats.refused,
-        "mirrored": jitr.stats.mirrored,
-        "pending": counts.pending,
-        "dead": counts.dead,
-    }
+    summary = {"result": "swept", **jitr.sweep_and_drain()}
     logger.info("jitr.lambda.swept", extra=summary)
-    if counts.pending or counts.dead:
-        raise JitrIncompleteError(counts.pending, counts.dead)
+    if summary["pending"] or summary["dead"]:
+        raise JitrIncompleteError(summary["pending"], summary["dead"])
     return summary

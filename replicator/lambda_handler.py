@@ -3,7 +3,7 @@
 For fleets that outgrow one sidecar: an IoT rule writes the primary's registry
 events and shadow documents to an SQS FIFO queue (``MessageGroupId`` = the
 thing name, bodies ``{"topic": ..., "payload": ...}`` as
-:func:`~replicator._feed.accept_bodies` takes them), and this handler applies
+:func:`~replicator.runtime._feed.accept_bodies` takes them), and this handler applies
 them with the same engine as ``iotdr replicator run``.
 
 Per batch: every message is parsed and journaled; the affected objects are
@@ -26,7 +26,7 @@ AccessDenied raises, so that the whole batch comes back after the permission is
 fixed; the log line names it.
 
 Scheduled steps and the queue's settings. AWS deletes a thing type only five
-minutes (:data:`~replicator._plan.THING_TYPE_DELETE_AFTER_S`, 300 s) after its
+minutes (:data:`~replicator.core._plan.THING_TYPE_DELETE_AFTER_S`, 300 s) after its
 deprecation; the engine deprecates it and *schedules* the deletion. Such a
 message is reported failed at every delivery until the deletion is due: SQS's
 redelivery is the timer. The queue must therefore redeliver for longer than
@@ -67,11 +67,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from replicator._errors import AccessDeniedError, ConfigError, CredentialsError, ReplicatorError
-from replicator._records import DeadLetter, Ignored, parse_sqs_body
+from replicator.core._records import DeadLetter, Ignored, parse_sqs_body
 
 if TYPE_CHECKING:
-    from replicator._engine import Engine
-    from replicator._state import ObjectKey
+    from replicator.core._state import ObjectKey
+    from replicator.runtime._engine import Engine
+    from replicator.runtime._settings import Settings
 
 __all__ = ["LambdaConfig", "LambdaReplicator", "fifo_failures", "handler"]
 
@@ -111,6 +112,33 @@ class LambdaConfig:
             raise ConfigError(f"IOTDR_REPLICATOR_MODE {self.mode!r} is not complete or jitr")
         if not 1 <= self.workers <= 256:
             raise ConfigError(f"IOTDR_REPLICATOR_WORKERS {self.workers} is not in 1..256")
+
+    def settings(self) -> Settings:
+        """The composition root's settings: SQS redelivers, so the backoff is short."""
+        from replicator.aws._calls import RegionConfig  # noqa: PLC0415 - boto3 when built
+        from replicator.runtime._engine import EngineConfig  # noqa: PLC0415
+        from replicator.runtime._quotas import RetryPolicy  # noqa: PLC0415
+        from replicator.runtime._settings import Settings  # noqa: PLC0415
+
+        primary, secondary = (
+            RegionConfig(
+                region=getattr(self, f"{role}_region"),
+                endpoint_url=getattr(self, f"{role}_endpoint_url"),
+                data_endpoint_url=getattr(self, f"{role}_data_endpoint_url"),
+                account_id=getattr(self, f"{role}_account_id"),
+            )
+            for role in ("primary", "secondary")
+        )
+        engine = EngineConfig(
+            mode="jitr" if self.mode == "jitr" else "complete",
+            workers=self.workers,
+            # SQS delivers a failed message again after its visibility timeout:
+            # that is the backoff. The journal's row must be due by then.
+            backoff=RetryPolicy(max_attempts=1_000_000, base_s=_RETRY_S, cap_s=_RETRY_S),
+            # No later invocation is sure to come for a re-check; reconcile repairs.
+            thing_recheck_s=None,
+        )
+        return Settings(primary=primary, secondary=secondary, engine=engine, journal=self.journal)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> LambdaConfig:
@@ -197,38 +225,10 @@ class LambdaReplicator:
             JournalError: the journal cannot be opened.
         """
         # boto3 is the replicator extra's; a Lambda package has it.
-        from replicator._aws import RegionConfig, build_region  # noqa: PLC0415
-        from replicator._engine import Engine, EngineConfig  # noqa: PLC0415
-        from replicator._journal import Journal  # noqa: PLC0415
-        from replicator._quotas import QuotaLimiter, RetryPolicy  # noqa: PLC0415
+        from replicator.runtime._build import build  # noqa: PLC0415
 
-        limiter = QuotaLimiter()
-        regions = [
-            build_region(
-                RegionConfig(
-                    region=getattr(config, f"{role}_region"),
-                    endpoint_url=getattr(config, f"{role}_endpoint_url"),
-                    data_endpoint_url=getattr(config, f"{role}_data_endpoint_url"),
-                    account_id=getattr(config, f"{role}_account_id"),
-                ),
-                limiter=limiter,
-            )
-            for role in ("primary", "secondary")
-        ]
-        engine = Engine(
-            source=regions[0],
-            target=regions[1],
-            journal=Journal(config.journal),
-            config=EngineConfig(
-                mode="jitr" if config.mode == "jitr" else "complete",
-                workers=config.workers,
-                # SQS delivers a failed message again after its visibility timeout:
-                # that is the backoff. The journal's row must be due by then.
-                backoff=RetryPolicy(max_attempts=1_000_000, base_s=_RETRY_S, cap_s=_RETRY_S),
-                # No later invocation is sure to come for a re-check; reconcile repairs.
-                thing_recheck_s=None,
-            ),
-        )
+        engine = build(config.settings()).engine
+        assert engine is not None
         return cls(engine, workers=config.workers)
 
     def close(self) -> None:
@@ -301,32 +301,21 @@ class LambdaReplicator:
         Raises:
             AccessDeniedError: after the other objects of the batch finished.
         """
-        engine = self.engine
-        # A retried row waits at least the engine's shortest backoff; a message SQS
+        # A retried row waits at least the worker's shortest backoff; a message SQS
         # delivers again must be tried again at once, so look that far ahead.
-        ahead = engine.now() + _RETRY_S
-        claims = engine.journal.claim(now=ahead, limit=engine.config.batch)
-        results: dict[ObjectKey, str] = {}
-        denied: AccessDeniedError | CredentialsError | None = None
         with concurrent.futures.ThreadPoolExecutor(self._workers) as pool:
-            # ``process`` folds throttled and unavailable into retry: enough here.
-            futures = {pool.submit(engine.process, claim): claim.key for claim in claims}
-            for future in concurrent.futures.as_completed(futures):
-                try:
-                    results[futures[future]] = future.result()
-                except (AccessDeniedError, CredentialsError) as exc:
-                    denied = exc
-        if denied is not None:
-            logger.error(
-                "replicator.lambda.denied",
-                extra={
-                    "permission": getattr(denied, "permission", None),
-                    "region": denied.region,
-                    "error": str(denied),
-                },
-            )
-            raise denied
-        return results
+            try:  # throttled and unavailable come back as retry: enough here
+                return self.engine.worker.run_once(pool, ahead_s=_RETRY_S)
+            except (AccessDeniedError, CredentialsError) as denied:
+                logger.error(  # noqa: TRY400 - one line, the permission named
+                    "replicator.lambda.denied",
+                    extra={
+                        "permission": getattr(denied, "permission", None),
+                        "region": denied.region,
+                        "error": str(denied),
+                    },
+                )
+                raise
 
 
 def _messages(event: Mapping[str, Any]) -> list[_Message]:

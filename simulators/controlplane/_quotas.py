@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
-from replicator._quotas import DEFAULT_TPS as REPLICATOR_TPS
+from replicator.runtime._quotas import DEFAULT_TPS as REPLICATOR_TPS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -72,14 +72,14 @@ from device_agent.testing import (
 from replicator._errors import (
     ReplicatorError,
 )
-from replicator._jitr_plan import CaCertificate
-from replicator._memory import InMemoryRegion
-from replicator._ops import (
+from replicator.core._jitr_plan import CaCertificate
+from replicator.core._ops import (
     AttachThingPrincipal,
     CreateThing,
     RegisterCertificateWithoutCA,
 )
-from replicator._quotas import DEFAULT_TPS
+from replicator.runtime._quotas import DEFAULT_TPS
+from replicator.testing import InMemoryRegion
 from simulators._errors import SimulatorError
 from simulators._healthcheck import HealthCheckConfig, HealthTracker
 from simulators.fleet._device import (
@@ -116,7 +116,7 @@ if TYPE_CHECKING:
 
     from device_agent._transport import ConnectParams, TransportCallbacks
     from device_agent.testing import PublishedMessage
-    from replicator._ops import Op
+    from replicator.core._ops import Op
     from simulators.fleet._play import DeviceEntry
     from simulators.fleet._scenario import DeviceFaultMode, Scenario, Step
 

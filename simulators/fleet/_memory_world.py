@@ -18,23 +18,23 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from replicator._aws import shadow_state
-from replicator._engine import Engine, EngineConfig
 from replicator._errors import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
     RegionUnavailableError,
 )
-from replicator._jitr import JitrHandler
-from replicator._jitr_plan import PENDING, CaCertificate, JitrConfig
-from replicator._journal import Journal
-from replicator._ops import (
+from replicator.aws._adapter import shadow_state
+from replicator.core._jitr_plan import PENDING, CaCertificate, JitrConfig
+from replicator.core._ops import (
     DeleteThingShadow,
     UpdateThingShadow,
 )
-from replicator._records import ObjectNamed, ShadowChanged, ThingChanged
-from replicator._state import CertificateState, ObjectKey, ShadowState
+from replicator.core._records import ObjectNamed, ShadowChanged, ThingChanged
+from replicator.core._state import CertificateState, ObjectKey, ShadowState
+from replicator.runtime._engine import Engine, EngineConfig
+from replicator.runtime._jitr import JitrHandler
+from replicator.runtime._journal import Journal
 from simulators._pki import certificate_id
 from simulators.gateway import (
     AdmissionPolicy,
@@ -58,9 +58,15 @@ if TYPE_CHECKING:
     from device_agent.testing import (
         LoopClock,
     )
-    from replicator._memory import InMemoryRegion
-    from replicator._ops import Op
-    from replicator._state import Kind, PolicyState, ThingGroupState, ThingState, ThingTypeState
+    from replicator.core._ops import Op
+    from replicator.core._state import (
+        Kind,
+        PolicyState,
+        ThingGroupState,
+        ThingState,
+        ThingTypeState,
+    )
+    from replicator.testing import InMemoryRegion
     from simulators.shadows import ShadowStore
 
 __all__ = [

@@ -58,7 +58,7 @@ from device_agent._config import (
     ProbeConfig,
 )
 from device_agent._errors import ConfigError
-from replicator._quotas import DEFAULT_TPS
+from replicator.runtime._quotas import DEFAULT_TPS
 from simulators._errors import SimulatorError
 
 if TYPE_CHECKING:

@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from replicator._aws import build_region
-from replicator._engine import Engine, EngineConfig
-from replicator._failback import AutoFailback
-from replicator._feed import FeedConfig
-from replicator._journal import Journal
-from replicator._quotas import QuotaLimiter
-from replicator._records import ObjectNamed
-from replicator._service import run_service
-from replicator._state import ObjectKey
+from replicator.aws._adapter import build_region
+from replicator.core._records import ObjectNamed
+from replicator.core._state import ObjectKey
+from replicator.runtime._engine import Engine, EngineConfig
+from replicator.runtime._failback import AutoFailback
+from replicator.runtime._feed import FeedConfig
+from replicator.runtime._host import run_service
+from replicator.runtime._journal import Journal
+from replicator.runtime._quotas import QuotaLimiter
 from tests.integration.test_replicator_live import (
     EAST,
     WEST,

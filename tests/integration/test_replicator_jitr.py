@@ -33,12 +33,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from device_agent._endpoints import Endpoint
 from device_agent._paho import PahoTransport
 from device_agent._transport import ConnectError, ConnectParams, TransportCallbacks
-from replicator._aws import RegionConfig, build_region
-from replicator._feed import FeedConfig, MqttFeed
-from replicator._jitr import JITR_TOPIC, Boto3JitrRegion, JitrConfig, JitrHandler
-from replicator._jitr_cli import serve
-from replicator._journal import Journal
-from replicator._quotas import QuotaLimiter, RetryPolicy
+from replicator.aws._adapter import Boto3Region, RegionConfig, build_region
+from replicator.runtime._feed import FeedConfig, MqttFeed
+from replicator.runtime._host import run_jitr_service as serve
+from replicator.runtime._jitr import JITR_TOPIC, JitrConfig, JitrHandler
+from replicator.runtime._journal import Journal
+from replicator.runtime._quotas import QuotaLimiter, RetryPolicy
 from simulators import DEFAULT_REGIONS, FleetPKI
 from simulators._regions import LocalRegions
 from simulators.controlplane import DEFAULT_TPS
@@ -202,7 +202,7 @@ class Running:
         self,
         west: West,
         journal_path: Path,
-        primary: Boto3JitrRegion | None = None,
+        primary: Boto3Region | None = None,
         **overrides: Any,
     ) -> None:
         settings: dict[str, Any] = {
@@ -220,9 +220,7 @@ class Running:
             retry=RetryPolicy(max_attempts=1),
         )
         self.journal = Journal(journal_path, queue="jitr")
-        self.handler = JitrHandler(
-            Boto3JitrRegion(region), self.journal, JitrConfig(**settings), primary=primary
-        )
+        self.handler = JitrHandler(region, self.journal, JitrConfig(**settings), primary=primary)
         self.feed = MqttFeed(
             FeedConfig(
                 region=WEST.name,
@@ -473,7 +471,7 @@ async def test_a_certificate_revoked_in_the_primary_is_revoked_not_activated_in_
         limiter=QuotaLimiter(),
         retry=RetryPolicy(max_attempts=1),
     )
-    jitr = running(allowed_cas=frozenset({ca_id}), primary=Boto3JitrRegion(primary))
+    jitr = running(allowed_cas=frozenset({ca_id}), primary=primary)
 
     await west.first_connect_is_jitr(stolen)
     wait_for(lambda: west.status(stolen.certificate_id) == "REVOKED", "the secondary revoking it")

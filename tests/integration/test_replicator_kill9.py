@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from replicator._journal import Journal
+from replicator.runtime._journal import Journal
 from tests.integration.test_replicator_live import (  # the fixtures too
     EAST,
     WEST,

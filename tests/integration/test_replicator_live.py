@@ -21,12 +21,12 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from replicator._aws import RegionConfig, build_region
-from replicator._engine import Engine, EngineConfig
-from replicator._feed import FeedConfig
-from replicator._journal import Journal
-from replicator._quotas import QuotaLimiter
-from replicator._service import run_service
+from replicator.aws._adapter import RegionConfig, build_region
+from replicator.runtime._engine import Engine, EngineConfig
+from replicator.runtime._feed import FeedConfig
+from replicator.runtime._host import run_service
+from replicator.runtime._journal import Journal
+from replicator.runtime._quotas import QuotaLimiter
 from simulators.controlplane import start_control_plane
 from simulators.shadows import ShadowService
 from tests.mqtt_probe import ProbeClient

@@ -22,13 +22,13 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config
 
-from replicator._aws import RegionConfig, build_region
-from replicator._engine import Engine, EngineConfig
-from replicator._feed import FeedConfig
-from replicator._journal import Journal
-from replicator._plan import _SCHEDULE_MARGIN_S
-from replicator._quotas import QuotaLimiter, RetryPolicy
-from replicator._state import ObjectKey
+from replicator.aws._adapter import RegionConfig, build_region
+from replicator.core._plan import _SCHEDULE_MARGIN_S
+from replicator.core._state import ObjectKey
+from replicator.runtime._engine import Engine, EngineConfig
+from replicator.runtime._feed import FeedConfig
+from replicator.runtime._journal import Journal
+from replicator.runtime._quotas import QuotaLimiter, RetryPolicy
 from simulators._regions import LocalRegions
 from tests.integration.test_replicator_live import ServiceThread
 

@@ -20,8 +20,6 @@ from cryptography.x509.oid import NameOID
 from moto import mock_aws
 
 from device_agent.cli import main
-from replicator._aws import Boto3Region, RegionConfig, build_region, translate_client_error
-from replicator._engine import Engine, EngineConfig
 from replicator._errors import (
     AccessDeniedError,
     ConfigError,
@@ -33,10 +31,12 @@ from replicator._errors import (
     RegionUnavailableError,
     ThrottledError,
 )
-from replicator._journal import Journal
-from replicator._quotas import QuotaConfig, QuotaLimiter, RetryPolicy
-from replicator._records import ObjectNamed
-from replicator._state import ObjectKey
+from replicator.aws._adapter import Boto3Region, RegionConfig, build_region, translate_client_error
+from replicator.core._records import ObjectNamed
+from replicator.core._state import ObjectKey
+from replicator.runtime._engine import Engine, EngineConfig
+from replicator.runtime._journal import Journal
+from replicator.runtime._quotas import QuotaConfig, QuotaLimiter, RetryPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

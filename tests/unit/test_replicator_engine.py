@@ -9,11 +9,8 @@ from typing import Any
 
 import pytest
 
-from replicator._engine import Engine, EngineConfig
 from replicator._errors import AccessDeniedError, CredentialsError, RegionUnavailableError
-from replicator._journal import Journal
-from replicator._memory import InMemoryRegion
-from replicator._ops import (
+from replicator.core._ops import (
     AddThingToThingGroup,
     AttachPolicy,
     AttachThingPrincipal,
@@ -38,10 +35,13 @@ from replicator._ops import (
     UpdateThingGroup,
     UpdateThingShadow,
 )
-from replicator._quotas import RetryPolicy
-from replicator._reconcile import reconcile
-from replicator._records import ObjectNamed, ThingChanged, origin_token
-from replicator._state import ObjectKey
+from replicator.core._records import ObjectNamed, ThingChanged, origin_token
+from replicator.core._state import ObjectKey
+from replicator.runtime._engine import Engine, EngineConfig
+from replicator.runtime._journal import Journal
+from replicator.runtime._quotas import RetryPolicy
+from replicator.runtime._reconcile import reconcile
+from replicator.testing import InMemoryRegion
 
 EAST, WEST = "us-east-1", "us-west-2"
 C1, C2 = "a" * 64, "b" * 64
@@ -133,7 +133,7 @@ def test_thing_create_update_delete_with_certificate_and_policy_cleanup(rig: Rig
 
     rig.user(DetachThingPrincipal("t2", C1), DeleteThing("t2"))
     rig.user(UpdateCertificate(C1, "INACTIVE"))
-    from replicator._ops import DetachPolicy
+    from replicator.core._ops import DetachPolicy
 
     rig.user(DetachPolicy("fleet", C1), DeleteCertificate(C1))
     rig.sync(ObjectKey.thing("t2"))  # the certificate follows up; it is gone in the primary

@@ -10,13 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from replicator._arns import ArnScope
-from replicator._engine import Engine, EngineConfig, Outcome
 from replicator._errors import InvalidRequestError, RegionUnavailableError, ThrottledError
-from replicator._failback import AutoFailback
-from replicator._journal import Journal
-from replicator._memory import InMemoryRegion
-from replicator._ops import (
+from replicator.core._arns import ArnScope
+from replicator.core._ops import (
     AddThingToThingGroup,
     AttachPolicy,
     AttachThingPrincipal,
@@ -39,10 +35,14 @@ from replicator._ops import (
     UpdateThing,
     UpdateThingShadow,
 )
-from replicator._reconcile import reconcile
-from replicator._records import ObjectNamed, ThingChanged
-from replicator._state import ObjectKey, PolicyState, PolicyVersion, ThingState
-from replicator._sync import failback_guard, fingerprint
+from replicator.core._records import ObjectNamed, ThingChanged
+from replicator.core._state import ObjectKey, PolicyState, PolicyVersion, ThingState
+from replicator.core._sync import failback_guard, fingerprint
+from replicator.runtime._engine import Engine, EngineConfig, Outcome
+from replicator.runtime._failback import AutoFailback
+from replicator.runtime._journal import Journal
+from replicator.runtime._reconcile import reconcile
+from replicator.testing import InMemoryRegion
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from replicator._feed import FeedConfig, FeedLink, MqttFeed
-from replicator._journal import Journal
+from replicator.runtime._feed import FeedConfig, FeedLink, MqttFeed
+from replicator.runtime._journal import Journal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-FEED_LOGGER = "replicator._feed"
+FEED_LOGGER = "replicator.runtime._feed"
 
 
 # -- FeedLink: when to warn -----------------------------------------------------------------------

@@ -32,8 +32,18 @@ from replicator._errors import (
     ReplicatorError,
     ThrottledError,
 )
-from replicator._iam import JITR_PRIMARY_ACTIONS, jitr_iam_policy
-from replicator._jitr import (
+from replicator.aws._iam import JITR_PRIMARY_ACTIONS, jitr_iam_policy
+from replicator.core._ops import (
+    AttachPolicy,
+    AttachThingPrincipal,
+    CreatePolicy,
+    CreateThing,
+    Op,
+    UpdateCertificate,
+)
+from replicator.core._state import CertificateState, ObjectKey, ThingState
+from replicator.jitr_lambda import JitrIncompleteError, config_from_env, handle_event
+from replicator.runtime._jitr import (
     CaCertificate,
     Eligible,
     JitrConfig,
@@ -45,22 +55,20 @@ from replicator._jitr import (
     subject_common_name,
     thing_name_for,
 )
-from replicator._journal import Journal
-from replicator._memory import InMemoryRegion
-from replicator._ops import (
-    AttachPolicy,
-    AttachThingPrincipal,
-    CreatePolicy,
-    CreateThing,
-    Op,
-    UpdateCertificate,
-)
-from replicator._quotas import RetryPolicy
-from replicator._state import CertificateState, ObjectKey, ThingState
-from replicator.jitr_lambda import JitrIncompleteError, config_from_env, handle_event
+from replicator.runtime._journal import Journal
+from replicator.runtime._quotas import RetryPolicy
+from replicator.testing import InMemoryRegion
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from replicator.core._state import (
+        Kind,
+        PolicyState,
+        ShadowState,
+        ThingGroupState,
+        ThingTypeState,
+    )
 
 EAST, WEST = "us-east-1", "us-west-2"
 POLICY = "device-policy"
@@ -143,8 +151,58 @@ def other_ca() -> CA:
 # -- the region ----------------------------------------------------------------------------------
 
 
+class NotAsked:
+    """The rest of :class:`RegionApi`: the handler never calls these on the fakes below."""
+
+    @property
+    def account_id(self) -> str | None:
+        return None
+
+    def _never(self, name: str) -> AssertionError:
+        return AssertionError(f"the JITR handler called {name}")
+
+    def read_certificate(self, certificate_id: str, *, things: bool) -> CertificateState | None:
+        raise self._never("read_certificate")
+
+    def read_thing(self, name: str, *, principals: bool) -> ThingState | None:
+        raise self._never("read_thing")
+
+    def read_thing_type(self, name: str) -> ThingTypeState | None:
+        raise self._never("read_thing_type")
+
+    def read_thing_group(self, name: str, *, members: bool) -> ThingGroupState | None:
+        raise self._never("read_thing_group")
+
+    def read_policy(self, name: str, *, targets: bool) -> PolicyState | None:
+        raise self._never("read_policy")
+
+    def read_shadow(self, thing: str, shadow: str | None) -> ShadowState | None:
+        raise self._never("read_shadow")
+
+    def list_names(self, kind: Kind) -> Iterator[str]:
+        raise self._never("list_names")
+
+    def list_named_shadows(self, thing: str) -> Iterator[str]:
+        raise self._never("list_named_shadows")
+
+    def execute(self, op: Op) -> int | None:
+        raise self._never("execute")
+
+    def certificate_status(self, certificate_id: str) -> str | None:
+        raise self._never("certificate_status")
+
+    def read_ca_certificate(self, ca_certificate_id: str) -> CaCertificate | None:
+        raise self._never("read_ca_certificate")
+
+    def list_ca_certificates(self) -> Iterator[CaCertificate]:
+        raise self._never("list_ca_certificates")
+
+    def list_certificates_by_ca(self, ca_certificate_id: str) -> Iterator[tuple[str, str]]:
+        raise self._never("list_certificates_by_ca")
+
+
 @dataclass
-class MemoryJitrRegion:
+class MemoryJitrRegion(NotAsked):
     """InMemoryRegion plus registered CAs, with failures injected before any call."""
 
     memory: InMemoryRegion = field(default_factory=lambda: InMemoryRegion(WEST))
@@ -170,7 +228,7 @@ class MemoryJitrRegion:
         self._call("DescribeThing")
         return self.memory.read_thing(name, principals=principals)
 
-    def read_policy(self, name: str, *, targets: bool) -> Any:
+    def read_policy(self, name: str, *, targets: bool) -> PolicyState | None:
         self._call("GetPolicy")
         return self.memory.read_policy(name, targets=targets)
 
@@ -222,7 +280,7 @@ class MemoryJitrRegion:
 
 
 @dataclass
-class FakePrimary:
+class FakePrimary(NotAsked):
     """The primary's certificates, by id: their status; failures injected before a call."""
 
     statuses: dict[str, str] = field(default_factory=dict)
@@ -539,7 +597,7 @@ def test_a_certificate_of_a_ca_not_allowed_is_refused_with_one_line(
     r.region.register_ca(other_ca)
     cid = r.region.jitr(other_ca, "intruder")
     r.handler.accept(cid, other_ca.certificate_id)
-    with caplog.at_level(logging.INFO, logger="replicator._jitr"):
+    with caplog.at_level(logging.INFO, logger="replicator.runtime._jitr"):
         assert r.handler.process(r.claim()) == "refused"
     assert [rec.getMessage() for rec in caplog.records] == ["jitr.refused"]
     assert caplog.records[0].levelno == logging.WARNING
@@ -919,7 +977,7 @@ def test_an_allowed_ca_without_auto_registration_is_accepted_and_logged(
     r = rig(allowed_cas=frozenset({other_ca.certificate_id}))
     r.region.register_ca(other_ca, auto_registration=False)
     cid = r.region.jitr(other_ca, "chosen-1")
-    with caplog.at_level(logging.INFO, logger="replicator._jitr"):
+    with caplog.at_level(logging.INFO, logger="replicator.runtime._jitr"):
         assert r.handler.sweep() == 1
         assert r.handler.drain() == 1
     assert r.region.status(cid) == "ACTIVE"
@@ -945,7 +1003,7 @@ def test_a_certificate_changed_by_an_operator_meanwhile_is_not_activated(
     r.region.register_ca(ca)
     cid = r.region.jitr(ca, "turned-off-1")
     r.handler.accept(cid, ca.certificate_id)
-    with caplog.at_level(logging.INFO, logger="replicator._jitr"):
+    with caplog.at_level(logging.INFO, logger="replicator.runtime._jitr"):
         assert r.handler.process(r.claim()) == "left_alone"
     assert r.region.status(cid) == status
     assert "UpdateCertificate" not in r.region.writes()
@@ -985,7 +1043,7 @@ def test_a_certificate_revoked_or_inactive_in_the_primary_is_set_so_not_activate
     cid = r.region.jitr(ca, "stolen-1")
     primary.statuses[cid] = status
     r.handler.accept(cid, ca.certificate_id)
-    with caplog.at_level(logging.INFO, logger="replicator._jitr"):
+    with caplog.at_level(logging.INFO, logger="replicator.runtime._jitr"):
         assert r.handler.process(r.claim()) == "mirrored"
     assert r.region.status(cid) == status  # not left PENDING_ACTIVATION
     assert r.region.writes() == ["UpdateCertificate"]  # no policy, no thing
@@ -1018,7 +1076,7 @@ def test_a_primary_that_cannot_say_does_not_stop_the_activation(
     r = rig(primary=primary)
     r.region.register_ca(ca)
     cid = r.region.jitr(ca, "outage-1")
-    with caplog.at_level(logging.INFO, logger="replicator._jitr"):
+    with caplog.at_level(logging.INFO, logger="replicator.runtime._jitr"):
         assert r.handler.handle(cid) == "activated"
     assert r.region.status(cid) == "ACTIVE"
     assert primary.calls == 1

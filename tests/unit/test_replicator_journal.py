@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from replicator._errors import JournalError
-from replicator._journal import Journal
-from replicator._records import DeadLetter, ObjectNamed, ThingChanged
-from replicator._state import ObjectKey
+from replicator.core._records import DeadLetter, ObjectNamed, ThingChanged
+from replicator.core._state import ObjectKey
+from replicator.runtime._journal import Journal
 
 if TYPE_CHECKING:
     from pathlib import Path

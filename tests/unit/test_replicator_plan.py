@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from replicator._arns import ArnScope, rewrite_policy_document
 from replicator._errors import PolicyDocumentError
-from replicator._ops import (
+from replicator.core._arns import ArnScope, rewrite_policy_document
+from replicator.core._ops import (
     AddThingToThingGroup,
     AttachPolicy,
     AttachThingPrincipal,
@@ -39,10 +39,10 @@ from replicator._ops import (
     UpdateThingGroup,
     UpdateThingShadow,
 )
-from replicator._plan import plan_thing, plan_thing_group, plan_thing_type
-from replicator._plan_security import plan_certificate, plan_policy
-from replicator._plan_shadow import ShadowSync, plan_shadow, state_patch
-from replicator._state import (
+from replicator.core._plan import plan_thing, plan_thing_group, plan_thing_type
+from replicator.core._plan_security import plan_certificate, plan_policy
+from replicator.core._plan_shadow import ShadowSync, plan_shadow, state_patch
+from replicator.core._state import (
     CertificateState,
     ObjectKey,
     PolicyState,
@@ -66,13 +66,13 @@ def thing(**kwargs: object) -> ThingState:
 # -- purity --------------------------------------------------------------------------------
 
 PURE_MODULES = [
-    "_plan.py",
-    "_plan_security.py",
-    "_plan_shadow.py",
-    "_arns.py",
-    "_ops.py",
-    "_state.py",
-    "_records.py",
+    "core/_plan.py",
+    "core/_plan_security.py",
+    "core/_plan_shadow.py",
+    "core/_arns.py",
+    "core/_ops.py",
+    "core/_state.py",
+    "core/_records.py",
 ]
 FORBIDDEN = {
     "asyncio",

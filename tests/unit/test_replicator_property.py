@@ -18,12 +18,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replicator._arns import ArnScope, rewrite_policy_document
-from replicator._engine import Engine, EngineConfig
 from replicator._errors import ReplicatorError
-from replicator._journal import Journal
-from replicator._memory import InMemoryRegion
-from replicator._ops import (
+from replicator.core._arns import ArnScope, rewrite_policy_document
+from replicator.core._ops import (
     AddThingToThingGroup,
     AttachPolicy,
     AttachThingPrincipal,
@@ -48,9 +45,12 @@ from replicator._ops import (
     UpdateThingGroup,
     UpdateThingShadow,
 )
-from replicator._quotas import RetryPolicy
-from replicator._records import ObjectNamed, Record
-from replicator._state import ObjectKey
+from replicator.core._records import ObjectNamed, Record
+from replicator.core._state import ObjectKey
+from replicator.runtime._engine import Engine, EngineConfig
+from replicator.runtime._journal import Journal
+from replicator.runtime._quotas import RetryPolicy
+from replicator.testing import InMemoryRegion
 
 EAST, WEST = "us-east-1", "us-west-2"
 THINGS = ["t0", "t1", "t2"]

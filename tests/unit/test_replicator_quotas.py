@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from replicator._quotas import DEFAULT_TPS, QuotaConfig, QuotaLimiter, RetryPolicy
+from replicator.runtime._quotas import DEFAULT_TPS, QuotaConfig, QuotaLimiter, RetryPolicy
 
 
 class FakeClock:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from replicator._records import (
+from replicator.core._records import (
     CertificateChanged,
     DeadLetter,
     HierarchyChanged,
@@ -24,7 +24,7 @@ from replicator._records import (
     record_from_json,
     record_to_json,
 )
-from replicator._state import ObjectKey
+from replicator.core._state import ObjectKey
 
 EAST = "us-east-1"
 CERT = "ab" * 32

@@ -15,21 +15,21 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from device_agent.cli import main
-from replicator._engine import Engine, EngineConfig, Outcome
 from replicator._errors import AccessDeniedError, ConfigError, RegionUnavailableError
-from replicator._feed import FeedCounters
-from replicator._health import HealthSnapshot, ServiceHealth, liveness, readiness
-from replicator._http import OpsServer, parse_listen
-from replicator._journal import Journal
-from replicator._memory import InMemoryRegion
-from replicator._metrics import LAG_BUCKETS_S, ReplicatorMetrics
-from replicator._ops import CreateThing, CreateThingType
-from replicator._quotas import RetryPolicy
-from replicator._records import DeadLetter, ObjectNamed
-from replicator._service import ServiceOps
-from replicator._state import ObjectKey, ThingState
 from replicator.cli import replicator, replicator_reconcile, replicator_run
+from replicator.core._ops import CreateThing, CreateThingType
+from replicator.core._records import DeadLetter, ObjectNamed
+from replicator.core._state import ObjectKey, ThingState
 from replicator.lambda_handler import LambdaConfig, LambdaReplicator, fifo_failures
+from replicator.runtime._engine import Engine, EngineConfig, Outcome
+from replicator.runtime._feed import FeedCounters
+from replicator.runtime._health import HealthSnapshot, ServiceHealth, liveness, readiness
+from replicator.runtime._host import ServiceOps
+from replicator.runtime._http import OpsServer, parse_listen
+from replicator.runtime._journal import Journal
+from replicator.runtime._metrics import LAG_BUCKETS_S, ReplicatorMetrics
+from replicator.runtime._quotas import RetryPolicy
+from replicator.testing import InMemoryRegion
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -686,11 +686,11 @@ def test_lambda_configuration_from_the_environment() -> None:
 def test_the_failback_engines_outcomes_and_queue_have_their_own_metrics() -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from replicator._engine import Outcome
-    from replicator._journal import Journal
-    from replicator._metrics import ReplicatorMetrics
-    from replicator._records import ObjectNamed
-    from replicator._state import ObjectKey
+    from replicator.core._records import ObjectNamed
+    from replicator.core._state import ObjectKey
+    from replicator.runtime._engine import Outcome
+    from replicator.runtime._journal import Journal
+    from replicator.runtime._metrics import ReplicatorMetrics
 
     metrics = ReplicatorMetrics()
     key = ObjectKey.thing("t1")

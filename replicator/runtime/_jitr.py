@@ -24,12 +24,13 @@ and drops the connection. This module finishes the job:
    and one that is still pending is found again by the sweep. Right before
    that last write the certificate is read again: one an operator deactivated
    or revoked since the screen is left alone (the window left is one call).
-4. :class:`JitrHandler` runs that against the region (:class:`JitrRegion`:
+4. :class:`JitrHandler` runs that against the region (a :class:`RegionApi`:
    the replicator's adapter, with its quota buckets and error translation)
    from a durable queue (the journal's ``jitr`` queue): events are triggers,
-   not truth, so a duplicate is one more look at the certificate. Throttling,
-   an outage or a version conflict keep the certificate queued with jittered
-   backoff for as long as it takes; other failures are retried up to
+   not truth, so a duplicate is one more look at the certificate. The journal
+   worker (``_worker.py``) retries failures with the engine's policy:
+   throttling and an outage keep the certificate queued with jittered backoff
+   for as long as it takes; other failures (a conflict too) are retried up to
    ``max_attempts``, then dead-lettered; AccessDenied stops the handler.
 5. The *sweep* lists the PENDING_ACTIVATION certificates of the allowed CAs
    every ``sweep_interval_s`` and queues them: a missed event (the handler was
@@ -38,26 +39,22 @@ and drops the connection. This module finishes the job:
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import random
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 from replicator._errors import (
     AccessDeniedError,
     ConflictError,
     CredentialsError,
-    PermanentError,
     RefusedError,
     ReplicatorError,
-    RetryableError,
 )
-from replicator._jitr_plan import (
+from replicator.core._jitr_plan import (
     ACTIVE,
-    CERT_ID,
     JITR_TOPIC,
     PENDING,
     CaCertificate,
@@ -70,32 +67,28 @@ from replicator._jitr_plan import (
     subject_common_name,
     thing_name_for,
 )
-from replicator._ops import CreatePolicy, CreateThing, UpdateCertificate
-from replicator._quotas import RetryPolicy
-from replicator._records import CertificateChanged
+from replicator.core._ops import CreatePolicy, CreateThing, UpdateCertificate
+from replicator.core._records import CertificateChanged
+from replicator.core._state import CERTIFICATE_ID
+from replicator.runtime._worker import JournalWorker, Outcome, WorkerConfig
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
-    from replicator._aws import Boto3Region
-    from replicator._journal import Claim, Journal
-    from replicator._ops import Op
-    from replicator._quotas import QuotaLimiter
-    from replicator._state import CertificateState, ObjectKey, PolicyState, ThingState
+    from replicator.core._ops import Op
+    from replicator.core._region import RegionApi
+    from replicator.core._state import CertificateState
+    from replicator.runtime._journal import Claim, Journal
 
 __all__ = [
     "JITR_TOPIC",
-    "Boto3JitrRegion",
     "CaCertificate",
     "Eligible",
     "JitrConfig",
     "JitrHandler",
-    "JitrRegion",
     "JitrStats",
     "LeftAlone",
-    "PrimaryCertificates",
     "Refused",
-    "build_primary",
     "provision",
     "screen",
     "subject_common_name",
@@ -104,149 +97,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_BY_MARKER: Final = ("marker", "nextMarker")  # the paging fields of the older IoT lists
 _MIRRORED: Final = frozenset({"REVOKED", "INACTIVE"})  # primary statuses copied, not activated
-
-
-# -- the port ------------------------------------------------------------------------------------
-
-
-class JitrRegion(Protocol):
-    """What the handler needs of the secondary region (errors as the replicator's)."""
-
-    @property
-    def region(self) -> str:
-        """The region's name."""
-        ...
-
-    def read_certificate(self, certificate_id: str, *, things: bool) -> CertificateState | None:
-        """The certificate with its policies (and things)."""
-        ...
-
-    def read_thing(self, name: str, *, principals: bool) -> ThingState | None:
-        """The thing."""
-        ...
-
-    def read_policy(self, name: str, *, targets: bool) -> PolicyState | None:
-        """The policy."""
-        ...
-
-    def execute(self, op: Op) -> int | None:
-        """Carry out one write."""
-        ...
-
-    def read_ca_certificate(self, ca_certificate_id: str) -> CaCertificate | None:
-        """The CA certificate registered in the region, or None."""
-        ...
-
-    def list_ca_certificates(self) -> Iterator[CaCertificate]:
-        """Every CA certificate registered in the region."""
-        ...
-
-    def list_certificates_by_ca(self, ca_certificate_id: str) -> Iterator[tuple[str, str]]:
-        """(certificate id, status) of every certificate registered with the CA."""
-        ...
-
-
-class PrimaryCertificates(Protocol):
-    """What the handler asks of the primary region: a certificate's status, read-only."""
-
-    @property
-    def region(self) -> str:
-        """The region's name."""
-        ...
-
-    def certificate_status(self, certificate_id: str) -> str | None:
-        """The certificate's status there; None: the region does not know it."""
-        ...
-
-
-class Boto3JitrRegion:
-    """:class:`JitrRegion` over the replicator's boto3 adapter, plus the CA calls it lacks."""
-
-    def __init__(self, region: Boto3Region) -> None:
-        self._region = region
-        self.read_certificate = region.read_certificate
-        self.read_thing = region.read_thing
-        self.read_policy = region.read_policy
-        self.execute = region.execute
-
-    def __repr__(self) -> str:
-        return f"Boto3JitrRegion({self._region!r})"
-
-    @property
-    def region(self) -> str:
-        """The region's name."""
-        return self._region.region
-
-    def certificate_status(self, certificate_id: str) -> str | None:
-        """DescribeCertificate alone (all the primary's policy needs to allow)."""
-        iot = self._region.iot
-        found = self._region.read(
-            "DescribeCertificate", iot.describe_certificate, certificateId=certificate_id
-        )
-        return None if found is None else str(found["certificateDescription"]["status"])
-
-    def read_ca_certificate(self, ca_certificate_id: str) -> CaCertificate | None:
-        """DescribeCACertificate."""
-        iot = self._region.iot
-        found = self._region.read(
-            "DescribeCACertificate", iot.describe_ca_certificate, certificateId=ca_certificate_id
-        )
-        if found is None:
-            return None
-        return _ca(found["certificateDescription"])
-
-    def list_ca_certificates(self) -> Iterator[CaCertificate]:
-        """ListCACertificates."""
-        iot = self._region.iot
-        for item in self._region.pages(
-            "ListCACertificates", iot.list_ca_certificates, "certificates", paging=_BY_MARKER
-        ):
-            yield _ca(item)
-
-    def list_certificates_by_ca(self, ca_certificate_id: str) -> Iterator[tuple[str, str]]:
-        """ListCertificatesByCA."""
-        iot = self._region.iot
-        for item in self._region.pages(
-            "ListCertificatesByCA",
-            iot.list_certificates_by_ca,
-            "certificates",
-            paging=_BY_MARKER,
-            caCertificateId=ca_certificate_id,
-        ):
-            yield str(item["certificateId"]), str(item.get("status"))
-
-
-def build_primary(config: JitrConfig, limiter: QuotaLimiter) -> Boto3JitrRegion | None:
-    """The primary region the handler asks before activating, or None without one.
-
-    One attempt per call and short timeouts: a primary that does not answer
-    must not hold up an activation (the handler goes on, and logs it).
-
-    Raises:
-        ConfigError: boto3 cannot build the client.
-    """
-    from replicator._aws import RegionConfig, build_region  # noqa: PLC0415 - boto3 when needed
-
-    if config.primary_region is None:
-        return None
-    primary = RegionConfig(
-        region=config.primary_region,
-        endpoint_url=config.primary_endpoint_url,
-        connect_timeout_s=2.0,
-        read_timeout_s=5.0,
-    )
-    region = build_region(primary, limiter=limiter, retry=RetryPolicy(max_attempts=1))
-    return Boto3JitrRegion(region)
-
-
-def _ca(item: dict[str, Any]) -> CaCertificate:
-    return CaCertificate(
-        str(item["certificateId"]),
-        str(item.get("status")),
-        item.get("autoRegistrationStatus") == "ENABLE",
-    )
 
 
 # -- the handler ---------------------------------------------------------------------------------
@@ -291,11 +142,11 @@ class JitrHandler:
 
     def __init__(
         self,
-        region: JitrRegion,
+        region: RegionApi,
         journal: Journal,
         config: JitrConfig,
         *,
-        primary: PrimaryCertificates | None = None,
+        primary: RegionApi | None = None,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -308,6 +159,7 @@ class JitrHandler:
         self._rng = rng or random.Random()  # noqa: S311 - backoff jitter
         self._lock = threading.Lock()
         self._policy_seen = False
+        self._observers: list[Callable[[Outcome], None]] = [self._count_outcome]
 
     def __repr__(self) -> str:
         primary = self.primary.region if self.primary is not None else None
@@ -435,7 +287,7 @@ class JitrHandler:
 
     def _with_ca(self, certificate: CertificateState, ca_hint: str) -> CertificateState:
         allowed = self.config.allowed_cas
-        if not CERT_ID.fullmatch(ca_hint) or certificate.status != PENDING:
+        if not CERTIFICATE_ID.fullmatch(ca_hint) or certificate.status != PENDING:
             return certificate
         if allowed is not None and ca_hint not in allowed:
             return replace(certificate, ca_certificate_id=ca_hint)  # refused either way
@@ -488,57 +340,56 @@ class JitrHandler:
         )
         self.journal.accept(record, now=self._wall())
 
+    def _apply_claim(self, claim: Claim) -> tuple[str, float | None]:
+        """The worker's ``apply``: handle one claimed certificate, done in the journal."""
+        record = claim.record
+        hint = record.ca_certificate_id if isinstance(record, CertificateChanged) else None
+        result = self.handle(claim.key.name, hint)
+        self.journal.done(claim, now=self._wall())
+        return result, None
+
+    def _count_outcome(self, outcome: Outcome) -> None:
+        if outcome.waiting:
+            self._count("retried")
+        elif outcome.result == "dead":
+            self._count("dead")
+
+    @property
+    def worker(self) -> JournalWorker:
+        """The journal worker that runs this handler's queue."""
+        config = self.config
+        worker = JournalWorker(
+            self.journal,
+            self._apply_claim,
+            WorkerConfig(
+                workers=config.workers,
+                batch=config.workers * 8,
+                max_attempts=config.max_attempts,
+                backoff=config.backoff,
+                poll_s=config.poll_s,
+                events="jitr",
+                direction="jitr",
+            ),
+            wall=self._wall,
+            rng=self._rng,
+            log_fields=lambda key: {"certificate_id": key.name},
+        )
+        worker.observers = self._observers
+        return worker
+
+    def add_observer(self, observer: Callable[[Outcome], None]) -> None:
+        """Also call ``observer`` with every :class:`Outcome` of the queue."""
+        self._observers.append(observer)
+
     def process(self, claim: Claim) -> str:
         """Handle one claimed certificate and record the outcome in the journal; return it.
 
-        Outcomes: those of :meth:`handle`, ``retry`` or ``dead``.
+        Outcomes: those of :meth:`handle`, ``retry`` or ``dead`` (see ``_worker.py``).
 
         Raises:
             AccessDeniedError: the credentials lack a permission (the certificate stays queued).
         """
-        try:
-            record = claim.record
-            hint = record.ca_certificate_id if isinstance(record, CertificateChanged) else None
-            result = self.handle(claim.key.name, hint)
-        except (AccessDeniedError, CredentialsError) as exc:  # every certificate alike
-            self._retry(claim, exc, forever=True)
-            raise
-        except RetryableError as exc:  # throttling, an outage, a conflict
-            return self._retry(claim, exc, forever=True)
-        except PermanentError as exc:
-            return self._dead(claim, str(exc))
-        except ReplicatorError as exc:  # refused, not found (the policy): may pass
-            return self._retry(claim, exc, forever=False)
-        except Exception as exc:
-            logger.exception("jitr.failed", extra={"certificate_id": claim.key.name})
-            return self._retry(claim, exc, forever=False)
-        self.journal.done(claim, now=self._wall())
-        return result
-
-    def _retry(self, claim: Claim, exc: BaseException, *, forever: bool) -> str:
-        reason = f"{type(exc).__name__}: {exc}"
-        if not forever and claim.attempts + 1 >= self.config.max_attempts:
-            return self._dead(claim, f"after {claim.attempts + 1} attempts: {reason}")
-        now = self._wall()
-        delay = max(self.config.backoff.delay(claim.attempts, self._rng), 0.05)
-        self.journal.retry(claim, now=now, not_before=now + delay, reason=reason)
-        self._count("retried")
-        logger.warning(
-            "jitr.retry",
-            extra={
-                "certificate_id": claim.key.name,
-                "attempt": claim.attempts + 1,
-                "delay_s": round(delay, 3),
-                "reason": reason,
-            },
-        )
-        return "retry"
-
-    def _dead(self, claim: Claim, reason: str) -> str:
-        self.journal.dead(claim, now=self._wall(), reason=reason)
-        self._count("dead")
-        logger.error("jitr.dead", extra={"certificate_id": claim.key.name, "reason": reason})
-        return "dead"
+        return self.worker.process(claim)
 
     # -- the sweep -----------------------------------------------------------------------------
 
@@ -581,6 +432,28 @@ class JitrHandler:
         logger.info("jitr.sweep", extra={"region": self.region.region, "pending": len(records)})
         return len(records)
 
+    def sweep_and_drain(self) -> dict[str, Any]:
+        """Sweep once and handle what is due (``--once``, the scheduled Lambda); a summary.
+
+        Raises:
+            ReplicatorError: the sweep's list call failed, or a permission is missing.
+        """
+        swept = self.sweep()
+        self.drain()
+        counts = self.journal.counts(self.now())
+        stats = self.stats
+        return {
+            "region": self.region.region,
+            "swept": swept,
+            "activated": stats.activated,
+            "refused": stats.refused,
+            "mirrored": stats.mirrored,
+            "left_alone": stats.left_alone,
+            "pending": counts.pending,
+            "dead": counts.dead,
+            "writes": dict(sorted(stats.writes.items())),
+        }
+
     def _sweep_safely(self) -> bool:
         try:
             self.sweep()
@@ -600,16 +473,7 @@ class JitrHandler:
         Raises:
             AccessDeniedError: see :meth:`process`.
         """
-        total = 0
-        with concurrent.futures.ThreadPoolExecutor(self.config.workers) as pool:
-            for _ in range(max_rounds):
-                claims = self.journal.claim(now=self._wall(), limit=self.config.workers * 8)
-                for future in [pool.submit(self.process, claim) for claim in claims]:
-                    future.result()
-                total += len(claims)
-                if not claims:
-                    break
-        return total
+        return self.worker.drain(max_rounds=max_rounds)
 
     def run(self, stop: threading.Event) -> None:
         """Sweep at once and every ``sweep_interval_s``; handle the queue until ``stop`` is set.
@@ -617,40 +481,23 @@ class JitrHandler:
         Raises:
             AccessDeniedError: see :meth:`process`; the loop stops.
         """
+        self.worker.run(stop, tick=self.sweep_when_due())
+
+    def sweep_when_due(self) -> Callable[[], None]:
+        """A tick for the worker's loop: a sweep at once, then every ``sweep_interval_s``.
+
+        A failed sweep is tried again after the backoff's first delay.
+        """
         config = self.config
-        running: dict[concurrent.futures.Future[str], ObjectKey] = {}
         next_sweep = self._wall()
-        with concurrent.futures.ThreadPoolExecutor(
-            config.workers, thread_name_prefix="jitr"
-        ) as pool:
-            try:
-                while not stop.is_set():
-                    if config.sweep_interval_s and self._wall() >= next_sweep:
-                        swept = self._sweep_safely()
-                        retry_s = config.backoff.delay(0, self._rng) + config.poll_s
-                        next_sweep = self._wall() + (
-                            config.sweep_interval_s
-                            if swept
-                            else min(retry_s, config.sweep_interval_s)
-                        )
-                    room = config.workers * 2 - len(running)
-                    claims = (
-                        self.journal.claim(now=self._wall(), limit=room, exclude=running.values())
-                        if room > 0
-                        else []
-                    )
-                    for claim in claims:
-                        running[pool.submit(self.process, claim)] = claim.key
-                    if not running:
-                        stop.wait(config.poll_s)
-                        continue
-                    finished, _ = concurrent.futures.wait(
-                        running, timeout=config.poll_s, return_when="FIRST_COMPLETED"
-                    )
-                    for future in finished:
-                        del running[future]
-                        future.result()  # re-raises AccessDeniedError
-            finally:
-                stop.set()
-                for future in running:
-                    future.cancel()
+
+        def tick() -> None:
+            nonlocal next_sweep
+            if not config.sweep_interval_s or self._wall() < next_sweep:
+                return
+            swept = self._sweep_safely()
+            retry_s = config.backoff.delay(0, self._rng) + config.poll_s
+            interval = config.sweep_interval_s
+            next_sweep = self._wall() + (interval if swept else min(retry_s, interval))
+
+        return tick

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import botocore.exceptions
 
-from replicator._arns import scope_of_arn
 from replicator._errors import (
     AccessDeniedError,
     ConfigError,
@@ -32,12 +31,13 @@ from replicator._errors import (
     RegionUnavailableError,
     ThrottledError,
 )
+from replicator.core._arns import scope_of_arn
 
 if TYPE_CHECKING:
     import random
     from collections.abc import Callable, Iterator
 
-    from replicator._quotas import Clock, QuotaLimiter, RetryPolicy
+    from replicator.runtime._quotas import Clock, QuotaLimiter, RetryPolicy
 
 __all__ = [
     "BY_MARKER",

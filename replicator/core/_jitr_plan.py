@@ -15,22 +15,22 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from replicator._errors import ConfigError
-from replicator._ops import (
+from replicator.core._ops import (
     AttachPolicy,
     AttachThingPrincipal,
     CreatePolicy,
     CreateThing,
     UpdateCertificate,
 )
-from replicator._quotas import RetryPolicy
+from replicator.core._state import CERTIFICATE_ID
+from replicator.runtime._quotas import RetryPolicy
 
 if TYPE_CHECKING:
-    from replicator._ops import Op
-    from replicator._state import CertificateState
+    from replicator.core._ops import Op
+    from replicator.core._state import CertificateState
 
 __all__ = [
     "ACTIVE",
-    "CERT_ID",
     "JITR_TOPIC",
     "PENDING",
     "CaCertificate",
@@ -53,7 +53,6 @@ PENDING: Final = "PENDING_ACTIVATION"
 THING_NAME_FIELDS: Final = frozenset({"cn", "certificate_id", "ca_certificate_id"})
 _THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 _POLICY_NAME = re.compile(r"[\w+=,.@-]{1,128}")
-CERT_ID = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,7 +107,7 @@ class JitrConfig:
                 raise ConfigError("jitr: the policy document is not a policy (no Statement)")
         _check_template(self.thing_name)
         for ca in self.allowed_cas or ():
-            if not CERT_ID.fullmatch(ca):
+            if not CERTIFICATE_ID.fullmatch(ca):
                 raise ConfigError(f"jitr: CA id {ca!r} is not 64 lower-case hex digits")
         if self.allowed_cas is not None and not self.allowed_cas:
             raise ConfigError("jitr: an empty CA allow-list would refuse everything")

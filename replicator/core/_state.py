@@ -14,10 +14,12 @@ form is unambiguous.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
 __all__ = [
+    "CERTIFICATE_ID",
     "CERTIFICATE_STATUSES",
     "CertificateState",
     "JsonObject",
@@ -37,6 +39,9 @@ JsonObject = dict[str, Any]
 Kind = Literal["thingType", "thingGroup", "policy", "certificate", "thing", "shadow"]
 KINDS: Final[tuple[Kind, ...]] = get_args(Kind)
 """Every kind, in dependency order: what a later kind refers to comes first."""
+
+CERTIFICATE_ID: Final = re.compile(r"[0-9a-f]{64}")
+"""A certificate's (or CA certificate's) id: 64 lower-case hex digits (``fullmatch`` it)."""
 
 CERTIFICATE_STATUSES: Final = frozenset(
     {"ACTIVE", "INACTIVE", "REVOKED", "PENDING_TRANSFER", "REGISTER_INACTIVE", "PENDING_ACTIVATION"}

@@ -24,13 +24,13 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from replicator._errors import ReplicatorError
+from replicator._errors import ConfigError, ReplicatorError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from replicator._engine import Outcome
-    from replicator._feed import FeedCounters
+    from replicator.runtime._feed import FeedCounters
+    from replicator.runtime._worker import Outcome
 
 __all__ = ["FeedView", "HealthSnapshot", "ServiceHealth", "Verdict", "liveness", "readiness"]
 
@@ -38,7 +38,7 @@ EngineState = Literal["starting", "running", "stopped"]
 
 
 class FeedView(Protocol):
-    """What health and metrics read of a change feed (:class:`~replicator._feed.MqttFeed`)."""
+    """What health and metrics read of a change feed (``runtime._feed.MqttFeed``)."""
 
     @property
     def counters(self) -> FeedCounters:
@@ -134,7 +134,7 @@ class ServiceHealth:
 
     def __init__(self, *, unavailable_after: int = 3) -> None:
         if unavailable_after < 1:
-            raise ValueError("unavailable_after must be at least 1")
+            raise ConfigError("unavailable_after must be at least 1")
         self._journal_probe: Callable[[], object] | None = None
         self._feed: FeedView | None = None
         self._unavailable_after = unavailable_after

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from replicator._errors import PolicyDocumentError
-from replicator._state import canonical_json
+from replicator.core._state import canonical_json
 
 __all__ = ["ArnScope", "normalize_document", "rewrite_policy_document", "scope_of_arn"]
 

@@ -18,8 +18,13 @@ from __future__ import annotations
 
 from typing import Final
 
-from replicator._arns import ArnScope, normalize_document, rewrite_policy_document, scope_of_arn
-from replicator._ops import (
+from replicator.core._arns import (
+    ArnScope,
+    normalize_document,
+    rewrite_policy_document,
+    scope_of_arn,
+)
+from replicator.core._ops import (
     AttachPolicy,
     Conflict,
     CreatePolicy,
@@ -35,7 +40,7 @@ from replicator._ops import (
     SetDefaultPolicyVersion,
     UpdateCertificate,
 )
-from replicator._state import CertificateState, ObjectKey, PolicyState, PolicyVersion
+from replicator.core._state import CertificateState, ObjectKey, PolicyState, PolicyVersion
 
 __all__ = ["MAX_POLICY_VERSIONS", "plan_certificate", "plan_policy", "target_status"]
 

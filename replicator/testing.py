@@ -1,6 +1,6 @@
-"""A region in memory, with the AWS rules that replication depends on.
+"""For tests and benches: a region in memory, with the AWS rules that replication depends on.
 
-:class:`InMemoryRegion` implements :class:`~replicator._region.RegionApi` over
+:class:`InMemoryRegion` implements :class:`~replicator.core._region.RegionApi` over
 dictionaries. It refuses what AWS refuses where the planner must avoid it:
 deleting a thing with principals, a certificate that is ACTIVE or attached, a
 default policy version, a policy with attachments or versions, a thing type
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from replicator._errors import ConflictError, NotFoundError, RefusedError
-from replicator._ops import (
+from replicator.core._ops import (
     AddThingToThingGroup,
     AttachPolicy,
     AttachThingPrincipal,
@@ -44,9 +44,9 @@ from replicator._ops import (
     UpdateThingGroup,
     UpdateThingShadow,
 )
-from replicator._plan import THING_TYPE_DELETE_AFTER_S
-from replicator._plan_security import MAX_POLICY_VERSIONS
-from replicator._state import (
+from replicator.core._plan import THING_TYPE_DELETE_AFTER_S
+from replicator.core._plan_security import MAX_POLICY_VERSIONS
+from replicator.core._state import (
     CertificateState,
     JsonObject,
     PolicyState,
@@ -60,8 +60,9 @@ from replicator._state import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from replicator._ops import Op
-    from replicator._state import Kind
+    from replicator.core._jitr_plan import CaCertificate
+    from replicator.core._ops import Op
+    from replicator.core._state import Kind
 
 __all__ = ["InMemoryRegion", "merge_shadow_state"]
 
@@ -115,6 +116,7 @@ class InMemoryRegion:
     policies: dict[str, _Policy] = field(default_factory=dict, repr=False)
     shadows: dict[tuple[str, str | None], ShadowState] = field(default_factory=dict, repr=False)
     calls: dict[str, int] = field(default_factory=dict)
+    cas: dict[str, CaCertificate] = field(default_factory=dict, repr=False)
     _tombstones: dict[tuple[str, str | None], int] = field(default_factory=dict, repr=False)
 
     def arn(self, kind: str, name: str) -> str:
@@ -188,6 +190,30 @@ class InMemoryRegion:
     def list_named_shadows(self, thing: str) -> Iterator[str]:
         """The thing's named shadows."""
         return iter(sorted(n for t, n in self.shadows if t == thing and n is not None))
+
+    def certificate_status(self, certificate_id: str) -> str | None:
+        """The certificate's status."""
+        found = self.certificates.get(certificate_id)
+        return None if found is None else found.status
+
+    def read_ca_certificate(self, ca_certificate_id: str) -> CaCertificate | None:
+        """The CA registered in the region (``cas``)."""
+        return self.cas.get(ca_certificate_id)
+
+    def list_ca_certificates(self) -> Iterator[CaCertificate]:
+        """Every CA registered in the region."""
+        return iter(list(self.cas.values()))
+
+    def list_certificates_by_ca(self, ca_certificate_id: str) -> Iterator[tuple[str, str]]:
+        """(id, status) of the certificates registered with the CA."""
+        found = self.certificates.values()
+        return iter(
+            [
+                (c.certificate_id, c.status)
+                for c in found
+                if c.ca_certificate_id == ca_certificate_id
+            ]
+        )
 
     # -- writes -----------------------------------------------------------------------------
 

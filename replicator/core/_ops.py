@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from replicator._state import JsonObject, ObjectKey
+from replicator.core._state import JsonObject, ObjectKey
 
 __all__ = [
     "AddThingToThingGroup",

@@ -11,13 +11,13 @@ detached certificate, a re-created group's members) are journaled as new
 changes. What a plan *schedules* (a thing type's deletion five minutes after its
 deprecation) stays pending until then.
 
-Failures are never swallowed. Each ends in the journal: throttling and a region
-that is down keep the change pending with a capped, jittered backoff for as
-long as it takes (the lag shows in the counts); other failures are retried up
-to ``max_attempts`` and then dead-lettered with the reason; a change that can
-never succeed (a document or PEM that does not parse) is dead-lettered at once;
-AccessDenied stops the engine with the missing permission named, leaving the
-change pending for after the fix.
+Failures are never swallowed. The engine applies one claim
+(:meth:`Engine._apply_claim`) and raises; the journal worker (``_worker.py``)
+that runs it decides what a failure means, with the one policy of
+``_errors.py``: throttling and an outage wait for as long as it takes, other
+failures are retried up to ``max_attempts``, a document or PEM that does not
+parse is dead-lettered at once, AccessDenied stops the engine with the missing
+permission named, leaving the change pending for after the fix.
 
 Modes: ``complete`` replicates things, types, groups, certificates, policies
 and shadows; ``jitr`` leaves certificates and policies to the target region's
@@ -33,7 +33,6 @@ shadows' sync points (versions) as before; failback reads them.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import logging
 import random
@@ -43,16 +42,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from replicator._assess import UNREAD, Assessment, Assessor
-from replicator._errors import (
-    AccessDeniedError,
-    CredentialsError,
-    PermanentError,
-    RegionUnavailableError,
-    ReplicatorError,
-    ThrottledError,
-)
-from replicator._ops import (
+from replicator.core._ops import (
     Conflict,
     CreateThing,
     DeleteThingShadow,
@@ -61,20 +51,20 @@ from replicator._ops import (
     ScheduleAt,
     UpdateThingShadow,
 )
-from replicator._plan import THING_TYPE_DELETE_AFTER_S
-from replicator._plan_shadow import ShadowSync
-from replicator._quotas import RetryPolicy
-from replicator._records import ObjectNamed, ThingChanged
-from replicator._state import ObjectKey, ShadowState
-from replicator._sync import FORWARD_PENDING
+from replicator.core._records import ObjectNamed, ThingChanged
+from replicator.core._state import ObjectKey, ShadowState
+from replicator.core._sync import FORWARD_PENDING
+from replicator.runtime._assess import UNREAD, Assessment, Assessor
+from replicator.runtime._settings import EngineConfig
+from replicator.runtime._worker import JournalWorker, Outcome, WorkerConfig
 
 if TYPE_CHECKING:
+    import concurrent.futures
     from collections.abc import Callable, Iterator
 
-    from replicator._journal import Claim, Journal
-    from replicator._plan import Mode
-    from replicator._region import RegionApi
-    from replicator._sync import Direction
+    from replicator.core._plan_shadow import ShadowSync
+    from replicator.core._region import RegionApi
+    from replicator.runtime._journal import Claim, Journal
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "Outcome"]
 
@@ -88,76 +78,6 @@ _ENSURED_PRUNE_AT = 10_000  # entries of the "applied recently" memo before old 
 
 class _DeferredError(Exception):
     """A failback object has a forward change due: it goes first (see Engine.pair_with)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EngineConfig:
-    """How the engine works.
-
-    Attributes:
-        mode: ``complete`` or ``jitr``.
-        workers: objects applied in parallel (the quota buckets pace them).
-        batch: rows claimed at a time.
-        max_attempts: attempts before a change that keeps failing is dead-lettered
-            (throttling and outages are retried without limit).
-        backoff: the wait before a failed change is tried again.
-        dependency_ttl_s: how long an object applied as a requirement counts as
-            in place for the next object that requires it.
-        thing_recheck_s: apply a created thing again this long after its
-            creation: AWS publishes no event when a certificate is attached, which
-            usually happens just after the create. None: never.
-        poll_s: how often to look for due changes when there are none.
-        thing_type_delete_after_s: AWS's wait between deprecating and deleting a type.
-        direction: ``forward`` or ``failback`` (see the module docstring).
-        keep_target_changes: forward, with failback running alongside: leave a
-            registry object that changed only in the target since the last sync
-            to the failback direction (see ``_sync.forward_guard``).
-    """
-
-    mode: Mode = "complete"
-    workers: int = 8
-    batch: int = 256
-    max_attempts: int = 8
-    backoff: RetryPolicy = field(
-        default_factory=lambda: RetryPolicy(max_attempts=1_000_000, base_s=1.0, cap_s=300.0)
-    )
-    dependency_ttl_s: float = 60.0
-    thing_recheck_s: float | None = 30.0
-    poll_s: float = 0.5
-    thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S
-    direction: Direction = "forward"
-    keep_target_changes: bool = False
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("complete", "jitr"):
-            raise ValueError(f"mode {self.mode!r} is not 'complete' or 'jitr'")
-        if self.direction not in ("forward", "failback"):
-            raise ValueError(f"direction {self.direction!r} is not 'forward' or 'failback'")
-        if self.workers < 1 or self.batch < 1 or self.max_attempts < 1:
-            raise ValueError("workers, batch and max_attempts must be at least 1")
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How the processing of one claimed change ended, for observers (metrics).
-
-    Attributes:
-        key: the object.
-        result: ``done``, ``scheduled``, ``deferred`` (failback waiting for the
-            forward direction), ``retry`` (a failure to try again),
-            ``throttled``, ``unavailable`` (a region is down), ``denied`` or ``dead``.
-        lag_s: from acceptance to applied (``done`` and ``scheduled``), else None.
-        writes: the write APIs called for it (requirements included).
-        region: for ``unavailable`` and ``throttled``, the region that failed.
-        direction: the engine's direction, ``forward`` or ``failback``.
-    """
-
-    key: ObjectKey
-    result: str
-    lag_s: float | None = None
-    writes: tuple[str, ...] = ()
-    region: str | None = None
-    direction: str = "forward"
 
 
 @dataclass(slots=True)
@@ -236,6 +156,7 @@ class Engine:
         self._assessor = Assessor(
             source,
             target,
+            journal,
             mode=self.config.mode,
             wall=wall,
             delete_after_s=self.config.thing_type_delete_after_s,
@@ -251,7 +172,9 @@ class Engine:
         self._defer_held: dict[ObjectKey, int] | None = None
         self._ensured: dict[ObjectKey, float] = {}
         self._passes: list[float] = []  # start times of the reconcile passes running
-        self._observers: list[Callable[[Outcome], None]] = [observer] if observer else []
+        self._observers: list[Callable[[Outcome], None]] = [self._count]
+        if observer is not None:
+            self._observers.append(observer)
         self._writes = threading.local()
 
     def __repr__(self) -> str:
@@ -312,6 +235,30 @@ class Engine:
         """Also call ``observer`` with every :class:`Outcome` (see the constructor)."""
         self._observers.append(observer)
 
+    @property
+    def worker(self) -> JournalWorker:
+        """The journal worker that runs this engine (of the current config)."""
+        config = self.config
+        worker = JournalWorker(
+            self.journal,
+            self._apply_claim,
+            WorkerConfig(
+                workers=config.workers,
+                batch=config.batch,
+                max_attempts=config.max_attempts,
+                backoff=config.backoff,
+                poll_s=config.poll_s,
+                events="replicator.apply",
+                direction=config.direction,
+            ),
+            wall=self._wall,
+            rng=self._rng,
+            held=self._held_keys,
+            writes=lambda: tuple(getattr(self._writes, "apis", ())),
+        )
+        worker.observers = self._observers
+        return worker
+
     def now(self) -> float:
         """The engine's wall clock, in epoch seconds."""
         return self._wall()
@@ -326,39 +273,12 @@ class Engine:
         source_state: object = UNREAD,
         required: bool = False,
     ) -> Assessment:
-        """Read ``key`` in both regions and plan; no writes. Reconcile uses this too.
-
-        Args:
-            key: the object.
-            sync: a shadow's sync point; None reads it from the journal.
-            source_state: the source's state when already read (writes to the
-                target do not change it), else :data:`UNREAD`.
-            required: planned as a requirement of another object (failback then
-                copies a type, group or policy that exists only in the source).
-        """
-        if key.kind == "shadow":
-            if sync is None:
-                sync = self._shadow_sync(key)
-            return self._assessor.assess(key, sync=sync, source_state=source_state)
-        synced = self.journal.object_sync(key, self._regions)
-        return self._assessor.assess(
-            key, sync=None, source_state=source_state, synced=synced, required=required
-        )
+        """Read ``key`` in both regions and plan; no writes (:meth:`Assessor.assess`)."""
+        return self._assessor.assess(key, sync=sync, source_state=source_state, required=required)
 
     @property
     def _regions(self) -> tuple[str, str]:
         return self.source.region, self.target.region
-
-    def _shadow_sync(self, key: ObjectKey) -> ShadowSync | None:
-        found = self.journal.shadow_sync(key)
-        if found is None:
-            return None
-        first, first_version, second, second_version = found
-        if (first, second) == (self.source.region, self.target.region):
-            return ShadowSync(first_version, second_version)
-        if (first, second) == (self.target.region, self.source.region):
-            return ShadowSync(second_version, first_version)
-        return None
 
     # -- applying ---------------------------------------------------------------------------
 
@@ -555,42 +475,22 @@ class Engine:
         if self.journal.object_sync(plan.key, self._regions) != source:
             self.journal.set_object_sync(plan.key, self._regions, source, now=self._wall())
 
-    # -- the journal loop -------------------------------------------------------------------
+    # -- the journal ------------------------------------------------------------------------
 
-    def process(self, claim: Claim) -> str:
-        """Apply one claimed change and record the outcome; return it.
-
-        Outcomes: ``done``, ``scheduled``, ``retry``, ``dead``.
+    def _apply_claim(self, claim: Claim) -> tuple[str, float | None]:
+        """The worker's ``apply``: one claimed change, finished in the journal; (result, lag).
 
         Raises:
-            AccessDeniedError: the credentials lack a permission (the change stays pending).
-            CredentialsError: there are no usable credentials (the change stays pending).
+            ReplicatorError: a read or a write failed (the worker decides what it means).
         """
-        _, mine = self._enter(claim.key)
         self._writes.apis = []
-        self._writes.region = None
-        lag: float | None = None
-        result = "denied"
+        _, mine = self._enter(claim.key)
         try:
-            result, lag = self._process(claim)
+            return self._settle(claim)
         finally:
             self._leave(claim.key, mine)
-            with self._lock:
-                self.stats.count(claim.key.kind, result)
-            if self._observers:
-                outcome = Outcome(
-                    claim.key,
-                    result,
-                    lag,
-                    tuple(self._writes.apis),
-                    self._writes.region,
-                    self.config.direction,
-                )
-                for observe in self._observers:
-                    observe(outcome)
-        return "retry" if result in ("throttled", "unavailable") else result
 
-    def _process(self, claim: Claim) -> tuple[str, float | None]:
+    def _settle(self, claim: Claim) -> tuple[str, float | None]:
         key = claim.key
         if self._is_held(key):  # a follow-up of writes still running: after them
             now = self._wall()
@@ -605,24 +505,6 @@ class Engine:
             until = self._defer_until(key, now)
             self.journal.defer(claim, now=now, not_before=until, reason=reason)
             return "deferred", None
-        except (AccessDeniedError, CredentialsError) as exc:  # every change would fail alike
-            self._retry(claim, exc, forever=True)
-            raise
-        except ThrottledError as exc:
-            self._retry(claim, exc, forever=True)
-            self._writes.region = exc.region
-            return "throttled", None
-        except RegionUnavailableError as exc:
-            self._retry(claim, exc, forever=True)
-            self._writes.region = exc.region
-            return "unavailable", None
-        except PermanentError as exc:
-            return self._dead(claim, str(exc)), None
-        except ReplicatorError as exc:
-            return self._retry(claim, exc, forever=False), None
-        except Exception as exc:
-            logger.exception("replicator.apply.failed", extra={"key": str(key)})
-            return self._retry(claim, exc, forever=False), None
         now = self._wall()
         lag = max(0.0, now - claim.due_since)
         with self._lock:
@@ -658,95 +540,24 @@ class Engine:
             self.journal.accept(again, now=now, not_before=now + recheck)
         return "done", lag
 
-    def _retry(self, claim: Claim, exc: BaseException, *, forever: bool) -> str:
-        reason = f"{type(exc).__name__}: {exc}"
-        if not forever and claim.attempts + 1 >= self.config.max_attempts:
-            return self._dead(claim, f"after {claim.attempts + 1} attempts: {reason}")
-        now = self._wall()
-        delay = self.config.backoff.delay(claim.attempts, self._rng)
-        self.journal.retry(claim, now=now, not_before=now + max(delay, 0.05), reason=reason)
+    def _count(self, outcome: Outcome) -> None:
         with self._lock:
-            self.stats.retried += 1
-        logger.warning(
-            "replicator.apply.retry",
-            extra={"key": str(claim.key), "attempt": claim.attempts + 1, "reason": reason},
-        )
-        return "retry"
+            self.stats.count(outcome.key.kind, outcome.result)
+            self.stats.retried += outcome.waiting
+            self.stats.dead += outcome.result == "dead"
 
-    def _dead(self, claim: Claim, reason: str) -> str:
-        self.journal.dead(claim, now=self._wall(), reason=reason)
-        with self._lock:
-            self.stats.dead += 1
-        logger.error("replicator.apply.dead", extra={"key": str(claim.key), "reason": reason})
-        return "dead"
+    def process(self, claim: Claim) -> str:
+        """Apply one claimed change and record the outcome (see :meth:`JournalWorker.process`)."""
+        return self.worker.process(claim)
 
     def run_once(self, executor: concurrent.futures.Executor | None = None) -> int:
-        """Process every change due now (in ``executor`` when given); return how many.
-
-        Raises:
-            AccessDeniedError: see :meth:`process`.
-        """
-        claims = self.journal.claim(
-            now=self._wall(), limit=self.config.batch, exclude=self._held_keys()
-        )
-        if executor is None:
-            for claim in claims:
-                self.process(claim)
-            return len(claims)
-        futures = [executor.submit(self.process, claim) for claim in claims]
-        for future in futures:
-            future.result()
-        return len(claims)
+        """Process every change due now (in ``executor`` when given); return how many."""
+        return len(self.worker.run_once(executor))
 
     def drain(self, *, max_rounds: int = 1000) -> int:
         """Process due changes until none is due (tests, one-shot runs); return how many."""
-        total = 0
-        with concurrent.futures.ThreadPoolExecutor(self.config.workers) as executor:
-            for _ in range(max_rounds):
-                done = self.run_once(executor)
-                total += done
-                if not done:
-                    break
-        return total
+        return self.worker.drain(max_rounds=max_rounds)
 
     def run(self, stop: threading.Event) -> None:
-        """Process changes as they come due until ``stop`` is set.
-
-        Claims keep ``workers`` busy without waiting for a whole batch: a row is
-        claimed again only after its previous processing ended.
-
-        Raises:
-            AccessDeniedError: see :meth:`process`; the loop stops.
-        """
-        workers = self.config.workers
-        running: dict[concurrent.futures.Future[str], ObjectKey] = {}
-        with concurrent.futures.ThreadPoolExecutor(
-            workers, thread_name_prefix="replicator"
-        ) as pool:
-            try:
-                while not stop.is_set():
-                    room = workers * 2 - len(running)
-                    claims = (
-                        self.journal.claim(
-                            now=self._wall(),
-                            limit=room,
-                            exclude=[*running.values(), *self._held_keys()],
-                        )
-                        if room > 0
-                        else []
-                    )
-                    for claim in claims:
-                        running[pool.submit(self.process, claim)] = claim.key
-                    if not running:
-                        stop.wait(self.config.poll_s)
-                        continue
-                    finished, _ = concurrent.futures.wait(
-                        running, timeout=self.config.poll_s, return_when="FIRST_COMPLETED"
-                    )
-                    for future in finished:
-                        del running[future]
-                        future.result()  # re-raises AccessDeniedError
-            finally:
-                stop.set()
-                for future in running:
-                    future.cancel()
+        """Process changes as they come due until ``stop`` is set (:meth:`JournalWorker.run`)."""
+        self.worker.run(stop)

@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from replicator._errors import AccessDeniedError, CredentialsError, ReplicatorError
-from replicator._ops import Conflict, ScheduleAt, describe
-from replicator._records import ObjectNamed
-from replicator._state import KINDS, ObjectKey
+from replicator.core._ops import Conflict, ScheduleAt, describe
+from replicator.core._records import ObjectNamed
+from replicator.core._state import KINDS, ObjectKey
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from replicator._engine import Engine
-    from replicator._ops import Plan
-    from replicator._state import Kind
+    from replicator.core._ops import Plan
+    from replicator.core._state import Kind
+    from replicator.runtime._engine import Engine
 
 __all__ = ["Difference", "ReconcileReport", "reconcile"]
 

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from replicator._state import KINDS, ObjectKey
+from replicator.core._state import CERTIFICATE_ID, KINDS, ObjectKey
 
 __all__ = [
     "ORIGIN_TOKEN_PREFIX",
@@ -60,7 +60,6 @@ _OPERATIONS: Final = frozenset({"CREATED", "UPDATED", "DELETED"})
 _LINKS: Final = frozenset({"ADDED", "REMOVED"})
 _NAME = re.compile(r"^[a-zA-Z0-9:_\-.]{1,128}$")
 _SHADOW_NAME = re.compile(r"^[$a-zA-Z0-9:_\-]{1,64}$")
-_CERT_ID = re.compile(r"^[0-9a-f]{64}$")
 _IGNORED_EVENT_KINDS: Final = frozenset({"presence", "subscriptions", "job", "jobExecution"})
 
 
@@ -247,7 +246,7 @@ def _excerpt(payload: bytes | str) -> str:
 
 
 def _name(value: object, what: str, pattern: re.Pattern[str] = _NAME) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise _Malformed(f"{what} {value!r} is not a valid name")
     return value
 
@@ -363,8 +362,8 @@ def _registry_event(topic: str, payload: bytes | str, region: str) -> ParseResul
         case ["certificates", "registered", ca_id]:
             doc = _json_object(payload)
             return CertificateChanged(
-                certificate_id=_name(doc.get("certificateId"), "certificateId", _CERT_ID),
-                ca_certificate_id=_name(ca_id, "CA certificate id", _CERT_ID),
+                certificate_id=_name(doc.get("certificateId"), "certificateId", CERTIFICATE_ID),
+                ca_certificate_id=_name(ca_id, "CA certificate id", CERTIFICATE_ID),
                 operation="CREATED",
                 **_common(doc, region),
             )
@@ -427,7 +426,7 @@ def _explicit(payload: bytes | str, region: str) -> ParseResult:
         key = ObjectKey(kind, str(name), None if shadow is None else str(shadow))
     except ValueError as exc:
         raise _Malformed(str(exc)) from None
-    _name(key.name, kind, _CERT_ID if kind == "certificate" else _NAME)
+    _name(key.name, kind, CERTIFICATE_ID if kind == "certificate" else _NAME)
     return ObjectNamed(key=key, **_common(doc, region))
 
 

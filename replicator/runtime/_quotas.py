@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
+from replicator._errors import ConfigError
+
 if TYPE_CHECKING:
     import random
     from collections.abc import Mapping
@@ -121,9 +123,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+            raise ConfigError("max_attempts must be at least 1")
         if not 0 < self.base_s <= self.cap_s:
-            raise ValueError("backoff needs 0 < base_s <= cap_s")
+            raise ConfigError("backoff needs 0 < base_s <= cap_s")
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """The wait after failed attempt number ``attempt`` (0-based): full jitter."""
@@ -154,11 +156,11 @@ class QuotaConfig:
     def __post_init__(self) -> None:
         for name, rate in {**self.rates, "default": self.default}.items():
             if isinstance(rate, bool) or not isinstance(rate, int | float):
-                raise ValueError(f"quota {name!r}: {rate!r} is not a number")  # noqa: TRY004
+                raise ConfigError(f"quota {name!r}: {rate!r} is not a number")
             if not math.isfinite(rate) or rate <= 0:
-                raise ValueError(f"quota {name!r}: {rate!r} must be a positive number per second")
+                raise ConfigError(f"quota {name!r}: {rate!r} must be a positive number per second")
         if not 0 < self.utilization <= 1 or not 0 < self.floor_fraction <= 1:
-            raise ValueError("utilization and floor_fraction must be in (0, 1]")
+            raise ConfigError("utilization and floor_fraction must be in (0, 1]")
 
     @classmethod
     def with_overrides(cls, overrides: Mapping[str, float] | None = None) -> QuotaConfig:

@@ -1,7 +1,7 @@
 """The replicator's Prometheus metrics, in a registry of its own.
 
 Two sources. The engine's observer hook feeds :meth:`ReplicatorMetrics.observe`
-one :class:`~replicator._engine.Outcome` per processed change: the lag
+one :class:`~replicator.runtime._engine.Outcome` per processed change: the lag
 histogram and the outcome and write counters. Everything else is read when
 Prometheus scrapes (:meth:`ReplicatorMetrics.watch` says from where): the
 journal's queue depth, the feed's counters, the quota buckets' throttles, the
@@ -30,17 +30,17 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 
 from replicator._errors import ReplicatorError
-from replicator._state import KINDS
+from replicator.core._state import KINDS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from prometheus_client.metrics_core import Metric
 
-    from replicator._engine import Outcome
-    from replicator._health import FeedView, ServiceHealth
-    from replicator._journal import Journal
-    from replicator._quotas import QuotaLimiter
+    from replicator.runtime._health import FeedView, ServiceHealth
+    from replicator.runtime._journal import Journal
+    from replicator.runtime._quotas import QuotaLimiter
+    from replicator.runtime._worker import Outcome
 
 __all__ = ["CONTENT_TYPE", "LAG_BUCKETS_S", "RESULTS", "ReplicatorMetrics"]
 
@@ -57,7 +57,13 @@ LAG_BUCKETS_S: Final = (
 RESULTS: Final = (
     "done", "scheduled", "deferred", "retry", "throttled", "unavailable", "denied", "dead",
 )  # fmt: skip
-"""The engine's outcomes of one processed change (see :class:`~replicator._engine.Outcome`)."""
+"""The engine's outcomes of one change (:class:`~replicator.runtime._worker.Outcome`)."""
+
+JITR_RESULTS: Final = (
+    "activated", "left_alone", "refused", "mirrored", "gone",
+    "retry", "throttled", "unavailable", "denied", "dead",
+)  # fmt: skip
+"""The JITR handler's outcomes of one certificate (``iotdr_jitr_changes_total``)."""
 
 _FEED_OUTCOMES: Final = (
     ("received", "received"),
@@ -82,14 +88,24 @@ class ReplicatorMetrics:
             "forward": _Observed("iotdr_replicator", "", self.registry),
             "failback": _Observed("iotdr_replicator_failback", "failback: ", self.registry),
         }
+        self._jitr: _Observed | None = None
         self._scraped = _ScrapedCollector()
         self.registry.register(self._scraped)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ReplicatorMetrics(watching={self._scraped.watching})"
 
     def observe(self, outcome: Outcome) -> None:
         """Count one processed change: the engines' observer (quick, never raises)."""
+        if outcome.direction == "jitr":
+            with self._lock:
+                if self._jitr is None:  # only a JITR service has these series
+                    self._jitr = _Observed(
+                        "iotdr_jitr", "jitr: ", self.registry, ("certificate",), JITR_RESULTS
+                    )
+            self._jitr.observe(outcome)
+            return
         self._observed.get(outcome.direction, self._observed["forward"]).observe(outcome)
 
     def watch(
@@ -120,10 +136,18 @@ class ReplicatorMetrics:
 class _Observed:
     """One direction's observed metrics: lag, outcomes, writes.
 
-    The failback engine of ``--failback auto`` has its own, ``iotdr_replicator_failback_*``.
+    The failback engine of ``--failback auto`` has its own, ``iotdr_replicator_failback_*``;
+    the JITR handler's are ``iotdr_jitr_*``.
     """
 
-    def __init__(self, prefix: str, label: str, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        label: str,
+        registry: CollectorRegistry,
+        kinds: tuple[str, ...] = KINDS,
+        results: tuple[str, ...] = RESULTS,
+    ) -> None:
         self._lag = Histogram(
             f"{prefix}_lag_seconds",
             f"{label}From a change's acceptance into the journal to its application in the target.",
@@ -143,9 +167,9 @@ class _Observed:
             ["api"],
             registry=registry,
         )
-        for kind in KINDS:
+        for kind in kinds:
             self._lag.labels(kind)
-            for result in RESULTS:
+            for result in results:
                 self._changes.labels(kind, result)
 
     def observe(self, outcome: Outcome) -> None:

@@ -13,16 +13,16 @@ value removes a key, as AWS documents), a type is set or removed only when it
 differs, principals and groups are attached or detached by set difference.
 AWS rules that cannot be met now are scheduled rather than waited for: a
 thing type is deleted only five minutes after its deprecation, so the plan
-deprecates it and returns a :class:`~replicator._ops.ScheduleAt`. What AWS
+deprecates it and returns a :class:`~replicator.core._ops.ScheduleAt`. What AWS
 cannot change (a thing type's description, a group's parent) is reported as a
-:class:`~replicator._ops.Conflict` or done by delete-and-create.
+:class:`~replicator.core._ops.Conflict` or done by delete-and-create.
 """
 
 from __future__ import annotations
 
 from typing import Final, Literal
 
-from replicator._ops import (
+from replicator.core._ops import (
     AddThingToThingGroup,
     AttachThingPrincipal,
     Conflict,
@@ -41,7 +41,7 @@ from replicator._ops import (
     UpdateThing,
     UpdateThingGroup,
 )
-from replicator._state import ObjectKey, ThingGroupState, ThingState, ThingTypeState
+from replicator.core._state import ObjectKey, ThingGroupState, ThingState, ThingTypeState
 
 __all__ = [
     "THING_TYPE_DELETE_AFTER_S",

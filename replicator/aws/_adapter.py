@@ -3,7 +3,7 @@
 Clients are built here and nowhere else (:func:`build_region`), one pair per
 region, with botocore's own retries off: every call goes through the quota
 bucket, the retry policy and the error translation of
-:class:`~replicator._aws_calls.RegionCalls`. ``endpoint_url`` points both
+:class:`~replicator.aws._calls.RegionCalls`. ``endpoint_url`` points both
 clients at a local region or any AWS-compatible endpoint;
 ``data_endpoint_url`` overrides it for iot-data. Reads are here; writes are
 in ``_aws_writes.py``.
@@ -19,7 +19,8 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from replicator._aws_calls import (
+from replicator._errors import ConfigError, NotFoundError
+from replicator.aws._calls import (
     BY_MARKER,
     CREDENTIALS_ERRORS,
     RegionCalls,
@@ -27,10 +28,9 @@ from replicator._aws_calls import (
     translate_client_error,
     translate_credentials_error,
 )
-from replicator._aws_writes import execute
-from replicator._errors import ConfigError, NotFoundError
-from replicator._quotas import Clock, QuotaLimiter, RetryPolicy, SystemClock
-from replicator._state import (
+from replicator.aws._writes import execute
+from replicator.core._jitr_plan import CaCertificate
+from replicator.core._state import (
     CertificateState,
     PolicyState,
     PolicyVersion,
@@ -39,12 +39,13 @@ from replicator._state import (
     ThingState,
     ThingTypeState,
 )
+from replicator.runtime._quotas import Clock, QuotaLimiter, RetryPolicy, SystemClock
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from replicator._ops import Op
-    from replicator._state import Kind
+    from replicator.core._ops import Op
+    from replicator.core._state import Kind
 
 __all__ = ["Boto3Region", "RegionConfig", "build_region", "translate_client_error"]
 
@@ -142,7 +143,7 @@ def _leaf_timestamps(meta: Any) -> Iterator[float]:
 
 
 class Boto3Region(RegionCalls):
-    """:class:`~replicator._region.RegionApi` over boto3 for one region."""
+    """:class:`~replicator.core._region.RegionApi` over boto3 for one region."""
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -385,3 +386,47 @@ class Boto3Region(RegionCalls):
     def execute(self, op: Op) -> int | None:
         """Carry out one write (see ``_aws_writes.py``)."""
         return execute(self, op)
+
+    # -- the CA reads of the JITR handler ----------------------------------------------------
+
+    def certificate_status(self, certificate_id: str) -> str | None:
+        """DescribeCertificate alone (all the primary's policy needs to allow)."""
+        found = self.read(
+            "DescribeCertificate", self.iot.describe_certificate, certificateId=certificate_id
+        )
+        return None if found is None else str(found["certificateDescription"]["status"])
+
+    def read_ca_certificate(self, ca_certificate_id: str) -> CaCertificate | None:
+        """DescribeCACertificate."""
+        found = self.read(
+            "DescribeCACertificate",
+            self.iot.describe_ca_certificate,
+            certificateId=ca_certificate_id,
+        )
+        return None if found is None else _ca(found["certificateDescription"])
+
+    def list_ca_certificates(self) -> Iterator[CaCertificate]:
+        """ListCACertificates."""
+        for item in self.pages(
+            "ListCACertificates", self.iot.list_ca_certificates, "certificates", paging=BY_MARKER
+        ):
+            yield _ca(item)
+
+    def list_certificates_by_ca(self, ca_certificate_id: str) -> Iterator[tuple[str, str]]:
+        """ListCertificatesByCA."""
+        for item in self.pages(
+            "ListCertificatesByCA",
+            self.iot.list_certificates_by_ca,
+            "certificates",
+            paging=BY_MARKER,
+            caCertificateId=ca_certificate_id,
+        ):
+            yield str(item["certificateId"]), str(item.get("status"))
+
+
+def _ca(item: dict[str, Any]) -> CaCertificate:
+    return CaCertificate(
+        str(item["certificateId"]),
+        str(item.get("status")),
+        item.get("autoRegistrationStatus") == "ENABLE",
+    )

@@ -14,7 +14,7 @@ queue with backoff, as any change does.
 
 The two engines never apply the same object at once, and the failback engine
 leaves an object alone while the forward direction has a change of it pending
-(:meth:`~replicator._engine.Engine.pair_with`): the forward change goes first,
+(:meth:`~replicator.runtime._engine.Engine.pair_with`): the forward change goes first,
 and the echo of its writes in the secondary is then seen as nothing new.
 
 What events cannot cover (the secondary's broker dropped a message, the
@@ -47,13 +47,14 @@ from replicator._errors import (
     ReplicatorError,
     RetryableError,
 )
-from replicator._reconcile import reconcile
-from replicator._records import ObjectNamed
+from replicator.core._records import ObjectNamed
+from replicator.runtime._reconcile import reconcile
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from replicator._engine import Engine, Outcome
+    from replicator.runtime._engine import Engine
+    from replicator.runtime._worker import Outcome
 
 __all__ = ["AutoFailback", "OutageWatch"]
 

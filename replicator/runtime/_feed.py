@@ -38,7 +38,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from replicator._errors import ConfigError, ReplicatorError
-from replicator._records import DeadLetter, Ignored, parse_message, parse_sqs_body
+from replicator.core._records import DeadLetter, Ignored, parse_message, parse_sqs_body
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from paho.mqtt.reasoncodes import ReasonCode
 
-    from replicator._journal import Journal
+    from replicator.runtime._journal import Journal
 
 __all__ = [
     "FEED_TOPICS",

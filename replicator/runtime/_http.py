@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 from replicator._errors import ConfigError
-from replicator._metrics import CONTENT_TYPE
+from replicator.runtime._metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from replicator._health import ServiceHealth, Verdict
-    from replicator._metrics import ReplicatorMetrics
+    from replicator.runtime._health import ServiceHealth, Verdict
+    from replicator.runtime._metrics import ReplicatorMetrics
 
 __all__ = ["OpsServer", "parse_listen"]
 

@@ -1,7 +1,7 @@
-"""The port to one region's AWS IoT APIs: what the engine and reconcile need, nothing more.
+"""The port to one region's AWS IoT APIs: what the engine, reconcile and JITR need, nothing more.
 
-Two implementations: :class:`~replicator._aws.Boto3Region` (AWS, moto, the
-local regions) and :class:`~replicator._memory.InMemoryRegion` (tests, and a
+Two implementations: :class:`~replicator.aws._adapter.Boto3Region` (AWS, moto, the
+local regions) and :class:`~replicator.testing.InMemoryRegion` (tests, and a
 model of AWS's rules that the planner's property tests run against).
 
 Errors are the replicator's own (``_errors.py``): an implementation translates
@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from replicator._ops import Op
-    from replicator._state import (
+    from replicator.core._jitr_plan import CaCertificate
+    from replicator.core._ops import Op
+    from replicator.core._state import (
         CertificateState,
         Kind,
         PolicyState,
@@ -77,4 +78,20 @@ class RegionApi(Protocol):
 
     def execute(self, op: Op) -> int | None:
         """Carry out one write; an ``UpdateThingShadow`` returns the shadow's new version."""
+        ...
+
+    def certificate_status(self, certificate_id: str) -> str | None:
+        """The certificate's status alone (DescribeCertificate: all a primary must allow JITR)."""
+        ...
+
+    def read_ca_certificate(self, ca_certificate_id: str) -> CaCertificate | None:
+        """The CA certificate registered in the region."""
+        ...
+
+    def list_ca_certificates(self) -> Iterator[CaCertificate]:
+        """Every CA certificate registered in the region."""
+        ...
+
+    def list_certificates_by_ca(self, ca_certificate_id: str) -> Iterator[tuple[str, str]]:
+        """(certificate id, status) of every certificate registered with the CA."""
         ...

@@ -11,7 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from replicator._errors import InvalidRequestError
-from replicator._ops import (
+from replicator.core._ops import (
     AddThingToThingGroup,
     AttachPolicy,
     AttachThingPrincipal,
@@ -40,8 +40,8 @@ from replicator._ops import (
 )
 
 if TYPE_CHECKING:
-    from replicator._aws_calls import RegionCalls
-    from replicator._ops import Op
+    from replicator.aws._calls import RegionCalls
+    from replicator.core._ops import Op
 
 __all__ = ["execute"]
 

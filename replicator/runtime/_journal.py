@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from replicator._errors import JournalError
-from replicator._records import DeadLetter, Record, record_from_json, record_to_json
-from replicator._state import ObjectKey
+from replicator.core._records import DeadLetter, Record, record_from_json, record_to_json
+from replicator.core._state import ObjectKey
+from replicator.runtime._sync_points import SyncPoints
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
-    from types import TracebackType
 
 __all__ = ["Claim", "DeadLetterRow", "Journal", "JournalCounts", "RowState"]
 
@@ -150,7 +150,7 @@ class JournalCounts:
     oldest_pending_s: float
 
 
-class Journal:
+class Journal(SyncPoints):
     """The replicator's SQLite journal.
 
     Args:
@@ -317,108 +317,64 @@ class Journal:
             )
         return claims[:limit]
 
+    def _finish(self, claim: Claim, sql: str, *, now: float, **values: object) -> bool:
+        """Update the claimed row (``:key``, ``:generation``, ``:now`` and ``values``)."""
+        params = {"now": now, "key": str(claim.key), "generation": claim.generation, **values}
+        return bool(self._write(sql, params))
+
     def done(self, claim: Claim, *, now: float) -> bool:
         """Mark the change done, unless a newer trigger arrived meanwhile (then False)."""
-        return bool(
-            self._write(
-                "UPDATE {q} SET state = 'done', attempts = 0, reason = NULL, updated_at = :now"
-                " WHERE key = :key AND generation = :generation",
-                {"now": now, "key": str(claim.key), "generation": claim.generation},
-            )
+        return self._finish(
+            claim,
+            "UPDATE {q} SET state = 'done', attempts = 0, reason = NULL, updated_at = :now"
+            " WHERE key = :key AND generation = :generation",
+            now=now,
         )
 
     def retry(self, claim: Claim, *, now: float, not_before: float, reason: str) -> None:
         """Count a failed attempt; try again no earlier than ``not_before``."""
-        self._write(
+        self._finish(
+            claim,
             "UPDATE {q} SET attempts = attempts + 1, reason = :reason, updated_at = :now,"
             " not_before = CASE WHEN generation = :generation THEN :not_before"
             " ELSE MIN(not_before, :not_before) END WHERE key = :key",
-            {
-                "now": now,
-                "key": str(claim.key),
-                "generation": claim.generation,
-                "not_before": not_before,
-                "reason": reason,
-            },
+            now=now,
+            not_before=not_before,
+            reason=reason,
         )
 
     def schedule(self, claim: Claim, *, now: float, not_before: float, reason: str) -> None:
         """Leave the change pending until ``not_before`` (a rule of AWS's, not a failure)."""
-        self._write(
+        self._finish(
+            claim,
             "UPDATE {q} SET attempts = 0, reason = :reason, updated_at = :now,"
             " not_before = :not_before, due_since = :not_before"
             " WHERE key = :key AND generation = :generation",
-            {
-                "now": now,
-                "key": str(claim.key),
-                "generation": claim.generation,
-                "not_before": not_before,
-                "reason": reason,
-            },
+            now=now,
+            not_before=not_before,
+            reason=reason,
         )
 
     def defer(self, claim: Claim, *, now: float, not_before: float, reason: str) -> None:
         """Try the change again at ``not_before``, not counting an attempt nor resetting them."""
-        self._write(
+        self._finish(
+            claim,
             "UPDATE {q} SET reason = :reason, updated_at = :now, not_before = :not_before"
             " WHERE key = :key AND generation = :generation",
-            {
-                "now": now,
-                "key": str(claim.key),
-                "generation": claim.generation,
-                "not_before": not_before,
-                "reason": reason,
-            },
+            now=now,
+            not_before=not_before,
+            reason=reason,
         )
 
     def dead(self, claim: Claim, *, now: float, reason: str) -> bool:
         """Give up on the change, keeping the reason (unless a newer trigger arrived)."""
-        return bool(
-            self._write(
-                "UPDATE {q} SET state = 'dead', attempts = attempts + 1, reason = :reason,"
-                " updated_at = :now WHERE key = :key AND generation = :generation",
-                {
-                    "now": now,
-                    "key": str(claim.key),
-                    "generation": claim.generation,
-                    "reason": reason,
-                },
-            )
+        return self._finish(
+            claim,
+            "UPDATE {q} SET state = 'dead', attempts = attempts + 1, reason = :reason,"
+            " updated_at = :now WHERE key = :key AND generation = :generation",
+            now=now,
+            reason=reason,
         )
-
-    # -- shadow sync points -----------------------------------------------------------------
-
-    def shadow_sync(self, key: ObjectKey) -> tuple[str, int, str, int] | None:
-        """The last sync point of a shadow: (source region, version, target region, version)."""
-        rows = self._read(
-            "SELECT source_region, source_version, target_region, target_version"
-            " FROM shadow_sync WHERE key = ?",
-            (str(key),),
-        )
-        if not rows:
-            return None
-        a, av, b, bv = rows[0]
-        return str(a), int(av), str(b), int(bv)
-
-    def set_shadow_sync(
-        self, key: ObjectKey, *, source: tuple[str, int], target: tuple[str, int], now: float
-    ) -> None:
-        """Record that the two regions held the same content at these versions."""
-        self._write(
-            "INSERT OR REPLACE INTO shadow_sync VALUES (:key, :sr, :sv, :tr, :tv, :now)",
-            {
-                "key": str(key),
-                "sr": source[0],
-                "sv": source[1],
-                "tr": target[0],
-                "tv": target[1],
-                "now": now,
-            },
-        )
-
-    def forget_shadow_sync(self, key: ObjectKey) -> None:
-        """Drop a shadow's sync point (the shadow is gone from both regions)."""
-        self._write("DELETE FROM shadow_sync WHERE key = :key", {"key": str(key)})
 
     def wake(self, *, now: float) -> int:
         """Make pending changes waiting out a retry backoff due now (a region came back)."""
@@ -464,28 +420,6 @@ class Journal:
                 "INSERT OR REPLACE INTO meta VALUES (:name, :value, :now)",
                 {"name": name, "value": value, "now": now},
             )
-
-    # -- registry sync points ---------------------------------------------------------------
-
-    def object_sync(self, key: ObjectKey, regions: tuple[str, str]) -> str | None:
-        """The fingerprint both ``regions`` (either order) held when last in sync, or None."""
-        rows = self._read(
-            "SELECT fingerprint FROM object_sync WHERE key = ? AND regions = ?",
-            (str(key), _pair(regions)),
-        )
-        return str(rows[0][0]) if rows else None
-
-    def set_object_sync(
-        self, key: ObjectKey, regions: tuple[str, str], fingerprint: str | None, *, now: float
-    ) -> None:
-        """Record the fingerprint both regions hold; None: the object is in neither."""
-        if fingerprint is None:
-            self._write("DELETE FROM object_sync WHERE key = :key", {"key": str(key)})
-            return
-        self._write(
-            "INSERT OR REPLACE INTO object_sync VALUES (:key, :regions, :fingerprint, :now)",
-            {"key": str(key), "regions": _pair(regions), "fingerprint": fingerprint, "now": now},
-        )
 
     # -- reporting --------------------------------------------------------------------------
 
@@ -548,14 +482,5 @@ class Journal:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _pair(regions: tuple[str, str]) -> str:
-    return " ".join(sorted(regions))

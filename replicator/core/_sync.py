@@ -42,10 +42,10 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Final, Literal
 
-from replicator._arns import ArnScope, rewrite_policy_document, scope_of_arn
-from replicator._ops import Conflict, Plan
-from replicator._plan_security import target_status
-from replicator._state import (
+from replicator.core._arns import ArnScope, rewrite_policy_document, scope_of_arn
+from replicator.core._ops import Conflict, Plan
+from replicator.core._plan_security import target_status
+from replicator.core._state import (
     CertificateState,
     PolicyState,
     ThingGroupState,
@@ -55,8 +55,8 @@ from replicator._state import (
 )
 
 if TYPE_CHECKING:
-    from replicator._plan import Mode
-    from replicator._state import ObjectKey
+    from replicator.core._plan import Mode
+    from replicator.core._state import ObjectKey
 
 __all__ = [
     "FORWARD_PENDING",

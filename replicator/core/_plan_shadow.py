@@ -39,8 +39,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from replicator._ops import Conflict, DeleteThingShadow, Op, Plan, UpdateThingShadow
-from replicator._state import JsonObject, ObjectKey, ShadowState, canonical_json
+from replicator.core._ops import Conflict, DeleteThingShadow, Op, Plan, UpdateThingShadow
+from replicator.core._state import JsonObject, ObjectKey, ShadowState, canonical_json
 
 __all__ = ["ShadowSync", "plan_shadow", "state_patch"]
 

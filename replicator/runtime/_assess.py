@@ -9,7 +9,7 @@ in when it was read already: the engine plans again after writing an object's
 requirements, and the source has not changed for that.
 
 In the failback direction every registry plan goes through
-:func:`~replicator._sync.failback_guard` with the object's sync point, and
+:func:`~replicator.core._sync.failback_guard` with the object's sync point, and
 shadows are planned with ``failback=True``: only what changed in the secondary
 is copied back.
 """
@@ -19,13 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from replicator._arns import ArnScope, scope_of_arn
-from replicator._ops import Plan
-from replicator._plan import plan_thing, plan_thing_group, plan_thing_type
-from replicator._plan_security import plan_certificate, plan_policy
-from replicator._plan_shadow import plan_shadow
-from replicator._records import origin_token
-from replicator._state import (
+from replicator.core._arns import ArnScope, scope_of_arn
+from replicator.core._ops import Plan
+from replicator.core._plan import plan_thing, plan_thing_group, plan_thing_type
+from replicator.core._plan_security import plan_certificate, plan_policy
+from replicator.core._plan_shadow import ShadowSync, plan_shadow
+from replicator.core._records import origin_token
+from replicator.core._state import (
     CertificateState,
     PolicyState,
     ShadowState,
@@ -33,16 +33,16 @@ from replicator._state import (
     ThingState,
     ThingTypeState,
 )
-from replicator._sync import failback_guard, fingerprint, forward_guard
+from replicator.core._sync import failback_guard, fingerprint, forward_guard
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from replicator._plan import Mode
-    from replicator._plan_shadow import ShadowSync
-    from replicator._region import RegionApi
-    from replicator._state import ObjectKey
-    from replicator._sync import Direction
+    from replicator.core._plan import Mode
+    from replicator.core._region import RegionApi
+    from replicator.core._state import ObjectKey
+    from replicator.core._sync import Direction
+    from replicator.runtime._journal import Journal
 
 __all__ = ["UNREAD", "Assessment", "Assessor"]
 
@@ -71,6 +71,7 @@ class Assessor:
     Args:
         source: the region copied from.
         target: the region copied to.
+        journal: the sync points (see ``_sync_points.py``).
         mode: ``complete`` or ``jitr``.
         wall: epoch seconds, for thing type deletion schedules.
         delete_after_s: AWS's wait between deprecating and deleting a type.
@@ -85,6 +86,7 @@ class Assessor:
         self,
         source: RegionApi,
         target: RegionApi,
+        journal: Journal,
         *,
         mode: Mode,
         wall: Callable[[], float],
@@ -94,6 +96,7 @@ class Assessor:
     ) -> None:
         self.source = source
         self.target = target
+        self.journal = journal
         self.mode: Mode = mode
         self.direction: Direction = direction
         self.keep_target_changes = keep_target_changes
@@ -124,22 +127,25 @@ class Assessor:
         self,
         key: ObjectKey,
         *,
-        sync: ShadowSync | None,
+        sync: ShadowSync | None = None,
         source_state: object = UNREAD,
-        synced: str | None = None,
         required: bool = False,
     ) -> Assessment:
         """Read ``key`` (the source only if ``source_state`` is :data:`UNREAD`) and plan it.
 
         Args:
             key: the object.
-            sync: a shadow's sync point.
-            source_state: the source's state when already read.
-            synced: a registry object's sync point (its fingerprint), for failback.
-            required: planned as another object's requirement (see ``_sync.py``).
+            sync: a shadow's sync point; None reads it from the journal.
+            source_state: the source's state when already read (writes to the
+                target do not change it).
+            required: planned as another object's requirement (failback then
+                copies a type, group or policy that exists only in the source).
         """
-        found = self._assess(key, sync=sync, source_state=source_state)
-        if key.kind == "shadow" or (self.direction == "forward" and not self.keep_target_changes):
+        if key.kind == "shadow":
+            return self._assess(key, sync=sync or self._shadow_sync(key), source_state=source_state)
+        synced = self.journal.object_sync(key, (self.source.region, self.target.region))
+        found = self._assess(key, sync=None, source_state=source_state)
+        if self.direction == "forward" and not self.keep_target_changes:
             return found
         if self.direction == "failback" and _never_failed_back(found, synced):
             return Assessment(Plan(key), found.source, found.target)
@@ -158,6 +164,18 @@ class Assessor:
                 found.plan, source=source, target=target, synced=synced, keep_new=own
             )
         return Assessment(plan, found.source, found.target)
+
+    def _shadow_sync(self, key: ObjectKey) -> ShadowSync | None:
+        """The shadow's sync point in the journal, in this direction's order."""
+        found = self.journal.shadow_sync(key)
+        if found is None:
+            return None
+        first, first_version, second, second_version = found
+        if (first, second) == (self.source.region, self.target.region):
+            return ShadowSync(first_version, second_version)
+        if (first, second) == (self.target.region, self.source.region):
+            return ShadowSync(second_version, first_version)
+        return None
 
     def _assess(
         self, key: ObjectKey, *, sync: ShadowSync | None, source_state: object

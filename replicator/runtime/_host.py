@@ -1,0 +1,373 @@
+"""The service host: feeds, journal workers and the HTTP endpoints until SIGTERM or SIGINT.
+
+One host for ``iotdr replicator run`` (the engine, and with ``--failback
+auto`` the failback engine) and ``iotdr replicator jitr`` (the JITR handler).
+Each feed's paho thread journals changes; the main worker runs in the calling
+thread, any others in threads of their own; a daemon thread serves
+``/healthz``, ``/readyz`` and ``/metrics`` (``_http.py``). A signal sets the
+stop event: readiness turns 503, the workers finish what they are applying,
+the feeds disconnect (their persistent sessions keep what arrives meanwhile),
+the HTTP server stops, and the journal keeps everything not yet applied for
+the next start. A feed whose journal failed, or AccessDenied in a worker,
+stops the service with the error, so that a supervisor restarts it or an
+operator sees the line.
+
+Lifecycle lines (``<name>.started``, ``<name>.stats``, ``<name>.stopped``, the
+name being ``replicator`` or ``jitr``) go both to ``report`` (the command's
+stdout with ``--json``) and to the log with their fields as ``extra=``
+(JSON lines under ``iotdr --log-json``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from replicator.runtime._feed import MqttFeed
+from replicator.runtime._health import ServiceHealth
+from replicator.runtime._http import OpsServer
+from replicator.runtime._metrics import ReplicatorMetrics
+from replicator.runtime._quotas import QuotaLimiter
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from replicator.runtime._engine import Engine
+    from replicator.runtime._failback import AutoFailback
+    from replicator.runtime._feed import FeedConfig
+    from replicator.runtime._jitr import JitrHandler
+    from replicator.runtime._journal import Journal
+    from replicator.runtime._worker import Outcome
+
+__all__ = ["Hosted", "ServiceHost", "ServiceOps", "run_jitr_service", "run_service"]
+
+logger = logging.getLogger(__name__)
+
+_WATCH_S = 1.0
+
+
+class ServiceOps:
+    """The service's metrics and health; :meth:`observe` is the workers' observer.
+
+    Args:
+        unavailable_after: ``unavailable`` outcomes in a row after which the
+            service is not ready (a region is unreachable).
+    """
+
+    def __init__(self, *, unavailable_after: int = 3) -> None:
+        self.metrics = ReplicatorMetrics()
+        self.health = ServiceHealth(unavailable_after=unavailable_after)
+
+    def __repr__(self) -> str:
+        return f"ServiceOps({self.health!r})"
+
+    def observe(self, outcome: Outcome) -> None:
+        """Count one processed change (from the workers' threads; never raises)."""
+        self.metrics.observe(outcome)
+        self.health.observe(outcome)
+
+
+@dataclass(slots=True)
+class Hosted:
+    """A loop the host runs with its feed: ``run(stop)`` until ``stop`` is set.
+
+    Attributes:
+        name: its thread's name.
+        run: the loop; it raises what stops the service.
+        feed: the feed that journals its changes, if any.
+        failed: what stopped it (set by the host).
+    """
+
+    name: str
+    run: Callable[[threading.Event], None]
+    feed: MqttFeed | None = None
+    failed: BaseException | None = None
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self, stop: threading.Event) -> None:
+        """Start the feed, and the loop in a thread of its own."""
+        if self.feed is not None:
+            self.feed.start()
+        self._thread = threading.Thread(target=self._guarded, args=(stop,), name=self.name)
+        self._thread.start()
+
+    def _guarded(self, stop: threading.Event) -> None:
+        try:
+            self.run(stop)
+        except BaseException as exc:  # noqa: BLE001 - kept on .failed, raised by the host
+            self.failed = exc
+            stop.set()
+
+    def stop(self) -> None:
+        """Stop the feed and wait for the loop (``stop`` is set)."""
+        if self.feed is not None:
+            self.feed.stop()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The feed's failure, or the loop's."""
+        feed_failed = self.feed.failed if self.feed is not None else None
+        return feed_failed or self.failed
+
+
+@dataclass(slots=True, kw_only=True)
+class ServiceHost:
+    """Runs a main loop and others with their feeds, the endpoints and the lifecycle lines.
+
+    Attributes:
+        name: the lifecycle lines' prefix (``replicator``, ``jitr``).
+        main: the main loop, run in the calling thread.
+        journal: the main loop's journal (readiness, metrics).
+        now: the journals' clock.
+        report: called with one JSON-ready line per lifecycle event.
+        started: the ``<name>.started`` line's fields.
+        status: the ``<name>.stats`` and ``<name>.stopped`` lines' fields.
+        others: loops run beside it (automatic failback).
+        stop: set it to stop; by default SIGTERM and SIGINT set it.
+        stats_interval_s: how often to report ``<name>.stats``.
+        listen: where to serve ``/healthz``, ``/readyz`` and ``/metrics``; None: nowhere.
+        ops: the metrics and health the workers report to.
+        limiter: the quota buckets (their throttles are metrics).
+        failback_journal: automatic failback's journal queue (its metrics).
+    """
+
+    name: str
+    main: Hosted
+    journal: Journal
+    now: Callable[[], float]
+    report: Callable[[dict[str, Any]], None]
+    started: dict[str, Any]
+    status: Callable[[], dict[str, Any]]
+    others: list[Hosted] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    stats_interval_s: float = 60.0
+    listen: tuple[str, int] | None = None
+    ops: ServiceOps = field(default_factory=ServiceOps)
+    limiter: QuotaLimiter | None = None
+    failback_journal: Journal | None = None
+
+    def __repr__(self) -> str:
+        return f"ServiceHost({self.name!r}, stopping={self.stop.is_set()}, {self.ops!r})"
+
+    def run(self) -> None:
+        """Run everything until ``stop`` is set or a signal arrives.
+
+        Raises:
+            ConfigError: the ``listen`` address cannot be bound.
+            ReplicatorError: a feed's journal failed, or a permission is missing.
+        """
+        stop, ops, main = self.stop, self.ops, self.main
+        server = None
+        if self.listen:
+            server = OpsServer(*self.listen, health=ops.health, metrics=ops.metrics)
+        previous = _install_signals(stop)
+        ops.health.watch(journal_probe=lambda: self.journal.counts(self.now()), feed=main.feed)
+        ops.metrics.watch(
+            journal=self.journal,
+            now=self.now,
+            feed=main.feed,
+            limiter=self.limiter,
+            health=ops.health,
+            failback_journal=self.failback_journal,
+        )
+        if server is not None:
+            server.start()
+        if main.feed is not None:
+            main.feed.start()
+        for other in self.others:
+            other.start(stop)
+        listen = {"listen": server.url if server is not None else None}
+        self._lifecycle("started", {**self.started, **listen})
+        watcher = threading.Thread(target=self._watch, name=f"{self.name}-watch", daemon=True)
+        watcher.start()
+        ops.health.engine_running()
+        try:
+            main.run(stop)
+        except BaseException as exc:
+            ops.health.engine_stopped(exc)
+            raise
+        finally:
+            stop.set()
+            ops.health.stopping()
+            ops.health.engine_stopped()
+            if main.feed is not None:
+                main.feed.stop()
+            for other in self.others:
+                other.stop()
+            watcher.join()
+            if server is not None:
+                server.stop()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self._lifecycle("stopped", self.status())
+        for hosted in (main, *self.others):
+            if hosted.error is not None:
+                raise hosted.error
+
+    def _watch(self) -> None:
+        """Stop when a feed or another loop failed; report the stats line now and then."""
+        next_stats = time.monotonic() + self.stats_interval_s
+        while not self.stop.wait(_WATCH_S):
+            if any(hosted.error is not None for hosted in (self.main, *self.others)):
+                self.stop.set()
+            if time.monotonic() >= next_stats:
+                next_stats += self.stats_interval_s
+                self._lifecycle("stats", self.status())
+        self.ops.health.stopping()  # at once, while the workers finish what they apply
+
+    def _lifecycle(self, event: str, fields: dict[str, Any]) -> None:
+        """One lifecycle line: to ``report`` and to the log (fields as ``extra=``)."""
+        name = f"{self.name}.{event}"
+        logger.info(name, extra=fields)
+        self.report({"event": name, **fields})
+
+
+def _install_signals(stop: threading.Event) -> dict[int, Any]:
+    """SIGTERM and SIGINT set ``stop`` (from the main thread only); the previous handlers."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    return previous
+
+
+def run_service(
+    engine: Engine,
+    feed_config: FeedConfig,
+    *,
+    report: Callable[[dict[str, Any]], None],
+    stop: threading.Event | None = None,
+    stats_interval_s: float = 60.0,
+    listen: tuple[str, int] | None = None,
+    ops: ServiceOps | None = None,
+    failback: tuple[AutoFailback, FeedConfig] | None = None,
+) -> None:
+    """``iotdr replicator run``: the feed, the engine and the endpoints (see :class:`ServiceHost`).
+
+    Args:
+        engine: the engine, with its journal (built with ``observer=ops.observe``
+            for the outcome metrics).
+        feed_config: the source region's broker.
+        report: called with one JSON-ready line per lifecycle event.
+        stop: set it to stop; by default SIGTERM and SIGINT set it.
+        stats_interval_s: how often to report a ``replicator.stats`` line.
+        listen: where to serve ``/healthz``, ``/readyz`` and ``/metrics``; None: nowhere.
+        ops: the metrics and health the engine reports to; None: new ones.
+        failback: automatic failback (``_failback.py``) with the secondary's
+            broker: a second feed into the failback engine's journal queue.
+
+    Raises:
+        ConfigError: the ``listen`` address cannot be bound.
+        ReplicatorError: the feed's journal failed, or a permission is missing.
+    """
+    feed = MqttFeed(feed_config, engine.journal)
+    others = []
+    if failback is not None:
+        auto, back_feed = failback
+        others.append(
+            Hosted("replicator-failback", auto.run, MqttFeed(back_feed, auto.failback.journal))
+        )
+    limiter = getattr(engine.target, "limiter", None)  # the boto3 adapter's buckets
+    ServiceHost(
+        name="replicator",
+        main=Hosted("replicator", engine.run, feed),
+        journal=engine.journal,
+        now=engine.now,
+        report=report,
+        started={
+            "source": engine.source.region,
+            "target": engine.target.region,
+            "mode": engine.config.mode,
+            "journal": engine.journal.path,
+            "failback": "auto" if failback is not None else "off",
+        },
+        status=lambda: _engine_status(engine, feed),
+        others=others,
+        stop=stop or threading.Event(),
+        stats_interval_s=stats_interval_s,
+        listen=listen,
+        ops=ops or ServiceOps(),
+        limiter=limiter if isinstance(limiter, QuotaLimiter) else None,
+        failback_journal=failback[0].failback.journal if failback is not None else None,
+    ).run()
+
+
+def run_jitr_service(
+    handler: JitrHandler,
+    feed: MqttFeed | None,
+    *,
+    report: Callable[[dict[str, Any]], None],
+    stop: threading.Event | None = None,
+    listen: tuple[str, int] | None = None,
+    ops: ServiceOps | None = None,
+) -> None:
+    """``iotdr replicator jitr``: the feed (when given), the handler and the endpoints.
+
+    Raises:
+        ConfigError: the ``listen`` address cannot be bound.
+        ReplicatorError: the feed's journal failed, or a permission is missing.
+    """
+    ops = ops or ServiceOps()
+    handler.add_observer(ops.observe)
+    limiter = getattr(handler.region, "limiter", None)
+    ServiceHost(
+        name="jitr",
+        main=Hosted("jitr", handler.run, feed),
+        journal=handler.journal,
+        now=handler.now,
+        report=report,
+        started={
+            "region": handler.region.region,
+            "policy": handler.config.policy_name,
+            "feed": f"{feed.config.host}:{feed.config.port}" if feed is not None else None,
+            "journal": handler.journal.path,
+        },
+        status=lambda: _jitr_status(handler, feed),
+        stop=stop or threading.Event(),
+        listen=listen,
+        ops=ops,
+        limiter=limiter if isinstance(limiter, QuotaLimiter) else None,
+    ).run()
+
+
+def _feed_status(feed: MqttFeed | None) -> dict[str, Any]:
+    if feed is None:
+        return {}
+    counters = feed.counters
+    return {
+        "feed": {name: getattr(counters, name) for name in counters.__dataclass_fields__},
+        "subscribed": feed.subscribed,
+    }
+
+
+def _engine_status(engine: Engine, feed: MqttFeed) -> dict[str, Any]:
+    """The engine's counters, the journal's depth and lag, the feed's counters."""
+    counts = engine.journal.counts(engine.now())
+    return {
+        **engine.stats.as_dict(),
+        "pending": counts.pending,
+        "due": counts.due,
+        "oldest_pending_s": round(counts.oldest_pending_s, 3),
+        "dead": counts.dead,
+        "dead_letters": counts.dead_letters,
+        **_feed_status(feed),
+    }
+
+
+def _jitr_status(handler: JitrHandler, feed: MqttFeed | None) -> dict[str, Any]:
+    """The handler's counters, its queue's depth, the feed's counters."""
+    counts = handler.journal.counts(handler.now())
+    return {
+        **handler.stats.as_dict(),
+        "pending": counts.pending,
+        "due": counts.due,
+        "queued_dead": counts.dead,
+        "oldest_pending_s": round(counts.oldest_pending_s, 3),
+        **_feed_status(feed),
+    }
