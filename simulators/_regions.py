@@ -50,6 +50,7 @@ from simulators.controlplane import (
     THING_TYPE_DELETE_AFTER_S,
     BulkDevice,
     ControlPlaneError,
+    device_policy,
     start_control_plane,
 )
 from simulators.dns import ThreadedDNSServer, default_zone
@@ -74,7 +75,13 @@ if TYPE_CHECKING:
     from simulators._topology import LocalRegion
     from simulators.controlplane import BulkPolicy, BulkResult, ControlPlane, OutageMode
 
-__all__ = ["LocalRegions", "RegionPorts", "read_regions_file", "register_device"]
+__all__ = [
+    "LocalRegions",
+    "RegionPorts",
+    "attach_device_policy",
+    "read_regions_file",
+    "register_device",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -385,7 +392,8 @@ class LocalRegions:
 
         In each region every device's certificate is registered ACTIVE, a thing
         of the device's name is created and the certificate attached to it (and
-        ``policy`` attached to every certificate), in bulk: unthrottled, and
+        ``policy``, by default the region's default device policy, attached to
+        every certificate), in bulk: unthrottled, and
         without registry events, as if the replicator had already caught up.
         Returns once each region's door admits every device (its registry view
         has the certificates ACTIVE and attached to their things). Registering
@@ -511,11 +519,13 @@ def register_device(
     *,
     iot: IoTClient | None = None,
 ) -> str:
-    """Register ``device``'s certificate ACTIVE in ``region`` and attach it to a thing of its name.
+    """Register ``device``'s certificate ACTIVE in ``region``, attached to a thing of its name.
 
     Through the AWS APIs (RegisterCertificateWithoutCA, CreateThing,
-    AttachThingPrincipal): throttled at the region's quotas (the client waits
-    them out) and published as registry events, as on AWS. For a fleet's
+    AttachThingPrincipal, and CreatePolicy once and AttachPolicy of the
+    region's default device policy, :func:`~simulators.controlplane.device_policy`,
+    without which AWS IoT admits no device): throttled at the region's quotas
+    (the client waits them out) and published as registry events, as on AWS. For a fleet's
     steady state use :meth:`LocalRegions.register_fleet` instead.
 
     Args:
@@ -548,7 +558,18 @@ def _register(iot: IoTClient, device: CertifiedKey) -> str:
         ]["certificateArn"]
     iot.create_thing(thingName=device.name)
     iot.attach_thing_principal(thingName=device.name, principal=arn)
+    attach_device_policy(iot, str(arn))
     return str(arn)
+
+
+def attach_device_policy(iot: IoTClient, certificate_arn: str) -> str:
+    """Attach the region's default device policy to a certificate (creating it once); its name."""
+    account = certificate_arn.split(":")[4]
+    policy = device_policy(iot.meta.region_name, account)
+    with contextlib.suppress(iot.exceptions.ResourceAlreadyExistsException):
+        iot.create_policy(policyName=policy.name, policyDocument=policy.document)
+    iot.attach_policy(policyName=policy.name, target=certificate_arn)
+    return policy.name
 
 
 def read_regions_file(state_dir: Path) -> dict[str, Any]:

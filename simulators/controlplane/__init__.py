@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from simulators.controlplane._bulk import (
     BULK_CHUNK,
+    DEVICE_POLICY_NAME,
     MAX_BULK_DEVICES,
     BulkDevice,
     BulkPolicy,
     BulkRegistration,
     BulkRequestError,
     BulkResult,
+    device_policy,
     parse_bulk_request,
 )
 from simulators.controlplane._certfeed import (
@@ -85,6 +87,7 @@ __all__ = [
     "DEFAULT_ACCOUNT_ID",
     "DEFAULT_TPS",
     "DEFAULT_UNLISTED_TPS",
+    "DEVICE_POLICY_NAME",
     "EVENT_APIS",
     "MAX_BULK_DEVICES",
     "OUTAGE_MODES",
@@ -125,6 +128,7 @@ __all__ = [
     "TokenBucket",
     "certificate_subjects",
     "configure_moto",
+    "device_policy",
     "jitr_event",
     "parse_bulk_request",
     "region_from_authorization",

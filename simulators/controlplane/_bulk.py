@@ -28,7 +28,9 @@ Request body::
                   "thingTypeName": "sensor", "attributes": {"k": "v"}}, ...],
      "policy": {"policyName": "fleet", "policyDocument": "{...}"}}
 
-``thingTypeName``, ``attributes`` and ``policy`` are optional; at most
+``thingTypeName``, ``attributes`` and ``policy`` are optional (without a
+``policy``, the region's default device policy, :func:`device_policy`, is
+attached: on AWS a certificate without a policy connects nowhere); at most
 :data:`MAX_BULK_DEVICES` devices per request (the client sends chunks of
 :data:`BULK_CHUNK` devices).
 """
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BULK_CHUNK",
+    "DEVICE_POLICY_NAME",
     "MAX_BULK_DEVICES",
     "BulkDevice",
     "BulkPolicy",
@@ -55,6 +58,7 @@ __all__ = [
     "BulkResult",
     "apply_bulk_registration",
     "bulk_chunks",
+    "device_policy",
     "parse_bulk_request",
 ]
 
@@ -70,6 +74,10 @@ _ATTRIBUTE_NAME = re.compile(r"[a-zA-Z0-9_.,@/:#-]{1,128}")
 _ATTRIBUTE_VALUE = re.compile(r"[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}")
 _PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
 _ACTIVE = "ACTIVE"
+
+
+DEVICE_POLICY_NAME = "iotdr-device"
+"""The default device policy's name."""
 
 
 class BulkRequestError(ControlPlaneError):
@@ -332,6 +340,34 @@ def _check_policy(name: str, document: str, where: str) -> None:
         raise BulkRequestError(f"{where}.policyDocument must be a JSON object")
 
 
+def device_policy(region: str, account_id: str) -> BulkPolicy:
+    """The default device policy of ``region``: what a simulated device may do there.
+
+    Connect with its thing's name as client ID (the certificate attached to
+    that thing), publish, receive and subscribe to any topic: AWS's usual
+    starting policy, its ARNs naming ``region`` and the account.
+    """
+    arn = f"arn:aws:iot:{region}:{account_id}"
+    document = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "iot:Connect",
+                "Resource": f"{arn}:client/${{iot:Connection.Thing.ThingName}}",
+                "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}},
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["iot:Publish", "iot:Receive"],
+                "Resource": f"{arn}:topic/*",
+            },
+            {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": f"{arn}:topicfilter/*"},
+        ],
+    }
+    return BulkPolicy(name=DEVICE_POLICY_NAME, document=json.dumps(document, sort_keys=True))
+
+
 # -- the write into moto's backend ---------------------------------------------------------------
 
 
@@ -344,6 +380,8 @@ def apply_bulk_registration(
     before anything is written; a device registered already is left as it is.
     Publishes nothing.
 
+    Without a policy in ``registration``, :func:`device_policy` is attached.
+
     Raises:
         BulkRequestError: (404) a thing type does not exist; (409) an existing
             thing, certificate or policy disagrees with the request. Nothing is
@@ -353,6 +391,10 @@ def apply_bulk_registration(
     from moto.utilities.utils import get_partition  # noqa: PLC0415
 
     prefix = f"arn:{get_partition(region)}:iot:{region}:{account_id}:"
+    if registration.policy is None:
+        registration = BulkRegistration(
+            devices=registration.devices, policy=device_policy(region, account_id)
+        )
     certificates = [
         FakeCertificate(d.certificate_pem, _ACTIVE, account_id, region)
         for d in registration.devices

@@ -17,9 +17,11 @@ service (:class:`ApiRouter`). Then, in this order:
 4. for a successful mutating registry call, the state of the touched objects
    before and after the call becomes registry events on the region's broker.
 
-A successful call that can change what a region's gateway admits (a
-certificate's status or things, a CA) is also journaled in the
-:class:`~simulators.controlplane._certfeed.CertificateFeed`, under the same lock.
+A successful call that can change what a region's gateway admits or
+authorizes (a certificate's status, things or policies, a CA, a thing's type,
+attributes or groups, a thing group's policies, a policy's default version) is
+also journaled in the :class:`~simulators.controlplane._certfeed.CertificateFeed`,
+under the same lock.
 
 Admin endpoints live under ``/_iotdr/``, a prefix no IoT API uses, and are
 served whatever the region's outage mode (they are the simulator's, not AWS's):
@@ -27,8 +29,10 @@ served whatever the region's outage mode (they are the simulator's, not AWS's):
 - ``GET /_iotdr/status``;
 - ``POST /_iotdr/regions/{region}/control-plane`` with ``{"mode": "up" | "http503" | "drop"}``;
 - ``GET /_iotdr/regions/{region}/registry``: every certificate (id, status,
-  things, CA) and CA (id, status, auto-registration, PEM), with the feed's
-  ``epoch`` and ``revision``;
+  things, policies, CA), CA (id, status, auto-registration, PEM), thing (type,
+  attributes, groups), thing group (parent, policies) and policy (default
+  version and its document), with the account, the feed's ``epoch`` and
+  ``revision``;
 - ``GET /_iotdr/regions/{region}/registry/changes?since=N&epoch=E&wait_s=S``:
   the current records of what changed after revision N (``removed...`` for
   what no longer exists), waiting up to S seconds (at most 30) for a change;
@@ -64,8 +68,13 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
-from simulators.controlplane._bulk import BulkRequestError, parse_bulk_request
+from simulators.controlplane._bulk import (
+    DEVICE_POLICY_NAME,
+    BulkRequestError,
+    parse_bulk_request,
+)
 from simulators.controlplane._certfeed import (
+    BODY_APIS,
     CERTIFICATE_APIS,
     CertificateFeed,
     RegistrationRefusedError,
@@ -215,6 +224,24 @@ class RegistryReader(Protocol):
         """The ids of the certificates attached to ``thing_name``."""
         ...
 
+    def things(
+        self, region: str, names: Iterable[str] | None = None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Thing records of ``names`` (all if None), and the names that do not exist."""
+        ...
+
+    def thing_groups(
+        self, region: str, names: Iterable[str] | None = None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Thing group records of ``names`` (all if None), and the names that do not exist."""
+        ...
+
+    def policies(
+        self, region: str, names: Iterable[str] | None = None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Policy records of ``names`` (all if None), and the names that do not exist."""
+        ...
+
     def register_pending(
         self, region: str, certificate_pem: str, ca_certificate_id: str
     ) -> tuple[dict[str, Any], bool]:
@@ -360,7 +387,11 @@ class ControlPlaneMiddleware:
         certificate_call = None
         if route is not None and route[0] in CERTIFICATE_APIS:
             certificate_call = _CertificateCall(
-                region, route[0], route[1], environ.get("HTTP_X_AMZN_PRINCIPAL")
+                region,
+                route[0],
+                route[1],
+                environ.get("HTTP_X_AMZN_PRINCIPAL") or environ.get("HTTP_X_AMZN_IOT_PRINCIPAL"),
+                _read_json_body(environ) if route[0] in BODY_APIS else {},
             )
         guarded = None
         if route is not None and route[0] == "DeleteThingType":
@@ -516,12 +547,17 @@ class ControlPlaneMiddleware:
                 loaded = json.loads(payload)
                 response = loaded if isinstance(loaded, dict) else {}
         subjects = certificate_subjects(
-            call.api, call.path, principal=call.principal, response=response
+            call.api, call.path, principal=call.principal, response=response, body=call.body
         )
         if subjects is None:
             return
         self.feed.record(
-            call.region, certificates=subjects.certificates | attached, cas=subjects.cas
+            call.region,
+            certificates=subjects.certificates | attached,
+            cas=subjects.cas,
+            things=subjects.things,
+            groups=subjects.groups,
+            policies=subjects.policies,
         )
 
     def _snapshot(self, call: ApiCall | None, subjects: Subjects | None) -> RegistryView | None:
@@ -682,7 +718,12 @@ class ControlPlaneMiddleware:
             raise BulkRequestError("bulk registration is not served here", status=501)
         with self._lock:
             result, certificate_ids = self._bulk.register_bulk(region, registration)
-            revision = self.feed.record(region, certificates=certificate_ids)
+            revision = self.feed.record(
+                region,
+                certificates=certificate_ids,
+                things=[d.thing_name for d in registration.devices],
+                policies=[registration.policy.name if registration.policy else DEVICE_POLICY_NAME],
+            )
             self._bulk_registered[region] = self._bulk_registered.get(region, 0) + result.devices
         logger.info(
             "controlplane.bulk.registered",
@@ -708,17 +749,24 @@ class ControlPlaneMiddleware:
         return {"region": region, "quotas": self._throttle.table_for(region).as_dict()}
 
     def registry_snapshot(self, region: str) -> dict[str, Any]:
-        """Every certificate and CA of ``region``, at the feed's current revision."""
+        """Everything of ``region`` a door holds, at the feed's current revision."""
         with self._lock:
             certificates, _ = self._registry.certificates(region)
             cas, _ = self._registry.ca_certificates(region)
+            things, _ = self._registry.things(region)
+            groups, _ = self._registry.thing_groups(region)
+            policies, _ = self._registry.policies(region)
             revision = self.feed.revision(region)
         return {
             "region": region,
+            "accountId": self._account_id,
             "epoch": self.feed.epoch,
             "revision": revision,
             "certificates": certificates,
             "caCertificates": cas,
+            "things": things,
+            "thingGroups": groups,
+            "policies": policies,
         }
 
     def registry_changes(
@@ -735,6 +783,9 @@ class ControlPlaneMiddleware:
                         "resync": True}  # fmt: skip
             certificates, removed = self._registry.certificates(region, sorted(found.certificates))
             cas, removed_cas = self._registry.ca_certificates(region, sorted(found.cas))
+            things, removed_things = self._registry.things(region, sorted(found.things))
+            groups, removed_groups = self._registry.thing_groups(region, sorted(found.groups))
+            policies, removed_policies = self._registry.policies(region, sorted(found.policies))
         return {
             "region": region,
             "epoch": self.feed.epoch,
@@ -744,6 +795,12 @@ class ControlPlaneMiddleware:
             "removedCertificates": removed,
             "caCertificates": cas,
             "removedCaCertificates": removed_cas,
+            "things": things,
+            "removedThings": removed_things,
+            "thingGroups": groups,
+            "removedThingGroups": removed_groups,
+            "policies": policies,
+            "removedPolicies": removed_policies,
         }
 
     def register_jitr(self, region: str, certificate_pem: str, ca_id: str) -> dict[str, Any]:
@@ -789,6 +846,7 @@ class _CertificateCall:
     api: str
     path: Mapping[str, str]
     principal: str | None
+    body: Mapping[str, Any]
 
 
 def _quota_body(body: bytes) -> dict[str, float]:

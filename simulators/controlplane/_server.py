@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import json
 import logging
 import socket
 import threading
@@ -116,14 +117,18 @@ class MotoRegistry:
     ) -> tuple[list[dict[str, Any]], list[str]]:
         """The records of certificates ``ids`` (all if None), and the ids that do not exist.
 
-        A record: ``certificateId``, ``status``, ``things`` (attached thing names)
-        and ``caCertificateId``.
+        A record: ``certificateId``, ``status``, ``things`` (attached thing names),
+        ``policies`` (attached policy names) and ``caCertificateId``.
         """
         backend = self._backends[self._account_id][region]
         things: dict[str, list[str]] = {}
         for principal, thing_name in backend.principal_things:
             if ":cert/" in principal:
                 things.setdefault(principal.rsplit(":cert/", 1)[1], []).append(thing_name)
+        policies: dict[str, list[str]] = {}
+        for target, policy_name in backend.principal_policies:
+            if ":cert/" in target:
+                policies.setdefault(target.rsplit(":cert/", 1)[1], []).append(policy_name)
         wanted = backend.certificates.keys() if ids is None else ids
         records, missing = [], []
         for certificate_id in wanted:
@@ -136,6 +141,7 @@ class MotoRegistry:
                     "certificateId": certificate_id,
                     "status": certificate.status,
                     "things": sorted(things.get(certificate_id, ())),
+                    "policies": sorted(policies.get(certificate_id, ())),
                     "caCertificateId": certificate.ca_certificate_id,
                 }
             )
@@ -175,6 +181,99 @@ class MotoRegistry:
             for principal, name in backend.principal_things
             if name == thing_name and ":cert/" in principal
         )
+
+    def things(
+        self, region: str, names: Iterable[str] | None = None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The records of things ``names`` (all if None), and the names that do not exist.
+
+        A record: ``thingName``, ``thingTypeName`` (or None), ``attributes`` and
+        ``thingGroups`` (the static groups it is directly in).
+        """
+        backend = self._backends[self._account_id][region]
+        prefix = f"arn:{self._partition(region)}:iot:{region}:{self._account_id}:thing/"
+        groups: dict[str, list[str]] = {}
+        for group in backend.thing_groups.values():
+            for thing_arn in group.things:
+                groups.setdefault(thing_arn, []).append(group.thing_group_name)
+        wanted = [arn.removeprefix(prefix) for arn in backend.things] if names is None else names
+        records, missing = [], []
+        for name in wanted:
+            thing = backend.things.get(f"{prefix}{name}")
+            if thing is None:
+                missing.append(name)
+                continue
+            records.append(
+                {
+                    "thingName": name,
+                    "thingTypeName": thing.thing_type.thing_type_name if thing.thing_type else None,
+                    "attributes": dict(thing.attributes or {}),
+                    "thingGroups": sorted(groups.get(thing.arn, ())),
+                }
+            )
+        return records, missing
+
+    def thing_groups(
+        self, region: str, names: Iterable[str] | None = None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The records of thing groups ``names`` (all if None), and the names that do not exist.
+
+        A record: ``thingGroupName``, ``parentGroupName`` (or None) and ``policies``.
+        """
+        backend = self._backends[self._account_id][region]
+        prefix = f"arn:{self._partition(region)}:iot:{region}:{self._account_id}:thinggroup/"
+        policies: dict[str, list[str]] = {}
+        for target, policy_name in backend.principal_policies:
+            if target.startswith(prefix):
+                policies.setdefault(target.removeprefix(prefix), []).append(policy_name)
+        wanted = (
+            [arn.removeprefix(prefix) for arn in backend.thing_groups] if names is None else names
+        )
+        records, missing = [], []
+        for name in wanted:
+            group = backend.thing_groups.get(f"{prefix}{name}")
+            if group is None:
+                missing.append(name)
+                continue
+            records.append(
+                {
+                    "thingGroupName": name,
+                    "parentGroupName": group.parent_group_name or None,
+                    "policies": sorted(policies.get(name, ())),
+                }
+            )
+        return records, missing
+
+    def policies(
+        self, region: str, names: Iterable[str] | None = None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The records of policies ``names`` (all if None), and the names that do not exist.
+
+        A record: ``policyName``, ``defaultVersionId`` and ``policyDocument`` (that
+        version's document, JSON text as the API got it).
+        """
+        backend = self._backends[self._account_id][region]
+        wanted = list(backend.policies) if names is None else names
+        records, missing = [], []
+        for name in wanted:
+            policy = backend.policies.get(name)
+            if policy is None:
+                missing.append(name)
+                continue
+            version = str(policy.default_version_id)
+            document: object = next(
+                (v.document for v in policy.versions if v.version_id == version), policy.document
+            )
+            records.append(
+                {
+                    "policyName": name,
+                    "defaultVersionId": version,
+                    "policyDocument": document
+                    if isinstance(document, str)
+                    else json.dumps(document),
+                }
+            )
+        return records, missing
 
     def register_bulk(
         self, region: str, registration: BulkRegistration

@@ -19,9 +19,14 @@ to the fleet CA or a registered CA, checked by TLS itself) and the CONNECT,
    ACTIVE: refused.
 5. SNI: a certificate registered without a CA must come with SNI (AWS's
    multi-account registration rule), else the connection is dropped.
-6. The client ID: with ``client_ids="thing"`` it must be a thing attached to
-   the certificate (what a policy with ``iot:Connection.Thing.IsAttached``
-   says); ``any`` admits every client ID.
+6. Authorization. With ``authorization="policies"`` (the default, as AWS
+   IoT) the policies that apply to the certificate (attached to it, and to
+   the groups of the thing its client ID names) must allow ``iot:Connect``
+   on ``client/<client ID>`` in this region's ARN; the decision carries the
+   bound policies, by which the door then checks every PUBLISH, SUBSCRIBE
+   and delivery. ``thing`` is the old global rule: the client ID must be a
+   thing attached to the certificate; ``any`` admits every client ID. With
+   either of those nothing after the CONNECT is checked.
 
 How a refusal looks, as AWS IoT does it: to an MQTT 3.1.1 client the
 connection is closed without a CONNACK (3.1.1 has no code for "throttled",
@@ -40,13 +45,16 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from simulators.gateway._authorizers import AuthorizerCache
 from simulators.gateway._faults import GatewayFault, GatewayFaultMode
 from simulators.gateway._mqtt import MQTT_5, ConnackOutcome, ConnectPacket
+from simulators.gateway._policy import CONNECT
 from simulators.gateway._registry import ACTIVE
 
 if TYPE_CHECKING:
     from cryptography import x509
 
+    from simulators.gateway._policy import Authorizer
     from simulators.gateway._registry import RegistryView
 
 __all__ = [
@@ -58,7 +66,7 @@ __all__ = [
     "decide",
 ]
 
-ClientIdRule = Literal["thing", "any"]
+Authorization = Literal["policies", "thing", "any"]
 Refusal = Literal["close", "connack"]
 
 
@@ -81,12 +89,14 @@ class Decision:
         reason: the counter key (None for an admit).
         connack: the CONNACK to send before closing, None to send none.
         ca_certificate_id: for JITR, the CA that signed the certificate.
+        authorizer: for an admit by policies, the connection's bound policies.
     """
 
     verdict: Verdict
     reason: str | None = None
     connack: ConnackOutcome | None = None
     ca_certificate_id: str | None = None
+    authorizer: Authorizer | None = None
 
 
 ADMIT = Decision(Verdict.ADMIT)
@@ -97,13 +107,15 @@ class AdmissionPolicy:
     """The door's rules that are not in the registry.
 
     Attributes:
-        client_ids: ``thing`` (the client ID must be a thing attached to the
-            certificate) or ``any``.
+        authorization: ``policies`` (the certificate's IoT policies authorize
+            CONNECT, PUBLISH, SUBSCRIBE and delivery, as AWS IoT does), ``thing``
+            (only: the client ID must be a thing attached to the certificate) or
+            ``any`` (every client ID, nothing checked).
         require_sni: drop certificates registered without a CA that come without SNI.
         refusal: ``close`` (AWS: no CONNACK for 3.1.1) or ``connack``.
     """
 
-    client_ids: ClientIdRule = "thing"
+    authorization: Authorization = "policies"
     require_sni: bool = True
     refusal: Refusal = "close"
 
@@ -192,6 +204,7 @@ def decide(  # noqa: PLR0917 - the pure core: every input is explicit
     policy: AdmissionPolicy,
     now: float,
     roll: float,
+    authorizers: AuthorizerCache | None = None,
 ) -> Decision:
     """The door's decision on ``attempt`` (see the module's theory of operation).
 
@@ -203,6 +216,7 @@ def decide(  # noqa: PLR0917 - the pure core: every input is explicit
         policy: client-ID rule, SNI rule, refusal style.
         now: the clock reading, seconds.
         roll: a uniform random number in [0, 1), for ``degraded``'s refuse ratio.
+        authorizers: the bound policies kept from earlier CONNECTs (a fresh cache if None).
     """
     packet = attempt.packet
     if not packet.supported:
@@ -224,9 +238,15 @@ def decide(  # noqa: PLR0917 - the pure core: every input is explicit
         return _refuse(reason, ConnackOutcome.NOT_AUTHORIZED, packet, policy)
     if policy.require_sni and record.ca_certificate_id is None and not attempt.sni:
         return Decision(Verdict.REFUSE, "sni_missing")  # AWS drops it after the handshake
-    if policy.client_ids == "thing" and packet.client_id not in record.things:
+    if policy.authorization == "thing" and packet.client_id not in record.things:
         return _refuse("client_id_not_allowed", ConnackOutcome.NOT_AUTHORIZED, packet, policy)
-    return ADMIT
+    if policy.authorization != "policies":
+        return ADMIT
+    cache = authorizers if authorizers is not None else AuthorizerCache()
+    authorizer = cache.get(view, record, packet.client_id, attempt.certificate)
+    if not authorizer.check(CONNECT, view.arn("client", packet.client_id)).allowed:
+        return _refuse("policy_connect_denied", ConnackOutcome.NOT_AUTHORIZED, packet, policy)
+    return Decision(Verdict.ADMIT, authorizer=authorizer)
 
 
 def _fault_decision(attempt: ConnectAttempt, fault: GatewayFault, roll: float) -> Decision | None:

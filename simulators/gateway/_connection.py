@@ -19,7 +19,11 @@ them to ``HELD`` (silence) or ``CLOSED``.
   goes through a :class:`~simulators.gateway._line.DelayLine`, which adds the
   ``degraded`` latency and holds bytes while the connection is frozen
   (``blackhole``). Flow control: a side whose write buffer fills pauses
-  reading on the other side.
+  reading on the other side. A connection admitted by policies that do not
+  allow everything has a :class:`~simulators.gateway._guard.SessionGuard` on
+  the splice: what it denies never reaches the other side, its own answers
+  (PUBACK 0x87, SUBACK 0x80, acks of undelivered messages) go back, and the
+  door hears of each denial.
 * ``HELD``: what a device sees of a blackhole. Nothing is ever sent; what
   arrives is read and thrown away, so a device that gives up (FIN) is
   noticed and its socket freed.
@@ -40,12 +44,17 @@ import ssl
 import struct
 from typing import TYPE_CHECKING, Protocol
 
+from simulators.gateway._guard import Passage
 from simulators.gateway._line import DelayLine
 from simulators.gateway._mqtt import MalformedPacketError, parse_connect
 from simulators.gateway._tls import tls_failure_reason
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from simulators.gateway._guard import SessionGuard
     from simulators.gateway._mqtt import ConnectPacket
+    from simulators.gateway._policy import Authorizer
 
 __all__ = ["ConnectionState", "DeviceConnection", "Door", "UpstreamProtocol"]
 
@@ -102,6 +111,10 @@ class Door(Protocol):
         """A whole CONNECT arrived: decide."""
         ...
 
+    def denied(self, connection: DeviceConnection, passage: Passage) -> None:
+        """The connection's guard denied something (and may want the connection closed)."""
+        ...
+
     def closed(self, connection: DeviceConnection) -> None:
         """The connection is gone."""
         ...
@@ -112,9 +125,9 @@ class DeviceConnection(asyncio.Protocol):
 
     __slots__ = ("_buffer", "_device_paused", "_door", "_incoming", "_loop",
                  "_outgoing", "_peer_closed", "_thaw_close", "_timer", "_tls", "_to_broker",
-                 "_to_device", "_upstream_paused", "certificate_der", "certificate_id",
-                 "client_id", "frozen", "protocol_level", "sni", "state", "transport",
-                 "upstream")  # fmt: skip
+                 "_to_device", "_upstream_paused", "authorizer", "certificate_der",
+                 "certificate_id", "client_id", "frozen", "guard", "protocol_level", "sni",
+                 "state", "transport", "upstream")  # fmt: skip
 
     def __init__(self, door: Door, loop: asyncio.AbstractEventLoop) -> None:
         self._door = door
@@ -139,6 +152,8 @@ class DeviceConnection(asyncio.Protocol):
         self.sni: str | None = None
         self.protocol_level = 0
         self.frozen = False
+        self.authorizer: Authorizer | None = None  # the bound policies, when admitted by them
+        self.guard: SessionGuard | None = None
 
     def __repr__(self) -> str:
         return (
@@ -198,8 +213,16 @@ class DeviceConnection(asyncio.Protocol):
 
     def from_broker(self, data: bytes) -> None:
         """Bytes the broker sent, for the device."""
-        if self._to_device is not None and self.state is ConnectionState.SPLICED:
+        if self._to_device is None or self.state is not ConnectionState.SPLICED:
+            return
+        guard = self.guard
+        if guard is None:
             self._to_device.push(data)
+            return
+        passage = _guarded(guard.from_broker, data)
+        if passage.forward:
+            self._to_device.push(passage.forward)
+        self._after(passage, self._to_broker)
 
     def broker_closed(self) -> None:
         """The broker hung up (refused the CONNECT, took the session over, timed out...)."""
@@ -230,7 +253,7 @@ class DeviceConnection(asyncio.Protocol):
             lambda: self._resume_upstream(_LINE_FULL),
         )
         pending, self._buffer = bytes(self._buffer), bytearray()
-        self._to_broker.push(pending)
+        self._from_device(pending)
         self._resume_device(_DECIDING)
 
     def refuse(self, answer: bytes | None) -> None:
@@ -348,8 +371,7 @@ class DeviceConnection(asyncio.Protocol):
     def _plaintext(self, plain: bytes) -> None:
         state = self.state
         if state is ConnectionState.SPLICED:
-            assert self._to_broker is not None
-            self._to_broker.push(plain)
+            self._from_device(plain)
         elif state is ConnectionState.CONNECT:
             self._buffer += plain
             try:
@@ -369,6 +391,24 @@ class DeviceConnection(asyncio.Protocol):
             self._buffer += plain
             if len(self._buffer) > _DECIDING_MAX:
                 self._fail("malformed")
+
+    def _from_device(self, plain: bytes) -> None:
+        assert self._to_broker is not None
+        guard = self.guard
+        if guard is None:
+            self._to_broker.push(plain)
+            return
+        passage = _guarded(guard.from_device, plain)
+        if passage.forward:
+            self._to_broker.push(passage.forward)
+        self._after(passage, self._to_device)
+
+    def _after(self, passage: Passage, back: DelayLine | None) -> None:
+        """Send the guard's own answers back where the bytes came from; report denials."""
+        if passage.answer and back is not None:
+            back.push(passage.answer)
+        if passage.denied or passage.close is not None:
+            self._door.denied(self, passage)
 
     def _decrypt(self) -> bytes:
         assert self._tls is not None
@@ -458,6 +498,14 @@ class DeviceConnection(asyncio.Protocol):
         self._upstream_paused &= ~reason
         if was and not self._upstream_paused and self.upstream is not None:
             self.upstream.resume_reading()
+
+
+def _guarded(check: Callable[[bytes], Passage], data: bytes) -> Passage:
+    """The guard's passage; a guard that fails closes the connection instead of the loop."""
+    try:
+        return check(data)
+    except Exception:  # noqa: BLE001 - no input may take the door down: counted, then closed
+        return Passage(close="guard_failed")
 
 
 class UpstreamProtocol(asyncio.Protocol):

@@ -11,8 +11,21 @@ the JITR flow for certificates signed by a CA registered with
 auto-registration, and fails the ways a region fails (:mod:`._faults`),
 switched at run time by :meth:`RegionGateway.set_fault` or its admin endpoint.
 
+Admission follows the certificate's IoT policies by default (their default
+versions, from the same feed as the certificates): a CONNECT they do not
+allow is refused, and a connection whose policies do not allow everything
+gets a guard (:mod:`._guard`) that denies PUBLISH, SUBSCRIBE and deliveries as
+AWS IoT does. Bound policies are cached per certificate, client ID and policy
+versions (:class:`~simulators.gateway._authorizers.AuthorizerCache`); when
+the registry changes what a live connection's policies are, its guard gets
+the new ones (or, if it now needs a look at a direction it did not frame, the
+connection is cut: ``policy_changed``, and the device reconnects under them).
+
 Every refusal is counted by reason and logged once per reason at info
-level (then at debug), so a bad device does not flood the log.
+level (then at debug), so a bad device does not flood the log; so is every
+denial after admission (``policy_publish_denied``, ``policy_subscribe_denied``,
+``policy_receive_denied``), and every policy version whose document AWS would
+not accept (it grants nothing).
 """
 
 from __future__ import annotations
@@ -33,12 +46,19 @@ from cryptography import x509
 from simulators._errors import AddressInUseError, GatewayError
 from simulators.gateway._admin import admin_handler
 from simulators.gateway._admission import ConnectAttempt, ConnectQuotas, Verdict, decide
+from simulators.gateway._authorizers import AuthorizerCache
 from simulators.gateway._connection import (
     ConnectionState,
     DeviceConnection,
     UpstreamProtocol,
 )
 from simulators.gateway._faults import GatewayFault, GatewayFaultMode
+from simulators.gateway._guard import (
+    PUBLISH_DENIED,
+    RECEIVE_DENIED,
+    SUBSCRIBE_DENIED,
+    SessionGuard,
+)
 from simulators.gateway._http import serve_json
 from simulators.gateway._mqtt import ConnackOutcome, connack
 from simulators.gateway._registry import RegistryView
@@ -52,6 +72,7 @@ if TYPE_CHECKING:
 
     from simulators.gateway._admission import Decision
     from simulators.gateway._config import GatewayConfig
+    from simulators.gateway._guard import Passage
     from simulators.gateway._mqtt import ConnectPacket
     from simulators.gateway._registry import Applied
     from simulators.gateway._source import RegistrySource
@@ -63,6 +84,14 @@ logger = logging.getLogger(__name__)
 _HOUSEKEEPING_S = 5.0
 _STOP_S = 2.0
 _JITR_CONCURRENCY = 8
+
+POLICY_REASONS = (
+    "policy_connect_denied",
+    PUBLISH_DENIED,
+    SUBSCRIBE_DENIED,
+    RECEIVE_DENIED,
+)
+"""The counters of what the policies refused or denied, by reason (always all in the status)."""
 
 
 class RegionGateway:
@@ -97,6 +126,8 @@ class RegionGateway:
         self.jitr_registrations = 0
         self.refused: collections.Counter[str] = collections.Counter()
         self.cut: collections.Counter[str] = collections.Counter()
+        self.denials: collections.Counter[str] = collections.Counter()
+        self.authorizers = AuthorizerCache()
         self._source = source or ControlPlaneRegistrySource(
             config.control_plane_url, config.region, timeout_s=config.sync.request_timeout_s
         )
@@ -237,12 +268,23 @@ class RegionGateway:
             "refused": dict(sorted(self.refused.items())),
             "refused_total": sum(self.refused.values()),
             "cut": dict(sorted(self.cut.items())),
+            "denied": dict(sorted(self.denials.items())),
+            "policy": {
+                reason: self.refused[reason] + self.denials[reason] for reason in POLICY_REASONS
+            },
+            "authorization": self.config.admission.authorization,
+            "authorizers": {
+                "entries": len(self.authorizers),
+                "hits": self.authorizers.hits,
+                "misses": self.authorizers.misses,
+            },
             "jitr_registrations": self.jitr_registrations,
             "registry": {
                 "epoch": self.view.epoch,
                 "revision": self.view.revision,
                 "certificates": self.view.certificate_count,
                 "ca_certificates": self.view.ca_count,
+                "policies": self.view.policy_count,
                 "reachable": sync.reachable,
                 "synced_s_ago": (
                     round(self._clock() - sync.synced_at, 3) if sync.synced_at is not None else None
@@ -334,8 +376,19 @@ class RegionGateway:
             self.config.admission,
             self._clock(),
             self._rng.random(),
+            self.authorizers,
         )
         self._act(connection, decision)
+
+    def denied(self, connection: DeviceConnection, passage: Passage) -> None:
+        """Count what a connection's guard denied; close the connection if it says so."""
+        for reason in passage.denied:
+            self._count(reason, connection, counter=self.denials)
+        if passage.close is not None:
+            if passage.close not in passage.denied:
+                self._count(passage.close, connection, counter=self.cut)
+            self._unregister(connection)
+            connection.close()
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -344,6 +397,7 @@ class RegionGateway:
         if decision.reason is not None:
             self._count(decision.reason, connection)
         if verdict is Verdict.ADMIT:
+            connection.authorizer = decision.authorizer
             self._admit(connection)
         elif verdict is Verdict.REFUSE:
             answer = (
@@ -395,6 +449,12 @@ class RegionGateway:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         assert isinstance(transport, asyncio.Transport)
+        if connection.authorizer is not None:
+            connection.guard = SessionGuard.of(
+                connection.authorizer,
+                protocol_level=connection.protocol_level,
+                arn_prefix=self.view.arn("", "")[:-1],
+            )
         connection.splice(transport)
         self.admitted += 1
         self._apply_fault(connection)
@@ -466,6 +526,18 @@ class RegionGateway:
         if self._tls is not None:
             for ca in applied.new_cas:
                 self._tls.trust(ca.certificate_id, ca.pem)
+        for policy in applied.malformed_policies:
+            logger.warning(
+                "gateway.policy.malformed",
+                extra={
+                    "region": self.region,
+                    "policy": policy.name,
+                    "version": policy.version,
+                    "error": policy.error,
+                },
+            )
+        if applied.authorization:
+            self._reauthorize()
         for certificate_id in applied.deactivated:
             record = self.view.certificate(certificate_id)
             reason = f"certificate_{record.status.lower()}" if record else "certificate_deleted"
@@ -477,6 +549,34 @@ class RegionGateway:
                 "gateway.certificate_deactivated",
                 extra={"region": self.region, "certificate_id": certificate_id, "reason": reason},
             )
+
+    def _reauthorize(self) -> None:
+        """Give live connections the policies the registry now says apply to them."""
+        prefix = self.view.arn("", "")[:-1]
+        for connection in list(self._connections):
+            current = connection.authorizer
+            if current is None or connection.state is not ConnectionState.SPLICED:
+                continue
+            record = self.view.certificate(connection.certificate_id or "")
+            if record is None:
+                continue  # gone: cut as deactivated
+            authorizer = self.authorizers.get(
+                self.view, record, connection.client_id or "", connection.certificate_der
+            )
+            if authorizer is current:
+                continue
+            connection.authorizer = authorizer
+            device, broker = SessionGuard.needs(authorizer, prefix)
+            guard = connection.guard
+            if guard is None:
+                framed = (False, False)
+            else:
+                framed = (guard.checks_device, guard.checks_broker)
+                guard.authorizer = authorizer
+            if (device and not framed[0]) or (broker and not framed[1]):
+                self._count("policy_changed", connection, counter=self.cut)
+                self._unregister(connection)
+                connection.cut()
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -530,8 +630,15 @@ class RegionGateway:
                 if not holders:
                     del self._by_certificate[certificate_id]
 
-    def _count(self, reason: str, connection: DeviceConnection | None = None, **extra: str) -> None:
-        self.refused[reason] += 1
+    def _count(
+        self,
+        reason: str,
+        connection: DeviceConnection | None = None,
+        *,
+        counter: collections.Counter[str] | None = None,
+        **extra: str,
+    ) -> None:
+        (self.refused if counter is None else counter)[reason] += 1
         fields = {
             "region": self.region,
             "reason": reason,
@@ -539,11 +646,12 @@ class RegionGateway:
             "certificate_id": connection.certificate_id if connection is not None else None,
             **extra,
         }
+        event = "gateway.refused" if counter is None else "gateway.denied"
         if reason not in self._logged:
             self._logged.add(reason)
-            logger.info("gateway.refused", extra=fields)
+            logger.info(event, extra=fields)
         elif logger.isEnabledFor(logging.DEBUG):
-            logger.debug("gateway.refused", extra=fields)
+            logger.debug(event, extra=fields)
 
     async def _housekeeping(self) -> None:
         while True:

@@ -311,7 +311,7 @@ def merge_statuses(statuses: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
     for key in ("admitted", "handshakes", "refused_total", "jitr_registrations"):
         merged[key] = sum(int(s.get(key, 0)) for s in statuses)
-    for key in ("refused", "cut"):
+    for key in ("refused", "cut", "denied", "policy", "authorizers"):
         counts: dict[str, int] = {}
         for status in statuses:
             for reason, n in status.get(key, {}).items():

@@ -1,16 +1,22 @@
-"""The door's view of one region's registry: certificates, their things, the registered CAs.
+"""The door's view of one region's registry: certificates, CAs, things, groups, policies.
 
 Kept in memory and consulted on every CONNECT, never fetched per connect. The
 control plane feeds it (see :mod:`simulators.controlplane._certfeed`): a
-snapshot at ``revision`` N, then batches of changes, each carrying the
-current state of every certificate or CA that changed since the revision the
-gateway holds. Changes are level-triggered (the records are the state now,
-not deltas), so applying one twice changes nothing. A new ``epoch`` (the
-control plane restarted) or a ``resync`` answer means: load a snapshot again.
+snapshot at ``revision`` N, then batches of changes, each carrying the current
+state of every certificate, CA, thing, thing group or policy that changed
+since the revision the gateway holds. Changes are level-triggered (the records
+are the state now, not deltas), so applying one twice changes nothing. A new
+``epoch`` (the control plane restarted) or a ``resync`` answer means: load a
+snapshot again.
 
 :meth:`RegistryView.load` and :meth:`RegistryView.apply` return what the
 gateway must act on: certificates that stopped being ACTIVE (their live
-connections are cut) and CAs that appeared (added to the TLS trust store).
+connections are cut), CAs that appeared (added to the TLS trust store),
+whether anything a policy decision depends on changed (live connections are
+authorized again), and policy versions whose document AWS would not have
+accepted (they grant nothing; logged once). A certificate's policies are
+those attached to it and, through its thing (the one named by the client
+ID), those of the thing's groups and their ancestors: :meth:`RegistryView.policies_for`.
 Pure: no I/O; JSON in, records out.
 """
 
@@ -23,19 +29,25 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from simulators._errors import GatewayError
+from simulators.gateway._policy import PolicyFormatError, parse_policy
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
+
+    from simulators.gateway._policy import PolicyDocument
 
 __all__ = [
     "ACTIVE",
     "Applied",
     "CaRecord",
     "CertificateRecord",
+    "GroupRecord",
+    "PolicyRecord",
     "RegistryChanges",
     "RegistryFormatError",
     "RegistrySnapshot",
     "RegistryView",
+    "ThingRecord",
     "changes_from_json",
     "snapshot_from_json",
 ]
@@ -56,12 +68,50 @@ class CertificateRecord:
         status: ACTIVE, INACTIVE, REVOKED, PENDING_ACTIVATION, PENDING_TRANSFER, ...
         things: the thing names attached to it (its principals' things).
         ca_certificate_id: the registered CA it was registered with, if any.
+        policies: the names of the policies attached to it.
     """
 
     certificate_id: str
     status: str
     things: frozenset[str] = frozenset()
     ca_certificate_id: str | None = None
+    policies: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class ThingRecord:
+    """A thing, as far as policies care: its type, attributes and static groups."""
+
+    name: str
+    type_name: str | None = None
+    attributes: tuple[tuple[str, str], ...] = ()
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRecord:
+    """A thing group: its parent and the policies attached to it."""
+
+    name: str
+    parent: str | None = None
+    policies: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRecord:
+    """A policy's default version.
+
+    Attributes:
+        name: the policy's name.
+        version: its default version's id.
+        document: that version, parsed; None if AWS would not have accepted it.
+        error: why it was not accepted.
+    """
+
+    name: str
+    version: str
+    document: PolicyDocument | None = field(default=None, compare=False, repr=False)
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +140,10 @@ class RegistrySnapshot:
     revision: int
     certificates: tuple[CertificateRecord, ...] = ()
     cas: tuple[CaRecord, ...] = ()
+    things: tuple[ThingRecord, ...] = ()
+    groups: tuple[GroupRecord, ...] = ()
+    policies: tuple[PolicyRecord, ...] = ()
+    account_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +161,26 @@ class RegistryChanges:
     cas: tuple[CaRecord, ...] = ()
     removed_cas: frozenset[str] = frozenset()
     resync: bool = False
+    things: tuple[ThingRecord, ...] = ()
+    removed_things: frozenset[str] = frozenset()
+    groups: tuple[GroupRecord, ...] = ()
+    removed_groups: frozenset[str] = frozenset()
+    policies: tuple[PolicyRecord, ...] = ()
+    removed_policies: frozenset[str] = frozenset()
+
+    @property
+    def authorization(self) -> bool:
+        """Whether the changes touch anything a policy decision depends on."""
+        return bool(
+            self.certificates
+            or self.removed_certificates
+            or self.things
+            or self.removed_things
+            or self.groups
+            or self.removed_groups
+            or self.policies
+            or self.removed_policies
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +190,14 @@ class Applied:
     Attributes:
         deactivated: certificates that were ACTIVE and are not any more (or are gone).
         new_cas: CAs not seen before (for the TLS trust store).
+        authorization: something a policy decision depends on may have changed.
+        malformed_policies: policy versions not seen before whose document is refused.
     """
 
     deactivated: frozenset[str] = frozenset()
     new_cas: tuple[CaRecord, ...] = ()
+    authorization: bool = False
+    malformed_policies: tuple[PolicyRecord, ...] = ()
 
 
 class RegistryView:
@@ -129,8 +207,12 @@ class RegistryView:
         self.region = region
         self.epoch: str | None = None
         self.revision = -1
+        self.account_id = "123456789012"
         self._certificates: dict[str, CertificateRecord] = {}
         self._cas: dict[str, CaRecord] = {}
+        self._things: dict[str, ThingRecord] = {}
+        self._groups: dict[str, GroupRecord] = {}
+        self._policies: dict[str, PolicyRecord] = {}
 
     def __repr__(self) -> str:
         return (
@@ -157,6 +239,51 @@ class RegistryView:
         """The record of ``certificate_id``, or None if the region does not know it."""
         return self._certificates.get(certificate_id)
 
+    @property
+    def policy_count(self) -> int:
+        """How many policies the view holds."""
+        return len(self._policies)
+
+    def thing(self, name: str) -> ThingRecord | None:
+        """The record of thing ``name``, or None."""
+        return self._things.get(name)
+
+    def policy(self, name: str) -> PolicyRecord | None:
+        """The default version of policy ``name``, or None."""
+        return self._policies.get(name)
+
+    def arn(self, kind: str, name: str) -> str:
+        """The ARN of a resource of the region (``client``, ``topic``, ``topicfilter``)."""
+        return f"arn:aws:iot:{self.region}:{self.account_id}:{kind}/{name}"
+
+    def thing_for(self, record: CertificateRecord, client_id: str) -> ThingRecord | None:
+        """The thing named by ``client_id`` if it is attached to the certificate of ``record``."""
+        if client_id not in record.things:
+            return None
+        return self._things.get(client_id) or ThingRecord(client_id)
+
+    def policies_for(
+        self, record: CertificateRecord, thing: ThingRecord | None
+    ) -> tuple[PolicyRecord, ...]:
+        """The policies that apply: the certificate's, then those of the thing's groups.
+
+        A group's policies apply to its things and to the things of its
+        descendants. A policy named but unknown to the region counts as absent.
+        """
+        names = set(record.policies)
+        seen: set[str] = set()
+        pending = list(thing.groups) if thing is not None else []
+        while pending:
+            group = self._groups.get(pending.pop())
+            if group is None or group.name in seen:
+                continue
+            seen.add(group.name)
+            names |= group.policies
+            if group.parent is not None:
+                pending.append(group.parent)
+        found = (self._policies.get(name) for name in sorted(names))
+        return tuple(p for p in found if p is not None)
+
     def cas(self) -> tuple[CaRecord, ...]:
         """The registered CAs."""
         return tuple(self._cas.values())
@@ -177,12 +304,20 @@ class RegistryView:
         """Replace everything with ``snapshot``."""
         before = self._active_ids()
         known_cas = set(self._cas)
+        known_policies = self._policies
         self._certificates = {r.certificate_id: r for r in snapshot.certificates}
         self._cas = {r.certificate_id: r for r in snapshot.cas}
+        self._things = {r.name: r for r in snapshot.things}
+        self._groups = {r.name: r for r in snapshot.groups}
+        self._policies = {r.name: r for r in snapshot.policies}
+        if snapshot.account_id:
+            self.account_id = snapshot.account_id
         self.epoch, self.revision = snapshot.epoch, snapshot.revision
         return Applied(
             deactivated=frozenset(before - self._active_ids()),
             new_cas=tuple(ca for ca in snapshot.cas if ca.certificate_id not in known_cas),
+            authorization=True,
+            malformed_policies=_newly_malformed(snapshot.policies, known_policies),
         )
 
     def apply(self, changes: RegistryChanges) -> Applied:
@@ -209,8 +344,17 @@ class RegistryView:
             self._cas.pop(ca_id, None)
         for ca in changes.cas:
             self._cas[ca.certificate_id] = ca
+        malformed = _newly_malformed(changes.policies, self._policies)
+        _replace(self._things, changes.removed_things, {r.name: r for r in changes.things})
+        _replace(self._groups, changes.removed_groups, {r.name: r for r in changes.groups})
+        _replace(self._policies, changes.removed_policies, {r.name: r for r in changes.policies})
         self.revision = changes.revision
-        return Applied(deactivated=frozenset(deactivated), new_cas=new_cas)
+        return Applied(
+            deactivated=frozenset(deactivated),
+            new_cas=new_cas,
+            authorization=changes.authorization,
+            malformed_policies=malformed,
+        )
 
     def add(self, record: CertificateRecord) -> None:
         """Record a certificate the gateway itself registered (JITR), ahead of the feed."""
@@ -218,6 +362,18 @@ class RegistryView:
 
     def _active_ids(self) -> set[str]:
         return {i for i, r in self._certificates.items() if r.status == ACTIVE}
+
+
+def _replace(records: dict[str, Any], removed: frozenset[str], current: Mapping[str, Any]) -> None:
+    for name in removed:
+        records.pop(name, None)
+    records.update(current)
+
+
+def _newly_malformed(
+    policies: Iterable[PolicyRecord], known: Mapping[str, PolicyRecord]
+) -> tuple[PolicyRecord, ...]:
+    return tuple(p for p in policies if p.error is not None and known.get(p.name) != p)
 
 
 # -- JSON (the control plane's admin endpoints) ------------------------------------------
@@ -230,11 +386,16 @@ def snapshot_from_json(data: Mapping[str, Any]) -> RegistrySnapshot:
         RegistryFormatError: a field is missing or of the wrong type.
     """
     try:
+        account = data.get("accountId")
         return RegistrySnapshot(
             epoch=_text(data["epoch"]),
             revision=_integer(data["revision"]),
             certificates=tuple(_certificate(c) for c in _items(data.get("certificates"))),
             cas=tuple(_ca(c) for c in _items(data.get("caCertificates"))),
+            things=tuple(_thing(t) for t in _items(data.get("things"))),
+            groups=tuple(_group(g) for g in _items(data.get("thingGroups"))),
+            policies=tuple(_policy(p) for p in _items(data.get("policies"))),
+            account_id=_text(account) if account is not None else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise RegistryFormatError(f"bad registry snapshot: {exc!r}") from exc
@@ -257,6 +418,12 @@ def changes_from_json(data: Mapping[str, Any]) -> RegistryChanges:
             ),
             cas=tuple(_ca(c) for c in _items(data.get("caCertificates"))),
             removed_cas=frozenset(_text(i) for i in _items(data.get("removedCaCertificates"))),
+            things=tuple(_thing(t) for t in _items(data.get("things"))),
+            removed_things=_names(data.get("removedThings")),
+            groups=tuple(_group(g) for g in _items(data.get("thingGroups"))),
+            removed_groups=_names(data.get("removedThingGroups")),
+            policies=tuple(_policy(p) for p in _items(data.get("policies"))),
+            removed_policies=_names(data.get("removedPolicies")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise RegistryFormatError(f"bad registry changes: {exc!r}") from exc
@@ -285,14 +452,53 @@ def _integer(value: object) -> int:
     return value
 
 
+def _names(value: object) -> frozenset[str]:
+    return frozenset(_text(i) for i in _items(value))
+
+
 def _certificate(item: Mapping[str, Any]) -> CertificateRecord:
     ca_id = item.get("caCertificateId")
     return CertificateRecord(
         certificate_id=_text(item["certificateId"]),
         status=_text(item["status"]),
-        things=frozenset(_text(t) for t in _items(item.get("things"))),
+        things=_names(item.get("things")),
         ca_certificate_id=_text(ca_id) if ca_id is not None else None,
+        policies=_names(item.get("policies")),
     )
+
+
+def _thing(item: Mapping[str, Any]) -> ThingRecord:
+    type_name = item.get("thingTypeName")
+    attributes = item.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        msg = f"thing attributes must be an object, got {type(attributes).__name__}"
+        raise TypeError(msg)
+    return ThingRecord(
+        name=_text(item["thingName"]),
+        type_name=_text(type_name) if type_name is not None else None,
+        attributes=tuple(sorted((_text(k), _text(v)) for k, v in attributes.items())),
+        groups=_names(item.get("thingGroups")),
+    )
+
+
+def _group(item: Mapping[str, Any]) -> GroupRecord:
+    parent = item.get("parentGroupName")
+    return GroupRecord(
+        name=_text(item["thingGroupName"]),
+        parent=_text(parent) if parent else None,
+        policies=_names(item.get("policies")),
+    )
+
+
+def _policy(item: Mapping[str, Any]) -> PolicyRecord:
+    """A policy's default version; a document AWS would refuse is kept, with its error."""
+    name = _text(item["policyName"])
+    version = _text(item["defaultVersionId"])
+    try:
+        document = parse_policy(_text(item["policyDocument"]))
+    except PolicyFormatError as exc:
+        return PolicyRecord(name, version, None, str(exc))
+    return PolicyRecord(name, version, document)
 
 
 def _ca(item: Mapping[str, Any]) -> CaRecord:

@@ -31,7 +31,8 @@ from device_agent._transport import ConnectError, ConnectParams, TransportCallba
 from simulators import DEFAULT_REGIONS, CertifiedKey, FleetPKI, TLSFiles
 from simulators._errors import GatewayError
 from simulators._pki import generate_private_key, private_key_from_pem, write_private_key
-from simulators.controlplane import DEFAULT_TPS, start_control_plane
+from simulators._regions import attach_device_policy
+from simulators.controlplane import DEFAULT_TPS, DEVICE_POLICY_NAME, start_control_plane
 from simulators.gateway import (
     AdmissionPolicy,
     ConnectLimits,
@@ -189,6 +190,7 @@ class Regions:
         name = thing or device.name
         iot.create_thing(thingName=name)
         iot.attach_thing_principal(thingName=name, principal=registered["certificateArn"])
+        attach_device_policy(iot, registered["certificateArn"])
         self.attached[registered["certificateId"]] = name
         return registered["certificateId"]
 
@@ -338,6 +340,7 @@ async def test_deactivating_or_deleting_a_certificate_cuts_and_refuses(regions: 
         "certificateArn"
     ]
     iot.detach_thing_principal(thingName="pump-2", principal=arn)
+    iot.detach_policy(policyName=DEVICE_POLICY_NAME, target=arn)  # AWS: policies first
     iot.delete_certificate(certificateId=certificate_id)
     await regions.settle(east, certificate_id, None)
     assert await regions.connect(east, device) == "closed"
@@ -348,14 +351,17 @@ async def test_deactivating_or_deleting_a_certificate_cuts_and_refuses(regions: 
 async def test_the_client_id_must_be_a_thing_attached_to_the_certificate(
     regions: Regions,
 ) -> None:
-    strict = regions.gateway(EAST)
-    anyone = regions.gateway(EAST, admission=AdmissionPolicy(client_ids="any"))
+    strict = regions.gateway(EAST)  # by the device policy: client/${iot:Connection.Thing.ThingName}
+    thing_rule = regions.gateway(EAST, admission=AdmissionPolicy(authorization="thing"))
+    anyone = regions.gateway(EAST, admission=AdmissionPolicy(authorization="any"))
     device = regions.device("pump-3")
     certificate_id = regions.register(EAST, device)
-    await regions.settle(strict, certificate_id, "ACTIVE")
-    await regions.settle(anyone, certificate_id, "ACTIVE")
+    for gateway in (strict, thing_rule, anyone):
+        await regions.settle(gateway, certificate_id, "ACTIVE")
     assert await regions.connect(strict, device, client_id="someone-else") == "closed"
-    assert strict.status()["refused"] == {"client_id_not_allowed": 1}
+    assert strict.status()["refused"] == {"policy_connect_denied": 1}
+    assert await regions.connect(thing_rule, device, client_id="someone-else") == "closed"
+    assert thing_rule.status()["refused"] == {"client_id_not_allowed": 1}
     session = await regions.connect(anyone, device, client_id="someone-else")
     assert isinstance(session, Session)
     await session.round_trip()
@@ -490,12 +496,13 @@ async def test_jitr_registers_pending_publishes_and_admits_once_a_handler_activa
         # Before the handler acts, the device is refused (and not registered twice).
         assert await regions.connect(west, device) == "closed"
 
-        # The handler: activate, create the thing, attach it.
+        # The handler: activate, create the thing, attach it and the policy.
         iot.update_certificate(certificateId=event["certificateId"], newStatus="ACTIVE")
         iot.create_thing(thingName="sensor-1")
         iot.attach_thing_principal(
             thingName="sensor-1", principal=described["certificateDescription"]["certificateArn"]
         )
+        attach_device_policy(iot, described["certificateDescription"]["certificateArn"])
         await regions.settle(west, device.certificate_id, "ACTIVE")
         await until(
             lambda: "sensor-1" in west.gateway.view.certificate(device.certificate_id).things,  # type: ignore[union-attr]

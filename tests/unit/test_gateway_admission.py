@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from simulators import FleetPKI
 from simulators._errors import GatewayError
+from simulators.controlplane import DEVICE_POLICY_NAME, device_policy
 from simulators.gateway import (
     AdmissionPolicy,
     ConnackOutcome,
@@ -46,8 +47,16 @@ def device(pki: FleetPKI) -> x509.Certificate:
     return pki.issue_device("dev-1").certificate
 
 
+ACCOUNT = "123456789012"
+DEVICE_POLICY = device_policy("us-east-1", ACCOUNT)
+
+
 def view_of(
-    *certificates: dict[str, object], cas: tuple[dict[str, object], ...] = ()
+    *certificates: dict[str, object],
+    cas: tuple[dict[str, object], ...] = (),
+    policies: tuple[dict[str, object], ...] = (),
+    things: tuple[dict[str, object], ...] = (),
+    groups: tuple[dict[str, object], ...] = (),
 ) -> RegistryView:
     view = RegistryView("us-east-1")
     view.load(
@@ -55,8 +64,19 @@ def view_of(
             {
                 "epoch": "e",
                 "revision": 1,
+                "accountId": ACCOUNT,
                 "certificates": list(certificates),
                 "caCertificates": list(cas),
+                "policies": [
+                    {
+                        "policyName": DEVICE_POLICY.name,
+                        "defaultVersionId": "1",
+                        "policyDocument": DEVICE_POLICY.document,
+                    },
+                    *policies,
+                ],
+                "things": list(things),
+                "thingGroups": list(groups),
             }
         )
     )
@@ -65,9 +85,15 @@ def view_of(
 
 def cert(
     cid: str = "c1", status: str = "ACTIVE", things: tuple[str, ...] = ("dev-1",),
-    ca: str | None = None,
+    ca: str | None = None, policies: tuple[str, ...] = (DEVICE_POLICY_NAME,),
 ) -> dict[str, object]:  # fmt: skip
-    return {"certificateId": cid, "status": status, "things": list(things), "caCertificateId": ca}
+    return {
+        "certificateId": cid,
+        "status": status,
+        "things": list(things),
+        "caCertificateId": ca,
+        "policies": list(policies),
+    }
 
 
 def attempt(
@@ -152,14 +178,25 @@ def test_how_a_refusal_is_answered(
 def test_the_client_id_must_be_a_thing_attached_to_the_certificate(
     device: x509.Certificate,
 ) -> None:
+    # By the default device policy (connect as your attached thing), then by the old rule.
     view = view_of(cert(things=("dev-1", "dev-1-shadow")))
     assert run(device, view, client_id="dev-1-shadow")[0] is Verdict.ADMIT
     assert run(device, view, client_id="someone-else")[:2] == (
         Verdict.REFUSE,
+        "policy_connect_denied",
+    )
+    assert run(device, view_of(cert(things=())))[1] == "policy_connect_denied"
+    thing = AdmissionPolicy(authorization="thing")
+    assert run(device, view, client_id="dev-1-shadow", policy=thing)[0] is Verdict.ADMIT
+    assert run(device, view, client_id="someone-else", policy=thing)[:2] == (
+        Verdict.REFUSE,
         "client_id_not_allowed",
     )
-    assert run(device, view_of(cert(things=())))[1] == "client_id_not_allowed"
-    anyone = AdmissionPolicy(client_ids="any")
+    # The old rule reads no policy: a certificate without one is admitted.
+    bare = view_of(cert(policies=()))
+    assert run(device, bare, policy=thing)[0] is Verdict.ADMIT
+    assert run(device, bare)[:2] == (Verdict.REFUSE, "policy_connect_denied")
+    anyone = AdmissionPolicy(authorization="any")
     assert run(device, view, client_id="someone-else", policy=anyone)[0] is Verdict.ADMIT
 
 

@@ -1,5 +1,7 @@
 """The control plane's certificate feed for the gateways: what each call touches; the journal."""
 
+# ruff: noqa: E501 - the tables read best one case per line
+
 from __future__ import annotations
 
 import threading
@@ -16,6 +18,8 @@ from simulators.controlplane import (
 )
 
 CERT_ARN = "arn:aws:iot:us-east-1:123456789012:cert/abc123"
+GROUP_ARN = "arn:aws:iot:us-east-1:123456789012:thinggroup/floor-3"
+THING_ARN = "arn:aws:iot:us-east-1:123456789012:thing/t9"
 
 
 @pytest.mark.parametrize(
@@ -64,7 +68,65 @@ def test_what_each_call_touches(
     assert certificate_subjects(api, path, principal=principal, response=response) == expected
 
 
-@pytest.mark.parametrize("api", ["CreateThing", "DescribeCertificate", "ListCertificates"])
+@pytest.mark.parametrize(
+    ("api", "path", "principal", "body", "expected"),
+    [
+        ("CreatePolicy", {"policyName": "p"}, None, {}, CertificateSubjects(policies=frozenset({"p"}))),
+        ("CreatePolicyVersion", {"policyName": "p"}, None, {}, CertificateSubjects(policies=frozenset({"p"}))),
+        ("SetDefaultPolicyVersion", {"policyName": "p", "policyVersionId": "2"}, None, {},
+         CertificateSubjects(policies=frozenset({"p"}))),
+        ("DeletePolicy", {"policyName": "p"}, None, {}, CertificateSubjects(policies=frozenset({"p"}))),
+        ("DeletePolicyVersion", {"policyName": "p"}, None, {}, CertificateSubjects(policies=frozenset({"p"}))),
+        ("AttachPolicy", {"policyName": "p"}, None, {"target": CERT_ARN},
+         CertificateSubjects(certificates=frozenset({"abc123"}))),
+        ("DetachPolicy", {"policyName": "p"}, None, {"target": GROUP_ARN},
+         CertificateSubjects(groups=frozenset({"floor-3"}))),
+        ("AttachPolicy", {"policyName": "p"}, None, {"target": 7}, CertificateSubjects()),
+        ("AttachPrincipalPolicy", {"policyName": "p"}, CERT_ARN, {},
+         CertificateSubjects(certificates=frozenset({"abc123"}))),
+        ("DetachPrincipalPolicy", {"policyName": "p"}, GROUP_ARN, {},
+         CertificateSubjects(groups=frozenset({"floor-3"}))),
+        ("CreateThing", {"thingName": "t1"}, None, {}, CertificateSubjects(things=frozenset({"t1"}))),
+        ("UpdateThing", {"thingName": "t1"}, None, {}, CertificateSubjects(things=frozenset({"t1"}))),
+        ("AddThingToThingGroup", {}, None, {"thingName": "t1", "thingGroupName": "g"},
+         CertificateSubjects(things=frozenset({"t1"}))),
+        ("RemoveThingFromThingGroup", {}, None, {"thingArn": THING_ARN},
+         CertificateSubjects(things=frozenset({"t9"}))),
+        ("UpdateThingGroupsForThing", {}, None, {"thingName": "t1"},
+         CertificateSubjects(things=frozenset({"t1"}))),
+        ("AddThingToThingGroup", {}, None, {"thingArn": "nope"}, CertificateSubjects()),
+        ("CreateThingGroup", {"thingGroupName": "g"}, None, {}, CertificateSubjects(groups=frozenset({"g"}))),
+        ("UpdateThingGroup", {"thingGroupName": "g"}, None, {}, CertificateSubjects(groups=frozenset({"g"}))),
+        ("DeleteThingGroup", {"thingGroupName": "g"}, None, {}, CertificateSubjects(groups=frozenset({"g"}))),
+    ],
+)  # fmt: skip
+def test_what_policy_thing_and_group_calls_touch(
+    api: str,
+    path: dict[str, str],
+    principal: str | None,
+    body: dict[str, object],
+    expected: CertificateSubjects,
+) -> None:
+    assert api in CERTIFICATE_APIS
+    assert certificate_subjects(api, path, principal=principal, body=body) == expected
+    assert bool(expected) is (expected != CertificateSubjects())
+
+
+def test_every_kind_is_journaled_apart() -> None:
+    feed = CertificateFeed()
+    feed.record("r", certificates=["c"], cas=["a"], things=["t"], groups=["g"], policies=["p"])
+    found = feed.changes_since("r", 0, feed.epoch)
+    assert found is not None
+    assert (found.certificates, found.cas, found.things, found.groups, found.policies) == (
+        frozenset({"c"}),
+        frozenset({"a"}),
+        frozenset({"t"}),
+        frozenset({"g"}),
+        frozenset({"p"}),
+    )
+
+
+@pytest.mark.parametrize("api", ["DescribeThing", "DescribeCertificate", "ListCertificates"])
 def test_other_calls_touch_no_certificate(api: str) -> None:
     assert certificate_subjects(api, {}, response={"certificateId": "c1"}) is None
 
