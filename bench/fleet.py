@@ -14,6 +14,7 @@ test suite:
 
     python -m bench.fleet --devices 1000,5000,10000,20000
     python -m bench.fleet --scenario blackhole --devices 300
+    python -m bench.fleet --devices 10000 --keep /tmp/fleet   # keeps each run's report
 """
 
 from __future__ import annotations
@@ -83,7 +84,12 @@ def _cpu() -> tuple[float, float]:
 
 
 def run_size(
-    scenario: Scenario, *, seed: int, processes: int | None, doors: int | None
+    scenario: Scenario,
+    *,
+    seed: int,
+    processes: int | None,
+    doors: int | None,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
     """One fleet run; the bench's JSON object for it."""
     phases: dict[str, float] = {}
@@ -94,10 +100,11 @@ def run_size(
 
     own0, children0 = _cpu()
     with tempfile.TemporaryDirectory(prefix="iotdr-bench-fleet-") as scratch:
+        report_dir = (keep / str(scenario.devices)) if keep else Path(scratch) / "report"
         report = run_fleet(
             RunOptions(
                 scenario=scenario,
-                report_dir=Path(scratch) / "report",
+                report_dir=report_dir,
                 seed=seed,
                 processes=processes,
                 door_processes=doors,
@@ -132,6 +139,7 @@ def run_size(
         "failback_storm": report.get("failback_storm"),
         "messages": report["messages"],
         "connects": report["connects"],
+        "device_refusals": report["refusals"]["devices"],
         "handshakes": report.get("handshakes"),
         "secondary_connect_quota_per_s": quota,
         "bound_s": round(bound_s, 2),
@@ -172,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=None, help="device-host processes")
     parser.add_argument("--door-processes", type=int, default=None, help="processes per door")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="keep each run's report in DIR/SIZE"
+    )
     args = parser.parse_args(argv)
 
     base = load_scenario(args.scenario)
@@ -182,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             processes=args.processes,
             doors=args.door_processes,
+            keep=args.keep,
         )
         ok = ok and result["verdict"] == "PASS"
         print(json.dumps(result), flush=True)

@@ -50,7 +50,9 @@ Decisions:
   preferred region's failback probes alike.
 * **Failover spread.** A device failing over waits ``uniform(0,
   failover_spread_s)`` (0 by default) before its first attempt at the other
-  region, on top of the backoff, and says so (``failover.spread``): a fleet
+  region, on top of the backoff, and says so (``failover.spread``); once per
+  failover: an attempt that fails there and sends the device back and forth
+  is not spread again, so no device waits more than one spread. A fleet
   that lost its region in the same second arrives at the secondary at about
   N / ``failover_spread_s`` CONNECT/s instead of all at once, each CONNECT
   over the quota a TLS handshake for a refusal.
@@ -313,9 +315,11 @@ class FailoverMachine:
         if self._failures_here >= self.config.reconnect_attempts:
             region = self._other(event.region)
             self._failures_here = 0
+            first = self._move is None  # not a bounce within a failover already spread
             self._begin_move("failover", event.region, now, out)
             self._reason = "failover"
-            self._attempt(region, now, now + self._backoff() + self._spread(region, out), out)
+            spread = self._spread(region, out) if first else 0.0
+            self._attempt(region, now, now + self._backoff() + spread, out)
             return
         self._attempt(region, now, now + self._backoff(), out)
 
@@ -378,10 +382,12 @@ class FailoverMachine:
         source = event.region
         out.append(Disconnect(source, f"{self._probe_failures} probes failed"))
         self._drop_connection(now, out)
+        target = self._other(source)
+        first = self._move is None
         self._begin_move("failover", source, now, out)
         self._reason = "failover"
-        target = self._other(source)
-        self._attempt(target, now, now + self._spread(target, out), out)
+        spread = self._spread(target, out) if first else 0.0
+        self._attempt(target, now, now + spread, out)
 
     def _on_failback_probe(self, event: ProbeResult, now: float, out: list[Action]) -> None:
         if not event.ok:

@@ -275,6 +275,29 @@ def test_a_failover_after_refused_reconnects_adds_the_spread_to_the_backoff() ->
     assert connects(h.log)[-1] == Connect(S, "failover")
 
 
+def test_a_failover_is_spread_once_however_often_it_bounces() -> None:
+    h = harness(reconnect_attempts=1, failover_spread_s=30.0, backoff_max_s=1.0)
+    connected(h)
+    h.advance(60)
+    h.feed(ConnectionLost(P, "closed"))
+    h.advance(1)
+    h.feed(ConnectFailed(P, "refused"))  # fail over to S, spread once
+    waits = []
+    for region in (S, P, S, P):
+        before = h.now
+        for _ in range(400):
+            if h.machine.state is State.CONNECTING:
+                break
+            h.advance(0.1)
+        assert connects(h.log)[-1].region == region
+        waits.append(h.now - before)
+        h.feed(ConnectFailed(region, "timeout"))  # the overloaded secondary, the dead primary
+    assert h.emitted().count("failover.spread") == 1
+    assert h.emitted().count("failover.started") == 1  # one failover, bouncing
+    assert waits[0] >= 15.0  # the spread: 0.5 of 30
+    assert max(waits[1:]) <= 1.1  # the backoff alone
+
+
 def test_a_reconnect_in_the_same_region_is_never_spread() -> None:
     h = harness(reconnect_attempts=3, failover_spread_s=30.0)
     connected(h)
