@@ -6,26 +6,34 @@ imported by ``replicator.aws`` only, which this package does not import:
 
 The layout, from the inside out::
 
-    core/       pure: no I/O, no clocks, no logging
-      _state.py _records.py _ops.py     states, change records (parse_message), writes
-      _plan*.py _sync.py _arns.py       the planners, sync points, ARN rewriting
-      _jitr_plan.py                     JITR's screen and provisioning plan
-      _region.py                        RegionApi, the port to one region
-    aws/        the adapter behind RegionApi
-      _adapter.py                       build_region: where the boto3 clients are built
-      _calls.py _writes.py _iam.py      quota, retries and errors per call; writes; IAM
-    runtime/    journal, worker, quotas, feed, host
-      _journal.py                       the SQLite journal: queues, sync points, dead letters
-      _worker.py                        JournalWorker: where a retry decision happens
-      _engine.py _assess.py             the engine: apply(key), for either direction
-      _jitr.py                          the JITR handler: handle(certificate), sweep()
-      _reconcile.py _failback.py        full passes; automatic failback
-      _quotas.py _feed.py               token buckets and retry policy; the MQTT feed
-      _host.py _http.py _health.py _metrics.py   the service host and its endpoints
-      _build.py                         Settings and build(): the one composition root
-    cli.py _jitr_cli.py _config.py      entry points: ``iotdr replicator ...``
-    lambda_handler.py jitr_lambda.py    entry points: the AWS Lambda functions
-    testing.py                          InMemoryRegion, for tests and benches
+    _errors.py   the one root exception, its families, the policy for failures
+    core/        pure: no I/O, no clocks, no logging
+      _state.py _records.py _ops.py       states, change records, the writes
+      _plan.py _plan_security.py _plan_shadow.py   the planners
+      _sync.py _arns.py _retry.py         sync fingerprints, ARN rewriting, RetryPolicy
+      _jitr_plan.py                       JITR's screen and provisioning plan
+      _region.py                          RegionApi: the port to one region
+    aws/         the adapter behind RegionApi
+      _adapter.py                         build_region(): where the boto3 clients are built
+      _calls.py _writes.py _iam.py        pacing and translation per call; writes; IAM
+    runtime/     journal, worker, quotas, feed, host
+      _journal.py _sync_points.py         the SQLite journal: queues, sync points
+      _worker.py                          JournalWorker: where a retry decision happens
+      _engine.py _assess.py               the engine's apply(key), either direction
+      _jitr.py                            the JITR handler's handle(certificate), sweep()
+      _reconcile.py _failback.py          full passes; automatic failback
+      _quotas.py _feed.py _stats.py       token buckets; the MQTT feed; counters
+      _host.py _http.py _health.py _metrics.py   ServiceHost and its endpoints
+      _settings.py _build.py              Settings and build(): the composition root
+    cli.py _jitr_cli.py _config.py        entry points: ``iotdr replicator ...``
+    lambda_handler.py jitr_lambda.py      entry points: the AWS Lambda functions
+    testing.py                            InMemoryRegion, for tests and benches
+
+Where does a retry decision happen? ``runtime/_worker.py`` (:func:`classify`
+and :class:`JournalWorker`), for every change of every queue; the adapter only
+retries one call on ThrottlingException (``aws/_calls.py``). Where are the
+boto3 clients built? ``aws/_adapter.py`` (:func:`build_region`), called by
+``runtime/_build.py`` alone.
 
 The flow: a feed (:class:`MqttFeed`, :func:`accept_bodies` for SQS) parses
 registry events and shadow messages into records and commits them to the
@@ -35,9 +43,7 @@ minimal writes and executes them within quotas) or to the :class:`JitrHandler`;
 :func:`reconcile` diffs both regions completely with the same planners;
 :class:`AutoFailback` runs a failback engine beside the forward one. The
 :class:`ServiceHost` runs feeds and workers with ``/healthz``, ``/readyz`` and
-``/metrics``. A change's failure is judged once, by :func:`classify` in
-``runtime/_worker.py`` (the policy is documented in ``_errors.py``); a single
-throttled call is retried within the call by ``aws/_calls.py``.
+``/metrics``.
 """
 
 from __future__ import annotations

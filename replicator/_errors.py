@@ -1,12 +1,21 @@
-"""The replicator's exceptions: one root, families under it.
+"""The replicator's exceptions: one root, families under it, and what a failure means.
 
-What the engine does with each family (see ``_engine.py``): a
-:class:`RetryableError` leaves the change pending and tries again later with
-backoff (throttling, a region that is down, a version conflict); a
-:class:`PermanentError` dead-letters the change with its reason (a policy or
-certificate that does not parse, a request AWS refuses); an
-:class:`AccessDeniedError` stops the replicator, because every later change
-would fail the same way.
+The one policy for a change that fails, in the engine, the JITR handler and
+both Lambdas alike (``runtime/_worker.py``, :func:`classify`, makes it true):
+
+- :class:`AccessDeniedError`, :class:`CredentialsError`: *stop*. Every later
+  change would fail the same way: the change stays pending, the worker raises
+  and the service stops with the missing permission named.
+- :class:`ThrottledError`, :class:`RegionUnavailableError`: *wait*. They pass
+  with time: the change stays pending with capped, jittered backoff, without
+  limit (the lag shows in the metrics).
+- :class:`PermanentError` (a document or PEM that does not parse, a request AWS
+  refuses as invalid): *dead*, dead-lettered at once with the reason.
+- anything else, :class:`ConflictError` and :class:`RefusedError` included (a
+  version conflict, a group that still has children, a missing policy, a
+  bug): *limited*, retried with backoff up to ``max_attempts``, then
+  dead-lettered. (The JITR sweep finds a dead-lettered certificate again; a
+  reconcile repairs a dead-lettered object.)
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from replicator.aws._calls import (
 )
 from replicator.aws._writes import execute
 from replicator.core._jitr_plan import CaCertificate
+from replicator.core._retry import RetryPolicy
 from replicator.core._state import (
     CertificateState,
     PolicyState,
@@ -39,7 +40,7 @@ from replicator.core._state import (
     ThingState,
     ThingTypeState,
 )
-from replicator.runtime._quotas import Clock, QuotaLimiter, RetryPolicy, SystemClock
+from replicator.runtime._quotas import Clock, QuotaLimiter, SystemClock
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

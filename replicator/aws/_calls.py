@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     import random
     from collections.abc import Callable, Iterator
 
-    from replicator.runtime._quotas import Clock, QuotaLimiter, RetryPolicy
+    from replicator.core._retry import RetryPolicy
+    from replicator.runtime._quotas import Clock, QuotaLimiter
 
 __all__ = [
     "BY_MARKER",

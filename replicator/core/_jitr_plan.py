@@ -22,8 +22,8 @@ from replicator.core._ops import (
     CreateThing,
     UpdateCertificate,
 )
+from replicator.core._retry import RetryPolicy
 from replicator.core._state import CERTIFICATE_ID
-from replicator.runtime._quotas import RetryPolicy
 
 if TYPE_CHECKING:
     from replicator.core._ops import Op

@@ -11,13 +11,8 @@ detached certificate, a re-created group's members) are journaled as new
 changes. What a plan *schedules* (a thing type's deletion five minutes after its
 deprecation) stays pending until then.
 
-Failures are never swallowed. The engine applies one claim
-(:meth:`Engine._apply_claim`) and raises; the journal worker (``_worker.py``)
-that runs it decides what a failure means, with the one policy of
-``_errors.py``: throttling and an outage wait for as long as it takes, other
-failures are retried up to ``max_attempts``, a document or PEM that does not
-parse is dead-lettered at once, AccessDenied stops the engine with the missing
-permission named, leaving the change pending for after the fix.
+Failures are never swallowed: the engine applies one claim and raises, and
+the journal worker that runs it (``_worker.py``) decides what the failure means.
 
 Modes: ``complete`` replicates things, types, groups, certificates, policies
 and shadows; ``jitr`` leaves certificates and policies to the target region's
@@ -38,9 +33,7 @@ import logging
 import random
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from replicator.core._ops import (
     Conflict,
@@ -56,7 +49,8 @@ from replicator.core._state import ObjectKey, ShadowState
 from replicator.core._sync import FORWARD_PENDING
 from replicator.runtime._assess import UNREAD, Assessment, Assessor
 from replicator.runtime._settings import EngineConfig
-from replicator.runtime._worker import JournalWorker, Outcome, WorkerConfig
+from replicator.runtime._stats import EngineStats
+from replicator.runtime._worker import Deferred, JournalWorker, Outcome, WorkerConfig
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -74,50 +68,6 @@ _MAX_REQUIRE_DEPTH = 6
 _HELD_S = 0.2  # how long a follow-up claimed during its parent's writes waits
 _DEFER_S = 1.0  # how long a failback change waits for the forward direction's
 _ENSURED_PRUNE_AT = 10_000  # entries of the "applied recently" memo before old ones go
-
-
-class _DeferredError(Exception):
-    """A failback object has a forward change due: it goes first (see Engine.pair_with)."""
-
-
-@dataclass(slots=True)
-class EngineStats:
-    """Counters since the engine started (a snapshot with :meth:`as_dict`)."""
-
-    applied: int = 0
-    in_sync: int = 0
-    writes: dict[str, int] = field(default_factory=dict)
-    conflicts: int = 0
-    scheduled: int = 0
-    retried: int = 0
-    dead: int = 0
-    lag_s: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
-    by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def count(self, kind: str, result: str) -> None:
-        """Count one outcome of one kind (the caller holds the engine's lock)."""
-        counts = self.by_kind.setdefault(kind, {})
-        counts[result] = counts.get(result, 0) + 1
-
-    def as_dict(self) -> dict[str, Any]:
-        """The counters, JSON-ready, with lag percentiles."""
-        lags = sorted(self.lag_s)
-
-        def pct(q: float) -> float | None:
-            return round(lags[min(len(lags) - 1, int(q * len(lags)))], 3) if lags else None
-
-        return {
-            "applied": self.applied,
-            "in_sync": self.in_sync,
-            "writes": dict(sorted(self.writes.items())),
-            "conflicts": self.conflicts,
-            "scheduled": self.scheduled,
-            "retried": self.retried,
-            "dead": self.dead,
-            "lag_p50_s": pct(0.5),
-            "lag_p99_s": pct(0.99),
-            "by_kind": {kind: dict(sorted(c.items())) for kind, c in sorted(self.by_kind.items())},
-        }
 
 
 class Engine:
@@ -172,7 +122,7 @@ class Engine:
         self._defer_held: dict[ObjectKey, int] | None = None
         self._ensured: dict[ObjectKey, float] = {}
         self._passes: list[float] = []  # start times of the reconcile passes running
-        self._observers: list[Callable[[Outcome], None]] = [self._count]
+        self._observers: list[Callable[[Outcome], None]] = [self.stats.observe]
         if observer is not None:
             self._observers.append(observer)
         self._writes = threading.local()
@@ -238,18 +188,18 @@ class Engine:
     @property
     def worker(self) -> JournalWorker:
         """The journal worker that runs this engine (of the current config)."""
-        config = self.config
+        c = self.config
         worker = JournalWorker(
             self.journal,
             self._apply_claim,
             WorkerConfig(
-                workers=config.workers,
-                batch=config.batch,
-                max_attempts=config.max_attempts,
-                backoff=config.backoff,
-                poll_s=config.poll_s,
+                workers=c.workers,
+                batch=c.batch,
+                max_attempts=c.max_attempts,
+                backoff=c.backoff,
+                poll_s=c.poll_s,
                 events="replicator.apply",
-                direction=config.direction,
+                direction=c.direction,
             ),
             wall=self._wall,
             rng=self._rng,
@@ -291,14 +241,16 @@ class Engine:
         _, mine = self._enter(key)
         try:
             return self._apply(key, depth=0, chain=frozenset())
-        except _DeferredError:
+        except Deferred:
             return Plan(key)  # the forward direction's change goes first (see pair_with)
         finally:
             self._leave(key, mine)
 
     def _apply(self, key: ObjectKey, *, depth: int, chain: frozenset[ObjectKey]) -> Plan:
         if self.defers(key):
-            raise _DeferredError(key)  # the forward direction's change goes first
+            now = self._wall()  # the forward direction's change goes first
+            reason = "waiting for the forward direction's pending change"
+            raise Deferred(until=self._defer_until(key, now), reason=reason)
         assessment = self.assess(key, required=depth > 0)
         plan = assessment.plan
         wrote = False
@@ -368,7 +320,7 @@ class Engine:
                 return True  # written or not, by another worker: plan again to be sure
             try:
                 plan = self._apply(key, depth=depth, chain=chain)
-            except _DeferredError:
+            except Deferred:
                 return False  # the forward direction's change of it goes first
             for op in plan.ops:
                 if isinstance(op, ScheduleAt):
@@ -478,11 +430,7 @@ class Engine:
     # -- the journal ------------------------------------------------------------------------
 
     def _apply_claim(self, claim: Claim) -> tuple[str, float | None]:
-        """The worker's ``apply``: one claimed change, finished in the journal; (result, lag).
-
-        Raises:
-            ReplicatorError: a read or a write failed (the worker decides what it means).
-        """
+        """The worker's ``apply``: one claim, finished in the journal; (result, lag)."""
         self._writes.apis = []
         _, mine = self._enter(claim.key)
         try:
@@ -493,18 +441,9 @@ class Engine:
     def _settle(self, claim: Claim) -> tuple[str, float | None]:
         key = claim.key
         if self._is_held(key):  # a follow-up of writes still running: after them
-            now = self._wall()
             reason = "after the writes that made it a follow-up"
-            self.journal.defer(claim, now=now, not_before=now + _HELD_S, reason=reason)
-            return "deferred", None
-        try:
-            plan = self._apply(key, depth=0, chain=frozenset())
-        except _DeferredError:
-            now = self._wall()
-            reason = "waiting for the forward direction's pending change"
-            until = self._defer_until(key, now)
-            self.journal.defer(claim, now=now, not_before=until, reason=reason)
-            return "deferred", None
+            raise Deferred(until=self._wall() + _HELD_S, reason=reason)
+        plan = self._apply(key, depth=0, chain=frozenset())
         now = self._wall()
         lag = max(0.0, now - claim.due_since)
         with self._lock:
@@ -539,12 +478,6 @@ class Engine:
             again = ObjectNamed(key=key, region=self.source.region)
             self.journal.accept(again, now=now, not_before=now + recheck)
         return "done", lag
-
-    def _count(self, outcome: Outcome) -> None:
-        with self._lock:
-            self.stats.count(outcome.key.kind, outcome.result)
-            self.stats.retried += outcome.waiting
-            self.stats.dead += outcome.result == "dead"
 
     def process(self, claim: Claim) -> str:
         """Apply one claimed change and record the outcome (see :meth:`JournalWorker.process`)."""

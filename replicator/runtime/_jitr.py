@@ -41,9 +41,8 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from replicator._errors import (
@@ -70,9 +69,11 @@ from replicator.core._jitr_plan import (
 from replicator.core._ops import CreatePolicy, CreateThing, UpdateCertificate
 from replicator.core._records import CertificateChanged
 from replicator.core._state import CERTIFICATE_ID
+from replicator.runtime._stats import JitrStats
 from replicator.runtime._worker import JournalWorker, Outcome, WorkerConfig
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable
 
     from replicator.core._ops import Op
@@ -101,30 +102,6 @@ _MIRRORED: Final = frozenset({"REVOKED", "INACTIVE"})  # primary statuses copied
 
 
 # -- the handler ---------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class JitrStats:
-    """Counters since the handler started."""
-
-    activated: int = 0
-    left_alone: int = 0
-    refused: int = 0
-    mirrored: int = 0
-    primary_unchecked: int = 0
-    changed_meanwhile: int = 0
-    gone: int = 0
-    retried: int = 0
-    dead: int = 0
-    sweeps: int = 0
-    sweep_failures: int = 0
-    swept: int = 0
-    writes: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The counters, JSON-ready."""
-        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        return {**values, "writes": dict(sorted(self.writes.items()))}
 
 
 class JitrHandler:
@@ -157,9 +134,8 @@ class JitrHandler:
         self.stats = JitrStats()
         self._wall = wall
         self._rng = rng or random.Random()  # noqa: S311 - backoff jitter
-        self._lock = threading.Lock()
         self._policy_seen = False
-        self._observers: list[Callable[[Outcome], None]] = [self._count_outcome]
+        self._observers: list[Callable[[Outcome], None]] = [self.stats.observe]
 
     def __repr__(self) -> str:
         primary = self.primary.region if self.primary is not None else None
@@ -197,7 +173,7 @@ class JitrHandler:
         region = self.region
         certificate = region.read_certificate(certificate_id, things=True)
         if certificate is None:
-            self._count("gone")
+            self.stats.count("gone")
             return "gone"
         if certificate.ca_certificate_id is None and ca_hint is not None:
             certificate = self._with_ca(certificate, ca_hint)
@@ -206,11 +182,11 @@ class JitrHandler:
         verdict = screen(self.config, certificate, ca)
         extra = {"region": region.region, "certificate_id": certificate_id, "ca": ca_id}
         if isinstance(verdict, Refused):
-            self._count("refused")
+            self.stats.count("refused")
             logger.warning("jitr.refused", extra={**extra, "reason": verdict.reason})
             return "refused"
         if isinstance(verdict, LeftAlone):
-            self._count("left_alone")
+            self.stats.count("left_alone")
             logger.info("jitr.left_alone", extra={**extra, "reason": verdict.reason})
             return "left_alone"
         if ca is not None and not ca.auto_registration:  # on the allow-list: accepted
@@ -233,7 +209,7 @@ class JitrHandler:
                 if changed is not None:
                     return changed
             self._write(op)
-        self._count("activated")
+        self.stats.count("activated")
         logger.info(
             "jitr.activated",
             extra={**extra, "thing": thing, "writes": [type(op).__name__ for op in ops]},
@@ -251,8 +227,8 @@ class JitrHandler:
             return None
         result = "gone" if current is None else "left_alone"
         status = "deleted" if current is None else current.status
-        self._count("changed_meanwhile")
-        self._count(result)
+        self.stats.count("changed_meanwhile")
+        self.stats.count(result)
         logger.warning("jitr.changed_meanwhile", extra={**extra, "status": status})
         return result
 
@@ -271,17 +247,17 @@ class JitrHandler:
         except (AccessDeniedError, CredentialsError):
             raise  # a policy without the primary's statement: say so, do not skip the check
         except ReplicatorError as exc:  # unreachable, throttled, ...: JITR is for outages
-            self._count("primary_unchecked")
+            self.stats.count("primary_unchecked")
             logger.warning("jitr.primary.unchecked", extra={**extra, "error": str(exc)})
             return None
         if status is None:
-            self._count("primary_unchecked")
+            self.stats.count("primary_unchecked")
             logger.info("jitr.primary.unknown", extra=extra)
             return None
         if status not in _MIRRORED:
             return None
         self._write(UpdateCertificate(certificate_id, status))
-        self._count("mirrored")
+        self.stats.count("mirrored")
         logger.warning("jitr.primary.refused", extra={**extra, "status": status})
         return "mirrored"
 
@@ -319,14 +295,9 @@ class JitrHandler:
             else:
                 raise
         else:
-            with self._lock:
-                self.stats.writes[op.api] = self.stats.writes.get(op.api, 0) + 1
+            self.stats.wrote(op.api)
         if isinstance(op, CreatePolicy):
             self._policy_seen = True
-
-    def _count(self, result: str) -> None:
-        with self._lock:
-            setattr(self.stats, result, getattr(self.stats, result) + 1)
 
     # -- the queue -----------------------------------------------------------------------------
 
@@ -347,12 +318,6 @@ class JitrHandler:
         result = self.handle(claim.key.name, hint)
         self.journal.done(claim, now=self._wall())
         return result, None
-
-    def _count_outcome(self, outcome: Outcome) -> None:
-        if outcome.waiting:
-            self._count("retried")
-        elif outcome.result == "dead":
-            self._count("dead")
 
     @property
     def worker(self) -> JournalWorker:
@@ -426,9 +391,8 @@ class JitrHandler:
             )
         if records:
             self.journal.accept_many(records, now=self._wall())
-        with self._lock:
-            self.stats.sweeps += 1
-            self.stats.swept += len(records)
+        self.stats.count("sweeps")
+        self.stats.count("swept", len(records))
         logger.info("jitr.sweep", extra={"region": self.region.region, "pending": len(records)})
         return len(records)
 
@@ -460,7 +424,7 @@ class JitrHandler:
         except (AccessDeniedError, CredentialsError):
             raise
         except ReplicatorError as exc:
-            self._count("sweep_failures")
+            self.stats.count("sweep_failures")
             logger.warning("jitr.sweep.failed", extra={"error": str(exc)})
             return False
         return True

@@ -11,9 +11,8 @@ halves its rate, down to a floor; after ``probe_interval_s`` without a
 throttle it raises the rate again by ``increase_fraction`` of the configured
 rate, up to it: slow down at once, probe back up gradually (AIMD).
 
-:class:`RetryPolicy` is a small value: attempts and exponential backoff with
-full jitter from an injected ``random.Random``. Time comes from an injected
-:class:`Clock`, so tests drive all of this with a fake clock.
+Time comes from an injected :class:`Clock`, so tests drive all of this with a
+fake clock. (:class:`RetryPolicy`, the backoff, is a pure value of ``core``.)
 """
 
 from __future__ import annotations
@@ -26,9 +25,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
 from replicator._errors import ConfigError
+from replicator.core._retry import RetryPolicy
 
 if TYPE_CHECKING:
-    import random
     from collections.abc import Mapping
 
 __all__ = [
@@ -105,32 +104,6 @@ class SystemClock:
         """:func:`time.sleep`."""
         if seconds > 0:
             time.sleep(seconds)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetryPolicy:
-    """How often to try a call that failed in a way that may pass, and how long to wait.
-
-    Attributes:
-        max_attempts: attempts in all, the first included.
-        base_s: the backoff before the second attempt, at most.
-        cap_s: the longest backoff.
-    """
-
-    max_attempts: int = 6
-    base_s: float = 0.2
-    cap_s: float = 20.0
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigError("max_attempts must be at least 1")
-        if not 0 < self.base_s <= self.cap_s:
-            raise ConfigError("backoff needs 0 < base_s <= cap_s")
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """The wait after failed attempt number ``attempt`` (0-based): full jitter."""
-        ceiling = min(self.cap_s, self.base_s * 2 ** min(attempt, 30))
-        return rng.uniform(0, ceiling)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,21 +1,14 @@
 """The journal worker: claim due changes, apply each, and decide what a failure means.
 
-One loop for every queue of the journal: the engine's (``changes``, ``failback``)
-and the JITR handler's (``jitr``); the service, the one-shot commands and both
-Lambdas run it. What it applies is a callable, ``apply(claim) -> (result,
-lag)``, that finishes the claim in the journal when it succeeds (done, scheduled
-or deferred) and raises when it fails. The worker decides the rest, with
-:func:`classify` (the policy, documented in ``_errors.py``):
-
-========  ===========================================================  ==============
-class     failures                                                     then
-========  ===========================================================  ==============
-stop      AccessDenied, no credentials: every change would fail alike   pending; raise
-wait      throttled, a region down: passes with time                    pending, no limit
-limited   anything else (a conflict, a refusal, not found, a bug)       ``max_attempts``
-dead      permanent: a document or PEM that does not parse               dead-lettered
-========  ===========================================================  ==============
-
+One loop for every queue of the journal: the engine's (``changes``,
+``failback``) and the JITR handler's (``jitr``); the services, the one-shot
+commands, the replicator Lambda's batches and the JITR Lambda's sweeps run it.
+What it applies is a callable, ``apply(claim) -> (result, lag)``, that
+finishes the claim in the journal when it succeeds (done or scheduled),
+raises :class:`Deferred` to look again later (not a failure), and raises
+anything else when it fails. The worker settles a failure by
+:func:`classify`, the policy documented in ``_errors.py``: stop, wait (pending
+without limit), limited (pending up to ``max_attempts``, then dead) or dead.
 Pending changes wait the ``backoff`` policy's capped, jittered delay. Every
 processed change ends in one :class:`Outcome`, handed to the observers (the
 engine's and the handler's statistics, the service's metrics and readiness).
@@ -48,13 +41,22 @@ if TYPE_CHECKING:
     from replicator.runtime._journal import Claim, Journal
     from replicator.runtime._quotas import RetryPolicy
 
-__all__ = ["Disposition", "JournalWorker", "Outcome", "WorkerConfig", "classify"]
+__all__ = ["Deferred", "Disposition", "JournalWorker", "Outcome", "WorkerConfig", "classify"]
 
 logger = logging.getLogger(__name__)
 
 Disposition = Literal["stop", "wait", "limited", "dead"]
 _MIN_DELAY_S = 0.05  # a retried change is never due again at once
 _WAITING = frozenset({"retry", "throttled", "unavailable", "denied"})  # still pending
+
+
+class Deferred(Exception):  # noqa: N818 - not an error: the apply's "not now"
+    """Raised by an apply: try the change again at ``until``; no attempt is counted."""
+
+    def __init__(self, *, until: float, reason: str) -> None:
+        super().__init__(reason)
+        self.until = until
+        self.reason = reason
 
 
 def classify(exc: BaseException) -> Disposition:
@@ -177,6 +179,10 @@ class JournalWorker:
         try:
             try:
                 result, lag = self._apply(claim)
+            except Deferred as later:
+                now = self._wall()
+                self.journal.defer(claim, now=now, not_before=later.until, reason=later.reason)
+                result = "deferred"
             except Exception as exc:  # noqa: BLE001 - every failure ends in the journal
                 result, region = self._failed(claim, exc)
         finally:
