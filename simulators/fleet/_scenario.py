@@ -29,7 +29,9 @@ fails, for ``fraction`` of them, the door untouched: what a drill against a
 real AWS account can do; see :mod:`simulators.fleet._device_faults`).
 
 Everything here is pure but :func:`load_scenario`, which reads the file (or
-the built-in's package data). Unknown keys are errors, and every error is a
+the built-in's package data). The YAML with line numbers is
+:mod:`simulators.fleet._scenario_yaml`; the ``agent:`` overrides are checked
+by :mod:`simulators.fleet._scenario_agent`. Unknown keys are errors, and every error is a
 :class:`ScenarioError` whose one-line message names the file, the line and the
 field at fault: ``scenario my.yaml line 12: timeline[2].fault.mode: unknown
 fault mode 'melt' (known: ...)``.
@@ -38,7 +40,6 @@ fault mode 'melt' (known: ...)``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -46,20 +47,14 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
-
-from device_agent._config import (
-    AgentConfig,
-    DiscoveryConfig,
-    FailoverConfig,
-    IdentityConfig,
-    MQTTConfig,
-    OutboxConfig,
-    ProbeConfig,
-)
-from device_agent._errors import ConfigError
 from replicator.runtime._quotas import DEFAULT_TPS
-from simulators._errors import SimulatorError
+from simulators.fleet._scenario_agent import (
+    agent_value,
+    apply_agent_overrides,
+    check_override_key,
+    placeholder_agent_config,
+)
+from simulators.fleet._scenario_yaml import ScenarioError, YamlNode, compose
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -108,35 +103,6 @@ FaultMode = Literal[
 DeviceFaultMode = Literal["refuse", "reset", "blackhole"]
 FaultSide = Literal["door", "devices"]
 Replication = Literal["complete", "jitr", "off"]
-
-
-class ScenarioError(SimulatorError):
-    """A scenario is malformed, or names something that does not exist.
-
-    Attributes:
-        source: the file (or built-in) it came from.
-        line: the 1-based line at fault, when known.
-        path: the field at fault (``timeline[2].fault.mode``), when known.
-        problem: what is wrong, without the place.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        source: str | None = None,
-        line: int | None = None,
-        path: str | None = None,
-    ) -> None:
-        where = f"scenario {source}" if source else "scenario"
-        if line is not None:
-            where += f" line {line}"
-        text = f"{where}: {path}: {message}" if path else f"{where}: {message}"
-        super().__init__(text)
-        self.problem = message
-        self.source = source
-        self.line = line
-        self.path = path
 
 
 # -- the scenario's values ----------------------------------------------------------------
@@ -370,246 +336,6 @@ def region_settings(scenario: Scenario) -> dict[str, Any]:
     return {"region_quotas": region_quotas, "door_limits": door_limits}
 
 
-# -- the agent's settings -----------------------------------------------------------------
-
-_AGENT_SECTIONS: dict[str, type[Any]] = {
-    "failover": FailoverConfig,
-    "probe": ProbeConfig,
-    "mqtt": MQTTConfig,
-    "outbox": OutboxConfig,
-    "agent": AgentConfig,
-}
-_SIMULATOR_OWNS = {
-    "identity": "the simulator gives every device its own identity",
-    "discovery": "the simulator points every device at the local regions' DNS",
-    "outbox.path": "the simulator gives every device its own outbox",
-    "agent.status_path": "the simulator watches the devices itself",
-    "agent.identity": "the simulator gives every device its own identity",
-    "agent.discovery": "the simulator points every device at the local regions' DNS",
-    "agent.failover": "write it as its own section, failover: {...}",
-    "agent.probe": "write it as its own section, probe: {...}",
-    "agent.mqtt": "write it as its own section, mqtt: {...}",
-    "agent.outbox": "write it as its own section, outbox: {...}",
-}
-
-
-def _section_fields(section: str) -> dict[str, Any]:
-    cls = _AGENT_SECTIONS[section]
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _agent_value(section: str, name: str, value: object) -> object:
-    """``value`` as the type of ``section.name``; raises ValueError saying what it must be."""
-    kind = _section_fields(section)[name]
-    origin = typing.get_origin(kind)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError("must be true or false")
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ValueError("must be a whole number")
-    if kind is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ValueError("must be a number")
-    if kind is str:
-        if isinstance(value, str):
-            return value
-        raise ValueError("must be a string")
-    if origin is Literal:
-        choices = typing.get_args(kind)
-        if value in choices and isinstance(value, str):
-            return value
-        raise ValueError(f"must be one of {', '.join(map(str, choices))}")
-    if origin is tuple:
-        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ValueError("must be a list of strings")
-    if kind == (str | None):
-        if value is None or isinstance(value, str):
-            return value
-        raise ValueError("must be a string or null")
-    raise ValueError("cannot be set from a scenario")  # pragma: no cover - every field is typed
-
-
-def _check_override_key(section: str, name: str | None = None) -> str | None:
-    """Why ``section[.name]`` cannot be overridden, or None when it can."""
-    key = section if name is None else f"{section}.{name}"
-    if key in _SIMULATOR_OWNS:
-        return f"cannot be overridden: {_SIMULATOR_OWNS[key]}"
-    if section not in _AGENT_SECTIONS:
-        return f"unknown agent section (known: {', '.join(sorted(_AGENT_SECTIONS))})"
-    if name is not None and name not in _section_fields(section):
-        known = sorted(set(_section_fields(section)) - _owned_fields(section))
-        return f"unknown field of [{section}] (known: {', '.join(known)})"
-    return None
-
-
-def _owned_fields(section: str) -> set[str]:
-    return {k.partition(".")[2] for k in _SIMULATOR_OWNS if k.startswith(f"{section}.")}
-
-
-def apply_agent_overrides(
-    config: AgentConfig, overrides: Mapping[str, Mapping[str, object]]
-) -> AgentConfig:
-    """``config`` with a scenario's ``agent:`` overrides applied.
-
-    Sections are those of ``agent.toml`` (failover, probe, mqtt, outbox, agent);
-    the dataclasses' own checks validate the values.
-
-    Raises:
-        ScenarioError: an unknown or simulator-owned section or field, or a
-            value the agent's configuration refuses; the message names
-            ``agent.SECTION.FIELD``.
-    """
-    for section, values in overrides.items():
-        problem = _check_override_key(section)
-        if problem is not None:
-            raise ScenarioError(problem, path=f"agent.{section}")
-        converted: dict[str, object] = {}
-        for name, value in values.items():
-            path = f"agent.{section}.{name}"
-            problem = _check_override_key(section, name)
-            if problem is not None:
-                raise ScenarioError(problem, path=path)
-            try:
-                converted[name] = _agent_value(section, name, value)
-            except ValueError as exc:
-                raise ScenarioError(f"{exc}, not {value!r}", path=path) from None
-        try:
-            if section == "agent":
-                config = dataclasses.replace(config, **converted)  # type: ignore[arg-type]
-            else:
-                part = dataclasses.replace(getattr(config, section), **converted)
-                config = dataclasses.replace(config, **{section: part})
-        except (ConfigError, TypeError, ValueError) as exc:
-            raise ScenarioError(str(exc), path=f"agent.{section}") from exc
-    return config
-
-
-def _placeholder_agent_config() -> AgentConfig:
-    """An agent configuration to check overrides against (no file is read)."""
-    here = Path("device.pem")
-    return AgentConfig(
-        identity=IdentityConfig(client_id="check", cert_path=here, key_path=here, ca_path=here),
-        discovery=DiscoveryConfig(name="iot.iotdr.test"),
-    )
-
-
-# -- YAML with line numbers ---------------------------------------------------------------
-
-
-class _Node:
-    """A YAML node with its path in the document: every error it raises names both."""
-
-    def __init__(self, node: yaml.Node, path: str, source: str, loader: yaml.SafeLoader) -> None:
-        self.node = node
-        self.path = path
-        self.source = source
-        self._loader = loader
-
-    @property
-    def line(self) -> int:
-        return self.node.start_mark.line + 1
-
-    def error(self, message: str) -> ScenarioError:
-        return ScenarioError(message, source=self.source, line=self.line, path=self.path or None)
-
-    def _child(self, node: yaml.Node, path: str) -> _Node:
-        return _Node(node, path, self.source, self._loader)
-
-    def mapping(self, what: str) -> dict[str, _Node]:
-        if not isinstance(self.node, yaml.MappingNode):
-            raise self.error(f"must be a mapping ({what})")
-        out: dict[str, _Node] = {}
-        for key_node, value_node in self.node.value:
-            key = self._loader.construct_object(key_node, deep=True)
-            sub = f"{self.path}.{key}" if self.path else str(key)
-            if not isinstance(key, str):
-                raise self._child(key_node, sub).error("keys must be strings")
-            if key in out:
-                raise self._child(key_node, sub).error("given twice")
-            out[key] = self._child(value_node, sub)
-        return out
-
-    def keys(
-        self, what: str, *, required: tuple[str, ...], optional: tuple[str, ...] = ()
-    ) -> dict[str, _Node]:
-        items = self.mapping(what)
-        allowed = (*required, *optional)
-        for key, child in items.items():
-            if key not in allowed:
-                raise child.error(f"unknown key (allowed: {', '.join(allowed)})")
-        missing = [key for key in required if key not in items]
-        if missing:
-            raise self.error(f"missing {', '.join(missing)} ({what})")
-        return items
-
-    def sequence(self, what: str) -> list[_Node]:
-        if not isinstance(self.node, yaml.SequenceNode):
-            raise self.error(f"must be a list ({what})")
-        return [self._child(item, f"{self.path}[{i}]") for i, item in enumerate(self.node.value)]
-
-    def value(self) -> object:
-        return self._loader.construct_object(self.node, deep=True)
-
-    def string(self) -> str:
-        value = self.value()
-        if not isinstance(value, str) or not value:
-            raise self.error(f"must be a non-empty string, not {value!r}")
-        return value
-
-    def number(self, *, positive: bool = False) -> float:
-        value = self.value()
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise self.error(f"must be a number, not {value!r}")
-        if value < 0 or (positive and value == 0):
-            raise self.error(f"must be {'more than zero' if positive else 'zero or more'}")
-        return float(value)
-
-    def integer(self) -> int:
-        value = self.value()
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(f"must be a whole number, not {value!r}")
-        if value < 1:
-            raise self.error(f"must be at least 1, not {value}")
-        return value
-
-    def choice(self, choices: tuple[str, ...], what: str) -> str:
-        value = self.value()
-        # YAML 1.1 reads a bare ``off`` (or ``no``) as false: a choice means the word written.
-        if isinstance(value, bool) and isinstance(self.node, yaml.ScalarNode):
-            value = self.node.value
-        if not isinstance(value, str) or value not in choices:
-            raise self.error(f"unknown {what} {value!r} (known: {', '.join(choices)})")
-        return value
-
-
-def _compose(text: str, source: str) -> tuple[yaml.Node, yaml.SafeLoader]:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        problem = exc.problem or exc.context or "invalid"
-        msg = f"not valid YAML: {problem}; check the indentation and brackets"
-        raise ScenarioError(msg, source=source, line=line) from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"not valid YAML: {exc}", source=source) from None
-    if node is None:
-        msg = "empty; a scenario needs name, devices, duration_s, regions and timeline"
-        raise ScenarioError(msg, source=source, line=1)
-    return node, loader
-
-
 # -- parsing ------------------------------------------------------------------------------
 
 _TOP_REQUIRED = ("name", "devices", "duration_s", "regions", "timeline")
@@ -628,8 +354,8 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
     Raises:
         ScenarioError: the text is not YAML, or not a valid scenario.
     """
-    node, loader = _compose(text, source)
-    root = _Node(node, "", source, loader)
+    node, loader = compose(text, source)
+    root = YamlNode(node, "", source, loader)
     top = root.keys(
         "a scenario: name, devices, duration_s, regions, timeline, ...",
         required=_TOP_REQUIRED,
@@ -659,7 +385,7 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
     )
 
 
-def _regions(node: _Node) -> tuple[str, ...]:
+def _regions(node: YamlNode) -> tuple[str, ...]:
     items = node.sequence("the regions, primary first")
     regions: list[str] = []
     for item in items:
@@ -672,7 +398,7 @@ def _regions(node: _Node) -> tuple[str, ...]:
     return tuple(regions)
 
 
-def _fleet(node: _Node) -> FleetSettings:
+def _fleet(node: YamlNode) -> FleetSettings:
     names = tuple(f.name for f in dataclasses.fields(FleetSettings))
     items = node.keys("the devices' pace", required=(), optional=names)
     values = {
@@ -681,23 +407,23 @@ def _fleet(node: _Node) -> FleetSettings:
     return FleetSettings(**values)
 
 
-def _agent(node: _Node) -> Mapping[str, Mapping[str, object]]:
-    base = _placeholder_agent_config()
+def _agent(node: YamlNode) -> Mapping[str, Mapping[str, object]]:
+    base = placeholder_agent_config()
     out: dict[str, Mapping[str, object]] = {}
     for section, section_node in node.mapping("overrides by agent.toml section").items():
-        problem = _check_override_key(section)
+        problem = check_override_key(section)
         if problem is not None:
             raise section_node.error(problem)
         values: dict[str, object] = {}
         for name, child in section_node.mapping(f"the [{section}] fields to override").items():
-            problem = _check_override_key(section, name)
+            problem = check_override_key(section, name)
             if problem is not None:
                 raise child.error(problem)
             if section == "failover" and name in _AUTO_SPREADS and child.value() == "auto":
                 values[name] = "auto"  # the fleet's size over a quota: resolved_agent()
                 continue
             try:
-                value = _agent_value(section, name, child.value())
+                value = agent_value(section, name, child.value())
                 apply_agent_overrides(base, {section: {name: value}})
             except ValueError as exc:
                 raise child.error(f"{exc}, not {child.value()!r}") from None
@@ -708,7 +434,7 @@ def _agent(node: _Node) -> Mapping[str, Mapping[str, object]]:
     return types.MappingProxyType(out)
 
 
-def _quotas(node: _Node, regions: tuple[str, ...]) -> Mapping[str, RegionQuotas]:
+def _quotas(node: YamlNode, regions: tuple[str, ...]) -> Mapping[str, RegionQuotas]:
     out: dict[str, RegionQuotas] = {}
     for region, region_node in node.mapping("quotas per region").items():
         if region not in regions:
@@ -729,7 +455,7 @@ def _quotas(node: _Node, regions: tuple[str, ...]) -> Mapping[str, RegionQuotas]
     return types.MappingProxyType(out)
 
 
-def _timeline(node: _Node, regions: tuple[str, ...], duration_s: float) -> tuple[Step, ...]:
+def _timeline(node: YamlNode, regions: tuple[str, ...], duration_s: float) -> tuple[Step, ...]:
     steps: list[Step] = []
     for item in node.sequence("the steps"):
         fields = item.mapping("a step: at and one action")
@@ -756,14 +482,14 @@ def _timeline(node: _Node, regions: tuple[str, ...], duration_s: float) -> tuple
     return tuple(steps)
 
 
-def _region(node: _Node, regions: tuple[str, ...]) -> str:
+def _region(node: YamlNode, regions: tuple[str, ...]) -> str:
     region = node.string()
     if region not in regions:
         raise node.error(f"region {region!r} is not one of this scenario's ({', '.join(regions)})")
     return region
 
 
-def _step(action: str, node: _Node, at: float, regions: tuple[str, ...]) -> Step:
+def _step(action: str, node: YamlNode, at: float, regions: tuple[str, ...]) -> Step:
     if action == "fault":
         return _fault(node, at, regions)
     if action == "heal":
@@ -783,7 +509,7 @@ def _step(action: str, node: _Node, at: float, regions: tuple[str, ...]) -> Step
     return DnsStep(at=at, cname=_region(items["cname"], regions))
 
 
-def _fault(node: _Node, at: float, regions: tuple[str, ...]) -> FaultStep | DeviceFaultStep:
+def _fault(node: YamlNode, at: float, regions: tuple[str, ...]) -> FaultStep | DeviceFaultStep:
     items = node.keys(
         "the region and the mode", required=("region", "mode"), optional=("side", "fraction")
     )
