@@ -65,7 +65,7 @@ from botocore.config import Config
 from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators import generate_device_identities
-from simulators._regions import LocalRegions, RegionPorts
+from simulators._regions import LocalRegions, RegionPorts, attach_device_policy
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -86,6 +86,8 @@ QUOTAS = {
     "ListThings": 10000.0,
     "RegisterCertificateWithoutCA": 10000.0,
     "AttachThingPrincipal": 10000.0,
+    "AttachPolicy": 10000.0,
+    "CreatePolicy": 10000.0,
 }
 MQTT_TOKEN = b'"clientToken":"mqtt-'  # marks this bench's MQTT answers (compact JSON)
 
@@ -697,7 +699,7 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 def register_devices(
     url: str, directory: Path, names: list[str], threads: int, timeout_s: float
 ) -> dict[str, Any]:
-    """RegisterCertificateWithoutCA (ACTIVE), CreateThing, AttachThingPrincipal per device."""
+    """RegisterCertificateWithoutCA (ACTIVE), CreateThing, AttachThingPrincipal, AttachPolicy."""
     local = threading.local()
     deadline = time.monotonic() + timeout_s
 
@@ -724,6 +726,7 @@ def register_devices(
             )["certificateArn"]
             iot.create_thing(thingName=name)
             iot.attach_thing_principal(thingName=name, principal=arn)
+            attach_device_policy(iot, arn)  # AWS admits no certificate without a policy
         except Exception as exc:  # noqa: BLE001 - counted and reported
             return f"{type(exc).__name__}: {exc}"[:200]
         return None
@@ -938,11 +941,13 @@ def bench_door(regions: LocalRegions, state_dir: Path, args: argparse.Namespace)
             "identities": "generate_device_identities: EC P-256 key and certificate per "
             "device, signed by the fleet CA, 2 worker processes",
             "registration": "boto3 iot per device: RegisterCertificateWithoutCA ACTIVE, "
-            "CreateThing, AttachThingPrincipal (quotas of those APIs raised to 10,000 TPS); "
-            "the door learns them from the control plane's feed",
+            "CreateThing, AttachThingPrincipal, AttachPolicy of the region's default device "
+            "policy (quotas of those APIs raised to 10,000 TPS); the door learns them from "
+            "the control plane's feed",
             "admission": "the door as `iotdr sim regions up` runs it: every device its own "
-            "certificate, client ID = its thing name (AdmissionPolicy client_ids='thing'), "
-            "AWS's CONNECT quotas",
+            "certificate, client ID = its thing name, authorized by its IoT policies "
+            "(connect as the attached thing; publish, receive, subscribe anywhere), AWS's "
+            "CONNECT quotas",
             "load": f"{args.load_workers} load processes, {args.connect_threads} threads "
             "each, blocking TLS sockets (TLS 1.3, SNI = the region's endpoint), MQTT 3.1.1 "
             "CONNECT; a refused attempt retries after 0.25-2 s, 5 attempts at most",

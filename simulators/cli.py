@@ -945,7 +945,12 @@ def _door_summary(door: dict[str, Any] | None) -> str:
     mode = fault.get("mode", fault) if isinstance(fault, dict) else fault
     live = door.get("connections", {}).get("live", 0)
     refused = sum(door.get("refused", {}).values())
-    return f" door={mode} live={live} admitted={door.get('admitted', 0)} refused={refused}"
+    summary = f" door={mode} live={live} admitted={door.get('admitted', 0)} refused={refused}"
+    # What the IoT policies refused or denied, by reason (policy_connect_denied, ...).
+    policy = {k: v for k, v in sorted(door.get("policy", {}).items()) if v}
+    if policy:
+        summary += " " + " ".join(f"{reason}={n}" for reason, n in policy.items())
+    return summary
 
 
 # -- faults -----------------------------------------------------------------------------
