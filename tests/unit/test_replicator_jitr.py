@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ from replicator.core._ops import (
 )
 from replicator.core._state import CertificateState, ObjectKey, ThingState
 from replicator.jitr_lambda import JitrIncompleteError, config_from_env, handle_event
+from replicator.runtime._host import run_jitr_service
 from replicator.runtime._jitr import (
     CaCertificate,
     Eligible,
@@ -1153,3 +1155,37 @@ def test_the_jitr_iam_policy_reads_certificates_in_the_primary_only_when_asked()
     assert list(JITR_PRIMARY_ACTIONS) == ["iot:DescribeCertificate"]  # read-only
     others = [s for s in document["Statement"] if s["Sid"] != "CheckThePrimary"]
     assert all(EAST not in json.dumps(s) for s in others)
+
+
+# -- the service -----------------------------------------------------------------------------------
+
+
+def test_the_jitr_service_serves_health_and_its_outcomes_as_metrics(ca: CA) -> None:
+    r = rig(sweep_interval_s=0.0)
+    r.region.register_ca(ca)
+    cid = r.region.jitr(ca, "served-1")
+    r.handler.accept(cid, ca.certificate_id)
+    lines: list[dict[str, Any]] = []
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_jitr_service,
+        args=(r.handler, None),
+        kwargs={"report": lines.append, "stop": stop, "listen": ("127.0.0.1", 0)},
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10.0
+        while r.region.status(cid) != "ACTIVE" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert r.region.status(cid) == "ACTIVE"
+        base = lines[0]["listen"]
+        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+    finally:
+        stop.set()
+        thread.join()
+    assert 'iotdr_jitr_changes_total{kind="certificate",result="activated"} 1.0' in metrics
+    assert "iotdr_replicator_queue_pending" in metrics
+    assert [line["event"] for line in lines] == ["jitr.started", "jitr.stopped"]
