@@ -38,6 +38,7 @@ from simulators.controlplane import (
     parse_bulk_request,
 )
 from simulators.controlplane._bulk import bulk_chunks
+from tests.unit._door_records import NoDoorRecords
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -188,7 +189,7 @@ def no_moto(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable
     return [b'{"message": "no AWS call in these tests"}']
 
 
-class FakeRegistry:
+class FakeRegistry(NoDoorRecords):
     """The registry reader: nothing registered (the feed is what these tests read)."""
 
     def snapshot(self, region: str, subjects: Subjects) -> RegistryView:

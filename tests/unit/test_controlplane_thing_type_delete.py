@@ -28,6 +28,7 @@ from simulators.controlplane import (
     ThingTypeState,
     Throttle,
 )
+from tests.unit._door_records import NoDoorRecords
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -63,7 +64,7 @@ class FakeMoto:
         return [b"{}"]
 
 
-class FakeRegistry:
+class FakeRegistry(NoDoorRecords):
     """The registry reader over the same ``types`` as :class:`FakeMoto`."""
 
     def __init__(self, types: dict[str, ThingTypeState]) -> None:
