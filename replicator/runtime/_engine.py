@@ -47,7 +47,7 @@ from replicator.core._ops import (
 from replicator.core._records import ObjectNamed, ThingChanged
 from replicator.core._state import ObjectKey, ShadowState
 from replicator.core._sync import FORWARD_PENDING
-from replicator.runtime._assess import UNREAD, Assessment, Assessor
+from replicator.runtime._assess import Assessment, Assessor
 from replicator.runtime._settings import EngineConfig
 from replicator.runtime._stats import EngineStats
 from replicator.runtime._worker import Deferred, JournalWorker, Outcome, WorkerConfig
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
     import concurrent.futures
     from collections.abc import Callable, Iterator
 
-    from replicator.core._plan_shadow import ShadowSync
     from replicator.core._region import RegionApi
     from replicator.runtime._journal import Claim, Journal
 
@@ -113,6 +112,8 @@ class Engine:
             direction=self.config.direction,
             keep_target_changes=self.config.keep_target_changes,
         )
+        self.assess = self._assessor.assess
+        """Read a key in both regions and plan; no writes (reconcile uses it too)."""
         self._lock = threading.Lock()
         self._keys_lock = threading.Lock()  # guards _inflight, which another engine may share
         self._inflight: dict[ObjectKey, threading.Event] = {}
@@ -188,43 +189,25 @@ class Engine:
     @property
     def worker(self) -> JournalWorker:
         """The journal worker that runs this engine (of the current config)."""
-        c = self.config
-        worker = JournalWorker(
+        config = self.config
+        return JournalWorker(
             self.journal,
             self._apply_claim,
-            WorkerConfig(
-                workers=c.workers,
-                batch=c.batch,
-                max_attempts=c.max_attempts,
-                backoff=c.backoff,
-                poll_s=c.poll_s,
-                events="replicator.apply",
-                direction=c.direction,
+            WorkerConfig.of(
+                config, batch=config.batch, events="replicator.apply", direction=config.direction
             ),
             wall=self._wall,
             rng=self._rng,
             held=self._held_keys,
             writes=lambda: tuple(getattr(self._writes, "apis", ())),
+            observers=self._observers,
         )
-        worker.observers = self._observers
-        return worker
 
     def now(self) -> float:
         """The engine's wall clock, in epoch seconds."""
         return self._wall()
 
     # -- reading and planning ---------------------------------------------------------------
-
-    def assess(
-        self,
-        key: ObjectKey,
-        *,
-        sync: ShadowSync | None = None,
-        source_state: object = UNREAD,
-        required: bool = False,
-    ) -> Assessment:
-        """Read ``key`` in both regions and plan; no writes (:meth:`Assessor.assess`)."""
-        return self._assessor.assess(key, sync=sync, source_state=source_state, required=required)
 
     @property
     def _regions(self) -> tuple[str, str]:

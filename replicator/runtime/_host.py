@@ -273,7 +273,6 @@ def run_service(
         others.append(
             Hosted("replicator-failback", auto.run, MqttFeed(back_feed, auto.failback.journal))
         )
-    limiter = getattr(engine.target, "limiter", None)  # the boto3 adapter's buckets
     ServiceHost(
         name="replicator",
         main=Hosted("replicator", engine.run, feed),
@@ -293,7 +292,7 @@ def run_service(
         stats_interval_s=stats_interval_s,
         listen=listen,
         ops=ops or ServiceOps(),
-        limiter=limiter if isinstance(limiter, QuotaLimiter) else None,
+        limiter=_limiter_of(engine.target),
         failback_journal=failback[0].failback.journal if failback is not None else None,
     ).run()
 
@@ -315,7 +314,6 @@ def run_jitr_service(
     """
     ops = ops or ServiceOps()
     handler.add_observer(ops.observe)
-    limiter = getattr(handler.region, "limiter", None)
     ServiceHost(
         name="jitr",
         main=Hosted("jitr", handler.run, feed),
@@ -332,8 +330,14 @@ def run_jitr_service(
         stop=stop or threading.Event(),
         listen=listen,
         ops=ops,
-        limiter=limiter if isinstance(limiter, QuotaLimiter) else None,
+        limiter=_limiter_of(handler.region),
     ).run()
+
+
+def _limiter_of(region: object) -> QuotaLimiter | None:
+    """The quota buckets a region's calls go through (the boto3 adapter's), if any."""
+    found = getattr(region, "limiter", None)
+    return found if isinstance(found, QuotaLimiter) else None
 
 
 def _feed_status(feed: MqttFeed | None) -> dict[str, Any]:

@@ -323,24 +323,15 @@ class JitrHandler:
     def worker(self) -> JournalWorker:
         """The journal worker that runs this handler's queue."""
         config = self.config
-        worker = JournalWorker(
+        return JournalWorker(
             self.journal,
             self._apply_claim,
-            WorkerConfig(
-                workers=config.workers,
-                batch=config.workers * 8,
-                max_attempts=config.max_attempts,
-                backoff=config.backoff,
-                poll_s=config.poll_s,
-                events="jitr",
-                direction="jitr",
-            ),
+            WorkerConfig.of(config, batch=config.workers * 8, events="jitr", direction="jitr"),
             wall=self._wall,
             rng=self._rng,
             log_fields=lambda key: {"certificate_id": key.name},
+            observers=self._observers,
         )
-        worker.observers = self._observers
-        return worker
 
     def add_observer(self, observer: Callable[[Outcome], None]) -> None:
         """Also call ``observer`` with every :class:`Outcome` of the queue."""

@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from replicator._errors import (
     AccessDeniedError,
@@ -99,6 +99,19 @@ class Outcome:
         return self.result in _WAITING
 
 
+class Tuning(Protocol):
+    """What the engine's and the JITR handler's configurations say of their worker."""
+
+    @property
+    def workers(self) -> int: ...
+    @property
+    def max_attempts(self) -> int: ...
+    @property
+    def backoff(self) -> RetryPolicy: ...
+    @property
+    def poll_s(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerConfig:
     """How the worker claims and retries.
@@ -121,6 +134,19 @@ class WorkerConfig:
     events: str
     direction: str = "forward"
 
+    @classmethod
+    def of(cls, tuning: Tuning, *, batch: int, events: str, direction: str) -> WorkerConfig:
+        """The worker of an engine's or a JITR handler's configuration."""
+        return cls(
+            workers=tuning.workers,
+            batch=batch,
+            max_attempts=tuning.max_attempts,
+            backoff=tuning.backoff,
+            poll_s=tuning.poll_s,
+            events=events,
+            direction=direction,
+        )
+
 
 class JournalWorker:
     """Claims due changes of one journal queue and applies them.
@@ -134,6 +160,7 @@ class JournalWorker:
         log_fields: the log lines' fields that name a change.
         held: keys not to claim now (follow-ups of writes in progress).
         writes: the write APIs the calling thread's apply made (for :class:`Outcome`).
+        observers: called with every :class:`Outcome` (a list the caller may share).
     """
 
     def __init__(
@@ -147,6 +174,7 @@ class JournalWorker:
         log_fields: Callable[[ObjectKey], dict[str, str]] | None = None,
         held: Callable[[], list[ObjectKey]] | None = None,
         writes: Callable[[], tuple[str, ...]] | None = None,
+        observers: list[Callable[[Outcome], None]] | None = None,
     ) -> None:
         self.journal = journal
         self.config = config
@@ -156,7 +184,7 @@ class JournalWorker:
         self._fields = log_fields or (lambda key: {"key": str(key)})
         self._held = held or list
         self._writes = writes or tuple
-        self.observers: list[Callable[[Outcome], None]] = []
+        self.observers: list[Callable[[Outcome], None]] = [] if observers is None else observers
 
     def __repr__(self) -> str:
         return f"JournalWorker({self.journal.path!r}, queue={self.journal.queue!r})"
