@@ -279,7 +279,7 @@ def _engine(
     direction: Direction = "forward",
     keep_target_changes: bool = False,
 ) -> Engine:
-    """An engine as ``iotdr replicator`` builds it (``cli._engine``), on the local regions."""
+    """An engine as ``runtime._build.build`` makes it, on a journal and buckets of the bench's."""
     built = {r: build_region(regions.config(r), limiter=limiter) for r in (EAST, WEST)}
     source, target = (EAST, WEST) if direction == "forward" else (WEST, EAST)
     config = EngineConfig(

@@ -1,7 +1,7 @@
 """The composition root: one :class:`Settings` tree in, the running parts out.
 
 Every entry point (``iotdr replicator run``, ``reconcile`` and ``jitr``, both
-Lambdas, the bench) turns its inputs (flags, the environment, a TOML file,
+Lambdas) turns its inputs (flags, the environment, a TOML file,
 through click's ``default_map``) into :class:`Settings`, and :func:`build` makes
 the rest here and nowhere else: the quota buckets (one set per process), the
 regions' adapters (:func:`~replicator.aws._adapter.build_region`, where the boto3

@@ -189,10 +189,6 @@ class JournalWorker:
     def __repr__(self) -> str:
         return f"JournalWorker({self.journal.path!r}, queue={self.journal.queue!r})"
 
-    def add_observer(self, observer: Callable[[Outcome], None]) -> None:
-        """Call ``observer`` with every :class:`Outcome` (from the workers; quick, no raise)."""
-        self.observers.append(observer)
-
     def process(self, claim: Claim) -> str:
         """Apply one claimed change and record the outcome; return it.
 
