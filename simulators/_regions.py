@@ -557,8 +557,9 @@ def _register(iot: IoTClient, device: CertifiedKey) -> str:
             "certificateDescription"
         ]["certificateArn"]
     iot.create_thing(thingName=device.name)
-    iot.attach_thing_principal(thingName=device.name, principal=arn)
+    # The policy first: a door that sees the thing attached then knows the policy too.
     attach_device_policy(iot, str(arn))
+    iot.attach_thing_principal(thingName=device.name, principal=arn)
     return str(arn)
 
 

@@ -293,11 +293,21 @@ class RegionGateway:
         }
 
     def pending(self, wanted: Mapping[str, str]) -> int:
-        """How many of ``wanted`` (certificate id -> thing) this door would not admit yet."""
+        """How many of ``wanted`` (certificate id -> thing) this door cannot decide on yet.
+
+        Decided: the certificate ACTIVE, attached to the thing, and every policy
+        attached to it known to the door (whether those admit it is theirs to say).
+        """
         pending = 0
+        view = self.view
         for certificate_id, thing in wanted.items():
-            record = self.view.certificate(certificate_id)
-            if record is None or record.status != "ACTIVE" or thing not in record.things:
+            record = view.certificate(certificate_id)
+            if (
+                record is None
+                or record.status != "ACTIVE"
+                or thing not in record.things
+                or any(view.policy(p) is None for p in record.policies)
+            ):
                 pending += 1
         return pending
 

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from simulators._errors import GatewayError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
 __all__ = [
     "CONNECT",
@@ -201,18 +201,18 @@ class _Bound:
     """A statement bound to a connection: its conditions held; resources compiled."""
 
     deny: bool
-    actions: tuple[re.Pattern[str], ...]
+    actions: tuple[str, ...]
     not_action: bool
-    resources: tuple[re.Pattern[str], ...]
+    resources: tuple[Callable[[str], bool], ...]
     not_resource: bool
     literal_prefixes: tuple[str, ...]  # per resource: the text before a trailing lone ``*``
 
     def names(self, action: str) -> bool:
-        named = any(p.fullmatch(action) for p in self.actions)
+        named = any(_action_matches(p, action) for p in self.actions)
         return named != self.not_action
 
     def covers(self, resource: str) -> bool:
-        matched = any(p.fullmatch(resource) for p in self.resources)
+        matched = any(m(resource) for m in self.resources)
         return matched != self.not_resource
 
 
@@ -292,7 +292,7 @@ def compile_policies(policies: Iterable[PolicyDocument], context: ConnectionCont
             bound.append(
                 _Bound(
                     deny=statement.effect == "Deny",
-                    actions=tuple(_glob(a, ignore_case=True) for a in statement.actions),
+                    actions=statement.actions,
                     not_action=statement.not_action,
                     resources=tuple(resources),
                     not_resource=statement.not_resource,
@@ -305,17 +305,22 @@ def compile_policies(policies: Iterable[PolicyDocument], context: ConnectionCont
 # -- matching -----------------------------------------------------------------------------
 
 
-def _glob(pattern: str, *, ignore_case: bool = False) -> re.Pattern[str]:
-    """``*`` any run of characters, ``?`` one character, everything else literal."""
-    return re.compile(_glob_regex(pattern), re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+def _action_matches(pattern: str, action: str) -> bool:
+    """An action pattern (``*`` and ``?`` wildcards) against an action, case-insensitively."""
+    if "*" in pattern or "?" in pattern:
+        return re.fullmatch(_glob_regex(pattern), action, re.DOTALL | re.IGNORECASE) is not None
+    return pattern.lower() == action.lower()
 
 
 def _glob_regex(text: str) -> str:
+    """``*`` any run of characters, ``?`` one character, everything else literal."""
     return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in text)
 
 
 def _pieces(text: str, values: Mapping[str, str]) -> list[tuple[str, bool]] | None:
     """``text`` cut into (piece, is a variable's value); None if a variable has no value."""
+    if "${" not in text:
+        return [(text, False)]
     pieces = []
     last = 0
     for found in _VARIABLE.finditer(text):
@@ -335,19 +340,41 @@ def _substitute(text: str, values: Mapping[str, str]) -> str | None:
     pieces = _pieces(text, values)
     if pieces is None:
         return None
+    return _regex(pieces)
+
+
+def _regex(pieces: list[tuple[str, bool]]) -> str:
     return "".join(re.escape(p) if literal else _glob_regex(p) for p, literal in pieces)
 
 
-def _resource(pattern: str, values: Mapping[str, str]) -> tuple[re.Pattern[str], str | None] | None:
-    """The compiled resource pattern and, if it is literal text then one ``*``, that text."""
-    regex = _substitute(pattern, values)
-    if regex is None:
+def _resource(
+    pattern: str, values: Mapping[str, str]
+) -> tuple[Callable[[str], bool], str | None] | None:
+    """The resource pattern's matcher and, if it is literal text then one ``*``, that text.
+
+    Most ARNs in policies are plain text once their variables are replaced
+    (``client/${iot:Connection.Thing.ThingName}``) or plain text then one
+    ``*`` (``topic/*``): those are compared or prefix-matched; only the rest
+    become regular expressions, so binding a device's policies stays cheap.
+    """
+    pieces = _pieces(pattern, values)
+    if pieces is None:
         return None
     prefix = None
     head = pattern[:-1]
     if pattern.endswith("*") and not any(c in head for c in "*?$"):
         prefix = head
-    return re.compile(regex, re.DOTALL), prefix
+    wild = [
+        i for i, (text, value) in enumerate(pieces) if not value and ("*" in text or "?" in text)
+    ]
+    whole = "".join(text for text, _ in pieces)
+    if not wild:
+        return whole.__eq__, prefix
+    last = pieces[-1][0]
+    if wild == [len(pieces) - 1] and "?" not in last and last.find("*") == len(last) - 1:
+        start = whole[:-1]
+        return (lambda resource: resource.startswith(start)), prefix
+    return re.compile(_regex(pieces), re.DOTALL).fullmatch, prefix  # type: ignore[return-value]
 
 
 def _holds(condition: Condition, values: Mapping[str, str]) -> bool:

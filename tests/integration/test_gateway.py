@@ -189,8 +189,9 @@ class Regions:
         )
         name = thing or device.name
         iot.create_thing(thingName=name)
-        iot.attach_thing_principal(thingName=name, principal=registered["certificateArn"])
+        # The policy first: once the door sees the thing attached, it has the policy too.
         attach_device_policy(iot, registered["certificateArn"])
+        iot.attach_thing_principal(thingName=name, principal=registered["certificateArn"])
         self.attached[registered["certificateId"]] = name
         return registered["certificateId"]
 
@@ -499,10 +500,10 @@ async def test_jitr_registers_pending_publishes_and_admits_once_a_handler_activa
         # The handler: activate, create the thing, attach it and the policy.
         iot.update_certificate(certificateId=event["certificateId"], newStatus="ACTIVE")
         iot.create_thing(thingName="sensor-1")
+        attach_device_policy(iot, described["certificateDescription"]["certificateArn"])
         iot.attach_thing_principal(
             thingName="sensor-1", principal=described["certificateDescription"]["certificateArn"]
         )
-        attach_device_policy(iot, described["certificateDescription"]["certificateArn"])
         await regions.settle(west, device.certificate_id, "ACTIVE")
         await until(
             lambda: "sensor-1" in west.gateway.view.certificate(device.certificate_id).things,  # type: ignore[union-attr]

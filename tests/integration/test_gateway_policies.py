@@ -58,11 +58,11 @@ def register(
     registered = iot.register_certificate_without_ca(
         certificatePem=device.cert_path.read_text(), status="ACTIVE"
     )
-    iot.create_thing(thingName=device.name)
-    iot.attach_thing_principal(thingName=device.name, principal=registered["certificateArn"])
     document = json.dumps({"Version": "2012-10-17", "Statement": statements})
     iot.create_policy(policyName=name, policyDocument=document)
     iot.attach_policy(policyName=name, target=registered["certificateArn"])
+    iot.create_thing(thingName=device.name)  # attached last: settled() waits for it
+    iot.attach_thing_principal(thingName=device.name, principal=registered["certificateArn"])
     regions.attached[registered["certificateId"]] = device.name
     return str(registered["certificateId"])
 
@@ -74,7 +74,11 @@ async def settled(regions: Regions, gateway: ThreadedRegionGateway, certificate_
     def policies_seen() -> bool:
         view = gateway.gateway.view
         record = view.certificate(certificate_id)
-        return record is not None and all(view.policy(p) is not None for p in record.policies)
+        return (
+            record is not None
+            and bool(record.policies)
+            and all(view.policy(p) is not None for p in record.policies)
+        )
 
     await until(policies_seen, "the door seeing the certificate's policies")
 
