@@ -116,6 +116,10 @@ ATTRIBUTE_TOPICS = policy(
 CLIENT_ID_TOPICS = policy(allow("iot:*", [f"{TOPIC}/${{iot:ClientId}}", f"{CLIENT}/*"]))
 EVERYTHING = policy(allow("iot:*", "*"))
 WILDCARD_ACTIONS = policy(allow("iot:Pub*", "*"), allow("IOT:RECEIVE", f"{TOPIC}/r"))
+ACTION_WILDCARDS = policy(allow(["IOT:SUB*", "iot:Rec?ive"], "*"))
+RESOURCE_WILDCARDS = policy(
+    allow("iot:Publish", [f"{TOPIC}/a?c*", f"{TOPIC}/x*y*", f"{TOPIC}/n?l"])
+)
 NOT_ACTION = policy(
     allow("*", "*"),
     {"Effect": "Deny", "NotAction": ["iot:Connect", "iot:Subscribe"], "Resource": f"{TOPIC}/x"},
@@ -263,6 +267,14 @@ CASES: list[tuple[str, str, str, str, ConnectionContext, str]] = [
     ("iot:* star", EVERYTHING, SUBSCRIBE, f"{FILTER}/#", THING, "allowed"),
     ("action wildcard", WILDCARD_ACTIONS, PUBLISH, f"{TOPIC}/x", THING, "allowed"),
     ("action wildcard: not subscribe", WILDCARD_ACTIONS, SUBSCRIBE, f"{FILTER}/x", THING, "no_allow"),
+    ("action wildcard, case", ACTION_WILDCARDS, SUBSCRIBE, f"{FILTER}/x", THING, "allowed"),
+    ("action ?", ACTION_WILDCARDS, RECEIVE, f"{TOPIC}/x", THING, "allowed"),
+    ("action ?: not a star", ACTION_WILDCARDS, PUBLISH, f"{TOPIC}/x", THING, "no_allow"),
+    ("resource ? then *", RESOURCE_WILDCARDS, PUBLISH, f"{TOPIC}/abc/d", THING, "allowed"),
+    ("resource ? then *: one char", RESOURCE_WILDCARDS, PUBLISH, f"{TOPIC}/ac/d", THING, "no_allow"),
+    ("resource two stars", RESOURCE_WILDCARDS, PUBLISH, f"{TOPIC}/x1y2", THING, "allowed"),
+    ("resource two stars: the middle", RESOURCE_WILDCARDS, PUBLISH, f"{TOPIC}/x1z2", THING, "no_allow"),
+    ("resource ? is any character", RESOURCE_WILDCARDS, PUBLISH, f"{TOPIC}/n\nl", THING, "allowed"),
     ("action case", WILDCARD_ACTIONS, RECEIVE, f"{TOPIC}/r", THING, "allowed"),
     ("resource case", WILDCARD_ACTIONS, RECEIVE, f"{TOPIC}/R", THING, "no_allow"),
     ("not action: publish denied", NOT_ACTION, PUBLISH, f"{TOPIC}/x", THING, "explicit_deny"),
@@ -538,3 +550,22 @@ def test_the_evaluator_is_pure() -> None:
         if isinstance(node, ast.ImportFrom)
     }
     assert not imported & {"asyncio", "socket", "time", "random", "logging", "ssl", "os"}
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.sampled_from(["Statement", "Effect", "Action", "NotAction", "Resource",
+                         "NotResource", "Condition", "Bool", "StringLike", "Allow", "Deny", "x"]),
+        children, max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+
+
+@given(document=_JSON)
+def test_a_document_either_parses_or_is_refused_with_the_one_error(document: object) -> None:
+    try:
+        parsed = parse_policy(json.dumps(document))
+    except PolicyFormatError:
+        return
+    compile_policies([parsed], THING).check(CONNECT, f"{CLIENT}/thing-1")
