@@ -56,7 +56,7 @@ from simulators.controlplane._process import DEFAULT_ACCOUNT_ID, ControlPlaneErr
 from simulators.controlplane._quotas import QuotaTable, Throttle
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from simulators.controlplane._bulk import BulkRegistration, BulkResult
     from simulators.controlplane._events import Subjects
@@ -121,31 +121,19 @@ class MotoRegistry:
         ``policies`` (attached policy names) and ``caCertificateId``.
         """
         backend = self._backends[self._account_id][region]
-        things: dict[str, list[str]] = {}
-        for principal, thing_name in backend.principal_things:
-            if ":cert/" in principal:
-                things.setdefault(principal.rsplit(":cert/", 1)[1], []).append(thing_name)
-        policies: dict[str, list[str]] = {}
-        for target, policy_name in backend.principal_policies:
-            if ":cert/" in target:
-                policies.setdefault(target.rsplit(":cert/", 1)[1], []).append(policy_name)
-        wanted = backend.certificates.keys() if ids is None else ids
-        records, missing = [], []
-        for certificate_id in wanted:
-            certificate = backend.certificates.get(certificate_id)
-            if certificate is None:
-                missing.append(certificate_id)
-                continue
-            records.append(
-                {
-                    "certificateId": certificate_id,
-                    "status": certificate.status,
-                    "things": sorted(things.get(certificate_id, ())),
-                    "policies": sorted(policies.get(certificate_id, ())),
-                    "caCertificateId": certificate.ca_certificate_id,
-                }
-            )
-        return records, missing
+        things = _by_certificate(backend.principal_things)
+        policies = _by_certificate(backend.principal_policies)
+        return _collect(
+            backend.certificates.keys() if ids is None else ids,
+            backend.certificates.get,
+            lambda certificate_id, certificate: {
+                "certificateId": certificate_id,
+                "status": certificate.status,
+                "things": sorted(things.get(certificate_id, ())),
+                "policies": sorted(policies.get(certificate_id, ())),
+                "caCertificateId": certificate.ca_certificate_id,
+            },
+        )
 
     def ca_certificates(
         self, region: str, ids: Iterable[str] | None = None
@@ -156,22 +144,16 @@ class MotoRegistry:
         (ENABLE or DISABLE) and ``certificatePem``.
         """
         backend = self._backends[self._account_id][region]
-        wanted = backend.ca_certificates.keys() if ids is None else ids
-        records, missing = [], []
-        for ca_id in wanted:
-            ca = backend.ca_certificates.get(ca_id)
-            if ca is None:
-                missing.append(ca_id)
-                continue
-            records.append(
-                {
-                    "certificateId": ca_id,
-                    "status": ca.status,
-                    "autoRegistrationStatus": _auto_registration(ca),
-                    "certificatePem": ca.certificate_pem,
-                }
-            )
-        return records, missing
+        return _collect(
+            backend.ca_certificates.keys() if ids is None else ids,
+            backend.ca_certificates.get,
+            lambda ca_id, ca: {
+                "certificateId": ca_id,
+                "status": ca.status,
+                "autoRegistrationStatus": _auto_registration(ca),
+                "certificatePem": ca.certificate_pem,
+            },
+        )
 
     def thing_certificates(self, region: str, thing_name: str) -> frozenset[str]:
         """The ids of the certificates attached to ``thing_name``."""
@@ -196,22 +178,16 @@ class MotoRegistry:
         for group in backend.thing_groups.values():
             for thing_arn in group.things:
                 groups.setdefault(thing_arn, []).append(group.thing_group_name)
-        wanted = [arn.removeprefix(prefix) for arn in backend.things] if names is None else names
-        records, missing = [], []
-        for name in wanted:
-            thing = backend.things.get(f"{prefix}{name}")
-            if thing is None:
-                missing.append(name)
-                continue
-            records.append(
-                {
-                    "thingName": name,
-                    "thingTypeName": thing.thing_type.thing_type_name if thing.thing_type else None,
-                    "attributes": dict(thing.attributes or {}),
-                    "thingGroups": sorted(groups.get(thing.arn, ())),
-                }
-            )
-        return records, missing
+        return _collect(
+            [arn.removeprefix(prefix) for arn in backend.things] if names is None else names,
+            lambda name: backend.things.get(f"{prefix}{name}"),
+            lambda name, thing: {
+                "thingName": name,
+                "thingTypeName": thing.thing_type.thing_type_name if thing.thing_type else None,
+                "attributes": dict(thing.attributes or {}),
+                "thingGroups": sorted(groups.get(thing.arn, ())),
+            },
+        )
 
     def thing_groups(
         self, region: str, names: Iterable[str] | None = None
@@ -226,23 +202,15 @@ class MotoRegistry:
         for target, policy_name in backend.principal_policies:
             if target.startswith(prefix):
                 policies.setdefault(target.removeprefix(prefix), []).append(policy_name)
-        wanted = (
-            [arn.removeprefix(prefix) for arn in backend.thing_groups] if names is None else names
+        return _collect(
+            [arn.removeprefix(prefix) for arn in backend.thing_groups] if names is None else names,
+            lambda name: backend.thing_groups.get(f"{prefix}{name}"),
+            lambda name, group: {
+                "thingGroupName": name,
+                "parentGroupName": group.parent_group_name or None,
+                "policies": sorted(policies.get(name, ())),
+            },
         )
-        records, missing = [], []
-        for name in wanted:
-            group = backend.thing_groups.get(f"{prefix}{name}")
-            if group is None:
-                missing.append(name)
-                continue
-            records.append(
-                {
-                    "thingGroupName": name,
-                    "parentGroupName": group.parent_group_name or None,
-                    "policies": sorted(policies.get(name, ())),
-                }
-            )
-        return records, missing
 
     def policies(
         self, region: str, names: Iterable[str] | None = None
@@ -253,27 +221,11 @@ class MotoRegistry:
         version's document, JSON text as the API got it).
         """
         backend = self._backends[self._account_id][region]
-        wanted = list(backend.policies) if names is None else names
-        records, missing = [], []
-        for name in wanted:
-            policy = backend.policies.get(name)
-            if policy is None:
-                missing.append(name)
-                continue
-            version = str(policy.default_version_id)
-            document: object = next(
-                (v.document for v in policy.versions if v.version_id == version), policy.document
-            )
-            records.append(
-                {
-                    "policyName": name,
-                    "defaultVersionId": version,
-                    "policyDocument": document
-                    if isinstance(document, str)
-                    else json.dumps(document),
-                }
-            )
-        return records, missing
+        return _collect(
+            list(backend.policies) if names is None else names,
+            backend.policies.get,
+            _policy_record,
+        )
 
     def register_bulk(
         self, region: str, registration: BulkRegistration
@@ -329,6 +281,43 @@ class MotoRegistry:
             backend.certificates[pending.certificate_id] = pending
         records, _ = self.certificates(region, [pending.certificate_id])
         return records[0], created
+
+
+def _collect(
+    wanted: Iterable[str],
+    find: Callable[[str], Any],
+    describe: Callable[[str, Any], dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The records of the ``wanted`` objects ``find`` finds, and the keys it does not."""
+    records, missing = [], []
+    for key in wanted:
+        found = find(key)
+        if found is None:
+            missing.append(key)
+        else:
+            records.append(describe(key, found))
+    return records, missing
+
+
+def _by_certificate(attachments: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Of ``(principal ARN, name)`` attachments, the names by certificate id."""
+    found: dict[str, list[str]] = {}
+    for principal, name in attachments:
+        if ":cert/" in principal:
+            found.setdefault(principal.rsplit(":cert/", 1)[1], []).append(name)
+    return found
+
+
+def _policy_record(name: str, policy: Any) -> dict[str, Any]:
+    version = str(policy.default_version_id)
+    document: object = next(
+        (v.document for v in policy.versions if v.version_id == version), policy.document
+    )
+    return {
+        "policyName": name,
+        "defaultVersionId": version,
+        "policyDocument": document if isinstance(document, str) else json.dumps(document),
+    }
 
 
 def _auto_registration(ca: Any) -> str:

@@ -215,14 +215,10 @@ class DeviceConnection(asyncio.Protocol):
         """Bytes the broker sent, for the device."""
         if self._to_device is None or self.state is not ConnectionState.SPLICED:
             return
-        guard = self.guard
-        if guard is None:
+        if self.guard is None:
             self._to_device.push(data)
-            return
-        passage = _guarded(guard.from_broker, data)
-        if passage.forward:
-            self._to_device.push(passage.forward)
-        self._after(passage, self._to_broker)
+        else:
+            self._through_guard(self.guard.from_broker, data, self._to_device, self._to_broker)
 
     def broker_closed(self) -> None:
         """The broker hung up (refused the CONNECT, took the session over, timed out...)."""
@@ -394,17 +390,22 @@ class DeviceConnection(asyncio.Protocol):
 
     def _from_device(self, plain: bytes) -> None:
         assert self._to_broker is not None
-        guard = self.guard
-        if guard is None:
+        if self.guard is None:
             self._to_broker.push(plain)
-            return
-        passage = _guarded(guard.from_device, plain)
-        if passage.forward:
-            self._to_broker.push(passage.forward)
-        self._after(passage, self._to_device)
+        else:
+            self._through_guard(self.guard.from_device, plain, self._to_broker, self._to_device)
 
-    def _after(self, passage: Passage, back: DelayLine | None) -> None:
-        """Send the guard's own answers back where the bytes came from; report denials."""
+    def _through_guard(
+        self,
+        check: Callable[[bytes], Passage],
+        data: bytes,
+        ahead: DelayLine,
+        back: DelayLine | None,
+    ) -> None:
+        """Forward what the guard lets pass, send its own answers back, report its denials."""
+        passage = _guarded(check, data)
+        if passage.forward:
+            ahead.push(passage.forward)
         if passage.answer and back is not None:
             back.push(passage.answer)
         if passage.denied or passage.close is not None:

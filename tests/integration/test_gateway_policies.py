@@ -22,6 +22,7 @@ from simulators import DEFAULT_REGIONS
 from simulators.gateway import POLICY_REASONS
 from tests.integration import test_gateway
 from tests.integration.test_gateway import EAST, WAIT_S, Regions, connect_packet, until
+from tests.mqtt_bytes import publish, subscribe
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -67,6 +68,16 @@ def register(
     return str(registered["certificateId"])
 
 
+async def with_policy(
+    regions: Regions, name: str, statements: list[dict[str, Any]]
+) -> tuple[ThreadedRegionGateway, CertifiedKey]:
+    """A door of the primary, and a device registered there with a policy of ``statements``."""
+    east = regions.gateway(EAST)
+    device = regions.device(name)
+    await settled(regions, east, register(regions, device, statements, name))
+    return east, device
+
+
 async def settled(regions: Regions, gateway: ThreadedRegionGateway, certificate_id: str) -> None:
     """Until the door holds the certificate ACTIVE, attached, with its policy's document."""
     await regions.settle(gateway, certificate_id, "ACTIVE")
@@ -84,33 +95,6 @@ async def settled(regions: Regions, gateway: ThreadedRegionGateway, certificate_
 
 
 # -- raw MQTT -------------------------------------------------------------------------------------
-
-
-def _string(text: str) -> bytes:
-    data = text.encode()
-    return len(data).to_bytes(2, "big") + data
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    length, header = len(body), bytearray((first,))
-    while True:
-        byte, length = length & 0x7F, length >> 7
-        header.append(byte | 0x80 if length else byte)
-        if not length:
-            return bytes(header) + body
-
-
-def publish(level: int, topic: str, payload: bytes, packet_id: int = 0) -> bytes:
-    qos = 1 if packet_id else 0
-    body = _string(topic) + (packet_id.to_bytes(2, "big") if qos else b"")
-    body += b"\x00" if level == 5 else b""
-    return _packet(0x30 | (qos << 1), body + payload)
-
-
-def subscribe(level: int, packet_id: int, *filters: str) -> bytes:
-    body = packet_id.to_bytes(2, "big") + (b"\x00" if level == 5 else b"")
-    body += b"".join(_string(f) + b"\x01" for f in filters)
-    return _packet(0x82, body)
 
 
 class Wire:
@@ -193,11 +177,9 @@ async def admitted(connection: Wire) -> None:
 
 @LEVELS
 async def test_a_connect_the_policy_does_not_allow_is_refused(regions: Regions, level: int) -> None:
-    east = regions.gateway(EAST)
-    device = regions.device(f"elsewhere-{level}")
     # The policy names the other region's client ARN: a region left behind by a rewrite.
     other = allow("iot:Connect", arn("client", "${iot:Connection.Thing.ThingName}", "us-west-2"))
-    await settled(regions, east, register(regions, device, [other], f"elsewhere-{level}"))
+    east, device = await with_policy(regions, f"elsewhere-{level}", [other])
     async with wire(regions, east, device, level) as connection:
         answer = await connection.packet()
         if level == 4:
@@ -213,27 +195,28 @@ async def test_a_connect_the_policy_does_not_allow_is_refused(regions: Regions, 
 
 @LEVELS
 async def test_a_publish_the_policy_does_not_allow_is_denied(regions: Regions, level: int) -> None:
-    east = regions.gateway(EAST)
-    device = regions.device(f"publisher-{level}")
-    statements = [
-        CONNECT_AS_THING,
-        allow("iot:Publish", arn("topic", "${iot:Connection.Thing.ThingName}/*")),
-        allow("iot:Receive", arn("topic", "*")),
-        allow("iot:Subscribe", arn("topicfilter", "*")),
-    ]
-    await settled(regions, east, register(regions, device, statements, f"publisher-{level}"))
+    east, device = await with_policy(
+        regions,
+        f"publisher-{level}",
+        [
+            CONNECT_AS_THING,
+            allow("iot:Publish", arn("topic", "${iot:Connection.Thing.ThingName}/*")),
+            allow("iot:Receive", arn("topic", "*")),
+            allow("iot:Subscribe", arn("topicfilter", "*")),
+        ],
+    )
     async with wire(regions, east, device, level) as connection:
         await admitted(connection)
-        connection.send(publish(level, f"{device.name}/telemetry", b"ok", packet_id=1))
+        connection.send(publish(f"{device.name}/telemetry", b"ok", level=level, packet_id=1))
         puback = await connection.packet_of(4)
         assert body(puback)[:2] == b"\x00\x01"
         assert body(puback)[2:3] < b"\x80"  # success (MQTT 5: 0x10 "no subscribers" is one too)
-        connection.send(publish(level, "someone-else/telemetry", b"no", packet_id=2))
+        connection.send(publish("someone-else/telemetry", b"no", level=level, packet_id=2))
         if level == 4:
             assert await connection.packet() is None  # AWS disconnects an MQTT 3.1.1 client
         else:
             assert await connection.packet_of(4) == b"\x40\x03\x00\x02\x87"  # not authorized
-            connection.send(publish(level, f"{device.name}/telemetry", b"still", packet_id=3))
+            connection.send(publish(f"{device.name}/telemetry", b"still", level=level, packet_id=3))
             assert body(await connection.packet_of(4))[:2] == b"\x00\x03"  # still connected
     await until(lambda: east.status()["denied"] == {"policy_publish_denied": 1}, "the count")
     assert east.status()["policy"]["policy_publish_denied"] == 1
@@ -243,29 +226,30 @@ async def test_a_publish_the_policy_does_not_allow_is_denied(regions: Regions, l
 async def test_a_subscribe_the_policy_does_not_allow_is_answered_0x80(
     regions: Regions, level: int
 ) -> None:
-    east = regions.gateway(EAST)
-    device = regions.device(f"subscriber-{level}")
-    statements = [
-        CONNECT_AS_THING,
-        allow(["iot:Publish", "iot:Receive"], arn("topic", "*")),
-        allow("iot:Subscribe", arn("topicfilter", "open/*")),
-    ]
-    await settled(regions, east, register(regions, device, statements, f"subscriber-{level}"))
+    east, device = await with_policy(
+        regions,
+        f"subscriber-{level}",
+        [
+            CONNECT_AS_THING,
+            allow(["iot:Publish", "iot:Receive"], arn("topic", "*")),
+            allow("iot:Subscribe", arn("topicfilter", "open/*")),
+        ],
+    )
     async with wire(regions, east, device, level) as connection:
         await admitted(connection)
         properties = b"\x00" if level == 5 else b""
         # Every filter denied: the door answers alone.
-        connection.send(subscribe(level, 7, "closed/#"))
+        connection.send(subscribe(7, "closed/#", level=level))
         assert await connection.packet_of(9) == b"\x90" + bytes((3 + len(properties),)) + (
             b"\x00\x07" + properties + b"\x80"
         )
         # Some denied: the broker grants the others, the door puts 0x80 in their places.
-        connection.send(subscribe(level, 8, "closed/a", "open/#", "closed/b"))
+        connection.send(subscribe(8, "closed/a", "open/#", "closed/b", level=level))
         suback = body(await connection.packet_of(9))
         assert suback[:2] == b"\x00\x08"
         assert suback[-3:] == b"\x80\x01\x80"
         # The granted filter works.
-        connection.send(publish(level, "open/x", b"hello"))
+        connection.send(publish("open/x", b"hello", level=level, qos=0))
         message = await connection.packet_of(3)
         assert message.endswith(b"hello")
     await until(lambda: east.status()["denied"] == {"policy_subscribe_denied": 3}, "the count")
@@ -275,28 +259,29 @@ async def test_a_subscribe_the_policy_does_not_allow_is_answered_0x80(
 async def test_a_message_the_policy_does_not_allow_to_receive_is_not_delivered(
     regions: Regions, level: int
 ) -> None:
-    east = regions.gateway(EAST)
-    device = regions.device(f"receiver-{level}")
-    statements = [
-        CONNECT_AS_THING,
-        allow("iot:Publish", arn("topic", "*")),
-        allow("iot:Subscribe", arn("topicfilter", "*")),
-        allow("iot:Receive", arn("topic", "inbox/*")),
-    ]
-    await settled(regions, east, register(regions, device, statements, f"receiver-{level}"))
+    east, device = await with_policy(
+        regions,
+        f"receiver-{level}",
+        [
+            CONNECT_AS_THING,
+            allow("iot:Publish", arn("topic", "*")),
+            allow("iot:Subscribe", arn("topicfilter", "*")),
+            allow("iot:Receive", arn("topic", "inbox/*")),
+        ],
+    )
     async with wire(regions, east, device, level) as connection:
         await admitted(connection)
-        connection.send(subscribe(level, 1, "inbox/#", "secret/#"))
+        connection.send(subscribe(1, "inbox/#", "secret/#", level=level))
         assert body(await connection.packet_of(9))[-2:] == b"\x01\x01"
         # In order: the secret one first (QoS 1: the door acks it to the broker), then one
         # the device may receive. Only the second arrives.
-        connection.send(publish(level, "secret/1", b"hidden", packet_id=11))
-        connection.send(publish(level, "inbox/1", b"visible", packet_id=12))
+        connection.send(publish("secret/1", b"hidden", level=level, packet_id=11))
+        connection.send(publish("inbox/1", b"visible", level=level, packet_id=12))
         delivered = await connection.packet_of(3)
         assert delivered.endswith(b"visible")
         assert b"hidden" not in delivered
         # The broker was not left waiting: a third message still comes through.
-        connection.send(publish(level, "inbox/2", b"again"))
+        connection.send(publish("inbox/2", b"again", level=level, qos=0))
         assert (await connection.packet_of(3)).endswith(b"again")
     await until(lambda: east.status()["denied"] == {"policy_receive_denied": 1}, "the count")
 
@@ -305,14 +290,15 @@ async def test_a_message_the_policy_does_not_allow_to_receive_is_not_delivered(
 async def test_a_malformed_packet_after_admission_closes_only_that_connection(
     regions: Regions, level: int
 ) -> None:
-    east = regions.gateway(EAST)
-    device = regions.device(f"garbled-{level}")
-    statements = [
-        CONNECT_AS_THING,
-        allow(["iot:Publish", "iot:Receive"], arn("topic", "ok/*")),
-        allow("iot:Subscribe", arn("topicfilter", "*")),
-    ]
-    await settled(regions, east, register(regions, device, statements, f"garbled-{level}"))
+    east, device = await with_policy(
+        regions,
+        f"garbled-{level}",
+        [
+            CONNECT_AS_THING,
+            allow(["iot:Publish", "iot:Receive"], arn("topic", "ok/*")),
+            allow("iot:Subscribe", arn("topicfilter", "*")),
+        ],
+    )
     async with wire(regions, east, device, level) as connection:
         await admitted(connection)
         connection.send(b"\x32\x05\xff\xff\xff\xff\xff")  # a topic longer than its packet
@@ -323,10 +309,7 @@ async def test_a_malformed_packet_after_admission_closes_only_that_connection(
 
 
 async def test_a_new_default_version_applies_to_the_next_connect(regions: Regions) -> None:
-    east = regions.gateway(EAST)
-    device = regions.device("versioned")
-    certificate_id = register(regions, device, [CONNECT_AS_THING], "versioned")
-    await settled(regions, east, certificate_id)
+    east, device = await with_policy(regions, "versioned", [CONNECT_AS_THING])
     for _ in range(2):
         async with wire(regions, east, device, 5) as connection:
             await admitted(connection)
@@ -349,11 +332,8 @@ async def test_a_new_default_version_applies_to_the_next_connect(regions: Region
 
 
 async def test_a_malformed_policy_grants_nothing_and_the_door_goes_on(regions: Regions) -> None:
-    east = regions.gateway(EAST)
-    device = regions.device("malformed-policy")
     broken = {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*", "Oops": 1}
-    certificate_id = register(regions, device, [broken], "malformed-policy")
-    await settled(regions, east, certificate_id)
+    east, device = await with_policy(regions, "malformed-policy", [broken])
     async with wire(regions, east, device, 5) as connection:
         assert await connection.packet() == b"\x20\x03\x00\x87\x00"
     assert east.status()["refused"] == {"policy_connect_denied": 1}

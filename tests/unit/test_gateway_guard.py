@@ -22,6 +22,7 @@ from simulators.gateway import (
     snapshot_from_json,
 )
 from simulators.gateway._policy import ConnectionContext
+from tests.mqtt_bytes import packet, publish, string, subscribe
 
 PREFIX = "arn:aws:iot:us-east-1:123456789012:"
 
@@ -47,31 +48,6 @@ def guard(authorizer: Any = ONLY_OWN, level: int = 4) -> SessionGuard:
     made = SessionGuard.of(authorizer, protocol_level=level, arn_prefix=PREFIX)
     assert made is not None
     return made
-
-
-def _string(text: str) -> bytes:
-    return len(text.encode()).to_bytes(2, "big") + text.encode()
-
-
-def packet(first: int, body: bytes) -> bytes:
-    length, header = len(body), bytearray((first,))
-    while True:
-        byte, length = length & 0x7F, length >> 7
-        header.append(byte | 0x80 if length else byte)
-        if not length:
-            return bytes(header) + body
-
-
-def publish(topic: str, *, qos: int = 1, packet_id: int = 1, level: int = 4, props: bytes = b"") -> bytes:  # fmt: skip
-    body = _string(topic) + (packet_id.to_bytes(2, "big") if qos else b"")
-    if level == 5:
-        body += bytes((len(props),)) + props
-    return packet(0x30 | (qos << 1), body + b"payload")
-
-
-def subscribe(packet_id: int, *filters: str, level: int = 4) -> bytes:
-    body = packet_id.to_bytes(2, "big") + (b"\x00" if level == 5 else b"")
-    return packet(0x82, body + b"".join(_string(f) + b"\x01" for f in filters))
 
 
 def test_policies_that_allow_everything_need_no_guard() -> None:
@@ -133,7 +109,7 @@ def test_mqtt5_topic_aliases_are_resolved_per_direction() -> None:
     passage = checks.from_device(other + by_alias)
     assert passage.denied == ["policy_publish_denied"] * 2  # the alias now names other/1
     # An alias the client never set: malformed. Properties of every size are read through.
-    props = b"\x01\x01" + b"\x02\x00\x00\x00\x01" + b"\x0b\x05" + b"\x26" + _string("k") + _string("v") + b"\x08" + _string("r")  # fmt: skip
+    props = b"\x01\x01" + b"\x02\x00\x00\x00\x01" + b"\x0b\x05" + b"\x26" + string("k") + string("v") + b"\x08" + string("r")  # fmt: skip
     assert checks.from_device(publish("own/2", level=5, props=props)).forward
     assert (
         guard(level=5).from_device(publish("", level=5, props=b"\x23\x00\x07")).close == "malformed"
@@ -184,7 +160,7 @@ def test_a_message_the_device_may_not_receive_is_acked_to_the_broker_and_dropped
         b"\x30\xff\xff\x7f",  # larger than any message AWS takes
         packet(0x32, b"\x00\x02\xc3\x28\x00\x01"),  # a topic that is not UTF-8
         packet(0x32, b"\x00\x09own"),  # a topic longer than its packet
-        packet(0x36, _string("own/1") + b"\x00\x01"),  # QoS 3
+        packet(0x36, string("own/1") + b"\x00\x01"),  # QoS 3
         packet(0x30, b"\x00\x00"),  # no topic and no alias
         packet(0x82, b"\x00\x01"),  # a SUBSCRIBE without filters
         packet(0x82, b"\x00\x01\x00\x05own"),  # a filter cut short
