@@ -122,6 +122,40 @@ class FailoverConfig:
             belongs, and a change moves it (after a jitter).
         dns_poll_interval_s: how often DR mode looks the CNAME and TXT up.
         dr_jitter_s: a DNS-driven move waits a random time up to this.
+        suspect_phi: the suspicion level of the failure detector (phi
+            accrual's scale): a request of the live connection (a QoS 1
+            PUBLISH, a PINGREQ) is overdue once the chance that its answer is
+            merely late, under the learnt latency, is below ``10 ** -phi``.
+            Overdue raises suspicion: an early ping and fast probes of both
+            regions. 8 by default (Akka's and Cassandra's choice, about 5.6
+            deviations over the mean): suspicion is cheap, but every one costs
+            two probes.
+        suspect_min_s: suspicion never comes sooner than this after a request.
+            1 s by default: on a healthy path answers take milliseconds, so
+            the learnt deadline alone would suspect every pause of the
+            device's own process; measured on the drill's loopback regions,
+            the slowest PUBACK of 10 minutes took well under this.
+        suspect_max_s: nor later than this, however slow the region has been
+            (a region that dies by slowing down is still left). 10 s.
+        latency_min_std_s: the floor of the learnt deviation, so that a very
+            steady path does not make a small delay suspicious. 0.05 s.
+        latency_weight: each answer's weight in the learnt mean and variance
+            (an exponentially weighted average: about the last ``1 / w``
+            answers count). 0.1: a region that slows down is learnt within
+            seconds at telemetry rates, and one slow answer moves little.
+        confirm_factor: a suspicion is confirmed, and the device fails over,
+            when the live connection stays silent this many times the
+            suspicion deadline after its oldest unanswered request, or
+            earlier when a probe of the region fails with nothing heard
+            since the suspicion began. 3 by default: 3 s of silence on a
+            healthy path. An answer of any kind clears the suspicion: a slow
+            region whose messages are still acknowledged is degraded, not
+            dead, and the device stays.
+        hard_fault_fresh_s: a connect refused outright (TCP RST: nothing
+            listens) moves the device to the other region at once, without
+            waiting for ``reconnect_attempts``, when the other region passed
+            a probe at most this long ago. A lost connection probes the other
+            region at once, so it usually has. 15 s by default.
     """
 
     reconnect_attempts: int = 2
@@ -143,9 +177,19 @@ class FailoverConfig:
     dr_mode: bool = False
     dns_poll_interval_s: float = 10.0
     dr_jitter_s: float = 5.0
+    suspect_phi: float = 8.0
+    suspect_min_s: float = 1.0
+    suspect_max_s: float = 10.0
+    latency_min_std_s: float = 0.05
+    latency_weight: float = 0.1
+    confirm_factor: float = 3.0
+    hard_fault_fresh_s: float = 15.0
 
     def __post_init__(self) -> None:
         _positive(self, "reconnect_attempts", "failure_threshold", "probe_interval_s")
+        _positive(self, "suspect_phi", "suspect_min_s", "suspect_max_s", "latency_weight")
+        _positive(self, "confirm_factor", "latency_min_std_s")
+        _positive(self, "hard_fault_fresh_s", allow_zero=True)
         _positive(self, "failback_probe_interval_s", "backoff_base_s", "backoff_max_s")
         _positive(self, "dns_poll_interval_s", "throttle_backoff_base_s", "throttle_backoff_max_s")
         _positive(
@@ -162,6 +206,18 @@ class FailoverConfig:
         _booleans(self, "failback", "dr_mode")
         if self.probe_jitter >= 1:
             msg = f"FailoverConfig.probe_jitter must be less than 1, not {self.probe_jitter!r}"
+            raise ConfigError(msg)
+        if self.suspect_min_s > self.suspect_max_s:
+            msg = (
+                f"FailoverConfig.suspect_min_s ({self.suspect_min_s!r}) must not be more than "
+                f"suspect_max_s ({self.suspect_max_s!r})"
+            )
+            raise ConfigError(msg)
+        if self.latency_weight > 1 or self.confirm_factor < 1:
+            msg = (
+                "FailoverConfig.latency_weight must be at most 1 and confirm_factor at least 1, "
+                f"not {self.latency_weight!r} and {self.confirm_factor!r}"
+            )
             raise ConfigError(msg)
         if self.failback_probe_depth not in ("tcp", "tls", "mqtt", "roundtrip"):
             msg = (

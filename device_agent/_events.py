@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Action",
+    "Answered",
+    "Awaiting",
     "CancelTimer",
     "Connect",
     "ConnectFailed",
@@ -30,6 +32,7 @@ __all__ = [
     "FetchShadows",
     "IllegalTransitionError",
     "MoveReason",
+    "Ping",
     "Probe",
     "ProbeDepth",
     "ProbeResult",
@@ -73,6 +76,8 @@ class Timer(enum.Enum):
     FAILBACK = "failback"  # the failback spread: the window is done, move back when due
     DNS_POLL = "dns_poll"
     DR_MOVE = "dr_move"
+    SUSPECT = "suspect"  # the oldest unanswered request of the live connection becomes overdue
+    CONFIRM = "confirm"  # a suspicion not cleared by an answer by now is confirmed
 
 
 ProbeDepth = Literal["tcp", "tls", "mqtt", "roundtrip"]
@@ -131,6 +136,32 @@ class ProbeResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Awaiting:
+    """The live connection to ``region`` sent a request while none was unanswered.
+
+    A request is a QoS 1 PUBLISH or a PINGREQ: from now on an answer is expected.
+    """
+
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A PUBACK or PINGRESP arrived on the live connection to ``region``.
+
+    Attributes:
+        region: the connection's region.
+        latency_s: how long after its request.
+        pending_since: when the oldest request still unanswered was sent
+            (monotonic), None when none is.
+    """
+
+    region: str
+    latency_s: float
+    pending_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DnsAnswer:
     """What DNS says now: the CNAME's region (None when DNS failed) and the roles."""
 
@@ -157,6 +188,8 @@ Event = (
     | ConnectFailed
     | ConnectionLost
     | ProbeResult
+    | Awaiting
+    | Answered
     | DnsAnswer
     | TimerFired
     | Stop
@@ -206,6 +239,17 @@ class Probe:
 
 
 @dataclass(frozen=True, slots=True)
+class Ping:
+    """Send a PINGREQ on the live connection to ``region`` now (an early ping).
+
+    The shell reports it like any request: :class:`Awaiting`, then
+    :class:`Answered` when the PINGRESP comes.
+    """
+
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
 class Resolve:
     """Look up the CNAME and TXT again; answer with a :class:`DnsAnswer`."""
 
@@ -245,6 +289,7 @@ Action = (
     | SetTimer
     | CancelTimer
     | Probe
+    | Ping
     | Resolve
     | Resubscribe
     | ReplayOutbox

@@ -39,9 +39,39 @@ Decisions:
   failure backoff: a device throttled by the secondary during a failover
   never bounces back to the failed primary, and a throttled failback keeps
   its target instead of aborting.
-* **Connect guard.** Never more than one CONNECT per client ID per
-  ``connect_guard_s`` (AWS IoT throttles CONNECT per client ID at 1/s),
-  counting the MQTT-level probes of other regions, which CONNECT too.
+* **Connect guard.** Never more than one CONNECT per client ID per region
+  per ``connect_guard_s`` (AWS IoT throttles CONNECT per client ID at 1/s,
+  in each region: another region's account has buckets of its own),
+  counting the MQTT-level probes, which CONNECT too. So the first CONNECT to
+  the other region is never held back by a refusal in the one left.
+* **Suspicion from the live connection.** The shell reports when the live
+  connection starts waiting for an answer (``Awaiting``: a QoS 1 PUBLISH or
+  a PINGREQ sent while nothing was unanswered) and every answer
+  (``Answered``: PUBACK or PINGRESP, with its latency and when the oldest
+  request still unanswered was sent). The answers teach a per-region
+  latency estimate (:mod:`device_agent._detector`: an EWMA mean and
+  variance, kept across reconnects); the oldest unanswered request is
+  *overdue* once it has waited ``suspect_after`` = mean + z(``suspect_phi``)
+  x deviation, within ``[suspect_min_s, suspect_max_s]`` (timer
+  ``SUSPECT``, re-armed only when it fires, so an answer costs O(1) and no
+  timer). Overdue raises suspicion (``suspicion.raised``): an early ``Ping``
+  of the live connection, a round-trip probe of it and a probe of the other
+  region, in parallel.
+* **Confirmation.** A suspicion is confirmed (``suspicion.confirmed``: then
+  disconnect and fail over, once) when a probe of the region fails with
+  nothing heard since it was sent, or when the connection stays silent
+  ``confirm_factor`` x ``suspect_after`` after its oldest unanswered request
+  (timer ``CONFIRM``). Any answer clears it (``suspicion.cleared``): a slow
+  region whose messages are still acknowledged is *degraded*, not dead, and
+  the device stays; a probe of it that fails while answers arrive is
+  ignored and says so (``failover.withheld``). Without suspicion, the
+  periodic probes of today still count (``failure_threshold`` in a row), but
+  a periodic probe is skipped when the connection answered since the last
+  one: it would prove nothing more, so a busy device probes less.
+* **Hard faults.** A lost connection probes the other region at once. A
+  reconnect refused outright (``refused``: TCP RST, nothing listens) when
+  the other region passed a probe within ``hard_fault_fresh_s`` moves at
+  once, without waiting for ``reconnect_attempts``.
 * **Probe jitter.** A fleet that connected or failed over in the same second
   must not probe in step: the first probe after a connect is at a random
   phase, ``uniform(0, I)``, and every later one ``uniform((1 - j) * I,
@@ -77,9 +107,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from device_agent._detector import Health, LatencyEstimate, phi_quantile, suspect_after
 from device_agent._errors import DeviceAgentError
 from device_agent._events import (
     Action,
+    Answered,
+    Awaiting,
     CancelTimer,
     Connect,
     ConnectFailed,
@@ -92,6 +125,7 @@ from device_agent._events import (
     FetchShadows,
     IllegalTransitionError,
     MoveReason,
+    Ping,
     Probe,
     ProbeDepth,
     ProbeResult,
@@ -112,6 +146,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Action",
+    "Answered",
+    "Awaiting",
     "CancelTimer",
     "Connect",
     "ConnectFailed",
@@ -123,8 +159,10 @@ __all__ = [
     "Event",
     "FailoverMachine",
     "FetchShadows",
+    "Health",
     "IllegalTransitionError",
     "MoveReason",
+    "Ping",
     "Probe",
     "ProbeDepth",
     "ProbeResult",
@@ -140,6 +178,9 @@ __all__ = [
     "TimerFired",
 ]
 
+
+# A connect failure that says nothing listens there: strong evidence, unlike a timeout.
+_HARD_KINDS = frozenset({"refused"})
 
 # -- the machine --------------------------------------------------------------------------
 
@@ -182,7 +223,7 @@ class FailoverMachine:
         self._reason: MoveReason = "start"
         self._failures_here = 0  # failed attempts in a row on ``current``
         self._exponent = 0  # backoff exponent
-        self._last_connect_at: float | None = None
+        self._last_connect_at: dict[str, float] = {}  # per region: the connect guard
         self._probe_failures = 0
         self._healthy_since: float | None = None  # preferred region passing probes since
         self._move: _Move | None = None
@@ -190,6 +231,15 @@ class FailoverMachine:
         self._failback_probe_sent: float | None = None  # when the last failback probe left
         self._throttles = 0  # throttled attempts since the last connection
         self._timers: dict[Timer, float] = {}
+        # The failure detector (see the module docstring).
+        self._quantile = phi_quantile(config.suspect_phi)
+        self.latency: dict[str, LatencyEstimate] = {}  # per region, kept across reconnects
+        self._probed_at: dict[str, float] = {}  # when each region's last probe result came
+        self._pending_since: float | None = None  # the live connection's oldest unanswered request
+        self._heard_at: float | None = None  # the live connection's last answer
+        self._heard_since_probe = False  # an answer came since the last periodic probe
+        self.suspected_at: float | None = None  # suspicion raised, not yet cleared or confirmed
+        self._cleared_at: float | None = None  # the last suspicion an answer cleared
 
     def __repr__(self) -> str:
         return (
@@ -218,6 +268,41 @@ class FailoverMachine:
         if self.state is not State.CONNECTED or self.current is None:
             return None
         return "primary" if self.current == self.primary else "secondary"
+
+    def suspect_after(self, region: str | None = None) -> float:
+        """The silence after a request that raises suspicion, from ``region``'s learnt latency."""
+        config = self.config
+        return suspect_after(
+            self.latency.get(region or self.current or ""),
+            quantile=self._quantile,
+            min_deviation_s=config.latency_min_std_s,
+            floor_s=config.suspect_min_s,
+            cap_s=config.suspect_max_s,
+        )
+
+    def health(self, now: float) -> Health:
+        """What the detector thinks of the live connection at ``now``, and why."""
+        region = self.current
+        if self.state is not State.CONNECTED or region is None:
+            return Health("none")
+        estimate = self.latency.get(region)
+        mean = estimate.mean if estimate is not None and estimate.samples else None
+        deadline = self.suspect_after()
+        learnt = f"learnt latency {mean:.3f} s" if mean is not None else "no latency learnt yet"
+        if self.suspected_at is not None:
+            waited = now - (self._pending_since if self._pending_since is not None else now)
+            reason = (
+                f"no answer from {region} for {waited:.1f} s ({learnt}, suspect after "
+                f"{deadline:.2f} s); probing {region} and {self._other(region)}"
+            )
+            return Health("suspect", reason, mean, deadline)
+        if self._cleared_at is not None and now - self._cleared_at < self.config.stable_after_s:
+            reason = (
+                f"{region} is slow but still acknowledges messages ({learnt}); staying: "
+                "a degraded region is not a failed one"
+            )
+            return Health("degraded", reason, mean, deadline)
+        return Health("ok", "", mean, deadline)
 
     @property
     def timers(self) -> Mapping[Timer, float]:
@@ -312,7 +397,7 @@ class FailoverMachine:
         region = event.region
         if self._abort_move(event.region, now, out):
             return
-        if self._failures_here >= self.config.reconnect_attempts:
+        if self._failures_here >= self.config.reconnect_attempts or self._hard_fault(event, now):
             region = self._other(event.region)
             self._failures_here = 0
             first = self._move is None  # not a bounce within a failover already spread
@@ -322,6 +407,20 @@ class FailoverMachine:
             self._attempt(region, now, now + self._backoff() + spread, out)
             return
         self._attempt(region, now, now + self._backoff(), out)
+
+    def _hard_fault(self, event: ConnectFailed, now: float) -> bool:
+        """A reconnect refused outright while the other region answered lately: move now."""
+        if event.kind not in _HARD_KINDS or self._move is not None:
+            return False
+        other = self._other(event.region)
+        last = self.last_probe.get(other)
+        probed = self._probed_at.get(other)
+        return (
+            last is not None
+            and last.ok
+            and probed is not None
+            and now - probed <= self.config.hard_fault_fresh_s
+        )
 
     def _on_throttled(self, region: str, now: float, out: list[Action]) -> None:
         """The region is up but over its CONNECT quota: the same region again, later."""
@@ -352,10 +451,50 @@ class FailoverMachine:
         out.append(Emit("connection.lost", {"region": event.region, "kind": event.kind}))
         self._reason = "reconnect"
         self._attempt(event.region, now, now + self._backoff(), out)
+        self._probe_other(event.region, now, out)  # for the hard-fault rule
+
+    def _on_awaiting(self, event: Event, now: float, out: list[Action]) -> None:
+        assert isinstance(event, Awaiting)
+        if not self._live(event.region) or self._pending_since is not None:
+            return
+        self._pending_since = now
+        if Timer.SUSPECT not in self._timers and self.suspected_at is None:
+            self._arm(Timer.SUSPECT, now + self.suspect_after(), out)
+
+    def _on_answered(self, event: Event, now: float, out: list[Action]) -> None:
+        assert isinstance(event, Answered)
+        region = event.region
+        if not self._live(region):
+            return
+        latency = max(0.0, event.latency_s)
+        self.latency.setdefault(region, LatencyEstimate()).observe(
+            latency, self.config.latency_weight
+        )
+        self._heard_at = now
+        self._heard_since_probe = True
+        pending = event.pending_since
+        self._pending_since = None if pending is None else min(pending, now)
+        if self.suspected_at is not None:
+            self._clear_suspicion(region, now, f"answered after {latency:.3f} s", out)
+        if self._pending_since is not None and Timer.SUSPECT not in self._timers:
+            self._arm(Timer.SUSPECT, self._pending_since + self.suspect_after(), out)
+
+    def _clear_suspicion(self, region: str, now: float, why: str, out: list[Action]) -> None:
+        assert self.suspected_at is not None
+        out.append(
+            Emit(
+                "suspicion.cleared",
+                {"region": region, "reason": why, "suspected_s": now - self.suspected_at},
+            )
+        )
+        self.suspected_at = None
+        self._cleared_at = now
+        self._cancel(Timer.CONFIRM, out)
 
     def _on_probe(self, event: Event, now: float, out: list[Action]) -> None:
         assert isinstance(event, ProbeResult)
         self.last_probe[event.region] = event
+        self._probed_at[event.region] = now
         if self.state is not State.CONNECTED:
             # Waiting to move back and the target just failed a probe: stay where we were.
             if not event.ok and event.region == self.current and self.state is State.WAITING:
@@ -367,20 +506,43 @@ class FailoverMachine:
             self._on_failback_probe(event, now, out)
 
     def _on_current_probe(self, event: ProbeResult, now: float, out: list[Action]) -> None:
+        region = event.region
         if event.ok:
             self._probe_failures = 0
+            if self.suspected_at is not None:
+                self._clear_suspicion(region, now, "a probe passed", out)
+            return
+        sent = now - (event.latency_s or 0.0)
+        if self._heard_at is not None and self._heard_at >= sent:
+            # The connection answered while the probe was out: slow or lossy, not dead.
+            last = now - self._heard_at
+            fields = {"region": region, "kind": event.kind, "answered_s_ago": last}
+            out.append(Emit("failover.withheld", {**fields, "reason": "acknowledged"}))
             return
         self._probe_failures += 1
         out.append(
             Emit(
                 "probe.failed",
-                {"region": event.region, "kind": event.kind, "count": self._probe_failures},
+                {"region": region, "kind": event.kind, "count": self._probe_failures},
             )
         )
-        if self._probe_failures < self.config.failure_threshold:
-            return
-        source = event.region
-        out.append(Disconnect(source, f"{self._probe_failures} probes failed"))
+        if self.suspected_at is not None:
+            self._confirm(region, "probe", now, out)
+        elif self._probe_failures >= self.config.failure_threshold:
+            out.append(Disconnect(region, f"{self._probe_failures} probes failed"))
+            self._fail_over_from(region, now, out)
+
+    def _confirm(self, region: str, by: str, now: float, out: list[Action]) -> None:
+        """A suspicion is confirmed (by a failed probe, or by silence): leave ``region``."""
+        since = self._pending_since if self._pending_since is not None else self.suspected_at
+        assert since is not None
+        out.append(
+            Emit("suspicion.confirmed", {"region": region, "by": by, "silent_s": now - since})
+        )
+        out.append(Disconnect(region, f"suspicion confirmed by {by}"))
+        self._fail_over_from(region, now, out)
+
+    def _fail_over_from(self, source: str, now: float, out: list[Action]) -> None:
         self._drop_connection(now, out)
         target = self._other(source)
         first = self._move is None
@@ -461,8 +623,43 @@ class FailoverMachine:
 
     def _timer_probe(self, now: float, out: list[Action]) -> None:
         if self.state is State.CONNECTED and self.current is not None:
-            out.append(Probe(self.current, "roundtrip"))
+            if not self._heard_since_probe:  # answers since the last one prove more than a probe
+                out.append(Probe(self.current, "roundtrip"))
+            self._heard_since_probe = False
             self._arm(Timer.PROBE, now + self._jittered(self.config.probe_interval_s), out)
+
+    def _timer_suspect(self, now: float, out: list[Action]) -> None:
+        pending = self._pending_since
+        region = self.current
+        if self.state is not State.CONNECTED or region is None or pending is None:
+            return
+        if self.suspected_at is not None:
+            return
+        deadline = self.suspect_after()
+        if now < pending + deadline:  # the overdue request was answered: watch the next one
+            self._arm(Timer.SUSPECT, pending + deadline, out)
+            return
+        self.suspected_at = now
+        estimate = self.latency.get(region)
+        out.append(
+            Emit(
+                "suspicion.raised",
+                {
+                    "region": region,
+                    "silent_s": now - pending,
+                    "suspect_after_s": deadline,
+                    "latency_s": estimate.mean if estimate is not None else None,
+                },
+            )
+        )
+        out += [Ping(region), Probe(region, "roundtrip")]
+        self._probe_other(region, now, out)
+        self._arm(Timer.CONFIRM, pending + self.config.confirm_factor * deadline, out)
+
+    def _timer_confirm(self, now: float, out: list[Action]) -> None:
+        # Armed only while suspected, cancelled by any answer: silence all along.
+        if self.state is State.CONNECTED and self.current is not None:
+            self._confirm(self.current, "silence", now, out)
 
     def _timer_failback_probe(self, now: float, out: list[Action]) -> None:
         preferred = self.preferred
@@ -470,11 +667,11 @@ class FailoverMachine:
             return
         depth = self.config.failback_probe_depth
         if depth in ("mqtt", "roundtrip"):  # a CONNECT: the client ID's guard applies
-            guard_until = self._guard_until()
+            guard_until = self._guard_until(preferred)
             if now < guard_until:
                 self._arm(Timer.FAILBACK_PROBE, guard_until, out)
                 return
-            self._last_connect_at = now
+            self._last_connect_at[preferred] = now
         self._failback_probe_sent = now
         out.append(Probe(preferred, depth))
         interval = self._jittered(self.config.failback_probe_interval_s)
@@ -523,10 +720,10 @@ class FailoverMachine:
     def _attempt(self, region: str, now: float, at: float, out: list[Action]) -> None:
         """Connect to ``region`` at ``at`` or later (the connect guard may push it back)."""
         self.current = region
-        at = max(at, self._guard_until())
+        at = max(at, self._guard_until(region))
         if at <= now:
             self.state = State.CONNECTING
-            self._last_connect_at = now
+            self._last_connect_at[region] = now
             self._cancel(Timer.CONNECT, out)
             out.append(Connect(region, self._reason))
         else:
@@ -558,7 +755,9 @@ class FailoverMachine:
         self._failures_here = 0
         self._probe_failures = 0
         self._healthy_since = None
-        for timer in (Timer.PROBE, Timer.FAILBACK_PROBE, Timer.FAILBACK, Timer.DR_MOVE):
+        self._pending_since = self._heard_at = self.suspected_at = self._cleared_at = None
+        self._heard_since_probe = False
+        for timer in _CONNECTION_TIMERS:
             self._cancel(timer, out)
 
     def _begin_move(
@@ -578,6 +777,19 @@ class FailoverMachine:
                     {"from": source, "to": self._other(source) if source else None},
                 )
             )
+
+    def _live(self, region: str) -> bool:
+        return self.state is State.CONNECTED and region == self.current
+
+    def _probe_other(self, region: str, now: float, out: list[Action]) -> None:
+        """Probe the region other than ``region`` (the guard permitting an MQTT-depth probe)."""
+        other = self._other(region)
+        depth = self.config.failback_probe_depth
+        if depth in ("mqtt", "roundtrip"):
+            if now < self._guard_until(other):
+                return
+            self._last_connect_at[other] = now
+        out.append(Probe(other, depth))
 
     def _arm_failback_probe(self, now: float, out: list[Action]) -> None:
         if self.config.failback and self.current != self.preferred:
@@ -609,10 +821,11 @@ class FailoverMachine:
         )
         return self._rng.random() * cap
 
-    def _guard_until(self) -> float:
-        if self._last_connect_at is None:
+    def _guard_until(self, region: str) -> float:
+        last = self._last_connect_at.get(region)
+        if last is None:
             return float("-inf")
-        return self._last_connect_at + self.config.connect_guard_s
+        return last + self.config.connect_guard_s
 
     def _other(self, region: str) -> str:
         return self.secondary if region == self.primary else self.primary
@@ -637,6 +850,8 @@ _TRANSITIONS: dict[tuple[State | None, type], _Handler] = {
     (State.WAITING, ConnectionLost): FailoverMachine._ignore,
     (State.CONNECTING, ConnectionLost): FailoverMachine._ignore,
     (None, ProbeResult): FailoverMachine._on_probe,
+    (None, Awaiting): FailoverMachine._on_awaiting,
+    (None, Answered): FailoverMachine._on_answered,
     (None, DnsAnswer): FailoverMachine._on_dns,
     (None, TimerFired): FailoverMachine._on_timer,
     (State.IDLE, Stop): FailoverMachine._on_stop,
@@ -648,6 +863,8 @@ _TRANSITIONS: dict[tuple[State | None, type], _Handler] = {
     (State.CLOSED, ConnectFailed): FailoverMachine._ignore,
     (State.CLOSED, ConnectionLost): FailoverMachine._ignore,
     (State.CLOSED, ProbeResult): FailoverMachine._ignore,
+    (State.CLOSED, Awaiting): FailoverMachine._ignore,
+    (State.CLOSED, Answered): FailoverMachine._ignore,
     (State.CLOSED, DnsAnswer): FailoverMachine._ignore,
     (State.CLOSED, TimerFired): FailoverMachine._ignore,
     (State.CLOSED, Stop): FailoverMachine._ignore,
@@ -660,4 +877,16 @@ _TIMER_HANDLERS: dict[Timer, Callable[[FailoverMachine, float, list[Action]], No
     Timer.FAILBACK: FailoverMachine._timer_failback,
     Timer.DNS_POLL: FailoverMachine._timer_dns_poll,
     Timer.DR_MOVE: FailoverMachine._timer_dr_move,
+    Timer.SUSPECT: FailoverMachine._timer_suspect,
+    Timer.CONFIRM: FailoverMachine._timer_confirm,
 }
+
+# The timers that belong to one live connection: cancelled when it goes.
+_CONNECTION_TIMERS = (
+    Timer.PROBE,
+    Timer.FAILBACK_PROBE,
+    Timer.FAILBACK,
+    Timer.DR_MOVE,
+    Timer.SUSPECT,
+    Timer.CONFIRM,
+)

@@ -16,8 +16,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from device_agent._config import FailoverConfig
+from device_agent._detector import LatencyEstimate, phi_quantile
+from device_agent._errors import ConfigError
 from device_agent._machine import (
     Action,
+    Answered,
+    Awaiting,
     CancelTimer,
     Connect,
     ConnectFailed,
@@ -30,6 +34,7 @@ from device_agent._machine import (
     FailoverMachine,
     FetchShadows,
     IllegalTransitionError,
+    Ping,
     Probe,
     ProbeResult,
     ReplayOutbox,
@@ -372,18 +377,22 @@ def test_no_failback_when_disabled() -> None:
     assert not any(isinstance(a, Probe) and a.region == P for a in h.log)
 
 
-def test_connect_guard_spaces_connects_per_client_id() -> None:
+def test_connect_guard_spaces_connects_per_client_id_per_region() -> None:
     h = harness(connect_guard_s=1.0, backoff_base_s=0.01, reconnect_attempts=1)
     h.feed(Start(P))
-    times = [h.now]
+    times: dict[str, list[float]] = {P: [h.now], S: []}
     for _ in range(6):
         h.feed(ConnectFailed(h.machine.current or P, "refused"))
         before = len(connects(h.log))
         while len(connects(h.log)) == before:
             h.advance(0.05)
-        times.append(h.now)
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) >= 1.0 - 1e-9
+        times[connects(h.log)[-1].region].append(h.now)
+    for region in (P, S):
+        gaps = [b - a for a, b in itertools.pairwise(times[region])]
+        assert len(gaps) >= 2
+        assert min(gaps) >= 1.0 - 1e-9
+    # The other region's first CONNECT is not held back by the refusal in the one left.
+    assert times[S][0] - times[P][0] < 1.0
 
 
 def test_backoff_grows_with_failures_and_is_capped() -> None:
@@ -519,9 +528,14 @@ class MachineModel(RuleBasedStateMachine):
         )
         self.connected: set[str] = set()
         self.pending: str | None = None  # region of the connect in flight
-        self.connect_times: list[float] = []
+        self.connect_times: dict[str, list[float]] = {P: [], S: []}
         self.primary_ok_since: float | None = None
         self.started = False
+        self.answered_at: float | None = None  # the live connection's last answer
+        self.suspected_at: float | None = None
+        self.confirmations = 0
+        self.failovers_by_confirmation = 0
+        self.samples: dict[str, int] = {P: 0, S: 0}
 
     def _apply(self, event: Event) -> None:
         self.h.feed(event)  # the observer sees each action at its own time
@@ -530,14 +544,28 @@ class MachineModel(RuleBasedStateMachine):
         if isinstance(action, Connect):
             assert not self.connected, f"connect to {action.region} while on {self.connected}"
             self.pending = action.region
-            self.connect_times.append(self.h.now)
+            self.connect_times[action.region].append(self.h.now)
+        elif isinstance(action, Emit) and action.name == "suspicion.raised":
+            self.suspected_at = self.h.now
+        elif isinstance(action, Emit) and action.name == "suspicion.cleared":
+            self.suspected_at = None
+        elif isinstance(action, Emit) and action.name == "suspicion.confirmed":
+            # No confirmation without suspicion, nor while answers arrive.
+            assert self.suspected_at is not None
+            assert self.answered_at is None or self.answered_at < self.suspected_at
+            self.suspected_at = None
+            self.confirmations += 1
+        elif isinstance(action, Disconnect) and action.reason.startswith("suspicion confirmed"):
+            self.failovers_by_confirmation += 1
+            assert self.failovers_by_confirmation <= self.confirmations  # one move each
         elif isinstance(action, Emit) and action.name == "failback.started":
             assert self.primary_ok_since is not None
             assert self.h.now - self.primary_ok_since >= self.config.stability_window_s
-        elif isinstance(action, Disconnect):
+        if isinstance(action, Disconnect):
             self.connected.discard(action.region)
+            self.answered_at = self.suspected_at = None
         elif isinstance(action, Probe) and action.depth == "mqtt":
-            self.connect_times.append(self.h.now)
+            self.connect_times[action.region].append(self.h.now)
 
     @precondition(lambda self: not self.started)
     @rule(region=st.sampled_from([P, S, None]))
@@ -564,7 +592,41 @@ class MachineModel(RuleBasedStateMachine):
     def lose(self) -> None:
         region = next(iter(self.connected))
         self.connected.discard(region)
+        self.answered_at = self.suspected_at = None
         self._apply(ConnectionLost(region))
+
+    @precondition(lambda self: bool(self.connected))
+    @rule()
+    def send(self) -> None:
+        self._apply(Awaiting(next(iter(self.connected))))
+
+    @precondition(lambda self: bool(self.connected))
+    @rule(
+        latency=st.floats(min_value=0.0, max_value=3.0),
+        still_pending=st.booleans(),
+    )
+    def answer(self, latency: float, still_pending: bool) -> None:
+        region = next(iter(self.connected))
+        before = self.h.machine.latency.get(region)
+        self.answered_at = self.h.now
+        self.samples[region] += 1
+        self._apply(Answered(region, latency, self.h.now if still_pending else None))
+        assert self.suspected_at is None  # an answer always clears a suspicion
+        assert before is None or self.h.machine.latency[region] is before
+
+    @invariant()
+    def learnt_latency_survives_reconnects(self) -> None:
+        # Every answer is learnt, and nothing (a lost connection, a move) forgets it.
+        for region, count in self.samples.items():
+            estimate = self.h.machine.latency.get(region)
+            assert (estimate.samples if estimate else 0) == count
+
+    @invariant()
+    def suspected_only_while_connected(self) -> None:
+        machine = self.h.machine
+        if machine.suspected_at is not None:
+            assert machine.state is State.CONNECTED
+            assert Timer.CONFIRM in self.h.timers
 
     @rule(region=st.sampled_from([P, S]), ok=st.booleans())
     def probe(self, region: str, ok: bool) -> None:
@@ -589,9 +651,9 @@ class MachineModel(RuleBasedStateMachine):
         assert not (self.connected and self.pending)
 
     @invariant()
-    def one_connect_per_second(self) -> None:
-        times = self.connect_times
-        assert all(b - a >= 1.0 - 1e-9 for a, b in itertools.pairwise(times))
+    def one_connect_per_second_per_region(self) -> None:
+        for times in self.connect_times.values():
+            assert all(b - a >= 1.0 - 1e-9 for a, b in itertools.pairwise(times))
 
     @invariant()
     def waiting_means_a_timer(self) -> None:
@@ -636,3 +698,278 @@ def test_a_failed_probe_while_waiting_to_fail_back_returns_to_the_secondary() ->
     assert "failback.aborted" in h.emitted(actions)
     h.advance(2)
     assert connects(h.log)[-1] == Connect(S, "reconnect")
+
+
+# -- the failure detector: suspicion, confirmation, degraded, hard faults ------------------
+
+
+def busy(h: Harness, seconds: float, latency: float = 0.01, every: float = 0.1) -> None:
+    """The live connection publishes every ``every`` s and each PUBACK takes ``latency``."""
+    region = h.machine.current
+    assert region is not None
+    end = h.now + seconds
+    while h.now < end - 1e-9:
+        h.feed(Awaiting(region))
+        sent = h.now
+        h.advance(latency)
+        h.feed(Answered(region, h.now - sent, None))
+        h.advance(every - latency)
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [
+        ([], 1.0),  # nothing learnt: the floor
+        ([0.01] * 50, 1.0),  # a fast path: the floor, not 0.01 + 5.6 x 0.05
+        ([0.9] * 50, 0.9 + phi_quantile(8.0) * 0.05),  # steady: the deviation's floor
+        ([30.0] * 5, 10.0),  # the cap
+    ],
+)
+def test_the_suspicion_deadline_comes_from_the_learnt_latency(
+    samples: list[float], expected: float
+) -> None:
+    h = harness()
+    connected(h)
+    for sample in samples:
+        h.feed(Answered(P, sample, None))
+    assert h.machine.suspect_after() == pytest.approx(expected, rel=1e-3)
+    assert h.machine.latency.get(P, LatencyEstimate()).samples == len(samples)
+
+
+def test_the_latency_estimate_is_an_ewma_of_mean_and_variance() -> None:
+    estimate = LatencyEstimate()
+    estimate.observe(0.2, 0.5)
+    assert (estimate.mean, estimate.variance) == pytest.approx((0.2, 0.01))
+    estimate.observe(0.4, 0.5)  # delta 0.2: mean + 0.1; var = 0.5 x (0.01 + 0.5 x 0.04)
+    assert (estimate.mean, estimate.variance) == pytest.approx((0.3, 0.015))
+    assert estimate.deviation == pytest.approx(0.015**0.5)
+    assert phi_quantile(8.0) == pytest.approx(5.612, abs=1e-3)
+
+
+def test_a_busy_connection_that_answers_is_never_suspected_nor_probed() -> None:
+    h = harness()
+    connected(h)
+    busy(h, 60.0)
+    names = h.emitted()
+    assert not [n for n in names if n.startswith("suspicion")]
+    assert not [a for a in h.log if isinstance(a, Probe | Ping)]  # answers prove more
+    assert h.machine.health(h.now).state == "ok"
+
+
+def test_a_quiet_connection_is_probed_as_before() -> None:
+    h = harness()
+    connected(h)
+    actions = h.advance(10.0)
+    assert [a for a in actions if isinstance(a, Probe)] == [Probe(P, "roundtrip")] * 3
+
+
+def test_silence_after_a_request_raises_suspicion_and_probes_both_regions() -> None:
+    h = harness()
+    connected(h)
+    busy(h, 5.0)
+    h.feed(Awaiting(P))
+    sent = h.now
+    assert not h.emitted(h.advance(0.99))
+    actions = h.advance(0.02)
+    raised = [a for a in actions if isinstance(a, Emit) and a.name == "suspicion.raised"]
+    assert len(raised) == 1
+    assert raised[0].fields["region"] == P
+    assert raised[0].fields["silent_s"] == pytest.approx(1.0)
+    for expected in (Ping(P), Probe(P, "roundtrip"), Probe(S, "tls")):
+        assert expected in actions
+    assert h.timers[Timer.CONFIRM] == pytest.approx(sent + 3.0)
+    health = h.machine.health(h.now)
+    assert health.state == "suspect"
+    assert "no answer from us-east-1" in health.reason
+
+
+def test_silence_past_the_confirmation_deadline_fails_over_once() -> None:
+    h = harness()
+    connected(h)
+    busy(h, 5.0)
+    h.feed(Awaiting(P))
+    h.advance(1.5)
+    assert h.machine.state is State.CONNECTED
+    actions = h.advance(1.6)
+    assert h.emitted(actions)[:2] == ["suspicion.confirmed", "failover.started"]
+    assert actions.count(Disconnect(P, "suspicion confirmed by silence")) == 1
+    assert connects(actions) == [Connect(S, "failover")]
+    assert h.machine.suspected_at is None
+
+
+def test_a_failed_probe_confirms_a_suspicion_at_once() -> None:
+    h = harness()
+    connected(h)
+    h.feed(Awaiting(P))
+    h.advance(1.5)
+    assert h.machine.suspected_at is not None
+    actions = h.feed(ProbeResult(P, ok=False, kind="timeout", latency_s=0.5))
+    confirmed = [a for a in actions if isinstance(a, Emit) and a.name == "suspicion.confirmed"]
+    assert confirmed[0].fields == {"region": P, "by": "probe", "silent_s": 1.5}
+    assert Disconnect(P, "suspicion confirmed by probe") in actions
+    assert connects(actions) == [Connect(S, "failover")]
+    assert Timer.CONFIRM not in h.timers
+
+
+def test_an_answer_clears_the_suspicion_and_the_device_stays_degraded() -> None:
+    h = harness()
+    connected(h)
+    h.feed(Awaiting(P))
+    h.advance(1.2)
+    actions = h.feed(Answered(P, 1.2, None))
+    cleared = [a for a in actions if isinstance(a, Emit) and a.name == "suspicion.cleared"]
+    assert cleared[0].fields == {
+        "region": P,
+        "reason": "answered after 1.200 s",
+        "suspected_s": pytest.approx(0.2),
+    }
+    assert CancelTimer(Timer.CONFIRM) in actions
+    h.advance(30.0)
+    assert h.machine.state is State.CONNECTED
+    assert "failover.started" not in h.emitted()
+    health = h.machine.health(h.now - 1.0)
+    assert health.state == "degraded"
+    assert "still acknowledges" in health.reason
+    assert h.machine.health(h.now + 30.0).state == "ok"
+
+
+def test_a_passing_probe_clears_the_suspicion() -> None:
+    h = harness()
+    connected(h)
+    h.feed(Awaiting(P))
+    h.advance(1.5)
+    actions = h.feed(ProbeResult(P, ok=True, latency_s=0.3))
+    assert h.emitted(actions) == ["suspicion.cleared"]
+    assert h.machine.suspected_at is None
+
+
+def test_a_failed_probe_while_answers_arrive_is_withheld() -> None:
+    h = harness(failure_threshold=1)
+    connected(h)
+    h.feed(Awaiting(P))
+    h.advance(0.5)
+    h.feed(Answered(P, 0.5, None))
+    h.advance(0.5)
+    actions = h.feed(ProbeResult(P, ok=False, kind="timeout", latency_s=2.0))
+    assert h.emitted(actions) == ["failover.withheld"]
+    withheld = actions[0]
+    assert isinstance(withheld, Emit)
+    assert withheld.fields["reason"] == "acknowledged"
+    assert withheld.fields["answered_s_ago"] == pytest.approx(0.5)
+    assert h.machine.state is State.CONNECTED
+    # A failed probe sent after the last answer counts as before.
+    h.advance(1.0)
+    actions = h.feed(ProbeResult(P, ok=False, kind="timeout", latency_s=0.9))
+    assert "failover.started" in h.emitted(actions)
+
+
+def test_a_slow_region_is_learnt_and_its_answers_do_not_raise_suspicion() -> None:
+    h = harness()
+    connected(h)
+    busy(h, 20.0, latency=0.6, every=0.7)
+    assert h.machine.latency[P].mean == pytest.approx(0.6)
+    busy(h, 20.0, latency=0.9, every=1.0)  # slower still, but answered
+    assert "suspicion.raised" not in h.emitted()
+    assert "failover.started" not in h.emitted()
+
+
+def test_the_suspicion_timer_follows_the_oldest_unanswered_request() -> None:
+    h = harness()
+    connected(h)
+    h.feed(Awaiting(P))
+    assert h.timers[Timer.SUSPECT] == h.now + 1.0
+    h.advance(0.8)
+    pending = h.now - 0.1
+    h.feed(Answered(P, 0.8, pending))  # another request, sent 0.1 s ago, still waits
+    deadline = h.machine.suspect_after()  # learnt from the one answer: 0.8 s, deviation 0.4 s
+    assert deadline == pytest.approx(0.8 + phi_quantile(8.0) * 0.4)
+    actions = h.advance(0.2)  # the timer finds the new oldest request not yet overdue
+    assert actions == [SetTimer(Timer.SUSPECT, pending + deadline)]
+    assert not h.emitted(h.advance(pending + deadline - h.now - 0.01))
+    assert "suspicion.raised" in h.emitted(h.advance(0.02))
+
+
+def test_requests_and_answers_of_other_connections_are_ignored() -> None:
+    h = harness()
+    h.feed(Start(P))
+    assert h.feed(Awaiting(P)) == []  # not connected yet
+    assert h.feed(Answered(P, 0.1, None)) == []
+    h.feed(ConnectSucceeded(P))
+    assert h.feed(Awaiting(S)) == []
+    assert h.feed(Answered(S, 0.1, None)) == []
+    assert h.machine.latency == {}
+    assert h.machine.health(h.now).state == "ok"
+    h.feed(Stop())
+    assert h.feed(Answered(P, 0.1, None)) == []
+    assert h.feed(Awaiting(P)) == []
+    assert h.machine.health(h.now).state == "none"
+
+
+@pytest.mark.parametrize(
+    ("other_ok", "age", "kind", "moves_at_once"),
+    [
+        (True, 1.0, "refused", True),
+        (True, 15.0, "refused", True),  # the freshness bound is inclusive
+        (True, 16.0, "refused", False),  # stale: two attempts, as before
+        (False, 1.0, "refused", False),  # the other region failed its probe
+        (None, 0.0, "refused", False),  # never probed
+        (True, 1.0, "timeout", False),  # silence is not a hard fault
+    ],
+)
+def test_a_refused_reconnect_moves_at_once_when_the_other_region_answered_lately(
+    other_ok: bool | None, age: float, kind: str, moves_at_once: bool
+) -> None:
+    h = harness(backoff_base_s=0.01)
+    connected(h)
+    h.advance(60)
+    actions = h.feed(ConnectionLost(P, "closed"))
+    assert Probe(S, "tls") in actions  # the other region, at once
+    if other_ok is not None:
+        h.feed(ProbeResult(S, ok=other_ok, latency_s=0.05))
+    h.advance(age)
+    while h.machine.state is not State.CONNECTING:
+        h.advance(0.01)
+    actions = h.feed(ConnectFailed(P, kind))
+    assert ("failover.started" in h.emitted(actions)) is moves_at_once
+
+
+def test_a_hard_fault_does_not_shortcut_a_failover_already_under_way() -> None:
+    h = harness(backoff_base_s=0.01, reconnect_attempts=3)
+    h.feed(Start(P))
+    for _ in range(3):
+        while h.machine.state is not State.CONNECTING:
+            h.advance(0.01)
+        h.feed(ConnectFailed(P, "timeout"))
+    assert h.machine.current == S
+    h.feed(ProbeResult(P, ok=True))
+    while h.machine.state is not State.CONNECTING:
+        h.advance(0.01)
+    h.feed(ConnectFailed(S, "refused"))  # bounced within the failover: counts as before
+    assert h.machine.current == S
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"suspect_phi": 0}, "suspect_phi must be more than zero"),
+        ({"suspect_min_s": 5.0, "suspect_max_s": 2.0}, "must not be more than suspect_max_s"),
+        ({"latency_weight": 1.5}, "latency_weight must be at most 1"),
+        ({"confirm_factor": 0.5}, "confirm_factor at least 1"),
+        ({"hard_fault_fresh_s": -1.0}, "hard_fault_fresh_s must be zero or more"),
+        ({"latency_min_std_s": 0.0}, "latency_min_std_s must be more than zero"),
+    ],
+)
+def test_detector_settings_are_validated(overrides: dict[str, float], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        FailoverConfig(**overrides)  # type: ignore[arg-type]
+
+
+def test_mqtt_depth_probes_of_the_other_region_respect_its_guard() -> None:
+    h = harness(failback_probe_depth="mqtt", connect_guard_s=5.0, backoff_base_s=0.01)
+    connected(h)
+    h.advance(60)
+    assert Probe(S, "mqtt") in h.feed(ConnectionLost(P, "closed"))
+    while h.machine.state is not State.CONNECTING:
+        h.advance(0.01)
+    h.feed(ConnectSucceeded(P))
+    assert Probe(S, "mqtt") not in h.feed(ConnectionLost(P, "closed"))  # S's guard holds

@@ -96,6 +96,7 @@ def test_trace_a_lost_connection_retried_then_a_failover() -> None:
                     CancelTimer(Timer.PROBE),
                     Emit("connection.lost", {"region": P, "kind": "closed"}),
                     SetTimer(Timer.CONNECT, 110.15),  # 0.5 x min(60, 0.5 x 2^0)
+                    Probe(S, "tls"),  # the other region at once: for the hard-fault rule
                 ],
             ),
             (Timer.CONNECT, [Connect(P, "reconnect")]),
@@ -183,6 +184,7 @@ def test_trace_the_backoff_resets_only_after_a_stable_connection() -> None:
                     CancelTimer(Timer.FAILBACK_PROBE),
                     Emit("connection.lost", {"region": S, "kind": "closed"}),
                     SetTimer(Timer.CONNECT, 107.5),  # up 5 s only: still 2^2, 1 s
+                    Probe(P, "tls"),
                 ],
             ),
             (Timer.CONNECT, [Connect(S, "reconnect")]),
@@ -204,6 +206,7 @@ def test_trace_the_backoff_resets_only_after_a_stable_connection() -> None:
                     CancelTimer(Timer.FAILBACK_PROBE),
                     Emit("connection.lost", {"region": S, "kind": "timeout"}),
                     SetTimer(Timer.CONNECT, 147.75),  # up 40 s >= 30 s: back to 2^0
+                    Probe(P, "tls"),
                 ],
             ),
         ],
@@ -345,6 +348,7 @@ def test_trace_dr_mode_moves_while_waiting_and_aborts_a_move_that_fails() -> Non
                     CancelTimer(Timer.PROBE),
                     Emit("connection.lost", {"region": P, "kind": "lost"}),
                     SetTimer(Timer.CONNECT, 108.0),  # 0.5 x 8 s
+                    Probe(S, "tls"),
                 ],
             ),
             (
@@ -473,7 +477,9 @@ def test_trace_a_failback_that_a_probe_aborts_while_the_guard_holds_it() -> None
             ),
             (
                 ProbeResult(P, ok=False, kind="refused"),
-                [Emit("failback.aborted", {"region": P}), SetTimer(Timer.CONNECT, 104.0)],
+                # Back to S after the backoff (0.5 x 0.5 s): the guard is per region, and
+                # the CONNECT to S was at 100.
+                [Emit("failback.aborted", {"region": P}), SetTimer(Timer.CONNECT, 103.25)],
             ),
             (Timer.CONNECT, [Connect(S, "reconnect")]),
             (
@@ -482,8 +488,8 @@ def test_trace_a_failback_that_a_probe_aborts_while_the_guard_holds_it() -> None
                     Resubscribe(S),
                     ReplayOutbox(S),
                     Emit("connected", {"region": S, "role": "secondary", "reason": "reconnect"}),
-                    SetTimer(Timer.PROBE, 105.5),
-                    SetTimer(Timer.FAILBACK_PROBE, 105.0),
+                    SetTimer(Timer.PROBE, 104.75),
+                    SetTimer(Timer.FAILBACK_PROBE, 104.25),
                 ],
             ),
         ],
@@ -491,17 +497,18 @@ def test_trace_a_failback_that_a_probe_aborts_while_the_guard_holds_it() -> None
 
 
 def test_trace_mqtt_failback_probes_wait_for_the_guard() -> None:
-    h = harness(failback_probe_depth="mqtt", connect_guard_s=5.0)
+    h = harness(failback_probe_depth="mqtt", connect_guard_s=5.0, probe_interval_s=60.0)
     h.feed(Start(S))
-    h.feed(ConnectSucceeded(S))  # the CONNECT was at 100: the guard holds until 105
+    h.feed(ConnectSucceeded(S))  # the CONNECT to S was at 100; P's guard is its own
     play(
         h,
         [
-            (Timer.FAILBACK_PROBE, [SetTimer(Timer.FAILBACK_PROBE, 105.0)]),
+            (Timer.FAILBACK_PROBE, [Probe(P, "mqtt"), SetTimer(Timer.FAILBACK_PROBE, 103.0)]),
+            (Timer.FAILBACK_PROBE, [SetTimer(Timer.FAILBACK_PROBE, 106.0)]),  # P's guard: 101 + 5
             (Timer.FAILBACK_PROBE, None),
         ],
     )
-    assert h.log[-2:] == [Probe(P, "mqtt"), SetTimer(Timer.FAILBACK_PROBE, 107.0)]
+    assert h.log[-2:] == [Probe(P, "mqtt"), SetTimer(Timer.FAILBACK_PROBE, 108.0)]
 
 
 def test_trace_throttled_attempts_have_a_backoff_of_their_own() -> None:
@@ -796,16 +803,18 @@ def test_only_a_failed_probe_of_the_target_aborts_a_move_held_by_the_guard(
 
 @pytest.mark.parametrize(("depth", "held"), [("mqtt", True), ("roundtrip", True), ("tls", False)])
 def test_failback_probes_that_connect_wait_for_the_guard(depth: str, held: bool) -> None:
-    h = harness(failback_probe_depth=depth, connect_guard_s=5.0)
+    h = harness(failback_probe_depth=depth, connect_guard_s=5.0, probe_interval_s=60.0)
     h.feed(Start(S))
-    h.feed(ConnectSucceeded(S))  # the CONNECT was at 100: the guard holds until 105
-    actions = h.advance(h.timers[Timer.FAILBACK_PROBE] - h.now)
-    if held:
-        assert actions == [SetTimer(Timer.FAILBACK_PROBE, 105.0)]
+    h.feed(ConnectSucceeded(S))
+    first = h.advance(h.timers[Timer.FAILBACK_PROBE] - h.now)  # at 101
+    assert first == [Probe(P, depth), SetTimer(Timer.FAILBACK_PROBE, 103.0)]  # type: ignore[arg-type]
+    actions = h.advance(h.timers[Timer.FAILBACK_PROBE] - h.now)  # at 103
+    if held:  # the probe at 101 was a CONNECT to P: P's guard holds until 106
+        assert actions == [SetTimer(Timer.FAILBACK_PROBE, 106.0)]
         actions = h.advance(h.timers[Timer.FAILBACK_PROBE] - h.now)
         assert Probe(P, depth) in actions  # type: ignore[arg-type]
     else:
-        assert actions == [Probe(P, depth), SetTimer(Timer.FAILBACK_PROBE, 103.0)]  # type: ignore[arg-type]
+        assert actions == [Probe(P, depth), SetTimer(Timer.FAILBACK_PROBE, 105.0)]  # type: ignore[arg-type]
 
 
 def test_roles_that_make_the_current_region_the_primary_stop_the_failback_probes() -> None:
