@@ -34,6 +34,8 @@ from device_agent._endpoints import Endpoint
 from device_agent._errors import ConfigError, DeviceAgentError, DiscoveryError
 from device_agent._machine import (
     Action,
+    Answered,
+    Awaiting,
     CancelTimer,
     Connect,
     ConnectFailed,
@@ -45,6 +47,7 @@ from device_agent._machine import (
     Event,
     FailoverMachine,
     FetchShadows,
+    Ping,
     Probe,
     ProbeResult,
     ReplayOutbox,
@@ -98,6 +101,9 @@ class _Connection:
     address: str = ""
     transport: Transport | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Requests (QoS 1 PUBLISH, PINGREQ) still unanswered: key -> when sent. Insertion
+    # order is send order, so the first is the oldest (the failure detector's input).
+    unanswered: dict[object, float] = field(default_factory=dict)
 
 
 class FailoverClient:
@@ -365,6 +371,7 @@ class FailoverClient:
                 region: {"ok": p.ok, "kind": p.kind, "latency_s": p.latency_s}
                 for region, p in (machine.last_probe.items() if machine else ())
             },
+            health=_health(machine, self._clock.monotonic()),
         )
 
     def events(self) -> AsyncIterator[AgentEvent]:
@@ -409,6 +416,8 @@ class FailoverClient:
                 handle.cancel()
         elif isinstance(action, Probe):
             self._spawn(None, self._probe(action))
+        elif isinstance(action, Ping) and conn is not None and conn.region == action.region:
+            self._spawn(conn, self._ping(conn))
         elif isinstance(action, Resolve):
             self._spawn(None, self._resolve())
         elif isinstance(action, Resubscribe) and conn is not None:
@@ -600,7 +609,7 @@ class FailoverClient:
                     sent_upto = entry.seq
                     self._outbox.mark_sent(entry.seq)
                     task = asyncio.create_task(
-                        self._send_one(transport, entry.seq, entry.topic, entry.payload, window)
+                        self._send_one(conn, entry.seq, entry.topic, entry.payload, window)
                     )
                     inflight.add(task)
                     task.add_done_callback(inflight.discard)
@@ -608,15 +617,55 @@ class FailoverClient:
             for task in inflight:
                 task.cancel()
 
+    def _request_sent(self, conn: _Connection, key: object) -> None:
+        """A request is out on ``conn``: the machine hears when the connection starts waiting."""
+        if not conn.unanswered:
+            self._put(Awaiting(conn.region))
+        conn.unanswered[key] = self._clock.monotonic()
+
+    def _request_answered(self, conn: _Connection, key: object) -> None:
+        sent = conn.unanswered.pop(key, None)
+        if sent is None:
+            return
+        oldest = next(iter(conn.unanswered.values()), None)
+        self._put(Answered(conn.region, self._clock.monotonic() - sent, oldest))
+
+    async def _ping(self, conn: _Connection) -> None:
+        """An early ping: a PINGREQ where the transport has one, else a QoS 1 publish."""
+        transport = conn.transport
+        assert transport is not None
+        key = ("ping", self._clock.monotonic())
+        self._request_sent(conn, key)
+        ping = getattr(transport, "ping", None)
+        try:
+            if ping is not None:
+                await ping()
+            else:  # the probe topic: its echo is consumed like a probe's
+                await transport.publish(self._prober.topic, b"", 1)
+        except TransportClosedError:
+            conn.unanswered.pop(key, None)
+            return
+        self._request_answered(conn, key)
+
     async def _send_one(
-        self, transport: Transport, seq: int, topic: str, payload: bytes, window: asyncio.Semaphore
+        self,
+        conn: _Connection,
+        seq: int,
+        topic: str,
+        payload: bytes,
+        window: asyncio.Semaphore,
     ) -> None:
+        transport = conn.transport
+        assert transport is not None
+        self._request_sent(conn, seq)
         try:
             await transport.publish(topic, payload, 1)
         except TransportClosedError:
+            conn.unanswered.pop(seq, None)
             return  # stays in the outbox; replayed after the reconnect
         finally:
             window.release()
+        self._request_answered(conn, seq)
         if self._outbox.ack(seq):
             self._emit("message.acked", {"seq": seq, "topic": topic})
         future = self._acked.pop(seq, None)
@@ -716,10 +765,24 @@ class FailoverClient:
 # Events about single messages: logged at DEBUG, not to drown the lifecycle.
 _PER_MESSAGE = frozenset({"message.acked"})
 # Events that say something is wrong: logged at WARNING.
-_WARNINGS = frozenset({"dns.failed", "identity.warning", "subscribe.failed"})
+_WARNINGS = frozenset(
+    {"dns.failed", "identity.warning", "subscribe.failed", "suspicion.raised", "failover.withheld"}
+)
 
 # Logging's own record attributes cannot be passed through ``extra=``.
 _RESERVED = frozenset({"name", "msg", "args", "message", "module", "filename", "lineno"})
+
+
+def _health(machine: FailoverMachine | None, now: float) -> dict[str, Any]:
+    if machine is None:
+        return {"state": "none", "reason": "", "latency_s": None, "suspect_after_s": None}
+    health = machine.health(now)
+    return {
+        "state": health.state,
+        "reason": health.reason,
+        "latency_s": health.latency_s,
+        "suspect_after_s": health.suspect_after_s,
+    }
 
 
 def _encode(payload: bytes | str | dict[str, Any]) -> bytes:

@@ -37,6 +37,8 @@ from device_agent._transport import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from paho.mqtt.properties import Properties
     from paho.mqtt.reasoncodes import ReasonCode
 
@@ -56,6 +58,13 @@ class _Client(mqtt.Client):
     """paho's client, given a socket that is already connected and through TLS."""
 
     _ready_socket: ssl.SSLSocket | None = None
+    on_pingresp: Callable[[], None] | None = None
+
+    def _handle_pingresp(self) -> MQTTErrorCode:
+        rc = super()._handle_pingresp()
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self.on_pingresp is not None:
+            self.on_pingresp()
+        return rc
 
     def _create_socket(self) -> Any:
         sock, self._ready_socket = self._ready_socket, None
@@ -99,6 +108,8 @@ class PahoTransport:
         self._client.on_socket_register_write = self._on_register_write
         self._client.on_socket_unregister_write = self._on_unregister_write
         self._client.on_log = self._on_log
+        self._client.on_pingresp = self._on_pingresp
+        self._pings: list[asyncio.Future[None]] = []
         self._connack: asyncio.Future[bool] = self._loop.create_future()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._sock: ssl.SSLSocket | None = None
@@ -256,6 +267,31 @@ class PahoTransport:
         future: asyncio.Future[Any] = self._loop.create_future()
         self._pending[info.mid] = future
         await future
+
+    async def ping(self) -> None:
+        """Send a PINGREQ now (unless one is out already); return when the PINGRESP comes.
+
+        Raises:
+            TransportClosedError: the connection dropped first.
+        """
+        if not self._connected:
+            msg = f"not connected to {self.params.endpoint.region}"
+            raise TransportClosedError(msg)
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._pings.append(future)
+        if self._client._ping_t == 0:  # paho allows one PINGREQ out at a time
+            rc = self._client._send_pingreq()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._pings.remove(future)
+                msg = f"ping failed: {mqtt.error_string(rc)}"
+                raise TransportClosedError(msg)
+        await future
+
+    def _on_pingresp(self) -> None:
+        pings, self._pings = self._pings, []
+        for future in pings:
+            if not future.done():
+                future.set_result(None)
 
     async def subscribe(self, topic_filter: str, qos: int) -> int:
         """Subscribe; returns the granted QoS."""
@@ -429,6 +465,11 @@ class PahoTransport:
                 self._loop.remove_writer(sock)
 
     def _fail_pending(self, error: Exception) -> None:
+        pings, self._pings = self._pings, []
+        for ping in pings:
+            if not ping.done():
+                ping.set_exception(error)
+                ping.exception()
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -80,7 +80,8 @@ class AgentEvent:
     failover that ended back in the region it left), ``dns.retry``,
     ``probe.failed``, ``dns.failed``, ``dns.changed``, ``roles.changed``,
     ``message.acked``, ``shadow.fetched``, ``shadow.fetch_failed``,
-    ``subscribe.failed``, ``identity.warning``.
+    ``subscribe.failed``, ``identity.warning``, ``suspicion.raised``,
+    ``suspicion.cleared``, ``suspicion.confirmed``, ``failover.withheld``.
 
     Attributes:
         name: the event's stable name.
@@ -95,7 +96,12 @@ class AgentEvent:
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """Where the client is and how it is doing."""
+    """Where the client is and how it is doing.
+
+    ``health`` is the failure detector's view of the live connection:
+    ``state`` (``ok``, ``suspect``, ``degraded``, ``none``), ``reason`` (why
+    the agent stays or probes), ``latency_s`` (learnt) and ``suspect_after_s``.
+    """
 
     state: str
     region: str | None
@@ -105,6 +111,7 @@ class Status:
     secondary: str
     outbox_depth: int
     last_probes: dict[str, dict[str, Any]]
+    health: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly copy."""
@@ -117,4 +124,5 @@ class Status:
             "secondary": self.secondary,
             "outbox_depth": self.outbox_depth,
             "last_probes": self.last_probes,
+            "health": self.health,
         }
