@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from device_agent._config import FailoverConfig
-from device_agent._detector import LatencyEstimate, phi_quantile
+from device_agent._detector import Health, LatencyEstimate, phi_quantile
 from device_agent._errors import ConfigError
 from device_agent._machine import (
     Action,
@@ -973,3 +973,70 @@ def test_mqtt_depth_probes_of_the_other_region_respect_its_guard() -> None:
         h.advance(0.01)
     h.feed(ConnectSucceeded(P))
     assert Probe(S, "mqtt") not in h.feed(ConnectionLost(P, "closed"))  # S's guard holds
+
+
+def test_health_says_what_the_detector_thinks_and_why() -> None:
+    h = harness(stable_after_s=30.0)
+    assert h.machine.health(h.now) == Health("none")
+    connected(h)
+    assert h.machine.health(h.now) == Health("ok", "", None, 1.0)
+    h.feed(Awaiting(P))
+    h.advance(1.0)
+    assert h.machine.health(h.now + 0.5) == Health(
+        "suspect",
+        "no answer from us-east-1 for 1.5 s (no latency learnt yet, suspect after 1.00 s); "
+        "probing us-east-1 and us-west-2",
+        None,
+        1.0,
+    )
+    h.feed(Answered(P, 2.0, None))  # learnt: 2 s, deviation 1 s
+    deadline = 2.0 + phi_quantile(8.0) * 1.0
+    cleared = h.now
+    degraded = Health(
+        "degraded",
+        "us-east-1 is slow but still acknowledges messages (learnt latency 2.000 s); "
+        "staying: a degraded region is not a failed one",
+        2.0,
+        pytest.approx(deadline),  # type: ignore[arg-type]
+    )
+    assert h.machine.health(cleared + 29.99) == degraded
+    assert h.machine.health(cleared + 30.0) == Health("ok", "", 2.0, pytest.approx(deadline))  # type: ignore[arg-type]
+
+
+def test_a_failed_probe_counts_from_when_it_was_sent() -> None:
+    h = harness(failure_threshold=3)
+    connected(h)
+    h.feed(Awaiting(P))
+    h.feed(Answered(P, 0.01, None))
+    h.advance(2.0)
+    # Sent 2 s ago, exactly when the answer came: withheld.
+    assert h.emitted(h.feed(ProbeResult(P, ok=False, kind="timeout", latency_s=2.0))) == [
+        "failover.withheld"
+    ]
+    # Sent after the answer: counted, with its fields.
+    actions = h.feed(ProbeResult(P, ok=False, kind="timeout", latency_s=1.99))
+    assert actions == [Emit("probe.failed", {"region": P, "kind": "timeout", "count": 1})]
+    # No latency: sent now, after the answer.
+    actions = h.feed(ProbeResult(P, ok=False, kind="closed"))
+    assert actions == [Emit("probe.failed", {"region": P, "kind": "closed", "count": 2})]
+
+
+def test_the_suspicion_action_list_is_exact() -> None:
+    h = harness()
+    connected(h)
+    h.advance(0.2)  # before the first periodic probe (at 101.5)
+    h.feed(Awaiting(P))
+    actions = h.advance(1.0)
+    assert actions == [
+        Emit(
+            "suspicion.raised",
+            {"region": P, "silent_s": 1.0, "suspect_after_s": 1.0, "latency_s": None},
+        ),
+        Ping(P),
+        Probe(P, "roundtrip"),
+        Probe(S, "tls"),
+        SetTimer(Timer.CONFIRM, pytest.approx(100.2 + 3.0)),  # type: ignore[arg-type]
+    ]
+    actions = h.advance(h.timers[Timer.CONFIRM] - h.now)
+    confirmed = [a for a in actions if isinstance(a, Emit) and a.name == "suspicion.confirmed"]
+    assert confirmed[0].fields == {"region": P, "by": "silence", "silent_s": pytest.approx(3.0)}
