@@ -11,7 +11,9 @@ telemetry every 100 ms, which the cloud side counts in every region.
 Fault kinds: ``down`` (the primary's door refuses and resets, like a killed
 region), ``blackhole`` (the primary's door goes silent), ``dns_flip`` (both
 regions up; the CNAME is moved to the secondary and back, and the devices
-run in DR mode).
+run in DR mode), ``degraded`` (the primary's door is slow and refuses new
+CONNECTs with "server unavailable" for ``degraded_s``, then recovers: a
+device must stay, so every failover is a false one).
 
 The timeline of each scenario, in seconds from the moment the fleet is
 connected: the fault (or the CNAME's move) at :data:`FAULT_AT_S`; the heal
@@ -41,8 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FAULT_KINDS", "DrillOptions", "drill_failover", "drill_scenario", "run_drill"]
 
-FaultKind = Literal["down", "blackhole", "dns_flip"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("down", "blackhole", "dns_flip")
+FaultKind = Literal["down", "blackhole", "dns_flip", "degraded"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("down", "blackhole", "dns_flip", "degraded")
 
 PRIMARY, SECONDARY = "us-east-1", "us-west-2"
 FAULT_AT_S = 3.0
@@ -70,6 +72,7 @@ class DrillOptions:
         state_dir: where each kind's regions, keys, logs and report go, in a
             subfolder named after the kind (a temporary folder if None).
         broker: ``auto``, ``mosquitto`` or ``amqtt``.
+        degraded_s: how long ``degraded`` lasts.
     """
 
     faults: tuple[FaultKind, ...] = ("down",)
@@ -79,6 +82,7 @@ class DrillOptions:
     dr_jitter_s: float = 5.0
     state_dir: Path | None = None
     broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
+    degraded_s: float = 600.0
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.faults if f not in FAULT_KINDS]
@@ -147,7 +151,15 @@ def drill_scenario(kind: FaultKind, options: DrillOptions) -> Scenario:
     over, back = _move_times(kind, failover)
     heal_at = FAULT_AT_S + over
     steps: tuple[Step, ...]
-    if kind == "dns_flip":
+    if kind == "degraded":
+        heal_at = FAULT_AT_S + options.degraded_s
+        steps = (
+            FaultStep(at=FAULT_AT_S, region=PRIMARY, mode="degraded"),
+            HealStep(at=heal_at, region=PRIMARY),
+        )
+        description = "the primary's door is slow and refuses new CONNECTs; the devices stay"
+        back = MARGIN_S
+    elif kind == "dns_flip":
         steps = (
             DnsStep(at=FAULT_AT_S, cname=SECONDARY),
             DnsStep(at=heal_at, cname=PRIMARY),
@@ -202,7 +214,11 @@ def run_drill(options: DrillOptions) -> dict[str, Any]:
                 )
             )
             broker = report["settings"].get("broker", broker)
-            results[kind] = _kind_result(report)
+            results[kind] = (
+                _degraded_result(report, options.degraded_s)
+                if kind == "degraded"
+                else _kind_result(report)
+            )
             results[kind]["report_dir"] = str(where / "report") if options.state_dir else None
     failover = drill_failover(options, "down")
     return {
@@ -226,6 +242,19 @@ def run_drill(options: DrillOptions) -> dict[str, Any]:
 
 def _summary(stats: dict[str, Any]) -> dict[str, float | None]:
     return {"p50": stats.get("p50_s"), "p95": stats.get("p95_s"), "max": stats.get("max_s")}
+
+
+def _degraded_result(report: dict[str, Any], degraded_s: float) -> dict[str, Any]:
+    """A degraded run: every device that moved to the secondary failed over for nothing."""
+    messages = report["messages"]
+    return {
+        "degraded_s": degraded_s,
+        "false_failovers": report["failover"]["count"],
+        "moved_devices": report["moved"]["count"],
+        "published": messages["sent"],
+        "lost": messages["lost"],
+        "duplicates": messages["duplicated"],
+    }
 
 
 def _kind_result(report: dict[str, Any]) -> dict[str, Any]:
