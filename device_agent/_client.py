@@ -765,9 +765,7 @@ class FailoverClient:
 # Events about single messages: logged at DEBUG, not to drown the lifecycle.
 _PER_MESSAGE = frozenset({"message.acked"})
 # Events that say something is wrong: logged at WARNING.
-_WARNINGS = frozenset(
-    {"dns.failed", "identity.warning", "subscribe.failed", "suspicion.raised", "failover.withheld"}
-)
+_WARNINGS = frozenset({"dns.failed", "identity.warning", "subscribe.failed"})
 
 # Logging's own record attributes cannot be passed through ``extra=``.
 _RESERVED = frozenset({"name", "msg", "args", "message", "module", "filename", "lineno"})

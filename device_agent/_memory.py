@@ -35,6 +35,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -155,7 +156,13 @@ class _Pipe:
         self._last = float("-inf")
 
     def send(self, deliver: Callable[[], None]) -> None:
-        at = max(asyncio.get_running_loop().time() + self._region.latency_s, self._last)
+        region = self._region
+        delay = region.latency_s
+        # A lost packet is one TCP retransmits: it arrives a retransmission timeout late,
+        # and everything behind it waits (in-order delivery below).
+        if region.loss_ratio and region.rng.random() < region.loss_ratio:
+            delay += region.retransmit_s
+        at = max(asyncio.get_running_loop().time() + delay, self._last)
         self._last = at
         self._queue.append((at, deliver))
         self.resume()
@@ -188,6 +195,10 @@ class MemoryRegion:
         address: the endpoint's address.
         mode: the fault mode (change it through :meth:`MemoryNetwork.set_mode`).
         latency_s: one-way latency of every packet, in the loop's seconds.
+        loss_ratio: the share of packets lost on the way (0..1); TCP retransmits
+            them, so each arrives ``retransmit_s`` late and holds up those behind it.
+        retransmit_s: the retransmission timeout (Linux's minimum is 0.2 s).
+        rng: draws the losses (seeded by the region's name: runs repeat).
         stats: the counters.
     """
 
@@ -198,6 +209,9 @@ class MemoryRegion:
         self.address = address
         self.mode: FaultMode = "up"
         self.latency_s = 0.0
+        self.loss_ratio = 0.0
+        self.retransmit_s = 0.2
+        self.rng = random.Random(name)  # noqa: S311 - simulated loss, not cryptography
         self.stats = RegionStats()
         self.sessions: dict[str, MemoryTransport] = {}
         # Subscriptions indexed by filter, plain topics apart from wildcards: a fleet's
