@@ -71,7 +71,9 @@ Decisions:
 * **Hard faults.** A lost connection probes the other region at once. A
   reconnect refused outright (``refused``: TCP RST, nothing listens) when
   the other region passed a probe within ``hard_fault_fresh_s`` moves at
-  once, without waiting for ``reconnect_attempts``.
+  once, without waiting for ``reconnect_attempts``; so does a passing probe
+  of the other region that answers while the retry after such a refusal
+  waits.
 * **Probe jitter.** A fleet that connected or failed over in the same second
   must not probe in step: the first probe after a connect is at a random
   phase, ``uniform(0, I)``, and every later one ``uniform((1 - j) * I,
@@ -230,6 +232,7 @@ class FailoverMachine:
         self._lost_at: float | None = None  # when the last connection was lost
         self._failback_probe_sent: float | None = None  # when the last failback probe left
         self._throttles = 0  # throttled attempts since the last connection
+        self._refused = False  # the last attempt here was refused outright (a hard fault)
         self._timers: dict[Timer, float] = {}
         # The failure detector (see the module docstring).
         self._quantile = phi_quantile(config.suspect_phi)
@@ -348,6 +351,7 @@ class FailoverMachine:
         self.last_region = region
         self._failures_here = 0
         self._throttles = 0
+        self._refused = False
         self._probe_failures = 0
         self._lost_at = None
         self._healthy_since = None  # the window counts probes made while connected here
@@ -398,15 +402,22 @@ class FailoverMachine:
         if self._abort_move(event.region, now, out):
             return
         if self._failures_here >= self.config.reconnect_attempts or self._hard_fault(event, now):
-            region = self._other(event.region)
-            self._failures_here = 0
-            first = self._move is None  # not a bounce within a failover already spread
-            self._begin_move("failover", event.region, now, out)
-            self._reason = "failover"
-            spread = self._spread(region, out) if first else 0.0
-            self._attempt(region, now, now + self._backoff() + spread, out)
+            self._move_away(event.region, now, self._backoff(), out)
             return
+        # Refused while the other region's probe is still out: its answer may move us.
+        self._refused = event.kind in _HARD_KINDS and self._move is None
         self._attempt(region, now, now + self._backoff(), out)
+
+    def _move_away(self, source: str, now: float, delay: float, out: list[Action]) -> None:
+        """Fail over from ``source`` (not connected) to the other region after ``delay``."""
+        target = self._other(source)
+        self._failures_here = 0
+        self._refused = False
+        first = self._move is None  # not a bounce within a failover already spread
+        self._begin_move("failover", source, now, out)
+        self._reason = "failover"
+        spread = self._spread(target, out) if first else 0.0
+        self._attempt(target, now, now + delay + spread, out)
 
     def _hard_fault(self, event: ConnectFailed, now: float) -> bool:
         """A reconnect refused outright while the other region answered lately: move now."""
@@ -499,6 +510,14 @@ class FailoverMachine:
             # Waiting to move back and the target just failed a probe: stay where we were.
             if not event.ok and event.region == self.current and self.state is State.WAITING:
                 self._abort_move(event.region, now, out)
+            elif (
+                event.ok
+                and self._refused
+                and self.state is State.WAITING
+                and self.current is not None
+                and event.region == self._other(self.current)
+            ):  # a hard fault here, and the other region answers: go there now
+                self._move_away(self.current, now, 0.0, out)
             return
         if event.region == self.current:
             self._on_current_probe(event, now, out)
@@ -544,12 +563,7 @@ class FailoverMachine:
 
     def _fail_over_from(self, source: str, now: float, out: list[Action]) -> None:
         self._drop_connection(now, out)
-        target = self._other(source)
-        first = self._move is None
-        self._begin_move("failover", source, now, out)
-        self._reason = "failover"
-        spread = self._spread(target, out) if first else 0.0
-        self._attempt(target, now, now + spread, out)
+        self._move_away(source, now, 0.0, out)
 
     def _on_failback_probe(self, event: ProbeResult, now: float, out: list[Action]) -> None:
         if not event.ok:
@@ -767,6 +781,7 @@ class FailoverMachine:
         now: float,
         out: list[Action],
     ) -> None:
+        self._refused = False  # a move has a target of its own
         if self._move is None:
             # A failover is timed from the loss of the connection, not from the decision.
             started = self._lost_at if kind == "failover" and self._lost_at is not None else now

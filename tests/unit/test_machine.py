@@ -1040,3 +1040,42 @@ def test_the_suspicion_action_list_is_exact() -> None:
     actions = h.advance(h.timers[Timer.CONFIRM] - h.now)
     confirmed = [a for a in actions if isinstance(a, Emit) and a.name == "suspicion.confirmed"]
     assert confirmed[0].fields == {"region": P, "by": "silence", "silent_s": pytest.approx(3.0)}
+
+
+@pytest.mark.parametrize(
+    ("kind", "answer", "moves"),
+    [
+        ("refused", ProbeResult(S, ok=True, latency_s=0.05), True),
+        ("refused", ProbeResult(S, ok=False, kind="timeout"), False),
+        ("refused", ProbeResult(P, ok=True), False),  # the refusing region itself
+        ("timeout", ProbeResult(S, ok=True), False),  # silence is not a hard fault
+    ],
+)
+def test_the_other_regions_answer_after_a_refusal_moves_at_once(
+    kind: str, answer: ProbeResult, moves: bool
+) -> None:
+    h = harness(backoff_base_s=4.0)
+    connected(h)
+    h.advance(60)
+    h.feed(ConnectionLost(P, "closed"))
+    while h.machine.state is not State.CONNECTING:
+        h.advance(0.01)
+    h.feed(ConnectFailed(P, kind))  # the other region's probe has not answered yet
+    assert h.machine.state is State.WAITING
+    actions = h.feed(answer)
+    assert ("failover.started" in h.emitted(actions)) is moves
+    assert (Connect(S, "failover") in actions) is moves  # no backoff: S just answered
+
+
+def test_a_refusal_then_a_move_forgets_the_refusal() -> None:
+    h = harness(backoff_base_s=4.0, dr_mode=True, dr_jitter_s=0.0)
+    connected(h)
+    h.advance(60)
+    h.feed(ConnectionLost(P, "closed"))
+    while h.machine.state is not State.CONNECTING:
+        h.advance(0.01)
+    h.feed(ConnectFailed(P, "refused"))
+    h.feed(DnsAnswer(S, P, S))
+    h.advance(0.0)  # the DR move: the waiting attempt now goes to S
+    assert h.machine.current == S
+    assert "failover.started" not in h.emitted(h.feed(ProbeResult(P, ok=True)))
