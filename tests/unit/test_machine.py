@@ -1061,7 +1061,7 @@ def test_the_other_regions_answer_after_a_refusal_moves_at_once(
     while h.machine.state is not State.CONNECTING:
         h.advance(0.01)
     h.feed(ConnectFailed(P, kind))  # the other region's probe has not answered yet
-    assert h.machine.state is State.WAITING
+    assert Timer.CONNECT in h.timers  # waiting for the retry
     actions = h.feed(answer)
     assert ("failover.started" in h.emitted(actions)) is moves
     assert (Connect(S, "failover") in actions) is moves  # no backoff: S just answered
