@@ -35,12 +35,12 @@ from device_agent import (
 from device_agent.cli import main
 from replicator import ArnScope, rewrite_policy_document
 from simulators import DEFAULT_REGIONS
-from simulators._healthcheck import HealthCheckConfig
 from simulators._regions import LocalRegions, iot_client, register_device
 from simulators.controlplane import device_policy
+from tests.integration import test_regions_faults
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
     from simulators import CertifiedKey
@@ -49,14 +49,10 @@ pytestmark = pytest.mark.integration
 
 PRIMARY, SECONDARY = DEFAULT_REGIONS
 ACCOUNT = "123456789012"
-FAST = HealthCheckConfig(interval_s=1.2, failure_threshold=2, recovery_threshold=2, timeout_s=1.0)
 WAIT_S = 30.0
 
-
-@pytest.fixture
-def regions(tmp_path: Path) -> Iterator[LocalRegions]:
-    with LocalRegions(state_dir=tmp_path / "regions", health=FAST) as running:
-        yield running
+# The regions with a health checker that probes every 1.2 s (the fault tests' fixture).
+regions = test_regions_faults.regions
 
 
 def replicate(regions: LocalRegions, device: CertifiedKey, policy: str, document: str) -> None:
