@@ -775,6 +775,8 @@ def test_silence_after_a_request_raises_suspicion_and_probes_both_regions() -> N
     assert len(raised) == 1
     assert raised[0].fields["region"] == P
     assert raised[0].fields["silent_s"] == pytest.approx(1.0)
+    assert raised[0].fields["latency_s"] == pytest.approx(h.machine.latency[P].mean)
+    assert raised[0].fields["latency_s"] == pytest.approx(0.01)
     for expected in (Ping(P), Probe(P, "roundtrip"), Probe(S, "tls")):
         assert expected in actions
     assert h.timers[Timer.CONFIRM] == pytest.approx(sent + 3.0)
@@ -839,6 +841,9 @@ def test_a_passing_probe_clears_the_suspicion() -> None:
     h.feed(Awaiting(P))
     h.advance(1.5)
     actions = h.feed(ProbeResult(P, ok=True, latency_s=0.3))
+    assert actions[0] == Emit(
+        "suspicion.cleared", {"region": P, "reason": "a probe passed", "suspected_s": 0.5}
+    )
     assert h.emitted(actions) == ["suspicion.cleared"]
     assert h.machine.suspected_at is None
 
@@ -854,8 +859,12 @@ def test_a_failed_probe_while_answers_arrive_is_withheld() -> None:
     assert h.emitted(actions) == ["failover.withheld"]
     withheld = actions[0]
     assert isinstance(withheld, Emit)
-    assert withheld.fields["reason"] == "acknowledged"
-    assert withheld.fields["answered_s_ago"] == pytest.approx(0.5)
+    assert withheld.fields == {
+        "region": P,
+        "kind": "timeout",
+        "answered_s_ago": pytest.approx(0.5),
+        "reason": "acknowledged",
+    }
     assert h.machine.state is State.CONNECTED
     # A failed probe sent after the last answer counts as before.
     h.advance(1.0)
@@ -1016,7 +1025,9 @@ def test_a_failed_probe_counts_from_when_it_was_sent() -> None:
     # Sent after the answer: counted, with its fields.
     actions = h.feed(ProbeResult(P, ok=False, kind="timeout", latency_s=1.99))
     assert actions == [Emit("probe.failed", {"region": P, "kind": "timeout", "count": 1})]
-    # No latency: sent now, after the answer.
+    # No latency: sent now, after the answer, even one half a second old.
+    h.feed(Answered(P, 0.01, None))
+    h.advance(0.5)
     actions = h.feed(ProbeResult(P, ok=False, kind="closed"))
     assert actions == [Emit("probe.failed", {"region": P, "kind": "closed", "count": 2})]
 
