@@ -74,7 +74,9 @@ from replicator._errors import (
 )
 from replicator.core._jitr_plan import CaCertificate
 from replicator.core._ops import (
+    AttachPolicy,
     AttachThingPrincipal,
+    CreatePolicy,
     CreateThing,
     RegisterCertificateWithoutCA,
 )
@@ -82,6 +84,7 @@ from replicator.runtime._quotas import DEFAULT_TPS
 from replicator.testing import InMemoryRegion
 from simulators._errors import SimulatorError
 from simulators._healthcheck import HealthCheckConfig, HealthTracker
+from simulators.controlplane._bulk import DEVICE_POLICY_NAME, device_policy
 from simulators.fleet._device import (
     DeviceBehaviour,
     VirtualDevice,
@@ -272,6 +275,8 @@ class MemoryStage:
     def provision(self, count: int) -> list[DeviceEntry]:
         """The fleet's steady state: ``count`` devices registered in every region."""
         names = fleet_device_names(count)
+        for api in self.apis.values():
+            self._device_policy(api.registry)
         for name in names:
             cert_id = self.identities.issue(name)
             for api in self.apis.values():
@@ -279,10 +284,20 @@ class MemoryStage:
                     api.registry.execute(op)
         return [{"name": name} for name in names]
 
+    @staticmethod
+    def _device_policy(registry: InMemoryRegion) -> None:
+        """Create the region's default device policy (its ARNs name the region) if missing."""
+        if registry.read_policy(DEVICE_POLICY_NAME, targets=False) is None:
+            assert registry.account_id is not None
+            policy = device_policy(registry.region, registry.account_id)
+            registry.execute(CreatePolicy(policy.name, policy.document))
+
     def _registration(self, name: str, cert_id: str) -> list[Op]:
+        """A device as bulk registration makes it: certificate, policy attached, thing."""
         pem = self.identities.pems[name]
         return [
             RegisterCertificateWithoutCA(cert_id, pem, "ACTIVE"),
+            AttachPolicy(DEVICE_POLICY_NAME, cert_id),
             CreateThing(name),
             AttachThingPrincipal(name, cert_id),
         ]
@@ -326,6 +341,7 @@ class MemoryStage:
         RegisterCertificateWithoutCA's 10/s.
         """
         api = self.apis[self.primary]
+        self._device_policy(api.registry)
         for name in names:
             cert_id = self.identities.issue(name)
             try:

@@ -44,11 +44,15 @@ from simulators.gateway import (
     ConnectPacket,
     ConnectQuotas,
     GatewayFault,
+    GroupRecord,
+    PolicyRecord,
     RegistrySnapshot,
     RegistryView,
+    ThingRecord,
     Verdict,
     decide,
 )
+from simulators.gateway._policy import PolicyFormatError, parse_policy
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -288,6 +292,19 @@ _DEVICE_KIND: dict[Verdict, ConnectErrorKind] = {
 }
 
 
+def _thing_record(registry: InMemoryRegion, name: str) -> ThingRecord:
+    """Thing ``name`` as policies see it: type, attributes and the groups that list it."""
+    thing = registry.read_thing(name, principals=False)
+    if thing is None:
+        return ThingRecord(name)
+    return ThingRecord(
+        name=name,
+        type_name=thing.type_name,
+        attributes=tuple(sorted(thing.attributes.items())),
+        groups=thing.groups or frozenset(),
+    )
+
+
 class MemoryDoor:
     """Each region's door: the gateway's decision, quotas and counters, as an admission hook.
 
@@ -318,15 +335,25 @@ class MemoryDoor:
         self.on_jitr: Callable[[str, str], None] | None = None
         self._rng = rng
         self._policy = AdmissionPolicy()
+        self._parsed: dict[tuple[str, str, str], PolicyRecord] = {}
 
     def __repr__(self) -> str:
         return f"MemoryDoor(admitted={dict(self.admitted)})"
 
     def _view(self, region: str, cert_id: str) -> RegistryView:
-        """The region's registry as the door sees it: this certificate and the CAs."""
-        api = self.apis[region]
-        found = api.registry.read_certificate(cert_id, things=True)
+        """The region's registry as the door sees it: this certificate, its things and policies.
+
+        With the things' groups (and their ancestors) and every policy that
+        applies, so the door authorizes by the region's own policies, as AWS
+        IoT does: a policy the replicator copied with the wrong region in its
+        ARNs refuses the device here as it would there.
+        """
+        registry = self.apis[region].registry
+        found = registry.read_certificate(cert_id, things=True)
         records: tuple[CertificateRecord, ...] = ()
+        things: list[ThingRecord] = []
+        groups: dict[str, GroupRecord] = {}
+        policies: dict[str, PolicyRecord] = {}
         if found is not None:
             records = (
                 CertificateRecord(
@@ -334,8 +361,23 @@ class MemoryDoor:
                     status=found.status,
                     things=frozenset(found.things or ()),
                     ca_certificate_id=found.ca_certificate_id,
+                    policies=found.policies,
                 ),
             )
+            things = [_thing_record(registry, name) for name in sorted(found.things or ())]
+            pending = [group for thing in things for group in thing.groups]
+            while pending:
+                name = pending.pop()
+                group = registry.groups.get(name)
+                if group is None or name in groups:
+                    continue
+                groups[name] = GroupRecord(name, group.parent)
+                if group.parent is not None:
+                    pending.append(group.parent)
+            for name in found.policies:
+                record = self._policy_record(registry, name)
+                if record is not None:
+                    policies[name] = record
         cas = tuple(
             CaRecord(
                 certificate_id=ca.certificate_id,
@@ -344,11 +386,38 @@ class MemoryDoor:
                 pem=self.identities.ca_pem,
                 certificate=self.identities.ca,
             )
-            for ca in api.cas.values()
+            for ca in self.apis[region].cas.values()
         )
         view = RegistryView(region)
-        view.load(RegistrySnapshot(epoch="memory", revision=0, certificates=records, cas=cas))
+        view.load(
+            RegistrySnapshot(
+                epoch="memory",
+                revision=0,
+                certificates=records,
+                cas=cas,
+                things=tuple(things),
+                groups=tuple(groups.values()),
+                policies=tuple(policies.values()),
+                account_id=registry.account_id,
+            )
+        )
         return view
+
+    def _policy_record(self, registry: InMemoryRegion, name: str) -> PolicyRecord | None:
+        """Policy ``name``'s default version, parsed once per document."""
+        policy = registry.read_policy(name, targets=False)
+        default = policy.default if policy is not None else None
+        if default is None:
+            return None
+        key = (name, default.version_id, default.document)
+        record = self._parsed.get(key)
+        if record is None:
+            try:
+                record = PolicyRecord(name, default.version_id, parse_policy(default.document))
+            except PolicyFormatError as exc:
+                record = PolicyRecord(name, default.version_id, None, str(exc))
+            self._parsed[key] = record
+        return record
 
     def admit(self, region: str, client_id: str) -> ConnectErrorKind | None:
         """The admission hook: None admits, a connect error kind refuses."""
