@@ -11,7 +11,13 @@ flipped with TTL 0 is seen on the next call. An endpoint's addresses (A and
 AAAA, :meth:`DnsDiscovery.resolve_address`) are kept for their TTL, as a stub
 resolver keeps them: a device that reconnects, or a fleet that fails over at
 once, does not ask again for what it was told a moment ago (the regions'
-endpoints do not move; the CNAME does). dnspython's exceptions are translated at this boundary into
+endpoints do not move; the CNAME does). When asking again after the TTL fails
+for want of an answer (``timeout``, ``servfail``), the last answer is served
+stale, for up to a day, as resolvers do (RFC 8767): a region's endpoint does
+not stop existing because the nameserver is slow, and a fleet that fails over
+at once would otherwise read its own burst of queries as a dead region. A
+definite answer (the name is gone, or has no address) is never overridden.
+dnspython's exceptions are translated at this boundary into
 :class:`DiscoveryError` with a ``kind``; deciding what to do about one
 (fall back to the static endpoints, retry later) is the caller's business.
 
@@ -62,6 +68,9 @@ logger = logging.getLogger(__name__)
 # As many CNAME hops as dnspython follows within one response.
 _MAX_CNAME_HOPS = dns.message.MAX_CHAIN
 _TXT_SHOWN = 60  # characters of a bad TXT record quoted in an error
+_NO_ANSWER = frozenset({"timeout", "servfail"})  # failures that say nothing about the name
+MAX_STALE_S = 86_400.0
+"""How long past its TTL an endpoint's last addresses are served when DNS gives no answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,10 +233,8 @@ class DnsDiscovery:
         if qname == dns.name.root:
             raise self._error("no_address", host, "not a valid host name")
         cached = self._address_cache.get(qname)
-        if cached is not None:
-            if self._clock() < cached[0]:
-                return cached[1]
-            del self._address_cache[qname]
+        if cached is not None and self._clock() < cached[0]:
+            return cached[1]
         results = await asyncio.gather(
             self._addresses(qname, dns.rdatatype.A),
             self._addresses(qname, dns.rdatatype.AAAA),
@@ -251,6 +258,11 @@ class DnsDiscovery:
             if min(ttls) > 0:
                 self._address_cache[qname] = (self._clock() + min(ttls), unique)
             return unique
+        answered = len(errors) < len(results)  # one lookup said: no such address
+        stale = None if answered else self._stale(qname, cached, errors)
+        if stale is not None:
+            return stale
+        self._address_cache.pop(qname, None)
         loops = [e for e in errors if e.kind == "cname_loop"]
         if not self._nameservers and not loops:
             system = await self._system_addresses(_text(qname))
@@ -259,6 +271,23 @@ class DnsDiscovery:
         if loops or errors:
             raise (loops or errors)[0]
         raise self._error("no_address", _text(qname), "the name has no A or AAAA record")
+
+    def _stale(
+        self,
+        qname: dns.name.Name,
+        cached: tuple[float, tuple[str, ...]] | None,
+        errors: list[DiscoveryError],
+    ) -> tuple[str, ...] | None:
+        """The expired answer for ``qname`` when DNS gave none for want of an answer."""
+        if cached is None or not errors or any(e.kind not in _NO_ANSWER for e in errors):
+            return None
+        if self._clock() - cached[0] > MAX_STALE_S:
+            return None
+        logger.debug(
+            "discovery.stale",
+            extra={"qname": _text(qname), "kind": errors[0].kind, "addresses": cached[1]},
+        )
+        return cached[1]
 
     # -- the steps --------------------------------------------------------------------
 

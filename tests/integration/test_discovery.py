@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 import dns.asyncresolver
 import dns.message
 import dns.rcode
+import dns.rdatatype
 import dns.resolver
+import dns.rrset
 import pytest
 
 from device_agent._discovery import (
@@ -530,3 +532,98 @@ async def test_addresses_with_ttl_zero_are_asked_every_time(dns_server: Threaded
     assert await discovery.resolve_address(WEST) == ("127.0.0.3",)
     dns_server.zone.set(WEST + ".", "A", "127.0.0.7", ttl=0)
     assert await discovery.resolve_address(WEST) == ("127.0.0.7",)
+
+
+# -- serving stale -------------------------------------------------------------------------
+
+
+class _Switchable:
+    """A UDP responder on 127.0.0.1 whose answer to every A query is ``mode``."""
+
+    def __init__(self) -> None:
+        self.mode = "answer"  # answer | silent | servfail | nxdomain | empty
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="switchable", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            with contextlib.suppress(Exception):
+                self._answer(dns.message.from_wire(data), peer)
+
+    def _answer(self, query: dns.message.Message, peer: tuple[str, int]) -> None:
+        if self.mode == "silent":
+            return
+        reply = dns.message.make_response(query)
+        if self.mode == "servfail":
+            reply.set_rcode(dns.rcode.SERVFAIL)
+        elif self.mode == "nxdomain":
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+        elif self.mode == "answer" and query.question[0].rdtype == dns.rdatatype.A:
+            reply.answer.append(
+                dns.rrset.from_text(query.question[0].name, 60, "IN", "A", "127.0.0.2")
+            )
+        self.sock.sendto(reply.to_wire(), peer)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def switchable() -> Iterator[_Switchable]:
+    server = _Switchable()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("silent", "timeout"), ("servfail", "servfail")])
+async def test_no_answer_after_the_ttl_serves_the_last_addresses(
+    switchable: _Switchable, mode: str, kind: DiscoveryErrorKind
+) -> None:
+    now = [1000.0]
+    discovery = DnsDiscovery(
+        "iot.iotdr.test",
+        nameservers=["127.0.0.1"],
+        port=switchable.port,
+        timeout_s=0.3,
+        clock=lambda: now[0],
+    )
+    assert await discovery.resolve_address(EAST) == ("127.0.0.2",)
+    switchable.mode = mode
+    now[0] += 61  # past the TTL: asked again, and no answer comes
+    assert await discovery.resolve_address(EAST) == ("127.0.0.2",)  # served stale
+    await _fails(discovery.resolve_address(WEST), kind, WEST)  # nothing to serve for a new name
+    now[0] += 86_400  # stale for longer than a day: no more
+    await _fails(discovery.resolve_address(EAST), kind, EAST)
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("nxdomain", "nxdomain"), ("empty", "no_address")])
+async def test_a_definite_answer_is_never_overridden_by_a_stale_one(
+    switchable: _Switchable, mode: str, kind: DiscoveryErrorKind
+) -> None:
+    now = [1000.0]
+    discovery = DnsDiscovery(
+        "iot.iotdr.test",
+        nameservers=["127.0.0.1"],
+        port=switchable.port,
+        timeout_s=0.3,
+        clock=lambda: now[0],
+    )
+    assert await discovery.resolve_address(EAST) == ("127.0.0.2",)
+    switchable.mode = mode
+    now[0] += 61
+    await _fails(discovery.resolve_address(EAST), kind, EAST)
+    switchable.mode = "silent"  # the stale answer went with the definite one
+    await _fails(discovery.resolve_address(EAST), "timeout", EAST)
