@@ -39,8 +39,14 @@ def test_each_kind_is_a_scenario_with_one_device_per_trial(kind: Any) -> None:
     assert probe_interval <= 5.0
     first, second = scenario.timeline
     assert 0 < first.at < second.at < scenario.duration_s
-    # The end leaves room for the failback: at least a probe and the whole window.
-    assert scenario.duration_s - second.at >= 7.0 + probe_interval
+    if kind == "degraded":
+        # The devices are meant to stay: the run ends shortly after the heal, the
+        # fault lasting the options' degraded_s.
+        assert second.at - first.at == options.degraded_s
+        assert 0 < scenario.duration_s - second.at < 7.0 + probe_interval
+    else:
+        # The end leaves room for the failback: at least a probe and the whole window.
+        assert scenario.duration_s - second.at >= 7.0 + probe_interval
     if kind == "dns_flip":
         assert failover["dr_mode"] is True
         assert failover["dr_jitter_s"] == 2.0
