@@ -11,7 +11,8 @@ the long lists as rows, not objects:
 ``events``          ``[t, device, kind, region, detail]``
 ``arrivals``        ``[t, region, device, seq]``
 ``sent_samples``    ``[t, sent]``
-``doors``           ``[t, region, live, admitted, {reason: n}, handshakes]``
+``doors``           ``[t, region, live, admitted, {reason: n}, handshakes, {denied: n}]``
+                    (records written before denials were counted have six)
 ``replicator_lag``  ``[t, lag_s]``
 ==================  ==========================================================
 
@@ -62,7 +63,8 @@ def record_to_json(record: RunRecord) -> dict[str, Any]:
         "sent": record.sent,
         "sent_samples": [[s.t, s.sent] for s in record.sent_samples],
         "doors": [
-            [d.t, d.region, d.live, d.admitted, d.refused, d.handshakes] for d in record.doors
+            [d.t, d.region, d.live, d.admitted, d.refused, d.handshakes, d.denied]
+            for d in record.doors
         ],
         "shadows": {
             "checked": record.shadows.checked,
@@ -105,17 +107,7 @@ def record_from_json(data: Any) -> RunRecord:
             arrivals=[Arrival(float(t), str(r), str(d), int(q)) for t, r, d, q in data["arrivals"]],
             sent={str(k): int(v) for k, v in data["sent"].items()},
             sent_samples=[SentSample(float(t), int(n)) for t, n in data["sent_samples"]],
-            doors=[
-                DoorSample(
-                    float(t),
-                    str(region),
-                    int(live),
-                    int(admitted),
-                    {str(k): int(v) for k, v in refused.items()},
-                    None if handshakes is None else int(handshakes),
-                )
-                for t, region, live, admitted, refused, handshakes in data["doors"]
-            ],
+            doors=[_door(row) for row in data["doors"]],
             shadows=ShadowCheck(
                 int(shadows["checked"]), int(shadows["diverged"]), tuple(shadows["devices"])
             ),
@@ -155,3 +147,18 @@ def read_record(path: Path) -> RunRecord:
     except SimulatorError as exc:
         msg = f"{path}: {exc}"
         raise SimulatorError(msg) from exc
+
+
+def _door(row: list[Any]) -> DoorSample:
+    """A ``doors`` row: six fields, or seven with the policy denials."""
+    t, region, live, admitted, refused, handshakes, *rest = row
+    denied = rest[0] if rest else {}
+    return DoorSample(
+        float(t),
+        str(region),
+        int(live),
+        int(admitted),
+        {str(k): int(v) for k, v in refused.items()},
+        None if handshakes is None else int(handshakes),
+        {str(k): int(v) for k, v in denied.items()},
+    )

@@ -90,6 +90,9 @@ class DoorSample:
         handshakes: TLS handshakes completed since the door started
             (cumulative: devices' connects and probes alike); None when the
             door does not count them.
+        denied: what the door's policies denied on admitted connections since
+            it started, by reason (cumulative): ``policy_publish_denied``,
+            ``policy_subscribe_denied``, ``policy_receive_denied``.
     """
 
     t: float
@@ -98,6 +101,7 @@ class DoorSample:
     admitted: int
     refused: dict[str, int] = field(default_factory=dict)
     handshakes: int | None = None
+    denied: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -313,6 +313,7 @@ def door_sample(t: float, region: str, status: dict[str, Any]) -> DoorSample:
         int(status["admitted"]),
         {str(k): int(v) for k, v in status["refused"].items()},
         int(handshakes) if isinstance(handshakes, int) else None,
+        {str(k): int(v) for k, v in (status.get("denied") or {}).items()},
     )
 
 
@@ -358,4 +359,4 @@ _DEVICE_POLICY = {
         }
     ],
 }
-"""The policy JITR attaches to the devices it activates (the local doors do not read policies)."""
+"""The policy JITR attaches to the devices it activates: everything, in any region."""

@@ -291,9 +291,11 @@ def _connects(samples: Sequence[DoorSample]) -> dict[str, Any]:
     }
 
 
-def _refusals(samples: Sequence[DoorSample]) -> dict[str, int]:
-    reasons = sorted({reason for s in samples for reason in s.refused})
-    grown = {reason: _growth([s.refused.get(reason, 0) for s in samples]) for reason in reasons}
+def _refusals(samples: Sequence[DoorSample], *, denied: bool = False) -> dict[str, int]:
+    """How many refusals (or, with ``denied``, policy denials) each reason counted over the run."""
+    counters = [s.denied if denied else s.refused for s in samples]
+    reasons = sorted({reason for counter in counters for reason in counter})
+    grown = {reason: _growth([c.get(reason, 0) for c in counters]) for reason in reasons}
     return {reason: count for reason, count in grown.items() if count}
 
 
@@ -456,6 +458,11 @@ def build_report(record: RunRecord) -> dict[str, Any]:
         ),
         "refusals": {
             "door": {region: _refusals(samples) for region, samples in doors.items()},
+            "denied": {
+                region: found
+                for region, samples in doors.items()
+                if (found := _refusals(samples, denied=True))
+            },
             "devices": {
                 region: dict(sorted(kinds.items()))
                 for region, kinds in sorted(device_refusals.items())
@@ -556,6 +563,12 @@ _REASONS = {
     "client_id_not_allowed": "the client ID was not a thing attached to the certificate",
     "sni_missing": "no SNI with a certificate registered without a CA",
     "broker_unavailable": "the region's broker did not answer the door",
+    "policy_connect_denied": "{who}'s IoT policies for the certificate do not allow iot:Connect "
+    "as this client ID (a policy whose ARNs name another region or account?)",
+    "policy_publish_denied": "{who}'s IoT policies denied a PUBLISH (MQTT 3.1.1 clients are "
+    "disconnected for it, MQTT 5 clients get PUBACK 0x87)",
+    "policy_subscribe_denied": "{who}'s IoT policies denied a SUBSCRIBE (SUBACK 0x80)",
+    "policy_receive_denied": "{who}'s IoT policies denied delivering a message (not sent)",
 }
 
 
@@ -663,6 +676,16 @@ def render_markdown(report: dict[str, Any], *, plots: Sequence[str] = PLOT_FILES
     if refusals:
         w("**Refusals at the doors**:\n\n")
         for region, reason, count in refusals:
+            w(f"- {region} {reason} x{count}: {_explain(report, region, reason)}\n")
+        w("\n")
+    denials = [
+        (region, reason, count)
+        for region, reasons in report["refusals"].get("denied", {}).items()
+        for reason, count in reasons.items()
+    ]
+    if denials:
+        w("**Denied by policy on admitted connections**:\n\n")
+        for region, reason, count in denials:
             w(f"- {region} {reason} x{count}: {_explain(report, region, reason)}\n")
         w("\n")
     device_side = report["refusals"]["devices"]

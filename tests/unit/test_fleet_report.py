@@ -261,6 +261,50 @@ def test_door_counters_and_refusals() -> None:
     assert "the injected fault 'down'" in markdown
 
 
+def test_policy_refusals_and_denials_are_counted_by_reason_and_explained() -> None:
+    record = _record(
+        doors=[
+            DoorSample(0.0, W, 0, 0, {}, None, {}),
+            DoorSample(31.0, W, 0, 2, {"policy_connect_denied": 7}, None, {}),
+            DoorSample(
+                32.0,
+                W,
+                2,
+                3,
+                {"policy_connect_denied": 9},
+                None,
+                {"policy_publish_denied": 4, "policy_subscribe_denied": 1},
+            ),
+            DoorSample(0.0, E, 3, 3, {}, None, {"policy_receive_denied": 2}),
+            DoorSample(1.0, E, 3, 3, {}, None, {"policy_receive_denied": 2}),  # no growth
+        ]
+    )
+    report = build_report(record)
+    assert report["refusals"]["door"] == {E: {}, W: {"policy_connect_denied": 9}}
+    assert report["refusals"]["denied"] == {
+        W: {"policy_publish_denied": 4, "policy_subscribe_denied": 1}
+    }
+    markdown = render_markdown(report)
+    assert "us-west-2 policy_connect_denied x9: the secondary (us-west-2)'s IoT policies" in (
+        markdown
+    )
+    assert "**Denied by policy on admitted connections**" in markdown
+    assert "us-west-2 policy_publish_denied x4: the secondary (us-west-2)'s IoT policies" in (
+        markdown
+    )
+    assert "policy_subscribe_denied x1" in markdown
+    assert "policy_receive_denied" not in markdown
+    assert "no explanation" not in markdown
+
+
+def test_no_denials_no_denial_section() -> None:
+    report = build_report(
+        _record(doors=[DoorSample(0.0, W, 0, 0, {}), DoorSample(1.0, W, 0, 1, {})])
+    )
+    assert report["refusals"]["denied"] == {}
+    assert "Denied by policy" not in render_markdown(report)
+
+
 def test_no_door_samples_gives_zeros_for_every_region() -> None:
     report = build_report(_record())
     assert report["connects"] == {

@@ -226,10 +226,17 @@ def test_record_round_trip(tmp_path: Path) -> None:
     from simulators.fleet._record_file import write_record
 
     whole = _whole(fleet_device_names(3))
-    whole.doors.append(DoorSample(121.0, W, 0, 0, {}, None))
+    whole.doors.append(DoorSample(121.0, W, 0, 0, {}, None, {"policy_publish_denied": 2}))
     assert record_from_json(record_to_json(whole)) == whole
     write_record(whole, tmp_path / "record.json.gz")
     assert read_record(tmp_path / "record.json.gz") == whole
+
+
+def test_a_record_from_before_denials_reads_with_no_denials() -> None:
+    data = record_to_json(_whole(fleet_device_names(1)))
+    data["doors"] = [row[:6] for row in data["doors"]]
+    assert data["doors"]
+    assert all(door.denied == {} for door in record_from_json(data).doors)
 
 
 def test_record_file_errors_are_one_line(tmp_path: Path) -> None:
