@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from replicator._errors import AccessDeniedError, ConfigError, CredentialsError, ReplicatorError
-from replicator.core._records import DeadLetter, Ignored, parse_sqs_body
+from replicator.core._records import DeadLetter, Ignored, excerpt, parse_sqs_body, unparseable
 
 if TYPE_CHECKING:
     from replicator.core._state import ObjectKey
@@ -277,16 +277,21 @@ class LambdaReplicator:
         failed: set[str] = set()
         now = self.engine.now()
         for message in messages:
-            result = parse_sqs_body(message.body, region=region)
+            result = parse_sqs_body(message.body, region=region)  # never raises
             try:
+                if not isinstance(result, DeadLetter | Ignored):
+                    try:
+                        keys_of[message.message_id] = tuple(journal.accept(result, now=now))
+                    except ReplicatorError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - a record the journal cannot hold
+                        result = DeadLetter("(sqs)", excerpt(message.body), unparseable(exc))
                 if isinstance(result, DeadLetter):
                     journal.dead_letter(result, now=now)
                     logger.warning(
                         "replicator.lambda.dead_letter",
                         extra={"id": message.message_id, "reason": result.reason},
                     )
-                elif not isinstance(result, Ignored):
-                    keys_of[message.message_id] = tuple(journal.accept(result, now=now))
             except ReplicatorError as exc:
                 logger.exception(
                     "replicator.lambda.journal_failed",
@@ -318,10 +323,14 @@ class LambdaReplicator:
                 raise
 
 
-def _messages(event: Mapping[str, Any]) -> list[_Message]:
+def _messages(event: object) -> list[_Message]:
     """The SQS records of ``event`` in order (a record without an id cannot be reported)."""
+    records = event.get("Records") if isinstance(event, Mapping) else None
+    if not isinstance(records, list | tuple):
+        logger.warning("replicator.lambda.no_records", extra={"event": str(event)[:200]})
+        return []
     found = []
-    for record in event.get("Records") or ():
+    for record in records:
         if not isinstance(record, Mapping) or not isinstance(record.get("messageId"), str):
             logger.warning("replicator.lambda.no_message_id", extra={"record": str(record)[:200]})
             continue

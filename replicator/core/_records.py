@@ -21,6 +21,7 @@ publishes no event for (certificates and policies).
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -42,11 +43,13 @@ __all__ = [
     "ThingChanged",
     "ThingGroupChanged",
     "ThingTypeChanged",
+    "excerpt",
     "origin_token",
     "parse_message",
     "parse_sqs_body",
     "record_from_json",
     "record_to_json",
+    "unparseable",
 ]
 
 ORIGIN_TOKEN_PREFIX: Final = "iotdr:"  # noqa: S105 - a shadow clientToken, not a secret
@@ -61,6 +64,7 @@ _LINKS: Final = frozenset({"ADDED", "REMOVED"})
 _NAME = re.compile(r"^[a-zA-Z0-9:_\-.]{1,128}$")
 _SHADOW_NAME = re.compile(r"^[$a-zA-Z0-9:_\-]{1,64}$")
 _IGNORED_EVENT_KINDS: Final = frozenset({"presence", "subscriptions", "job", "jobExecution"})
+_MAX_TIMESTAMP_S: Final = 2**40  # epoch seconds, some 35,000 years
 
 
 def origin_token(source_region: str) -> str:
@@ -240,9 +244,18 @@ class _Malformed(Exception):  # noqa: N818 - control flow inside this module onl
     pass
 
 
-def _excerpt(payload: bytes | str) -> str:
-    text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
-    return text[:MAX_PAYLOAD_EXCERPT]
+def excerpt(payload: object) -> str:
+    """``payload`` as text that can be stored: decoded, cut short, no lone surrogates."""
+    if isinstance(payload, bytes | bytearray):
+        text = bytes(payload).decode("utf-8", "replace")
+    else:
+        text = payload if isinstance(payload, str) else repr(payload)
+    # lone surrogates (JSON allows "\ud800") cannot be stored as UTF-8: replaced
+    return text[:MAX_PAYLOAD_EXCERPT].encode("utf-8", "replace").decode("utf-8")
+
+
+def _not_a_number(constant: str) -> float:
+    raise _Malformed(f"{constant} is not a JSON number")
 
 
 def _name(value: object, what: str, pattern: re.Pattern[str] = _NAME) -> str:
@@ -271,16 +284,22 @@ def _operation(doc: dict[str, Any], allowed: frozenset[str], topic_op: str) -> O
 
 def _json_object(payload: bytes | str) -> dict[str, Any]:
     try:
-        doc = json.loads(payload)
+        doc = json.loads(payload, parse_constant=_not_a_number)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _Malformed(f"payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise _Malformed("payload is not JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise _Malformed("payload is not a JSON object")
     return doc
 
 
 def parse_message(topic: str, payload: bytes | str, *, region: str) -> ParseResult:
-    """Parse one message of the change feed of ``region``.
+    """Parse one message of the change feed of ``region``; never raises.
+
+    Any exception while parsing, not only the malformed input foreseen here,
+    makes a dead letter with the exception as its reason: no message may stop
+    the feed that delivers it.
 
     Args:
         topic: the MQTT topic (or the ``topic`` of an SQS body).
@@ -295,8 +314,15 @@ def parse_message(topic: str, payload: bytes | str, *, region: str) -> ParseResu
         if topic == EXPLICIT_TOPIC:
             return _explicit(payload, region)
     except _Malformed as exc:
-        return DeadLetter(topic, _excerpt(payload), str(exc))
-    return DeadLetter(topic, _excerpt(payload), "not a topic of the change feed")
+        return DeadLetter(excerpt(topic), excerpt(payload), excerpt(str(exc)))
+    except Exception as exc:  # noqa: BLE001 - any input at all ends as a dead letter
+        return DeadLetter(excerpt(topic), excerpt(payload), unparseable(exc))
+    return DeadLetter(excerpt(topic), excerpt(payload), "not a topic of the change feed")
+
+
+def unparseable(exc: BaseException) -> str:
+    """A dead letter's reason for an exception nobody foresaw."""
+    return excerpt(f"cannot be parsed: {type(exc).__name__}: {exc}")
 
 
 def _common(doc: dict[str, Any], region: str) -> dict[str, Any]:
@@ -413,6 +439,8 @@ def _shadow_message(topic: str, payload: bytes | str, region: str) -> ParseResul
 def _seconds_to_ms(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Malformed(f"timestamp {value!r} is not a number")
+    if not math.isfinite(value) or not 0 <= value < _MAX_TIMESTAMP_S:
+        raise _Malformed(f"timestamp {value!r} is not a time")
     return int(value * 1000)
 
 
@@ -439,15 +467,19 @@ def parse_sqs_body(body: str, *, region: str) -> ParseResult:
     """
     try:
         doc = _json_object(body)
+        topic, payload = doc.get("topic"), doc.get("payload")
+        if not isinstance(topic, str):
+            return DeadLetter("(sqs)", excerpt(body), "SQS body without a 'topic' string")
+        if isinstance(payload, dict):
+            payload = json.dumps(payload)
+        if not isinstance(payload, str):
+            return DeadLetter(
+                excerpt(topic), excerpt(body), "SQS body without a 'payload' object or string"
+            )
     except _Malformed as exc:
-        return DeadLetter("(sqs)", _excerpt(body), str(exc))
-    topic, payload = doc.get("topic"), doc.get("payload")
-    if not isinstance(topic, str):
-        return DeadLetter("(sqs)", _excerpt(body), "SQS body without a 'topic' string")
-    if isinstance(payload, dict):
-        payload = json.dumps(payload)
-    if not isinstance(payload, str):
-        return DeadLetter(topic, _excerpt(body), "SQS body without a 'payload' object or string")
+        return DeadLetter("(sqs)", excerpt(body), excerpt(str(exc)))
+    except Exception as exc:  # noqa: BLE001 - any input at all ends as a dead letter
+        return DeadLetter("(sqs)", excerpt(body), unparseable(exc))
     return parse_message(topic, payload, region=region)
 
 

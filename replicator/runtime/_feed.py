@@ -37,8 +37,15 @@ from typing import TYPE_CHECKING, Any, Final
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from replicator._errors import ConfigError, ReplicatorError
-from replicator.core._records import DeadLetter, Ignored, parse_message, parse_sqs_body
+from replicator._errors import ConfigError, JournalError, ReplicatorError
+from replicator.core._records import (
+    DeadLetter,
+    Ignored,
+    excerpt,
+    parse_message,
+    parse_sqs_body,
+    unparseable,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -147,6 +154,7 @@ class FeedCounters:
     dead_letters: int = 0
     journal_errors: int = 0
     connects: int = 0
+    restarts: int = 0
 
 
 @dataclass(slots=True)
@@ -221,6 +229,7 @@ class MqttFeed:
         self._connected = False
         self._subscribed = threading.Event()
         self._lock = threading.Lock()
+        self._running = False  # between start() and stop()
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
@@ -229,6 +238,9 @@ class MqttFeed:
         )
         client.manual_ack_set(True)
         client.reconnect_delay_set(1, 30)
+        # An exception in a callback would end paho's network thread: logged instead
+        client.suppress_exceptions = True
+        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
         if config.ca_path is not None:
             context = ssl.create_default_context(cafile=str(config.ca_path))
             if config.cert_path is not None and config.key_path is not None:
@@ -254,13 +266,38 @@ class MqttFeed:
 
     @property
     def subscribed(self) -> bool:
-        """Whether the subscriptions of the current connection were granted."""
-        return self._subscribed.is_set()
+        """Whether the subscriptions of the current connection were granted (and paho runs)."""
+        return self._subscribed.is_set() and (not self._running or self._network_alive())
+
+    def _network_alive(self) -> bool:
+        thread = getattr(self._client, "_thread", None)  # paho's; None once it ended
+        return isinstance(thread, threading.Thread) and thread.is_alive()
 
     def start(self) -> None:
         """Connect (and keep reconnecting) in paho's network thread."""
+        self._running = True
         self._client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
         self._client.loop_start()
+
+    def keep_running(self) -> bool:
+        """Restart paho's network thread if it ended while running; whether it had to.
+
+        The host calls this now and then: until then :attr:`subscribed` is
+        false, so readiness is red. Messages not acknowledged come again in
+        the persistent session.
+        """
+        if not self._running or self._network_alive():
+            return False
+        self._subscribed.clear()
+        with self._lock:
+            self.counters.restarts += 1
+        logger.error(
+            "replicator.feed.restarted",
+            extra={"broker": self.broker, "restarts": self.counters.restarts},
+        )
+        self._client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
+        self._client.loop_start()
+        return True
 
     def wait_subscribed(self, timeout_s: float) -> bool:
         """Wait until the subscriptions are granted."""
@@ -268,6 +305,7 @@ class MqttFeed:
 
     def stop(self) -> None:
         """Disconnect, keeping the session (and its queued messages) at the broker."""
+        self._running = False
         self._client.disconnect()
         self._client.loop_stop()
         self._subscribed.clear()
@@ -368,13 +406,18 @@ class MqttFeed:
                 self.config.region,
                 self._wall(),
             )
-        except ReplicatorError as exc:
+        except Exception as exc:
             # Not acknowledged: the session keeps the message for the next connection.
             # The service sees ``failed`` and stops; its supervisor restarts it.
+            error = (
+                exc
+                if isinstance(exc, ReplicatorError)
+                else JournalError(self._journal.path, f"{type(exc).__name__}: {exc}")
+            )
             with self._lock:
                 self.counters.journal_errors += 1
-                self.failed = exc
-            logger.exception("replicator.feed.journal_failed", extra={"error": str(exc)})
+                self.failed = error
+            logger.exception("replicator.feed.journal_failed", extra={"error": str(error)})
             return
         with self._lock:
             if outcome == "accepted":
@@ -392,21 +435,28 @@ def journal_message(
 ) -> str:
     """Parse one message and journal it; return ``accepted``, ``ignored`` or ``dead_letter``.
 
+    A message that does not parse, or whose record cannot be journaled for
+    anything but a journal failure, is dead-lettered.
+
     Raises:
         JournalError: the journal could not commit (the message must not be acknowledged).
     """
-    result = parse_message(topic, payload, region=region)
+    result = parse_message(topic, payload, region=region)  # never raises
     if isinstance(result, Ignored):
         logger.debug("replicator.feed.ignored", extra={"topic": topic, "reason": result.reason})
         return "ignored"
-    if isinstance(result, DeadLetter):
-        journal.dead_letter(result, now=now)
-        logger.warning(
-            "replicator.feed.dead_letter", extra={"topic": topic, "reason": result.reason}
-        )
-        return "dead_letter"
-    journal.accept(result, now=now)
-    return "accepted"
+    if not isinstance(result, DeadLetter):
+        try:
+            journal.accept(result, now=now)
+        except ReplicatorError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a record the journal cannot hold
+            result = DeadLetter(topic, excerpt(payload), unparseable(exc))
+        else:
+            return "accepted"
+    journal.dead_letter(result, now=now)
+    logger.warning("replicator.feed.dead_letter", extra={"topic": topic, "reason": result.reason})
+    return "dead_letter"
 
 
 @dataclass(frozen=True, slots=True)

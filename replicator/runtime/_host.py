@@ -211,9 +211,12 @@ class ServiceHost:
                 raise hosted.error
 
     def _watch(self) -> None:
-        """Stop when a feed or another loop failed; report the stats line now and then."""
+        """Stop when a feed or another loop failed, restart a feed's dead thread, report stats."""
         next_stats = time.monotonic() + self.stats_interval_s
         while not self.stop.wait(_WATCH_S):
+            for hosted in (self.main, *self.others):
+                if hosted.feed is not None:
+                    hosted.feed.keep_running()
             if any(hosted.error is not None for hosted in (self.main, *self.others)):
                 self.stop.set()
             if time.monotonic() >= next_stats:

@@ -285,6 +285,11 @@ def _feed_metrics(feed: FeedView) -> Iterator[Metric]:
         "Successful connections of the change feed to the broker.",
         value=counters.connects,
     )
+    yield CounterMetricFamily(
+        "iotdr_replicator_feed_restarts",
+        "Times the feed's network thread ended unexpectedly and was started again.",
+        value=counters.restarts,
+    )
     yield GaugeMetricFamily(
         "iotdr_replicator_feed_subscribed",
         "1 while the feed is connected with its subscriptions granted.",
