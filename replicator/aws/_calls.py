@@ -3,8 +3,10 @@
 Every call of the adapter goes through :meth:`RegionCalls.call`, which takes a
 token from the region's quota bucket, and translates botocore's errors into the
 replicator's: ThrottlingException slows the bucket down and is retried with
-jittered backoff; ResourceNotFound becomes :class:`NotFoundError` (None for a
-read); AccessDenied stops the replicator with the missing permission named;
+jittered backoff; ResourceNotFoundException, and only it, becomes
+:class:`NotFoundError` (None for a read: the object is gone; any other HTTP 404
+is a wrong endpoint or a proxy, and the region unavailable); AccessDenied
+stops the replicator with the missing permission named;
 5xx answers and connection failures mean the region is down
 (:class:`RegionUnavailableError`, retried later by the engine); credentials
 that boto3 cannot find or load stop the replicator with what to set
@@ -182,8 +184,11 @@ def translate_client_error(
             detail=f"{code}: {message}",
             credentials_refused=code in _CREDENTIALS_REFUSED,
         )
-    if code == "ResourceNotFoundException" or _status(exc) == 404:
+    if code == "ResourceNotFoundException":
         return NotFoundError(text, region=region, api=api, code=code)
+    if _status(exc) == 404:  # a wrong endpoint or a proxy's page: never read as "gone"
+        text = f"{text} (HTTP 404 without ResourceNotFoundException: is the endpoint right?)"
+        return RegionUnavailableError(text, region=region, api=api, code=code)
     if code in _UNAVAILABLE or _status(exc) >= 500:
         return RegionUnavailableError(text, region=region, api=api, code=code)
     if code in _CONFLICT or _status(exc) == 409:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import json
 import os
 import random
 import re
 import socket
+import threading
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -317,6 +319,13 @@ def client_error(code: str, status: int = 400) -> botocore.exceptions.ClientErro
         ("AccessDeniedException", 403, AccessDeniedError),
         ("UnauthorizedException", 401, AccessDeniedError),
         ("ResourceNotFoundException", 404, NotFoundError),
+        ("ResourceNotFoundException", 400, NotFoundError),
+        # only ResourceNotFoundException means "gone": any other 404 (a wrong endpoint
+        # URL, a proxy's page) would otherwise plan deletions in the target
+        ("", 404, RegionUnavailableError),
+        ("404", 404, RegionUnavailableError),
+        ("UnknownOperationException", 404, RegionUnavailableError),
+        ("NotFound", 404, RegionUnavailableError),
         ("ServiceUnavailableException", 503, RegionUnavailableError),
         ("InternalFailureException", 500, RegionUnavailableError),
         ("VersionConflictException", 409, ConflictError),
@@ -548,3 +557,58 @@ def test_thing_type_deletion_deprecates_then_deletes_on_schedule(moto: Moto) -> 
     moto.engine.apply(key)
     with pytest.raises(west.exceptions.ResourceNotFoundException):
         west.describe_thing_type(thingTypeName="old")
+
+
+class NotFoundEverywhere:
+    """A loopback HTTP server that answers every request 404, as a wrong endpoint URL would."""
+
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                body = b"<html>Not Found</html>"
+                self.send_response(404)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer  # noqa: N815
+
+            def log_message(self, *args: object) -> None:
+                del args
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_404_that_is_not_resource_not_found_never_deletes_in_the_target(moto: Moto) -> None:
+    """A wrong primary endpoint answers 404 to everything: the target's thing stays."""
+    moto.west.create_thing(thingName="t1")
+    wrong = NotFoundEverywhere()
+    try:
+        primary = build_region(
+            RegionConfig(region=EAST, endpoint_url=wrong.url),
+            limiter=QuotaLimiter(QuotaConfig.with_overrides({"default": 10_000})),
+            retry=RetryPolicy(max_attempts=1),
+        )
+        with pytest.raises(RegionUnavailableError, match="404"):
+            primary.read_thing("t1", principals=True)
+        engine = Engine(
+            source=primary,
+            target=moto.secondary,
+            journal=moto.journal,
+            config=EngineConfig(thing_recheck_s=None, max_attempts=1),
+        )
+        moto.journal.accept(ObjectNamed(region=EAST, key=T1), now=engine.now())
+        engine.drain()
+    finally:
+        wrong.close()
+    assert moto.west.describe_thing(thingName="t1")["thingName"] == "t1"
+    assert moto.journal.counts(engine.now()).pending == 1  # retried later, as for a region down
