@@ -342,47 +342,71 @@ def _feed_config(options: dict[str, Any], flag: str, address: str, role: str) ->
 
 
 @replicator.command("iam-policy")
+@click.option(
+    "--identity",
+    type=click.Choice(["replicator", "jitr", "health-probe", "region-setup"]),
+    default="replicator",
+    show_default=True,
+    help="Whose policy: the replicator, the JITR handler, the end-to-end health probe's "
+    "certificate (an AWS IoT policy), or the region template's events-and-indexing setup.",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["service", "lambda"]),
+    default="service",
+    show_default=True,
+    help="service: fed over MQTT (ECS, Kubernetes); lambda: fed by an IoT rule (and the "
+    "replicator's SQS queue).",
+)
 @click.option("--primary-region", envvar="IOTDR_PRIMARY_REGION")
 @click.option("--secondary-region", envvar="IOTDR_SECONDARY_REGION")
 @click.option("--account-id", default="*", show_default=True)
-@click.option("--feed-client-id", help="[default: iotdr-replicator, iotdr-jitr with --jitr]")
+@click.option(
+    "--feed-client-id",
+    help="The MQTT client id of the feed, or of the health probe (a trailing * allowed) "
+    "[default: iotdr-replicator, iotdr-jitr, iotdr-health-probe-*].",
+)
 @click.option(
     "--failback",
     is_flag=True,
     help="Also write the primary and read the secondary's feed (failback, --failback auto).",
 )
-@click.option(
-    "--jitr",
-    is_flag=True,
-    help="The JITR handler's policy instead, for the --secondary-region; with "
-    "--primary-region, also the read-only check of a certificate's status in the primary.",
-)
+@click.option("--jitr", is_flag=True, help="Same as --identity jitr.")
+@click.option("--queue-arn", help="The change queue the replicator Lambda consumes.")
+@click.option("--log-group-arn", help="A Lambda's log group [default: /aws/lambda/iotdr-ID].")
 @click.option("--partition", default="aws", show_default=True)
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["json", "cloudformation"]),
+    default="json",
+    show_default=True,
+    help="cloudformation: Fn::Sub where a value holds ${...} (give ${AWS::AccountId} ...).",
+)
 def replicator_iam_policy(**options: Any) -> None:
-    """Print the least-privilege IAM policy document the replicator (or JITR handler) needs."""
-    from replicator._errors import ConfigError  # noqa: PLC0415
-    from replicator.aws._iam import iam_policy, jitr_iam_policy  # noqa: PLC0415
+    """Print the least-privilege policy document of one identity of a deployment."""
+    from replicator.runtime._iam import (  # noqa: PLC0415
+        PolicyRequest,
+        cloudformation_policy,
+        policy_document,
+    )
 
-    common = {"account_id": options["account_id"], "partition": options["partition"]}
-    if not options["secondary_region"]:
-        raise ConfigError("iam-policy needs --secondary-region")
-    if options["jitr"]:
-        document = jitr_iam_policy(
-            options["secondary_region"],
-            feed_client_id=options["feed_client_id"] or "iotdr-jitr",
+    document = policy_document(
+        PolicyRequest(
+            identity="jitr" if options["jitr"] else options["identity"],
+            runtime=options["runtime"],
             primary_region=options["primary_region"] or None,
-            **common,
-        )
-    else:
-        if not options["primary_region"]:
-            raise ConfigError("iam-policy needs --primary-region (or --jitr)")
-        document = iam_policy(
-            options["primary_region"],
-            options["secondary_region"],
-            feed_client_id=options["feed_client_id"] or "iotdr-replicator",
+            secondary_region=options["secondary_region"] or None,
+            account_id=options["account_id"],
+            partition=options["partition"],
             failback=options["failback"],
-            **common,
+            client_id=options["feed_client_id"],
+            queue_arn=options["queue_arn"],
+            log_group_arn=options["log_group_arn"],
         )
+    )
+    if options["output"] == "cloudformation":
+        document = cloudformation_policy(document)
     click.echo(json.dumps(document, indent=2))
 
 
