@@ -81,6 +81,11 @@ class ControlPlaneConfig:
         log_level: the child's log level.
         thing_type_delete_after_s: how long a thing type must have been deprecated
             before ``DeleteThingType`` deletes it (AWS: 300 s; shorter for tests).
+        issuer_dir: a fleet PKI directory (``fleet-ca.crt``, ``fleet-ca.key``) whose CA
+            signs the certificates of CreateKeysAndCertificate and
+            CreateCertificateFromCsr, as AWS's own CA signs them, so that the regions'
+            doors (which trust that CA) admit them once they are registered ACTIVE;
+            None: a CA of the process's own, which no door trusts.
     """
 
     host: str = "127.0.0.1"
@@ -91,6 +96,7 @@ class ControlPlaneConfig:
     account_id: str = DEFAULT_ACCOUNT_ID
     log_level: str = "info"
     thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S
+    issuer_dir: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -141,6 +147,7 @@ class ControlPlaneConfig:
             "account_id": self.account_id,
             "log_level": self.log_level,
             "thing_type_delete_after_s": self.thing_type_delete_after_s,
+            "issuer_dir": self.issuer_dir,
         }
         return json.dumps(data, indent=2, sort_keys=True)
 
@@ -391,6 +398,9 @@ def start_control_plane(
         thing_type_delete_after_s: how long a thing type must have been deprecated
             before it can be deleted (AWS: 300 s).
 
+    The fleet CA in ``state_dir/pki`` (:class:`~simulators.FleetPKI`), when there
+    is one, issues the certificates AWS's CA would (``issuer_dir``).
+
     Raises:
         AddressInUseError: the port is taken.
         ControlPlaneError: bad configuration, or the process exited or did not get ready.
@@ -403,6 +413,9 @@ def start_control_plane(
         region_quotas={region: dict(q) for region, q in (region_quotas or {}).items()},
         log_level=log_level,
         thing_type_delete_after_s=thing_type_delete_after_s,
+        issuer_dir=str(pki)
+        if (pki := state_dir / "pki").joinpath("fleet-ca.key").exists()
+        else None,
     )
     folder = state_dir / "controlplane"
     try:

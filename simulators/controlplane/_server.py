@@ -22,6 +22,9 @@ certificate as in AWS, and the gaps the DR logic depends on are patched:
   auto-registration status (``allowAutoRegistration``,
   ``newAutoRegistrationStatus``), which ``DescribeCACertificate`` reports and
   the gateways' JITR flow reads;
+- what the operator tools lean on (DescribeEndpoint, DeleteThing's group
+  memberships, SearchIndex, event configurations, certificates AWS's CA
+  would issue): see :mod:`~simulators.controlplane._fidelity`;
 - thing, thing type, thing group and certificate look-ups by name or id (and a
   certificate principal's look-up by ARN) are dictionary look-ups instead of
   scans of every object.
@@ -51,6 +54,7 @@ from simulators.controlplane._events import (
     ThingState,
     ThingTypeState,
 )
+from simulators.controlplane._fidelity import patch_moto_for_tools, use_device_issuer
 from simulators.controlplane._middleware import ApiRouter, ControlPlaneMiddleware
 from simulators.controlplane._process import DEFAULT_ACCOUNT_ID, ControlPlaneError
 from simulators.controlplane._quotas import QuotaTable, Throttle
@@ -386,6 +390,7 @@ def configure_moto() -> None:
     if not getattr(IoTBackend, "_iotdr_patched", False):
         _patch_moto_iot()
         setattr(IoTBackend, "_iotdr_patched", True)  # noqa: B010 - moto's class has no such slot
+    patch_moto_for_tools()
 
 
 _SETTABLE_STATUSES = frozenset({"ACTIVE", "INACTIVE", "REVOKED", "REGISTER_INACTIVE"})
@@ -681,6 +686,7 @@ class ControlPlaneServer:
                 """Requests are logged by the middleware, at debug level."""
 
         configure_moto()
+        use_device_issuer(self.config.issuer_dir)
         self._middleware = ControlPlaneMiddleware(
             create_backend_app("iot"),
             router=ApiRouter.from_botocore("iot"),
