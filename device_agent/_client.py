@@ -60,7 +60,6 @@ from device_agent._machine import (
     TimerFired,
 )
 from device_agent._outbox import Outbox
-from device_agent._paho import PahoTransport
 from device_agent._probe import Prober
 from device_agent._shadows import ShadowFetcher, ShadowSnapshot
 from device_agent._status import AgentEvent, Clock, Status, SystemClock, TimerHandle
@@ -72,6 +71,7 @@ from device_agent._transport import (
     TransportCallbacks,
     TransportClosedError,
     TransportFactory,
+    transport_factory_for,
 )
 
 if TYPE_CHECKING:
@@ -115,7 +115,8 @@ class FailoverClient:
 
     Args:
         config: the agent's configuration.
-        transport_factory: builds one MQTT connection; paho-mqtt by default.
+        transport_factory: builds one MQTT connection; by default the one
+            ``config.mqtt.transport`` names (paho-mqtt unless ``crt``).
         clock: time source (monotonic and wall clock) and every timer and
             deliberate wait of the client; :class:`SystemClock` by default.
         rng: jitter source; seed it for repeatable runs.
@@ -138,7 +139,7 @@ class FailoverClient:
         self,
         config: AgentConfig,
         *,
-        transport_factory: TransportFactory = PahoTransport,
+        transport_factory: TransportFactory | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
         on_event: Callable[[AgentEvent], None] | None = None,
@@ -149,7 +150,7 @@ class FailoverClient:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
-        self._factory = transport_factory
+        self._factory = transport_factory or transport_factory_for(config)
         self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._listeners: list[Callable[[AgentEvent], None]] = [on_event] if on_event else []
@@ -177,7 +178,7 @@ class FailoverClient:
         self._prober: ProberPort = prober or Prober(
             client_id=config.identity.client_id,
             ssl_context=self._ssl,
-            transport_factory=transport_factory,
+            transport_factory=self._factory,
             timeout_s=config.probe.timeout_s,
             topic=config.probe.topic.replace("{client_id}", config.identity.client_id),
             keepalive_s=max(30, config.mqtt.keepalive_s),

@@ -350,6 +350,10 @@ class MQTTConfig:
             to MQTT 5 clients; an MQTT 3.1.1 client sees its connection closed
             without a CONNACK, which the agent cannot tell from other refusals
             (so it counts as a failed attempt, not a throttled one).
+        transport: the MQTT client: ``"paho"`` (the default, paho-mqtt) or
+            ``"crt"`` (the AWS Common Runtime's MQTT 5 client, what the AWS
+            IoT Device SDK v2 runs; needs the ``crt`` extra). The CRT speaks
+            MQTT 5 whatever ``protocol`` says.
     """
 
     port: int = 8883
@@ -359,10 +363,14 @@ class MQTTConfig:
     clean_session: bool = True
     source_address: str | None = None
     protocol: Literal["3.1.1", "5"] = "3.1.1"
+    transport: Literal["paho", "crt"] = "paho"
 
     def __post_init__(self) -> None:
         _positive(self, "keepalive_s", "connect_timeout_s", "max_inflight")
         _booleans(self, "clean_session")
+        if self.transport not in ("paho", "crt"):
+            msg = f'MQTTConfig.transport must be "paho" or "crt", not {self.transport!r}'
+            raise ConfigError(msg)
         if self.protocol not in ("3.1.1", "5"):
             msg = f'MQTTConfig.protocol must be "3.1.1" or "5", not {self.protocol!r}'
             raise ConfigError(msg)

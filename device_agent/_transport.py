@@ -19,9 +19,11 @@ from device_agent._errors import DeviceAgentError
 if TYPE_CHECKING:
     import ssl
 
+    from device_agent._config import AgentConfig
     from device_agent._endpoints import Endpoint
 
 __all__ = [
+    "ALPN_MQTT_443",
     "ConnectError",
     "ConnectErrorKind",
     "ConnectParams",
@@ -30,7 +32,12 @@ __all__ = [
     "TransportCallbacks",
     "TransportClosedError",
     "TransportFactory",
+    "alpn_protocols",
+    "transport_factory_for",
 ]
+
+ALPN_MQTT_443 = "x-amzn-mqtt-ca"
+"""The ALPN protocol AWS IoT needs for MQTT with a client certificate on port 443."""
 
 ConnectErrorKind = Literal[
     "refused",  # nothing listens (RST)
@@ -93,6 +100,11 @@ class ConnectParams:
     source_address: str | None = None
     protocol: MQTTProtocol = "3.1.1"
 
+    @property
+    def server_name(self) -> str:
+        """The name TLS sends as SNI and verifies the server certificate against."""
+        return self.endpoint.host
+
 
 @dataclass(frozen=True, slots=True)
 class TransportCallbacks:
@@ -151,3 +163,29 @@ class Transport(Protocol):
 
 
 TransportFactory = Callable[[ConnectParams, TransportCallbacks], Transport]
+
+
+def alpn_protocols(port: int) -> tuple[str, ...]:
+    """The ALPN protocols to offer on ``port``: ``x-amzn-mqtt-ca`` on 443, none elsewhere.
+
+    AWS IoT serves MQTT with client certificates on 443 only to clients that
+    ask for it by ALPN (443 is HTTPS otherwise); on 8883 nothing is offered,
+    as the AWS SDKs do.
+    """
+    return (ALPN_MQTT_443,) if port == 443 else ()
+
+
+def transport_factory_for(config: AgentConfig) -> TransportFactory:
+    """The transport ``config.mqtt.transport`` names: paho-mqtt or the AWS Common Runtime.
+
+    Raises:
+        ConfigError: ``crt`` without awscrt installed (the ``crt`` extra).
+    """
+    # Imported here: _paho and _crt import this module, and awscrt is an optional extra.
+    if config.mqtt.transport == "crt":
+        from device_agent._crt import CrtTransportFactory  # noqa: PLC0415
+
+        return CrtTransportFactory.from_identity(config.identity)
+    from device_agent._paho import PahoTransport  # noqa: PLC0415
+
+    return PahoTransport
