@@ -19,12 +19,16 @@ import logging
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import click
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = ["agent", "configure_logging", "emit", "main", "root"]
 
+_F = TypeVar("_F", bound="Callable[..., Any]")
 _ENTRY_POINT_GROUP = "iotdr.commands"
 _GROUP_ORDER = ("agent", "replicator", "tools", "sim")
 _EXTRA_HINT = {"agent": "", "replicator": "replicator", "tools": "replicator", "sim": "sim"}
@@ -195,6 +199,18 @@ _dns_server_option = click.option(
 )
 
 
+def _transport_option(default: str | None) -> Callable[[_F], _F]:
+    return click.option(
+        "--transport",
+        type=click.Choice(["paho", "crt"]),
+        default=default,
+        show_default=default is not None,
+        help="The MQTT client: paho-mqtt, or the AWS Common Runtime's MQTT 5 client "
+        "(crt, needs the 'crt' extra)"
+        + ("." if default is not None else "; default: [mqtt] transport of the configuration."),
+    )
+
+
 @agent.command("resolve")
 @click.argument("name")
 @_dns_server_option
@@ -276,6 +292,7 @@ def agent_resolve(
 )
 @click.option("--stability-window", "stability_window_s", type=float, help="Failback window (s).")
 @click.option("--max-runtime", "max_runtime_s", type=float, help="Give up after this many seconds.")
+@_transport_option("paho")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per event on stdout.")
 def agent_pubsub(**options: Any) -> None:
     """Publish numbered QoS 1 messages through failovers; exit 0 once all are acknowledged."""
@@ -339,7 +356,7 @@ def _pubsub_config(options: dict[str, Any]) -> Any:
             secondary=endpoints[1].region if len(endpoints) >= 2 else None,
         ),
         failover=FailoverConfig(**failover),
-        mqtt=MQTTConfig(port=options["port"]),
+        mqtt=MQTTConfig(port=options["port"], transport=options["transport"]),
         outbox=OutboxConfig(path=options["outbox"]),
     )
 
@@ -352,15 +369,20 @@ def _pubsub_config(options: dict[str, Any]) -> Any:
     type=click.Path(path_type=Path, dir_okay=False),
     help="The agent's TOML configuration (see docs/agent.md).",
 )
+@_transport_option(None)
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per lifecycle event.")
-def agent_run(config_path: Path, as_json: bool) -> None:
+def agent_run(config_path: Path, transport: Literal["paho", "crt"] | None, as_json: bool) -> None:
     """Run the agent as a daemon until SIGINT/SIGTERM, keeping a status file up to date."""
     import asyncio  # noqa: PLC0415
+    import dataclasses  # noqa: PLC0415
 
     from device_agent._config import load_agent_config  # noqa: PLC0415
     from device_agent._daemon import run_daemon  # noqa: PLC0415
 
     config = load_agent_config(config_path)
+    if transport is not None:
+        mqtt = dataclasses.replace(config.mqtt, transport=transport)
+        config = dataclasses.replace(config, mqtt=mqtt)
 
     def report(line: dict[str, Any]) -> None:
         if as_json:
