@@ -26,6 +26,7 @@ info line when it connects again (:class:`FeedLink` decides, the feed logs).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import ssl
 import sys
@@ -87,7 +88,9 @@ class FeedConfig:
         host: the broker's host.
         port: its port.
         client_id: the fixed client id of the persistent session.
-        ca_path: CA bundle for TLS; None for a plain connection (local regions).
+        ca_path: CA bundle for TLS; None: the system's (TLS whenever any of
+            ca_path, cert_path, key_path is given; plain MQTT, without any, only
+            to a loopback host such as the local regions').
         cert_path: client certificate (mTLS, as AWS IoT requires).
         key_path: its private key.
         keepalive_s: MQTT keep-alive.
@@ -142,6 +145,30 @@ class FeedConfig:
             raise ConfigError("feed: a client certificate needs its key, and the other way round")
         if not self.client_id:
             raise ConfigError("feed: the client id must not be empty")
+        if not self.tls and not is_loopback(self.host):
+            raise ConfigError(
+                f"feed: plain MQTT to {self.host}, which is not a loopback address, is refused;"
+                " give --feed-ca and/or --feed-cert/--feed-key for TLS"
+            )
+
+    @property
+    def tls(self) -> bool:
+        """Whether the feed connects with TLS: whenever a CA, certificate or key is given.
+
+        Without ``ca_path`` the system's trust store verifies the broker (AWS IoT's
+        ATS endpoints chain to Amazon Root CA 1, which it holds).
+        """
+        return any(p is not None for p in (self.ca_path, self.cert_path, self.key_path))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() in {"localhost", "localhost.", "ip6-localhost"}:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(slots=True)
@@ -201,6 +228,30 @@ class FeedLink:
         return spell
 
 
+def tls_context(config: FeedConfig) -> ssl.SSLContext:
+    """The feed's TLS context: the CA (or the system's), the client certificate if given.
+
+    Raises:
+        ConfigError: the CA, certificate or key cannot be read or is not PEM.
+    """
+    try:
+        cafile = None if config.ca_path is None else str(config.ca_path)
+        context = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError(
+            f"feed: --feed-ca {config.ca_path}: not a readable PEM CA: {exc}"
+        ) from None
+    if config.cert_path is not None and config.key_path is not None:
+        try:
+            context.load_cert_chain(str(config.cert_path), str(config.key_path))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigError(
+                f"feed: --feed-cert {config.cert_path} / --feed-key {config.key_path}:"
+                f" not a readable PEM certificate and key: {exc}"
+            ) from None
+    return context
+
+
 class MqttFeed:
     """Subscribes to the source region's change feed and journals every change.
 
@@ -241,11 +292,8 @@ class MqttFeed:
         # An exception in a callback would end paho's network thread: logged instead
         client.suppress_exceptions = True
         client.enable_logger(logging.getLogger(f"{__name__}.paho"))
-        if config.ca_path is not None:
-            context = ssl.create_default_context(cafile=str(config.ca_path))
-            if config.cert_path is not None and config.key_path is not None:
-                context.load_cert_chain(str(config.cert_path), str(config.key_path))
-            client.tls_set_context(context)
+        if config.tls:
+            client.tls_set_context(tls_context(config))
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
