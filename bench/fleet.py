@@ -47,6 +47,10 @@ if TYPE_CHECKING:
     from simulators.fleet._scenario import Scenario
 
 
+BOOT_HEADROOM = 1.25
+"""The fleet boots at no more than 1 / 1.25 = 80% of the primary's CONNECT quota."""
+
+
 def _secondary_quota(scenario: Scenario) -> float:
     return connect_quota(scenario, scenario.regions[1])
 
@@ -59,7 +63,10 @@ def stretched(scenario: Scenario) -> Scenario:
     within the goal (ratio 1.5) has moved before the heal; after the heal,
     the stability window, the failback spread and N / quota again (the
     primary's quota), plus a minute. A fleet that is slower than twice the
-    bound shows as devices that never failed over.
+    bound shows as devices that never failed over. The fleet boots over at
+    least 1.25 x N / (the primary's quota): started faster, the primary's own
+    quota would throttle the boot, and devices that time out under it would
+    be on the secondary before the fault.
     """
     steps = scenario.timeline
     faults = [s for s in steps if isinstance(s, FaultStep)]
@@ -74,7 +81,11 @@ def stretched(scenario: Scenario) -> Scenario:
     tail = agent.stability_window_s + agent.failback_spread_s + bound + 60
     duration = max(scenario.duration_s, heal.at + tail)
     timeline = tuple(heal if s is heals[0] else s for s in steps)
-    return dataclasses.replace(scenario, timeline=timeline, duration_s=duration)
+    boot = BOOT_HEADROOM * scenario.devices / connect_quota(scenario, scenario.regions[0])
+    fleet = dataclasses.replace(
+        scenario.fleet, start_spread_s=max(scenario.fleet.start_spread_s, boot)
+    )
+    return dataclasses.replace(scenario, timeline=timeline, duration_s=duration, fleet=fleet)
 
 
 def _cpu() -> tuple[float, float]:
