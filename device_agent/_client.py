@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -168,6 +169,7 @@ class FailoverClient:
                 port=d.port,
                 timeout_s=d.timeout_s,
                 endpoints=d.endpoints or None,
+                allowed_suffixes=(*d.endpoint_suffixes, *d.server_names.values()),
             )
             if d.name or d.nameservers
             else None
@@ -535,6 +537,19 @@ class FailoverClient:
         await asyncio.gather(*conn.tasks, return_exceptions=True)
 
     def _endpoint_for(self, region: str) -> Endpoint | None:
+        """The region's endpoint with its TLS settings: server name (custom domain) and ALPN."""
+        endpoint = self._known_endpoint(region)
+        server_name = self.config.discovery.server_names.get(region)
+        alpn = self.config.mqtt.alpn
+        if endpoint is None or (server_name is None and alpn is None):
+            return endpoint
+        return dataclasses.replace(
+            endpoint,
+            server_name=endpoint.server_name or server_name,
+            alpn=endpoint.alpn if endpoint.alpn is not None else alpn,
+        )
+
+    def _known_endpoint(self, region: str) -> Endpoint | None:
         """The static endpoint, else one learned from DNS, else derived from another region's."""
         known = self._endpoints.get(region)
         if known is not None:

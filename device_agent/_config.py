@@ -41,6 +41,19 @@ def _positive(owner: object, *names: str, allow_zero: bool = False) -> None:
             raise ConfigError(msg)
 
 
+def _strings(owner: object, *names: str) -> None:
+    """Each of ``names`` a list of non-empty strings, kept as a tuple."""
+    for name in names:
+        value = getattr(owner, name)
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            msg = f"{type(owner).__name__}.{name} must be a list of names, not {value!r}"
+            raise ConfigError(msg)
+        if not all(isinstance(item, str) and item for item in value):
+            msg = f"{type(owner).__name__}.{name} must hold non-empty names, not {value!r}"
+            raise ConfigError(msg)
+        object.__setattr__(owner, name, tuple(value))
+
+
 def _booleans(owner: object, *names: str) -> None:
     for name in names:
         value = getattr(owner, name)
@@ -260,6 +273,16 @@ class DiscoveryConfig:
         endpoints: static per-region endpoints, the fallback when DNS fails.
         primary: the primary region when DNS cannot say.
         secondary: the secondary region when DNS cannot say.
+        server_names: region -> the name TLS sends as SNI and verifies the
+            server certificate against in that region, when it is not the
+            endpoint's host: an AWS IoT domain configuration's custom domain
+            (``iot.example.com``), whose CNAME the endpoint may be. Regions
+            not named use the endpoint's host (the default).
+        endpoint_suffixes: the domains a CNAME target from DNS must be under
+            (or be a configured endpoint's host or server name), since the
+            target is the name TLS verifies and DNS answers are not
+            authenticated. ``amazonaws.com`` and ``amazonaws.com.cn`` by
+            default; the ``server_names`` are allowed too.
     """
 
     name: str | None = None
@@ -270,9 +293,17 @@ class DiscoveryConfig:
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     primary: str | None = None
     secondary: str | None = None
+    server_names: dict[str, str] = field(default_factory=dict)
+    endpoint_suffixes: tuple[str, ...] = ("amazonaws.com", "amazonaws.com.cn")
 
     def __post_init__(self) -> None:
         _positive(self, "timeout_s")
+        _strings(self, "endpoint_suffixes")
+        if not isinstance(self.server_names, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in self.server_names.items()
+        ):
+            msg = 'DiscoveryConfig.server_names must be a table region = "name"'
+            raise ConfigError(msg)
         if not 0 < self.port < 65536:
             msg = f"DiscoveryConfig.port must be 1..65535, not {self.port!r}"
             raise ConfigError(msg)
@@ -354,6 +385,10 @@ class MQTTConfig:
             ``"crt"`` (the AWS Common Runtime's MQTT 5 client, what the AWS
             IoT Device SDK v2 runs; needs the ``crt`` extra). The CRT speaks
             MQTT 5 whatever ``protocol`` says.
+        alpn: the ALPN protocols every connection and TLS probe offers;
+            None (the default): ``x-amzn-mqtt-ca`` to endpoints on port 443
+            (AWS IoT's MQTT over 443 with a client certificate), none
+            elsewhere. Set it for a 443 listener behind another port.
     """
 
     port: int = 8883
@@ -364,10 +399,13 @@ class MQTTConfig:
     source_address: str | None = None
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     transport: Literal["paho", "crt"] = "paho"
+    alpn: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _positive(self, "keepalive_s", "connect_timeout_s", "max_inflight")
         _booleans(self, "clean_session")
+        if self.alpn is not None:
+            _strings(self, "alpn")
         if self.transport not in ("paho", "crt"):
             msg = f'MQTTConfig.transport must be "paho" or "crt", not {self.transport!r}'
             raise ConfigError(msg)
@@ -495,6 +533,8 @@ def agent_config_from_mapping(data: dict[str, Any], *, base: Path) -> AgentConfi
             "endpoints",
             "primary",
             "secondary",
+            "server_names",
+            "endpoint_suffixes",
         },
         "[discovery]",
     )

@@ -50,7 +50,6 @@ from device_agent._transport import (
     ConnectParams,
     TransportCallbacks,
     TransportClosedError,
-    alpn_protocols,
 )
 
 if TYPE_CHECKING:
@@ -262,7 +261,7 @@ class CrtTransport:
             host_name=params.server_name,
             port=params.endpoint.port,
             socket_options=socket_options,
-            tls_ctx=self._factory.tls_context(alpn_protocols(params.endpoint.port)),
+            tls_ctx=self._factory.tls_context(params.alpn),
             http_proxy_options=http.HttpProxyOptions(
                 "127.0.0.1",
                 proxy_port,

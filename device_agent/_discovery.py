@@ -128,6 +128,13 @@ class DnsDiscovery:
             CNAME target's, is an ``unknown_region`` error, and a target equal
             to one of their hosts has that region.
         clock: monotonic seconds, for the addresses' TTL.
+        allowed_suffixes: the domains a CNAME target must be under (a label
+            boundary: ``amazonaws.com`` allows ``x.iot.us-east-1.amazonaws.com``,
+            not ``evilamazonaws.com``), or be a configured endpoint's host or
+            server name; anything else is a ``name_not_allowed`` error. DNS
+            answers are not authenticated, and the target is the name TLS
+            verifies: without this, whoever answers DNS chooses it. None (the
+            default): no check.
 
     Raises:
         ConfigError: a name, nameserver, port or timeout is invalid.
@@ -143,8 +150,14 @@ class DnsDiscovery:
         timeout_s: float = 2.0,
         endpoints: Mapping[str, Endpoint] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        allowed_suffixes: Sequence[str] | None = None,
     ) -> None:
         self._qname = _absolute(name, "discovery name")
+        self._suffixes = (
+            None
+            if allowed_suffixes is None
+            else tuple(s.strip(".").lower() for s in allowed_suffixes if s.strip("."))
+        )
         self._txt_qname = _absolute("_" + name if txt_name is None else txt_name, "TXT name")
         for nameserver in nameservers:
             try:
@@ -300,6 +313,7 @@ class DnsDiscovery:
         if cnames[0].target == self._qname:
             raise self._error("cname_loop", name, "the name is a CNAME of itself")
         target = _text(cnames[0].target)
+        self._check_allowed(name, target)
         roles = await self._roles()
         region = region_of(target, self._endpoints)
         if region is None:
@@ -323,6 +337,27 @@ class DnsDiscovery:
             logger.debug("discovery.no_address", extra={"target": target, "kind": exc.kind})
             addresses = ()
         return Discovery(name, target, region, roles, addresses, answer.rrset.ttl)
+
+    def _check_allowed(self, name: str, target: str) -> None:
+        """Refuse a CNAME target under no allowed suffix (see ``allowed_suffixes``)."""
+        if self._suffixes is None:
+            return
+        configured = {
+            n.lower()
+            for e in (self._endpoints or {}).values()
+            for n in (e.host, e.server_name)
+            if n
+        }
+        if target in configured or any(
+            target == suffix or target.endswith("." + suffix) for suffix in self._suffixes
+        ):
+            return
+        allowed = ", ".join(self._suffixes) or "none"
+        detail = (
+            f"the CNAME target {target} is under no allowed domain ({allowed}) "
+            "and no configured endpoint; add its domain to endpoint_suffixes if it is yours"
+        )
+        raise self._error("name_not_allowed", name, detail)
 
     async def _roles(self) -> Roles:
         """The roles from the TXT record: one JSON object among its strings."""

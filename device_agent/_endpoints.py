@@ -21,9 +21,18 @@ from device_agent._errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["DEFAULT_MQTT_PORT", "Endpoint", "looks_like_region", "parse_endpoint", "region_of"]
+__all__ = [
+    "ALPN_MQTT_443",
+    "DEFAULT_MQTT_PORT",
+    "Endpoint",
+    "looks_like_region",
+    "parse_endpoint",
+    "region_of",
+]
 
 DEFAULT_MQTT_PORT = 8883
+ALPN_MQTT_443 = "x-amzn-mqtt-ca"
+"""The ALPN protocol AWS IoT needs for MQTT with a client certificate on port 443."""
 
 # An AWS region name: a partition/geography prefix, one to three words, a number.
 # us-east-1, eu-central-1, ap-southeast-2, cn-north-1, us-gov-west-1,
@@ -47,15 +56,24 @@ class Endpoint:
             without brackets). TLS verifies the server certificate against it,
             and it is the SNI.
         port: the TCP port, 8883 for MQTT over TLS.
+        server_name: the name TLS sends as SNI and verifies the server
+            certificate against, when it is not ``host``: an AWS IoT domain
+            configuration's custom domain, whose CNAME ``host`` may be. None:
+            ``host``.
+        alpn: the ALPN protocols to offer; None: ``x-amzn-mqtt-ca`` on port
+            443 (AWS IoT's MQTT over 443), none elsewhere.
 
     Raises:
         ConfigError: an empty region or host, a host with a trailing dot or
-            white space, or a port outside 1..65535.
+            white space, a port outside 1..65535, or a server name that is
+            not a host name.
     """
 
     region: str
     host: str
     port: int = DEFAULT_MQTT_PORT
+    server_name: str | None = None
+    alpn: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.region or _has_space(self.region):
@@ -67,6 +85,27 @@ class Endpoint:
         if isinstance(self.port, bool) or not 1 <= self.port <= 65535:
             msg = f"endpoint port {self.port!r} is not in 1..65535"
             raise ConfigError(msg)
+        if self.server_name is not None:
+            name = self.server_name.removesuffix(".").lower()
+            if not name or not all(_LABEL_RE.fullmatch(x) for x in name.split(".")):
+                msg = f"endpoint server name {self.server_name!r} is not a host name"
+                raise ConfigError(msg)
+            object.__setattr__(self, "server_name", name)
+        if self.alpn is not None and not all(isinstance(p, str) and p for p in self.alpn):
+            msg = f"endpoint ALPN {self.alpn!r} must be a list of protocol names"
+            raise ConfigError(msg)
+
+    @property
+    def tls_name(self) -> str:
+        """The name TLS sends as SNI and verifies the certificate against."""
+        return self.server_name or self.host
+
+    @property
+    def alpn_protocols(self) -> tuple[str, ...]:
+        """The ALPN protocols to offer: ``alpn``, else ``x-amzn-mqtt-ca`` on port 443."""
+        if self.alpn is not None:
+            return self.alpn
+        return (ALPN_MQTT_443,) if self.port == 443 else ()
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -70,6 +70,7 @@ DiscoveryErrorKind = Literal[
     "txt_invalid",
     "unknown_region",
     "no_address",
+    "name_not_allowed",  # the CNAME target is under no allowed domain suffix
 ]
 
 

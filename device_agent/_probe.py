@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from device_agent._paho import open_tls
 from device_agent._transport import (
     ConnectError,
     ConnectParams,
@@ -199,16 +200,11 @@ class Prober:
             await writer.wait_closed()
 
     async def _tls(self, endpoint: Endpoint, address: str) -> None:
-        _, writer = await asyncio.open_connection(
-            address,
-            endpoint.port,
-            ssl=self._ssl,
-            server_hostname=endpoint.host,
-            local_addr=self._local(),
-        )
-        writer.close()
+        # The endpoint's TLS name and ALPN, as its connections have them (port 443).
+        tls = await open_tls(endpoint, address, self._ssl, source_address=self.source_address)
         with contextlib.suppress(OSError, ssl.SSLError):
-            await writer.wait_closed()
+            tls.unwrap()
+        tls.close()
 
     async def _mqtt(self, endpoint: Endpoint, address: str, *, roundtrip: bool) -> None:
         params = ConnectParams(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from device_agent._endpoints import ALPN_MQTT_443
 from device_agent._errors import DeviceAgentError
 
 if TYPE_CHECKING:
@@ -36,8 +37,6 @@ __all__ = [
     "transport_factory_for",
 ]
 
-ALPN_MQTT_443 = "x-amzn-mqtt-ca"
-"""The ALPN protocol AWS IoT needs for MQTT with a client certificate on port 443."""
 
 ConnectErrorKind = Literal[
     "refused",  # nothing listens (RST)
@@ -103,7 +102,12 @@ class ConnectParams:
     @property
     def server_name(self) -> str:
         """The name TLS sends as SNI and verifies the server certificate against."""
-        return self.endpoint.host
+        return self.endpoint.tls_name
+
+    @property
+    def alpn(self) -> tuple[str, ...]:
+        """The ALPN protocols to offer (``x-amzn-mqtt-ca`` on port 443 unless configured)."""
+        return self.endpoint.alpn_protocols
 
 
 @dataclass(frozen=True, slots=True)
