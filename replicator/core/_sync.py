@@ -65,6 +65,7 @@ __all__ = [
     "failback_guard",
     "fingerprint",
     "forward_guard",
+    "target_only_guard",
 ]
 
 Direction = Literal["forward", "failback"]
@@ -203,3 +204,34 @@ def forward_guard(
     if source != synced or target == synced:
         return plan
     return Plan(plan.key, (Conflict(plan.key, "changed in the target since the last sync"),))
+
+
+TARGET_ONLY: Final = "only in the target and never replicated there: kept"
+"""The reason reported for an object :func:`target_only_guard` keeps."""
+
+
+def target_only_guard(plan: Plan, *, source: object, target: object, synced: bool) -> Plan:
+    """Keep an object that exists only in the target unless it was provably replicated.
+
+    The forward direction deletes what the source lacks only when the journal
+    holds a sync point for the object (the replicator made the regions equal
+    once: the source's deletion is then copied). Without one the object may be
+    the target's own (a device JITR or an operator registered there during an
+    outage, with its certificate and shadows, or the policy JITR attaches): it
+    is kept, and reported as a conflict, unless the operator asks otherwise
+    (``--delete-target-only``). Thing types are the exception: a type carries
+    no device's identity or permissions, and one the primary deleted is
+    deleted (deprecated, then deleted five minutes later), as failback's rule
+    for types has it.
+
+    Args:
+        plan: the planner's forward plan.
+        source: the source's state (None: absent).
+        target: the target's state (None: absent).
+        synced: whether the journal holds a sync point for the object.
+    """
+    if plan.key.kind == "thingType":
+        return plan
+    if source is None and target is not None and not synced and plan.ops:
+        return Plan(plan.key, (Conflict(plan.key, TARGET_ONLY),))
+    return plan

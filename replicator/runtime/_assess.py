@@ -33,7 +33,12 @@ from replicator.core._state import (
     ThingState,
     ThingTypeState,
 )
-from replicator.core._sync import failback_guard, fingerprint, forward_guard
+from replicator.core._sync import (
+    failback_guard,
+    fingerprint,
+    forward_guard,
+    target_only_guard,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -80,6 +85,9 @@ class Assessor:
         keep_target_changes: forward only: leave registry objects changed in
             the target alone when the source has not changed since the last
             sync (failback runs alongside and copies them back).
+        delete_target_only: forward only: delete objects that exist only in
+            the target even without a sync point proving they were replicated
+            (``--delete-target-only``; see ``_sync.target_only_guard``).
     """
 
     def __init__(
@@ -93,6 +101,7 @@ class Assessor:
         delete_after_s: float,
         direction: Direction = "forward",
         keep_target_changes: bool = False,
+        delete_target_only: bool = False,
     ) -> None:
         self.source = source
         self.target = target
@@ -100,6 +109,7 @@ class Assessor:
         self.mode: Mode = mode
         self.direction: Direction = direction
         self.keep_target_changes = keep_target_changes
+        self.delete_target_only = delete_target_only
         self._wall = wall
         self._delete_after_s = delete_after_s
 
@@ -142,9 +152,14 @@ class Assessor:
                 copies a type, group or policy that exists only in the source).
         """
         if key.kind == "shadow":
-            return self._assess(key, sync=sync or self._shadow_sync(key), source_state=source_state)
+            sync = sync or self._shadow_sync(key)
+            return self._keep_target_only(
+                self._assess(key, sync=sync, source_state=source_state), synced=sync is not None
+            )
         synced = self.journal.object_sync(key, (self.source.region, self.target.region))
-        found = self._assess(key, sync=None, source_state=source_state)
+        found = self._keep_target_only(
+            self._assess(key, sync=None, source_state=source_state), synced=synced is not None
+        )
         if self.direction == "forward" and not self.keep_target_changes:
             return found
         if self.direction == "failback" and _never_failed_back(found, synced):
@@ -164,6 +179,15 @@ class Assessor:
                 found.plan, source=source, target=target, synced=synced, keep_new=own
             )
         return Assessment(plan, found.source, found.target)
+
+    def _keep_target_only(self, found: Assessment, *, synced: bool) -> Assessment:
+        """Forward: an object only in the target is deleted only when provably replicated."""
+        if self.direction != "forward" or self.delete_target_only:
+            return found
+        plan = target_only_guard(
+            found.plan, source=found.source, target=found.target, synced=synced
+        )
+        return found if plan is found.plan else Assessment(plan, found.source, found.target)
 
     def _shadow_sync(self, key: ObjectKey) -> ShadowSync | None:
         """The shadow's sync point in the journal, in this direction's order."""

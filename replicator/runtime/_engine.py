@@ -111,6 +111,7 @@ class Engine:
             delete_after_s=self.config.thing_type_delete_after_s,
             direction=self.config.direction,
             keep_target_changes=self.config.keep_target_changes,
+            delete_target_only=self.config.delete_target_only,
         )
         self.assess = self._assessor.assess
         """Read a key in both regions and plan; no writes (reconcile uses it too)."""

@@ -45,6 +45,9 @@ class EngineConfig:
         keep_target_changes: forward, with failback running alongside: leave a
             registry object that changed only in the target since the last sync
             to the failback direction (see ``_sync.forward_guard``).
+        delete_target_only: forward: delete objects that exist only in the
+            target although no sync point shows they were replicated (by
+            default they are kept and reported: ``_sync.target_only_guard``).
     """
 
     mode: Mode = "complete"
@@ -60,6 +63,7 @@ class EngineConfig:
     thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S
     direction: Direction = "forward"
     keep_target_changes: bool = False
+    delete_target_only: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("complete", "jitr"):

@@ -1,0 +1,175 @@
+"""Never delete what was not provably replicated: objects only in the target are kept.
+
+Reconcile without the service's journal, and the service on a mere trigger, keep
+things, certificates, policies, groups and shadows that exist only in the
+secondary (a device JITR or an operator registered there during an outage); the
+journal's sync points, or ``delete_target_only``, let the primary's deletions through.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import pytest
+
+from replicator.core._ops import (
+    AttachPolicy,
+    AttachThingPrincipal,
+    CreatePolicy,
+    CreateThing,
+    CreateThingGroup,
+    DeleteCertificate,
+    DeletePolicy,
+    DeleteThing,
+    DeleteThingGroup,
+    DeleteThingShadow,
+    DetachPolicy,
+    DetachThingPrincipal,
+    Op,
+    RegisterCertificateWithoutCA,
+    UpdateCertificate,
+    UpdateThingShadow,
+)
+from replicator.core._records import ObjectNamed
+from replicator.core._state import ObjectKey
+from replicator.core._sync import TARGET_ONLY
+from replicator.runtime._engine import Engine, EngineConfig
+from replicator.runtime._feed import journal_message
+from replicator.runtime._journal import Journal
+from replicator.runtime._reconcile import reconcile
+from replicator.testing import InMemoryRegion
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+EAST, WEST = "us-east-1", "us-west-2"
+CERT = "c" * 64
+POLICY_DOC = json.dumps(
+    {"Statement": [{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}]}
+)
+DEVICE = (
+    CreatePolicy("jitr-device", POLICY_DOC),
+    RegisterCertificateWithoutCA(CERT, "PEM", "ACTIVE"),
+    AttachPolicy("jitr-device", CERT),
+    CreateThingGroup("site-9"),
+    CreateThing("dev-9", None, {"site": "9"}),
+    AttachThingPrincipal("dev-9", CERT),
+    UpdateThingShadow("dev-9", None, {"reported": {"temp": 21}}, "dev", None, 0),
+)
+SHADOW = ObjectKey.for_shadow("dev-9")
+KEYS = (
+    ObjectKey.thing("dev-9"),
+    ObjectKey.certificate(CERT),
+    ObjectKey.policy("jitr-device"),
+    ObjectKey.thing_group("site-9"),
+    ObjectKey.for_shadow("dev-9"),
+)
+
+
+class Regions:
+    def __init__(self, *, delete_target_only: bool = False) -> None:
+        self.now = 1_700_000_000.0
+        self.primary = InMemoryRegion(EAST, clock=lambda: self.now)
+        self.secondary = InMemoryRegion(WEST, clock=lambda: self.now)
+        self.journal = Journal(":memory:")
+        self.engine = Engine(
+            source=self.primary,
+            target=self.secondary,
+            journal=self.journal,
+            config=EngineConfig(
+                workers=1,
+                thing_recheck_s=None,
+                dependency_ttl_s=0.0,
+                delete_target_only=delete_target_only,
+            ),
+            wall=lambda: self.now,
+        )
+
+    def in_secondary(self) -> set[ObjectKey]:
+        region = self.secondary
+        found = {ObjectKey.thing(n) for n in region.things}
+        found |= {ObjectKey.certificate(c) for c in region.certificates}
+        found |= {ObjectKey.policy(p) for p in region.policies}
+        found |= {ObjectKey.thing_group(g) for g in region.groups}
+        found |= {ObjectKey.for_shadow(t, s) for t, s in region.shadows}
+        return found
+
+
+@pytest.fixture
+def regions() -> Iterator[Regions]:
+    found = Regions()
+    yield found
+    found.journal.close()
+
+
+def run(region: InMemoryRegion, *ops: Op) -> None:
+    for op in ops:
+        region.execute(op)
+
+
+def test_reconcile_without_a_journal_keeps_and_reports_what_exists_only_in_the_target(
+    regions: Regions,
+) -> None:
+    run(regions.secondary, *DEVICE)  # registered in the secondary during an outage
+    report = reconcile(regions.engine, dry_run=False, workers=1)
+    assert regions.in_secondary() == set(KEYS)
+    assert regions.secondary.certificates[CERT].status == "ACTIVE"
+    reported = {d.key: d.ops for d in report.differences}
+    assert set(reported) == set(KEYS)
+    for ops in reported.values():
+        assert ops == ({"op": "Conflict", "reason": TARGET_ONLY},) or all(
+            op.get("reason") == TARGET_ONLY for op in ops
+        ), ops
+    assert report.conflicts == len(KEYS)
+
+
+def test_a_trigger_message_never_deletes_an_object_only_in_the_target(regions: Regions) -> None:
+    run(regions.secondary, *DEVICE)
+    for key in KEYS:
+        message = {"kind": key.kind, "name": key.name}
+        if key.shadow is not None:
+            message["shadow"] = key.shadow
+        outcome = journal_message(
+            regions.journal, "iotdr/replicate", json.dumps(message), EAST, regions.now
+        )
+        assert outcome == "accepted"
+    regions.engine.drain()
+    assert regions.in_secondary() == set(KEYS)
+    assert regions.engine.stats.conflicts >= len(KEYS)
+
+
+def test_what_was_replicated_is_deleted_when_the_primary_deletes_it(regions: Regions) -> None:
+    run(regions.primary, *DEVICE)
+    for key in KEYS:
+        regions.journal.accept(ObjectNamed(region=EAST, key=key), now=regions.now)
+    regions.engine.drain()
+    assert regions.in_secondary() == set(KEYS)
+    run(
+        regions.primary,
+        DeleteThingShadow("dev-9", None),
+        DetachThingPrincipal("dev-9", CERT),
+        DeleteThing("dev-9"),
+        DeleteThingGroup("site-9"),
+        UpdateCertificate(CERT, "INACTIVE"),
+        DetachPolicy("jitr-device", CERT),
+        DeleteCertificate(CERT),
+        DeletePolicy("jitr-device"),
+    )
+    regions.now += 60.0
+    report = reconcile(regions.engine, dry_run=False, workers=1)
+    assert regions.in_secondary() == {SHADOW}, report.text()  # listed by its thing's name
+    regions.journal.accept(ObjectNamed(region=EAST, key=SHADOW), now=regions.now)
+    regions.engine.drain()
+    assert regions.in_secondary() == set()
+
+
+def test_delete_target_only_deletes_what_exists_only_in_the_target() -> None:
+    regions = Regions(delete_target_only=True)
+    with regions.journal:
+        run(regions.secondary, *DEVICE)
+        report = reconcile(regions.engine, dry_run=False, workers=1)
+        assert regions.in_secondary() == {SHADOW}, report.text()  # listed by its thing's name
+        regions.journal.accept(ObjectNamed(region=EAST, key=SHADOW), now=regions.now)
+        regions.engine.drain()
+        assert regions.in_secondary() == set()
