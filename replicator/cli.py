@@ -418,3 +418,14 @@ def _register_jitr() -> None:
 
 
 _register_jitr()
+
+
+def _register_tools() -> None:
+    """``iotdr tools ...`` live in ``replicator/tools/_cli.py`` (only click imported there too)."""
+    from replicator.tools._cli import COMMANDS  # noqa: PLC0415
+
+    for command in COMMANDS:
+        tools.add_command(command)
+
+
+_register_tools()

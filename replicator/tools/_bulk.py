@@ -1,0 +1,297 @@
+"""``bulk-provision`` and ``extract-certs``: a test fleet made fast and resumably; its certificates.
+
+A run lives in ``BASE-%Y-%m-%d_%H-%M-%S/``: per device ``NAME.private.key``
+(0600), ``NAME.public.key`` and ``NAME.csr``, and ``results.json`` (format
+``iotdr-bulk-provision/1``, :data:`FORMAT`). Keys and CSRs are generated in
+parallel processes; a key already on disk is kept. Devices are provisioned by
+quota-aware parallel calls (CreateCertificateFromCsr, AttachPolicy,
+CreateThing, AttachThingPrincipal), paced by the replicator's quota limiter;
+throttling slows the run down and is counted, never aborts it.
+``results.json`` is rewritten (atomically) as devices finish, so an
+interrupted run continues where it stopped when it is run again: a device
+whose thing already holds a certificate is taken as it is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from replicator._errors import ConfigError, RegionError, ThrottledError
+from replicator.tools._devices import DEFAULT_POLICY_NAME, default_device_policy
+from replicator.tools._keys import KeyAlgorithm, KeyMaterial, generate_many, write_private
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from replicator.aws._adapter import Boto3Region
+    from replicator.tools._progress import Progress
+
+__all__ = ["FORMAT", "BulkRun", "extract_certs", "find_unfinished", "read_results"]
+
+FORMAT = "iotdr-bulk-provision/1"
+RESULTS = "results.json"
+_THROTTLED_ROUNDS = 50  # a device throttled after all its retries is tried again, this often
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A bulk result, checked.
+
+    Raises:
+        ConfigError: not readable, not JSON, or not an ``iotdr-bulk-provision/1`` result.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a bulk result ({FORMAT}): not JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not a bulk result (its format is not {FORMAT})")
+    if not isinstance(data.get("devices"), list):
+        raise ConfigError(f"{path} is not a bulk result ({FORMAT}): no device list")
+    return data
+
+
+def find_unfinished(out_dir: Path, base: str) -> Path | None:
+    """The newest run of ``base`` in ``out_dir`` that did not finish, if any."""
+    runs = sorted(out_dir.glob(f"{base}-????-??-??_??-??-??"), reverse=True)
+    for run in runs:
+        try:
+            data = read_results(run / RESULTS)
+        except ConfigError:
+            continue
+        if data.get("status") != "complete":
+            return run
+    return None
+
+
+def extract_certs(results: Path, out_dir: Path) -> list[str]:
+    """Write each device's ``NAME.certificate.pem`` from a bulk result; the files written."""
+    data = read_results(results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for device in data["devices"]:
+        name, pem = device.get("thingName"), device.get("certificatePem")
+        if not name or not pem or "/" in str(name):
+            continue
+        path = out_dir / f"{name}.certificate.pem"
+        path.write_text(str(pem))
+        written.append(str(path))
+    return written
+
+
+@dataclass(slots=True)
+class BulkRun:
+    """One bulk-provisioning run in ``directory`` (new or resumed)."""
+
+    directory: Path
+    base: str
+    count: int
+    region: str
+    algorithm: KeyAlgorithm = "ec"
+    policy: str = DEFAULT_POLICY_NAME
+    resumed: bool = False
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    throttled_rounds: int = 0
+    started: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _saved: float = 0.0
+    _pending_policy: bool = False
+
+    @classmethod
+    def open(
+        cls,
+        out_dir: Path,
+        base: str,
+        count: int,
+        region: str,
+        *,
+        algorithm: KeyAlgorithm,
+        fresh: bool,
+    ) -> BulkRun:
+        """Continue the newest unfinished run of ``base`` (unless ``fresh``), or start one."""
+        previous = None if fresh else find_unfinished(out_dir, base)
+        if previous is not None:
+            data = read_results(previous / RESULTS)
+            if data.get("count") != count or data.get("region") != region:
+                raise ConfigError(
+                    f"{previous} is an unfinished run of {data.get('count')} devices in "
+                    f"{data.get('region')}: run it again with those, or pass --new"
+                )
+            run = cls(previous, base, count, region, algorithm=data.get("keyAlgorithm", "ec"),
+                      policy=data.get("policy", DEFAULT_POLICY_NAME), resumed=True,
+                      started=str(data.get("started")))  # fmt: skip
+            run.devices = {d["thingName"]: d for d in data["devices"] if d.get("certificateId")}
+            run.timings = dict(data.get("timings") or {})
+            return run
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d_%H-%M-%S")
+        directory = out_dir / f"{base}-{stamp}"
+        try:
+            directory.mkdir(parents=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {directory}: {exc.strerror}") from exc
+        run = cls(directory, base, count, region, algorithm=algorithm,
+                  started=dt.datetime.now(dt.UTC).isoformat())  # fmt: skip
+        run.save(force=True)
+        return run
+
+    def names(self) -> list[str]:
+        """Every device's thing name: BASE0, BASE1, ..."""
+        return [f"{self.base}{i}" for i in range(self.count)]
+
+    def as_dict(self, *, status: str) -> dict[str, Any]:
+        """The results file's content."""
+        return {
+            "format": FORMAT,
+            "base": self.base,
+            "count": self.count,
+            "region": self.region,
+            "policy": self.policy,
+            "keyAlgorithm": self.algorithm,
+            "directory": str(self.directory),
+            "started": self.started,
+            "status": status,
+            "timings": self.timings,
+            "provisioned": len(self.devices),
+            "failures": [{"thingName": n, "error": e} for n, e in sorted(self.failures.items())],
+            "devices": [self.devices[n] for n in self.names() if n in self.devices],
+        }
+
+    def save(self, *, force: bool = False, status: str | None = None) -> None:
+        """Rewrite results.json atomically (at most every half second unless ``force``)."""
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._saved < 0.5:
+                return
+            self._saved = now
+            done = len(self.devices) == self.count and not self.failures
+            text = json.dumps(self.as_dict(status=status or ("complete" if done else
+                                                             "in_progress")), indent=1)  # fmt: skip
+            partial = self.directory / f".{RESULTS}.{os.getpid()}.tmp"
+            partial.write_text(text)
+            partial.replace(self.directory / RESULTS)
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def generate_keys(self, *, processes: int | None, progress: Progress | None) -> int:
+        """Keys and CSRs of every device that has none on disk yet; how many were made."""
+        missing = [n for n in self.names() if not (self.directory / f"{n}.csr").exists()]
+        began = time.monotonic()
+        made = 0
+        for batch in generate_many(missing, self.algorithm, processes=processes):
+            for keys in batch:
+                self._write_keys(keys)
+            made += len(batch)
+            if progress is not None:
+                progress.advance(len(batch))
+        self.timings["keys_s"] = self.timings.get("keys_s", 0.0) + time.monotonic() - began
+        return made
+
+    def _write_keys(self, keys: KeyMaterial) -> None:
+        write_private(self.directory / f"{keys.name}.private.key", keys.private_pem)
+        (self.directory / f"{keys.name}.public.key").write_text(keys.public_pem)
+        # The CSR last: its presence says the device's key files are complete.
+        (self.directory / f"{keys.name}.csr").write_text(keys.csr_pem)
+
+    # -- provisioning -----------------------------------------------------------------------
+
+    def provision(self, client: Boto3Region, *, workers: int, progress: Progress | None) -> None:
+        """Provision every device not done yet, in parallel within the region's quotas."""
+        began = time.monotonic()
+        self._ensure_policy(client)
+        todo = [n for n in self.names() if n not in self.devices]
+        self.failures.clear()
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bulk") as pool:
+                for name, error in pool.map(lambda n: self._one(client, n, progress), todo):
+                    if error is not None:
+                        self.failures[name] = error
+                    if progress is not None:
+                        progress.advance()
+        finally:
+            self.timings["provision_s"] = (
+                self.timings.get("provision_s", 0.0) + time.monotonic() - began
+            )
+            self.save(force=True)
+
+    def _ensure_policy(self, client: Boto3Region) -> None:
+        if client.read("GetPolicy", client.iot.get_policy, policyName=self.policy) is not None:
+            return
+        probe = client.call("ListThings", client.iot.list_things, maxResults=1)
+        for thing in probe.get("things") or ():
+            client.learn(thing.get("thingArn"))
+        self._pending_policy = True
+
+    def _one(
+        self, client: Boto3Region, name: str, progress: Progress | None
+    ) -> tuple[str, str | None]:
+        for _ in range(_THROTTLED_ROUNDS):
+            try:
+                self._provision_device(client, name)
+            except ThrottledError:
+                self.throttled_rounds += 1
+                if progress is not None:
+                    progress.note("throttled: slowing down")
+                continue
+            except RegionError as exc:
+                return name, str(exc)
+            self.save()
+            return name, None
+        return name, f"still throttled after {_THROTTLED_ROUNDS} rounds of retries"
+
+    def _provision_device(self, client: Boto3Region, name: str) -> None:
+        attached = client.read("ListThingPrincipals", client.iot.list_thing_principals,
+                               thingName=name)  # fmt: skip
+        principals = [p for p in (attached or {}).get("principals") or () if ":cert/" in p]
+        if principals:  # done before an interruption, not yet recorded
+            certificate_id = principals[0].rsplit("/", 1)[1]
+            found = client.call("DescribeCertificate", client.iot.describe_certificate,
+                                certificateId=certificate_id)  # fmt: skip
+            arn, pem = principals[0], found["certificateDescription"]["certificatePem"]
+        else:
+            csr = (self.directory / f"{name}.csr").read_text()
+            made = client.call("CreateCertificateFromCsr", client.iot.create_certificate_from_csr,
+                               certificateSigningRequest=csr, setAsActive=True)  # fmt: skip
+            certificate_id, arn, pem = (
+                made["certificateId"],
+                made["certificateArn"],
+                made["certificatePem"],
+            )
+            client.learn(arn)
+            self._create_policy_once(client)
+            client.call(
+                "AttachPolicy", client.iot.attach_policy, policyName=self.policy, target=arn
+            )
+            client.call("CreateThing", client.iot.create_thing, thingName=name)
+            client.call("AttachThingPrincipal", client.iot.attach_thing_principal,
+                        thingName=name, principal=arn)  # fmt: skip
+        with self._lock:
+            self.devices[name] = {
+                "thingName": name,
+                "certificateId": certificate_id,
+                "certificateArn": arn,
+                "certificatePem": pem,
+                "privateKey": f"{name}.private.key",
+            }
+
+    def _create_policy_once(self, client: Boto3Region) -> None:
+        with self._lock:
+            if not self._pending_policy:
+                return
+            document = default_device_policy(client.region, client.account_id or "*")
+            try:
+                client.call("CreatePolicy", client.iot.create_policy, policyName=self.policy,
+                            policyDocument=document)  # fmt: skip
+            except RegionError as exc:
+                if exc.code != "ResourceAlreadyExistsException":
+                    raise
+            self._pending_policy = False
