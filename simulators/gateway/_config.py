@@ -47,6 +47,10 @@ class GatewayConfig:
         region: the region it is the door of.
         host: the region's loopback address devices connect to.
         port: the mTLS port devices use (0 picks a free one, kept across ``down``).
+        alpn_port: a second mTLS port that behaves as AWS IoT's 443 does:
+            MQTT only for clients that ask for ALPN ``x-amzn-mqtt-ca``, any
+            other handshake is closed once done (``tls_no_alpn``). 0 picks a
+            free one; None (the default): no such listener.
         tls: the region's server certificate and key, and the CA that client
             certificates must chain to (the fleet CA); CAs registered in the
             region are trusted too, as they appear.
@@ -72,6 +76,7 @@ class GatewayConfig:
     region: str
     host: str
     port: int = 0
+    alpn_port: int | None = None
     tls: TLSFiles
     broker: tuple[str, int]
     control_plane_url: str
@@ -106,6 +111,8 @@ class GatewayConfig:
         ports = [("port", self.port), ("broker port", self.broker[1])]
         if self.admin_port is not None:
             ports.append(("admin_port", self.admin_port))
+        if self.alpn_port is not None:
+            ports.append(("alpn_port", self.alpn_port))
         for name, port in ports:
             if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
                 msg = f"gateway {self.region}: {name} {port!r} is not a port number (0..65535)"

@@ -124,14 +124,17 @@ class DeviceConnection(asyncio.Protocol):
     """A device's TCP connection to the door, and its splice to the broker once admitted."""
 
     __slots__ = ("_buffer", "_device_paused", "_door", "_incoming", "_loop",
-                 "_outgoing", "_peer_closed", "_thaw_close", "_timer", "_tls", "_to_broker",
-                 "_to_device", "_upstream_paused", "authorizer", "certificate_der",
+                 "_outgoing", "_peer_closed", "_required_alpn", "_thaw_close", "_timer", "_tls",
+                 "_to_broker", "_to_device", "_upstream_paused", "authorizer", "certificate_der",
                  "certificate_id", "client_id", "frozen", "guard", "protocol_level", "sni",
                  "state", "transport", "upstream")  # fmt: skip
 
-    def __init__(self, door: Door, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, door: Door, loop: asyncio.AbstractEventLoop, *, required_alpn: str | None = None
+    ) -> None:
         self._door = door
         self._loop = loop
+        self._required_alpn = required_alpn  # the 443-style listener: MQTT only by ALPN
         self.state = ConnectionState.HANDSHAKE
         self.transport: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
@@ -356,6 +359,9 @@ class DeviceConnection(asyncio.Protocol):
         self.sni = self._door.take_sni(self._tls)
         if not der:
             self._fail("tls_no_certificate")
+            return
+        if self._required_alpn and self._tls.selected_alpn_protocol() != self._required_alpn:
+            self._fail("tls_no_alpn")  # AWS's 443 without x-amzn-mqtt-ca is HTTPS, not MQTT
             return
         self.certificate_der = der
         self.certificate_id = hashlib.sha256(der).hexdigest()

@@ -64,7 +64,7 @@ from simulators.gateway._mqtt import ConnackOutcome, connack
 from simulators.gateway._registry import RegistryView
 from simulators.gateway._source import ControlPlaneRegistrySource, JitrRefusedError
 from simulators.gateway._sync import RegistrySync
-from simulators.gateway._tls import DoorTLS
+from simulators.gateway._tls import ALPN_MQTT, DoorTLS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping
@@ -115,6 +115,7 @@ class RegionGateway:
         self.config = config
         self.region = config.region
         self.port = config.port
+        self.alpn_port = config.alpn_port
         self.admin_port = config.admin_port
         self.fault = config.faults
         self.view = RegistryView(config.region)
@@ -138,6 +139,7 @@ class RegionGateway:
         )
         self._tls: DoorTLS | None = None
         self._server: asyncio.Server | None = None
+        self._alpn_server: asyncio.Server | None = None
         self._admin: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: set[DeviceConnection] = set()
@@ -608,6 +610,27 @@ class RegionGateway:
             msg = f"gateway {self.region}: cannot listen on {host}:{self.port}: {exc.strerror}"
             raise GatewayError(msg, region=self.region) from exc
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.alpn_port is not None:
+            self._alpn_server = await self._listen_alpn(loop, host, self.alpn_port)
+            self.alpn_port = self._alpn_server.sockets[0].getsockname()[1]
+
+    async def _listen_alpn(
+        self, loop: asyncio.AbstractEventLoop, host: str, port: int
+    ) -> asyncio.Server:
+        """The 443-style listener: the same door, MQTT only for ALPN ``x-amzn-mqtt-ca``."""
+        try:
+            return await loop.create_server(
+                lambda: DeviceConnection(self, loop, required_alpn=ALPN_MQTT),
+                host,
+                port,
+                reuse_address=True,
+                backlog=self.config.backlog,
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise AddressInUseError(host, port, what=f"gateway {self.region} ALPN") from exc
+            msg = f"gateway {self.region}: cannot listen on {host}:{port}: {exc.strerror}"
+            raise GatewayError(msg, region=self.region) from exc
 
     async def _listen_admin(self) -> None:
         host = self.config.admin_host
@@ -622,11 +645,12 @@ class RegionGateway:
         self.admin_port = self._admin.sockets[0].getsockname()[1]
 
     async def _close_listener(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
+        for server in (self._server, self._alpn_server):
+            if server is not None:
+                server.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(server.wait_closed(), 1.0)
+        self._server = self._alpn_server = None
 
     def _unregister(self, connection: DeviceConnection) -> None:
         client_id = connection.client_id

@@ -60,6 +60,11 @@ class ThreadedRegionGateway:
         return self.gateway.port
 
     @property
+    def alpn_port(self) -> int | None:
+        """The 443-style port (ALPN ``x-amzn-mqtt-ca`` required), if the door has one."""
+        return self.gateway.alpn_port
+
+    @property
     def admin_url(self) -> str | None:
         """The admin endpoint, for :class:`~simulators.gateway.GatewayAdmin`."""
         return self.gateway.admin_url

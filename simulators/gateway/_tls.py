@@ -19,9 +19,12 @@ from simulators._errors import GatewayError
 if TYPE_CHECKING:
     from simulators._broker import TLSFiles
 
-__all__ = ["DoorTLS", "tls_failure_reason"]
+__all__ = ["ALPN_MQTT", "DoorTLS", "tls_failure_reason"]
 
 logger = logging.getLogger(__name__)
+
+ALPN_MQTT = "x-amzn-mqtt-ca"
+"""The ALPN protocol AWS IoT's port 443 needs for MQTT with a client certificate."""
 
 # OpenSSL X509_V_ERR codes.
 _EXPIRED = 10
@@ -66,6 +69,9 @@ class DoorTLS:
             )
             raise GatewayError(msg, region=region) from exc
         context.verify_mode = ssl.CERT_REQUIRED
+        # Selected when a device asks for it (the 443-style listener requires it); a device
+        # offering other protocols gets none, and one offering nothing is not asked.
+        context.set_alpn_protocols([ALPN_MQTT])
         context.sni_callback = self._on_sni
         self.context = context
         self._sni: dict[int, str] = {}
