@@ -389,6 +389,16 @@ class MQTTConfig:
             None (the default): ``x-amzn-mqtt-ca`` to endpoints on port 443
             (AWS IoT's MQTT over 443 with a client certificate), none
             elsewhere. Set it for a 443 listener behind another port.
+        jitr_retries: with just-in-time registration, a certificate's first
+            connect is dropped while AWS registers it: until the device's
+            certificate has connected once (first connect ever, or after a
+            certificate change), a connect dropped (``closed``) or refused
+            (``not_authorized``) after TLS is retried on the same endpoint
+            this many times, ``jitr_wait_s`` apart, within one attempt of the
+            failover machine (no backoff, no failover). 0 (the default): off.
+            The certificates that connected are recorded beside the outbox
+            (``<outbox path>.connected``), or in memory without one.
+        jitr_wait_s: the wait before each of those retries.
     """
 
     port: int = 8883
@@ -400,9 +410,16 @@ class MQTTConfig:
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     transport: Literal["paho", "crt"] = "paho"
     alpn: tuple[str, ...] | None = None
+    jitr_retries: int = 0
+    jitr_wait_s: float = 2.0
 
     def __post_init__(self) -> None:
         _positive(self, "keepalive_s", "connect_timeout_s", "max_inflight")
+        _positive(self, "jitr_retries", "jitr_wait_s", allow_zero=True)
+        retries: object = self.jitr_retries
+        if not isinstance(retries, int):
+            msg = f"MQTTConfig.jitr_retries must be a whole number, not {retries!r}"
+            raise ConfigError(msg)
         _booleans(self, "clean_session")
         if self.alpn is not None:
             _strings(self, "alpn")

@@ -182,14 +182,37 @@ def alpn_protocols(port: int) -> tuple[str, ...]:
 def transport_factory_for(config: AgentConfig) -> TransportFactory:
     """The transport ``config.mqtt.transport`` names: paho-mqtt or the AWS Common Runtime.
 
+    With ``config.mqtt.jitr_retries``, wrapped in a :class:`~device_agent._jitr.JitrAwareFactory`.
+
     Raises:
-        ConfigError: ``crt`` without awscrt installed (the ``crt`` extra).
+        ConfigError: ``crt`` without awscrt installed (the ``crt`` extra); with
+            JITR retries, a certificate file that is missing or not PEM.
     """
-    # Imported here: _paho and _crt import this module, and awscrt is an optional extra.
+    # Imported here: _paho, _crt and _jitr import this module; awscrt is an optional extra.
+    factory: TransportFactory
     if config.mqtt.transport == "crt":
         from device_agent._crt import CrtTransportFactory  # noqa: PLC0415
 
-        return CrtTransportFactory.from_identity(config.identity)
-    from device_agent._paho import PahoTransport  # noqa: PLC0415
+        factory = CrtTransportFactory.from_identity(config.identity)
+    else:
+        from device_agent._paho import PahoTransport  # noqa: PLC0415
 
-    return PahoTransport
+        factory = PahoTransport
+    if config.mqtt.jitr_retries <= 0:
+        return factory
+    from device_agent._jitr import (  # noqa: PLC0415
+        ConnectedCertificates,
+        JitrAwareFactory,
+        certificate_fingerprint,
+    )
+
+    config.identity.check_files()
+    outbox = config.outbox.path
+    record = None if outbox is None else outbox.with_name(outbox.name + ".connected")
+    return JitrAwareFactory(
+        factory,
+        fingerprint=certificate_fingerprint(config.identity.cert_path),
+        record=ConnectedCertificates(record),
+        retries=config.mqtt.jitr_retries,
+        wait_s=config.mqtt.jitr_wait_s,
+    )
