@@ -19,13 +19,13 @@ import json
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from replicator._errors import ConfigError, RegionError, ThrottledError
 from replicator.tools._devices import DEFAULT_POLICY_NAME, default_device_policy
 from replicator.tools._keys import KeyAlgorithm, KeyMaterial, generate_many, write_private
+from replicator.tools._pool import parallel
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -211,12 +211,12 @@ class BulkRun:
         todo = [n for n in self.names() if n not in self.devices]
         self.failures.clear()
         try:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bulk") as pool:
-                for name, error in pool.map(lambda n: self._one(client, n, progress), todo):
-                    if error is not None:
-                        self.failures[name] = error
-                    if progress is not None:
-                        progress.advance()
+            one = lambda n: self._one(client, n, progress)  # noqa: E731
+            for name, error in parallel(one, todo, workers=workers, name="bulk"):
+                if error is not None:
+                    self.failures[name] = error
+                if progress is not None:
+                    progress.advance()
         finally:
             self.timings["provision_s"] = (
                 self.timings.get("provision_s", 0.0) + time.monotonic() - began

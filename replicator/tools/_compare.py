@@ -15,12 +15,12 @@ its reason): a report of "0 errors" means none happened.
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from replicator._errors import PolicyDocumentError, RegionError
 from replicator.core._arns import ArnScope, normalize_document, rewrite_policy_document
+from replicator.tools._pool import parallel
 
 if TYPE_CHECKING:
     from replicator.tools._progress import Progress
@@ -192,15 +192,14 @@ def compare_devices(
         )
         return name, differences(name, ours, theirs, scopes=scopes)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="compare") as pool:
-        for name, result in pool.map(one, names):
-            report.compared += 1
-            if isinstance(result, str):
-                report.errors += 1
-                report.failures.append({"thing": name, "error": result})
-            elif result:
-                report.not_synced += 1
-                report.differences.extend(result)
-            if progress is not None:
-                progress.advance()
+    for name, result in parallel(one, names, workers=workers, name="compare"):
+        report.compared += 1
+        if isinstance(result, str):
+            report.errors += 1
+            report.failures.append({"thing": name, "error": result})
+        elif result:
+            report.not_synced += 1
+            report.differences.extend(result)
+        if progress is not None:
+            progress.advance()
     return report

@@ -345,3 +345,55 @@ def test_bulk_provision_resumes_and_extract_certs_writes_each_certificate(
     (tmp_path / "other.json").write_text(json.dumps({"devices": []}))
     assert main(["tools", "extract-certs", str(tmp_path / "other.json")]) == 2
     assert "is not a bulk result" in _errors(capsys.readouterr().err)
+
+
+def test_shadow_test_counts_every_shadow_and_its_latency(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = tools(capsys, deployment, "shadow-test", "--num-tests", "6", "--max-workers",
+                           "3", "--named-shadows", "1", "--timeout", "30", "--json")  # fmt: skip
+    assert code == 0, (out, err)
+    report = json.loads(out)
+    assert (report["compared"], report["not_synced"], report["errors"]) == (12, 0, 0)
+    assert report["latency_s"]["p50"] is not None
+    assert report["latency_s"]["max"] >= report["latency_s"]["p50"]
+
+
+def test_shadow_test_counts_what_never_arrives(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deployment.replicator.send_signal(19)  # SIGSTOP: the replicator copies nothing for a while
+    try:
+        code, out, _ = tools(capsys, deployment, "shadow-test", "--num-tests", "2", "--timeout",
+                             "1", "--json")  # fmt: skip
+    finally:
+        deployment.replicator.send_signal(18)  # SIGCONT
+    assert code == 1
+    report = json.loads(out)
+    assert (report["compared"], report["not_synced"]) == (2, 2)
+    assert all("never arrived" in f["error"] for f in report["failures"])
+
+
+def test_e2e_passes_then_fails_naming_the_step_when_the_secondary_door_is_down(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = tools(capsys, deployment, "e2e", "--timeout", "30", "--json")
+    report = json.loads(out)
+    assert code == 0, (report, err)
+    assert [s["status"] for s in report["steps"]] == ["PASS"] * 6
+    name = report["device"]
+    with pytest.raises(deployment.iot(EAST).exceptions.ResourceNotFoundException):
+        deployment.iot(EAST).describe_thing(thingName=name)  # cleaned up
+    with pytest.raises(deployment.iot(WEST).exceptions.ResourceNotFoundException):
+        deployment.iot(WEST).describe_thing(thingName=name)
+
+    deployment.regions.set_fault(WEST, "down")
+    try:
+        code, out, _ = tools(capsys, deployment, "e2e", "--timeout", "5")
+    finally:
+        deployment.regions.set_fault(WEST, "up")
+    assert code == 1
+    assert "FAIL publish/subscribe in us-west-2" in out
+    assert "PASS publish/subscribe in us-east-1" in out
+    assert "PASS clean up both regions" in out
+    assert out.strip().splitlines()[-1] == "e2e: FAIL (publish/subscribe in us-west-2)"
