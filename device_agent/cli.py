@@ -391,6 +391,40 @@ def agent_run(config_path: Path, transport: Literal["paho", "crt"] | None, as_js
     asyncio.run(run_daemon(config, report=report))
 
 
+@agent.command("check")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The agent's TOML configuration (see docs/agent.md).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per finding.")
+def agent_check(config_path: Path, as_json: bool) -> None:
+    """Check a device's configuration, identity files and DNS records; one line per finding.
+
+    Exit code 1 when anything is wrong (each problem on its own line), else 0.
+    """
+    import asyncio  # noqa: PLC0415
+
+    from device_agent._check import Finding, check_agent  # noqa: PLC0415
+    from device_agent._config import load_agent_config  # noqa: PLC0415
+    from device_agent._errors import ConfigError  # noqa: PLC0415
+
+    try:
+        findings = asyncio.run(check_agent(load_agent_config(config_path)))
+    except ConfigError as exc:
+        findings = [Finding(False, "config", str(exc))]
+    for finding in findings:
+        if as_json:
+            line = {"ok": finding.ok, "subject": finding.subject, "text": finding.text}
+            click.echo(json.dumps(line))
+        else:
+            click.echo(finding.line())
+    if not all(finding.ok for finding in findings):
+        raise click.exceptions.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``iotdr``; expected failures become one line on stderr and their exit code."""
     try:
