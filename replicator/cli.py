@@ -123,7 +123,11 @@ def _source_role(options: dict[str, Any]) -> str:
 
 
 def _settings(
-    options: dict[str, Any], *, journal: str = ":memory:", keep_target_changes: bool = False
+    options: dict[str, Any],
+    *,
+    journal: str = ":memory:",
+    keep_target_changes: bool = False,
+    delete_target_only: bool = False,
 ) -> Settings:
     """The composition root's settings from the command's options (flags, env, TOML)."""
     from replicator.aws._calls import RegionConfig  # noqa: PLC0415
@@ -153,6 +157,7 @@ def _settings(
         engine=EngineConfig(
             direction="failback" if failback else "forward",
             keep_target_changes=keep_target_changes,
+            delete_target_only=delete_target_only,
             **common,
         ),
         failback=EngineConfig(direction="failback", **common) if auto else None,
@@ -209,6 +214,13 @@ _config_option = click.option(
     "devices registered only there (what failback copies back), instead of overwriting "
     "or deleting them; needs --journal. For scheduled reconciles next to --failback auto.",
 )
+@click.option(
+    "--delete-target-only",
+    is_flag=True,
+    help="Delete objects that exist only in the secondary although the journal does not "
+    "show they were replicated there (by default they are kept and reported: they may be "
+    "devices JITR or an operator registered there during an outage).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def replicator_reconcile(**options: Any) -> None:
     """Diff both regions completely and repair the target (unless --dry-run).
@@ -226,8 +238,13 @@ def replicator_reconcile(**options: Any) -> None:
             f"{flag} needs the service's --journal (its sync points tell what changed where)"
         )
     journal = str(options["journal_path"] or ":memory:")
-    keep = options["keep_target_changes"]
-    with build(_settings(options, journal=journal, keep_target_changes=keep)) as runtime:
+    keep, delete = options["keep_target_changes"], options["delete_target_only"]
+    if keep and delete:
+        raise ConfigError("--keep-target-changes and --delete-target-only contradict each other")
+    settings = _settings(
+        options, journal=journal, keep_target_changes=keep, delete_target_only=delete
+    )
+    with build(settings) as runtime:
         assert runtime.engine is not None
         report = reconcile(
             runtime.engine,

@@ -348,13 +348,21 @@ def test_reconcile_reports_drift_in_a_dry_run_then_repairs_it(
     assert report["differing"] == {"thing": 2, "thingGroup": 1, "shadow": 1}
     keys = {d["key"]: [op["op"] for op in d["ops"]] for d in report["differences"]}
     assert keys["thing/only-east"] == ["CreateThing"]
-    assert keys["thing/only-west"] == ["DeleteThing"]
+    # only in the secondary, never replicated there (no journal): kept and reported
+    assert keys["thing/only-west"] == ["Conflict"]
     assert keys["shadow/only-east"] == ["UpdateThingShadow"]
     assert west.list_thing_groups()["thingGroups"] == []  # a dry run writes nothing
 
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         assert main(["replicator", "reconcile", *pair.cli_args(), "--json"]) == 0
+    assert sorted(t["thingName"] for t in west.list_things()["things"]) == [
+        "only-east",
+        "only-west",
+    ]
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(["replicator", "reconcile", *pair.cli_args(), "--delete-target-only"]) == 0
     assert [t["thingName"] for t in west.list_things()["things"]] == ["only-east"]
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
