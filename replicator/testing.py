@@ -335,6 +335,7 @@ class InMemoryRegion:
                         pem=op.pem,
                         status=op.status,
                         arn=self.arn("cert", op.certificate_id),
+                        created_epoch_s=self.clock(),
                     )
             case UpdateCertificate():
                 cert = self._cert(op.certificate_id)

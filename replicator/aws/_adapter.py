@@ -11,6 +11,7 @@ in ``_aws_writes.py``.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 from typing import TYPE_CHECKING, Any
@@ -283,6 +284,7 @@ class Boto3Region(RegionCalls):
             policies=policies,
             things=attached,
             ca_certificate_id=description.get("caCertificateId") or None,
+            created_epoch_s=_epoch(description.get("creationDate")),
         )
 
     def read_policy(self, name: str, *, targets: bool) -> PolicyState | None:
@@ -431,3 +433,12 @@ def _ca(item: dict[str, Any]) -> CaCertificate:
         str(item.get("status")),
         item.get("autoRegistrationStatus") == "ENABLE",
     )
+
+
+def _epoch(value: object) -> float | None:
+    """A botocore timestamp (a datetime) as epoch seconds; None when absent."""
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None

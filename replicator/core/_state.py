@@ -202,6 +202,8 @@ class CertificateState:
         policies: names of the policies attached to it.
         things: names of the things it is attached to; None when not read.
         ca_certificate_id: the CA it was registered with, None without one.
+        created_epoch_s: when it was registered in this region, if known (not
+            compared: regions register a copy at different times).
     """
 
     certificate_id: str
@@ -211,6 +213,7 @@ class CertificateState:
     policies: frozenset[str] = frozenset()
     things: frozenset[str] | None = None
     ca_certificate_id: str | None = None
+    created_epoch_s: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

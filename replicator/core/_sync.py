@@ -43,7 +43,7 @@ import hashlib
 from typing import TYPE_CHECKING, Final, Literal
 
 from replicator.core._arns import ArnScope, rewrite_policy_document, scope_of_arn
-from replicator.core._ops import Conflict, Plan
+from replicator.core._ops import Conflict, Plan, RegisterCertificateWithoutCA
 from replicator.core._plan_security import target_status
 from replicator.core._state import (
     CertificateState,
@@ -62,6 +62,7 @@ __all__ = [
     "FORWARD_PENDING",
     "NEUTRAL_SCOPE",
     "Direction",
+    "activation_guard",
     "failback_guard",
     "fingerprint",
     "forward_guard",
@@ -235,3 +236,45 @@ def target_only_guard(plan: Plan, *, source: object, target: object, synced: boo
     if source is None and target is not None and not synced and plan.ops:
         return Plan(plan.key, (Conflict(plan.key, TARGET_ONLY),))
     return plan
+
+
+NOT_PROVEN_ACTIVE: Final = (
+    "copied INACTIVE: no sync point shows it was ever active in the target, and it was"
+    " registered in the source before the journal began (a lost journal?); activate it"
+    " there once it is known not to have been deleted as compromised"
+)
+"""The reason reported for a certificate :func:`activation_guard` copies INACTIVE."""
+
+
+def activation_guard(
+    plan: Plan, *, source: object, synced: str | None, watching_since: float | None
+) -> Plan:
+    """Failback: a certificate reaches the primary ACTIVE only when the journal vouches for it.
+
+    A certificate only in the secondary and without a sync point is a device
+    registered there during the outage (copy it as it is) only if it was
+    registered after the journal began watching; otherwise it may be one the
+    primary deleted as compromised while the journal was lost, and it is
+    registered INACTIVE and reported, never resurrected ACTIVE.
+
+    Args:
+        plan: the guarded failback plan of a certificate.
+        source: the certificate in the source (the secondary).
+        synced: its sync point, None when there is none.
+        watching_since: when the journal recorded its first sync point, if ever.
+    """
+    if synced is not None or not isinstance(source, CertificateState):
+        return plan
+    created = source.created_epoch_s
+    if watching_since is not None and created is not None and created > watching_since:
+        return plan
+    ops = tuple(
+        RegisterCertificateWithoutCA(op.certificate_id, op.pem, "INACTIVE")
+        if isinstance(op, RegisterCertificateWithoutCA) and op.status == "ACTIVE"
+        else op
+        for op in plan.ops
+    )
+    if ops == plan.ops:
+        return plan
+    conflict = Conflict(plan.key, NOT_PROVEN_ACTIVE)
+    return Plan(plan.key, (*ops, conflict), plan.requires, plan.follow_ups)

@@ -34,6 +34,7 @@ from replicator.core._state import (
     ThingTypeState,
 )
 from replicator.core._sync import (
+    activation_guard,
     failback_guard,
     fingerprint,
     forward_guard,
@@ -174,6 +175,11 @@ class Assessor:
             plan = failback_guard(
                 found.plan, source=source, target=target, synced=synced, copy_new=own
             )
+            if key.kind == "certificate":
+                watching = self.journal.watching_since()
+                plan = activation_guard(
+                    plan, source=found.source, synced=synced, watching_since=watching
+                )
         else:
             plan = forward_guard(
                 found.plan, source=source, target=target, synced=synced, keep_new=own

@@ -8,14 +8,17 @@ content. Failback reads them to copy back only what changed since. A mixin of
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
     from replicator.core._state import ObjectKey
 
-__all__ = ["SyncPoints"]
+__all__ = ["WATCHING_SINCE", "SyncPoints"]
+
+WATCHING_SINCE: Final = "watching_since"
+"""The ``meta`` entry: when the journal recorded its first sync point."""
 
 
 class SyncPoints:
@@ -72,6 +75,23 @@ class SyncPoints:
             "INSERT OR REPLACE INTO object_sync VALUES (:key, :regions, :fingerprint, :now)",
             {"key": str(key), "regions": _pair(regions), "fingerprint": fingerprint, "now": now},
         )
+        if not getattr(self, "_watching", False):
+            self._write(  # the oldest sync point: a journal older than this entry keeps its age
+                "INSERT OR IGNORE INTO meta"
+                " SELECT :name, COALESCE(MIN(updated_at), :now), :now FROM object_sync",
+                {"name": WATCHING_SINCE, "now": now},
+            )
+            self._watching = True
+
+    def watching_since(self) -> float | None:
+        """When this journal recorded its first sync point (epoch seconds), or None.
+
+        A certificate registered in a region after that, and without a sync
+        point, was never in the other region while the journal watched: a
+        device registered there, not one deleted in the other region.
+        """
+        rows = self._read("SELECT value FROM meta WHERE name = ?", (WATCHING_SINCE,))
+        return float(rows[0][0]) if rows else None
 
 
 def _pair(regions: tuple[str, str]) -> str:

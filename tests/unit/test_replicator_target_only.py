@@ -1,4 +1,4 @@
-"""Never delete what was not provably replicated: objects only in the target are kept.
+"""Never delete what was not provably replicated, never resurrect a certificate ACTIVE.
 
 Reconcile without the service's journal, and the service on a mere trigger, keep
 things, certificates, policies, groups and shadows that exist only in the
@@ -16,6 +16,7 @@ import pytest
 from replicator.core._ops import (
     AttachPolicy,
     AttachThingPrincipal,
+    Conflict,
     CreatePolicy,
     CreateThing,
     CreateThingGroup,
@@ -27,13 +28,14 @@ from replicator.core._ops import (
     DetachPolicy,
     DetachThingPrincipal,
     Op,
+    Plan,
     RegisterCertificateWithoutCA,
     UpdateCertificate,
     UpdateThingShadow,
 )
 from replicator.core._records import ObjectNamed
-from replicator.core._state import ObjectKey
-from replicator.core._sync import TARGET_ONLY
+from replicator.core._state import CertificateState, ObjectKey
+from replicator.core._sync import NOT_PROVEN_ACTIVE, TARGET_ONLY, activation_guard
 from replicator.runtime._engine import Engine, EngineConfig
 from replicator.runtime._feed import journal_message
 from replicator.runtime._journal import Journal
@@ -42,6 +44,7 @@ from replicator.testing import InMemoryRegion
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 EAST, WEST = "us-east-1", "us-west-2"
 CERT = "c" * 64
@@ -118,9 +121,7 @@ def test_reconcile_without_a_journal_keeps_and_reports_what_exists_only_in_the_t
     reported = {d.key: d.ops for d in report.differences}
     assert set(reported) == set(KEYS)
     for ops in reported.values():
-        assert ops == ({"op": "Conflict", "reason": TARGET_ONLY},) or all(
-            op.get("reason") == TARGET_ONLY for op in ops
-        ), ops
+        assert [op.get("reason") for op in ops] == [TARGET_ONLY], ops
     assert report.conflicts == len(KEYS)
 
 
@@ -173,3 +174,84 @@ def test_delete_target_only_deletes_what_exists_only_in_the_target() -> None:
         regions.journal.accept(ObjectNamed(region=EAST, key=SHADOW), now=regions.now)
         regions.engine.drain()
         assert regions.in_secondary() == set()
+
+
+# -- failback never resurrects a certificate ACTIVE without proof --------------------------------
+
+
+def failback_engine(primary: InMemoryRegion, secondary: InMemoryRegion, journal: Journal) -> Engine:
+    return Engine(
+        source=secondary,
+        target=primary,
+        journal=journal,
+        config=EngineConfig(
+            workers=1, thing_recheck_s=None, dependency_ttl_s=0.0, direction="failback"
+        ),
+        wall=primary.clock,
+    )
+
+
+def test_a_lost_journal_never_resurrects_a_certificate_deleted_in_the_primary(
+    tmp_path: Path,
+) -> None:
+    now = [1_700_000_000.0]
+    primary = InMemoryRegion(EAST, clock=lambda: now[0])
+    secondary = InMemoryRegion(WEST, clock=lambda: now[0])
+    run(primary, *DEVICE[:3])  # policy, certificate ACTIVE, attachment
+    run(secondary, *DEVICE[:3])  # replicated, by a journal since lost
+    now[0] += 3600.0
+    # compromised: deleted in the primary; the secondary was down and kept it
+    run(
+        primary,
+        UpdateCertificate(CERT, "INACTIVE"),
+        DetachPolicy("jitr-device", CERT),
+        DeleteCertificate(CERT),
+    )
+    now[0] += 3600.0
+    with Journal(tmp_path / "new.db", queue="failback") as journal:  # a new journal
+        report = reconcile(failback_engine(primary, secondary, journal), dry_run=False, workers=1)
+    found = primary.certificates.get(CERT)
+    assert found is None or found.status != "ACTIVE", report.text()
+    (difference,) = [d for d in report.differences if d.key == ObjectKey.certificate(CERT)]
+    assert [op.get("reason") for op in difference.ops if "reason" in op] == [NOT_PROVEN_ACTIVE]
+
+
+def test_a_device_registered_in_the_secondary_while_the_journal_watched_fails_back_active(
+    tmp_path: Path,
+) -> None:
+    now = [1_700_000_000.0]
+    primary = InMemoryRegion(EAST, clock=lambda: now[0])
+    secondary = InMemoryRegion(WEST, clock=lambda: now[0])
+    run(primary, CreateThing("t1", None, {}))
+    with Journal(tmp_path / "j.db") as forward_journal:
+        forward = Engine(
+            source=primary,
+            target=secondary,
+            journal=forward_journal,
+            config=EngineConfig(workers=1, thing_recheck_s=None),
+            wall=lambda: now[0],
+        )
+        forward_journal.accept(ObjectNamed(region=EAST, key=ObjectKey.thing("t1")), now=now[0])
+        forward.drain()
+    now[0] += 60.0
+    run(secondary, *DEVICE[:3])  # JITR during the outage
+    now[0] += 60.0
+    with Journal(tmp_path / "j.db", queue="failback") as journal:
+        reconcile(failback_engine(primary, secondary, journal), dry_run=False, workers=1)
+    assert primary.certificates[CERT].status == "ACTIVE"
+
+
+def test_the_activation_guard_alone() -> None:
+    key = ObjectKey.certificate(CERT)
+    plan = Plan(key, (RegisterCertificateWithoutCA(CERT, "PEM", "ACTIVE"),))
+    source = CertificateState(certificate_id=CERT, pem="PEM", status="ACTIVE", created_epoch_s=10)
+    guarded = activation_guard(plan, source=source, synced=None, watching_since=20.0)
+    assert guarded.ops == (
+        RegisterCertificateWithoutCA(CERT, "PEM", "INACTIVE"),
+        Conflict(key, NOT_PROVEN_ACTIVE),
+    )
+    assert activation_guard(plan, source=source, synced=None, watching_since=None) == guarded
+    assert activation_guard(plan, source=source, synced=None, watching_since=5.0) is plan
+    assert activation_guard(plan, source=source, synced="fp", watching_since=None) is plan
+    unknown = CertificateState(certificate_id=CERT, pem="PEM", status="ACTIVE")
+    assert activation_guard(plan, source=unknown, synced=None, watching_since=5.0) == guarded
