@@ -1,7 +1,8 @@
 """Shared test set-up: the simulators' fixtures, and the record of every AWS call the code makes.
 
 The recorder: every botocore session built while the tests run gets a
-``before-call`` handler (botocore's event hooks) that notes the IAM action of
+``provide-client-params`` handler (botocore's event hooks: the first event of
+every call, before a stub or a short-circuit can answer it) that notes the IAM action of
 the call (``iot:DescribeThing``) under the identity whose code made it, told by
 the call's stack: the JITR handler's modules, the replicator's, the drill's
 Route 53 flip and shadow reads. The IAM coverage test
@@ -42,6 +43,7 @@ _IDENTITY_OF_MODULE = (
     ("replicator/jitr_lambda.py", "jitr"),
     ("replicator/_jitr_cli.py", "jitr"),
     ("simulators/fleet/_aws_stage.py", "drill"),
+    ("deploy/cloudformation/region.yaml", "region-setup"),  # its inline function, compiled there
     ("replicator/", "replicator"),
 )
 # Calls that need no IAM permission.
@@ -91,7 +93,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     def init(self: botocore.session.Session, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
-        self.register("before-call", record)
+        self.register("provide-client-params", record)
 
     botocore.session.Session.__init__ = init  # type: ignore[method-assign]
 

@@ -41,6 +41,7 @@ __all__ = [
     "cloudformation_policy",
     "code_actions",
     "policy_document",
+    "split_planes",
 ]
 
 Identity = Literal["replicator", "jitr", "health-probe", "region-setup"]
@@ -137,16 +138,13 @@ def policy_document(request: PolicyRequest) -> dict[str, Any]:
     common = {"account_id": request.account_id, "partition": request.partition}
     if request.identity == "health-probe":
         return _health_probe(request)
-    if request.identity == "region-setup":
-        return _document(
-            [
-                _allow(
-                    "TurnOnRegistryEventsAndIndexing",
-                    list(REGION_SETUP_ACTIONS),
-                    [_iot_arn(request, region, "*") for region in request.regions],
-                )
-            ]
+    if request.identity == "region-setup":  # a Lambda, CloudFormation's custom resource
+        setup = _allow(
+            "TurnOnRegistryEventsAndIndexing",
+            list(REGION_SETUP_ACTIONS),
+            [_iot_arn(request, region, "*") for region in request.regions],
         )
+        return _document([setup, _allow("WriteTheLogs", list(_LOGS), _log_group(request))])
     if request.identity == "jitr":
         assert request.secondary_region is not None  # checked in __post_init__
         document = jitr_iam_policy(
@@ -174,6 +172,18 @@ def policy_document(request: PolicyRequest) -> dict[str, Any]:
         statements.append(_allow("ConsumeTheChangeQueue", list(_SQS_CONSUMER), request.queue_arn))
     statements.append(_allow("WriteTheLogs", list(_LOGS), _log_group(request)))
     return _document(statements)
+
+
+def split_planes(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``document`` as (its API statements, its MQTT statements).
+
+    A service whose feed connects with a certificate (ECS, Kubernetes) gets the
+    API statements in its IAM role and the MQTT ones in the certificate's AWS
+    IoT policy: AWS IoT authorizes a certificate's connection by that policy.
+    """
+    statements = document["Statement"]
+    mqtt = [s for s in statements if MQTT_ACTIONS.issuperset(_actions_of(s))]
+    return _document([s for s in statements if s not in mqtt]), _document(mqtt)
 
 
 def code_actions(request: PolicyRequest) -> frozenset[str]:
@@ -207,8 +217,7 @@ def _health_probe(request: PolicyRequest) -> dict[str, Any]:
 def _log_group(request: PolicyRequest) -> str:
     if request.log_group_arn:
         return request.log_group_arn
-    region = request.primary_region if request.identity == "replicator" else None
-    region = region or request.secondary_region or "*"
+    region = request.regions[0] if request.identity != "jitr" else request.secondary_region
     return (
         f"arn:{request.partition}:logs:{region}:{request.account_id}:"
         f"log-group:/aws/lambda/iotdr-{request.identity}:*"
