@@ -64,6 +64,7 @@ from replicator._errors import (
     ReplicatorError,
     RetryableError,
     ThrottledError,
+    UnreachableError,
 )
 from replicator.core._arns import ArnScope, rewrite_policy_document
 from replicator.core._ops import Op, Plan
@@ -164,6 +165,7 @@ __all__ = [
     "ThingState",
     "ThingTypeState",
     "ThrottledError",
+    "UnreachableError",
     "WorkerConfig",
     "accept_bodies",
     "build",

@@ -91,6 +91,14 @@ class RegionUnavailableError(RetryableError):
     """The region is down or unreachable (HTTP 5xx, connection refused, reset or timed out)."""
 
 
+class UnreachableError(RegionUnavailableError):
+    """No answer at all: the connection was refused, reset or timed out (not an HTTP error).
+
+    The one failure JITR's ``best-effort`` primary check treats as "the primary
+    is down, activate anyway" (``runtime/_jitr.py``).
+    """
+
+
 class ConflictError(RetryableError):
     """The object changed between the read and the write (a version conflict): read again."""
 

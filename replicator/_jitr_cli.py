@@ -74,8 +74,17 @@ __all__ = ["replicator_jitr"]
     "--primary-region",
     envvar="IOTDR_PRIMARY_REGION",
     help="The primary region, asked (DescribeCertificate) before each activation: a "
-    "certificate REVOKED or INACTIVE there is set so here instead of activated. Unknown "
-    "there, or the primary unreachable: activated, with a log line.",
+    "certificate REVOKED or INACTIVE there is set so here instead of activated; unknown "
+    "there is refused; throttled or unreachable: kept queued (see --primary-check).",
+)
+@click.option(
+    "--primary-check",
+    type=click.Choice(["required", "best-effort"]),
+    default="required",
+    show_default=True,
+    envvar="IOTDR_JITR_PRIMARY_CHECK",
+    help="best-effort: a primary that does not answer at all (connection refused, reset, "
+    "timed out) is taken for down and the certificate activated, logged.",
 )
 @click.option(
     "--primary-endpoint-url",
@@ -181,6 +190,7 @@ def _settings(options: dict[str, Any]) -> Settings:
             allowed_cas=frozenset(options["cas"]) if options["cas"] else None,
             primary_region=options["primary_region"] or None,
             primary_endpoint_url=options["primary_endpoint_url"] or None,
+            primary_check=options["primary_check"],
             workers=options["workers"],
             max_attempts=options["max_attempts"],
             sweep_interval_s=options["sweep_interval_s"],

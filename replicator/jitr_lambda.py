@@ -29,7 +29,9 @@ module-level state):
   ``IOTDR_JITR_ACCOUNT_ID``;
 - ``IOTDR_PRIMARY_REGION``, ``IOTDR_PRIMARY_ENDPOINT_URL``: the primary, asked
   before each activation (a certificate REVOKED or INACTIVE there is set so
-  here instead; unknown there or the primary unreachable: activated, logged).
+  here instead; unknown there is refused; throttled or unreachable: retried);
+- ``IOTDR_JITR_PRIMARY_CHECK``: ``required`` (default) or ``best-effort`` (a
+  primary that does not answer at all is taken for down: activated, logged).
   The function's role then needs ``iot:DescribeCertificate`` in the primary
   (``iotdr replicator iam-policy --jitr --primary-region ...``).
 """
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from replicator.aws._calls import RegionConfig
+    from replicator.core._jitr_plan import PrimaryCheck
     from replicator.core._region import RegionApi
 
 __all__ = ["JitrIncompleteError", "config_from_env", "handle_event", "handler"]
@@ -90,6 +93,7 @@ def config_from_env(env: Mapping[str, str]) -> tuple[RegionConfig, JitrConfig]:
         allowed_cas=cas or None,
         primary_region=env.get("IOTDR_PRIMARY_REGION") or None,
         primary_endpoint_url=env.get("IOTDR_PRIMARY_ENDPOINT_URL") or None,
+        primary_check=_primary_check(env.get("IOTDR_JITR_PRIMARY_CHECK") or "required"),
     )
     return RegionConfig(
         region=region,
@@ -149,3 +153,16 @@ def _sweep(jitr: JitrHandler) -> dict[str, Any]:
     if summary["pending"] or summary["dead"]:
         raise JitrIncompleteError(summary["pending"], summary["dead"])
     return summary
+
+
+def _primary_check(value: str) -> PrimaryCheck:
+    """``IOTDR_JITR_PRIMARY_CHECK``'s value.
+
+    Raises:
+        ConfigError: neither ``required`` nor ``best-effort``.
+    """
+    if value == "required":
+        return "required"
+    if value == "best-effort":
+        return "best-effort"
+    raise ConfigError(f"IOTDR_JITR_PRIMARY_CHECK {value!r} is not 'required' or 'best-effort'")

@@ -32,6 +32,7 @@ from replicator._errors import (
     RegionError,
     RegionUnavailableError,
     ThrottledError,
+    UnreachableError,
 )
 from replicator.core._arns import scope_of_arn
 
@@ -293,7 +294,7 @@ class RegionCalls:
                 error = translate_client_error(exc, region=self.region, api=api)
                 cause: BaseException = exc
             except _CONNECTION_ERRORS as exc:
-                error = RegionUnavailableError(
+                error = UnreachableError(
                     f"{api} in {self.region}: unreachable: {exc}", region=self.region, api=api
                 )
                 cause = exc

@@ -12,7 +12,7 @@ import json
 import re
 import string
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 from replicator._errors import ConfigError
 from replicator.core._ops import (
@@ -37,6 +37,7 @@ __all__ = [
     "Eligible",
     "JitrConfig",
     "LeftAlone",
+    "PrimaryCheck",
     "Refused",
     "Screening",
     "provision",
@@ -53,6 +54,9 @@ PENDING: Final = "PENDING_ACTIVATION"
 THING_NAME_FIELDS: Final = frozenset({"cn", "certificate_id", "ca_certificate_id"})
 _THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 _POLICY_NAME = re.compile(r"[\w+=,.@-]{1,128}")
+
+
+PrimaryCheck = Literal["required", "best-effort"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +77,12 @@ class JitrConfig:
             before it is activated: REVOKED or INACTIVE there is mirrored here
             instead of activating; None: no check (see ``JitrHandler``).
         primary_endpoint_url: the primary's ``iot`` endpoint (None: AWS's).
+        primary_check: ``required`` (default): a certificate is activated only
+            once the primary has answered that it holds it and not REVOKED or
+            INACTIVE; unknown there is refused, a throttled or unreachable
+            primary keeps it queued with backoff. ``best-effort``: a primary
+            that does not answer at all (connection refused, reset, timed out)
+            is taken for down and the certificate activated, with a log line.
         workers: certificates handled in parallel (the quota buckets pace them).
         max_attempts: attempts before a certificate that keeps failing (not
             throttling, not an outage) is dead-lettered.
@@ -87,6 +97,7 @@ class JitrConfig:
     allowed_cas: frozenset[str] | None = None
     primary_region: str | None = None
     primary_endpoint_url: str | None = None
+    primary_check: PrimaryCheck = "required"
     workers: int = 4
     max_attempts: int = 10
     backoff: RetryPolicy = field(
@@ -111,6 +122,10 @@ class JitrConfig:
                 raise ConfigError(f"jitr: CA id {ca!r} is not 64 lower-case hex digits")
         if self.allowed_cas is not None and not self.allowed_cas:
             raise ConfigError("jitr: an empty CA allow-list would refuse everything")
+        if self.primary_check not in ("required", "best-effort"):
+            raise ConfigError(
+                f"jitr: primary check {self.primary_check!r} is not 'required' or 'best-effort'"
+            )
         if self.primary_endpoint_url is not None and not self.primary_region:
             raise ConfigError("jitr: a primary endpoint URL needs the primary region")
         if self.workers < 1 or self.max_attempts < 1:

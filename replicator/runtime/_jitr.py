@@ -12,11 +12,14 @@ and drops the connection. This module finishes the job:
    is none) whose thing name can be made is *eligible*; anything else is left
    alone (REVOKED, INACTIVE or already ACTIVE) or *refused* with one log line.
 2. With a primary configured, the primary's view of the certificate is asked
-   (DescribeCertificate, read-only): REVOKED or INACTIVE there is *mirrored*
-   (the secondary's copy set REVOKED or INACTIVE, not activated); unknown
-   there, or the primary unreachable or throttling, the activation goes on
-   with a log line saying the primary could not be checked: an outage of the
-   primary is exactly when JITR matters.
+   (DescribeCertificate, read-only), and the check fails closed: REVOKED or
+   INACTIVE there is *mirrored* (the secondary's copy set so, not activated);
+   unknown there is *refused*; a throttled or unreachable primary keeps the
+   certificate queued with backoff (``primary_check="required"``, the
+   default). Only with ``best-effort`` does a primary that does not answer at
+   all (connection refused, reset, timed out: it is down) let the activation
+   go on, with a log line: an outage of the primary is when JITR matters, and
+   the operator chose that trade.
 3. :func:`provision` (pure) lists the writes, each only if still needed:
    CreatePolicy (when a document is configured and the policy is missing),
    AttachPolicy, CreateThing, AttachThingPrincipal, and UpdateCertificate
@@ -51,6 +54,7 @@ from replicator._errors import (
     CredentialsError,
     RefusedError,
     ReplicatorError,
+    UnreachableError,
 )
 from replicator.core._jitr_plan import (
     ACTIVE,
@@ -233,10 +237,14 @@ class JitrHandler:
         return result
 
     def _mirror_primary(self, certificate_id: str, extra: dict[str, Any]) -> str | None:
-        """Ask the primary; ``mirrored`` when it has the certificate REVOKED or INACTIVE.
+        """Ask the primary; None to go on activating, else what became of the certificate.
 
-        None: go on activating (the primary has it otherwise, does not know it,
-        or could not be asked: logged).
+        ``mirrored``: REVOKED or INACTIVE there, set so here. ``refused``: the
+        primary does not know it. Throttled or down: raised, and the worker
+        keeps the certificate queued with backoff; with ``best-effort``, a
+        primary that does not answer at all is taken for down and the
+        activation goes on (logged). Other failures are raised too (retried up
+        to ``max_attempts``, then dead-lettered): never activated unchecked.
         """
         primary = self.primary
         if primary is None:
@@ -244,16 +252,18 @@ class JitrHandler:
         extra = {**extra, "primary": primary.region}
         try:
             status = primary.certificate_status(certificate_id)
-        except (AccessDeniedError, CredentialsError):
-            raise  # a policy without the primary's statement: say so, do not skip the check
-        except ReplicatorError as exc:  # unreachable, throttled, ...: JITR is for outages
-            self.stats.count("primary_unchecked")
+        except UnreachableError as exc:
+            if self.config.primary_check != "best-effort":
+                logger.warning("jitr.primary.unreachable", extra={**extra, "error": str(exc)})
+                raise
+            self.stats.count("primary_unchecked")  # best-effort: down, as in an outage
             logger.warning("jitr.primary.unchecked", extra={**extra, "error": str(exc)})
             return None
         if status is None:
-            self.stats.count("primary_unchecked")
-            logger.info("jitr.primary.unknown", extra=extra)
-            return None
+            self.stats.count("refused")
+            reason = "not known in the primary (deleted there, or never registered)"
+            logger.warning("jitr.refused", extra={**extra, "reason": reason})
+            return "refused"
         if status not in _MIRRORED:
             return None
         self._write(UpdateCertificate(certificate_id, status))

@@ -32,6 +32,7 @@ from replicator._errors import (
     RegionUnavailableError,
     ReplicatorError,
     ThrottledError,
+    UnreachableError,
 )
 from replicator.aws._iam import JITR_PRIMARY_ACTIONS, jitr_iam_policy
 from replicator.core._ops import (
@@ -1058,24 +1059,74 @@ def test_a_certificate_revoked_or_inactive_in_the_primary_is_set_so_not_activate
     assert r.handler.sweep() == 0  # no longer pending: not swept again
 
 
-@pytest.mark.parametrize(
-    ("statuses", "failure", "event"),
-    [
-        ({}, None, "jitr.primary.unknown"),  # registered in the secondary only
-        ({}, RegionUnavailableError("down", region=EAST, api="DescribeCertificate"), None),
-        ({}, ThrottledError("slow down", region=EAST, api="DescribeCertificate"), None),
-    ],
-    ids=["unknown", "unreachable", "throttled"],
-)
-def test_a_primary_that_cannot_say_does_not_stop_the_activation(
-    ca: CA,
-    statuses: dict[str, str],
-    failure: ReplicatorError | None,
-    event: str | None,
-    caplog: pytest.LogCaptureFixture,
+def test_a_certificate_the_primary_does_not_know_is_refused(
+    ca: CA, caplog: pytest.LogCaptureFixture
 ) -> None:
-    primary = FakePrimary(statuses=statuses, failures=[failure] if failure else [])
-    r = rig(primary=primary)
+    """Fail closed: unknown in the primary (deleted there, never registered) is not activated."""
+    primary = FakePrimary()
+    r = rig(primary=primary, primary_check="best-effort")
+    r.region.register_ca(ca)
+    cid = r.region.jitr(ca, "unknown-1")
+    r.handler.accept(cid, ca.certificate_id)
+    with caplog.at_level(logging.INFO, logger="replicator.runtime._jitr"):
+        assert r.handler.process(r.claim()) == "refused"
+    assert r.region.status(cid) == "PENDING_ACTIVATION"
+    assert r.region.writes() == []
+    assert r.handler.stats.refused == 1
+    assert r.handler.stats.activated == 0
+    [line] = [rec for rec in caplog.records if rec.getMessage() == "jitr.refused"]
+    assert line.levelno == logging.WARNING
+    assert "not known in the primary" in line.__dict__["reason"]
+
+
+UNREACHABLE = UnreachableError("connection refused", region=EAST, api="DescribeCertificate")
+DOWN_5XX = RegionUnavailableError("503", region=EAST, api="DescribeCertificate", code="")
+THROTTLED = ThrottledError("slow down", region=EAST, api="DescribeCertificate")
+
+
+@pytest.mark.parametrize(
+    ("check", "failure"),
+    [
+        ("required", UNREACHABLE),
+        ("required", DOWN_5XX),
+        ("required", THROTTLED),
+        ("best-effort", DOWN_5XX),
+        ("best-effort", THROTTLED),
+    ],
+    ids=[
+        "required-unreachable",
+        "required-5xx",
+        "required-throttled",
+        "best-5xx",
+        "best-throttled",
+    ],
+)
+def test_a_primary_that_cannot_say_keeps_the_certificate_queued_with_backoff(
+    ca: CA, check: str, failure: ReplicatorError
+) -> None:
+    """One throttle during a mass failover must not activate a revoked certificate."""
+    primary = FakePrimary(statuses={}, failures=[failure])
+    r = rig(primary=primary, primary_check=check)
+    r.region.register_ca(ca)
+    cid = r.region.jitr(ca, "stolen-2")
+    primary.statuses[cid] = "REVOKED"  # what the primary says once it answers
+    r.handler.accept(cid, ca.certificate_id)
+    assert r.handler.process(r.claim()) == "retry"
+    assert r.region.status(cid) == "PENDING_ACTIVATION"
+    assert r.region.writes() == []
+    assert (r.row(cid) or ("",))[0] == "pending"
+    r.wall.now += 60.0  # past the backoff: the primary answers now
+    assert r.handler.process(r.claim()) == "mirrored"
+    assert r.region.status(cid) == "REVOKED"
+    assert r.handler.stats.activated == 0
+    assert primary.calls == 2
+
+
+def test_best_effort_activates_only_when_the_primary_does_not_answer_at_all(
+    ca: CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    primary = FakePrimary(failures=[UNREACHABLE])
+    r = rig(primary=primary, primary_check="best-effort")
     r.region.register_ca(ca)
     cid = r.region.jitr(ca, "outage-1")
     with caplog.at_level(logging.INFO, logger="replicator.runtime._jitr"):
@@ -1083,8 +1134,13 @@ def test_a_primary_that_cannot_say_does_not_stop_the_activation(
     assert r.region.status(cid) == "ACTIVE"
     assert primary.calls == 1
     assert r.handler.stats.primary_unchecked == 1
-    names = [rec.getMessage() for rec in caplog.records]
-    assert (event or "jitr.primary.unchecked") in names
+    assert "jitr.primary.unchecked" in [rec.getMessage() for rec in caplog.records]
+
+
+def test_the_primary_check_is_required_by_default_and_validated() -> None:
+    assert JitrConfig(policy_name=POLICY, primary_region=EAST).primary_check == "required"
+    with pytest.raises(ConfigError, match="primary check"):
+        JitrConfig(policy_name=POLICY, primary_check="sometimes")  # type: ignore[arg-type]
 
 
 def test_a_certificate_active_in_the_primary_is_activated(ca: CA) -> None:
@@ -1189,3 +1245,18 @@ def test_the_jitr_service_serves_health_and_its_outcomes_as_metrics(ca: CA) -> N
     assert 'iotdr_jitr_changes_total{kind="certificate",result="activated"} 1.0' in metrics
     assert "iotdr_replicator_queue_pending" in metrics
     assert [line["event"] for line in lines] == ["jitr.started", "jitr.stopped"]
+
+
+def test_the_primary_check_from_the_environment_and_the_command_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    env = {"AWS_REGION": WEST, "IOTDR_JITR_POLICY": POLICY, "IOTDR_PRIMARY_REGION": EAST}
+    assert config_from_env(env)[1].primary_check == "required"
+    best = config_from_env({**env, "IOTDR_JITR_PRIMARY_CHECK": "best-effort"})[1]
+    assert best.primary_check == "best-effort"
+    with pytest.raises(ConfigError, match="IOTDR_JITR_PRIMARY_CHECK"):
+        config_from_env({**env, "IOTDR_JITR_PRIMARY_CHECK": "maybe"})
+    args = ["replicator", "jitr", "--region", WEST, "--policy", POLICY, "--once"]
+    code = main([*args, "--primary-region", EAST, "--primary-check", "sometimes"])
+    assert code == 2
+    assert "--primary-check" in capsys.readouterr().err
