@@ -106,6 +106,7 @@ class BulkRun:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _saved: float = 0.0
     _pending_policy: bool = False
+    _certificates: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def open(
@@ -249,18 +250,26 @@ class BulkRun:
         return name, f"still throttled after {_THROTTLED_ROUNDS} rounds of retries"
 
     def _provision_device(self, client: Boto3Region, name: str) -> None:
-        attached = client.read("ListThingPrincipals", client.iot.list_thing_principals,
-                               thingName=name)  # fmt: skip
-        principals = [p for p in (attached or {}).get("principals") or () if ":cert/" in p]
+        principals: list[str] = []
+        if self.resumed:  # a device may have been made before the interruption, not recorded
+            attached = client.read("ListThingPrincipals", client.iot.list_thing_principals,
+                                   thingName=name)  # fmt: skip
+            principals = [p for p in (attached or {}).get("principals") or () if ":cert/" in p]
         if principals:  # done before an interruption, not yet recorded
             certificate_id = principals[0].rsplit("/", 1)[1]
             found = client.call("DescribeCertificate", client.iot.describe_certificate,
                                 certificateId=certificate_id)  # fmt: skip
             arn, pem = principals[0], found["certificateDescription"]["certificatePem"]
         else:
-            csr = (self.directory / f"{name}.csr").read_text()
-            made = client.call("CreateCertificateFromCsr", client.iot.create_certificate_from_csr,
-                               certificateSigningRequest=csr, setAsActive=True)  # fmt: skip
+            made = self._certificates.get(name)  # made before a throttled step: not made twice
+            if made is None:
+                csr = (self.directory / f"{name}.csr").read_text()
+                made = client.call(
+                    "CreateCertificateFromCsr", client.iot.create_certificate_from_csr,
+                    certificateSigningRequest=csr, setAsActive=True,
+                )  # fmt: skip
+                with self._lock:
+                    self._certificates[name] = made
             certificate_id, arn, pem = (
                 made["certificateId"],
                 made["certificateArn"],

@@ -2,7 +2,7 @@
 
 Each test writes a classic shadow (and ``named`` named shadows) of its own
 thing name in the primary with a unique value, then polls the secondary with
-a deadline (backing off from 50 ms to 1 s: no fixed sleeps) until the shadow
+a deadline (backing off from 50 ms to 0.5 s: no fixed sleeps) until the shadow
 carries that value, compares the states, and deletes the shadows in both
 regions. Counters are really counted: ``compared`` (tests that ran to a
 verdict), ``not_synced`` (the value never arrived, or arrived different),
@@ -87,7 +87,7 @@ def wait_for_shadow(
         if time.monotonic() >= deadline:
             return None
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(1.0, pause * 2)
+        pause = min(0.5, pause * 1.5)
 
 
 @dataclass(slots=True)
