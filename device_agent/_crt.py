@@ -50,6 +50,7 @@ from device_agent._transport import (
     ConnectParams,
     TransportCallbacks,
     TransportClosedError,
+    deliver,
 )
 
 if TYPE_CHECKING:
@@ -414,7 +415,8 @@ class CrtTransport:
     def _crt_publish(self, data: Any) -> None:
         packet = data.publish_packet
         self._soon(
-            self._callbacks.on_message,
+            deliver,
+            self._callbacks,
             packet.topic,
             bytes(packet.payload or b""),
             int(packet.qos),

@@ -36,6 +36,7 @@ from device_agent._transport import (
     ConnectParams,
     TransportCallbacks,
     TransportClosedError,
+    deliver,
 )
 
 if TYPE_CHECKING:
@@ -356,8 +357,12 @@ class PahoTransport:
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         del client, userdata
-        self._callbacks.on_message(
-            message.topic, bytes(message.payload), message.qos, bool(message.retain)
+        deliver(
+            self._callbacks,
+            message.topic,
+            bytes(message.payload),
+            message.qos,
+            bool(message.retain),
         )
 
     def _on_publish(

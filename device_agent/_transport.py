@@ -10,6 +10,7 @@ third-party exception is translated here into :class:`ConnectError` or
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -34,8 +35,11 @@ __all__ = [
     "TransportClosedError",
     "TransportFactory",
     "alpn_protocols",
+    "deliver",
     "transport_factory_for",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 ConnectErrorKind = Literal[
@@ -167,6 +171,22 @@ class Transport(Protocol):
 
 
 TransportFactory = Callable[[ConnectParams, TransportCallbacks], Transport]
+
+
+def deliver(
+    callbacks: TransportCallbacks, topic: str, payload: bytes, qos: int, retain: bool
+) -> None:
+    """Hand a received message to ``callbacks.on_message``; what it raises is logged, not passed on.
+
+    An application's callback (or a parser behind it) that raises must not
+    break the MQTT client underneath: paho would drop the connection in the
+    middle of reading, the CRT's thread would see a Python error. The message
+    is consumed either way (a QoS 1 PUBACK still goes out).
+    """
+    try:
+        callbacks.on_message(topic, payload, qos, retain)
+    except Exception:
+        logger.exception("transport.on_message_failed", extra={"topic": topic})
 
 
 def alpn_protocols(port: int) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ reconnects by itself, and that messages round-trip over MQTT 5.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import ssl
 import threading
@@ -18,7 +19,8 @@ import pytest
 
 from device_agent._crt import CrtTransport, CrtTransportFactory
 from device_agent._endpoints import Endpoint
-from device_agent._transport import ConnectError, ConnectParams, TransportCallbacks
+from device_agent._paho import PahoTransport
+from device_agent._transport import ConnectError, ConnectParams, Transport, TransportCallbacks
 from simulators import DEFAULT_REGIONS, FleetPKI
 
 if TYPE_CHECKING:
@@ -200,3 +202,39 @@ async def test_tls_contexts_are_shared_per_identity_and_alpn(fleet_pki: FleetFix
     factory = _factory(fleet_pki, "crt-shared")
     assert factory.tls_context(()) is factory.tls_context(())
     assert factory.tls_context(("x-amzn-mqtt-ca",)) is not factory.tls_context(())
+
+
+@pytest.mark.parametrize("kind", ["paho", "crt"])
+async def test_a_raising_message_callback_never_breaks_the_connection(
+    region_brokers: dict[str, Broker], fleet_pki: FleetFixture, kind: str
+) -> None:
+    broker = region_brokers[REGION.name]
+    assert broker.tls_port is not None
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def on_message(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        received.put_nowait(payload)
+        if payload == b"bad":
+            msg = "the application's bug"
+            raise ValueError(msg)
+
+    name = f"raising-{kind}"
+    params = _params(broker.tls_port, client_id=name)
+    callbacks = TransportCallbacks(on_message, lambda k: None)
+    factory = _factory(fleet_pki, name)
+    transport: Transport
+    if kind == "crt":
+        transport = CrtTransport(params, callbacks, factory=factory)
+    else:
+        device = fleet_pki.pki.issue_device(name)
+        context = ssl.create_default_context(cafile=str(fleet_pki.pki.ca_path))
+        context.load_cert_chain(str(device.cert_path), str(device.key_path))
+        transport = PahoTransport(dataclasses.replace(params, ssl_context=context), callbacks)
+    await transport.connect()
+    await transport.subscribe(f"t/{name}", 1)
+    await transport.publish(f"t/{name}", b"bad", 1)
+    await transport.publish(f"t/{name}", b"good", 1)
+    got = [await asyncio.wait_for(received.get(), 5) for _ in range(2)]
+    assert got == [b"bad", b"good"]
+    assert transport.connected
+    await transport.disconnect()
