@@ -42,6 +42,7 @@ _IDENTITY_OF_MODULE = (
     ("replicator/runtime/_jitr.py", "jitr"),
     ("replicator/jitr_lambda.py", "jitr"),
     ("replicator/_jitr_cli.py", "jitr"),
+    ("replicator/tools/", "operator"),  # `iotdr tools`: the operator's own credentials
     ("simulators/fleet/_aws_stage.py", "drill"),
     ("deploy/cloudformation/region.yaml", "region-setup"),  # its inline function, compiled there
     ("replicator/", "replicator"),
