@@ -42,7 +42,14 @@ from replicator.core._ops import (
 )
 from replicator.core._state import CertificateState, ObjectKey, PolicyState, PolicyVersion
 
-__all__ = ["MAX_POLICY_VERSIONS", "plan_certificate", "plan_policy", "target_status"]
+__all__ = [
+    "MAX_POLICY_VERSIONS",
+    "MIRRORED_STATUSES",
+    "plan_certificate",
+    "plan_mirrored_status",
+    "plan_policy",
+    "target_status",
+]
 
 MAX_POLICY_VERSIONS: Final = 5
 
@@ -101,6 +108,25 @@ def plan_certificate(
     requires = tuple(ObjectKey.policy(p) for p in added)
     follow = tuple(ObjectKey.policy(p) for p in removed)
     return Plan(key, tuple(ops), requires, follow)
+
+
+MIRRORED_STATUSES: Final = frozenset({"REVOKED", "INACTIVE"})
+"""The statuses JITR mode copies from the primary (never ACTIVE)."""
+
+
+def plan_mirrored_status(certificate_id: str, status: str, target: CertificateState | None) -> Plan:
+    """JITR mode: set the target's certificate to the source's REVOKED or INACTIVE.
+
+    Only the status, and only toward refusal: a certificate the target lacks
+    is left to its JITR handler (which asks the primary first), and a REVOKED
+    one stays so (AWS cannot undo a revocation).
+    """
+    key = ObjectKey.certificate(certificate_id)
+    if status not in MIRRORED_STATUSES:
+        raise ValueError(f"only {sorted(MIRRORED_STATUSES)} are mirrored, not {status}")
+    if target is None or target.status in (status, "REVOKED"):
+        return Plan(key)
+    return Plan(key, (UpdateCertificate(certificate_id, status),))
 
 
 def _scope(state: PolicyState, fallback: ArnScope | None) -> ArnScope | None:

@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Final
 from replicator.core._arns import ArnScope, scope_of_arn
 from replicator.core._ops import Plan
 from replicator.core._plan import plan_thing, plan_thing_group, plan_thing_type
-from replicator.core._plan_security import plan_certificate, plan_policy
+from replicator.core._plan_security import (
+    MIRRORED_STATUSES,
+    plan_certificate,
+    plan_mirrored_status,
+    plan_policy,
+)
 from replicator.core._plan_shadow import ShadowSync, plan_shadow
 from replicator.core._records import origin_token
 from replicator.core._state import (
@@ -211,6 +216,8 @@ class Assessor:
         self, key: ObjectKey, *, sync: ShadowSync | None, source_state: object
     ) -> Assessment:
         if self.mode == "jitr" and key.kind in ("certificate", "policy"):
+            if key.kind == "certificate" and self.direction == "forward":
+                return self._mirror_refusal(key, source_state)
             return Assessment(Plan(key), None, None)  # the target's JITR handler's business
         source = self._read_source(key) if source_state is UNREAD else source_state
         match key.kind:
@@ -270,6 +277,21 @@ class Assessor:
             case "policy":
                 return src.read_policy(key.name, targets=False)
         return src.read_shadow(key.name, key.shadow)
+
+    def _mirror_refusal(self, key: ObjectKey, source_state: object) -> Assessment:
+        """JITR mode: a certificate REVOKED or INACTIVE in the source is set so in the target.
+
+        Nothing else of a certificate is copied in this mode (the target's JITR
+        handler registers and activates), and never ACTIVE: a revocation in the
+        primary must reach a secondary where the device may connect next.
+        """
+        source = self._read_source(key) if source_state is UNREAD else source_state
+        assert source is None or isinstance(source, CertificateState)
+        if source is None or source.status not in MIRRORED_STATUSES:
+            return Assessment(Plan(key), source, None)
+        target = self.target.read_certificate(key.name, things=False)
+        plan = plan_mirrored_status(key.name, source.status, target)
+        return Assessment(plan, source, target)
 
     def _thing(self, key: ObjectKey, source: ThingState | None) -> Assessment:
         complete = self.mode == "complete"

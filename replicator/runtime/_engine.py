@@ -405,6 +405,8 @@ class Engine:
         plan = assessment.plan
         if any(isinstance(op, (Conflict, ScheduleAt)) for op in plan.ops):
             return
+        if self.config.mode == "jitr" and plan.key.kind == "certificate":
+            return  # only a refusal was mirrored: the regions do not hold the same certificate
         source, target = self._assessor.fingerprints(assessment)
         if not plan.writes and source != target:
             return  # a guarded failback plan: nothing was made equal

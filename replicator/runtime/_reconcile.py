@@ -186,8 +186,9 @@ def reconcile(
         dry_run=dry_run,
     )
     wanted = [k for k in KINDS if k in set(kinds)]
-    if engine.config.mode == "jitr":
-        wanted = [k for k in wanted if k not in ("certificate", "policy")]
+    if engine.config.mode == "jitr":  # certificates: only refusals, forward (see _assess.py)
+        skipped = ("policy",) if engine.config.direction == "forward" else ("certificate", "policy")
+        wanted = [k for k in wanted if k not in skipped]
     stop = stop or threading.Event()
     with engine.full_pass(), concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         for kind in wanted:
