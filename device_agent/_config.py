@@ -41,6 +41,15 @@ def _positive(owner: object, *names: str, allow_zero: bool = False) -> None:
             raise ConfigError(msg)
 
 
+def _integers(owner: object, *names: str) -> None:
+    """Each of ``names`` a whole number (a port is not ``"8883"`` nor ``88.5``)."""
+    for name in names:
+        value = getattr(owner, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            msg = f"{type(owner).__name__}.{name} must be a whole number, not {value!r}"
+            raise ConfigError(msg)
+
+
 def _strings(owner: object, *names: str) -> None:
     """Each of ``names`` a list of non-empty strings, kept as a tuple."""
     for name in names:
@@ -297,6 +306,7 @@ class DiscoveryConfig:
     endpoint_suffixes: tuple[str, ...] = ("amazonaws.com", "amazonaws.com.cn")
 
     def __post_init__(self) -> None:
+        _integers(self, "port")
         _positive(self, "timeout_s")
         _strings(self, "endpoint_suffixes")
         if not isinstance(self.server_names, dict) or not all(
@@ -414,6 +424,7 @@ class MQTTConfig:
     jitr_wait_s: float = 2.0
 
     def __post_init__(self) -> None:
+        _integers(self, "port", "keepalive_s", "max_inflight")
         _positive(self, "keepalive_s", "connect_timeout_s", "max_inflight")
         _positive(self, "jitr_retries", "jitr_wait_s", allow_zero=True)
         retries: object = self.jitr_retries
@@ -508,6 +519,9 @@ def load_agent_config(path: Path) -> AgentConfig:
     except OSError as exc:
         msg = f"{path}: cannot read: {exc.strerror}"
         raise ConfigError(msg) from exc
+    except UnicodeDecodeError as exc:
+        msg = f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8"
+        raise ConfigError(msg) from exc
     except tomllib.TOMLDecodeError as exc:
         msg = f"{path}: not valid TOML: {exc}"
         raise ConfigError(msg) from exc
@@ -531,7 +545,7 @@ def agent_config_from_mapping(data: dict[str, Any], *, base: Path) -> AgentConfi
         msg = "[identity] client_id is required"
         raise ConfigError(msg)
     identity_config = IdentityConfig(
-        client_id=str(identity["client_id"]),
+        client_id=_text(identity, "client_id", "[identity]"),
         cert_path=_path(base, identity["cert"]),
         key_path=_path(base, identity["key"]),
         ca_path=_path(base, identity["ca"]),
@@ -575,7 +589,7 @@ def agent_config_from_mapping(data: dict[str, Any], *, base: Path) -> AgentConfi
         host, dns_port = split_host_port(str(discovery.pop("dns_server")), 53)
         discovery["nameservers"] = [host]
         discovery["port"] = dns_port
-    discovery["nameservers"] = tuple(discovery.get("nameservers", ()))
+    discovery["nameservers"] = _list_of_text(discovery, "nameservers", "[discovery]")
     outbox = dict(_section(data, "outbox"))
     if "path" in outbox:
         outbox["path"] = _path(base, outbox["path"])
@@ -594,15 +608,32 @@ def agent_config_from_mapping(data: dict[str, Any], *, base: Path) -> AgentConfi
             probe=_build(ProbeConfig, data, "probe"),
             mqtt=_build(MQTTConfig, data, "mqtt"),
             outbox=OutboxConfig(**outbox),
-            named_shadows=tuple(agent.get("named_shadows", ())),
+            named_shadows=_list_of_text(agent, "named_shadows", "[agent]"),
             status_path=_path(base, agent["status_path"]) if "status_path" in agent else None,
-            subscribe=tuple(agent.get("subscribe", ())),
+            subscribe=_list_of_text(agent, "subscribe", "[agent]"),
             heartbeat_topic=agent.get("heartbeat_topic"),
             heartbeat_interval_s=agent.get("heartbeat_interval_s", 0.0),
         )
     except TypeError as exc:
         msg = f"invalid value: {exc}"
         raise ConfigError(msg) from exc
+
+
+def _list_of_text(values: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    """``values[key]``, a TOML list of strings (empty when absent), as a tuple."""
+    value = values.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        msg = f'{where} {key} must be a list of strings (["..."]), not {value!r}'
+        raise ConfigError(msg)
+    return tuple(value)
+
+
+def _text(values: dict[str, Any], key: str, where: str) -> str:
+    value = values[key]
+    if not isinstance(value, str):
+        msg = f'{where} {key} must be a string ("..."), not {value!r}'
+        raise ConfigError(msg)
+    return value
 
 
 def _names(cls: type) -> set[str]:

@@ -313,7 +313,6 @@ class DnsDiscovery:
         if cnames[0].target == self._qname:
             raise self._error("cname_loop", name, "the name is a CNAME of itself")
         target = _text(cnames[0].target)
-        self._check_allowed(name, target)
         roles = await self._roles()
         region = region_of(target, self._endpoints)
         if region is None:
@@ -328,6 +327,7 @@ class DnsDiscovery:
                 f"which is not among the configured endpoints ({', '.join(self._endpoints)})"
             )
             raise self._error("unknown_region", name, detail)
+        self._check_allowed(name, target)
         try:
             addresses = await self.resolve_address(target)
         except DiscoveryError as exc:
