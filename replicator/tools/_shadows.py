@@ -13,6 +13,7 @@ the first read in the secondary that shows it.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 import uuid
@@ -42,7 +43,7 @@ def percentile(values: list[float], share: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, round(share * len(ordered) + 0.5) - 1))
+    rank = min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))
     return ordered[rank]
 
 

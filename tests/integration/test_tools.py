@@ -397,3 +397,20 @@ def test_e2e_passes_then_fails_naming_the_step_when_the_secondary_door_is_down(
     assert "PASS publish/subscribe in us-east-1" in out
     assert "PASS clean up both regions" in out
     assert out.strip().splitlines()[-1] == "e2e: FAIL (publish/subscribe in us-west-2)"
+
+
+def test_bulk_provision_slows_down_when_throttled_and_says_so(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    deployment.regions.set_control_plane_quotas(EAST, {"CreateCertificateFromCsr": 2})
+    try:
+        code, out, err = tools(capsys, deployment, "bulk-provision", "thr-", "8", "--out-dir",
+                               str(tmp_path), "--json")  # fmt: skip
+    finally:
+        deployment.regions.set_control_plane_quotas(EAST, {})
+    assert code == 0, err
+    summary = json.loads(out)
+    assert (summary["provisioned"], summary["failed"]) == (8, 0)
+    assert summary["throttled"]["us-east-1/CreateCertificateFromCsr"] >= 1
+    assert "throttled (us-east-1/CreateCertificateFromCsr" in err
+    assert "slowed down and carried on" in err
