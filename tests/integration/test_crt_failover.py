@@ -1,19 +1,21 @@
-"""The device agent on the AWS Common Runtime transport against two regions on loopback.
+"""The device agent over MQTT 5 on both transports against two regions on loopback.
 
-The same FailoverClient, with ``[mqtt] transport = "crt"``: a killed primary
-is left with nothing lost, a blackholed one too, the device comes back after
-the stability window exactly once, and DR mode follows the CNAME. Each
-connection is a CRT MQTT 5 client of its own, stopped and rebuilt on every
-switch.
+The same FailoverClient with ``[mqtt] transport = "paho"`` (``protocol = "5"``)
+and ``"crt"``: a killed primary is left with nothing lost, a blackholed one
+too, the device comes back after the stability window exactly once, DR mode
+follows the CNAME, and an application's subscription keeps receiving through
+a failover and a failback. On the CRT each connection is a client of its own,
+stopped and rebuilt on every switch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -26,7 +28,7 @@ from tests.integration.test_agent_failover import Recorder
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from device_agent._client import AgentEvent
+    from device_agent._client import AgentEvent, Message
     from device_agent._config import AgentConfig
 
 __all__ = ["regions"]  # the fixture, imported for pytest
@@ -36,8 +38,13 @@ pytest.importorskip("awscrt", reason="the crt extra (awscrt) is not installed")
 pytestmark = pytest.mark.integration
 
 
-def _crt(config: AgentConfig) -> AgentConfig:
-    return dataclasses.replace(config, mqtt=dataclasses.replace(config.mqtt, transport="crt"))
+TRANSPORTS = ["paho", "crt"]
+
+
+def _on(transport: Any, config: AgentConfig) -> AgentConfig:
+    """``config`` on ``transport``, MQTT 5 (the CRT's only level)."""
+    mqtt = dataclasses.replace(config.mqtt, transport=transport, protocol="5")
+    return dataclasses.replace(config, mqtt=mqtt)
 
 
 def _in(region: str) -> Callable[[AgentEvent], bool]:
@@ -54,14 +61,19 @@ def _received(regions: Regions, topic: str) -> set[int]:
     return {n for w in regions.watchers.values() for n in w.numbers(topic)}
 
 
-async def test_primary_killed_the_crt_device_moves_and_loses_nothing(regions: Regions) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_primary_killed_the_device_moves_and_loses_nothing(
+    regions: Regions, transport: str
+) -> None:
     record = Recorder()
-    topic = "dt/crt-a/telemetry"
-    async with FailoverClient(_crt(regions.config("crt-a")), on_event=record) as client:
+    topic = f"dt/{transport}-a/telemetry"
+    config = _on(transport, regions.config(f"{transport}-a"))
+    async with FailoverClient(config, on_event=record) as client:
         await record.wait_for("connected", 10, _in(PRIMARY))
         first = client._conn
         assert first is not None
-        assert isinstance(first.transport, CrtTransport)
+        assert first.transport is not None
+        assert isinstance(first.transport, CrtTransport) == (transport == "crt")
         await _publish(client, topic, range(10), 0.05)
         regions.brokers[PRIMARY].stop()
         await _publish(client, topic, range(10, 30), 0.05)
@@ -70,17 +82,19 @@ async def test_primary_killed_the_crt_device_moves_and_loses_nothing(regions: Re
         assert client.status().role == "secondary"
         second = client._conn
         assert second is not None
-        # A new CRT client for the new region: a client's endpoint cannot change.
-        assert isinstance(second.transport, CrtTransport)
+        # A new client for the new region (on the CRT: its endpoint cannot change).
+        assert second.transport is not None
+        assert type(second.transport) is type(first.transport)
         assert second.transport is not first.transport
         assert not first.transport.connected
     assert _received(regions, topic) == set(range(30))
     assert len(record.named("failover.complete")) == 1
 
 
-async def test_blackholed_primary_is_left_on_the_crt_transport(regions: Regions) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_blackholed_primary_is_left(regions: Regions, transport: str) -> None:
     record = Recorder()
-    config = _crt(regions.config("crt-b", failure_threshold=3))
+    config = _on(transport, regions.config(f"{transport}-b", failure_threshold=3))
     async with FailoverClient(config, on_event=record):
         await record.wait_for("connected", 10, _in(PRIMARY))
         regions.proxies[PRIMARY].set_mode("blackhole")
@@ -88,8 +102,11 @@ async def test_blackholed_primary_is_left_on_the_crt_transport(regions: Regions)
     assert record.named("failover.complete")
 
 
-async def test_the_crt_device_fails_back_after_the_window_exactly_once(regions: Regions) -> None:
-    config = _crt(regions.config("crt-d", stability_window_s=2.0))
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_device_fails_back_after_the_window_exactly_once(
+    regions: Regions, transport: str
+) -> None:
+    config = _on(transport, regions.config(f"{transport}-d", stability_window_s=2.0))
     record = Recorder()
     async with FailoverClient(config, on_event=record) as client:
         await record.wait_for("connected", 10, _in(PRIMARY))
@@ -106,12 +123,47 @@ async def test_the_crt_device_fails_back_after_the_window_exactly_once(regions: 
     assert len(record.named("failover.complete")) == 1
 
 
-async def test_dr_mode_on_the_crt_transport_follows_the_cname(regions: Regions) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_dr_mode_follows_the_cname(regions: Regions, transport: str) -> None:
     record = Recorder()
-    config = _crt(regions.config("crt-c", dr_mode=True, dr_jitter_s=0.5))
+    config = _on(transport, regions.config(f"{transport}-c", dr_mode=True, dr_jitter_s=0.5))
     async with FailoverClient(config, on_event=record, rng=random.Random(1)):
         await record.wait_for("connected", 10, _in(PRIMARY))
         regions.dns.zone.set("iot", "CNAME", DEFAULT_REGIONS[1].endpoint + ".")
         await record.wait_for("connected", 10, _in(SECONDARY))
     assert len(record.named("dr.move.complete")) == 1
     assert not record.named("failover.started")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_subscription_keeps_receiving_through_failover_and_failback(
+    regions: Regions, transport: str
+) -> None:
+    record = Recorder()
+    name = f"{transport}-s"
+    config = _on(transport, regions.config(name, stability_window_s=1.0))
+    received: asyncio.Queue[Message] = asyncio.Queue()
+    topic = f"cmd/{name}"
+
+    async def command(region: str, text: str) -> Message:
+        """Publish ``text`` in ``region`` (until the device's subscription there gets it)."""
+        async with asyncio.timeout(10):
+            while True:
+                regions.watchers[region].client.publish(topic, text, qos=1)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        while (message := await received.get()).payload != text.encode():
+                            pass
+                        return message
+
+    async with FailoverClient(config, on_event=record) as client:
+        client.subscribe(topic, 1, callback=received.put_nowait)
+        await record.wait_for("connected", 10, _in(PRIMARY))
+        first = await command(PRIMARY, "on the primary")
+        regions.proxies[PRIMARY].set_mode("down")
+        await record.wait_for("connected", 10, _in(SECONDARY))
+        second = await command(SECONDARY, "after the failover")
+        regions.proxies[PRIMARY].set_mode("up")
+        await record.wait_for("failback.complete", 15)
+        third = await command(PRIMARY, "after the failback")
+    assert [m.region for m in (first, second, third)] == [PRIMARY, SECONDARY, PRIMARY]
