@@ -83,8 +83,9 @@ class ToolRegions:
         from replicator.runtime._quotas import QuotaConfig, QuotaLimiter  # noqa: PLC0415
 
         self.limiter = QuotaLimiter(QuotaConfig.with_overrides(quotas))
-        # A tool waits out throttling patiently: a bulk run is never aborted for it.
-        retry = RetryPolicy(max_attempts=12, base_s=0.2, cap_s=5.0)
+        # Throttling is waited out (the bucket also slows down, and a bulk run retries a
+        # throttled device again); an unreachable region is said within seconds.
+        retry = RetryPolicy(max_attempts=8, base_s=0.2, cap_s=2.0)
         for config in self.configs():
             self.clients[config.region] = build_region(
                 config, limiter=self.limiter, retry=retry, check_credentials=True

@@ -414,3 +414,12 @@ def test_bulk_provision_slows_down_when_throttled_and_says_so(
     assert summary["throttled"]["us-east-1/CreateCertificateFromCsr"] >= 1
     assert "throttled (us-east-1/CreateCertificateFromCsr" in err
     assert "slowed down and carried on" in err
+
+
+def test_an_unreachable_region_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port("127.0.0.1")  # nothing listens there
+    code = main(["tools", "search", "--region", EAST, "--endpoint-url", f"http://127.0.0.1:{port}"])
+    assert code == 2
+    lines = _errors(capsys.readouterr().err).splitlines()
+    assert len(lines) == 1
+    assert "unreachable" in lines[0]
