@@ -177,7 +177,7 @@ def compare_devices(
     names = sorted(set(primary.names(query, page_size=page_size))
                    | set(secondary.names(query, page_size=page_size)))  # fmt: skip
     if progress is not None:
-        progress.total = len(names)
+        progress.set_total(len(names))
 
     def one(name: str) -> tuple[str, list[Difference] | str]:
         try:

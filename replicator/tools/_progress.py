@@ -55,6 +55,13 @@ class Progress:
         if self._bar is not None:
             self._bar.stop()
 
+    def set_total(self, total: int) -> None:
+        """The number of steps, once known."""
+        with self._lock:
+            self.total = total
+            if self._bar is not None:
+                self._bar.update(self._task, total=total)
+
     def advance(self, steps: int = 1) -> None:
         """``steps`` more done."""
         with self._lock:
