@@ -87,6 +87,14 @@ __all__ = ["replicator_jitr"]
     "timed out) is taken for down and the certificate activated, logged.",
 )
 @click.option(
+    "--allow-rotation",
+    is_flag=True,
+    envvar="IOTDR_JITR_ALLOW_ROTATION",
+    help="Attach a certificate to a thing that already has another ACTIVE certificate "
+    "(by default refused and reported: a CA-signed certificate with another device's CN "
+    "would take over its thing).",
+)
+@click.option(
     "--primary-endpoint-url",
     envvar="IOTDR_PRIMARY_ENDPOINT_URL",
     help="The primary's iot endpoint (with --primary-region).",
@@ -191,6 +199,7 @@ def _settings(options: dict[str, Any]) -> Settings:
             primary_region=options["primary_region"] or None,
             primary_endpoint_url=options["primary_endpoint_url"] or None,
             primary_check=options["primary_check"],
+            allow_rotation=options["allow_rotation"],
             workers=options["workers"],
             max_attempts=options["max_attempts"],
             sweep_interval_s=options["sweep_interval_s"],

@@ -30,6 +30,8 @@ module-level state):
 - ``IOTDR_PRIMARY_REGION``, ``IOTDR_PRIMARY_ENDPOINT_URL``: the primary, asked
   before each activation (a certificate REVOKED or INACTIVE there is set so
   here instead; unknown there is refused; throttled or unreachable: retried);
+- ``IOTDR_JITR_ALLOW_ROTATION``: ``true`` to attach a certificate to a thing
+  that already has another ACTIVE one (refused by default);
 - ``IOTDR_JITR_PRIMARY_CHECK``: ``required`` (default) or ``best-effort`` (a
   primary that does not answer at all is taken for down: activated, logged).
   The function's role then needs ``iot:DescribeCertificate`` in the primary
@@ -94,6 +96,7 @@ def config_from_env(env: Mapping[str, str]) -> tuple[RegionConfig, JitrConfig]:
         primary_region=env.get("IOTDR_PRIMARY_REGION") or None,
         primary_endpoint_url=env.get("IOTDR_PRIMARY_ENDPOINT_URL") or None,
         primary_check=_primary_check(env.get("IOTDR_JITR_PRIMARY_CHECK") or "required"),
+        allow_rotation=(env.get("IOTDR_JITR_ALLOW_ROTATION") or "").lower() in ("1", "true", "yes"),
     )
     return RegionConfig(
         region=region,

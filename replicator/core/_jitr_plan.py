@@ -83,6 +83,10 @@ class JitrConfig:
             primary keeps it queued with backoff. ``best-effort``: a primary
             that does not answer at all (connection refused, reset, timed out)
             is taken for down and the certificate activated, with a log line.
+        allow_rotation: attach a certificate to a thing that already has another
+            ACTIVE certificate (a device rotating its key); False (default): refuse
+            and report, since a CA-signed certificate carrying another device's CN
+            would otherwise take over that device's thing.
         workers: certificates handled in parallel (the quota buckets pace them).
         max_attempts: attempts before a certificate that keeps failing (not
             throttling, not an outage) is dead-lettered.
@@ -98,6 +102,7 @@ class JitrConfig:
     primary_region: str | None = None
     primary_endpoint_url: str | None = None
     primary_check: PrimaryCheck = "required"
+    allow_rotation: bool = False
     workers: int = 4
     max_attempts: int = 10
     backoff: RetryPolicy = field(

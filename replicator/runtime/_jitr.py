@@ -20,14 +20,18 @@ and drops the connection. This module finishes the job:
    all (connection refused, reset, timed out: it is down) let the activation
    go on, with a log line: an outage of the primary is when JITR matters, and
    the operator chose that trade.
-3. :func:`provision` (pure) lists the writes, each only if still needed:
+3. A thing that already has another ACTIVE certificate is not given this one
+   (*refused*, with the holder named) unless ``allow_rotation``: a
+   certificate signed by the CA but carrying another device's CN must not
+   take over that device's thing.
+4. :func:`provision` (pure) lists the writes, each only if still needed:
    CreatePolicy (when a document is configured and the policy is missing),
    AttachPolicy, CreateThing, AttachThingPrincipal, and UpdateCertificate
    ACTIVE *last*: an ACTIVE certificate then always has its policy and thing,
    and one that is still pending is found again by the sweep. Right before
    that last write the certificate is read again: one an operator deactivated
    or revoked since the screen is left alone (the window left is one call).
-4. :class:`JitrHandler` runs that against the region (a :class:`RegionApi`:
+5. :class:`JitrHandler` runs that against the region (a :class:`RegionApi`:
    the replicator's adapter, with its quota buckets and error translation)
    from a durable queue (the journal's ``jitr`` queue): events are triggers,
    not truth, so a duplicate is one more look at the certificate. The journal
@@ -35,7 +39,7 @@ and drops the connection. This module finishes the job:
    throttling and an outage keep the certificate queued with jittered backoff
    for as long as it takes; other failures (a conflict too) are retried up to
    ``max_attempts``, then dead-lettered; AccessDenied stops the handler.
-5. The *sweep* lists the PENDING_ACTIVATION certificates of the allowed CAs
+6. The *sweep* lists the PENDING_ACTIVATION certificates of the allowed CAs
    every ``sweep_interval_s`` and queues them: a missed event (the handler was
    down longer than the broker kept its session) costs one interval.
 """
@@ -199,12 +203,23 @@ class JitrHandler:
         if mirrored is not None:
             return mirrored
         thing = verdict.thing_name
+        attached = thing in (certificate.things or ())
+        found = None if attached else region.read_thing(thing, principals=True)
+        if found is not None and not self.config.allow_rotation:
+            holder = self._active_holder(found.principals or frozenset(), certificate_id)
+            if holder is not None:
+                self.stats.count("refused")
+                reason = (
+                    f"thing {thing} already has the ACTIVE certificate {holder}: another "
+                    "device's name in a CA-signed certificate? (allow_rotation to attach anyway)"
+                )
+                logger.warning("jitr.refused", extra={**extra, "thing": thing, "reason": reason})
+                return "refused"
         ops = provision(
             self.config,
             certificate,
             thing,
-            thing_exists=thing in (certificate.things or ())
-            or region.read_thing(thing, principals=False) is not None,
+            thing_exists=attached or found is not None,
             policy_exists=self._policy_exists(certificate),
         )
         for op in ops:
@@ -219,6 +234,16 @@ class JitrHandler:
             extra={**extra, "thing": thing, "writes": [type(op).__name__ for op in ops]},
         )
         return "activated"
+
+    def _active_holder(self, principals: frozenset[str], certificate_id: str) -> str | None:
+        """Another ACTIVE certificate attached to the thing, if any (its id)."""
+        for other in sorted(principals - {certificate_id}):
+            if not CERTIFICATE_ID.fullmatch(other):
+                continue  # not a certificate (a Cognito identity...): not a device's key
+            found = self.region.read_certificate(other, things=False)
+            if found is not None and found.status == ACTIVE:
+                return other
+        return None
 
     def _changed_meanwhile(self, certificate_id: str, extra: dict[str, Any]) -> str | None:
         """Read the certificate again right before activating it: None if still pending.

@@ -1260,3 +1260,51 @@ def test_the_primary_check_from_the_environment_and_the_command_line(
     code = main([*args, "--primary-region", EAST, "--primary-check", "sometimes"])
     assert code == 2
     assert "--primary-check" in capsys.readouterr().err
+
+
+# -- a certificate never takes over another device's thing ---------------------------------------
+
+
+def test_a_certificate_with_another_devices_cn_does_not_take_over_its_thing(
+    ca: CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = rig()
+    r.region.register_ca(ca)
+    owner = r.region.jitr(ca, "pump-1")
+    assert r.handler.handle(owner) == "activated"
+    intruder = r.region.jitr(ca, "pump-1")  # CA-signed, the same CN
+    with caplog.at_level(logging.INFO, logger="replicator.runtime._jitr"):
+        assert r.handler.handle(intruder) == "refused"
+    assert r.region.status(intruder) == "PENDING_ACTIVATION"
+    assert r.region.memory.things["pump-1"].principals == frozenset({owner})
+    assert r.handler.stats.refused == 1
+    [line] = [rec for rec in caplog.records if rec.getMessage() == "jitr.refused"]
+    assert owner in line.__dict__["reason"]
+    assert line.__dict__["thing"] == "pump-1"
+
+
+def test_rotation_attaches_a_second_certificate_when_allowed(ca: CA) -> None:
+    r = rig(allow_rotation=True)
+    r.region.register_ca(ca)
+    old = r.region.jitr(ca, "pump-2")
+    assert r.handler.handle(old) == "activated"
+    new = r.region.jitr(ca, "pump-2")
+    assert r.handler.handle(new) == "activated"
+    assert r.region.memory.things["pump-2"].principals == frozenset({old, new})
+
+
+def test_a_thing_whose_other_certificate_is_inactive_takes_the_new_one(ca: CA) -> None:
+    r = rig()
+    r.region.register_ca(ca)
+    old = r.region.jitr(ca, "pump-3")
+    assert r.handler.handle(old) == "activated"
+    r.region.memory.execute(UpdateCertificate(old, "INACTIVE"))  # retired by the operator
+    new = r.region.jitr(ca, "pump-3")
+    assert r.handler.handle(new) == "activated"
+    assert r.region.status(new) == "ACTIVE"
+
+
+def test_rotation_is_off_unless_configured() -> None:
+    env = {"AWS_REGION": WEST, "IOTDR_JITR_POLICY": POLICY}
+    assert config_from_env(env)[1].allow_rotation is False
+    assert config_from_env({**env, "IOTDR_JITR_ALLOW_ROTATION": "true"})[1].allow_rotation
