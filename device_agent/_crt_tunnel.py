@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_REQUEST = 8192
 _CHUNK = 65536
+_CLOSE_WAIT_S = 1.0
 USERNAME = "iotdr"
 
 
@@ -103,10 +104,12 @@ class Tunnel:
             self._server.close()
             self._server = None
         for writer in self._writers:
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            writer.close()  # the relays read their end of file and finish
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=_CLOSE_WAIT_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if not self.failed.done():
             self.failed.cancel()
 
@@ -122,6 +125,10 @@ class Tunnel:
         try:
             await self._serve(reader, writer)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        except asyncio.CancelledError:
+            # Only close() cancels a relay; asyncio's stream server would log the
+            # cancelled handler as an error, so it ends here, quietly.
             pass
         finally:
             writer.close()
