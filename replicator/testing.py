@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from replicator._errors import ConflictError, NotFoundError, RefusedError
+from replicator.core._arns import partition_of
 from replicator.core._ops import (
     AddThingToThingGroup,
     AttachPolicy,
@@ -121,7 +122,7 @@ class InMemoryRegion:
 
     def arn(self, kind: str, name: str) -> str:
         """An ARN in this region and account."""
-        return f"arn:aws:iot:{self.region}:{self.account_id}:{kind}/{name}"
+        return f"arn:{partition_of(self.region)}:iot:{self.region}:{self.account_id}:{kind}/{name}"
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from replicator._errors import (
     ThrottledError,
     UnreachableError,
 )
-from replicator.core._arns import scope_of_arn
+from replicator.core._arns import partition_of, scope_of_arn
 
 if TYPE_CHECKING:
     import random
@@ -364,7 +364,7 @@ class RegionCalls:
                 "DescribeCertificate", self.iot.describe_certificate, certificateId=certificate_id
             )
             return str(found["certificateDescription"]["certificateArn"])
-        partition = "aws-cn" if self.region.startswith("cn-") else "aws"
+        partition = partition_of(self.region)
         return f"arn:{partition}:iot:{self.region}:{self._account_id}:cert/{certificate_id}"
 
     def gone_ok(self, api: str, fn: Callable[..., Any], **kwargs: Any) -> None:

@@ -16,12 +16,33 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from replicator._errors import PolicyDocumentError
 from replicator.core._state import canonical_json
 
-__all__ = ["ArnScope", "normalize_document", "rewrite_policy_document", "scope_of_arn"]
+__all__ = [
+    "ArnScope",
+    "normalize_document",
+    "partition_of",
+    "rewrite_policy_document",
+    "scope_of_arn",
+]
+
+_PARTITIONS: Final = (  # region prefix, partition: the longest prefix first
+    ("us-isob-", "aws-iso-b"),
+    ("us-iso-", "aws-iso"),
+    ("us-gov-", "aws-us-gov"),
+    ("cn-", "aws-cn"),
+)
+
+
+def partition_of(region: str) -> str:
+    """The ARN partition of a region: ``aws-cn`` for China, ``aws-us-gov`` for GovCloud..."""
+    for prefix, partition in _PARTITIONS:
+        if region.startswith(prefix):
+            return partition
+    return "aws"
 
 
 @dataclass(frozen=True, slots=True)
