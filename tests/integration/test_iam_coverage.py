@@ -73,11 +73,6 @@ WIDEST = {
 # Not deployed identities: the simulators and the tests' own clients, the drill and the
 # operator's tools (`iotdr tools`), which run with the operator's credentials.
 NOT_DEPLOYED = {"other", "drill", "operator"}
-# Findings of this test waiting for their fix in replicator/aws/_iam.py (owned with the
-# replicator): each must still be true, so that the entry goes when the policy is fixed.
-KNOWN_UNNEEDED = {
-    ("jitr", "iot:ListThingPrincipals"): "JITR reads a thing without its principals",
-}
 
 
 class Regions:
@@ -395,14 +390,7 @@ def audit(calls: Counter[tuple[str, str]]) -> list[str]:
     for identity, request in WIDEST.items():
         allowed, made = code_actions(request), called.get(identity, set())
         problems += [f"{identity}: calls {a}, its policy misses it" for a in sorted(made - allowed)]
-        problems += [
-            f"{identity}: grants {a}, never called"
-            for a in sorted(allowed - made)
-            if (identity, a) not in KNOWN_UNNEEDED
-        ]
-    for (identity, action), why in KNOWN_UNNEEDED.items():
-        if action not in code_actions(WIDEST[identity]) - called.get(identity, set()):
-            problems.append(f"{identity}: {action} ({why}) is fixed: drop it from KNOWN_UNNEEDED")
+        problems += [f"{identity}: grants {a}, never called" for a in sorted(allowed - made)]
     unknown = set(called) - set(WIDEST) - NOT_DEPLOYED
     if unknown:
         problems.append(f"calls by identities without a policy: {sorted(unknown)}")
@@ -413,8 +401,7 @@ def test_the_audit_sees_a_missing_grant_an_unneeded_one_and_an_unknown_caller() 
     complete: Counter[tuple[str, str]] = Counter()
     for identity, request in WIDEST.items():
         for action in code_actions(request):
-            if (identity, action) not in KNOWN_UNNEEDED:
-                complete[identity, action] += 1
+            complete[identity, action] += 1
     assert audit(complete) == []
     broken = complete.copy()
     del broken["replicator", "iot:DeleteThingGroup"]
