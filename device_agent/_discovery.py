@@ -271,8 +271,9 @@ class DnsDiscovery:
             if min(ttls) > 0:
                 self._address_cache[qname] = (self._clock() + min(ttls), unique)
             return unique
-        answered = len(errors) < len(results)  # one lookup said: no such address
-        stale = None if answered else self._stale(qname, cached, errors)
+        # Stale only when a lookup got no answer and none said the name is gone: an A
+        # lookup that timed out beside an AAAA answered empty is no answer about A.
+        stale = self._stale(qname, cached, errors)
         if stale is not None:
             return stale
         self._address_cache.pop(qname, None)

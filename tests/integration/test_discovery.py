@@ -541,7 +541,7 @@ class _Switchable:
     """A UDP responder on 127.0.0.1 whose answer to every A query is ``mode``."""
 
     def __init__(self) -> None:
-        self.mode = "answer"  # answer | silent | servfail | nxdomain | empty
+        self.mode = "answer"  # answer | silent | silent_a | servfail | nxdomain | empty
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.05)
@@ -562,6 +562,8 @@ class _Switchable:
     def _answer(self, query: dns.message.Message, peer: tuple[str, int]) -> None:
         if self.mode == "silent":
             return
+        if self.mode == "silent_a" and query.question[0].rdtype == dns.rdatatype.A:
+            return  # the AAAA query is answered, empty
         reply = dns.message.make_response(query)
         if self.mode == "servfail":
             reply.set_rcode(dns.rcode.SERVFAIL)
@@ -588,7 +590,10 @@ def switchable() -> Iterator[_Switchable]:
         server.close()
 
 
-@pytest.mark.parametrize(("mode", "kind"), [("silent", "timeout"), ("servfail", "servfail")])
+@pytest.mark.parametrize(
+    ("mode", "kind"),
+    [("silent", "timeout"), ("servfail", "servfail"), ("silent_a", "timeout")],
+)
 async def test_no_answer_after_the_ttl_serves_the_last_addresses(
     switchable: _Switchable, mode: str, kind: DiscoveryErrorKind
 ) -> None:
