@@ -437,6 +437,16 @@ def _register_jitr() -> None:
 _register_jitr()
 
 
+def _register_dead_letters() -> None:
+    """``iotdr replicator dead-letters`` lives in ``_dead_letters_cli.py``."""
+    from replicator._dead_letters_cli import dead_letters  # noqa: PLC0415
+
+    replicator.add_command(dead_letters)
+
+
+_register_dead_letters()
+
+
 def _register_tools() -> None:
     """``iotdr tools ...`` live in ``replicator/tools/_cli.py`` (only click imported there too)."""
     from replicator.tools._cli import COMMANDS  # noqa: PLC0415

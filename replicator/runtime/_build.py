@@ -72,7 +72,10 @@ def build(settings: Settings) -> Runtime:
             return build_region(config, limiter=runtime.limiter, check_credentials=check)
 
         def journal(queue: str) -> Journal:
-            return runtime.journals.enter_context(Journal(settings.journal, queue=queue))
+            opened = Journal(
+                settings.journal, queue=queue, max_dead_letters=settings.max_dead_letters
+            )
+            return runtime.journals.enter_context(opened)
 
         engine = settings.engine
         primary = region(settings.primary) if engine and settings.primary else None

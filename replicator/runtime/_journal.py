@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from replicator._errors import JournalError
-from replicator.core._records import DeadLetter, Record, record_from_json, record_to_json
+from replicator.core._records import Record, record_from_json, record_to_json
 from replicator.core._state import ObjectKey
+from replicator.runtime._dead_letters import DeadLetterRow, DeadLetters
 from replicator.runtime._sync_points import SyncPoints
 
 if TYPE_CHECKING:
@@ -129,16 +130,6 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetterRow:
-    """A message that could not be parsed, or a change that kept failing."""
-
-    received_at: float
-    topic: str
-    payload: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
 class JournalCounts:
     """Rows by state, due rows, dead letters, and the oldest pending row's age."""
 
@@ -148,24 +139,34 @@ class JournalCounts:
     dead: int
     dead_letters: int
     oldest_pending_s: float
+    dead_letters_pruned: int = 0
 
 
-class Journal(SyncPoints):
+class Journal(SyncPoints, DeadLetters):
     """The replicator's SQLite journal.
 
     Args:
         path: the database file (created, 0600), or ``":memory:"``.
         synchronous: ``FULL`` (default: a commit survives a power cut) or ``NORMAL``
             (survives a crash or kill -9 of the process, not of the machine).
+        max_dead_letters: the most dead letters kept; the oldest are pruned past it.
 
     Raises:
         JournalError: the file cannot be opened, or is not a journal.
     """
 
     def __init__(
-        self, path: str | Path, *, synchronous: Synchronous = "FULL", queue: str = "changes"
+        self,
+        path: str | Path,
+        *,
+        synchronous: Synchronous = "FULL",
+        queue: str = "changes",
+        max_dead_letters: int = 10_000,
     ) -> None:
         self._path = str(path)
+        if max_dead_letters < 1:
+            raise ValueError("max_dead_letters must be at least 1")
+        self.max_dead_letters = max_dead_letters
         if not _QUEUE_NAME.fullmatch(queue):
             raise ValueError(f"queue {queue!r} is not a lower-case name")
         self._queue = queue
@@ -279,14 +280,6 @@ class Journal(SyncPoints):
         if rows:
             self._write(_ACCEPT, rows)
         return len(rows)
-
-    def dead_letter(self, letter: DeadLetter, *, now: float) -> None:
-        """Keep a message that could not be parsed, with the reason."""
-        self._write(
-            "INSERT INTO dead_letters (received_at, topic, payload, reason)"
-            " VALUES (:now, :topic, :payload, :reason)",
-            {"now": now, "topic": letter.topic, "payload": letter.payload, "reason": letter.reason},
-        )
 
     # -- the engine's side ------------------------------------------------------------------
 
@@ -439,14 +432,6 @@ class Journal(SyncPoints):
         ):
             yield ObjectKey.parse(str(key)), int(attempts), None if reason is None else str(reason)
 
-    def dead_letters(self, limit: int = 100) -> list[DeadLetterRow]:
-        """The newest messages that could not be parsed."""
-        rows = self._read(
-            "SELECT received_at, topic, payload, reason FROM dead_letters ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
-        return [DeadLetterRow(float(r), str(t), str(p), str(why)) for r, t, p, why in rows]
-
     def counts(self, now: float) -> JournalCounts:
         """Rows by state, how many are due at ``now``, and the oldest pending row's age."""
         by_state = dict(self._read("SELECT state, count(*) FROM {q} GROUP BY state"))
@@ -470,6 +455,7 @@ class Journal(SyncPoints):
             dead=int(by_state.get("dead", 0)),
             dead_letters=int(letters),
             oldest_pending_s=max(0.0, now - float(oldest)) if oldest is not None else 0.0,
+            dead_letters_pruned=self.dead_letters_pruned(),
         )
 
     def close(self) -> None:

@@ -268,6 +268,11 @@ def _journal_metrics(
     )
     for name, documentation, value in gauges:
         yield GaugeMetricFamily(name, documentation, value=value)
+    yield CounterMetricFamily(
+        f"{prefix}_dead_letters_pruned",
+        "The oldest dead letters pruned to keep the journal's bound (max_dead_letters).",
+        value=counts.dead_letters_pruned,
+    )
 
 
 def _feed_metrics(feed: FeedView) -> Iterator[Metric]:

@@ -90,6 +90,8 @@ class Settings:
         jitr: the JITR handler's configuration; None: no handler.
         quotas: the APIs' rates.
         journal: the SQLite journal's path (``:memory:``: a working set only).
+        max_dead_letters: the most dead letters the journal keeps (the oldest
+            are pruned past it, and counted in ``/metrics``).
         check_credentials: look for credentials at once (services, not Lambdas).
     """
 
@@ -101,11 +103,14 @@ class Settings:
     jitr: JitrConfig | None = None
     quotas: QuotaConfig = field(default_factory=QuotaConfig)
     journal: str = ":memory:"
+    max_dead_letters: int = 10_000
     check_credentials: bool = False
 
     def __post_init__(self) -> None:
         if self.engine is not None and self.primary is None:
             raise ConfigError("the engine needs the primary region")
+        if self.max_dead_letters < 1:
+            raise ConfigError("max_dead_letters must be at least 1")
         if self.primary is not None and self.primary.region == self.secondary.region:
             raise ConfigError("the primary and the secondary region must differ")
         if self.failback is not None and (
