@@ -185,6 +185,7 @@ class CrtTransport:
         self._tunnel: Tunnel | None = None
         self._connack: asyncio.Future[bool] = self._loop.create_future()
         self._stopped = asyncio.Event()
+        self._pending: set[asyncio.Future[Any]] = set()
         self._connected = False
         self._closing = False
         self._lost_reported = False
@@ -314,11 +315,14 @@ class CrtTransport:
         else:
             self._connack.cancel()
 
-    async def _stop_client(self) -> None:
+    async def _stop_client(self, *, graceful: bool = False) -> None:
         client, self._client = self._client, None
+        self._fail_pending("disconnected")
         if client is not None:
             with contextlib.suppress(Exception):
-                client.stop()
+                # A DISCONNECT (normal disconnection) when we leave on purpose, as paho
+                # sends one; an aborted attempt just stops.
+                client.stop(self._mqtt5.DisconnectPacket() if graceful else None)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_STOP_WAIT_S):
                     await self._stopped.wait()
@@ -339,6 +343,8 @@ class CrtTransport:
         (``asyncio.wrap_future`` would cancel it, and the CRT then fails setting its result.)
         """
         waiter: asyncio.Future[Any] = self._loop.create_future()
+        self._pending.add(waiter)
+        waiter.add_done_callback(self._pending.discard)
 
         def settle(done: concurrent.futures.Future[Any]) -> None:
             if waiter.done():
@@ -403,8 +409,20 @@ class CrtTransport:
         if self._closing:
             return
         self._closing = True
-        self._connected = False
-        await self._stop_client()
+        was_connected, self._connected = self._connected, False
+        await self._stop_client(graceful=was_connected)
+
+    def _fail_pending(self, why: str) -> None:
+        """Fail every operation still waiting.
+
+        The CRT keeps unacknowledged QoS 1 publishes for a session it will never
+        resume; the agent's outbox resends them on the next connection.
+        """
+        pending, self._pending = self._pending, set()
+        for waiter in pending:
+            if not waiter.done():
+                waiter.set_exception(TransportClosedError(why))
+                waiter.exception()  # mark retrieved: the waiter may be gone
 
     # -- CRT callbacks: on the CRT's threads, handed to the event loop -------------------------
 
@@ -467,6 +485,7 @@ class CrtTransport:
     def _on_disconnection(self, packet: Any, exception: Any) -> None:
         was_connected = self._connected
         self._connected = False
+        self._fail_pending("connection lost")
         if not was_connected or self._closing or self._lost_reported:
             return
         self._lost_reported = True

@@ -20,8 +20,15 @@ import pytest
 from device_agent._crt import CrtTransport, CrtTransportFactory
 from device_agent._endpoints import Endpoint
 from device_agent._paho import PahoTransport
-from device_agent._transport import ConnectError, ConnectParams, Transport, TransportCallbacks
+from device_agent._transport import (
+    ConnectError,
+    ConnectParams,
+    Transport,
+    TransportCallbacks,
+    TransportClosedError,
+)
 from simulators import DEFAULT_REGIONS, FleetPKI
+from tests.integration.agent_env import Regions, regions
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -29,6 +36,8 @@ if TYPE_CHECKING:
 
     from simulators import Broker
     from simulators.pytest_plugin import FleetFixture
+
+__all__ = ["regions"]  # the fixture, imported for pytest
 
 pytest.importorskip("awscrt", reason="the crt extra (awscrt) is not installed")
 
@@ -238,3 +247,26 @@ async def test_a_raising_message_callback_never_breaks_the_connection(
     assert got == [b"bad", b"good"]
     assert transport.connected
     await transport.disconnect()
+
+
+async def test_a_lost_connection_fails_what_waits_and_reports_once(
+    regions: Regions, fleet_pki: FleetFixture
+) -> None:
+    proxy = regions.proxies[REGION.name]
+    lost: asyncio.Queue[str] = asyncio.Queue()
+    transport = CrtTransport(
+        _params(proxy.port, client_id="crt-lost"),
+        TransportCallbacks(lambda *a: None, lost.put_nowait),
+        factory=_factory(fleet_pki, "crt-lost"),
+    )
+    await transport.connect()
+    proxy.set_mode("blackhole")  # the PUBACK never comes...
+    waiting = asyncio.create_task(transport.publish("t/crt-lost", b"x", 1))
+    await asyncio.sleep(0.2)
+    proxy.set_mode("down")  # ...and then the connection is reset
+    with pytest.raises(TransportClosedError):
+        await asyncio.wait_for(waiting, 10)
+    assert await asyncio.wait_for(lost.get(), 5) == "closed"
+    assert not transport.connected
+    await transport.disconnect()
+    assert lost.empty()  # once
