@@ -13,7 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
+import os
 import random
+import signal
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -167,3 +172,55 @@ async def test_a_subscription_keeps_receiving_through_failover_and_failback(
         await record.wait_for("failback.complete", 15)
         third = await command(PRIMARY, "after the failback")
     assert [m.region for m in (first, second, third)] == [PRIMARY, SECONDARY, PRIMARY]
+
+
+def test_kill_9_of_a_crt_agent_while_offline_loses_nothing(regions: Regions) -> None:
+    """``agent pubsub --transport crt``: killed with its messages in the outbox, then rerun."""
+    config = regions.config("crt-e")
+    for proxy in regions.proxies.values():
+        proxy.set_mode("down")
+    identity = config.identity
+    topic = "dt/crt-e/telemetry"
+    base = [
+        sys.executable, "-m", "device_agent.cli", "--log-level", "error", "agent", "pubsub",
+        "--transport", "crt",
+        "--cname", "iot.iotdr.test", "--dns-server", f"{regions.dns.host}:{regions.dns.port}",
+        "--root-ca", str(identity.ca_path), "--cert", str(identity.cert_path),
+        "--key", str(identity.key_path), "--client-id", "crt-e", "--topic", topic,
+        "--outbox", str(regions.state / "crt-e.outbox"), "--json",
+    ]  # fmt: skip
+    for region in DEFAULT_REGIONS:
+        port = regions.proxies[region.name].port
+        base += ["--endpoint", f"{region.name}={region.endpoint}:{port}"]
+    first = subprocess.Popen(
+        [*base, "--count", "10", "--interval", "0.02"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    published = 0
+    try:
+        assert first.stdout is not None
+        while published < 10 and (line := first.stdout.readline()):
+            published += json.loads(line)["event"] == "published"
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+    assert published == 10
+    for proxy in regions.proxies.values():
+        proxy.set_mode("up")
+    second = subprocess.run(
+        [*base, "--count", "0", "--max-runtime", "40"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = [json.loads(line) for line in second.stdout.splitlines()]
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert lines[0] == {"event": "backlog", "messages": 10}
+    assert sorted(line["n"] for line in lines if line["event"] == "acked") == list(range(10))
+    deadline = time.monotonic() + 5
+    while _received(regions, topic) != set(range(10)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _received(regions, topic) == set(range(10))
