@@ -303,6 +303,17 @@ def replicator_reconcile(**options: Any) -> None:
     envvar="IOTDR_REPLICATOR_FAILBACK_FEED",
     help="The secondary's MQTT broker, HOST:PORT, for --failback auto (same TLS flags).",
 )
+@click.option(
+    "--anti-entropy-interval",
+    "anti_entropy_s",
+    default=21600.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    envvar="IOTDR_REPLICATOR_ANTI_ENTROPY_INTERVAL",
+    help="Seconds between background reconcile passes (at most a fifth of each API's quota; "
+    "the first soon after start when the journal shows the service was down over an hour); "
+    "0: none.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per lifecycle event.")
 def replicator_run(**options: Any) -> None:
     """Replicate changes, primary to secondary (and back with --failback auto), until SIGTERM.
@@ -346,7 +357,27 @@ def replicator_run(**options: Any) -> None:
                 engine, runtime.failback, report=report, workers=options["workers"]
             )
             failback = (auto_failback, back_feed)
-        run_service(engine, feed, report=report, listen=listen, ops=ops, failback=failback)
+        anti_entropy = None
+        if options["anti_entropy_s"] and _source_role(options) == "primary":
+            from replicator.runtime._anti_entropy import (  # noqa: PLC0415
+                AntiEntropy,
+                AntiEntropyConfig,
+            )
+
+            anti_entropy = AntiEntropy(
+                engine,
+                AntiEntropyConfig(interval_s=options["anti_entropy_s"]),
+                limiter=runtime.limiter,
+            )
+        run_service(
+            engine,
+            feed,
+            report=report,
+            listen=listen,
+            ops=ops,
+            failback=failback,
+            anti_entropy=anti_entropy,
+        )
 
 
 def _feed_config(options: dict[str, Any], flag: str, address: str, role: str) -> FeedConfig:

@@ -21,13 +21,13 @@ a read of the source fails the same way, and either way nothing is replicated.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from replicator._errors import ConfigError, ReplicatorError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from replicator.runtime._feed import FeedCounters
     from replicator.runtime._worker import Outcome
@@ -59,10 +59,14 @@ class Verdict:
 
     ok: bool
     reason: str = "ok"
+    details: Mapping[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return {"ok": self.ok, "reason": self.reason}
+        """JSON-ready (``details`` only when there are any: the anti-entropy pass's...)."""
+        found: dict[str, Any] = {"ok": self.ok, "reason": self.reason}
+        if self.details:
+            found["details"] = dict(self.details)
+        return found
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,6 +141,7 @@ class ServiceHealth:
             raise ConfigError("unavailable_after must be at least 1")
         self._journal_probe: Callable[[], object] | None = None
         self._feed: FeedView | None = None
+        self._details: dict[str, Callable[[], Any]] = {}
         self._unavailable_after = unavailable_after
         self._lock = threading.Lock()
         self._engine: EngineState = "starting"
@@ -214,5 +219,21 @@ class ServiceHealth:
         return liveness(self.snapshot())
 
     def readiness(self) -> Verdict:
-        """``/readyz`` now."""
-        return readiness(self.snapshot())
+        """``/readyz`` now, with the details of what was added (:meth:`add_details`)."""
+        verdict = readiness(self.snapshot())
+        with self._lock:
+            sources = dict(self._details)
+        if not sources:
+            return verdict
+        details: dict[str, Any] = {}
+        for name, source in sources.items():
+            try:
+                details[name] = source()
+            except ReplicatorError as exc:  # a detail must not fail the probe
+                details[name] = {"error": str(exc)}
+        return replace(verdict, details=details)
+
+    def add_details(self, name: str, source: Callable[[], Any]) -> None:
+        """Show ``source()`` under ``name`` in ``/readyz``'s JSON details."""
+        with self._lock:
+            self._details[name] = source

@@ -36,6 +36,7 @@ from replicator.runtime._quotas import QuotaLimiter
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from replicator.runtime._anti_entropy import AntiEntropy
     from replicator.runtime._engine import Engine
     from replicator.runtime._failback import AutoFailback
     from replicator.runtime._feed import FeedConfig
@@ -250,6 +251,7 @@ def run_service(
     listen: tuple[str, int] | None = None,
     ops: ServiceOps | None = None,
     failback: tuple[AutoFailback, FeedConfig] | None = None,
+    anti_entropy: AntiEntropy | None = None,
 ) -> None:
     """``iotdr replicator run``: the feed, the engine and the endpoints (see :class:`ServiceHost`).
 
@@ -264,6 +266,8 @@ def run_service(
         ops: the metrics and health the engine reports to; None: new ones.
         failback: automatic failback (``_failback.py``) with the secondary's
             broker: a second feed into the failback engine's journal queue.
+        anti_entropy: the background reconcile pass (``_anti_entropy.py``), run
+            in a thread of its own; its progress in ``/metrics`` and ``/readyz``.
 
     Raises:
         ConfigError: the ``listen`` address cannot be bound.
@@ -276,6 +280,11 @@ def run_service(
         others.append(
             Hosted("replicator-failback", auto.run, MqttFeed(back_feed, auto.failback.journal))
         )
+    ops = ops or ServiceOps()
+    if anti_entropy is not None:
+        others.append(Hosted("replicator-anti-entropy", anti_entropy.run))
+        ops.metrics.registry.register(anti_entropy)
+        ops.health.add_details("anti_entropy", anti_entropy.details)
     ServiceHost(
         name="replicator",
         main=Hosted("replicator", engine.run, feed),
@@ -288,6 +297,9 @@ def run_service(
             "mode": engine.config.mode,
             "journal": engine.journal.path,
             "failback": "auto" if failback is not None else "off",
+            "anti_entropy_interval_s": (
+                anti_entropy.config.interval_s if anti_entropy is not None else None
+            ),
         },
         status=lambda: _engine_status(engine, feed),
         others=others,

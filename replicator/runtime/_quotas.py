@@ -222,6 +222,8 @@ class QuotaLimiter:
         self._clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._buckets: dict[tuple[str, str], AdaptiveBucket] = {}
+        self._shares: dict[tuple[str, str, float], AdaptiveBucket] = {}
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         throttled = sum(b.throttles for b in self._buckets.values())
@@ -236,12 +238,43 @@ class QuotaLimiter:
         return bucket
 
     def acquire(self, region: str, api: str) -> float:
-        """Wait for a token for one ``api`` call in ``region``; return the time waited."""
+        """Wait for a token for one ``api`` call in ``region``; return the time waited.
+
+        A thread holding a background share (:meth:`share_this_thread`) first
+        waits for a token of its share's bucket: all such threads together stay
+        within that fraction of the rate, and live calls keep the rest.
+        """
+        share: float | None = getattr(self._local, "share", None)
+        waited = 0.0
+        if share is not None:
+            with self._lock:
+                now = self._clock.monotonic()
+                wait = self._share_bucket(region, api, share, now).reserve(now)
+            self._clock.sleep(wait)
+            waited += wait
         with self._lock:
             now = self._clock.monotonic()
             wait = self._bucket(region, api, now).reserve(now)
         self._clock.sleep(wait)
-        return wait
+        return waited + wait
+
+    def share_this_thread(self, share: float | None) -> None:
+        """Hold this thread's calls to ``share`` of each API's rate (None: no limit of its own).
+
+        For background work (the anti-entropy pass) that must never starve live
+        changes of the quota.
+        """
+        if share is not None and not 0 < share <= 1:
+            raise ConfigError(f"a quota share must be in (0, 1], not {share}")
+        self._local.share = share
+
+    def _share_bucket(self, region: str, api: str, share: float, now: float) -> AdaptiveBucket:
+        bucket = self._shares.get((region, api, share))
+        if bucket is None:
+            rate = self.config.rate_for(api) * share
+            bucket = AdaptiveBucket.start(rate, now, floor_fraction=self.config.floor_fraction)
+            self._shares[(region, api, share)] = bucket
+        return bucket
 
     def throttled(self, region: str, api: str) -> None:
         """Report a ThrottlingException: the bucket slows down."""

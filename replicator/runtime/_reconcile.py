@@ -24,7 +24,7 @@ from replicator.core._records import ObjectNamed
 from replicator.core._state import KINDS, ObjectKey
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from replicator.core._ops import Plan
     from replicator.core._state import Kind
@@ -163,6 +163,7 @@ def reconcile(
     workers: int = 8,
     stop: threading.Event | None = None,
     requeue_deferred: bool = False,
+    thread_setup: Callable[[], None] | None = None,
 ) -> ReconcileReport:
     """Compare both regions completely and repair the target unless ``dry_run``.
 
@@ -175,6 +176,8 @@ def reconcile(
     failback engine then looks at them again after the forward change) deferred
     objects are journaled in the engine's queue; a reconcile run on its own
     reports them (they count as drift: not compared) and leaves them.
+    ``thread_setup`` runs first in each of the pass's threads (the anti-entropy
+    pass takes its quota share there).
 
     Raises:
         AccessDeniedError: a permission is missing (the report so far is lost: fix and rerun).
@@ -190,7 +193,8 @@ def reconcile(
         skipped = ("policy",) if engine.config.direction == "forward" else ("certificate", "policy")
         wanted = [k for k in wanted if k not in skipped]
     stop = stop or threading.Event()
-    with engine.full_pass(), concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    pool_of = concurrent.futures.ThreadPoolExecutor(max(1, workers), initializer=thread_setup)
+    with engine.full_pass(), pool_of as pool:
         for kind in wanted:
             if stop.is_set():
                 break

@@ -22,6 +22,7 @@ import pytest
 from botocore.config import Config
 
 from replicator.aws._adapter import RegionConfig, build_region
+from replicator.runtime._anti_entropy import ALIVE_AT, AntiEntropy, AntiEntropyConfig
 from replicator.runtime._engine import Engine, EngineConfig
 from replicator.runtime._feed import FeedConfig
 from replicator.runtime._host import run_service
@@ -385,3 +386,65 @@ def test_a_secondary_that_is_down_buffers_in_the_journal_and_catches_up(
         assert journal.counts(time.time()).dead == 0
         pair.plane.set_outage(WEST, "up")
         wait_for("the catch-up", lambda: len(west.list_things()["things"]) == 5, timeout_s=60)
+
+
+def test_anti_entropy_converges_what_the_feed_lost_while_the_service_was_down(
+    pair: LocalPair, tmp_path: Path, fleet_pki: FleetFixture
+) -> None:
+    """Churn while the service is away longer than the broker keeps its session; a restart's
+    first anti-entropy pass brings the secondary back in line (#13 item 10)."""
+    east, west = pair.iot(EAST), pair.iot(WEST)
+    path = tmp_path / "journal.db"
+    with Journal(path) as journal, Service(pair, journal, thing_recheck_s=None):
+        east.create_thing(thingName="kept")
+        east.create_thing(thingName="doomed")
+        wait_for(
+            "the things replicated",
+            lambda: {t["thingName"] for t in west.list_things()["things"]} == {"kept", "doomed"},
+        )
+    # Away: five devices registered (certificates publish no event), their things created
+    # and deleted, a synced thing deleted, a new one created.
+    certificates = []
+    for n in range(5):
+        device = fleet_pki.pki.issue_device(f"gone-{n}")
+        registered = east.register_certificate_without_ca(
+            certificatePem=device.cert_path.read_text(), status="ACTIVE"
+        )
+        certificates.append(registered["certificateId"])
+        east.create_thing(thingName=f"gone-{n}")
+        east.delete_thing(thingName=f"gone-{n}")
+    east.delete_thing(thingName="doomed")
+    east.create_thing(thingName="new")
+    now = time.time()
+    with Journal(path) as journal:  # two hours away, as the journal will tell
+        journal.set_meta(ALIVE_AT, repr(now - 7200.0), now=now)
+
+    broker = pair.brokers[EAST]
+    # A session the broker no longer has: the queued events expired with the old one.
+    feed = FeedConfig(region=EAST, host=broker.host, port=broker.port, client_id="iotdr-after")
+    with Journal(path) as journal:
+        engine = pair.engine(journal, thing_recheck_s=None)
+        anti = AntiEntropy(
+            engine,
+            AntiEntropyConfig(first_pass_delay_s=0.5, heartbeat_s=0.5, workers=4),
+            limiter=getattr(engine.target, "limiter", None),
+        )
+        stop = threading.Event()
+        lines: list[dict[str, Any]] = []
+        service = threading.Thread(
+            target=run_service,
+            args=(engine, feed),
+            kwargs={"report": lines.append, "stop": stop, "anti_entropy": anti},
+        )
+        service.start()
+        try:
+            wait_for("the first anti-entropy pass", lambda: anti.passes >= 1, timeout_s=90.0)
+        finally:
+            stop.set()
+            service.join(30)
+        assert not service.is_alive()
+    things = {t["thingName"] for t in west.list_things()["things"]}
+    assert things == {"kept", "new"}
+    in_secondary = {c["certificateId"] for c in west.list_certificates()["certificates"]}
+    assert set(certificates) <= in_secondary
+    assert lines[0]["anti_entropy_interval_s"] == AntiEntropyConfig().interval_s
