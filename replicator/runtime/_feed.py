@@ -291,7 +291,7 @@ class MqttFeed:
         client.reconnect_delay_set(1, 30)
         # An exception in a callback would end paho's network thread: logged instead
         client.suppress_exceptions = True
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        client.on_log = self._on_log
         if config.tls:
             client.tls_set_context(tls_context(config))
         client.on_connect = self._on_connect
@@ -357,6 +357,12 @@ class MqttFeed:
         self._client.disconnect()
         self._client.loop_stop()
         self._subscribed.clear()
+
+    def _on_log(self, client: mqtt.Client, userdata: object, level: int, text: str) -> None:
+        """One line of paho's log: only an exception it caught in a callback is worth one."""
+        del client, userdata, level
+        if text.startswith("Caught exception in"):
+            logger.error("replicator.feed.callback_failed", extra={"error": text})
 
     def _on_connect(
         self,

@@ -313,3 +313,19 @@ def test_a_dead_network_thread_turns_readiness_red_and_is_restarted(
             assert not feed.keep_running()
         finally:
             feed.stop()
+
+
+def test_an_exception_paho_caught_in_a_callback_is_logged_not_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with Journal(":memory:") as journal:
+        feed = MqttFeed(FeedConfig(region=EAST, host="127.0.0.1", port=1883), journal)
+        client: Any = feed._client
+        assert client.suppress_exceptions
+        with caplog.at_level("DEBUG", logger="replicator.runtime._feed"):
+            client.on_log(client, None, 8, "Caught exception in on_connect: boom")
+            client.on_log(client, None, 16, "Sending PINGREQ")
+    lines = [r for r in caplog.records if r.name == "replicator.runtime._feed"]
+    assert [(r.getMessage(), r.levelname) for r in lines] == [
+        ("replicator.feed.callback_failed", "ERROR")
+    ]
