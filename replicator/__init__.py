@@ -18,14 +18,17 @@ The layout, from the inside out::
       _calls.py _writes.py _iam.py        pacing and translation per call; writes; IAM
     runtime/     journal, worker, quotas, feed, host
       _journal.py _sync_points.py         the SQLite journal: queues, sync points
+      _dead_letters.py                    its dead letters (bounded) and dead changes
       _worker.py                          JournalWorker: where a retry decision happens
       _engine.py _assess.py               the engine's apply(key), either direction
       _jitr.py                            the JITR handler's handle(certificate), sweep()
       _reconcile.py _failback.py          full passes; automatic failback
+      _anti_entropy.py                    the service's background reconcile pass
       _quotas.py _feed.py _stats.py       token buckets; the MQTT feed; counters
       _host.py _http.py _health.py _metrics.py   ServiceHost and its endpoints
       _settings.py _build.py              Settings and build(): the composition root
     cli.py _jitr_cli.py _config.py        entry points: ``iotdr replicator ...``
+    _dead_letters_cli.py                  ``iotdr replicator dead-letters``
     lambda_handler.py jitr_lambda.py      entry points: the AWS Lambda functions
     testing.py                            InMemoryRegion, for tests and benches
 
