@@ -288,7 +288,9 @@ def _delete_certificate(client: Boto3Region, arn: str, report: DeleteReport) -> 
         targets = list(client.pages("ListTargetsForPolicy", client.iot.list_targets_for_policy,
                                     "targets", paging=BY_MARKER, policyName=policy))  # fmt: skip
         if targets:
-            report.kept.append(f"policy {policy} (still attached to {len(targets)} principals)")
+            kept = f"policy {policy} (still attached to other certificates)"
+            if kept not in report.kept:
+                report.kept.append(kept)
         else:
             _delete_policy(client, policy)
             report.policies.append(policy)

@@ -137,8 +137,8 @@ class ShadowReport:
         data = self.as_dict()
         lines = [f"{f['shadow']}: {f['error']}" for f in self.failures[:20]]
         lines.append(
-            f"shadows {self.primary} -> {self.secondary}: compared {self.compared} of "
-            f"{self.tests}, not_synced {self.not_synced}, errors {self.errors}; latency "
+            f"shadows {self.primary} -> {self.secondary}: {self.tests} tests, compared "
+            f"{self.compared} shadows, not_synced {self.not_synced}, errors {self.errors}; latency "
             + ", ".join(f"{k} {v} s" for k, v in data["latency_s"].items())
             + f"; {data['shadows_per_s']} shadows/s"
         )

@@ -23,6 +23,7 @@ import pytest
 from botocore.config import Config
 
 from device_agent.cli import main
+from replicator.tools import _devices
 from simulators._broker import free_port
 from simulators._regions import LocalRegions
 
@@ -115,7 +116,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         process, port = _replicator(regions, state)
         try:
             _ready(port, process)
-            yield Deployment(state, regions, process, port)
+            deployment = Deployment(state, regions, process, port)
+            for region in (EAST, WEST):  # what search needs (enable-events' test turns it off)
+                deployment.iot(region).update_indexing_configuration(
+                    thingIndexingConfiguration={"thingIndexingMode": "REGISTRY"}
+                )
+            yield deployment
         finally:
             process.terminate()
             process.wait(30)
@@ -156,17 +162,24 @@ def _compare_until_identical(
 def test_enable_events_is_idempotent_and_says_what_changed(
     deployment: Deployment, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = tools(capsys, deployment, "enable-events", "--json")
+    east, west = deployment.iot(EAST), deployment.iot(WEST)
+    on = {k: {"Enabled": True} for k in ("THING", "THING_GROUP", "THING_TYPE",
+          "THING_GROUP_MEMBERSHIP", "THING_GROUP_HIERARCHY", "THING_TYPE_ASSOCIATION")}  # fmt: skip
+    east.update_event_configurations(eventConfigurations={**on, "THING": {"Enabled": False}})
+    west.update_event_configurations(eventConfigurations=on)
+    west.update_indexing_configuration(thingIndexingConfiguration={"thingIndexingMode": "OFF"})
+    try:
+        code, out, _ = tools(capsys, deployment, "enable-events", "--json")
+    finally:  # the other tests search
+        west.update_indexing_configuration(
+            thingIndexingConfiguration={"thingIndexingMode": "REGISTRY"}
+        )
     assert code == 0
-    changed = json.loads(out)["regions"]
-    assert [r["region"] for r in changed] == [EAST, WEST]
-    assert all(r["changed"] and "THING" in r["events_enabled"] for r in changed)
-    assert (
-        deployment.iot(WEST).get_indexing_configuration()["thingIndexingConfiguration"][
-            "thingIndexingMode"
-        ]
-        == "REGISTRY"
-    )
+    changed = {r["region"]: r for r in json.loads(out)["regions"]}
+    assert (changed[EAST]["events_enabled"], changed[EAST]["indexing_changed"]) == (["THING"], None)
+    assert changed[WEST]["events_enabled"] == []
+    assert changed[WEST]["indexing_changed"] == {"thingIndexingMode": ["OFF", "REGISTRY"]}
+    assert east.describe_event_configurations()["eventConfigurations"]["THING"]["Enabled"]
     code, out, _ = tools(capsys, deployment, "enable-events")
     assert code == 0
     assert out.count("already on (nothing changed)") == 2
@@ -423,3 +436,60 @@ def test_an_unreachable_region_is_one_line_and_exit_2(capsys: pytest.CaptureFixt
     lines = _errors(capsys.readouterr().err).splitlines()
     assert len(lines) == 1
     assert "unreachable" in lines[0]
+
+
+def test_create_device_with_a_ca_a_type_and_groups_and_its_admission(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    east = deployment.iot(EAST)
+    east.create_thing_type(thingTypeName="lamp")
+    east.create_thing_group(thingGroupName="hall")
+    pki = deployment.state / "pki"
+    code, out, err = tools(capsys, deployment, "create-device", "ca-0", "--ca",
+                           str(pki / "fleet-ca.crt"), "--ca-key", str(pki / "fleet-ca.key"),
+                           "--thing-type", "lamp", "--thing-group", "hall", "--key-algorithm",
+                           "rsa", "--out-dir", str(tmp_path), "--json")  # fmt: skip
+    assert code == 0, err
+    described = east.describe_thing(thingName="ca-0")
+    assert described["thingTypeName"] == "lamp"
+    groups = east.list_thing_groups_for_thing(thingName="ca-0")["thingGroups"]
+    assert [g["groupName"] for g in groups] == ["hall"]
+    code, out, _ = tools(capsys, deployment, "lookup", "ca-0", "--region", EAST, "--json")
+    assert code == 0
+    found = json.loads(out)["regions"][EAST]
+    assert found["admission"]["admitted"] is True
+    assert found["thing"]["thingGroups"] == ["hall"]
+    code, _, err = tools(capsys, deployment, "create-device", "ca-1", "--thing-group",
+                         "no-such-group", "--out-dir", str(tmp_path))  # fmt: skip
+    assert code == 2
+    assert "no-such-group" in err or "AddThingToThingGroup" in err
+
+
+def test_ctrl_c_in_delete_devices_says_what_was_done(
+    deployment: Deployment,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for i in range(3):
+        code, _, err = tools(capsys, deployment, "create-device", f"int-{i}", "--out-dir",
+                             str(tmp_path))  # fmt: skip
+        assert code == 0, err
+    real = _devices.delete_thing
+
+    def interrupted(client: Any, name: str, report: Any) -> None:
+        if name == "int-1":
+            raise KeyboardInterrupt
+        real(client, name, report)
+
+    monkeypatch.setattr(_devices, "delete_thing", interrupted)
+    code, out, _ = tools(capsys, deployment, "delete-devices", "--query-string", "thingName:int-*",
+                         "--force")  # fmt: skip
+    assert code == 130
+    assert "interrupted while deleting int-1" in out
+    assert "deleted 1 things" in out
+    monkeypatch.setattr(_devices, "delete_thing", real)
+    code, out, _ = tools(capsys, deployment, "delete-devices", "--query-string", "thingName:int-*",
+                         "--force")  # fmt: skip
+    assert code == 0
+    assert "matched 2, deleted 2 things" in out
