@@ -2,11 +2,11 @@
 
 It reads the configuration, looks at the identity files (they exist, the key
 is private, the CA loads, the certificate is in date and the key belongs to
-it) and asks DNS what the agent would ask (the CNAME and its roles TXT
-record, the static endpoints' addresses), through the configured
-nameservers and the same endpoint-name allow-list. Each finding is one line:
-what was found, or what is wrong and what to do. Nothing connects to a
-broker.
+it), checks that the chosen transport is installed, and asks DNS what the
+agent would ask (the CNAME and its roles TXT record, the static endpoints'
+addresses), through the configured nameservers and the same endpoint-name
+allow-list. Each finding is one line: what was found, or what is wrong and
+what to do. Nothing connects to a broker.
 
 The certificate's validity is read from its DER encoding here (a few
 fields of X.509's fixed layout), since ``device_agent`` may not import
@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib
 import os
 import ssl
 import stat
 from dataclasses import dataclass
+from importlib import metadata
 from typing import TYPE_CHECKING
 
 from device_agent._discovery import DnsDiscovery
@@ -57,8 +59,21 @@ async def check_agent(config: AgentConfig, *, now: dt.datetime | None = None) ->
     """Every finding about ``config``'s identity and DNS (see the module docstring)."""
     moment = now or dt.datetime.now(dt.UTC)
     findings = _identity(config, moment)
+    findings.append(_transport(config))
     findings.extend(await _dns(config))
     return findings
+
+
+def _transport(config: AgentConfig) -> Finding:
+    if config.mqtt.transport != "crt":
+        return Finding(True, "transport", "paho (paho-mqtt)")
+    try:
+        importlib.import_module("awscrt.mqtt5")
+        version = metadata.version("awscrt")
+    except (ImportError, metadata.PackageNotFoundError) as exc:
+        text = f"crt needs the AWS Common Runtime: pip install 'iotdr[crt]' ({exc})"
+        return Finding(False, "transport", text)
+    return Finding(True, "transport", f"crt (awscrt {version}, MQTT 5)")
 
 
 def _identity(config: AgentConfig, now: dt.datetime) -> list[Finding]:

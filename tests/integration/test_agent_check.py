@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from cryptography import x509
@@ -175,3 +176,27 @@ def test_validity_is_read_from_the_der(fleet_pki: FleetFixture) -> None:
     assert after == device.certificate.not_valid_after_utc
     with pytest.raises(ValueError, match="DER"):
         certificate_validity(b"\x30\x05\x30")
+
+
+def test_the_crt_transport_without_awscrt_is_a_problem_line(
+    tmp_path: Path,
+    fleet_pki: FleetFixture,
+    dns_server: ThreadedDNSServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path, _ = _write_config(tmp_path, fleet_pki, dns_server, "crt-check")
+    path.write_text(path.read_text() + '\n[mqtt]\ntransport = "crt"\n')
+    real = importlib.import_module
+
+    def refuse(name: str, package: str | None = None) -> Any:
+        if name.startswith("awscrt"):
+            msg = f"No module named {name!r}"
+            raise ImportError(msg)
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", refuse)
+    code, lines = _run(path, capsys)
+    assert code == 1
+    expected = "problem transport: crt needs the AWS Common Runtime: pip install 'iotdr[crt]'"
+    assert _problems(lines) == [f"{expected} (No module named 'awscrt.mqtt5')"]
