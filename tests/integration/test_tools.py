@@ -1,7 +1,7 @@
-"""``iotdr tools`` against the local regions with the replicator running (``--local STATE_DIR``).
+"""``iotdr tools`` against ``iotdr sim regions up`` with the replicator running (``--local``).
 
-One set of local regions and one replicator (complete mode, fed by the
-primary's broker) for the whole module. Devices are made by ``create-device``
+One ``iotdr sim regions up`` process and one replicator (complete mode, fed
+by the primary's broker) for the whole module. Devices are made by ``create-device``
 in the primary and replicated; then differences are planted by hand in one
 region and ``compare-devices`` must name each of them. Every wait is a poll
 with a deadline.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from botocore.config import Config
 from device_agent.cli import main
 from replicator.tools import _devices
 from simulators._broker import free_port
-from simulators._regions import LocalRegions
+from simulators.controlplane import ControlPlaneAdmin
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -39,12 +40,20 @@ WAIT_S = 60.0
 
 @dataclass
 class Deployment:
-    """The local regions, their regions.json, and the replicator between them."""
+    """``iotdr sim regions up`` (its endpoints and regions.json), and the replicator."""
 
     state: Path
-    regions: LocalRegions
+    endpoints: dict[str, Any]
     replicator: subprocess.Popen[bytes]
     metrics_port: int
+
+    def set_fault(self, region: str, mode: str) -> None:
+        """``iotdr sim fault REGION MODE`` on the running regions."""
+        assert main(["sim", "fault", region, mode, "--state-dir", str(self.state)]) == 0
+
+    def set_quotas(self, region: str, quotas: dict[str, float]) -> None:
+        """The region's control-plane quotas from now on ({}: the defaults)."""
+        ControlPlaneAdmin(self.endpoints["control_plane_url"]).set_quotas(region, quotas)
 
     def replicator_idle(self) -> None:
         """Wait until nothing is pending in the replicator (its rechecks included)."""
@@ -61,7 +70,7 @@ class Deployment:
         pytest.fail("the replicator kept work pending")
 
     def iot(self, region: str) -> Any:
-        url = self.regions.endpoints()["control_plane_url"]
+        url = self.endpoints["control_plane_url"]
         assert url.startswith("http://127.0.0.1:")
         return boto3.client(
             "iot", region_name=region, endpoint_url=url,
@@ -70,8 +79,7 @@ class Deployment:
         )  # fmt: skip
 
 
-def _replicator(regions: LocalRegions, state: Path) -> tuple[subprocess.Popen[bytes], int]:
-    endpoints = regions.endpoints()
+def _replicator(endpoints: dict[str, Any], state: Path) -> tuple[subprocess.Popen[bytes], int]:
     control = endpoints["control_plane_url"]
     port = free_port("127.0.0.1")
     command = [
@@ -108,15 +116,33 @@ def _ready(port: int, process: subprocess.Popen[bytes]) -> None:
     pytest.fail("the replicator did not get ready")
 
 
+def _regions_up(state: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """``iotdr sim regions up`` on free ports, and the endpoints of its ready line."""
+    with (state / "regions.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "device_agent.cli", "--log-level", "warning", "sim", "regions",
+             "up", "--state-dir", str(state), "--mqtt-port", "0", "--mqtts-port", "0",
+             "--data-port", "0", "--control-plane-port", "0", "--dns-port", "0", "--json"],
+            stdout=subprocess.PIPE, stderr=log, text=True,
+        )  # fmt: skip
+    assert process.stdout is not None
+    line = process.stdout.readline()  # the ready line (the process exits, and EOF, on failure)
+    if not line:
+        process.wait(30)
+        pytest.fail(f"iotdr sim regions up did not start: {(state / 'regions.log').read_text()}")
+    return process, json.loads(line)
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     state = tmp_path_factory.mktemp("tools")
-    with LocalRegions(state_dir=state, health=None) as regions:
-        regions.write_regions_file()
-        process, port = _replicator(regions, state)
+    regions, endpoints = _regions_up(state)
+    try:
+        assert (state / "regions.json").exists()
+        process, port = _replicator(endpoints, state)
         try:
             _ready(port, process)
-            deployment = Deployment(state, regions, process, port)
+            deployment = Deployment(state, endpoints, process, port)
             for region in (EAST, WEST):  # what search needs (enable-events' test turns it off)
                 deployment.iot(region).update_indexing_configuration(
                     thingIndexingConfiguration={"thingIndexingMode": "REGISTRY"}
@@ -125,6 +151,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         finally:
             process.terminate()
             process.wait(30)
+    finally:
+        regions.send_signal(signal.SIGTERM)
+        regions.wait(60)
 
 
 def _errors(err: str) -> str:
@@ -400,11 +429,11 @@ def test_e2e_passes_then_fails_naming_the_step_when_the_secondary_door_is_down(
     with pytest.raises(deployment.iot(WEST).exceptions.ResourceNotFoundException):
         deployment.iot(WEST).describe_thing(thingName=name)
 
-    deployment.regions.set_fault(WEST, "down")
+    deployment.set_fault(WEST, "down")
     try:
         code, out, _ = tools(capsys, deployment, "e2e", "--timeout", "5")
     finally:
-        deployment.regions.set_fault(WEST, "up")
+        deployment.set_fault(WEST, "up")
     assert code == 1
     assert "FAIL publish/subscribe in us-west-2" in out
     assert "PASS publish/subscribe in us-east-1" in out
@@ -415,12 +444,12 @@ def test_e2e_passes_then_fails_naming_the_step_when_the_secondary_door_is_down(
 def test_bulk_provision_slows_down_when_throttled_and_says_so(
     deployment: Deployment, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    deployment.regions.set_control_plane_quotas(EAST, {"CreateCertificateFromCsr": 2})
+    deployment.set_quotas(EAST, {"CreateCertificateFromCsr": 2})
     try:
         code, out, err = tools(capsys, deployment, "bulk-provision", "thr-", "8", "--out-dir",
                                str(tmp_path), "--json")  # fmt: skip
     finally:
-        deployment.regions.set_control_plane_quotas(EAST, {})
+        deployment.set_quotas(EAST, {})
     assert code == 0, err
     summary = json.loads(out)
     assert (summary["provisioned"], summary["failed"]) == (8, 0)
