@@ -9,6 +9,7 @@ The layout, from the inside out::
     _errors.py   the one root exception, its families, the policy for failures
     core/        pure: no I/O, no clocks, no logging
       _state.py _records.py _ops.py       states, change records, the writes
+      _record_json.py                     records as the journal keeps them
       _plan.py _plan_security.py _plan_shadow.py   the planners
       _sync.py _arns.py _retry.py         sync fingerprints, ARN rewriting, RetryPolicy
       _jitr_plan.py                       JITR's screen and provisioning plan
@@ -25,6 +26,7 @@ The layout, from the inside out::
       _reconcile.py _failback.py          full passes; automatic failback
       _anti_entropy.py                    the service's background reconcile pass
       _quotas.py _feed.py _stats.py       token buckets; the MQTT feed; counters
+      _feed_config.py                     the feed's broker, session and TLS rule
       _host.py _http.py _health.py _metrics.py   ServiceHost and its endpoints
       _settings.py _build.py              Settings and build(): the composition root
     cli.py _jitr_cli.py _config.py        entry points: ``iotdr replicator ...``

@@ -30,6 +30,7 @@ from replicator.core._state import CERTIFICATE_ID, KINDS, ObjectKey
 
 __all__ = [
     "ORIGIN_TOKEN_PREFIX",
+    "RECORD_TYPES",
     "CertificateChanged",
     "DeadLetter",
     "HierarchyChanged",
@@ -47,8 +48,6 @@ __all__ = [
     "origin_token",
     "parse_message",
     "parse_sqs_body",
-    "record_from_json",
-    "record_to_json",
     "unparseable",
 ]
 
@@ -204,7 +203,7 @@ Record = (
     | ShadowChanged
     | ObjectNamed
 )
-_RECORD_TYPES: Final[dict[str, type[Any]]] = {
+RECORD_TYPES: Final[dict[str, type[Any]]] = {
     cls.__name__: cls
     for cls in (
         ThingChanged,
@@ -481,28 +480,3 @@ def parse_sqs_body(body: str, *, region: str) -> ParseResult:
     except Exception as exc:  # noqa: BLE001 - any input at all ends as a dead letter
         return DeadLetter("(sqs)", excerpt(body), unparseable(exc))
     return parse_message(topic, payload, region=region)
-
-
-def record_to_json(record: Record) -> str:
-    """The record as JSON, for the journal."""
-    fields: dict[str, Any] = {"type": type(record).__name__}
-    for name in record.__dataclass_fields__:
-        value = getattr(record, name)
-        fields[name] = str(value) if isinstance(value, ObjectKey) else value
-    return json.dumps(fields, sort_keys=True)
-
-
-def record_from_json(text: str) -> Record:
-    """The record of :func:`record_to_json`.
-
-    Raises:
-        ValueError: not such a record.
-    """
-    fields = json.loads(text)
-    cls = _RECORD_TYPES.get(fields.pop("type", None))
-    if cls is None:
-        raise ValueError(f"not a change record: {text[:200]}")
-    if cls is ObjectNamed:
-        fields["key"] = ObjectKey.parse(fields["key"])
-    record: Record = cls(**fields)
-    return record

@@ -31,13 +31,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from replicator._errors import JournalError
-from replicator.core._records import Record, record_from_json, record_to_json
+from replicator.core._record_json import record_from_json, record_to_json
 from replicator.core._state import ObjectKey
 from replicator.runtime._dead_letters import DeadLetterRow, DeadLetters
 from replicator.runtime._sync_points import SyncPoints
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
+
+    from replicator.core._records import Record
 
 __all__ = ["Claim", "DeadLetterRow", "Journal", "JournalCounts", "RowState"]
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from replicator.core._record_json import record_from_json, record_to_json
 from replicator.core._records import (
     CertificateChanged,
     DeadLetter,
@@ -21,8 +22,6 @@ from replicator.core._records import (
     origin_token,
     parse_message,
     parse_sqs_body,
-    record_from_json,
-    record_to_json,
 )
 from replicator.core._state import ObjectKey
 
