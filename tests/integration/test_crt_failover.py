@@ -35,12 +35,20 @@ if TYPE_CHECKING:
 
     from device_agent._client import AgentEvent, Message
     from device_agent._config import AgentConfig
+    from simulators import Broker
 
 __all__ = ["regions"]  # the fixture, imported for pytest
 
 pytest.importorskip("awscrt", reason="the crt extra (awscrt) is not installed")
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _mqtt5_brokers(region_brokers: dict[str, Broker]) -> None:
+    """MQTT 5 (the CRT's only level) needs mosquitto; amqtt, the fallback, speaks 3.1.1."""
+    if not all(broker.mqtt5 for broker in region_brokers.values()):
+        pytest.skip("MQTT 5 needs mosquitto, which is not installed (amqtt speaks 3.1.1)")
 
 
 TRANSPORTS = ["paho", "crt"]

@@ -81,6 +81,8 @@ def _desire(regions: LocalRegions, region: str, thing: str, color: str) -> None:
 async def test_the_shadow_after_a_switch_is_the_new_regions(
     local_regions: LocalRegions, transport: str
 ) -> None:
+    if not all(r["mqtt5"] for r in local_regions.endpoints()["regions"].values()):
+        pytest.skip("MQTT 5 needs mosquitto, which is not installed (amqtt speaks 3.1.1)")
     if transport == "crt":
         pytest.importorskip("awscrt", reason="the crt extra (awscrt) is not installed")
     name = f"shadow-{transport}"
