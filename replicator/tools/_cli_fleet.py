@@ -184,7 +184,7 @@ def bulk_provision(**options: Any) -> None:
     except KeyboardInterrupt:
         run.save(force=True, status="in_progress")
         click.echo(
-            f"interrupted: {len(run.devices)} of {run.count} devices provisioned in "
+            f"iotdr: interrupted: {len(run.devices)} of {run.count} devices provisioned in "
             f"{run.directory}; run the same command again to continue",
             err=True,
         )

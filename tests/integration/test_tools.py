@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import pytest
 from botocore.config import Config
 
 from device_agent.cli import main
-from replicator.tools import _devices
+from replicator.tools import _bulk, _devices
 from simulators._broker import free_port
 from simulators.controlplane import ControlPlaneAdmin
 
@@ -522,3 +523,34 @@ def test_ctrl_c_in_delete_devices_says_what_was_done(
                          "--force")  # fmt: skip
     assert code == 0
     assert "matched 2, deleted 2 things" in out
+
+
+def test_ctrl_c_in_bulk_provision_keeps_what_was_done_and_a_re_run_continues(
+    deployment: Deployment,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = _bulk.BulkRun._provision_device
+
+    def interrupted(run: _bulk.BulkRun, client: Any, name: str) -> None:
+        if name == "cc-3":
+            raise KeyboardInterrupt
+        real(run, client, name)
+
+    monkeypatch.setattr(_bulk.BulkRun, "_provision_device", interrupted)
+    capsys.readouterr()
+    code = main(["tools", "bulk-provision", "cc-", "5", "--out-dir", str(tmp_path), "--workers",
+                 "1", "--local", str(deployment.state)])  # fmt: skip
+    err = _errors(capsys.readouterr().err)
+    assert code == 130
+    # (the worker may start cc-4 before the main thread sees cc-3's interruption)
+    assert re.search(r"iotdr: interrupted: [34] of 5 devices provisioned", err)
+    run = next(tmp_path.glob("cc--*"))
+    assert json.loads((run / "results.json").read_text())["status"] == "in_progress"
+    monkeypatch.setattr(_bulk.BulkRun, "_provision_device", real)
+    code, out, err = tools(capsys, deployment, "bulk-provision", "cc-", "5", "--out-dir",
+                           str(tmp_path), "--json")  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(out)
+    assert (summary["directory"], summary["resumed"], summary["provisioned"]) == (str(run), True, 5)
