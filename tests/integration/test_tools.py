@@ -447,13 +447,13 @@ def test_bulk_provision_slows_down_when_throttled_and_says_so(
 ) -> None:
     deployment.set_quotas(EAST, {"CreateCertificateFromCsr": 2})
     try:
-        code, out, err = tools(capsys, deployment, "bulk-provision", "thr-", "8", "--out-dir",
+        code, out, err = tools(capsys, deployment, "bulk-provision", "thr-", "5", "--out-dir",
                                str(tmp_path), "--json")  # fmt: skip
     finally:
         deployment.set_quotas(EAST, {})
     assert code == 0, err
     summary = json.loads(out)
-    assert (summary["provisioned"], summary["failed"]) == (8, 0)
+    assert (summary["provisioned"], summary["failed"]) == (5, 0)
     assert summary["throttled"]["us-east-1/CreateCertificateFromCsr"] >= 1
     assert "throttled (us-east-1/CreateCertificateFromCsr" in err
     assert "slowed down and carried on" in err
