@@ -6,10 +6,11 @@ import threading
 
 import pytest
 
-from replicator._errors import ConfigError
+from replicator._errors import ConfigError, JournalError
 from replicator.core._ops import CreateThing, RegisterCertificateWithoutCA
 from replicator.runtime._anti_entropy import ALIVE_AT, AntiEntropy, AntiEntropyConfig
 from replicator.runtime._engine import Engine, EngineConfig
+from replicator.runtime._health import ServiceHealth
 from replicator.runtime._journal import Journal
 from replicator.runtime._metrics import ReplicatorMetrics
 from replicator.runtime._quotas import QuotaConfig, QuotaLimiter
@@ -123,3 +124,26 @@ def test_a_background_share_holds_its_calls_to_that_fraction_of_the_rate() -> No
     assert seen == [0.0]  # another thread (live work) is not held to the share
     with pytest.raises(ConfigError):
         background.share_this_thread(1.5)
+
+
+def test_readiness_carries_the_passes_details_and_survives_a_failing_one() -> None:
+    clock = Clock()
+    _, _, anti = setup(clock)
+    health = ServiceHealth()
+    health.engine_running()
+    health.add_details("anti_entropy", anti.details)
+    verdict = health.readiness().as_dict()
+    assert verdict["ok"] is True
+    assert verdict["details"]["anti_entropy"] == {
+        "passes": 0,
+        "running": False,
+        "last_completed_at": None,
+    }
+
+    def broken() -> dict[str, object]:
+        raise JournalError(":memory:", "closed")
+
+    health.add_details("anti_entropy", broken)
+    assert health.readiness().as_dict()["details"] == {
+        "anti_entropy": {"error": "journal :memory:: closed"}
+    }

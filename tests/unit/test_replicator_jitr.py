@@ -1308,3 +1308,19 @@ def test_rotation_is_off_unless_configured() -> None:
     env = {"AWS_REGION": WEST, "IOTDR_JITR_POLICY": POLICY}
     assert config_from_env(env)[1].allow_rotation is False
     assert config_from_env({**env, "IOTDR_JITR_ALLOW_ROTATION": "true"})[1].allow_rotation
+
+
+@pytest.mark.parametrize("failure", [THROTTLED, UNREACHABLE], ids=["throttled", "unreachable"])
+def test_the_lambda_fails_the_invocation_rather_than_activate_unchecked(
+    ca: CA, failure: ReplicatorError
+) -> None:
+    """Lambda retries the invocation; the certificate stays pending meanwhile."""
+    region = MemoryJitrRegion()
+    region.register_ca(ca)
+    config = JitrConfig(policy_name=POLICY, policy_document=DOCUMENT, primary_region=EAST)
+    cid = region.jitr(ca, "lambda-throttled")
+    primary = FakePrimary(statuses={cid: "REVOKED"}, failures=[failure])
+    with pytest.raises(type(failure)):
+        handle_event(_event(cid, ca), region, config, primary=primary)
+    assert region.status(cid) == "PENDING_ACTIVATION"
+    assert handle_event(_event(cid, ca), region, config, primary=primary)["result"] == "mirrored"
