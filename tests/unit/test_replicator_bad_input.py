@@ -12,6 +12,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import paho.mqtt.client as paho
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,7 @@ from replicator.core._records import DeadLetter, Ignored, parse_message, parse_s
 from replicator.lambda_handler import LambdaReplicator
 from replicator.runtime._engine import Engine, EngineConfig
 from replicator.runtime._feed import FEED_TOPICS, FeedConfig, MqttFeed, journal_message
+from replicator.runtime._host import ServiceOps, run_service
 from replicator.runtime._journal import Journal
 from replicator.testing import InMemoryRegion
 
@@ -329,3 +331,52 @@ def test_an_exception_paho_caught_in_a_callback_is_logged_not_lost(
     assert [(r.getMessage(), r.levelname) for r in lines] == [
         ("replicator.feed.callback_failed", "ERROR")
     ]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_the_service_host_restarts_a_feed_whose_network_thread_died(
+    broker: PublishingBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host's watch notices the dead thread, the feed reconnects, the metric says so."""
+    loop = paho.Client._loop
+    broken = threading.Event()
+
+    def loop_once_broken(self: paho.Client, timeout: float = 1.0) -> Any:
+        if broken.is_set():
+            broken.clear()
+            raise RuntimeError("a bug in the network loop")
+        return loop(self, timeout)
+
+    monkeypatch.setattr(paho.Client, "_loop", loop_once_broken)
+    ops = ServiceOps()
+    engine = Engine(
+        source=InMemoryRegion(EAST),
+        target=InMemoryRegion(WEST),
+        journal=Journal(":memory:"),
+        config=EngineConfig(workers=1, thing_recheck_s=None, poll_s=0.05),
+    )
+    stop = threading.Event()
+    service = threading.Thread(
+        target=run_service,
+        args=(engine, FeedConfig(region=EAST, host="127.0.0.1", port=broker.port)),
+        kwargs={"report": lambda line: None, "stop": stop, "ops": ops},
+    )
+    service.start()
+
+    def metric(name: str) -> float:
+        for line in ops.metrics.exposition().decode().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+        return -1.0
+
+    try:
+        wait_for(lambda: broker.sessions == 1 and metric("iotdr_replicator_feed_subscribed") == 1)
+        broken.set()
+        wait_for(lambda: metric("iotdr_replicator_feed_restarts_total") == 1)
+        wait_for(lambda: broker.sessions == 2 and metric("iotdr_replicator_feed_subscribed") == 1)
+        assert ops.health.readiness().ok
+    finally:
+        stop.set()
+        service.join(15)
+        engine.journal.close()
+    assert not service.is_alive()
