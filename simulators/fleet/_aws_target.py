@@ -9,7 +9,7 @@ refuses, before anything starts, a scenario that cannot run against AWS:
 the regions cannot be faulted from outside, so faults are on the devices'
 side only.
 
-``results.json`` (what ``iotdr tools bulk-provision`` will write; paths
+``results.json`` (the format ``iotdr tools bulk-provision`` writes; paths
 relative to its directory)::
 
     {
@@ -23,6 +23,12 @@ relative to its directory)::
       "observer": {"client_id": "iotdr-fleet-observer", "cert": "observer.crt",
                    "key": "observer.key"}
     }
+
+The devices may also be listed as ``iotdr tools bulk-provision`` writes
+them: ``{"thingName": ..., "certificateId": ..., "certificatePem": "-----BEGIN
+CERTIFICATE-----...", "privateKey": "NAME.private.key"}`` (the certificate is
+then written next to the key as ``NAME.certificate.pem``); its run is in one
+region (``region``), the replicator's to copy to the other.
 
 ``regions``: where every certificate is ACTIVE and attached to its thing;
 ``devices[].thing_name`` is also the device's MQTT client ID;
@@ -177,7 +183,34 @@ class AwsIdentities:
     regions: tuple[str, ...] = field(default=())
 
 
+def _from_bulk(item: dict[str, Any], where: str, base: Path) -> dict[str, Any]:
+    """A device as ``iotdr tools bulk-provision`` lists it, in this module's keys.
+
+    Its entry names the thing (``thingName``), holds the certificate inline
+    (``certificatePem``) and names its private key file (``privateKey``); the
+    certificate is written next to the key as ``NAME.certificate.pem``, the
+    file ``iotdr tools extract-certs`` writes, unless it is there already.
+    """
+    name, pem, key = item.get("thingName"), item.get("certificatePem"), item.get("privateKey")
+    if not isinstance(name, str) or not name or "/" in name or not isinstance(key, str):
+        msg = f"{where}: thingName and privateKey missing (or not a string)"
+        raise SimulatorError(msg)
+    cert = f"{name}.certificate.pem"
+    if not (base / cert).is_file():
+        if not isinstance(pem, str) or "BEGIN CERTIFICATE" not in pem:
+            msg = f"{where}: no certificatePem and no {base / cert}"
+            raise SimulatorError(msg)
+        try:
+            (base / cert).write_text(pem)
+        except OSError as exc:
+            msg = f"{where}: cannot write {base / cert}: {exc.strerror}"
+            raise SimulatorError(msg) from exc
+    return {"thing_name": name, "cert": cert, "key": key}
+
+
 def _identity(item: object, where: str, base: Path, name_key: str) -> Identity:
+    if isinstance(item, dict) and name_key == "thing_name" and "thingName" in item:
+        item = _from_bulk(item, where, base)
     if not isinstance(item, dict):
         msg = f"{where}: expected an object with {name_key}, cert and key"
         raise SimulatorError(msg)
@@ -233,7 +266,7 @@ def load_identities(directory: Path) -> AwsIdentities:
         None
         if observer is None
         else _identity(observer, f"{path}: observer", directory, "client_id"),
-        tuple(str(r) for r in data.get("regions", [])),
+        tuple(str(r) for r in data.get("regions") or [data.get("region")] if r),
     )
 
 

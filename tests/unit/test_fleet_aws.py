@@ -346,3 +346,40 @@ def test_no_observer_is_one_line(tmp_path: Path) -> None:
     )
     with contextlib.ExitStack() as stack, pytest.raises(SimulatorError, match="no observer"):
         stage.start(stack, RunRecord(scenario="drill"))
+
+
+def test_results_json_as_iotdr_tools_bulk_provision_writes_it(tmp_path: Path) -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    devices = []
+    for i in range(2):
+        (tmp_path / f"dev{i}.private.key").write_text("key")
+        devices.append(
+            {
+                "thingName": f"dev{i}",
+                "certificateId": "ab" * 32,
+                "certificateArn": f"arn:aws:iot:{E}:123456789012:cert/{'ab' * 32}",
+                "certificatePem": pem,
+                "privateKey": f"dev{i}.private.key",
+            }
+        )
+    (tmp_path / "dev1.certificate.pem").write_text("already extracted")
+    results = {"format": "iotdr-bulk-provision/1", "region": E, "devices": devices}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+
+    found = load_identities(tmp_path)
+
+    assert [d.name for d in found.devices] == ["dev0", "dev1"]
+    assert found.devices[0].cert == tmp_path / "dev0.certificate.pem"
+    assert found.devices[0].key == tmp_path / "dev0.private.key"
+    assert (tmp_path / "dev0.certificate.pem").read_text() == pem
+    assert (tmp_path / "dev1.certificate.pem").read_text() == "already extracted"  # kept
+    assert found.regions == (E,)
+
+
+def test_a_bulk_provision_entry_without_its_certificate_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "dev0.private.key").write_text("key")
+    device = {"thingName": "dev0", "privateKey": "dev0.private.key"}
+    results = {"format": "iotdr-bulk-provision/1", "region": E, "devices": [device]}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    with pytest.raises(SimulatorError, match=r"devices\[0\]: no certificatePem"):
+        load_identities(tmp_path)
