@@ -466,7 +466,11 @@ def test_the_setup_turns_on_registry_events_and_indexing(shadows: str, mode: str
 
 @pytest.mark.usefixtures("no_aws_configuration")
 def test_the_setup_reports_a_failure_to_cloudformation_in_one_line() -> None:
-    with region_setup_handler() as (handler, responses):
+    # A session of its own (boto3's default one may hold an earlier test's credentials),
+    # on a loopback endpoint so that nothing public is ever asked, whatever happens.
+    session = boto3.session.Session(region_name="us-east-1")
+    iot = session.client("iot", endpoint_url="http://127.0.0.1:9")
+    with region_setup_handler(iot) as (handler, responses):
         handler(_request("Update"), None)  # no credentials: fails before any request
     [response] = responses
     assert response["Status"] == "FAILED"
