@@ -13,6 +13,8 @@ of clients in one test.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from device_agent._client import AgentEvent, Clock, FailoverClient, Message, Status, Subscription
 from device_agent._config import (
     AgentConfig,
@@ -50,6 +52,9 @@ from device_agent._transport import (
     TransportFactory,
 )
 
+if TYPE_CHECKING:
+    from device_agent._crt import CrtTransport, CrtTransportFactory
+
 __all__ = [
     "AgentConfig",
     "AgentEvent",
@@ -58,6 +63,8 @@ __all__ = [
     "ConnectError",
     "ConnectErrorKind",
     "ConnectParams",
+    "CrtTransport",
+    "CrtTransportFactory",
     "DeviceAgentError",
     "Discovery",
     "DiscoveryConfig",
@@ -100,3 +107,20 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+_LAZY_CRT = frozenset({"CrtTransport", "CrtTransportFactory"})
+
+
+def __getattr__(name: str) -> Any:
+    """``CrtTransport``, imported on first use: awscrt is an optional extra.
+
+    ``import device_agent`` must work without awscrt installed, and must not
+    load it (about 8 MiB) where paho is the transport.
+    """
+    if name in _LAZY_CRT:
+        from device_agent import _crt  # noqa: PLC0415
+
+        return getattr(_crt, name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

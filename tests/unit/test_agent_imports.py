@@ -1,0 +1,65 @@
+"""``import device_agent``: no awscrt loaded, and none needed; CrtTransport exported lazily."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import device_agent
+from device_agent._crt import CrtTransport, CrtTransportFactory
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    # A fresh interpreter: this one may have imported awscrt for other tests.
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_importing_the_package_does_not_import_awscrt() -> None:
+    done = _run(
+        """
+        import sys
+        import device_agent
+        assert "awscrt" not in sys.modules, sorted(m for m in sys.modules if "awscrt" in m)
+        assert "device_agent._crt" not in sys.modules
+        """
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_package_imports_without_awscrt_installed() -> None:
+    # ``None`` in sys.modules makes every ``import awscrt...`` fail as if it were absent.
+    done = _run(
+        """
+        import sys
+        for name in ("awscrt", "awscrt.mqtt5", "awscrt.io", "awscrt.http", "awsiot"):
+            sys.modules[name] = None
+        import device_agent
+        from device_agent import FailoverClient, PahoTransport
+        assert device_agent.CrtTransport.__name__ == "CrtTransport"
+        assert "CrtTransport" in device_agent.__all__
+        """
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_crt_transport_is_exported_on_first_use() -> None:
+    assert device_agent.CrtTransport is CrtTransport
+    assert device_agent.CrtTransportFactory is CrtTransportFactory
+    assert set(device_agent.__all__) <= set(dir(device_agent)) | {
+        "CrtTransport",
+        "CrtTransportFactory",
+    }
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        _ = device_agent.NoSuchThing
