@@ -13,6 +13,16 @@ QoS 1 publishes go to the durable outbox first and leave it on PUBACK; a
 sender task per connection sends the outbox in order, at most
 ``max_inflight`` unacknowledged at once, from the start of the outbox after
 every (re)connect.
+
+A message the broker keeps refusing (AWS IoT drops an MQTT 3.1.1 connection
+on a PUBLISH its policy denies) would be replayed after every reconnect and
+drop every connection: a loop that looks like a regional outage. So when a
+connection is lost with messages awaiting their PUBACK, the oldest of them
+becomes a suspect and is sent alone, first, on the next connection; its
+PUBACK clears it, and after ``outbox.dead_letter_after`` losses in a row it
+is set aside (``message.dead_lettered``). The machine sees only lost
+connections that it retries in the same region (a connect that succeeds is
+no region failure), so a refused message never moves the device.
 """
 
 from __future__ import annotations
@@ -32,7 +42,12 @@ from paho.mqtt.client import topic_matches_sub
 
 from device_agent._discovery import Discovery, DnsDiscovery
 from device_agent._endpoints import Endpoint
-from device_agent._errors import ConfigError, DeviceAgentError, DiscoveryError
+from device_agent._errors import (
+    ConfigError,
+    DeviceAgentError,
+    DiscoveryError,
+    MessageTooLargeError,
+)
 from device_agent._machine import (
     Action,
     Answered,
@@ -61,6 +76,7 @@ from device_agent._machine import (
     TimerFired,
 )
 from device_agent._outbox import Outbox
+from device_agent._ports import DeadLetterPort
 from device_agent._probe import Prober
 from device_agent._shadows import ShadowFetcher, ShadowSnapshot
 from device_agent._status import AgentEvent, Clock, Status, SystemClock, TimerHandle
@@ -91,6 +107,10 @@ logger = logging.getLogger(__name__)
 _DNS_RETRY_FIRST_S = 1.0
 _DNS_RETRY_MAX_S = 60.0
 
+# AWS IoT Core refuses a PUBLISH over 128 KB. Counted here as payload plus topic (UTF-8):
+# whatever AWS counts of the two, a message under this is never refused for its size.
+MAX_MESSAGE_BYTES = 128 * 1024
+
 
 @dataclass(eq=False)
 class _Connection:
@@ -105,6 +125,10 @@ class _Connection:
     # Requests (QoS 1 PUBLISH, PINGREQ) still unanswered: key -> when sent. Insertion
     # order is send order, so the first is the oldest (the failure detector's input).
     unanswered: dict[object, float] = field(default_factory=dict)
+    # Outbox seqs sent on this connection whose PUBACK has not come (yet, or ever).
+    in_flight: set[int] = field(default_factory=set)
+    lost: bool = False  # dropped by the broker or the network, not by us
+    isolating: int | None = None  # the suspect seq, sent alone on this connection
 
 
 class FailoverClient:
@@ -200,7 +224,12 @@ class FailoverClient:
                 clock=self._clock.time,
             )
         )
+        self._dead_letters = self._outbox if isinstance(self._outbox, DeadLetterPort) else None
+        self._set_aside: set[int] = set()  # refused messages of an outbox without dead letters
+        self._suspect: int | None = None  # the outbox seq suspected of dropping connections
+        self._suspect_losses = 0
         self._subscriptions: list[Subscription] = []
+        self._subscription_drops = 0  # of subscriptions since removed
         self._machine: FailoverMachine | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._timers: dict[Timer, TimerHandle] = {}
@@ -268,8 +297,38 @@ class FailoverClient:
         async with asyncio.timeout(timeout_s):
             await self._connected.wait()
 
+    async def stop(self, flush_timeout_s: float | None = None) -> None:
+        """Stop gracefully: flush the outbox to the connected broker, then :meth:`close`.
+
+        While connected, waits until every message in the outbox was
+        acknowledged, for at most ``flush_timeout_s`` (default: the
+        configuration's ``outbox.flush_on_stop_s``; 0: no flush), then
+        disconnects. What was not acknowledged by then stays in the durable
+        outbox and is sent after the next start: nothing is lost. Not
+        connected, it closes at once (there is no broker to flush to).
+        Events ``stop.flushing`` and ``stop.flushed`` (``acked``, ``left``).
+        """
+        if self._closed:
+            return
+        timeout = self.config.outbox.flush_on_stop_s if flush_timeout_s is None else flush_timeout_s
+        conn = self._conn
+        live = conn is not None and conn.transport is not None and conn.transport.connected
+        depth = self._outbox.depth
+        if conn is not None and live and depth and timeout > 0:
+            self._emit(
+                "stop.flushing", {"depth": depth, "timeout_s": timeout, "region": conn.region}
+            )
+            with contextlib.suppress(TimeoutError):
+                await self.flush(timeout)
+            left = self._outbox.depth
+            self._emit("stop.flushed", {"acked": max(0, depth - left), "left": left})
+        await self.close()
+
     async def close(self) -> None:
-        """Disconnect, stop every task, close the outbox (its messages stay on disk)."""
+        """Disconnect, stop every task, close the outbox (its messages stay on disk).
+
+        Nothing is flushed: see :meth:`stop` for that.
+        """
         if self._closed:
             return
         self._closed = True
@@ -301,11 +360,16 @@ class FailoverClient:
 
         Raises:
             OutboxFullError: the outbox is full and its policy is ``reject``.
+            MessageTooLargeError: payload and topic are over 128 KB (AWS
+                IoT's limit); nothing was stored or sent.
         """
         if qos not in (0, 1):
             msg = f"qos must be 0 or 1, not {qos!r} (AWS IoT Core does not support QoS 2)"
             raise ValueError(msg)
         data = _encode(payload)
+        size = len(data) + len(topic.encode("utf-8", "surrogatepass"))
+        if size > MAX_MESSAGE_BYTES:
+            raise MessageTooLargeError(topic, size, MAX_MESSAGE_BYTES)
         if qos == 0:
             conn = self._conn
             if conn is not None and conn.transport is not None and conn.transport.connected:
@@ -317,7 +381,12 @@ class FailoverClient:
         return entry.seq
 
     async def wait_acked(self, seq: int, timeout_s: float | None = None) -> None:
-        """Wait until the message ``seq`` was acknowledged (it left the outbox)."""
+        """Wait until the message ``seq`` was acknowledged (it left the outbox).
+
+        Raises:
+            TimeoutError: not within ``timeout_s``.
+            DeviceAgentError: it was set aside (dead-lettered) instead.
+        """
         if not any(e.seq == seq for e in self._outbox.peek(1, after_seq=seq - 1)):
             return
         future = self._acked.setdefault(seq, asyncio.get_running_loop().create_future())
@@ -328,9 +397,23 @@ class FailoverClient:
         """Wait until the outbox is empty."""
         async with asyncio.timeout(timeout_s):
             while self._outbox.depth:
-                pending = self._outbox.peek(1)
-                if pending:
-                    await self.wait_acked(pending[0].seq)
+                pending = self._first_pending()
+                if pending is None:
+                    return  # only messages set aside are left
+                with contextlib.suppress(DeviceAgentError):  # set aside meanwhile
+                    await self.wait_acked(pending)
+
+    def _first_pending(self) -> int | None:
+        """The oldest outbox seq that is not set aside, if any."""
+        after = 0
+        while True:
+            entries = self._outbox.peek(100, after_seq=after)
+            if not entries:
+                return None
+            for entry in entries:
+                if entry.seq not in self._set_aside:
+                    return entry.seq
+            after = entries[-1].seq
 
     def subscribe(
         self,
@@ -338,8 +421,21 @@ class FailoverClient:
         qos: int = 1,
         callback: Callable[[Message], Awaitable[None] | None] | None = None,
     ) -> Subscription:
-        """Subscribe now and after every (re)connect; iterate the result or pass a callback."""
-        subscription = Subscription(topic_filter, qos, callback)
+        """Subscribe now and after every (re)connect; iterate the result or pass a callback.
+
+        An iterated subscription holds at most ``[mqtt] subscription_queue``
+        unread messages and drops by ``[mqtt] subscription_overflow`` beyond
+        that. A callback runs on the event loop for each message; what it
+        raises is logged (``subscription.callback_failed``) and goes no further.
+        """
+        mqtt = self.config.mqtt
+        subscription = Subscription(
+            topic_filter,
+            qos,
+            callback,
+            queue_size=mqtt.subscription_queue,
+            overflow=mqtt.subscription_overflow,
+        )
         self._subscriptions.append(subscription)
         conn = self._conn
         if conn is not None and conn.transport is not None and conn.transport.connected:
@@ -350,6 +446,7 @@ class FailoverClient:
         """Stop a subscription (now, and it is not renewed after reconnects)."""
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
+            self._subscription_drops += subscription.dropped
         others = any(s.topic_filter == subscription.topic_filter for s in self._subscriptions)
         conn = self._conn
         if not others and conn is not None and conn.transport is not None:
@@ -375,6 +472,13 @@ class FailoverClient:
                 for region, p in (machine.last_probe.items() if machine else ())
             },
             health=_health(machine, self._clock.monotonic()),
+            dead_lettered=(
+                self._dead_letters.dead_lettered
+                if self._dead_letters is not None
+                else len(self._set_aside)
+            ),
+            subscription_drops=self._subscription_drops
+            + sum(s.dropped for s in self._subscriptions),
         )
 
     def events(self) -> AsyncIterator[AgentEvent]:
@@ -505,7 +609,7 @@ class FailoverClient:
         generation = conn.generation
         callbacks = TransportCallbacks(
             on_message=lambda t, p, q, r: self._on_message(conn, t, p, q, r),
-            on_lost=lambda kind: self._on_lost(generation, conn.region, kind),
+            on_lost=lambda kind: self._on_lost(conn, generation, kind),
         )
         transport = self._factory(params, callbacks)
         conn.transport = transport
@@ -522,9 +626,12 @@ class FailoverClient:
         else:  # abandoned while connecting
             await transport.disconnect()
 
-    def _on_lost(self, generation: int, region: str, kind: str) -> None:
+    def _on_lost(self, conn: _Connection, generation: int, kind: str) -> None:
+        conn.lost = True
+        if conn.isolating is not None and conn.isolating in conn.in_flight:
+            kind = "publish_refused"  # dropped with the suspect alone in flight
         if self._conn is not None and self._conn.generation == generation:
-            self._put(ConnectionLost(region, kind))
+            self._put(ConnectionLost(conn.region, kind))
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -535,6 +642,60 @@ class FailoverClient:
         if conn.transport is not None:
             await conn.transport.disconnect()
         await asyncio.gather(*conn.tasks, return_exceptions=True)
+        self._judge(conn)
+
+    def _judge(self, conn: _Connection) -> None:
+        """After a connection: suspect the oldest message it lost, or set a suspect aside.
+
+        Only a connection the broker or the network dropped counts, and only
+        with messages awaiting their PUBACK. A loss counts toward
+        ``dead_letter_after`` when the same message is again the oldest one
+        awaiting its PUBACK; every loss after the first happened with it sent
+        alone (see :meth:`_sender`).
+        """
+        limit = self.config.outbox.dead_letter_after
+        if limit <= 0 or not conn.lost or not conn.in_flight:
+            return
+        oldest = min(conn.in_flight)
+        if oldest == self._suspect:
+            self._suspect_losses += 1
+        else:
+            self._suspect, self._suspect_losses = oldest, 1
+        logger.info(
+            "outbox.suspect",
+            extra={"seq": oldest, "losses": self._suspect_losses, "region": conn.region},
+        )
+        if self._suspect_losses >= limit:
+            self._set_message_aside(oldest, conn.region)
+
+    def _set_message_aside(self, seq: int, region: str) -> None:
+        losses = self._suspect_losses
+        self._suspect, self._suspect_losses = None, 0
+        entry = next(iter(self._outbox.peek(1, after_seq=seq - 1)), None)
+        if entry is None or entry.seq != seq:
+            return  # acknowledged after all
+        reason = f"the connection to {region} dropped {losses} times in a row on this message"
+        if self._dead_letters is not None:
+            self._dead_letters.dead_letter(seq, reason)
+        else:
+            self._set_aside.add(seq)
+        self._emit(
+            "message.dead_lettered",
+            {
+                "seq": seq,
+                "topic": entry.topic,
+                "bytes": len(entry.payload),
+                "attempts": entry.attempts,
+                "region": region,
+                "reason": reason,
+            },
+        )
+        future = self._acked.pop(seq, None)
+        if future is not None and not future.done():
+            future.set_exception(
+                DeviceAgentError(f"message {seq} was set aside (dead-lettered): {reason}")
+            )
+            future.exception()  # mark retrieved: its waiter may have timed out and gone
 
     def _endpoint_for(self, region: str) -> Endpoint | None:
         """The region's endpoint with its TLS settings: server name (custom domain) and ALPN."""
@@ -576,17 +737,27 @@ class FailoverClient:
     def _on_message(
         self, conn: _Connection, topic: str, payload: bytes, qos: int, retain: bool
     ) -> None:
-        if self._prober.on_message(topic, payload) or self._shadows.on_message(topic, payload):
+        """A message from the transport: nothing raised here reaches the transport."""
+        try:
+            if self._prober.on_message(topic, payload) or self._shadows.on_message(topic, payload):
+                return
+        except Exception:  # a parser's bug: log it, keep the connection and the other messages
+            logger.exception("message.parse_failed", extra={"topic": topic})
             return
         message = Message(topic, payload, qos, retain, conn.region)
-        for subscription in self._subscriptions:
-            if topic_matches_sub(subscription.topic_filter, topic):
-                if subscription.callback is not None:
-                    result = subscription.callback(message)
-                    if asyncio.iscoroutine(result):
-                        self._spawn(None, result)
-                else:
-                    subscription._queue.put_nowait(message)
+        for subscription in list(self._subscriptions):
+            if not topic_matches_sub(subscription.topic_filter, topic):
+                continue
+            if subscription.callback is None:
+                subscription.offer(message)
+                continue
+            try:
+                result = subscription.callback(message)
+            except Exception:  # the application's bug must not break the client or the others
+                logger.exception("subscription.callback_failed", extra=_where(subscription, topic))
+                continue
+            if asyncio.iscoroutine(result):
+                self._spawn(None, _guarded(result, subscription, topic))
 
     async def _subscribe(
         self, conn: _Connection, subscriptions: list[Subscription], *, probe: bool = False
@@ -610,7 +781,9 @@ class FailoverClient:
         assert transport is not None
         window = asyncio.Semaphore(self.config.mqtt.max_inflight)
         sent_upto = 0
-        inflight: set[asyncio.Task[None]] = set()
+        inflight: set[asyncio.Task[bool]] = set()
+        if not await self._send_suspect_alone(conn, window):
+            return
         try:
             while _alive(transport):
                 self._outbox_changed.clear()
@@ -619,6 +792,9 @@ class FailoverClient:
                     await self._outbox_changed.wait()
                     continue
                 for entry in entries:
+                    if entry.seq in self._set_aside:
+                        sent_upto = entry.seq
+                        continue
                     await window.acquire()
                     if not _alive(transport):
                         return
@@ -632,6 +808,23 @@ class FailoverClient:
         finally:
             for task in inflight:
                 task.cancel()
+
+    async def _send_suspect_alone(self, conn: _Connection, window: asyncio.Semaphore) -> bool:
+        """Send the suspect message, if any, alone; True when the sender may go on."""
+        seq = self._suspect
+        if seq is None:
+            return True
+        entry = next(iter(self._outbox.peek(1, after_seq=seq - 1)), None)
+        if entry is None or entry.seq != seq:  # acknowledged or dropped meanwhile
+            self._suspect, self._suspect_losses = None, 0
+            return True
+        conn.isolating = seq
+        await window.acquire()
+        self._outbox.mark_sent(seq)
+        if not await self._send_one(conn, seq, entry.topic, entry.payload, window):
+            return False
+        conn.isolating = None
+        return True
 
     def _request_sent(self, conn: _Connection, key: object) -> None:
         """A request is out on ``conn``: the machine hears when the connection starts waiting."""
@@ -670,23 +863,29 @@ class FailoverClient:
         topic: str,
         payload: bytes,
         window: asyncio.Semaphore,
-    ) -> None:
+    ) -> bool:
+        """Publish one outbox message; True once its PUBACK came (it left the outbox)."""
         transport = conn.transport
         assert transport is not None
         self._request_sent(conn, seq)
+        conn.in_flight.add(seq)
         try:
             await transport.publish(topic, payload, 1)
         except TransportClosedError:
             conn.unanswered.pop(seq, None)
-            return  # stays in the outbox; replayed after the reconnect
+            return False  # stays in the outbox (and in flight); replayed after the reconnect
         finally:
             window.release()
+        conn.in_flight.discard(seq)
+        if seq == self._suspect:  # its PUBACK came: it was not the message's fault
+            self._suspect, self._suspect_losses = None, 0
         self._request_answered(conn, seq)
         if self._outbox.ack(seq):
             self._emit("message.acked", {"seq": seq, "topic": topic})
         future = self._acked.pop(seq, None)
         if future is not None and not future.done():
             future.set_result(None)
+        return True
 
     async def _fetch_shadows(self, conn: _Connection) -> None:
         transport = conn.transport
@@ -703,9 +902,15 @@ class FailoverClient:
                 },
             )
             if self._on_shadow is not None:
-                result = self._on_shadow(snapshot)
-                if asyncio.iscoroutine(result):
-                    await result
+                try:
+                    result = self._on_shadow(snapshot)
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:  # the application's: log it, hand over the other shadows
+                    logger.exception(
+                        "shadow.callback_failed",
+                        extra={"region": snapshot.region, "shadow": snapshot.name or "classic"},
+                    )
 
     # -- probes and DNS -----------------------------------------------------------------------
 
@@ -781,7 +986,9 @@ class FailoverClient:
 # Events about single messages: logged at DEBUG, not to drown the lifecycle.
 _PER_MESSAGE = frozenset({"message.acked"})
 # Events that say something is wrong: logged at WARNING.
-_WARNINGS = frozenset({"dns.failed", "identity.warning", "subscribe.failed"})
+_WARNINGS = frozenset(
+    {"dns.failed", "identity.warning", "subscribe.failed", "message.dead_lettered"}
+)
 
 # Logging's own record attributes cannot be passed through ``extra=``.
 _RESERVED = frozenset({"name", "msg", "args", "message", "module", "filename", "lineno"})
@@ -825,6 +1032,18 @@ def _ssl_context(config: AgentConfig) -> ssl.SSLContext:
         raise ConfigError(msg) from exc
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+def _where(subscription: Subscription, topic: str) -> dict[str, str]:
+    return {"topic_filter": subscription.topic_filter, "topic": topic}
+
+
+async def _guarded(result: Awaitable[None], subscription: Subscription, topic: str) -> None:
+    """Await an async callback's coroutine; what it raises is logged, not left to the loop."""
+    try:
+        await result
+    except Exception:
+        logger.exception("subscription.callback_failed", extra=_where(subscription, topic))
 
 
 def _alive(transport: Transport) -> bool:

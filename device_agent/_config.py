@@ -208,6 +208,7 @@ class FailoverConfig:
     hard_fault_fresh_s: float = 15.0
 
     def __post_init__(self) -> None:
+        _integers(self, "reconnect_attempts", "failure_threshold")
         _positive(self, "reconnect_attempts", "failure_threshold", "probe_interval_s")
         _positive(self, "suspect_phi", "suspect_min_s", "suspect_max_s", "latency_weight")
         _positive(self, "confirm_factor", "latency_min_std_s")
@@ -409,6 +410,20 @@ class MQTTConfig:
             The certificates that connected are recorded beside the outbox
             (``<outbox path>.connected``), or in memory without one.
         jitr_wait_s: the wait before each of those retries.
+        subscription_queue: the most messages an iterated subscription (one
+            without a callback) holds for the application; 1000 by default.
+            Messages arrive from the broker whether or not the application
+            reads them, and an unbounded queue behind an application that
+            stopped reading grows until the device runs out of memory.
+        subscription_overflow: what a full subscription queue does with one
+            more message: ``"drop_oldest"`` (the default) discards the oldest
+            waiting message, so the application reads the latest state when
+            it catches up (commands and configuration are usually superseded
+            by newer ones); ``"drop_newest"`` discards the arriving one, so
+            what is read keeps its order without gaps before the drop. Each
+            drop is counted (``Subscription.dropped``, ``subscription_drops``
+            in the status) and logged as ``subscription.dropped`` (the 1st,
+            10th, 100th... drop of each subscription, not every one).
     """
 
     port: int = 8883
@@ -422,9 +437,18 @@ class MQTTConfig:
     alpn: tuple[str, ...] | None = None
     jitr_retries: int = 0
     jitr_wait_s: float = 2.0
+    subscription_queue: int = 1000
+    subscription_overflow: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
 
     def __post_init__(self) -> None:
-        _integers(self, "port", "keepalive_s", "max_inflight")
+        _integers(self, "port", "keepalive_s", "max_inflight", "subscription_queue")
+        _positive(self, "subscription_queue")
+        if self.subscription_overflow not in ("drop_oldest", "drop_newest"):
+            msg = (
+                'MQTTConfig.subscription_overflow must be "drop_oldest" or "drop_newest", '
+                f"not {self.subscription_overflow!r}"
+            )
+            raise ConfigError(msg)
         _positive(self, "keepalive_s", "connect_timeout_s", "max_inflight")
         _positive(self, "jitr_retries", "jitr_wait_s", allow_zero=True)
         retries: object = self.jitr_retries
@@ -465,15 +489,37 @@ class OutboxConfig:
         capacity: at most this many messages waiting.
         overflow: ``reject`` (publish raises) or ``drop_oldest``.
         synchronous: ``full`` survives power loss; ``normal`` only a crash.
+        dead_letter_after: a message the broker keeps refusing is set aside
+            (moved to the outbox's ``dead_letter`` table, ``message.dead_lettered``)
+            after the connection dropped this many times in a row while it
+            was the oldest message awaiting its PUBACK, every time after the
+            first with it sent alone. AWS IoT drops an MQTT 3.1.1 connection
+            on a PUBLISH its policy denies; replaying that message after
+            every reconnect would drop the connection forever, which looks
+            like a regional outage. 3 by default: one loss may be a real
+            outage, and the message is then sent alone, so a second and a
+            third loss with nothing else in flight point at the message, not
+            the region. 0: never (the message is retried for ever).
+        flush_on_stop_s: on a graceful stop (SIGTERM to ``iotdr agent run``,
+            ``FailoverClient.stop()``), the outbox is sent to the connected
+            broker for at most this long before the agent disconnects; what
+            is not acknowledged by then stays in the outbox for the next
+            start (nothing is lost). 5 s by default: well inside systemd's
+            default stop timeout (90 s), and enough for hundreds of messages
+            on a live connection. 0: no flush.
     """
 
     path: Path | None = None
     capacity: int = 10_000
     overflow: Literal["reject", "drop_oldest"] = "reject"
     synchronous: Literal["full", "normal"] = "full"
+    dead_letter_after: int = 3
+    flush_on_stop_s: float = 5.0
 
     def __post_init__(self) -> None:
+        _integers(self, "capacity", "dead_letter_after")
         _positive(self, "capacity")
+        _positive(self, "dead_letter_after", "flush_on_stop_s", allow_zero=True)
         if self.overflow not in ("reject", "drop_oldest"):
             msg = f"OutboxConfig.overflow must be reject or drop_oldest, not {self.overflow!r}"
             raise ConfigError(msg)
@@ -535,6 +581,10 @@ def agent_config_from_mapping(data: dict[str, Any], *, base: Path) -> AgentConfi
     """Build an :class:`AgentConfig` from parsed TOML (see docs/agent.md for the keys)."""
     sections = {"identity", "discovery", "failover", "probe", "mqtt", "outbox", "agent"}
     _known(data, sections, "top level")
+    for section, keys in _STRING_KEYS.items():
+        values = _section(data, section)
+        for key in keys & set(values):
+            _text(values, key, f"[{section}]")
     identity = dict(_section(data, "identity"))
     for key in ("cert", "key", "ca"):
         if key not in identity:
@@ -617,6 +667,18 @@ def agent_config_from_mapping(data: dict[str, Any], *, base: Path) -> AgentConfi
     except TypeError as exc:
         msg = f"invalid value: {exc}"
         raise ConfigError(msg) from exc
+
+
+# Keys whose TOML value must be a string: a number or a list there would be turned into
+# a path or a name by str() (``dns_server = 53``: the host "53") instead of refused.
+_STRING_KEYS: dict[str, set[str]] = {
+    "identity": {"client_id", "cert", "key", "ca", "thing_name"},
+    "discovery": {"name", "txt_name", "dns_server", "primary", "secondary"},
+    "probe": {"topic"},
+    "mqtt": {"source_address", "protocol", "transport"},
+    "outbox": {"path", "overflow", "synchronous"},
+    "agent": {"status_path", "heartbeat_topic"},
+}
 
 
 def _list_of_text(values: dict[str, Any], key: str, where: str) -> tuple[str, ...]:

@@ -49,7 +49,12 @@ async def run_daemon(
     report: Callable[[dict[str, Any]], None],
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run until SIGINT/SIGTERM (or ``stop`` is set)."""
+    """Run until SIGINT/SIGTERM (or ``stop`` is set), then stop gracefully.
+
+    On stop the outbox is flushed to the connected broker for at most
+    ``outbox.flush_on_stop_s``, then the agent disconnects (see
+    :meth:`FailoverClient.stop`).
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -79,27 +84,45 @@ async def run_daemon(
         )
 
     client = FailoverClient(config, on_event=on_event)
-    async with client:
-        for topic in config.subscribe:
-            client.subscribe(
-                topic.replace("{client_id}", config.identity.client_id), qos=1, callback=on_message
-            )
-        refresh()
-        while not stop.is_set():
-            interval = config.heartbeat_interval_s
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval or 5.0):
-                    await stop.wait()
-            if stop.is_set():
-                break
-            if config.heartbeat_topic and interval:
-                status = client.status().as_dict()
-                try:
-                    await client.publish(
-                        config.heartbeat_topic.replace("{client_id}", config.identity.client_id),
-                        {"client_id": config.identity.client_id, "at": time.time(), **status},
-                    )
-                except OutboxFullError as exc:  # a long outage: skip beats, keep running
-                    logger.warning("heartbeat.skipped", extra={"detail": str(exc)})
-            refresh()
+    await client.start()
+    try:
+        await _serve(config, client, stop, refresh, on_message)
+    except BaseException:
+        await client.close()
+        raise
+    # Graceful: the outbox goes to the connected broker (at most flush_on_stop_s), then
+    # DISCONNECT; what is left stays in the outbox file for the next start.
+    await client.stop()
     logger.info("agent.stopped")
+
+
+async def _serve(
+    config: AgentConfig,
+    client: FailoverClient,
+    stop: asyncio.Event,
+    refresh: Callable[[], None],
+    on_message: Callable[[Message], None],
+) -> None:
+    """Subscribe, then beat and refresh the status file until ``stop`` is set."""
+    for topic in config.subscribe:
+        client.subscribe(
+            topic.replace("{client_id}", config.identity.client_id), qos=1, callback=on_message
+        )
+    refresh()
+    while not stop.is_set():
+        interval = config.heartbeat_interval_s
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval or 5.0):
+                await stop.wait()
+        if stop.is_set():
+            break
+        if config.heartbeat_topic and interval:
+            status = client.status().as_dict()
+            try:
+                await client.publish(
+                    config.heartbeat_topic.replace("{client_id}", config.identity.client_id),
+                    {"client_id": config.identity.client_id, "at": time.time(), **status},
+                )
+            except OutboxFullError as exc:  # a long outage: skip beats, keep running
+                logger.warning("heartbeat.skipped", extra={"detail": str(exc)})
+        refresh()

@@ -59,6 +59,32 @@ class OutboxFullError(OutboxError):
         return (type(self), (self.path, self.capacity))
 
 
+class MessageTooLargeError(DeviceAgentError):
+    """A message is larger than the broker accepts; nothing was stored or sent.
+
+    AWS IoT Core refuses a PUBLISH over 128 KB (and a refused publish is a
+    dropped connection on MQTT 3.1.1), so such a message can never be
+    delivered: it is refused at ``publish()``, before it reaches the outbox.
+
+    Attributes:
+        topic: The topic it was for.
+        size: Its size in bytes: the payload plus the topic as UTF-8.
+        limit: The most bytes a message may have.
+    """
+
+    def __init__(self, topic: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"message for {topic!r} is {size} bytes (payload and topic); "
+            f"the broker accepts at most {limit}"
+        )
+        self.topic = topic
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[type[MessageTooLargeError], tuple[str, int, int]]:
+        return (type(self), (self.topic, self.size, self.limit))
+
+
 DiscoveryErrorKind = Literal[
     "nxdomain",
     "servfail",

@@ -235,6 +235,7 @@ class MemoryOutbox:
         self._clock = clock
         self._entries: dict[int, OutboxEntry] = {e.seq: e for e in sorted(entries, key=_seq)}
         self._seqs = itertools.count(max(self._entries, default=0) + 1)
+        self._dead: dict[int, tuple[OutboxEntry, str]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -279,6 +280,23 @@ class MemoryOutbox:
     def ack(self, seq: int) -> bool:
         """Remove ``seq``; False if it was not there."""
         return self._entries.pop(seq, None) is not None
+
+    @property
+    def dead_lettered(self) -> int:
+        """How many messages :meth:`dead_letter` has set aside."""
+        return len(self._dead)
+
+    def dead_letter(self, seq: int, reason: str) -> bool:
+        """Set ``seq`` aside (kept, with ``reason``); False if it was not there."""
+        entry = self._entries.pop(seq, None)
+        if entry is None:
+            return False
+        self._dead[seq] = (entry, reason)
+        return True
+
+    def dead_letters(self, limit: int = 100) -> list[tuple[OutboxEntry, str]]:
+        """The messages set aside, oldest first, with their reasons."""
+        return [self._dead[seq] for seq in sorted(self._dead)[:limit]]
 
     def close(self) -> None:
         """Later :meth:`put` and :meth:`peek` raise; :attr:`depth` still counts what is left."""

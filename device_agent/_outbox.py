@@ -6,7 +6,10 @@ arrives. After every (re)connect, in either region, it replays
 :meth:`Outbox.peek` in ``seq`` order, calling :meth:`Outbox.mark_sent` for each
 message it sends again. A message therefore leaves the outbox only by its PUBACK
 or, under the ``"drop_oldest"`` overflow policy, by being pushed out by a newer
-one (counted in :attr:`Outbox.dropped`); delivery is at least once.
+one (counted in :attr:`Outbox.dropped`), or by :meth:`Outbox.dead_letter`,
+which sets aside a message the broker keeps refusing (moved, whole, to the
+``dead_letter`` table, where it stays for an operator); delivery is at least
+once.
 
 The store is one SQLite file in write-ahead-log mode. Every change is its own
 transaction, committed before the method returns, so a process killed with
@@ -14,7 +17,9 @@ SIGKILL loses nothing that a call had returned for. ``synchronous="full"`` (the
 default) also syncs the log on each commit, so a power cut loses nothing
 either; ``"normal"`` skips that sync, which is still safe against a killed
 process and is meant for simulations running many agents on one disk.
-``seq`` comes from ``AUTOINCREMENT``: it only grows, even across restarts and
+The ``dead_letter`` table is created on open when missing (files written
+before it existed gain it; older agents ignore it), so the schema version
+stays 1. ``seq`` comes from ``AUTOINCREMENT``: it only grows, even across restarts and
 after the outbox empties, so a replay can never confuse a new message with an
 old one. ``PRAGMA application_id`` marks the file as an outbox, so a wrong path
 fails at once instead of writing into somebody else's database.
@@ -76,6 +81,17 @@ _SYNCHRONOUS: Final[dict[str, str]] = {
     "full": "PRAGMA synchronous = FULL",
     "normal": "PRAGMA synchronous = NORMAL",
 }
+# Added after version 1 shipped: created on open, so older files gain it.
+_DEAD_LETTER_SCHEMA: Final = """CREATE TABLE IF NOT EXISTS dead_letter (
+    seq INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    dead_at REAL NOT NULL
+)"""
 _PEEK: Final = (
     "SELECT seq, topic, payload, qos, created_at, attempts FROM outbox"
     " WHERE seq > ? ORDER BY seq LIMIT ?"
@@ -174,6 +190,12 @@ class Outbox:
             row = conn.execute("SELECT value FROM outbox_meta WHERE key = 'dropped'").fetchone()
         return int(row[0])
 
+    @property
+    def dead_lettered(self) -> int:
+        """How many messages :meth:`dead_letter` has set aside and are still kept."""
+        with self._reading("count dead letters") as conn:
+            return int(conn.execute("SELECT count(*) FROM dead_letter").fetchone()[0])
+
     def __len__(self) -> int:
         return self.depth
 
@@ -260,6 +282,42 @@ class Outbox:
         """
         with self._transaction("ack") as conn:
             return conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount == 1
+
+    def dead_letter(self, seq: int, reason: str) -> bool:
+        """Set a message aside: it leaves the outbox for the ``dead_letter`` table, whole.
+
+        For a message the broker keeps refusing (it drops the connection on
+        that publish): replaying it after every reconnect would loop forever.
+
+        Returns:
+            True if it was in the outbox; False if it was not (acked meanwhile).
+
+        Raises:
+            OutboxError: The database could not be written.
+        """
+        with self._transaction("dead-letter") as conn:
+            moved = conn.execute(
+                "INSERT INTO dead_letter (seq, topic, payload, qos, created_at, attempts, reason,"
+                " dead_at) SELECT seq, topic, payload, qos, created_at, attempts, ?, ?"
+                " FROM outbox WHERE seq = ?",
+                (reason, self._clock(), seq),
+            ).rowcount
+            conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+        return moved == 1
+
+    def dead_letters(self, limit: int = 100) -> list[tuple[OutboxEntry, str]]:
+        """The messages set aside, oldest first, each with the reason it was.
+
+        Raises:
+            OutboxError: The database could not be read.
+        """
+        with self._reading("read dead letters") as conn:
+            rows = conn.execute(
+                "SELECT seq, topic, payload, qos, created_at, attempts, reason FROM dead_letter"
+                " ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(OutboxEntry(*row[:6]), str(row[6])) for row in rows]
 
     def close(self) -> None:
         """Close the database; later calls raise :class:`OutboxError`. Idempotent."""
@@ -407,6 +465,7 @@ def _prepare(conn: sqlite3.Connection, path: str, synchronous: Synchronous) -> N
         conn.execute(_SYNCHRONOUS[synchronous])
         if is_new:
             _create_schema(conn)
+        conn.execute(_DEAD_LETTER_SCHEMA)
     except sqlite3.OperationalError as exc:
         raise OutboxError(path, f"cannot open: {exc}") from exc
     except sqlite3.DatabaseError as exc:

@@ -13,7 +13,7 @@ port is :class:`~device_agent.Transport` with its
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from device_agent._discovery import Discovery
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from device_agent._probe import ProbeOutcome
     from device_agent._transport import Transport
 
-__all__ = ["DiscoveryPort", "OutboxPort", "ProberPort"]
+__all__ = ["DeadLetterPort", "DiscoveryPort", "OutboxPort", "ProberPort"]
 
 
 class ProberPort(Protocol):
@@ -92,6 +92,25 @@ class OutboxPort(Protocol):
 
     def close(self) -> None:
         """Release the store (the client calls it from ``close()``); idempotent."""
+        ...
+
+
+@runtime_checkable
+class DeadLetterPort(Protocol):
+    """An outbox that can set a message aside for good (optional; see :meth:`Outbox.dead_letter`).
+
+    The client dead-letters a message the broker keeps refusing through it.
+    With an outbox that lacks it, the client skips such a message for as long
+    as it runs; it stays in the outbox and is tried again after a restart.
+    """
+
+    @property
+    def dead_lettered(self) -> int:
+        """How many messages were set aside and are still kept."""
+        ...
+
+    def dead_letter(self, seq: int, reason: str) -> bool:
+        """Move ``seq`` out of the outbox, kept with ``reason``; False if it was not there."""
         ...
 
 

@@ -78,7 +78,7 @@ class ShadowFetcher:
         name, accepted = reply
         try:
             document = json.loads(payload) if payload else {}
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
             document = {"message": "reply is not JSON"}
         if not isinstance(document, dict):
             document = {"message": "reply is not a JSON object"}

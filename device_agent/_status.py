@@ -81,7 +81,8 @@ class AgentEvent:
     ``probe.failed``, ``dns.failed``, ``dns.changed``, ``roles.changed``,
     ``message.acked``, ``shadow.fetched``, ``shadow.fetch_failed``,
     ``subscribe.failed``, ``identity.warning``, ``suspicion.raised``,
-    ``suspicion.cleared``, ``suspicion.confirmed``, ``failover.withheld``.
+    ``suspicion.cleared``, ``suspicion.confirmed``, ``failover.withheld``,
+    ``message.dead_lettered``, ``stop.flushing``, ``stop.flushed``.
 
     Attributes:
         name: the event's stable name.
@@ -101,6 +102,10 @@ class Status:
     ``health`` is the failure detector's view of the live connection:
     ``state`` (``ok``, ``suspect``, ``degraded``, ``none``), ``reason`` (why
     the agent stays or probes), ``latency_s`` (learnt) and ``suspect_after_s``.
+    ``dead_lettered`` counts the messages set aside because the broker kept
+    refusing them (still kept in the outbox's ``dead_letter`` table);
+    ``subscription_drops`` the messages the subscriptions' bounded queues
+    dropped since the client started.
     """
 
     state: str
@@ -112,6 +117,8 @@ class Status:
     outbox_depth: int
     last_probes: dict[str, dict[str, Any]]
     health: dict[str, Any] = field(default_factory=dict)
+    dead_lettered: int = 0
+    subscription_drops: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly copy."""
@@ -125,4 +132,6 @@ class Status:
             "outbox_depth": self.outbox_depth,
             "last_probes": self.last_probes,
             "health": self.health,
+            "dead_lettered": self.dead_lettered,
+            "subscription_drops": self.subscription_drops,
         }

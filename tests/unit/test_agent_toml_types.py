@@ -25,6 +25,20 @@ _ENDPOINTS = 'endpoints = ["us-east-1=e.example", "us-west-2=w.example"]\n'
         ('[agent]\nsubscribe = "cmd/#"\n', "[agent] subscribe"),  # a string where a list is
         ('[agent]\nnamed_shadows = "config"\n', "[agent] named_shadows"),
         ("[agent]\nsubscribe = [1]\n", "[agent] subscribe"),
+        ("[failover]\nreconnect_attempts = 2.5\n", "FailoverConfig.reconnect_attempts"),
+        ('[failover]\nfailure_threshold = "3"\n', "FailoverConfig.failure_threshold"),
+        ("[probe]\ntopic = 5\n", "[probe] topic"),
+        ("[outbox]\ncapacity = 10.5\n", "OutboxConfig.capacity"),
+        ('[outbox]\npath = ["outbox.db"]\n', "[outbox] path"),  # a list where a path is
+        ("[outbox]\ndead_letter_after = 2.5\n", "OutboxConfig.dead_letter_after"),
+        ('[outbox]\nflush_on_stop_s = "5"\n', "OutboxConfig.flush_on_stop_s"),
+        ("[mqtt]\nsource_address = 5\n", "[mqtt] source_address"),  # would be 0.0.0.5
+        ('[mqtt]\ntransport = ["paho"]\n', "[mqtt] transport"),
+        ('[mqtt]\nsubscription_queue = "100"\n', "MQTTConfig.subscription_queue"),
+        ("[mqtt]\nsubscription_queue = 0\n", "MQTTConfig.subscription_queue"),
+        ('[mqtt]\nsubscription_overflow = "block"\n', "MQTTConfig.subscription_overflow"),
+        ("[agent]\nheartbeat_topic = 5\n", "[agent] heartbeat_topic"),
+        ('[agent]\nstatus_path = ["status.json"]\n', "[agent] status_path"),
     ],
 )
 def test_a_wrong_type_is_one_line_naming_the_key(tmp_path: Path, toml: str, named: str) -> None:
@@ -43,6 +57,9 @@ def test_a_wrong_type_is_one_line_naming_the_key(tmp_path: Path, toml: str, name
     [
         ('nameservers = "10.0.0.1"\n', "[discovery] nameservers"),
         ('port = "53"\n', "DiscoveryConfig.port"),
+        ("dns_server = 53\n", "[discovery] dns_server"),  # would be the host "53"
+        ("name = 5\n", "[discovery] name"),
+        ('txt_name = ["_iot.example.com"]\n', "[discovery] txt_name"),
     ],
 )
 def test_discovery_types(tmp_path: Path, discovery: str, named: str) -> None:
@@ -56,6 +73,20 @@ def test_a_client_id_must_be_a_string(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(_IDENTITY.replace('"d"', "5") + "[discovery]\n" + _ENDPOINTS)
     with pytest.raises(ConfigError, match=r"\[identity\] client_id must be a string"):
+        load_agent_config(path)
+
+
+@pytest.mark.parametrize(
+    ("identity", "named"),
+    [
+        (_IDENTITY.replace('cert = "c"', 'cert = ["c"]'), "[identity] cert"),
+        (_IDENTITY + "thing_name = 5\n", "[identity] thing_name"),
+    ],
+)
+def test_identity_types(tmp_path: Path, identity: str, named: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(identity + "[discovery]\n" + _ENDPOINTS)
+    with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
         load_agent_config(path)
 
 
