@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Literal
 
 __all__ = ["Health", "LatencyEstimate", "phi_quantile", "suspect_after"]
@@ -29,8 +28,25 @@ def phi_quantile(phi: float) -> float:
 
     ``phi`` is -log10 of the chance that an answer is still to come (the phi
     accrual detector's scale): 8 is one in 10**8, about 5.6 deviations.
+
+    The normal distribution's upper tail ``erfc(z / sqrt 2) / 2`` inverted by
+    bisection, with ``math`` only: ``statistics.NormalDist`` would load
+    ``statistics``, ``fractions`` and ``decimal`` (0.4 MiB of a device's
+    memory) for one number, and its ``inv_cdf(1 - p)`` loses ``p`` to
+    rounding beyond ``phi`` 15. Exact to about 1e-12 deviations.
     """
-    return NormalDist().inv_cdf(1.0 - 10.0**-phi)
+    tail = 10.0**-phi
+    if not 0.0 < tail < 1.0:
+        msg = f"phi must be more than 0 and at most about 300, not {phi!r}"
+        raise ValueError(msg)
+    low, high = -40.0, 40.0  # the tail is 1 and 0 to double precision out there
+    for _ in range(100):
+        middle = (low + high) / 2
+        if math.erfc(middle / math.sqrt(2.0)) / 2 > tail:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
 
 
 @dataclass(slots=True)
