@@ -27,7 +27,7 @@ the full passes compare only what the part made:
    (10 TPS), and every call is counted by region and API to show which bucket
    bound it. The primary is then checked: every device and change there,
    nothing resurrected, nothing of its own deleted.
-4. automatic failback: the service with ``--failback auto``'s engines and
+4. automatic failback: the service with ``--failback auto``'s engine (both ways) and
    feeds; ``--auto-trials`` times the primary's control plane goes down
    (HTTP 503), ``--auto-devices`` devices register in the secondary, the
    primary comes back; timed from its return until every device (thing and
@@ -277,7 +277,7 @@ def _engine(
     limiter: QuotaLimiter,
     *,
     direction: Direction = "forward",
-    keep_target_changes: bool = False,
+    both_ways: bool = False,
 ) -> Engine:
     """An engine as ``runtime._build.build`` makes it, on a journal and buckets of the bench's."""
     built = {r: build_region(regions.config(r), limiter=limiter) for r in (EAST, WEST)}
@@ -286,7 +286,7 @@ def _engine(
         workers=workers,
         thing_recheck_s=recheck,
         direction=direction,
-        keep_target_changes=keep_target_changes,
+        both_ways=both_ways,
     )
     return Engine(source=built[source], target=built[target], journal=journal, config=config)
 
@@ -618,8 +618,8 @@ def _auto_failback(regions: _Regions, state: Path, args: argparse.Namespace) -> 
     lines: list[dict[str, Any]] = []
     limiter = QuotaLimiter()  # one per service, as ``iotdr replicator run`` has
     with Journal(path) as journal, Journal(path, queue="failback") as back_journal:
-        forward = _engine(regions, journal, args.workers, 30.0, limiter, keep_target_changes=True)
-        back = _engine(regions, back_journal, args.workers, 30.0, limiter, direction="failback")
+        forward = _engine(regions, journal, args.workers, 30.0, limiter, both_ways=True)
+        back = forward.serving(back_journal)
         regions.iot(EAST).create_policy(policyName="fleet", policyDocument=POLICY)
         journal.accept(ObjectNamed(region=EAST, key=ObjectKey.policy("fleet")), now=time.time())
         forward.drain()  # the policy in the secondary, as replicated before the outage

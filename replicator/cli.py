@@ -127,6 +127,7 @@ def _settings(
     *,
     journal: str = ":memory:",
     keep_target_changes: bool = False,
+    both_ways: bool = False,
     delete_target_only: bool = False,
 ) -> Settings:
     """The composition root's settings from the command's options (flags, env, TOML)."""
@@ -150,18 +151,16 @@ def _settings(
         "workers": options["workers"],
         "thing_recheck_s": options["thing_recheck_s"] or None,
     }
-    auto = options.get("failback") == "auto"
     return Settings(
         primary=primary,
         secondary=secondary,
         engine=EngineConfig(
             direction="failback" if failback else "forward",
             keep_target_changes=keep_target_changes,
+            both_ways=both_ways,
             delete_target_only=delete_target_only,
             **common,
         ),
-        failback=EngineConfig(direction="failback", **common) if auto else None,
-        defer_to_forward=failback and journal != ":memory:",
         quotas=QuotaConfig.with_overrides(options["quotas"]),
         journal=journal,
         check_credentials=True,
@@ -342,7 +341,7 @@ def replicator_run(**options: Any) -> None:
 
     listen = parse_listen(options["listen"])
     ops = ServiceOps()
-    settings = _settings(options, journal=str(options["journal_path"]), keep_target_changes=auto)
+    settings = _settings(options, journal=str(options["journal_path"]), both_ways=auto)
     with build(settings) as runtime:
         engine = runtime.engine
         assert engine is not None

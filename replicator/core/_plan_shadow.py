@@ -37,12 +37,12 @@ ping-pongs between regions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from replicator.core._ops import Conflict, DeleteThingShadow, Op, Plan, UpdateThingShadow
 from replicator.core._state import JsonObject, ObjectKey, ShadowState, canonical_json
 
-__all__ = ["ShadowSync", "plan_shadow", "state_patch"]
+__all__ = ["NEWER_IN_TARGET", "ShadowSync", "plan_shadow", "state_patch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +96,10 @@ def _update(key: ObjectKey, source: ShadowState, target: ShadowState | None, tok
     )
 
 
+NEWER_IN_TARGET: Final = "newer in the target (failback copies it back)"
+"""The conflict of a shadow only the target changed since its sync point: the source is stale."""
+
+
 def plan_shadow(
     key: ObjectKey,
     source: ShadowState | None,
@@ -143,5 +147,5 @@ def plan_shadow(
     if not target_changed:
         return Plan(key, (_update(key, source, target, client_token),))
     if not source_changed:
-        return Plan(key, (Conflict(key, "newer in the target (failback copies it back)"),))
+        return Plan(key, (Conflict(key, NEWER_IN_TARGET),))
     return Plan(key, (Conflict(key, "changed in both regions since the last copy"),))

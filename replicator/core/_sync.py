@@ -1,33 +1,38 @@
-"""Sync points of registry objects, and the failback direction's guard. Pure, no I/O.
+"""Sync points of registry objects, and the three-way judgement over them. Pure, no I/O.
 
-Theory of operation. Failback copies back what changed in the secondary
-during an outage, and nothing else. Copying the secondary over the primary
-wholesale would be wrong three ways: it would resurrect objects deleted in the
-primary but not yet in the secondary, undo primary changes still queued for
-the secondary, and delete everything created in the primary that the
-secondary never saw. What tells "changed in the secondary" from "not yet
-replicated to it" is the *sync point*: a region-neutral fingerprint of the
-content both regions held the last time the replicator made them equal (it
-wrote, or found them equal), kept in the journal (``object_sync``). Against
-it, the current fingerprints say who changed since:
+Theory of operation. With both regions written (devices and operators in the
+secondary during an outage), neither region is simply right: copying either
+over the other wholesale would resurrect deletions, undo changes still queued,
+or delete what the other never saw. What tells "changed in the secondary" from
+"not yet replicated to it" is the *sync point*: a region-neutral fingerprint of
+the content both regions held the last time the replicator made them equal (it
+wrote, or found them equal), kept in the journal (``object_sync``). Each object
+is judged three ways, its primary's and secondary's fingerprints against its
+sync point (:func:`judge`), and written toward the stale side:
 
 =================  =====================  ======================================
-source changed    target changed         failback plan
+primary changed    secondary changed      stale, written
 =================  =====================  ======================================
-no                 either                 nothing (the forward direction's)
-yes                no                     the planner's writes (create, update,
-                                          delete: whatever the source did)
-yes                yes                    nothing: a conflict, reported; the
-                                          primary is kept
+no                 no                     neither (in sync)
+yes                no                     the secondary
+no                 yes                    the primary (copied back)
+yes                yes                    the secondary: the primary wins, and
+                                          the conflict is reported
 =================  =====================  ======================================
 
 Without a sync point (an object the replicator never synced, or a new journal)
-only a thing or certificate that exists in the source alone is copied, with
-what it requires (its type, groups, policies): that is a device registered in
-the secondary during the outage, by JITR or by an operator. An object in both
-regions that differs is reported as a conflict and left; one in the target
-alone is the forward direction's business, as are other kinds that exist only
-in the secondary (a type the primary deleted is not brought back).
+only a thing or certificate that exists in the secondary alone is copied to
+the primary, with what it requires (its type, groups, policies): that is a
+device registered in the secondary during an outage, by JITR or by an
+operator. Otherwise the primary's content is the one copied (an object in both
+regions that differs is reported as contested), and other kinds that exist only
+in the secondary are the primary's business (a type the primary deleted is not
+brought back).
+
+A direction that runs alone applies its half of the judgement:
+:func:`forward_guard` (a forward reconcile with ``--keep-target-changes``) and
+:func:`failback_guard` (``--direction secondary-to-primary``) report what the
+other direction would write as a conflict and leave it.
 
 Fingerprints cover what the mode replicates and what is comparable across
 regions: a thing's type, attributes and groups (and certificates in complete
@@ -40,6 +45,7 @@ have their own sync points (versions, ``_plan_shadow.py``).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
 from replicator.core._arns import ArnScope, rewrite_policy_document, scope_of_arn
@@ -56,25 +62,29 @@ from replicator.core._state import (
 
 if TYPE_CHECKING:
     from replicator.core._plan import Mode
-    from replicator.core._state import ObjectKey
 
 __all__ = [
-    "FORWARD_PENDING",
+    "IN_SYNC",
     "NEUTRAL_SCOPE",
+    "UNSETTLED",
     "Direction",
+    "Toward",
+    "Verdict",
     "activation_guard",
     "failback_guard",
     "fingerprint",
     "forward_guard",
+    "judge",
     "target_only_guard",
 ]
 
 Direction = Literal["forward", "failback"]
 
-FORWARD_PENDING: Final = "forward-pending"
-"""The sync point of an object the forward direction's own writes just changed in the
-secondary (a follow-up): equal to no fingerprint, so the forward plan stands (the
-primary wins) and failback leaves the object alone until forward has applied it."""
+UNSETTLED: Final = "unsettled"
+"""The sync point of an object the engine's own writes just changed in the secondary
+(a follow-up, journaled): equal to no fingerprint, so :func:`judge` finds the
+secondary stale (the primary wins) instead of taking the side effect for a change
+made there to copy back."""
 
 NEUTRAL_SCOPE: Final = ArnScope("region", "account")
 """What policy ARNs are rewritten to before fingerprinting: equal in every region."""
@@ -141,6 +151,55 @@ def fingerprint(state: object, *, mode: Mode, scopes: tuple[ArnScope, ...] = ())
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+Toward = Literal["primary", "secondary"]
+"""The region whose content is stale: where the engine writes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Which region is stale, and what the other direction reports when it leaves the object.
+
+    Attributes:
+        toward: the stale region (written), None when the regions agree.
+        contested: why the region not written would disagree (reported as a
+            conflict by the direction that does not write), None when it would not.
+    """
+
+    toward: Toward | None
+    contested: str | None = None
+
+
+IN_SYNC: Final = Verdict(None)
+
+
+def judge(
+    *, primary: str | None, secondary: str | None, synced: str | None, own_new: bool = True
+) -> Verdict:
+    """The three-way judgement of a registry object: its two fingerprints against its sync point.
+
+    Args:
+        primary: the primary's fingerprint (None: absent there).
+        secondary: the secondary's fingerprint.
+        synced: the fingerprint at the last sync point, None when there is none.
+        own_new: an object only in the secondary and never synced is the
+            secondary's own (a device registered there, or what it needs): copied
+            to the primary. False for other kinds, which are the primary's.
+    """
+    if primary == secondary:
+        return IN_SYNC
+    if synced is None:
+        if primary is None and own_new:
+            return Verdict("primary", "only in the target, never synced")
+        if primary is None or secondary is None:
+            return Verdict("secondary")
+        return Verdict("secondary", "differs between the regions and was never synced")
+    if primary == synced:
+        return Verdict("primary", "changed in the target since the last sync")
+    if secondary != synced:
+        return Verdict("secondary", "changed in both regions since the last sync")
+    return Verdict("secondary")
+
+
 def failback_guard(
     plan: Plan,
     *,
@@ -160,20 +219,12 @@ def failback_guard(
             synced (a device registered there, or what it needs); False for
             other kinds, which are the primary's to create and delete.
     """
-    key: ObjectKey = plan.key
-    if source == target or not plan.ops:
-        return Plan(key)
-    if synced is None:
-        if target is None:  # only in the source: registered there during the outage?
-            return plan if copy_new else Plan(key)
-        if source is None:
-            return Plan(key)  # only in the target: not the failback direction's business
-        return Plan(key, (Conflict(key, "differs between the regions and was never synced"),))
-    if source == synced:
-        return Plan(key)  # the target changed, or nothing did: the forward direction's
-    if target != synced:
-        return Plan(key, (Conflict(key, "changed in both regions since the last sync"),))
-    return plan
+    verdict = judge(primary=target, secondary=source, synced=synced, own_new=copy_new)
+    if verdict.toward == "primary" and plan.ops:
+        return plan
+    if verdict.contested is None or not plan.ops:
+        return Plan(plan.key)
+    return Plan(plan.key, (Conflict(plan.key, verdict.contested),))
 
 
 def forward_guard(
@@ -184,27 +235,20 @@ def forward_guard(
     synced: str | None,
     keep_new: bool = True,
 ) -> Plan:
-    """The forward plan when failback runs alongside: leave what only the target changed.
+    """The forward plan that leaves what only the target changed (the three-way judgement).
 
-    With both directions running (``iotdr replicator run --failback auto``), a
-    change made in the secondary since the last sync is the failback
-    direction's to copy back; the forward direction must not overwrite it with
-    the primary's older content (the shadows' rule, ``_plan_shadow.py``, for
-    registry objects), nor delete a thing or certificate that exists only in
-    the target and was never synced (a device registered there by JITR during
-    an outage; ``keep_new``).
-    Otherwise, when the source changed too, the forward plan stands: the
-    primary wins.
+    A change made in the secondary since the last sync is not overwritten
+    with the primary's older content (the shadows' rule, ``_plan_shadow.py``,
+    for registry objects), nor is a thing or certificate deleted that exists
+    only in the target and was never synced (a device registered there by JITR
+    during an outage; ``keep_new``): it is reported as a conflict, and the
+    engine writes it toward the primary when it runs both ways. Otherwise, when
+    the source changed too, the forward plan stands: the primary wins.
     """
-    if not plan.ops:
+    verdict = judge(primary=source, secondary=target, synced=synced, own_new=keep_new)
+    if verdict.toward != "primary" or not plan.ops:
         return plan
-    if synced is None:
-        if source is None and target is not None and keep_new:  # registered there (JITR)
-            return Plan(plan.key, (Conflict(plan.key, "only in the target, never synced"),))
-        return plan
-    if source != synced or target == synced:
-        return plan
-    return Plan(plan.key, (Conflict(plan.key, "changed in the target since the last sync"),))
+    return Plan(plan.key, (Conflict(plan.key, verdict.contested or ""),))
 
 
 TARGET_ONLY: Final = "only in the target and never replicated there: kept"

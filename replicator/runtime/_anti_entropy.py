@@ -169,6 +169,7 @@ class AntiEntropy:
                 dry_run=False,
                 workers=self.config.workers,
                 stop=stop,
+                one_way=True,  # what only the secondary changed is the failback queue's
                 thread_setup=background,
             )
         finally:

@@ -8,10 +8,15 @@ the target only when a plan sets that type. The source's state can be passed
 in when it was read already: the engine plans again after writing an object's
 requirements, and the source has not changed for that.
 
-In the failback direction every registry plan goes through
-:func:`~replicator.core._sync.failback_guard` with the object's sync point, and
-shadows are planned with ``failback=True``: only what changed in the secondary
-is copied back.
+Judged (the failback direction, or forward with ``judged``), a registry
+object's fingerprints are judged three ways against its sync point
+(:func:`~replicator.core._sync.judge`): the plan keeps only what this direction
+may write (:func:`~replicator.core._sync.failback_guard`,
+:func:`~replicator.core._sync.forward_guard`), and the assessment says when the
+stale side is the source (``backward``), which the engine then writes from the
+other direction's assessor. Shadows are planned with ``failback=True`` in the
+failback direction; one that only the target changed since its sync point is
+``backward`` too.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from replicator.core._arns import ArnScope, scope_of_arn
-from replicator.core._ops import Plan
+from replicator.core._ops import Conflict, Plan
 from replicator.core._plan import plan_thing, plan_thing_group, plan_thing_type
 from replicator.core._plan_security import (
     MIRRORED_STATUSES,
@@ -28,7 +33,7 @@ from replicator.core._plan_security import (
     plan_mirrored_status,
     plan_policy,
 )
-from replicator.core._plan_shadow import ShadowSync, plan_shadow
+from replicator.core._plan_shadow import NEWER_IN_TARGET, ShadowSync, plan_shadow
 from replicator.core._records import origin_token
 from replicator.core._state import (
     CertificateState,
@@ -43,6 +48,7 @@ from replicator.core._sync import (
     failback_guard,
     fingerprint,
     forward_guard,
+    judge,
     target_only_guard,
 )
 
@@ -69,11 +75,15 @@ UNREAD: Final = _Unread()
 
 @dataclass(frozen=True, slots=True)
 class Assessment:
-    """An object's plan with the states it was made from (for shadows' sync points)."""
+    """An object's plan with the states it was made from (for shadows' sync points).
+
+    ``backward``: judged three ways, the stale side is the source (see ``_sync.judge``).
+    """
 
     plan: Plan
     source: object
     target: object
+    backward: bool = False
 
 
 class Assessor:
@@ -88,9 +98,9 @@ class Assessor:
         delete_after_s: AWS's wait between deprecating and deleting a type.
         direction: ``forward`` (the source is authoritative) or ``failback``
             (copy back only what changed in the source since the last sync).
-        keep_target_changes: forward only: leave registry objects changed in
-            the target alone when the source has not changed since the last
-            sync (failback runs alongside and copies them back).
+        judged: forward only: judge registry objects three ways and leave
+            those that only the target changed since the last sync (reported;
+            ``backward``: the engine running both ways copies them back).
         delete_target_only: forward only: delete objects that exist only in
             the target even without a sync point proving they were replicated
             (``--delete-target-only``; see ``_sync.target_only_guard``).
@@ -106,7 +116,7 @@ class Assessor:
         wall: Callable[[], float],
         delete_after_s: float,
         direction: Direction = "forward",
-        keep_target_changes: bool = False,
+        judged: bool = False,
         delete_target_only: bool = False,
     ) -> None:
         self.source = source
@@ -114,7 +124,7 @@ class Assessor:
         self.journal = journal
         self.mode: Mode = mode
         self.direction: Direction = direction
-        self.keep_target_changes = keep_target_changes
+        self.judged = judged or direction == "failback"
         self.delete_target_only = delete_target_only
         self._wall = wall
         self._delete_after_s = delete_after_s
@@ -159,14 +169,16 @@ class Assessor:
         """
         if key.kind == "shadow":
             sync = sync or self._shadow_sync(key)
-            return self._keep_target_only(
+            found = self._keep_target_only(
                 self._assess(key, sync=sync, source_state=source_state), synced=sync is not None
             )
+            newer = found.plan.ops == (Conflict(key, NEWER_IN_TARGET),)
+            return Assessment(found.plan, found.source, found.target, backward=newer)
         synced = self.journal.object_sync(key, (self.source.region, self.target.region))
         found = self._keep_target_only(
             self._assess(key, sync=None, source_state=source_state), synced=synced is not None
         )
-        if self.direction == "forward" and not self.keep_target_changes:
+        if not self.judged:
             return found
         if self.direction == "failback" and _never_failed_back(found, synced):
             return Assessment(Plan(key), found.source, found.target)
@@ -176,7 +188,11 @@ class Assessor:
         # what such a device needs, are the secondary's own; other kinds are the
         # primary's (a type deleted there is deleted, not brought back).
         own = key.kind in ("thing", "certificate") or required
-        if self.direction == "failback":
+        failback = self.direction == "failback"
+        primary, secondary = (target, source) if failback else (source, target)
+        verdict = judge(primary=primary, secondary=secondary, synced=synced, own_new=own)
+        backward = verdict.toward == ("secondary" if failback else "primary")
+        if failback:
             plan = failback_guard(
                 found.plan, source=source, target=target, synced=synced, copy_new=own
             )
@@ -189,7 +205,7 @@ class Assessor:
             plan = forward_guard(
                 found.plan, source=source, target=target, synced=synced, keep_new=own
             )
-        return Assessment(plan, found.source, found.target)
+        return Assessment(plan, found.source, found.target, backward=backward)
 
     def _keep_target_only(self, found: Assessment, *, synced: bool) -> Assessment:
         """Forward: an object only in the target is deleted only when provably replicated."""

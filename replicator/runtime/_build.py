@@ -81,24 +81,16 @@ def build(settings: Settings) -> Runtime:
         primary = region(settings.primary) if engine and settings.primary else None
         secondary = region(settings.secondary)
         if engine is not None and primary is not None:
-            config = engine
-            if config.direction == "failback":
+            if engine.direction == "failback":
                 runtime.engine = Engine(
-                    source=secondary, target=primary, journal=journal("failback"), config=config
+                    source=secondary, target=primary, journal=journal("failback"), config=engine
                 )
-                if settings.defer_to_forward:
-                    runtime.engine.defer_to(journal("changes"))
             else:
                 runtime.engine = Engine(
-                    source=primary, target=secondary, journal=journal("changes"), config=config
+                    source=primary, target=secondary, journal=journal("changes"), config=engine
                 )
-            if settings.failback is not None:
-                runtime.failback = Engine(
-                    source=secondary,
-                    target=primary,
-                    journal=journal("failback"),
-                    config=settings.failback,
-                )
+            if engine.both_ways:  # the failback queue: the same engine (automatic failback)
+                runtime.failback = runtime.engine.serving(journal("failback"))
         if settings.jitr is not None:
             runtime.jitr = JitrHandler(
                 secondary, journal("jitr"), settings.jitr, primary=_jitr_primary(settings, runtime)

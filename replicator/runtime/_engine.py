@@ -24,15 +24,26 @@ what changed in the source since the two regions were last in sync. Both
 directions record each registry object's sync point (a region-neutral
 fingerprint, ``_sync.py``) whenever they leave the two regions equal, and
 shadows' sync points (versions) as before; failback reads them.
+
+Both ways (``both_ways``, ``iotdr replicator run --failback auto``): one
+engine judges every object three ways, its source, its target and its sync
+point (``_sync.judge``), and writes toward the stale side: the target as
+usual, or, when only the target changed since the last sync, the source (the
+other direction's assessor plans it). The failback queue, fed by the
+secondary, is the same engine on another queue (:meth:`Engine.serving`): a
+change of either queue is judged and written the same way, one worker per
+object at a time, so neither direction waits for the other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import random
 import threading
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from replicator.core._ops import (
@@ -46,7 +57,7 @@ from replicator.core._ops import (
 )
 from replicator.core._records import ObjectNamed, ThingChanged
 from replicator.core._state import ObjectKey, ShadowState
-from replicator.core._sync import FORWARD_PENDING
+from replicator.core._sync import UNSETTLED
 from replicator.runtime._assess import Assessment, Assessor
 from replicator.runtime._settings import EngineConfig
 from replicator.runtime._stats import EngineStats
@@ -57,6 +68,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from replicator.core._region import RegionApi
+    from replicator.core._sync import Direction
     from replicator.runtime._journal import Claim, Journal
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "Outcome"]
@@ -65,7 +77,6 @@ logger = logging.getLogger(__name__)
 
 _MAX_REQUIRE_DEPTH = 6
 _HELD_S = 0.2  # how long a follow-up claimed during its parent's writes waits
-_DEFER_S = 1.0  # how long a failback change waits for the forward direction's
 _ENSURED_PRUNE_AT = 10_000  # entries of the "applied recently" memo before old ones go
 
 
@@ -102,26 +113,29 @@ class Engine:
         self.stats = EngineStats()
         self._wall = wall
         self._rng = rng or random.Random()  # noqa: S311 - backoff jitter
-        self._assessor = Assessor(
-            source,
-            target,
-            journal,
-            mode=self.config.mode,
-            wall=wall,
-            delete_after_s=self.config.thing_type_delete_after_s,
-            direction=self.config.direction,
-            keep_target_changes=self.config.keep_target_changes,
-            delete_target_only=self.config.delete_target_only,
-        )
-        self.assess = self._assessor.assess
-        """Read a key in both regions and plan; no writes (reconcile uses it too)."""
+        config = self.config
+        back: Direction = "forward" if config.direction == "failback" else "failback"
+
+        def assessor(source: RegionApi, target: RegionApi, direction: Direction) -> Assessor:
+            return Assessor(
+                source,
+                target,
+                journal,
+                mode=config.mode,
+                wall=wall,
+                delete_after_s=config.thing_type_delete_after_s,
+                direction=direction,
+                judged=config.keep_target_changes or config.both_ways,
+                delete_target_only=config.delete_target_only,
+            )
+
+        self._ahead = assessor(source, target, config.direction)
+        self._back = assessor(target, source, back) if config.both_ways else None
         self._lock = threading.Lock()
-        self._keys_lock = threading.Lock()  # guards _inflight, which another engine may share
+        self._keys_lock = threading.Lock()  # guards _inflight and _held
         self._inflight: dict[ObjectKey, threading.Event] = {}
-        self._defer_to: Journal | None = None
         # follow-ups of writes in progress: journaled first, claimed only after the writes
         self._held: dict[ObjectKey, int] = {}
-        self._defer_held: dict[ObjectKey, int] | None = None
         self._ensured: dict[ObjectKey, float] = {}
         self._passes: list[float] = []  # start times of the reconcile passes running
         self._observers: list[Callable[[Outcome], None]] = [self.stats.observe]
@@ -136,44 +150,26 @@ class Engine:
             f"applied={self.stats.applied}, dead={self.stats.dead})"
         )
 
-    def pair_with(self, forward: Engine) -> None:
-        """Run beside ``forward`` (this engine failing back): one object at a time between them.
+    def serving(self, journal: Journal, *, rng: random.Random | None = None) -> Engine:
+        """This engine on ``journal``'s queue, from the other side (the failback queue).
 
-        Both engines then share the set of objects being applied, so the two
-        directions never apply the same object at once, and this engine leaves
-        an object alone while ``forward`` has a change of it pending: the
-        forward direction finishes first, and its writes' echoes are then seen
-        for what they are.
+        The changes of that queue (fed by the secondary) are judged and written
+        as this engine's are, with the same per-object locks and follow-ups
+        held: one engine, whichever queue a change arrives in. Its outcomes
+        (and statistics) are its own, for the queue's metrics; ``rng``: its
+        retries' jitter (this engine's by default).
         """
-        if self.config.direction != "failback" or forward.config.direction != "forward":
-            raise ValueError("pair a failback engine with a forward one")
-        self._inflight = forward._inflight
-        self._keys_lock = forward._keys_lock
-        self._defer_held = forward._held
-        self.defer_to(forward.journal)
-
-    def defer_to(self, forward: Journal) -> None:
-        """Leave objects alone while ``forward`` (the forward queue) has a change of them due.
-
-        :meth:`pair_with` does it for an engine in the same process; a failback
-        reconcile run next to a service does it with the service's journal.
-        """
-        if self.config.direction != "failback":
-            raise ValueError("only a failback engine defers to the forward direction")
-        self._defer_to = forward
-
-    def defers(self, key: ObjectKey) -> bool:
-        """Whether ``key`` is left to the paired forward engine for now (see :meth:`pair_with`)."""
-        if self._defer_held is not None:
-            with self._keys_lock:
-                if key in self._defer_held:
-                    return True
-        return self._defer_to is not None and self._defer_to.is_pending(key, now=self._wall())
-
-    def _defer_until(self, key: ObjectKey, now: float) -> float:
-        """When to look at a deferred change again: after the forward change's next try."""
-        due = self._defer_to.due_at(key) if self._defer_to is not None else None
-        return max(now + _DEFER_S, (due or now) + _DEFER_S)
+        if self._back is None:
+            raise ValueError("only an engine that runs both ways serves the other queue")
+        face = copy.copy(self)
+        face.source, face.target, face.journal = self.target, self.source, journal
+        face.config = replace(self.config, direction=self._back.direction)
+        face._ahead, face._back = self._back, self._ahead
+        face.stats = EngineStats()
+        face._observers = [face.stats.observe]
+        face._writes = threading.local()
+        face._rng = rng or self._rng
+        return face
 
     def _is_held(self, key: ObjectKey) -> bool:
         with self._keys_lock:
@@ -210,32 +206,44 @@ class Engine:
 
     # -- reading and planning ---------------------------------------------------------------
 
-    @property
-    def _regions(self) -> tuple[str, str]:
-        return self.source.region, self.target.region
+    def assess(self, key: ObjectKey, *, one_way: bool = False) -> Assessment:
+        """Read ``key`` in both regions and plan, judged as :meth:`apply` does; no writes.
+
+        Reconcile uses it for a dry run. ``one_way``: this direction's plan only.
+        """
+        return self._judged(key, required=False, one_way=one_way)[0]
+
+    def _judged(
+        self, key: ObjectKey, *, required: bool, one_way: bool
+    ) -> tuple[Assessment, Assessor]:
+        """The plan toward the stale side, and the assessor that made it (its direction)."""
+        found = self._ahead.assess(key, required=required)
+        if found.backward and self._back is not None and not one_way:
+            return self._back.assess(key, required=required), self._back
+        return found, self._ahead
 
     # -- applying ---------------------------------------------------------------------------
 
-    def apply(self, key: ObjectKey) -> Plan:
-        """Make ``key`` in the target match the source (requirements first); return the plan.
+    def apply(self, key: ObjectKey, *, one_way: bool = False) -> Plan:
+        """Make ``key`` the same in both regions (requirements first); return the plan.
+
+        Written toward the target, or toward the source when the engine runs
+        both ways and only the target changed since the last sync (unless
+        ``one_way``: the full pass of automatic failback copies back only).
 
         Raises:
             ReplicatorError: a read or a write failed (see the module docstring).
         """
         _, mine = self._enter(key)
         try:
-            return self._apply(key, depth=0, chain=frozenset())
-        except Deferred:
-            return Plan(key)  # the forward direction's change goes first (see pair_with)
+            return self._apply(key, depth=0, chain=frozenset(), one_way=one_way)[0]
         finally:
             self._leave(key, mine)
 
-    def _apply(self, key: ObjectKey, *, depth: int, chain: frozenset[ObjectKey]) -> Plan:
-        if self.defers(key):
-            now = self._wall()  # the forward direction's change goes first
-            reason = "waiting for the forward direction's pending change"
-            raise Deferred(until=self._defer_until(key, now), reason=reason)
-        assessment = self.assess(key, required=depth > 0)
+    def _apply(
+        self, key: ObjectKey, *, depth: int, chain: frozenset[ObjectKey], one_way: bool = False
+    ) -> tuple[Plan, Direction]:
+        assessment, assessor = self._judged(key, required=depth > 0, one_way=one_way)
         plan = assessment.plan
         wrote = False
         for required in plan.requires:
@@ -243,7 +251,7 @@ class Engine:
                 continue
             wrote |= self._apply_required(required, depth=depth + 1, chain=chain | {key})
         if wrote:  # what the plan saw of the target has changed: plan again
-            assessment = self.assess(key, source_state=assessment.source, required=depth > 0)
+            assessment = assessor.assess(key, source_state=assessment.source, required=depth > 0)
             plan = assessment.plan
         now = self._wall()
         follow_ups = list(plan.follow_ups)
@@ -253,16 +261,17 @@ class Engine:
         try:
             for follow in follow_ups:  # journaled before the writes: pending while they run
                 self.journal.accept(ObjectNamed(key=follow, region=self.source.region), now=now)
+                regions = (self.source.region, self.target.region)
                 if (
                     follow.kind != "shadow"
-                    and self.config.direction == "forward"
-                    and self.journal.object_sync(follow, self._regions) is not None
+                    and assessor.direction == "forward"
+                    and self.journal.object_sync(follow, regions) is not None
                 ):
-                    # these writes change a synced object in the secondary: the forward
-                    # direction's doing, not a change made there to keep (_sync.py); a
+                    # these writes change a synced object in the secondary: the engine's
+                    # doing, not a change made there to copy back (_sync.py); a
                     # never-synced one stays so (a device registered there is kept)
-                    self.journal.set_object_sync(follow, self._regions, FORWARD_PENDING, now=now)
-            self._execute_holding_types(key, assessment)
+                    self.journal.set_object_sync(follow, regions, UNSETTLED, now=now)
+            self._execute_holding_types(key, assessment, assessor)
         finally:
             with self._keys_lock:
                 for follow in follow_ups:
@@ -277,13 +286,15 @@ class Engine:
             if len(self._ensured) > _ENSURED_PRUNE_AT:
                 horizon = min([now - self.config.dependency_ttl_s, *self._passes])
                 self._ensured = {k: t for k, t in self._ensured.items() if t >= horizon}
-        return plan
+        return plan, assessor.direction
 
-    def _execute_holding_types(self, key: ObjectKey, assessment: Assessment) -> None:
+    def _execute_holding_types(
+        self, key: ObjectKey, assessment: Assessment, assessor: Assessor
+    ) -> None:
         plan = assessment.plan
         # A thing's plan may undo a type's deprecation for a moment (AWS refuses a
         # deprecated type on a thing): hold the type too, so that nothing else (the
-        # failback direction seeing the moment's echo) takes it for a change.
+        # failback queue seeing the moment's echo) takes it for a change.
         types = {
             ObjectKey.thing_type(op.type_name)
             for op in plan.ops
@@ -291,7 +302,7 @@ class Engine:
         }
         held = [(type_key, self._enter(type_key)[1]) for type_key in sorted(types)]
         try:
-            self._execute(assessment)
+            self._execute(assessment, assessor)
         finally:
             for held_key, token in held:
                 self._leave(held_key, token)
@@ -302,10 +313,7 @@ class Engine:
         try:
             if waited and self._recently_ensured(key):
                 return True  # written or not, by another worker: plan again to be sure
-            try:
-                plan = self._apply(key, depth=depth, chain=chain)
-            except Deferred:
-                return False  # the forward direction's change of it goes first
+            plan, _ = self._apply(key, depth=depth, chain=chain)
             for op in plan.ops:
                 if isinstance(op, ScheduleAt):
                     record = ObjectNamed(key=op.key, region=self.source.region)
@@ -359,8 +367,10 @@ class Engine:
             with self._lock:
                 self._passes.remove(started)
 
-    def _execute(self, assessment: Assessment) -> None:
+    def _execute(self, assessment: Assessment, assessor: Assessor) -> None:
         plan = assessment.plan
+        ahead = assessor is self._ahead
+        source, target = (self.source, self.target) if ahead else (self.target, self.source)
         key = plan.key
         for op in plan.ops:
             if isinstance(op, ScheduleAt):
@@ -370,28 +380,28 @@ class Engine:
                     self.stats.conflicts += 1
                 logger.warning("replicator.conflict", extra={"key": str(key), "reason": op.reason})
                 continue
-            result = self.target.execute(op)
+            result = target.execute(op)
             with self._lock:
                 self.stats.writes[op.api] = self.stats.writes.get(op.api, 0) + 1
             getattr(self._writes, "apis", []).append(op.api)
             if isinstance(op, UpdateThingShadow) and result is not None:
                 self.journal.set_shadow_sync(
                     key,
-                    source=(self.source.region, op.source_version),
-                    target=(self.target.region, result),
+                    source=(source.region, op.source_version),
+                    target=(target.region, result),
                     now=self._wall(),
                 )
             elif isinstance(op, DeleteThingShadow):
                 self.journal.forget_shadow_sync(key)
         if key.kind != "shadow":
-            self._record_sync(assessment)
+            self._record_sync(assessment, assessor)
         elif plan.in_sync:
-            source, target = assessment.source, assessment.target
-            if isinstance(source, ShadowState) and isinstance(target, ShadowState):
+            read, found = assessment.source, assessment.target
+            if isinstance(read, ShadowState) and isinstance(found, ShadowState):
                 self.journal.set_shadow_sync(
                     key,
-                    source=(self.source.region, source.version),
-                    target=(self.target.region, target.version),
+                    source=(source.region, read.version),
+                    target=(target.region, found.version),
                     now=self._wall(),
                 )
         if plan.writes:
@@ -400,18 +410,19 @@ class Engine:
                 extra={"key": str(key), "writes": [type(op).__name__ for op in plan.writes]},
             )
 
-    def _record_sync(self, assessment: Assessment) -> None:
+    def _record_sync(self, assessment: Assessment, assessor: Assessor) -> None:
         """After a registry object's plan ran: record its sync point if the regions now agree."""
         plan = assessment.plan
         if any(isinstance(op, (Conflict, ScheduleAt)) for op in plan.ops):
             return
         if self.config.mode == "jitr" and plan.key.kind == "certificate":
             return  # only a refusal was mirrored: the regions do not hold the same certificate
-        source, target = self._assessor.fingerprints(assessment)
+        source, target = assessor.fingerprints(assessment)
         if not plan.writes and source != target:
             return  # a guarded failback plan: nothing was made equal
-        if self.journal.object_sync(plan.key, self._regions) != source:
-            self.journal.set_object_sync(plan.key, self._regions, source, now=self._wall())
+        regions = (self.source.region, self.target.region)
+        if self.journal.object_sync(plan.key, regions) != source:
+            self.journal.set_object_sync(plan.key, regions, source, now=self._wall())
 
     # -- the journal ------------------------------------------------------------------------
 
@@ -429,7 +440,7 @@ class Engine:
         if self._is_held(key):  # a follow-up of writes still running: after them
             reason = "after the writes that made it a follow-up"
             raise Deferred(until=self._wall() + _HELD_S, reason=reason)
-        plan = self._apply(key, depth=0, chain=frozenset())
+        plan, direction = self._apply(key, depth=0, chain=frozenset())
         now = self._wall()
         lag = max(0.0, now - claim.due_since)
         with self._lock:
@@ -448,9 +459,8 @@ class Engine:
         recheck = self.config.thing_recheck_s
         created_event = isinstance(record, ThingChanged) and record.operation == "CREATED"
         created = created_event or (
-            # failback's own creates echo into the forward direction, which re-checks them
-            self.config.direction == "forward"
-            and any(isinstance(op, CreateThing) for op in plan.ops)
+            # creates in the primary echo into the forward queue, which re-checks them
+            direction == "forward" and any(isinstance(op, CreateThing) for op in plan.ops)
         )
         if (
             recheck is not None

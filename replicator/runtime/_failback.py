@@ -1,30 +1,26 @@
 """Automatic failback: both directions in one service, and a full pass when the primary returns.
 
 Theory of operation. With ``iotdr replicator run --failback auto`` the service
-runs two engines on one journal file: *forward* (primary to secondary, fed by
-the primary's broker, queue ``changes``) and *failback* (secondary to primary,
-fed by the secondary's broker, queue ``failback``). Each object's sync point
-(``_sync.py``) is shared, so each direction copies only what changed on its
-own side since the regions were last equal, and leaves the other side's
-changes alone: the forward engine runs with ``keep_target_changes``. A change
-made in the secondary while devices are there (a device registered by JITR,
-a shadow a device reported, an operator's edit) is copied back as soon as the
-primary accepts writes; while the primary is down it waits in the failback
-queue with backoff, as any change does.
-
-The two engines never apply the same object at once, and the failback engine
-leaves an object alone while the forward direction has a change of it pending
-(:meth:`~replicator.runtime._engine.Engine.pair_with`): the forward change goes first,
-and the echo of its writes in the secondary is then seen as nothing new.
+runs one engine both ways (``both_ways``) on two queues of one journal file:
+``changes``, fed by the primary's broker, and ``failback``, fed by the
+secondary's (the same engine, :meth:`~replicator.runtime._engine.Engine.serving`).
+Whichever queue a change arrives in, the object is judged three ways, its two
+regions against its sync point (``_sync.judge``), and written toward the stale
+side: a change made in the secondary while devices are there (a device
+registered by JITR, a shadow a device reported, an operator's edit) is copied
+back as soon as the primary accepts writes; while the primary is down it
+waits in its queue with backoff, as any change does. One object is applied by
+one worker at a time, whatever the queue, and the echo of the engine's own
+writes in the other region is judged as in sync.
 
 What events cannot cover (the secondary's broker dropped a message, the
 replicator was down during the outage) a full pass does: when the primary's
-control plane comes back after either engine saw it unavailable,
-:class:`AutoFailback` wakes the forward queue (its changes win), runs the
-failback reconcile (guarded: it copies back only what changed in the
-secondary, and skips objects with a forward change pending), then wakes the
+control plane comes back after either queue saw it unavailable,
+:class:`AutoFailback` wakes the forward queue, runs the failback reconcile
+(one way: it copies back only what changed in the secondary; what the
+primary changed is the forward queue's, and the primary wins), then wakes the
 failback queue, so that changes backing off for minutes are tried at once.
-The primary being down is learnt from the engines' outcomes and kept in the
+The primary being down is learnt from both queues' outcomes and kept in the
 journal (``failback_due``) until a pass completes, so that a restart in
 between still runs it; the primary's return is learnt from a cheap read
 probed every ``probe_interval_s`` while it is down. A pass whose listing
@@ -121,11 +117,11 @@ class OutageWatch:
 
 
 class AutoFailback:
-    """The failback engine's loop and the full pass after each outage of the primary.
+    """The failback queue's loop and the full pass after each outage of the primary.
 
     Args:
-        forward: the primary-to-secondary engine (its outcomes are watched).
-        failback: the secondary-to-primary engine (``direction="failback"``).
+        forward: the engine, running both ways (its outcomes are watched).
+        failback: the same engine on the failback queue (``forward.serving(journal)``).
         report: called with one JSON-ready line per lifecycle event.
         probe_interval_s: how often to probe the primary while it is down.
         workers: reconcile's parallelism.
@@ -140,11 +136,10 @@ class AutoFailback:
         probe_interval_s: float = 5.0,
         workers: int = 8,
     ) -> None:
-        if failback.config.direction != "failback" or forward.config.direction != "forward":
-            raise ValueError("AutoFailback needs a forward and a failback engine")
+        if not forward.config.both_ways or failback.config.direction != "failback":
+            raise ValueError("AutoFailback needs an engine running both ways, on two queues")
         self.forward = forward
         self.failback = failback
-        failback.pair_with(forward)
         self.watch = OutageWatch(forward.source.region, on_down=self._remember_outage)
         if forward.journal.meta(_DUE) is not None:  # an outage before a restart, not failed back
             self.watch.mark_down()
@@ -164,7 +159,7 @@ class AutoFailback:
         self.forward.journal.set_meta(_DUE, str(self.forward.now()), now=self.forward.now())
 
     def run(self, stop: threading.Event) -> None:
-        """Run the failback engine and the watch until ``stop`` is set.
+        """Run the failback queue and the watch until ``stop`` is set.
 
         Raises:
             ReplicatorError: a permission is missing in either region, or the
@@ -222,14 +217,10 @@ class AutoFailback:
             }
         )
         now = self.forward.now()
-        woken = self.forward.journal.wake(now=now)  # the forward changes first: they win
+        woken = self.forward.journal.wake(now=now)
         try:
             report = reconcile(
-                self.failback,
-                dry_run=False,
-                workers=self._workers,
-                stop=stop,
-                requeue_deferred=True,
+                self.failback, dry_run=False, workers=self._workers, stop=stop, one_way=True
             )
         except (AccessDeniedError, CredentialsError):
             raise
@@ -254,7 +245,6 @@ class AutoFailback:
                 "compared": report.compared,
                 "copied_back": report.differing,
                 "conflicts": report.conflicts,
-                "deferred": report.deferred,
                 "errors": report.errors,
                 "woken": woken,
             }

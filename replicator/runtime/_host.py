@@ -1,7 +1,7 @@
 """The service host: feeds, journal workers and the HTTP endpoints until SIGTERM or SIGINT.
 
 One host for ``iotdr replicator run`` (the engine, and with ``--failback
-auto`` the failback engine) and ``iotdr replicator jitr`` (the JITR handler).
+auto`` its failback queue) and ``iotdr replicator jitr`` (the JITR handler).
 Each feed's paho thread journals changes; the main worker runs in the calling
 thread, any others in threads of their own; a daemon thread serves
 ``/healthz``, ``/readyz`` and ``/metrics`` (``_http.py``). A signal sets the
@@ -265,7 +265,7 @@ def run_service(
         listen: where to serve ``/healthz``, ``/readyz`` and ``/metrics``; None: nowhere.
         ops: the metrics and health the engine reports to; None: new ones.
         failback: automatic failback (``_failback.py``) with the secondary's
-            broker: a second feed into the failback engine's journal queue.
+            broker: a second feed into the engine's failback queue.
         anti_entropy: the background reconcile pass (``_anti_entropy.py``), run
             in a thread of its own; its progress in ``/metrics`` and ``/readyz``.
 

@@ -65,8 +65,6 @@ class ReconcileReport:
         compared: objects compared, by kind.
         differing: objects that differed, by kind.
         conflicts: differences left alone on purpose (newer in the target...).
-        deferred: objects a failback pass left to the forward direction's pending change.
-        deferred_keys: which.
         interrupted: the run was stopped before it compared everything.
         errors: objects whose assessment or repair failed.
         differences: the objects that differed, with their plans.
@@ -79,16 +77,14 @@ class ReconcileReport:
     compared: dict[str, int] = field(default_factory=dict)
     differing: dict[str, int] = field(default_factory=dict)
     conflicts: int = 0
-    deferred: int = 0
-    deferred_keys: list[ObjectKey] = field(default_factory=list)
     interrupted: bool = False
     errors: int = 0
     differences: list[Difference] = field(default_factory=list)
 
     @property
     def drift(self) -> bool:
-        """Whether any object differed, or could not be compared (errors, deferred)."""
-        return bool(self.differences or self.deferred)
+        """Whether any object differed, or could not be compared (errors)."""
+        return bool(self.differences)
 
     def text(self) -> str:
         """For people: a line per kind, then a line per difference."""
@@ -105,13 +101,6 @@ class ReconcileReport:
                 for op in difference.ops
             )
             lines.append(f"  {difference.key}: {steps}")
-        if self.deferred:
-            keys = ", ".join(str(k) for k in self.deferred_keys[:10])
-            more = f" and {self.deferred - 10} more" if self.deferred > 10 else ""
-            lines.append(
-                f"  not compared, a forward change of them is due: {keys}{more} "
-                "(run again once the forward direction has applied it)"
-            )
         if self.interrupted:
             lines.append("  stopped before everything was compared")
         if not self.drift:
@@ -130,8 +119,6 @@ class ReconcileReport:
             "compared": self.compared,
             "differing": self.differing,
             "conflicts": self.conflicts,
-            "deferred": self.deferred,
-            "deferred_keys": [str(k) for k in self.deferred_keys],
             "interrupted": self.interrupted,
             "errors": self.errors,
             "drift": self.drift,
@@ -162,20 +149,17 @@ def reconcile(
     kinds: Iterable[Kind] = KINDS,
     workers: int = 8,
     stop: threading.Event | None = None,
-    requeue_deferred: bool = False,
+    one_way: bool = False,
     thread_setup: Callable[[], None] | None = None,
 ) -> ReconcileReport:
     """Compare both regions completely and repair the target unless ``dry_run``.
 
     A plan that schedules a later step (a thing type deleted five minutes after
-    its deprecation) journals it in the engine's journal. A failback engine
-    paired with a forward one (:meth:`Engine.pair_with`) leaves objects that
-    have a forward change pending to it (counted as ``deferred``). Setting
-    ``stop`` ends the run after the objects being compared (``interrupted``).
-    With ``requeue_deferred`` (the full pass of ``--failback auto``, whose
-    failback engine then looks at them again after the forward change) deferred
-    objects are journaled in the engine's queue; a reconcile run on its own
-    reports them (they count as drift: not compared) and leaves them.
+    its deprecation) journals it in the engine's journal. An engine running
+    both ways writes each object toward its stale side, unless ``one_way``
+    (the full pass of ``--failback auto``: this direction's writes only).
+    Setting ``stop`` ends the run after the objects being compared
+    (``interrupted``).
     ``thread_setup`` runs first in each of the pass's threads (the anti-entropy
     pass takes its quota share there).
 
@@ -200,16 +184,11 @@ def reconcile(
                 break
             keys = _keys_of(engine, kind)
             report.compared[kind] = len(keys)
-            outcomes = pool.map(lambda key: _one(engine, key, dry_run=dry_run, stop=stop), keys)
+            outcomes = pool.map(
+                lambda key: _one(engine, key, dry_run=dry_run, stop=stop, one_way=one_way), keys
+            )
             for key, outcome in zip(keys, outcomes, strict=True):
-                if outcome is _DEFERRED:
-                    report.deferred += 1
-                    report.deferred_keys.append(key)
-                    if requeue_deferred and not dry_run:  # looked at again after forward
-                        record = ObjectNamed(key=key, region=engine.source.region)
-                        engine.journal.accept(record, now=engine.now())
-                    continue
-                if outcome is None or isinstance(outcome, _Skipped):
+                if outcome is None or isinstance(outcome, _Stopped):
                     continue
                 report.differences.append(outcome)
                 report.differing[kind] = report.differing.get(kind, 0) + 1
@@ -224,24 +203,24 @@ def reconcile(
     return report
 
 
-class _Skipped:
+class _Stopped:
     def __repr__(self) -> str:
-        return "_Skipped"
+        return "_STOPPED"
 
 
-_DEFERRED: Final = _Skipped()
-_STOPPED: Final = _Skipped()
+_STOPPED: Final = _Stopped()
 
 
 def _one(
-    engine: Engine, key: ObjectKey, *, dry_run: bool, stop: threading.Event
-) -> Difference | _Skipped | None:
+    engine: Engine, key: ObjectKey, *, dry_run: bool, stop: threading.Event, one_way: bool
+) -> Difference | _Stopped | None:
     if stop.is_set():
         return _STOPPED
-    if engine.defers(key):
-        return _DEFERRED
     try:
-        plan: Plan = engine.assess(key).plan if dry_run else engine.apply(key)
+        if dry_run:
+            plan: Plan = engine.assess(key, one_way=one_way).plan
+        else:
+            plan = engine.apply(key, one_way=one_way)
     except (AccessDeniedError, CredentialsError):
         raise
     except ReplicatorError as exc:

@@ -41,10 +41,13 @@ class EngineConfig:
             usually happens just after the create. None: never.
         poll_s: how often to look for due changes when there are none.
         thing_type_delete_after_s: AWS's wait between deprecating and deleting a type.
-        direction: ``forward`` or ``failback`` (see the module docstring).
-        keep_target_changes: forward, with failback running alongside: leave a
-            registry object that changed only in the target since the last sync
-            to the failback direction (see ``_sync.forward_guard``).
+        direction: ``forward`` or ``failback`` (see ``_engine.py``).
+        keep_target_changes: forward: leave a registry object that changed only
+            in the target since the last sync (reported as a conflict; see
+            ``_sync.forward_guard``).
+        both_ways: judge each object three ways and write toward the stale
+            side, the secondary or the primary (``--failback auto``; the
+            failback queue is the same engine, ``Engine.serving``).
         delete_target_only: forward: delete objects that exist only in the
             target although no sync point shows they were replicated (by
             default they are kept and reported: ``_sync.target_only_guard``).
@@ -63,6 +66,7 @@ class EngineConfig:
     thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S
     direction: Direction = "forward"
     keep_target_changes: bool = False
+    both_ways: bool = False
     delete_target_only: bool = False
 
     def __post_init__(self) -> None:
@@ -82,11 +86,8 @@ class Settings:
         primary: the primary region (None: JITR without a check of the primary).
         secondary: the secondary region.
         engine: the engine's configuration; None: no engine (the JITR handler alone).
-            With ``direction="failback"`` it copies the secondary to the primary.
-        failback: automatic failback's engine beside a forward one (``--failback
-            auto``), on the journal's ``failback`` queue; None: none.
-        defer_to_forward: a failback engine leaves objects alone while the
-            forward queue of the same journal has a change of them due.
+            With ``direction="failback"`` it copies the secondary to the primary;
+            with ``both_ways`` it also serves the journal's ``failback`` queue.
         jitr: the JITR handler's configuration; None: no handler.
         quotas: the APIs' rates.
         journal: the SQLite journal's path (``:memory:``: a working set only).
@@ -98,8 +99,6 @@ class Settings:
     primary: RegionConfig | None = None
     secondary: RegionConfig
     engine: EngineConfig | None = None
-    failback: EngineConfig | None = None
-    defer_to_forward: bool = False
     jitr: JitrConfig | None = None
     quotas: QuotaConfig = field(default_factory=QuotaConfig)
     journal: str = ":memory:"
@@ -113,9 +112,3 @@ class Settings:
             raise ConfigError("max_dead_letters must be at least 1")
         if self.primary is not None and self.primary.region == self.secondary.region:
             raise ConfigError("the primary and the secondary region must differ")
-        if self.failback is not None and (
-            self.engine is None
-            or self.engine.direction != "forward"
-            or self.failback.direction != "failback"
-        ):
-            raise ConfigError("automatic failback runs beside a forward engine")

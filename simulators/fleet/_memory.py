@@ -18,8 +18,8 @@ Real (the project's own code, unchanged):
       certificate id is the SHA-256 of its DER), refusals counted under the
       gateway's reason names;
     * the registries: :class:`~replicator._memory.InMemoryRegion` per region;
-    * the replicator: two :class:`~replicator._engine.Engine` s (forward, and
-      failback paired with it, as ``--failback auto`` runs them) on one
+    * the replicator: one :class:`~replicator._engine.Engine` both ways on the
+      forward and the failback queue (as ``--failback auto`` runs it) of one
       :class:`~replicator._journal.Journal` file, run every half second on the
       loop; in ``jitr`` mode the real :class:`~replicator._jitr.JitrHandler`
       activates what the door registered PENDING_ACTIVATION;

@@ -517,20 +517,15 @@ class MemoryReplicator:
             config=EngineConfig(
                 mode=engine_mode,  # type: ignore[arg-type]
                 workers=1,
-                keep_target_changes=True,
+                both_ways=True,
             ),
             wall=clock.time,
             rng=random.Random(rng.random()),  # noqa: S311 - simulation
         )
-        self.failback = Engine(
-            source=secondary,
-            target=primary,
-            journal=self.back_journal,
-            config=EngineConfig(mode=engine_mode, workers=1, direction="failback"),  # type: ignore[arg-type]
-            wall=clock.time,
+        self.failback = self.forward.serving(
+            self.back_journal,
             rng=random.Random(rng.random()),  # noqa: S311 - simulation
         )
-        self.failback.pair_with(self.forward)
         self.jitr: JitrHandler | None = None
         if mode == "jitr":
             self.jitr = JitrHandler(

@@ -21,15 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from replicator.aws._adapter import build_region
 from replicator.core._records import ObjectNamed
 from replicator.core._state import ObjectKey
-from replicator.runtime._engine import Engine, EngineConfig
 from replicator.runtime._failback import AutoFailback
 from replicator.runtime._feed import FeedConfig
 from replicator.runtime._host import run_service
 from replicator.runtime._journal import Journal
-from replicator.runtime._quotas import QuotaLimiter
 from tests.integration.test_replicator_live import (
     EAST,
     WEST,
@@ -150,17 +147,11 @@ def test_auto_failback_copies_back_as_the_secondary_changes_and_after_the_primar
     east, west = pair.iot(EAST), pair.iot(WEST)
     east_data, west_data = pair.data(EAST), pair.data(WEST)
     path = tmp_path / "replicator.db"
-    limiter = QuotaLimiter()
     lines: list[dict[str, Any]] = []
     stop = threading.Event()
     with Journal(path) as journal, Journal(path, queue="failback") as back_journal:
-        forward = pair.engine(journal, thing_recheck_s=None, keep_target_changes=True)
-        back = Engine(
-            source=build_region(pair.region_config(WEST), limiter=limiter),
-            target=build_region(pair.region_config(EAST), limiter=limiter),
-            journal=back_journal,
-            config=EngineConfig(direction="failback", thing_recheck_s=None),
-        )
+        forward = pair.engine(journal, thing_recheck_s=None, both_ways=True)
+        back = forward.serving(back_journal)
         auto = AutoFailback(forward, back, report=lines.append, probe_interval_s=0.2)
         feeds = {
             region: FeedConfig(

@@ -331,16 +331,10 @@ def test_auto_failback_runs_a_full_pass_when_the_primary_returns(tmp_path: Path)
             source=primary,
             target=secondary,
             journal=forward_journal,
-            config=EngineConfig(keep_target_changes=True, **config),  # type: ignore[arg-type]
+            config=EngineConfig(both_ways=True, **config),  # type: ignore[arg-type]
             wall=lambda: now[0],
         )
-        failback = Engine(
-            source=secondary,
-            target=primary,
-            journal=failback_journal,
-            config=EngineConfig(direction="failback", **config),  # type: ignore[arg-type]
-            wall=lambda: now[0],
-        )
+        failback = forward.serving(failback_journal)
         lines: list[dict[str, Any]] = []
         auto = AutoFailback(forward, failback, report=lines.append, probe_interval_s=0.01)
 
@@ -406,7 +400,7 @@ def test_forward_keeps_what_only_the_secondary_changed_when_failback_runs_alongs
 
 @dataclass
 class Both(Pair):
-    """Forward keeping the secondary's changes, and failback paired with it (--failback auto)."""
+    """One engine both ways, on the forward queue and on the failback queue (--failback auto)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -419,11 +413,11 @@ class Both(Pair):
                 workers=2,
                 thing_recheck_s=None,
                 dependency_ttl_s=0.0,
-                keep_target_changes=True,
+                both_ways=True,
             ),
             wall=lambda: self.now[0],
         )
-        self.failback.pair_with(self.forward)
+        self.failback = self.forward.serving(self.failback_journal)
 
 
 @pytest.fixture(params=["complete", "jitr"])
@@ -639,29 +633,22 @@ def test_an_outage_seen_before_a_restart_still_gets_its_full_pass(tmp_path: Path
     again.close()
 
 
-def test_only_due_or_failing_forward_changes_make_failback_wait(tmp_path: Path) -> None:
+def test_a_forward_change_pending_is_never_undone_from_the_failback_queue(
+    tmp_path: Path,
+) -> None:
     pair = Both(tmp_path / "j.db")
-    pair.now[0] = 0.0
-    pair.forward_journal.accept(ObjectNamed(region=EAST, key=T1), now=0.0, not_before=500.0)
-    assert not pair.failback.defers(T1)  # a re-check or a scheduled deletion: not yet due
-    pair.now[0] = 600.0
-    assert pair.failback.defers(T1)
-    pair.failback_journal.accept(ObjectNamed(region=WEST, key=T1), now=600.0)
-    [claim] = pair.failback_journal.claim(now=600.0, limit=1)
-    pair.failback_journal.retry(claim, now=600.0, not_before=600.0, reason="primary down")
-    assert pair.failback.process(pair.failback_journal.claim(now=600.0, limit=1)[0]) == "deferred"
-    state = pair.failback_journal.state_of(T1)
-    assert state is not None
-    assert state[1] == 1  # the failed attempt still counts: its lag shows the outage
-    run(pair.secondary, CreateThing("t1"))
-    pair.failback_journal.done(pair.failback_journal.claim(now=700.0, limit=1)[0], now=700.0)
-    report = reconcile(pair.failback, dry_run=False, workers=1)
-    assert report.deferred_keys == [T1]
-    assert report.drift  # not compared: not in sync either
-    assert "not compared, a forward change of them is due: thing/t1" in report.text()
-    assert not pair.failback_journal.is_pending(T1, now=700.0)  # a reconcile on its own
-    report = reconcile(pair.failback, dry_run=False, workers=1, requeue_deferred=True)
-    assert pair.failback_journal.is_pending(T1, now=700.0)  # the full pass: looked at again
+    run(pair.primary, CreateThing("t1", None, {"site": "a"}))
+    pair.sync(pair.forward, T1)
+    run(pair.primary, UpdateThing("t1", {"site": "p"}))  # its forward change is pending
+    pair.forward_journal.accept(ObjectNamed(region=EAST, key=T1), now=pair.now[0])
+    pair.sync(pair.failback, T1)  # a trigger of the failback queue comes first
+    assert pair.primary.things["t1"].attributes == {"site": "p"}  # the primary wins
+    assert pair.secondary.things["t1"].attributes == {"site": "p"}  # its stale side written
+    run(pair.secondary, UpdateThing("t1", {"site": "s"}))
+    pair.sync(pair.forward, T1)  # and a forward trigger of a change made in the secondary
+    assert pair.primary.things["t1"].attributes == {"site": "s"}
+    report = reconcile(pair.failback, dry_run=False, workers=1, one_way=True)  # a full pass
+    assert not report.drift, report.text()
     pair.close()
 
 
@@ -681,18 +668,24 @@ def test_failback_creating_a_thing_schedules_no_recheck_of_its_own(tmp_path: Pat
     pair.close()
 
 
-def test_a_deferred_change_counts_its_lag_from_when_it_was_due(tmp_path: Path) -> None:
+def test_a_change_in_both_queues_is_applied_once_and_its_lag_counts_from_when_it_was_due(
+    tmp_path: Path,
+) -> None:
     pair = Both(tmp_path / "j.db")
     pair.now[0] = 100.0
+    run(pair.primary, CreateThing("t1", None, {"k": "v"}))
     pair.forward_journal.accept(ObjectNamed(region=EAST, key=T1), now=100.0)
     pair.failback_journal.accept(ObjectNamed(region=WEST, key=T1), now=100.0)
-    for now in (100.0, 101.0, 102.0):  # deferred three times behind the forward change
-        pair.now[0] = now
-        [claim] = pair.failback_journal.claim(now=now, limit=1)
-        assert pair.failback.process(claim) == "deferred"
-    assert pair.failback_journal.counts(110.0).oldest_pending_s == 10.0
+    pair.now[0] = 110.0
     [claim] = pair.failback_journal.claim(now=110.0, limit=1)
     assert claim.due_since == 100.0
+    assert pair.failback.process(claim) == "done"
+    assert list(pair.failback.stats.lag_s) == [10.0]
+    assert pair.secondary.things["t1"].attributes == {"k": "v"}  # toward the stale side
+    assert "t1" in pair.primary.things  # not deleted: only the secondary lacked it
+    [claim] = pair.forward_journal.claim(now=110.0, limit=1)
+    assert pair.forward.process(claim) == "done"
+    assert pair.forward.stats.in_sync == 1
     pair.close()
 
 
@@ -774,17 +767,10 @@ def test_a_certificate_attached_just_after_a_create_in_the_secondary_reaches_the
         source=pair.primary,
         target=pair.secondary,
         journal=pair.forward_journal,
-        config=EngineConfig(keep_target_changes=True, **config),  # type: ignore[arg-type]
+        config=EngineConfig(both_ways=True, **config),  # type: ignore[arg-type]
         wall=lambda: pair.now[0],
     )
-    pair.failback = Engine(
-        source=pair.secondary,
-        target=pair.primary,
-        journal=pair.failback_journal,
-        config=EngineConfig(direction="failback", **config),  # type: ignore[arg-type]
-        wall=lambda: pair.now[0],
-    )
-    pair.failback.pair_with(pair.forward)
+    pair.failback = pair.forward.serving(pair.failback_journal)
     run(pair.secondary, CreateThing("t9", None, {"k": "v"}))
     created = ThingChanged(region=WEST, thing_name="t9", operation="CREATED")
     pair.failback_journal.accept(created, now=pair.now[0])
