@@ -379,13 +379,6 @@ class Journal(SyncPoints, DeadLetters):
             {"now": now},
         )
 
-    def due_at(self, key: ObjectKey) -> float | None:
-        """When ``key``'s pending change is next to be tried, or None when it has none."""
-        rows = self._read(
-            "SELECT not_before FROM {q} WHERE key = ? AND state = 'pending'", (str(key),)
-        )
-        return float(rows[0][0]) if rows else None
-
     def is_pending(self, key: ObjectKey, *, now: float) -> bool:
         """Whether ``key`` has a change in this queue that is due at ``now`` or failing.
 

@@ -9,12 +9,13 @@ service's readiness. Reading at scrape time keeps the numbers true after a
 restart (the journal is durable) and costs nothing between scrapes.
 
 Applied, failed and throttled changes are ``iotdr_replicator_changes_total``
-by ``result``: applied is ``done`` and ``scheduled``; ``deferred`` is a failback
-change waiting for the forward direction's change of the same object; failed is ``retry``,
-``unavailable``, ``denied`` and ``dead``; ``throttled`` is its own result.
-Every (kind, result) series exists from the start at 0, so that ``rate()``
-sees the first increment. With ``--failback auto`` the failback engine's
-outcomes and queue have the same metrics under ``iotdr_replicator_failback_``
+by ``result``: applied is ``done`` and ``scheduled``; ``deferred`` is a
+follow-up claimed while the writes that made it still run (tried again after
+them); failed is ``retry``, ``unavailable``, ``denied`` and ``dead``;
+``throttled`` is its own result. Every (kind, result) series exists from the
+start at 0, so that ``rate()`` sees the first increment. With ``--failback
+auto`` the failback queue's outcomes and the queue have the same metrics
+under ``iotdr_replicator_failback_``
 (``iotdr_replicator_failback_changes_total``, ``..._lag_seconds``,
 ``..._writes_total``, ``..._queue_pending``...).
 """
