@@ -11,7 +11,8 @@ The layout, from the inside out::
       _state.py _records.py _ops.py       states, change records, the writes
       _record_json.py                     records as the journal keeps them
       _plan.py _plan_security.py _plan_shadow.py   the planners
-      _sync.py _arns.py _retry.py         sync fingerprints, ARN rewriting, RetryPolicy
+      _sync.py                            sync points; judge(): which region is stale
+      _arns.py _retry.py                  ARN rewriting, RetryPolicy
       _jitr_plan.py                       JITR's screen and provisioning plan
       _region.py                          RegionApi: the port to one region
     aws/         the adapter behind RegionApi
@@ -21,7 +22,7 @@ The layout, from the inside out::
       _journal.py _sync_points.py         the SQLite journal: queues, sync points
       _dead_letters.py                    its dead letters (bounded) and dead changes
       _worker.py                          JournalWorker: where a retry decision happens
-      _engine.py _assess.py               the engine's apply(key), either direction
+      _engine.py _assess.py               the engine's apply(key), toward the stale side
       _jitr.py                            the JITR handler's handle(certificate), sweep()
       _reconcile.py _failback.py          full passes; automatic failback
       _anti_entropy.py                    the service's background reconcile pass
@@ -45,8 +46,12 @@ registry events and shadow messages into records and commits them to the
 :class:`Journal`; a :class:`JournalWorker` claims them and hands each to the
 :class:`Engine` (which reads both regions through :class:`RegionApi`, plans the
 minimal writes and executes them within quotas) or to the :class:`JitrHandler`;
-:func:`reconcile` diffs both regions completely with the same planners;
-:class:`AutoFailback` runs a failback engine beside the forward one. The
+:func:`reconcile` diffs both regions completely with the same planners.
+With automatic failback one engine runs both ways: each object is judged
+three ways (its two regions and its sync point, :func:`judge`) and written
+toward the stale side, whichever queue its change came in (the primary's or
+the secondary's feed); :class:`AutoFailback` runs the failback queue and the
+full pass after an outage. The
 :class:`ServiceHost` runs feeds and workers with ``/healthz``, ``/readyz`` and
 ``/metrics``.
 """
@@ -95,7 +100,14 @@ from replicator.core._state import (
     ThingState,
     ThingTypeState,
 )
-from replicator.core._sync import Direction, failback_guard, fingerprint, forward_guard
+from replicator.core._sync import (
+    Direction,
+    Verdict,
+    failback_guard,
+    fingerprint,
+    forward_guard,
+    judge,
+)
 from replicator.runtime._assess import Assessment
 from replicator.runtime._build import Runtime, build
 from replicator.runtime._engine import Engine, EngineConfig, EngineStats
@@ -171,6 +183,7 @@ __all__ = [
     "ThingTypeState",
     "ThrottledError",
     "UnreachableError",
+    "Verdict",
     "WorkerConfig",
     "accept_bodies",
     "build",
@@ -178,6 +191,7 @@ __all__ = [
     "failback_guard",
     "fingerprint",
     "forward_guard",
+    "judge",
     "origin_token",
     "parse_message",
     "parse_sqs_body",

@@ -74,6 +74,7 @@ __all__ = [
     "failback_guard",
     "fingerprint",
     "forward_guard",
+    "guard",
     "judge",
     "target_only_guard",
 ]
@@ -200,6 +201,20 @@ def judge(
     return Verdict("secondary")
 
 
+def guard(plan: Plan, verdict: Verdict, *, writes: Toward) -> Plan:
+    """The part of a direction's plan (writing ``writes``) that the judgement leaves to it.
+
+    The forward direction's plan stands unless the primary is the stale side
+    (then a conflict is reported); failback's only when it is (otherwise a
+    contested object is reported, and the rest is the forward direction's).
+    """
+    if verdict.toward == writes or (verdict.toward is None and writes == "secondary"):
+        return plan if plan.ops or writes == "secondary" else Plan(plan.key)
+    if verdict.contested is None or not plan.ops:
+        return Plan(plan.key) if writes == "primary" else plan
+    return Plan(plan.key, (Conflict(plan.key, verdict.contested),))
+
+
 def failback_guard(
     plan: Plan,
     *,
@@ -220,11 +235,7 @@ def failback_guard(
             other kinds, which are the primary's to create and delete.
     """
     verdict = judge(primary=target, secondary=source, synced=synced, own_new=copy_new)
-    if verdict.toward == "primary" and plan.ops:
-        return plan
-    if verdict.contested is None or not plan.ops:
-        return Plan(plan.key)
-    return Plan(plan.key, (Conflict(plan.key, verdict.contested),))
+    return guard(plan, verdict, writes="primary")
 
 
 def forward_guard(
@@ -241,14 +252,11 @@ def forward_guard(
     with the primary's older content (the shadows' rule, ``_plan_shadow.py``,
     for registry objects), nor is a thing or certificate deleted that exists
     only in the target and was never synced (a device registered there by JITR
-    during an outage; ``keep_new``): it is reported as a conflict, and the
-    engine writes it toward the primary when it runs both ways. Otherwise, when
-    the source changed too, the forward plan stands: the primary wins.
+    during an outage; ``keep_new``): it is reported as a conflict. Otherwise,
+    when the source changed too, the forward plan stands: the primary wins.
     """
     verdict = judge(primary=source, secondary=target, synced=synced, own_new=keep_new)
-    if verdict.toward != "primary" or not plan.ops:
-        return plan
-    return Plan(plan.key, (Conflict(plan.key, verdict.contested or ""),))
+    return guard(plan, verdict, writes="secondary")
 
 
 TARGET_ONLY: Final = "only in the target and never replicated there: kept"

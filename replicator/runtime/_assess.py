@@ -11,8 +11,7 @@ requirements, and the source has not changed for that.
 Judged (the failback direction, or forward with ``judged``), a registry
 object's fingerprints are judged three ways against its sync point
 (:func:`~replicator.core._sync.judge`): the plan keeps only what this direction
-may write (:func:`~replicator.core._sync.failback_guard`,
-:func:`~replicator.core._sync.forward_guard`), and the assessment says when the
+may write (:func:`~replicator.core._sync.guard`), and the assessment says when the
 stale side is the source (``backward``), which the engine then writes from the
 other direction's assessor. Shadows are planned with ``failback=True`` in the
 failback direction; one that only the target changed since its sync point is
@@ -45,9 +44,8 @@ from replicator.core._state import (
 )
 from replicator.core._sync import (
     activation_guard,
-    failback_guard,
     fingerprint,
-    forward_guard,
+    guard,
     judge,
     target_only_guard,
 )
@@ -58,7 +56,7 @@ if TYPE_CHECKING:
     from replicator.core._plan import Mode
     from replicator.core._region import RegionApi
     from replicator.core._state import ObjectKey
-    from replicator.core._sync import Direction
+    from replicator.core._sync import Direction, Toward
     from replicator.runtime._journal import Journal
 
 __all__ = ["UNREAD", "Assessment", "Assessor"]
@@ -191,20 +189,14 @@ class Assessor:
         failback = self.direction == "failback"
         primary, secondary = (target, source) if failback else (source, target)
         verdict = judge(primary=primary, secondary=secondary, synced=synced, own_new=own)
-        backward = verdict.toward == ("secondary" if failback else "primary")
-        if failback:
-            plan = failback_guard(
-                found.plan, source=source, target=target, synced=synced, copy_new=own
+        writes: Toward = "primary" if failback else "secondary"
+        plan = guard(found.plan, verdict, writes=writes)
+        if failback and key.kind == "certificate":
+            watching = self.journal.watching_since()
+            plan = activation_guard(
+                plan, source=found.source, synced=synced, watching_since=watching
             )
-            if key.kind == "certificate":
-                watching = self.journal.watching_since()
-                plan = activation_guard(
-                    plan, source=found.source, synced=synced, watching_since=watching
-                )
-        else:
-            plan = forward_guard(
-                found.plan, source=source, target=target, synced=synced, keep_new=own
-            )
+        backward = verdict.toward not in (None, writes)
         return Assessment(plan, found.source, found.target, backward=backward)
 
     def _keep_target_only(self, found: Assessment, *, synced: bool) -> Assessment:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -37,7 +38,7 @@ from replicator.core._ops import (
 )
 from replicator.core._records import ObjectNamed, ThingChanged
 from replicator.core._state import ObjectKey, PolicyState, PolicyVersion, ThingState
-from replicator.core._sync import failback_guard, fingerprint
+from replicator.core._sync import UNSETTLED, failback_guard, fingerprint, guard, judge
 from replicator.runtime._engine import Engine, EngineConfig, Outcome
 from replicator.runtime._failback import AutoFailback
 from replicator.runtime._journal import Journal
@@ -270,6 +271,53 @@ def test_failback_guard_table(
         else "nothing"
     )
     assert (found, plan.ops == ()) == (expected, expected == "nothing")
+
+
+@pytest.mark.parametrize(
+    ("primary", "secondary", "synced", "own", "expected"),
+    [
+        ("p", "p", None, True, (None, None)),
+        ("p", "p", "x", True, (None, None)),
+        (None, "s", None, True, ("primary", "only in the target, never synced")),
+        (None, "s", None, False, ("secondary", None)),  # a type only there: the primary's
+        ("p", None, None, True, ("secondary", None)),
+        ("p", "s", None, True, ("secondary", "differs between the regions and was never synced")),
+        ("x", "s", "x", True, ("primary", "changed in the target since the last sync")),
+        ("x", None, "x", True, ("primary", "changed in the target since the last sync")),
+        ("p", "x", "x", True, ("secondary", None)),
+        (None, "x", "x", True, ("secondary", None)),  # deleted in the primary after a sync
+        ("p", "s", "x", True, ("secondary", "changed in both regions since the last sync")),
+        ("p", "s", UNSETTLED, True, ("secondary", "changed in both regions since the last sync")),
+    ],
+)
+def test_judge_table(
+    primary: str | None,
+    secondary: str | None,
+    synced: str | None,
+    own: bool,
+    expected: tuple[str | None, str | None],
+) -> None:
+    verdict = judge(primary=primary, secondary=secondary, synced=synced, own_new=own)
+    assert (verdict.toward, verdict.contested) == expected
+
+
+def test_the_judgement_writes_an_object_in_one_direction_at_most() -> None:
+    values = [None, "a", "b", UNSETTLED]
+    for primary, secondary, synced in itertools.product(values, values, values[:3]):
+        for own in (True, False):
+            verdict = judge(primary=primary, secondary=secondary, synced=synced, own_new=own)
+            forward = guard(WRITE, verdict, writes="secondary")
+            back = guard(WRITE, verdict, writes="primary")
+            assert not (forward == WRITE and back == WRITE)
+            assert (back == WRITE) == (verdict.toward == "primary")
+            if verdict.toward == "primary":  # the forward direction reports what it leaves
+                assert forward.ops == (Conflict(T1, verdict.contested or ""),)
+            elif verdict.contested is not None:
+                assert back.ops == (Conflict(T1, verdict.contested),)
+            else:
+                assert back == Plan(T1)
+            assert guard(Plan(T1), verdict, writes="primary") == Plan(T1)
+            assert guard(Plan(T1), verdict, writes="secondary") == Plan(T1)
 
 
 def test_fingerprints_are_region_neutral() -> None:
