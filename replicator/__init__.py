@@ -105,7 +105,7 @@ from replicator.core._sync import (
     Verdict,
     failback_guard,
     fingerprint,
-    forward_guard,
+    guard,
     judge,
 )
 from replicator.runtime._assess import Assessment
@@ -190,7 +190,7 @@ __all__ = [
     "classify",
     "failback_guard",
     "fingerprint",
-    "forward_guard",
+    "guard",
     "judge",
     "origin_token",
     "parse_message",

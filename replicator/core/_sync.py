@@ -30,9 +30,11 @@ in the secondary are the primary's business (a type the primary deleted is not
 brought back).
 
 A direction that runs alone applies its half of the judgement:
-:func:`forward_guard` (a forward reconcile with ``--keep-target-changes``) and
-:func:`failback_guard` (``--direction secondary-to-primary``) report what the
-other direction would write as a conflict and leave it.
+:func:`guard` with ``writes="secondary"`` (a forward reconcile with
+``--keep-target-changes``: what only the secondary changed, and a device
+registered only there, is not overwritten nor deleted) or ``writes="primary"``
+(``--direction secondary-to-primary``, :func:`failback_guard`) reports what
+the other direction would write as a conflict and leaves it.
 
 Fingerprints cover what the mode replicates and what is comparable across
 regions: a thing's type, attributes and groups (and certificates in complete
@@ -73,7 +75,6 @@ __all__ = [
     "activation_guard",
     "failback_guard",
     "fingerprint",
-    "forward_guard",
     "guard",
     "judge",
     "target_only_guard",
@@ -236,27 +237,6 @@ def failback_guard(
     """
     verdict = judge(primary=target, secondary=source, synced=synced, own_new=copy_new)
     return guard(plan, verdict, writes="primary")
-
-
-def forward_guard(
-    plan: Plan,
-    *,
-    source: str | None,
-    target: str | None,
-    synced: str | None,
-    keep_new: bool = True,
-) -> Plan:
-    """The forward plan that leaves what only the target changed (the three-way judgement).
-
-    A change made in the secondary since the last sync is not overwritten
-    with the primary's older content (the shadows' rule, ``_plan_shadow.py``,
-    for registry objects), nor is a thing or certificate deleted that exists
-    only in the target and was never synced (a device registered there by JITR
-    during an outage; ``keep_new``): it is reported as a conflict. Otherwise,
-    when the source changed too, the forward plan stands: the primary wins.
-    """
-    verdict = judge(primary=source, secondary=target, synced=synced, own_new=keep_new)
-    return guard(plan, verdict, writes="secondary")
 
 
 TARGET_ONLY: Final = "only in the target and never replicated there: kept"

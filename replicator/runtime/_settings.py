@@ -44,7 +44,7 @@ class EngineConfig:
         direction: ``forward`` or ``failback`` (see ``_engine.py``).
         keep_target_changes: forward: leave a registry object that changed only
             in the target since the last sync (reported as a conflict; see
-            ``_sync.forward_guard``).
+            ``_sync.guard``).
         both_ways: judge each object three ways and write toward the stale
             side, the secondary or the primary (``--failback auto``; the
             failback queue is the same engine, ``Engine.serving``).
