@@ -209,10 +209,14 @@ def guard(plan: Plan, verdict: Verdict, *, writes: Toward) -> Plan:
     (then a conflict is reported); failback's only when it is (otherwise a
     contested object is reported, and the rest is the forward direction's).
     """
-    if verdict.toward == writes or (verdict.toward is None and writes == "secondary"):
-        return plan if plan.ops or writes == "secondary" else Plan(plan.key)
+    if writes == "secondary":
+        if verdict.toward != "primary" or not plan.ops:
+            return plan
+        return Plan(plan.key, (Conflict(plan.key, verdict.contested or ""),))
+    if verdict.toward == "primary" and plan.ops:
+        return plan
     if verdict.contested is None or not plan.ops:
-        return Plan(plan.key) if writes == "primary" else plan
+        return Plan(plan.key)
     return Plan(plan.key, (Conflict(plan.key, verdict.contested),))
 
 

@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from replicator._errors import InvalidRequestError, RegionUnavailableError, ThrottledError
+from replicator._errors import (
+    InvalidRequestError,
+    PolicyDocumentError,
+    RegionUnavailableError,
+    ThrottledError,
+)
 from replicator.core._arns import ArnScope
 from replicator.core._ops import (
     AddThingToThingGroup,
@@ -37,8 +42,24 @@ from replicator.core._ops import (
     UpdateThingShadow,
 )
 from replicator.core._records import ObjectNamed, ThingChanged
-from replicator.core._state import ObjectKey, PolicyState, PolicyVersion, ThingState
-from replicator.core._sync import UNSETTLED, failback_guard, fingerprint, guard, judge
+from replicator.core._state import (
+    CertificateState,
+    ObjectKey,
+    PolicyState,
+    PolicyVersion,
+    ThingGroupState,
+    ThingState,
+    ThingTypeState,
+)
+from replicator.core._sync import (
+    IN_SYNC,
+    UNSETTLED,
+    Verdict,
+    failback_guard,
+    fingerprint,
+    guard,
+    judge,
+)
 from replicator.runtime._engine import Engine, EngineConfig, Outcome
 from replicator.runtime._failback import AutoFailback
 from replicator.runtime._journal import Journal
@@ -318,6 +339,86 @@ def test_the_judgement_writes_an_object_in_one_direction_at_most() -> None:
                 assert back == Plan(T1)
             assert guard(Plan(T1), verdict, writes="primary") == Plan(T1)
             assert guard(Plan(T1), verdict, writes="secondary") == Plan(T1)
+
+
+def test_guard_keeps_a_plan_whole_or_leaves_its_key_alone() -> None:
+    needs = Plan(T1, (), (ObjectKey.thing_type("pump"),))  # requirements only
+    assert guard(WRITE, IN_SYNC, writes="secondary") == WRITE  # the forward plan stands
+    assert guard(WRITE, IN_SYNC, writes="primary") == Plan(T1)
+    assert guard(needs, Verdict("secondary"), writes="secondary") is needs
+    assert guard(needs, Verdict("primary", "x"), writes="secondary") is needs  # nothing to report
+    assert guard(needs, Verdict("primary"), writes="primary") == Plan(T1)
+    assert guard(needs, Verdict("secondary", "x"), writes="primary") == Plan(T1)
+    assert judge(primary=None, secondary="s", synced=None).toward == "primary"  # own by default
+    assert failback_guard(WRITE, source="s", target=None, synced=None, copy_new=False) == Plan(T1)
+
+
+# The journal's sync points outlive a release: a fingerprint that changed would make
+# every synced object look changed in both regions after an upgrade.
+FINGERPRINTS = {
+    "thing": ("c67c64ec6c3fdc1de105a13a72c50a6c", "14f543cca5c114364fb853be6415df9e"),
+    "type": ("5325458768158bc49ab8ee1cd2b757ed",) * 2,
+    "group": ("2aeb4f97eb57eda2afb31e204562efa2",) * 2,
+    "certificate": ("6c508463cfec9ae9cd758c9867208d26",) * 2,
+    "policy": ("9bd034de5e75e7c17c7d39f11a24db2b",) * 2,
+    "policy without a default": ("1b7e96b780dfc7028549c3413b59857a",) * 2,
+}
+
+
+def test_fingerprints_do_not_change_between_releases() -> None:
+    document = doc(EAST)
+    states: dict[str, object] = {
+        "thing": ThingState(
+            name="t",
+            type_name="pump",
+            attributes={"k": "v"},
+            principals=frozenset({C1}),
+            groups=frozenset({"g2", "g1"}),
+            version=3,
+        ),
+        "type": ThingTypeState(
+            name="pump", description="d", searchable_attributes=("a", "b"), deprecated=True
+        ),
+        "group": ThingGroupState(name="g", parent="root", description="d", attributes={"k": "v"}),
+        "certificate": CertificateState(
+            certificate_id=C1,
+            pem="PEM",
+            status="PENDING_ACTIVATION",
+            policies=frozenset({"p2", "p1"}),
+        ),
+        "policy": PolicyState(
+            name="p",
+            arn=f"arn:aws:iot:{EAST}:123456789012:policy/p",
+            versions=(PolicyVersion(version_id="1", document=document, is_default=True),),
+        ),
+        "policy without a default": PolicyState(
+            name="p", versions=(PolicyVersion(version_id="1", document=document),)
+        ),
+    }
+    scopes = (ArnScope(WEST, "123456789012"),)
+    found = {
+        name: (fingerprint(state, mode="complete", scopes=scopes), fingerprint(state, mode="jitr"))
+        for name, state in states.items()
+    }
+    assert found == FINGERPRINTS
+    no_arn = PolicyState(
+        name="p", versions=(PolicyVersion(version_id="1", document=document, is_default=True),)
+    )
+    assert (
+        fingerprint(no_arn, mode="jitr", scopes=(ArnScope(EAST, "123456789012"),))
+        == (FINGERPRINTS["policy"][1])
+    )
+
+
+def test_a_fingerprint_needs_a_registry_object_and_a_document_that_parses() -> None:
+    with pytest.raises(TypeError, match="no fingerprint for object"):
+        fingerprint(object(), mode="complete")
+    broken = PolicyState(
+        name="broken",
+        versions=(PolicyVersion(version_id="1", document="{not json", is_default=True),),
+    )
+    with pytest.raises(PolicyDocumentError, match="broken"):
+        fingerprint(broken, mode="complete", scopes=(ArnScope(EAST, "123456789012"),))
 
 
 def test_fingerprints_are_region_neutral() -> None:

@@ -35,7 +35,12 @@ from replicator.core._ops import (
 )
 from replicator.core._records import ObjectNamed
 from replicator.core._state import CertificateState, ObjectKey
-from replicator.core._sync import NOT_PROVEN_ACTIVE, TARGET_ONLY, activation_guard
+from replicator.core._sync import (
+    NOT_PROVEN_ACTIVE,
+    TARGET_ONLY,
+    activation_guard,
+    target_only_guard,
+)
 from replicator.runtime._engine import Engine, EngineConfig
 from replicator.runtime._feed import journal_message
 from replicator.runtime._journal import Journal
@@ -255,3 +260,20 @@ def test_the_activation_guard_alone() -> None:
     assert activation_guard(plan, source=source, synced="fp", watching_since=None) is plan
     unknown = CertificateState(certificate_id=CERT, pem="PEM", status="ACTIVE")
     assert activation_guard(plan, source=unknown, synced=None, watching_since=5.0) == guarded
+
+
+def test_the_guards_keep_the_rest_of_the_plan_around_what_they_change() -> None:
+    key = ObjectKey.certificate(CERT)
+    plan = Plan(
+        key,
+        (RegisterCertificateWithoutCA(CERT, "PEM", "ACTIVE"),),
+        (ObjectKey.policy("fleet"),),
+        (ObjectKey.thing("t1"),),
+    )
+    source = CertificateState(certificate_id=CERT, pem="PEM", status="ACTIVE", created_epoch_s=20)
+    guarded = activation_guard(plan, source=source, synced=None, watching_since=20.0)
+    assert guarded.ops[0] == RegisterCertificateWithoutCA(CERT, "PEM", "INACTIVE")  # not after
+    assert (guarded.requires, guarded.follow_ups) == (plan.requires, plan.follow_ups)
+    delete = Plan(key, (DeleteCertificate(CERT),))
+    kept = target_only_guard(delete, source=None, target=source, synced=False)
+    assert kept.ops == (Conflict(key, TARGET_ONLY),)
