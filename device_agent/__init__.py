@@ -26,7 +26,7 @@ from device_agent._config import (
     ProbeConfig,
     load_agent_config,
 )
-from device_agent._discovery import Discovery, DnsDiscovery, Roles
+from device_agent._discovery import AddressCache, Discovery, DnsDiscovery, Roles
 from device_agent._endpoints import Endpoint, parse_endpoint, region_of
 from device_agent._errors import (
     ConfigError,
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from device_agent._crt import CrtTransport, CrtTransportFactory
 
 __all__ = [
+    "AddressCache",
     "AgentConfig",
     "AgentEvent",
     "Clock",

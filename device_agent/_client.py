@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from paho.mqtt.client import topic_matches_sub
 
-from device_agent._discovery import Discovery, DnsDiscovery
+from device_agent._discovery import AddressCache, Discovery, DnsDiscovery
 from device_agent._endpoints import Endpoint
 from device_agent._errors import (
     ConfigError,
@@ -158,6 +158,9 @@ class FailoverClient:
         ssl_context: the TLS context of every connection; by default built
             from ``config.identity``'s files, which are then not read at all
             when one is given.
+        address_cache: where the default discovery keeps endpoint addresses
+            (its own by default); clients that ask the same nameservers may
+            share one, as devices behind one caching resolver do.
     """
 
     def __init__(
@@ -173,6 +176,7 @@ class FailoverClient:
         prober: ProberPort | None = None,
         outbox: OutboxPort | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        address_cache: AddressCache | None = None,
     ) -> None:
         self.config = config
         self._factory = transport_factory or transport_factory_for(config)
@@ -194,6 +198,7 @@ class FailoverClient:
                 timeout_s=d.timeout_s,
                 endpoints=d.endpoints or None,
                 allowed_suffixes=(*d.endpoint_suffixes, *d.server_names.values()),
+                address_cache=address_cache,
             )
             if d.name or d.nameservers
             else None

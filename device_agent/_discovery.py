@@ -61,7 +61,14 @@ if TYPE_CHECKING:
 
     from device_agent._endpoints import Endpoint
 
-__all__ = ["Discovery", "DiscoveryError", "DiscoveryErrorKind", "DnsDiscovery", "Roles"]
+__all__ = [
+    "AddressCache",
+    "Discovery",
+    "DiscoveryError",
+    "DiscoveryErrorKind",
+    "DnsDiscovery",
+    "Roles",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +120,34 @@ class Discovery:
         return "other"
 
 
+class AddressCache:
+    """Endpoint addresses kept for their TTL, with one lookup in flight per name.
+
+    Each :class:`DnsDiscovery` has its own by default, as each device has its
+    own stub resolver. Discoveries that ask the same nameservers may share
+    one, as devices behind one caching resolver do (a site's router, a
+    carrier's resolver): the fleet simulator gives each of its device hosts
+    one, so that a thousand devices of a host reconnecting at once ask DNS
+    once, not a thousand times, and the simulator does not add a DNS storm
+    that a real fleet's resolvers would absorb. A lookup asked while the same
+    name's is in flight waits for that one and gets its answer or its error.
+    """
+
+    __slots__ = ("entries", "in_flight", "lookups")
+
+    def __init__(self) -> None:
+        # host -> (expires at, addresses): answers kept for their TTL (0: not kept).
+        self.entries: dict[dns.name.Name, tuple[float, tuple[str, ...]]] = {}
+        self.in_flight: dict[dns.name.Name, asyncio.Future[tuple[str, ...]]] = {}
+        self.lookups = 0  # lookups sent to DNS (A and AAAA together count one)
+
+    def __repr__(self) -> str:
+        return (
+            f"AddressCache(entries={len(self.entries)}, in_flight={len(self.in_flight)}, "
+            f"lookups={self.lookups})"
+        )
+
+
 class DnsDiscovery:
     """Reads the serving region's endpoint (CNAME) and the region roles (TXT) from DNS.
 
@@ -135,6 +170,9 @@ class DnsDiscovery:
             answers are not authenticated, and the target is the name TLS
             verifies: without this, whoever answers DNS chooses it. None (the
             default): no check.
+        address_cache: where endpoint addresses are kept; a new one of its
+            own by default. Share one only between discoveries that ask the
+            same nameservers.
 
     Raises:
         ConfigError: a name, nameserver, port or timeout is invalid.
@@ -151,6 +189,7 @@ class DnsDiscovery:
         endpoints: Mapping[str, Endpoint] | None = None,
         clock: Callable[[], float] = time.monotonic,
         allowed_suffixes: Sequence[str] | None = None,
+        address_cache: AddressCache | None = None,
     ) -> None:
         self._qname = _absolute(name, "discovery name")
         self._suffixes = (
@@ -176,8 +215,7 @@ class DnsDiscovery:
         self._timeout_s = timeout_s
         self._endpoints = None if endpoints is None else dict(endpoints)
         self._clock = clock
-        # host -> (expires at, addresses): answers kept for their TTL (0: not kept).
-        self._address_cache: dict[dns.name.Name, tuple[float, tuple[str, ...]]] = {}
+        self._cache = address_cache if address_cache is not None else AddressCache()
         self._where = ",".join(f"{_bracket(ns)}:{port}" for ns in nameservers) or None
         # With no nameservers given, built on first use from the system's
         # configuration, which may not exist yet when the agent starts.
@@ -245,9 +283,31 @@ class DnsDiscovery:
             qname = dns.name.root
         if qname == dns.name.root:
             raise self._error("no_address", host, "not a valid host name")
-        cached = self._address_cache.get(qname)
+        cached = self._cache.entries.get(qname)
         if cached is not None and self._clock() < cached[0]:
             return cached[1]
+        flight = self._cache.in_flight.get(qname)
+        if flight is None:
+            flight = asyncio.ensure_future(self._lookup(qname, cached))
+            self._cache.in_flight[qname] = flight
+            self._cache.lookups += 1
+            flight.add_done_callback(self._landed(qname))
+        # Shielded: a caller cancelled (its connect deadline) does not cancel the
+        # lookup the other callers wait for.
+        return await asyncio.shield(flight)
+
+    def _landed(self, qname: dns.name.Name) -> Callable[[asyncio.Future[tuple[str, ...]]], None]:
+        def landed(flight: asyncio.Future[tuple[str, ...]]) -> None:
+            if self._cache.in_flight.get(qname) is flight:
+                del self._cache.in_flight[qname]
+            if not flight.cancelled():
+                flight.exception()  # retrieved: every caller may have gone
+
+        return landed
+
+    async def _lookup(
+        self, qname: dns.name.Name, cached: tuple[float, tuple[str, ...]] | None
+    ) -> tuple[str, ...]:
         results = await asyncio.gather(
             self._addresses(qname, dns.rdatatype.A),
             self._addresses(qname, dns.rdatatype.AAAA),
@@ -269,14 +329,14 @@ class DnsDiscovery:
         if addresses:
             unique = tuple(dict.fromkeys(addresses))
             if min(ttls) > 0:
-                self._address_cache[qname] = (self._clock() + min(ttls), unique)
+                self._cache.entries[qname] = (self._clock() + min(ttls), unique)
             return unique
         # Stale only when a lookup got no answer and none said the name is gone: an A
         # lookup that timed out beside an AAAA answered empty is no answer about A.
         stale = self._stale(qname, cached, errors)
         if stale is not None:
             return stale
-        self._address_cache.pop(qname, None)
+        self._cache.entries.pop(qname, None)
         loops = [e for e in errors if e.kind == "cname_loop"]
         if not self._nameservers and not loops:
             system = await self._system_addresses(_text(qname))

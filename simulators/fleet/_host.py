@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from device_agent import (
+    AddressCache,
     AgentConfig,
     DiscoveryConfig,
     Endpoint,
@@ -179,6 +180,9 @@ class DeviceHost:
         self.faults = DeviceFaults(seed=spec.seed)
         self._events: list[list[Any]] = []
         self.outboxes = HostOutboxes(Path(spec.state_dir) / "outbox.sqlite")
+        # One caching resolver for the host's devices, as a site's or a carrier's is
+        # for a real fleet: devices reconnecting at once ask DNS once per name.
+        self.addresses = AddressCache()
         behaviour = dict(spec.behaviour)
         self._start_spread_s = behaviour.pop("start_spread_s", 0.0)
         self._behaviour = DeviceBehaviour(**behaviour)
@@ -207,6 +211,7 @@ class DeviceHost:
                 sink=self._sink,
                 **device_ports(self.faults, config),
                 outbox=self.outboxes.open(name),
+                address_cache=self.addresses,
             )
             self.devices[name] = virtual
             if created:

@@ -25,6 +25,7 @@ import dns.rrset
 import pytest
 
 from device_agent._discovery import (
+    AddressCache,
     Discovery,
     DiscoveryError,
     DiscoveryErrorKind,
@@ -542,6 +543,7 @@ class _Switchable:
 
     def __init__(self) -> None:
         self.mode = "answer"  # answer | silent | silent_a | servfail | nxdomain | empty
+        self.queries = 0
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.05)
@@ -556,6 +558,7 @@ class _Switchable:
                 data, peer = self.sock.recvfrom(65535)
             except TimeoutError:
                 continue
+            self.queries += 1
             with contextlib.suppress(Exception):
                 self._answer(dns.message.from_wire(data), peer)
 
@@ -632,3 +635,63 @@ async def test_a_definite_answer_is_never_overridden_by_a_stale_one(
     await _fails(discovery.resolve_address(EAST), kind, EAST)
     switchable.mode = "silent"  # the stale answer went with the definite one
     await _fails(discovery.resolve_address(EAST), "timeout", EAST)
+
+
+# -- one cache for many devices ------------------------------------------------------------
+
+
+def _sharing(port: int, cache: AddressCache | None) -> DnsDiscovery:
+    return DnsDiscovery(
+        "iot.iotdr.test",
+        nameservers=["127.0.0.1"],
+        port=port,
+        timeout_s=0.3,
+        address_cache=cache,
+    )
+
+
+async def test_devices_sharing_a_cache_ask_once_for_a_name(switchable: _Switchable) -> None:
+    cache = AddressCache()
+    devices = [_sharing(switchable.port, cache) for _ in range(50)]
+    answers = await asyncio.gather(*(d.resolve_address(EAST) for d in devices))
+    assert answers == [("127.0.0.2",)] * 50
+    assert (switchable.queries, cache.lookups) == (2, 1)  # one A and one AAAA, for all
+    assert await devices[7].resolve_address(EAST) == ("127.0.0.2",)  # kept for its TTL
+    assert switchable.queries == 2
+    assert cache.in_flight == {}
+
+
+async def test_devices_with_caches_of_their_own_ask_each(switchable: _Switchable) -> None:
+    devices = [_sharing(switchable.port, None) for _ in range(10)]
+    await asyncio.gather(*(d.resolve_address(EAST) for d in devices))
+    assert switchable.queries == 20
+
+
+async def test_a_shared_lookup_that_fails_fails_for_every_waiter(switchable: _Switchable) -> None:
+    cache = AddressCache()
+    switchable.mode = "servfail"
+    devices = [_sharing(switchable.port, cache) for _ in range(10)]
+    results = await asyncio.gather(
+        *(d.resolve_address(WEST) for d in devices), return_exceptions=True
+    )
+    assert all(isinstance(r, DiscoveryError) and r.kind == "servfail" for r in results)
+    assert (cache.lookups, cache.in_flight) == (1, {})
+    switchable.mode = "answer"  # the failure is not kept: the next caller asks again
+    assert await devices[0].resolve_address(WEST) == ("127.0.0.2",)
+    assert cache.lookups == 2
+
+
+async def test_a_caller_that_gives_up_leaves_the_lookup_to_the_others(
+    switchable: _Switchable,
+) -> None:
+    cache = AddressCache()
+    first, second = _sharing(switchable.port, cache), _sharing(switchable.port, cache)
+    switchable.mode = "silent_a"
+    impatient = asyncio.ensure_future(first.resolve_address(EAST))
+    patient = asyncio.ensure_future(second.resolve_address(EAST))
+    await asyncio.sleep(0.05)
+    impatient.cancel()
+    with pytest.raises(DiscoveryError) as caught:
+        await patient  # the lookup ran to its own end: a timeout, not a cancellation
+    assert caught.value.kind == "timeout"
+    assert impatient.cancelled()
