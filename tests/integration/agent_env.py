@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -157,3 +159,54 @@ def regions(
             watcher.close()
         for proxy in proxies.values():
             proxy.stop()
+
+
+def start_agent_daemon(
+    regions: Regions,
+    tmp_path: Path,
+    client_id: str,
+    *,
+    heartbeat_topic: str,
+    heartbeat_interval_s: float,
+    outbox: str = "",
+) -> subprocess.Popen[str]:
+    """``iotdr agent run --json`` for ``client_id`` on the test's regions (cwd ``tmp_path``).
+
+    Its agent.toml (in ``tmp_path``) keeps the outbox in ``outbox.db`` and the
+    status in ``status.json``; ``outbox`` adds lines to its ``[outbox]`` table.
+    """
+    identity = regions.config(client_id).identity
+    endpoints = "\n".join(
+        f'"{r.name}" = "{r.endpoint}:{regions.proxies[r.name].port}"' for r in DEFAULT_REGIONS
+    )
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f"""
+[identity]
+client_id = "{client_id}"
+cert = "{identity.cert_path}"
+key = "{identity.key_path}"
+ca = "{identity.ca_path}"
+
+[discovery]
+name = "iot.iotdr.test"
+dns_server = "{regions.dns.host}:{regions.dns.port}"
+
+[discovery.endpoints]
+{endpoints}
+
+[outbox]
+path = "outbox.db"
+{outbox}
+
+[agent]
+status_path = "status.json"
+heartbeat_topic = "{heartbeat_topic}"
+heartbeat_interval_s = {heartbeat_interval_s}
+"""
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "device_agent.cli", "agent", "run", "--config", str(config),
+         "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path,
+    )  # fmt: skip

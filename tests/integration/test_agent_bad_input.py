@@ -8,8 +8,6 @@ import datetime as dt
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -24,7 +22,7 @@ from device_agent._errors import ConfigError, OutboxFullError
 from device_agent.cli import main
 from simulators import DEFAULT_REGIONS, FleetPKI
 from simulators._pki import build_csr, private_key_from_pem, write_private_key
-from tests.integration.agent_env import PRIMARY, SECONDARY, Regions, regions
+from tests.integration.agent_env import PRIMARY, SECONDARY, Regions, regions, start_agent_daemon
 from tests.integration.test_agent_failover import Recorder, _in
 
 if TYPE_CHECKING:
@@ -196,41 +194,14 @@ def test_resolve_command(regions: Regions, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_agent_run_keeps_a_status_file(regions: Regions, tmp_path: Path) -> None:
-    identity = regions.config("dev-daemon").identity
     status = tmp_path / "status.json"
-    endpoints = "\n".join(
-        f'"{r.name}" = "{r.endpoint}:{regions.proxies[r.name].port}"' for r in DEFAULT_REGIONS
+    process = start_agent_daemon(
+        regions,
+        tmp_path,
+        "dev-daemon",
+        heartbeat_topic="dt/{client_id}/heartbeat",
+        heartbeat_interval_s=0.5,
     )
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f"""
-[identity]
-client_id = "dev-daemon"
-cert = "{identity.cert_path}"
-key = "{identity.key_path}"
-ca = "{identity.ca_path}"
-
-[discovery]
-name = "iot.iotdr.test"
-dns_server = "{regions.dns.host}:{regions.dns.port}"
-
-[discovery.endpoints]
-{endpoints}
-
-[outbox]
-path = "outbox.db"
-
-[agent]
-status_path = "status.json"
-heartbeat_topic = "dt/{{client_id}}/heartbeat"
-heartbeat_interval_s = 0.5
-"""
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "device_agent.cli", "agent", "run", "--config", str(config),
-         "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
     try:
         deadline = time.monotonic() + 20
         found: dict[str, object] = {}

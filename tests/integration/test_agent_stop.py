@@ -12,8 +12,6 @@ import asyncio
 import json
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -22,8 +20,7 @@ import pytest
 
 from device_agent._client import FailoverClient
 from device_agent._outbox import Outbox
-from simulators import DEFAULT_REGIONS
-from tests.integration.agent_env import PRIMARY, Regions, regions
+from tests.integration.agent_env import PRIMARY, Regions, regions, start_agent_daemon
 from tests.integration.test_agent_failover import Recorder, _in
 from tests.integration.test_gateway import until
 
@@ -109,43 +106,15 @@ def _depth(path: Path) -> int:
 
 
 def test_sigterm_to_agent_run_flushes_then_disconnects(regions: Regions, tmp_path: Path) -> None:
-    identity = regions.config("dev-term").identity
     status, outbox = tmp_path / "status.json", tmp_path / "outbox.db"
-    endpoints = "\n".join(
-        f'"{r.name}" = "{r.endpoint}:{regions.proxies[r.name].port}"' for r in DEFAULT_REGIONS
+    process = start_agent_daemon(
+        regions,
+        tmp_path,
+        "dev-term",
+        heartbeat_topic="dt/{client_id}/beat",
+        heartbeat_interval_s=0.1,
+        outbox='synchronous = "normal"\nflush_on_stop_s = 30.0',
     )
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f"""
-[identity]
-client_id = "dev-term"
-cert = "{identity.cert_path}"
-key = "{identity.key_path}"
-ca = "{identity.ca_path}"
-
-[discovery]
-name = "iot.iotdr.test"
-dns_server = "{regions.dns.host}:{regions.dns.port}"
-
-[discovery.endpoints]
-{endpoints}
-
-[outbox]
-path = "outbox.db"
-synchronous = "normal"
-flush_on_stop_s = 30.0
-
-[agent]
-status_path = "status.json"
-heartbeat_topic = "dt/{{client_id}}/beat"
-heartbeat_interval_s = 0.1
-"""
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "device_agent.cli", "agent", "run", "--config", str(config),
-         "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
     assert process.stdout is not None
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout or ()), daemon=True)
