@@ -5,8 +5,9 @@ region, with botocore's own retries off: every call goes through the quota
 bucket, the retry policy and the error translation of
 :class:`~replicator.aws._calls.RegionCalls`. ``endpoint_url`` points both
 clients at a local region or any AWS-compatible endpoint;
-``data_endpoint_url`` overrides it for iot-data. Reads are here; writes are
-in ``_aws_writes.py``.
+``data_endpoint_url`` overrides it for iot-data; ``s3_endpoint_url`` points
+the s3 client (bulk registration's input file, built on first use) elsewhere.
+Reads are here; writes are in ``_aws_writes.py``.
 """
 
 from __future__ import annotations
@@ -104,10 +105,20 @@ def build_region(
     def data_client(url: str | None) -> Any:
         return session.client("iot-data", endpoint_url=url, config=botocore_config)
 
+    def s3_client() -> Any:
+        # A compatible endpoint (the local regions) serves buckets by path, not by host name.
+        if config.s3_endpoint_url is None:
+            return session.client("s3", config=botocore_config)
+        path_style = Config(s3={"addressing_style": "path"})
+        return session.client(
+            "s3", endpoint_url=config.s3_endpoint_url, config=botocore_config.merge(path_style)
+        )
+
     return Boto3Region(
         config,
         iot=iot,
         data_client=data_client,
+        s3_client=s3_client,
         limiter=limiter,
         retry=retry or RetryPolicy(),
         rng=rng or random.Random(),  # noqa: S311 - backoff jitter, not cryptography

@@ -16,6 +16,8 @@ that boto3 cannot find or load stop the replicator with what to set
 from __future__ import annotations
 
 import logging
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -88,6 +90,8 @@ _CONFLICT: Final = frozenset(
         "ConflictingResourceUpdateException",
     }
 )
+# What says "no such object" by name (S3's own codes for a bucket or key: never a proxy's page).
+_NOT_FOUND: Final = frozenset({"ResourceNotFoundException", "NoSuchBucket", "NoSuchKey"})
 # Requests that fail the same way however often they are sent: dead-lettered at once.
 _INVALID: Final = frozenset(
     {
@@ -141,6 +145,8 @@ class RegionConfig:
             else the account's ``iot:Data-ATS`` endpoint from DescribeEndpoint.
         account_id: the account, when known (else learnt from the ARNs seen).
         profile: a named profile of boto3's configuration, or None for the default chain.
+        s3_endpoint_url: the ``s3`` endpoint (path-style addressing) for bulk
+            registration's input file, or None for AWS's.
         connect_timeout_s: connect timeout of each call.
         read_timeout_s: read timeout of each call.
     """
@@ -150,13 +156,14 @@ class RegionConfig:
     data_endpoint_url: str | None = None
     account_id: str | None = None
     profile: str | None = None
+    s3_endpoint_url: str | None = None
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 15.0
 
     def __post_init__(self) -> None:
         if not self.region:
             raise ConfigError("a region name is required")
-        for url in (self.endpoint_url, self.data_endpoint_url):
+        for url in (self.endpoint_url, self.data_endpoint_url, self.s3_endpoint_url):
             if url is not None and not url.startswith(("http://", "https://")):
                 raise ConfigError(f"{self.region}: endpoint {url!r} is not an http(s) URL")
 
@@ -185,7 +192,7 @@ def translate_client_error(
             detail=f"{code}: {message}",
             credentials_refused=code in _CREDENTIALS_REFUSED,
         )
-    if code == "ResourceNotFoundException":
+    if code in _NOT_FOUND:
         return NotFoundError(text, region=region, api=api, code=code)
     if _status(exc) == 404:  # a wrong endpoint or a proxy's page: never read as "gone"
         text = f"{text} (HTTP 404 without ResourceNotFoundException: is the endpoint right?)"
@@ -239,8 +246,11 @@ class RegionCalls:
         retry: RetryPolicy,
         rng: random.Random,
         clock: Clock,
+        s3_client: Callable[[], Any] | None = None,
     ) -> None:
         self._config = config
+        self._s3_factory = s3_client
+        self._s3: Any = None
         self._clock = clock
         self.iot = iot
         self._data_factory = data_client
@@ -356,6 +366,50 @@ class RegionCalls:
                 url = f"https://{found['endpointAddress']}"
             self._data = self._data_factory(url)
         return self._data
+
+    @property
+    def s3(self) -> Any:
+        """The s3 client (bulk registration's input file), built on first use.
+
+        Raises:
+            ConfigError: this region was built without one.
+        """
+        if self._s3 is None:
+            if self._s3_factory is None:
+                raise ConfigError(f"{self.region}: no S3 client was configured")
+            self._s3 = self._s3_factory()
+        return self._s3
+
+    def download(self, api: str, url: str) -> bytes:
+        """The body at ``url`` (a presigned link an API answered), retried as a call is.
+
+        Raises:
+            UnreachableError: the link cannot be fetched (after the retries).
+            RefusedError: the link answers 4xx (expired or wrong).
+        """
+        attempt = 0
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=self._config.read_timeout_s) as answer:  # noqa: S310 - a link AWS gave
+                    return bytes(answer.read())
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500:
+                    shown = url.split("?", 1)[0]
+                    message = f"{api} in {self.region}: {shown} answered HTTP {exc.code}"
+                    raise RefusedError(
+                        message, region=self.region, api=api, code=str(exc.code)
+                    ) from exc
+                error: Exception = exc
+            except (OSError, ValueError) as exc:
+                error = exc
+            if attempt + 1 >= self._retry.max_attempts:
+                shown = url.split("?", 1)[0]
+                raise UnreachableError(
+                    f"{api} in {self.region}: cannot fetch {shown}: {error}",
+                    region=self.region, api=api,
+                ) from error  # fmt: skip
+            self._clock.sleep(self._retry.delay(attempt, self._rng))
+            attempt += 1
 
     def cert_arn(self, certificate_id: str) -> str:
         """A certificate's ARN in this region (asked for when the account is not known)."""

@@ -3,13 +3,18 @@
 A run lives in ``BASE-%Y-%m-%d_%H-%M-%S/``: per device ``NAME.private.key``
 (0600), ``NAME.public.key`` and ``NAME.csr``, and ``results.json`` (format
 ``iotdr-bulk-provision/1``, :data:`FORMAT`). Keys and CSRs are generated in
-parallel processes; a key already on disk is kept. Devices are provisioned by
-quota-aware parallel calls (CreateCertificateFromCsr, AttachPolicy,
+parallel processes; a key already on disk is kept. Devices are provisioned
+either through AWS's bulk registration (:meth:`BulkRun.register_in_bulk`: one
+StartThingRegistrationTask over a JSON-lines file in S3, see
+:mod:`~replicator.tools._bulk_registration`) or by quota-aware parallel calls
+(:meth:`BulkRun.provision`: CreateCertificateFromCsr, AttachPolicy,
 CreateThing, AttachThingPrincipal), paced by the replicator's quota limiter;
-throttling slows the run down and is counted, never aborts it.
-``results.json`` is rewritten (atomically) as devices finish, so an
+throttling slows the run down and is counted, never aborts it. Both write
+the same ``results.json``, rewritten (atomically) as devices finish, so an
 interrupted run continues where it stopped when it is run again: a device
-whose thing already holds a certificate is taken as it is.
+whose thing already holds a certificate is taken as it is, and a
+registration task that was started is collected (``pendingTask``) rather
+than started again.
 """
 
 from __future__ import annotations
@@ -107,6 +112,7 @@ class BulkRun:
     _saved: float = 0.0
     _pending_policy: bool = False
     _certificates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pending_task: dict[str, Any] | None = None
 
     @classmethod
     def open(
@@ -133,6 +139,8 @@ class BulkRun:
                       started=str(data.get("started")))  # fmt: skip
             run.devices = {d["thingName"]: d for d in data["devices"] if d.get("certificateId")}
             run.timings = dict(data.get("timings") or {})
+            pending = data.get("pendingTask")
+            run.pending_task = pending if isinstance(pending, dict) else None
             return run
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d_%H-%M-%S")
         directory = out_dir / f"{base}-{stamp}"
@@ -151,7 +159,7 @@ class BulkRun:
 
     def as_dict(self, *, status: str) -> dict[str, Any]:
         """The results file's content."""
-        return {
+        data = {
             "format": FORMAT,
             "base": self.base,
             "count": self.count,
@@ -166,6 +174,9 @@ class BulkRun:
             "failures": [{"thingName": n, "error": e} for n, e in sorted(self.failures.items())],
             "devices": [self.devices[n] for n in self.names() if n in self.devices],
         }
+        if self.pending_task is not None:  # a registration task started, not yet collected
+            data["pendingTask"] = self.pending_task
+        return data
 
     def save(self, *, force: bool = False, status: str | None = None) -> None:
         """Rewrite results.json atomically (at most every half second unless ``force``)."""
@@ -223,6 +234,91 @@ class BulkRun:
                 self.timings.get("provision_s", 0.0) + time.monotonic() - began
             )
             self.save(force=True)
+
+    def register_in_bulk(
+        self, client: Boto3Region, *, bucket: str, role_arn: str, progress: Progress | None
+    ) -> None:
+        """Register every device not done yet through one bulk registration task.
+
+        The input file goes to ``s3://bucket/iotdr-bulk-provision/DIRECTORY/N.json``;
+        the task's id is saved before it is waited for, so a re-run collects it
+        instead of registering its devices again. A device in the task's ERRORS
+        report is a failure of that device, not of the run.
+
+        Raises:
+            ConfigError: the input file cannot be written, AWS refused the task,
+                or the task failed as a whole.
+        """
+        from replicator.tools import _bulk_registration as bulk  # noqa: PLC0415
+
+        began = time.monotonic()
+        self.failures.clear()
+        try:
+            if self.pending_task is not None:
+                self._collect_task(client, self.pending_task, progress)
+            todo = [n for n in self.names() if n not in self.devices]
+            if not todo:
+                return
+            self._ensure_policy(client)
+            self._create_policy_once(client)
+            key = f"iotdr-bulk-provision/{self.directory.name}/{len(todo)}-{todo[0]}.json"
+            devices = [(n, (self.directory / f"{n}.csr").read_text()) for n in todo]
+            bulk.upload_input(client, bucket, key, bulk.input_file(devices))
+            task_id = bulk.start_task(client, template=bulk.registration_template(self.policy),
+                                      bucket=bucket, key=key, role_arn=role_arn,
+                                      progress=progress)  # fmt: skip
+            self.pending_task = {"taskId": task_id, "bucket": bucket, "key": key, "names": todo}
+            self.save(force=True)
+            self._collect_task(client, self.pending_task, progress)
+        finally:
+            self.timings["provision_s"] = (
+                self.timings.get("provision_s", 0.0) + time.monotonic() - began
+            )
+            self.save(force=True)
+
+    def _collect_task(
+        self, client: Boto3Region, task: dict[str, Any], progress: Progress | None
+    ) -> None:
+        from replicator.tools import _bulk_registration as bulk  # noqa: PLC0415
+
+        task_id, names = str(task["taskId"]), [str(n) for n in task.get("names") or ()]
+        outcome = bulk.wait_for_task(client, task_id, progress=progress)
+        results, errors = bulk.collect_reports(client, task_id)
+        wanted = set(names)
+        with self._lock:
+            for result in results:
+                if result.thing_name not in wanted or result.thing_name in self.devices:
+                    continue
+                pem = result.certificate_pem
+                if pem is None:
+                    found = client.call("DescribeCertificate", client.iot.describe_certificate,
+                                        certificateId=result.certificate_id)  # fmt: skip
+                    pem = found["certificateDescription"]["certificatePem"]
+                client.learn(result.certificate_arn)
+                self.devices[result.thing_name] = {
+                    "thingName": result.thing_name,
+                    "certificateId": result.certificate_id,
+                    "certificateArn": result.certificate_arn,
+                    "certificatePem": pem,
+                    "privateKey": f"{result.thing_name}.private.key",
+                }
+            for offset, message in errors:
+                name = names[offset] if offset is not None and 0 <= offset < len(names) else None
+                if name is not None and name not in self.devices:
+                    self.failures[name] = f"bulk registration task {task_id}: {message}"
+            self.pending_task = None
+        if outcome.status != "Completed" and not results and not errors:
+            raise ConfigError(
+                f"bulk registration task {task_id} in {client.region} ended {outcome.status}"
+                f"{': ' + outcome.message if outcome.message else ''}: check its role's access "
+                f"to s3://{task.get('bucket')}/{task.get('key')}, or run with "
+                "--bulk-registration off"
+            )
+        for name in names:  # neither registered nor reported: said, and tried again next run
+            if name not in self.devices and name not in self.failures:
+                self.failures[name] = (
+                    f"bulk registration task {task_id} ({outcome.status}) did not report it"
+                )
 
     def _ensure_policy(self, client: Boto3Region) -> None:
         if client.read("GetPolicy", client.iot.get_policy, policyName=self.policy) is not None:

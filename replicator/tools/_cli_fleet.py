@@ -158,12 +158,22 @@ def delete_devices(**options: Any) -> None:
 )
 @click.option("--workers", default=16, show_default=True, type=click.IntRange(1, 256),
               help="Parallel API calls (paced by AWS's default quotas).")  # fmt: skip
+@click.option("--bulk-registration", "bulk_mode", type=click.Choice(["auto", "on", "off"]),
+              default="auto", show_default=True,
+              help="AWS's bulk registration (StartThingRegistrationTask): auto uses it when "
+              "the endpoint has it and --bucket (and, on AWS, --role-arn) are given; "
+              "off: parallel calls.")  # fmt: skip
+@click.option("--bucket", help="S3 bucket for the registration task's input file "
+              "(made in the region if missing).")  # fmt: skip
+@click.option("--role-arn", help="IAM role AWS IoT assumes to read the input file "
+              "[default with --local: none needed].")  # fmt: skip
 def bulk_provision(**options: Any) -> None:
     """Provision COUNT devices BASE0..BASE{COUNT-1} in the primary (or --region): keys, things.
 
     Keys and CSRs in parallel, then certificates (AWS's CA), the device policy and
-    the things by quota-aware parallel calls. Writes BASE-%Y-%m-%d_%H-%M-%S/ with
-    results.json and per-device key files (0600). Run it again to continue an
+    the things: through one bulk registration task (--bulk-registration, --bucket,
+    --role-arn), or by quota-aware parallel calls. Writes BASE-%Y-%m-%d_%H-%M-%S/
+    with results.json and per-device key files (0600). Run it again to continue an
     interrupted run. Exit 1 when a device could not be provisioned.
     """
     from replicator.tools._bulk import BulkRun  # noqa: PLC0415
@@ -173,13 +183,19 @@ def bulk_provision(**options: Any) -> None:
     client = regions.client(regions.primary.region)
     run = BulkRun.open(options["out_dir"], options["base"], options["count"], client.region,
                        algorithm=options["key_algorithm"], fresh=options["fresh"])  # fmt: skip
+    method = _provisioning_method(options, client, local=bool(regions.local),
+                                  pending=run.pending_task is not None)  # fmt: skip
     status = "in_progress"
     try:
         with Progress("keys and CSRs", total=options["count"]) as progress:
             run.generate_keys(processes=options["processes"], progress=progress)
         todo = options["count"] - len(run.devices)
         with Progress("provisioning", total=todo) as progress:
-            run.provision(client, workers=options["workers"], progress=progress)
+            if method is None:
+                run.provision(client, workers=options["workers"], progress=progress)
+            else:
+                run.register_in_bulk(client, bucket=method[0], role_arn=method[1],
+                                     progress=progress)  # fmt: skip
         status = "complete" if not run.failures else "in_progress"
     except KeyboardInterrupt:
         run.save(force=True, status="in_progress")
@@ -201,16 +217,57 @@ def bulk_provision(**options: Any) -> None:
         "failures": failures,
         "keys_s": round(run.timings.get("keys_s", 0.0), 3),
         "provision_s": round(run.timings.get("provision_s", 0.0), 3),
+        "method": "parallel calls" if method is None else "bulk registration",
         "throttled": throttled,
     }
     lines = [f"FAILED {f['thingName']}: {f['error']}" for f in failures]
     lines.append(
         f"{run.directory}: provisioned {len(run.devices)} of {run.count} in {client.region}"
-        f"{' (resumed)' if run.resumed else ''}; keys and CSRs {summary['keys_s']} s, "
+        f"{' (resumed)' if run.resumed else ''} by {summary['method']}; "
+        f"keys and CSRs {summary['keys_s']} s, "
         f"provisioning {summary['provision_s']} s; throttled {sum(throttled.values())}"
     )
     emit(options, summary, "\n".join(lines), regions=regions)
     fail_if(bool(run.failures))
+
+
+# What the local regions take as the role: they do not check it (there is no IAM there).
+LOCAL_ROLE = "arn:aws:iam::123456789012:role/iotdr-local-bulk-registration"
+
+
+def _provisioning_method(
+    options: dict[str, Any], client: Any, *, local: bool, pending: bool
+) -> tuple[str, str] | None:
+    """(bucket, role ARN) to register through a bulk registration task; None: parallel calls."""
+    from replicator._errors import ConfigError  # noqa: PLC0415
+    from replicator.tools._bulk_registration import available  # noqa: PLC0415
+
+    mode, bucket = options["bulk_mode"], options["bucket"]
+    role = options["role_arn"] or (LOCAL_ROLE if local else None)
+    if mode == "off":
+        if pending:
+            raise ConfigError(
+                "this run has a bulk registration task to collect: run it again without "
+                "--bulk-registration off (or pass --new)"
+            )
+        return None
+    if pending:  # a task was started: collect it, whatever the flags say
+        return bucket or "", role or ""
+    if not bucket or not role:
+        if mode == "on":
+            raise ConfigError(
+                "--bulk-registration on needs --bucket (the input file's S3 bucket) and "
+                "--role-arn (a role AWS IoT may assume to read it); see docs/tools.md"
+            )
+        return None
+    if not available(client):
+        if mode == "on":
+            raise ConfigError(
+                f"{client.region}: the endpoint has no bulk registration "
+                "(StartThingRegistrationTask): run with --bulk-registration off or auto"
+            )
+        return None
+    return bucket, role
 
 
 @click.command("extract-certs")

@@ -145,9 +145,11 @@ def resolve_regions(options: dict[str, Any]) -> ToolRegions:
         "secondary": get("secondary_data_endpoint_url"),
     }
     local: dict[str, LocalRegion] = {}
+    s3_url: str | None = None
     if get("local") is not None:
         found = _read_local(Path(str(get("local"))))
         regions: dict[str, Any] = found["regions"]
+        s3_url = found.get("control_plane_url")  # the local regions' S3 (bulk registration)
         primary_name = primary_name or _role(regions, "primary")
         if not get("region"):
             secondary_name = secondary_name or _role(regions, "secondary")
@@ -181,6 +183,7 @@ def resolve_regions(options: dict[str, Any]) -> ToolRegions:
             region=name,
             endpoint_url=urls[role] or get("endpoint_url"),
             data_endpoint_url=data_urls[role],
+            s3_endpoint_url=s3_url,
             profile=get("profile"),
         )
 

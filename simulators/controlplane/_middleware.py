@@ -93,9 +93,10 @@ from simulators.controlplane._events import (
 )
 from simulators.controlplane._process import THING_TYPE_DELETE_AFTER_S
 from simulators.controlplane._quotas import QuotaTable
+from simulators.controlplane._registration import RegistrationTasks, TemplateError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -119,7 +120,22 @@ ADMIN_PREFIX = "/_iotdr/"
 OutageMode = Literal["up", "http503", "drop"]
 OUTAGE_MODES: tuple[OutageMode, ...] = get_args(OutageMode)
 
-_CREDENTIAL = re.compile(r"Credential=[^/,\s]+/\d{8}/(?P<region>[^/,\s]+)/[^/,\s]+/aws4_request")
+_CREDENTIAL = re.compile(
+    r"Credential=[^/,\s]+/\d{8}/(?P<region>[^/,\s]+)/(?P<service>[^/,\s]+)/aws4_request"
+)
+_REPORT_PATH = re.compile(
+    r"^/_iotdr/regions/(?P<region>[^/]+)/thing-registration-tasks/(?P<task>[A-Za-z0-9-]+)/"
+    r"(?P<kind>RESULTS|ERRORS)$"
+)
+_TASK_APIS = frozenset(
+    {
+        "StartThingRegistrationTask",
+        "DescribeThingRegistrationTask",
+        "StopThingRegistrationTask",
+        "ListThingRegistrationTasks",
+        "ListThingRegistrationTaskReports",
+    }
+)
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _OUTAGE_PATH = re.compile(r"^/_iotdr/regions/(?P<region>[^/]+)/control-plane$")
 _REGION_PATH = re.compile(
@@ -129,6 +145,12 @@ _REGION_PATH = re.compile(
 _POSTED = frozenset({"jitr", "bulk-registration", "quotas"})
 _MAX_WAIT_S = 30.0
 _PLACEHOLDER = re.compile(r"\{(?P<name>[A-Za-z0-9_]+)(?P<greedy>\+?)\}")
+
+
+def service_from_authorization(header: str | None) -> str | None:
+    """The service of a SigV4 ``Authorization`` header's credential scope, or None."""
+    match = _CREDENTIAL.search(header or "")
+    return match.group("service") if match else None
 
 
 def region_from_authorization(header: str | None) -> str | None:
@@ -258,6 +280,14 @@ class BulkRegistrar(Protocol):
         """Register the batch; what it did, and the ids of its certificates."""
         ...
 
+    def backend(self, region: str) -> Any:
+        """The IoT backend (moto's) of ``region``, under the lock: registration tasks write it."""
+        ...
+
+    def read_object(self, bucket: str, key: str) -> bytes:
+        """An object of the local S3 (KeyError: none): a registration task's input file."""
+        ...
+
 
 class _ConnectionDroppedError(ConnectionAbortedError):
     """Raised to make the HTTP server drop the connection: the ``drop`` outage."""
@@ -293,6 +323,7 @@ class ControlPlaneMiddleware:
         account_id: str,
         feed: CertificateFeed | None = None,
         bulk: BulkRegistrar | None = None,
+        s3_app: WSGIApplication | None = None,
         default_region: str = "us-east-1",
         now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         thing_type_delete_after_s: float = THING_TYPE_DELETE_AFTER_S,
@@ -311,6 +342,8 @@ class ControlPlaneMiddleware:
         self._now_ms = now_ms
         self._thing_type_delete_after_s = thing_type_delete_after_s
         self._bulk = bulk
+        self._s3_app = s3_app
+        self._tasks = RegistrationTasks(self, account_id=account_id)
         self._bulk_registered: dict[str, int] = {}
         self._outages: dict[str, OutageMode] = {}
         self._lock = threading.Lock()
@@ -357,6 +390,13 @@ class ControlPlaneMiddleware:
         method = environ.get("REQUEST_METHOD", "GET")
         signed_region = region_from_authorization(environ.get("HTTP_AUTHORIZATION"))
         region = signed_region or self._default_region
+        if self._s3_app is not None and (
+            service_from_authorization(environ.get("HTTP_AUTHORIZATION")) == "s3"
+        ):
+            with self._lock:  # moto's S3, for bulk registration's input files: no outages
+                status, headers, payload = self._run_app(environ, self._s3_app)
+            start_response(status, headers)
+            return [payload]
         route = self._route(environ, method, path)
         refusal = self._refusal(environ, signed_region, method, path, route)
         if refusal is not None:
@@ -376,6 +416,8 @@ class ControlPlaneMiddleware:
         if route is not None and not self._throttle.admit(region, route[0]):
             _read_json_body(environ)
             return _error(start_response, 400, "ThrottlingException", "Rate exceeded")
+        if route is not None and route[0] in _TASK_APIS and self._bulk is not None:
+            return self._registration_task(environ, start_response, region, route)
         call = None
         if route is not None and route[0] in EVENT_APIS and region in self._publishers:
             call = ApiCall(
@@ -586,7 +628,9 @@ class ControlPlaneMiddleware:
                 "controlplane.events.publish_failed", extra={"region": call.region, "api": call.api}
             )
 
-    def _run_app(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+    def _run_app(
+        self, environ: WSGIEnvironment, app: WSGIApplication | None = None
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
         captured: list[tuple[str, list[tuple[str, str]]]] = []
         chunks: list[bytes] = []
 
@@ -598,7 +642,7 @@ class ControlPlaneMiddleware:
             return chunks.append
 
         try:
-            result = self._app(environ, capture)
+            result = (app or self._app)(environ, capture)
             try:
                 chunks.extend(result)
             finally:
@@ -623,6 +667,15 @@ class ControlPlaneMiddleware:
             if method != "GET":
                 return _json(start_response, 405, {"message": "use GET"})
             return _json(start_response, 200, self.status())
+        report = _REPORT_PATH.match(path)
+        if report is not None and method == "GET":
+            try:
+                text = self._tasks.report(report["region"], report["task"], report["kind"])
+            except KeyError:
+                return _json(start_response, 404, {"message": f"no task {report['task']}"})
+            start_response("200 OK", [("Content-Type", "application/x-ndjson"),
+                                      ("Content-Length", str(len(text.encode())))])  # fmt: skip
+            return [text.encode()]
         registry_path = _REGION_PATH.match(path)
         if registry_path is not None:
             return self._registry_admin(
@@ -701,6 +754,73 @@ class ControlPlaneMiddleware:
             return _json(start_response, 400, {"message": str(exc)})
         except KeyError:
             return _json(start_response, 404, {"message": f"moto has no region {region!r}"})
+
+    # -- bulk registration tasks (StartThingRegistrationTask and its family) ---------------------
+
+    def _registration_task(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        region: str,
+        route: tuple[str, dict[str, str]],
+    ) -> list[bytes]:
+        """The thing registration task APIs (moto has none): :mod:`._registration`."""
+        api, params = route
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        task_id = params.get("taskId", "")
+        try:
+            if api == "StartThingRegistrationTask":
+                started = self._tasks.start(region, _read_json_body(environ))
+                return _json(start_response, 200, started)
+            _read_json_body(environ)
+            if api == "ListThingRegistrationTasks":
+                status = query.get("status", [None])[0]
+                return _json(start_response, 200, self._tasks.listing(region, status))
+            if api == "DescribeThingRegistrationTask":
+                return _json(start_response, 200, self._tasks.describe(region, task_id))
+            if api == "StopThingRegistrationTask":
+                self._tasks.stop(region, task_id)
+                return _json(start_response, 200, {})
+            kind = query.get("reportType", [""])[0]
+            if kind not in ("RESULTS", "ERRORS"):
+                return _error(start_response, 400, "InvalidRequestException",
+                              "reportType must be RESULTS or ERRORS")  # fmt: skip
+            self._tasks.describe(region, task_id)  # 404 for an unknown task
+            host = environ.get("HTTP_HOST") or "127.0.0.1"
+            link = (
+                f"http://{host}/_iotdr/regions/{region}/thing-registration-tasks/{task_id}/{kind}"
+            )
+            links = [link] if self._tasks.done(region, task_id) else []
+            return _json(start_response, 200, {"reportType": kind, "resourceLinks": links})
+        except TemplateError as exc:
+            return _error(start_response, 400, "InvalidRequestException", str(exc))
+        except KeyError:
+            message = f"thing registration task {task_id} does not exist in {region}"
+            return _error(start_response, 404, "ResourceNotFoundException", message)
+
+    def read_input(self, bucket: str, key: str) -> bytes:
+        """A registration task's input file, from the local S3 (KeyError: none)."""
+        if self._bulk is None:
+            raise KeyError(bucket)
+        with self._lock:
+            return self._bulk.read_object(bucket, key)
+
+    def apply(
+        self, region: str, things: Sequence[str], write: Callable[[Any], tuple[list[str], str]]
+    ) -> None:
+        """A registration task's chunk under moto's lock: events published, doors told."""
+        if self._bulk is None:
+            return
+        call = ApiCall(region=region, api="CreateThing", path={}, body={})
+        subjects = Subjects(things=frozenset(things))
+        with self._lock:
+            self._requests += 1
+            before = self._snapshot(call, subjects) if region in self._publishers else None
+            certificate_ids, policy = write(self._bulk.backend(region))
+            if before is not None:
+                self._publish(call, before, self._snapshot(call, subjects))
+            self.feed.record(region, certificates=certificate_ids, things=list(things),
+                             policies=[policy] if policy else [])  # fmt: skip
 
     def register_bulk(self, region: str, registration: BulkRegistration) -> BulkResult:
         """Write a fleet's steady state into ``region``: unthrottled, journaled, no events.

@@ -244,6 +244,26 @@ class MotoRegistry:
             backend, registration, region=region, account_id=self._account_id
         )
 
+    def backend(self, region: str) -> Any:
+        """The IoT backend (moto) of ``region`` (the caller holds the lock that serialises moto)."""
+        return self._backends[self._account_id][region]
+
+    def read_object(self, bucket: str, key: str) -> bytes:
+        """An object of the local S3 (moto's, in this process).
+
+        Raises:
+            KeyError: no such bucket or key.
+        """
+        from moto.s3.models import s3_backends  # noqa: PLC0415
+
+        try:
+            found = s3_backends[self._account_id]["aws"].get_object(bucket, key)
+        except Exception as exc:  # moto raises its own MissingBucket
+            raise KeyError(f"s3://{bucket}: {exc}") from exc
+        if found is None:
+            raise KeyError(f"s3://{bucket}/{key} does not exist")
+        return bytes(found.value)
+
     def register_pending(
         self, region: str, certificate_pem: str, ca_certificate_id: str
     ) -> tuple[dict[str, Any], bool]:
@@ -689,6 +709,7 @@ class ControlPlaneServer:
         use_device_issuer(self.config.issuer_dir)
         self._middleware = ControlPlaneMiddleware(
             create_backend_app("iot"),
+            s3_app=create_backend_app("s3"),
             router=ApiRouter.from_botocore("iot"),
             throttle=Throttle(
                 common := QuotaTable.with_overrides(self.config.quotas),
