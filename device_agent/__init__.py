@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from device_agent._client import AgentEvent, Clock, FailoverClient, Message, Status, Subscription
+from device_agent._client import AgentEvent, FailoverClient, Message, Status, Subscription
+from device_agent._clock import Clock, SystemClock, TimerHandle, wait
 from device_agent._config import (
     AgentConfig,
     DiscoveryConfig,
@@ -41,7 +42,6 @@ from device_agent._paho import PahoTransport
 from device_agent._ports import DiscoveryPort, OutboxPort, ProberPort
 from device_agent._probe import ProbeOutcome, Prober
 from device_agent._shadows import ShadowSnapshot
-from device_agent._status import SystemClock, TimerHandle
 from device_agent._transport import (
     ConnectError,
     ConnectErrorKind,
@@ -105,6 +105,7 @@ __all__ = [
     "load_agent_config",
     "parse_endpoint",
     "region_of",
+    "wait",
 ]
 
 __version__ = "0.1.0"

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from paho.mqtt.client import topic_matches_sub
 
+from device_agent._clock import Clock, SystemClock, TimerHandle, wait
 from device_agent._discovery import AddressCache, Discovery, DnsDiscovery
 from device_agent._endpoints import Endpoint
 from device_agent._errors import (
@@ -79,7 +80,7 @@ from device_agent._outbox import Outbox
 from device_agent._ports import DeadLetterPort
 from device_agent._probe import Prober
 from device_agent._shadows import ShadowFetcher, ShadowSnapshot
-from device_agent._status import AgentEvent, Clock, Status, SystemClock, TimerHandle
+from device_agent._status import AgentEvent, Status
 from device_agent._subscriptions import Message, Subscription
 from device_agent._transport import (
     ConnectError,
@@ -98,7 +99,7 @@ if TYPE_CHECKING:
     from device_agent._config import AgentConfig
     from device_agent._ports import DiscoveryPort, OutboxPort, ProberPort
 
-__all__ = ["AgentEvent", "Clock", "FailoverClient", "Message", "Status", "Subscription"]
+__all__ = ["AgentEvent", "FailoverClient", "Message", "Status", "Subscription"]
 
 logger = logging.getLogger(__name__)
 
@@ -282,9 +283,9 @@ class FailoverClient:
         discovery = await self._discover()
         step = _DNS_RETRY_FIRST_S
         while discovery is None and not self._static_roles():
-            wait = step / 2 + self._rng.uniform(0.0, step / 2)
-            self._emit("dns.retry", {"in_s": wait})
-            await self._clock.sleep(wait)
+            delay_s = step / 2 + self._rng.uniform(0.0, step / 2)
+            self._emit("dns.retry", {"in_s": delay_s})
+            await wait(self._clock, delay_s)
             step = min(_DNS_RETRY_MAX_S, step * 2)
             discovery = await self._discover()
         primary, secondary = self._roles(discovery)

@@ -1,72 +1,11 @@
-"""The client's reports: lifecycle events, status, and the clock they are stamped with."""
+"""The client's reports: lifecycle events and status."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-__all__ = ["AgentEvent", "Clock", "Status", "SystemClock", "TimerHandle"]
-
-
-class TimerHandle(Protocol):
-    """A scheduled call that can still be called off."""
-
-    def cancel(self) -> None:
-        """Do not make the call (no effect once it was made)."""
-        ...
-
-
-class Clock(Protocol):
-    """Time, injected: monotonic for decisions, wall clock for reports, and waiting.
-
-    Every timer of the client and every wait it makes on purpose (the boot-time
-    DNS retry) goes through :meth:`call_later` and :meth:`sleep`, so a fake
-    clock, or an event loop on virtual time, drives all of them.
-    """
-
-    def monotonic(self) -> float:
-        """Seconds on a clock that never goes back."""
-        ...
-
-    def time(self) -> float:
-        """Seconds since the epoch."""
-        ...
-
-    def call_later(self, delay_s: float, callback: Callable[[], None]) -> TimerHandle:
-        """Call ``callback`` once, ``delay_s`` seconds of :meth:`monotonic` from now."""
-        ...
-
-    async def sleep(self, delay_s: float) -> None:
-        """Return after ``delay_s`` seconds of :meth:`monotonic`."""
-        ...
-
-
-class SystemClock:
-    """The real clocks (``time.monotonic``, ``time.time``) and the running asyncio loop's timers.
-
-    The loop's clock is ``time.monotonic`` too (asyncio's default), so a
-    timer due at ``monotonic() + d`` fires ``d`` seconds from now.
-    """
-
-    def __repr__(self) -> str:
-        return "SystemClock()"
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time(self) -> float:
-        return time.time()
-
-    def call_later(self, delay_s: float, callback: Callable[[], None]) -> TimerHandle:
-        return asyncio.get_running_loop().call_later(delay_s, callback)
-
-    async def sleep(self, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
+__all__ = ["AgentEvent", "Status"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
-__all__ = ["LoopClock", "ManualClock", "VirtualTimeLoop", "run_virtual"]
+__all__ = ["FakeClock", "LoopClock", "VirtualTimeLoop", "run_virtual"]
 
 _T = TypeVar("_T")
 
@@ -137,13 +137,25 @@ class LoopClock:
         """``loop.call_later``."""
         return self._current().call_later(delay_s, callback)
 
-    async def sleep(self, delay_s: float) -> None:
-        """``asyncio.sleep`` (on the loop's time)."""
-        await asyncio.sleep(delay_s)
+    def sleep(self, delay_s: float) -> None:
+        """Block the calling thread until the loop's time has moved ``delay_s`` (not on the loop).
+
+        Raises:
+            RuntimeError: the clock was not given its loop, or the caller runs on it
+                (a coroutine awaits :func:`device_agent.wait` instead).
+        """
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if self._loop is None or running is self._loop:
+            msg = "LoopClock.sleep blocks a thread other than its loop's; give it loop="
+            raise RuntimeError(msg)
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(delay_s), self._loop).result()
 
 
 class _ManualCall:
-    """A call scheduled on a :class:`ManualClock`."""
+    """A call scheduled on a :class:`FakeClock`."""
 
     __slots__ = ("callback", "cancelled", "due")
 
@@ -156,30 +168,37 @@ class _ManualCall:
         self.cancelled = True
 
 
-class ManualClock:
-    """A :class:`~device_agent.Clock` that only moves when a test calls :meth:`advance`.
+class FakeClock:
+    """The project's fake :class:`~device_agent.Clock`: it moves only when a test advances it.
 
     Calls scheduled with :meth:`call_later` run from :meth:`advance`, in the
     order they are due (ties in the order scheduled), each seeing
     :meth:`monotonic` at its due time (rounded up to a tick, as on
     :class:`VirtualTimeLoop`); a call with a delay of zero or less is
-    due now and runs at the event loop's next turn. Sleeps end the same way.
+    due now and runs at the event loop's next turn. A coroutine's
+    :func:`device_agent.wait` ends the same way. A thread's :meth:`sleep`
+    does not block: it is recorded and advances the clock, so code that paces
+    itself runs at once and a test reads how long it would have waited.
     Only what goes through the clock is driven by it: ``asyncio.timeout`` and
     the like still follow the event loop's own time.
 
     Args:
         start: the monotonic time at creation.
         epoch: the wall-clock time at monotonic 0.
+
+    Attributes:
+        slept: every :meth:`sleep`'s ``delay_s``, in order.
     """
 
     def __init__(self, start: float = 0.0, *, epoch: float = DEFAULT_EPOCH) -> None:
         self._now = start
         self.epoch = epoch
+        self.slept: list[float] = []
         self._calls: list[tuple[float, int, _ManualCall]] = []
         self._order = itertools.count()
 
     def __repr__(self) -> str:
-        return f"ManualClock(now={self._now:.3f}, pending={self.pending})"
+        return f"FakeClock(now={self._now:.3f}, pending={self.pending})"
 
     @property
     def pending(self) -> int:
@@ -208,19 +227,10 @@ class ManualClock:
             heapq.heappush(self._calls, (call.due, next(self._order), call))
         return call
 
-    async def sleep(self, delay_s: float) -> None:
-        """Return once the clock was advanced by ``delay_s``."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def wake() -> None:
-            if not done.done():
-                done.set_result(None)
-
-        call = self.call_later(delay_s, wake)
-        try:
-            await done
-        finally:
-            call.cancel()
+    def sleep(self, delay_s: float) -> None:
+        """Record ``delay_s`` in :attr:`slept` and :meth:`advance` by it: no real waiting."""
+        self.slept.append(delay_s)
+        self.advance(max(0.0, delay_s))
 
     def advance(self, delta_s: float) -> int:
         """Move the clock forward by ``delta_s``, making every call due by then; return how many.

@@ -20,6 +20,10 @@ The in-memory MQTT world and virtual time, for tests and the fleet simulator::
 
     run_virtual(scenario())   # ten virtual minutes take seconds
 
+:class:`FakeClock` is the one fake :class:`~device_agent.Clock` of the
+project's tests, the device agent's, the replicator's and the simulators'
+alike: it moves only when a test advances it (or code sleeps on it).
+
 Standard library (and paho's topic matching) only, like the rest of the package.
 """
 
@@ -36,14 +40,14 @@ from device_agent._memory import (
     RegionStats,
 )
 from device_agent._memory_ports import MemoryDiscovery, MemoryOutbox, MemoryProber
-from device_agent._virtual_time import LoopClock, ManualClock, VirtualTimeLoop, run_virtual
+from device_agent._virtual_time import FakeClock, LoopClock, VirtualTimeLoop, run_virtual
 
 __all__ = [
     "AdmissionHook",
     "ConnectionEvent",
+    "FakeClock",
     "FaultMode",
     "LoopClock",
-    "ManualClock",
     "MemoryDiscovery",
     "MemoryNetwork",
     "MemoryOutbox",

@@ -39,7 +39,10 @@ Where does a retry decision happen? ``runtime/_worker.py`` (:func:`classify`
 and :class:`JournalWorker`), for every change of every queue; the adapter only
 retries one call on ThrottlingException (``aws/_calls.py``). Where are the
 boto3 clients built? ``aws/_adapter.py`` (:func:`build_region`), called by
-``runtime/_build.py`` alone.
+``runtime/_build.py`` alone. Time is the project's one clock protocol,
+:class:`device_agent.Clock` (the quota buckets and the adapter's retries sleep
+on it; the journal's times are its ``time`` readings); tests use
+:class:`device_agent.testing.FakeClock`.
 
 The flow: a feed (:class:`MqttFeed`, :func:`accept_bodies` for SQS) parses
 registry events and shadow messages into records and commits them to the

@@ -21,6 +21,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
+from device_agent import Clock, SystemClock
 from replicator._errors import ConfigError, NotFoundError
 from replicator.aws._calls import (
     BY_MARKER,
@@ -42,13 +43,13 @@ from replicator.core._state import (
     ThingState,
     ThingTypeState,
 )
-from replicator.runtime._quotas import Clock, QuotaLimiter, SystemClock
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from replicator.core._ops import Op
     from replicator.core._state import Kind
+    from replicator.runtime._quotas import QuotaLimiter
 
 __all__ = ["Boto3Region", "RegionConfig", "build_region", "translate_client_error"]
 

@@ -42,8 +42,9 @@ if TYPE_CHECKING:
     import random
     from collections.abc import Callable, Iterator
 
+    from device_agent import Clock
     from replicator.core._retry import RetryPolicy
-    from replicator.runtime._quotas import Clock, QuotaLimiter
+    from replicator.runtime._quotas import QuotaLimiter
 
 __all__ = [
     "BY_MARKER",

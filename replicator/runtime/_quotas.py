@@ -11,19 +11,20 @@ halves its rate, down to a floor; after ``probe_interval_s`` without a
 throttle it raises the rate again by ``increase_fraction`` of the configured
 rate, up to it: slow down at once, probe back up gradually (AIMD).
 
-Time comes from an injected :class:`Clock`, so tests drive all of this with a
-fake clock. (:class:`RetryPolicy`, the backoff, is a pure value of ``core``.)
+Time comes from an injected :class:`device_agent.Clock`, so tests drive all of
+this with :class:`device_agent.testing.FakeClock`. (:class:`RetryPolicy`, the
+backoff, is a pure value of ``core``.)
 """
 
 from __future__ import annotations
 
 import math
 import threading
-import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
+from device_agent import Clock, SystemClock
 from replicator._errors import ConfigError
 from replicator.core._retry import RetryPolicy
 
@@ -34,11 +35,9 @@ __all__ = [
     "DEFAULT_TPS",
     "DEFAULT_UNLISTED_TPS",
     "AdaptiveBucket",
-    "Clock",
     "QuotaConfig",
     "QuotaLimiter",
     "RetryPolicy",
-    "SystemClock",
 ]
 
 DEFAULT_UNLISTED_TPS = 10.0
@@ -79,31 +78,6 @@ DEFAULT_TPS: Mapping[str, float] = MappingProxyType(
     }
 )
 """AWS's default transactions per second per account and region (aws-iot-facts.md)."""
-
-
-class Clock(Protocol):
-    """Monotonic time and sleeping, injected so that tests can drive them."""
-
-    def monotonic(self) -> float:
-        """Seconds from an arbitrary origin, never decreasing."""
-        ...
-
-    def sleep(self, seconds: float) -> None:
-        """Wait ``seconds``."""
-        ...
-
-
-class SystemClock:
-    """The process's monotonic clock and ``time.sleep``."""
-
-    def monotonic(self) -> float:
-        """:func:`time.monotonic`."""
-        return time.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        """:func:`time.sleep`."""
-        if seconds > 0:
-            time.sleep(seconds)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -73,9 +73,7 @@ from simulators.controlplane._process import (
 from simulators.controlplane._quotas import (
     DEFAULT_TPS,
     DEFAULT_UNLISTED_TPS,
-    MonotonicClock,
     QuotaTable,
-    SystemClock,
     Throttle,
     TokenBucket,
 )
@@ -111,7 +109,6 @@ __all__ = [
     "EventPublisher",
     "FeedChanges",
     "GroupRef",
-    "MonotonicClock",
     "MotoRegistry",
     "OutageMode",
     "QuotaTable",
@@ -120,7 +117,6 @@ __all__ = [
     "RegistryReader",
     "RegistryView",
     "Subjects",
-    "SystemClock",
     "ThingGroupState",
     "ThingState",
     "ThingTypeState",

@@ -4,8 +4,9 @@ Theory of operation: every (region, API) pair owns a bucket that holds at most
 ``burst`` tokens (AWS's burst equals the rate) and refills continuously at
 ``rate`` tokens per second. A call takes one token; a call that finds less
 than one token is throttled and takes nothing. Buckets start full and are
-created on first use. Time comes from an injected clock, so a test drives the
-buckets by advancing a fake clock.
+created on first use. Time comes from an injected :class:`device_agent.Clock`
+(only its ``monotonic()``), so a test drives the buckets by advancing
+:class:`device_agent.testing.FakeClock`.
 
 The default rates are AWS's published defaults (aws-iot-facts.md: the
 "checked 2025" column where it has a value, else the older one). They are
@@ -17,11 +18,11 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
+from device_agent import Clock, SystemClock
 from replicator.runtime._quotas import DEFAULT_TPS as REPLICATOR_TPS
 
 if TYPE_CHECKING:
@@ -31,9 +32,7 @@ __all__ = [
     "DEFAULT_KEY",
     "DEFAULT_TPS",
     "DEFAULT_UNLISTED_TPS",
-    "MonotonicClock",
     "QuotaTable",
-    "SystemClock",
     "Throttle",
     "TokenBucket",
 ]
@@ -50,22 +49,6 @@ DEFAULT_TPS: Mapping[str, float] = MappingProxyType(
     {api: tps for api, tps in REPLICATOR_TPS.items() if "Shadow" not in api}
 )
 """AWS's default transactions per second per account and region, by API name."""
-
-
-class MonotonicClock(Protocol):
-    """Where the buckets read the time: seconds from an arbitrary, never decreasing origin."""
-
-    def monotonic(self) -> float:
-        """The current time in seconds."""
-        ...
-
-
-class SystemClock:
-    """The process's monotonic clock."""
-
-    def monotonic(self) -> float:
-        """:func:`time.monotonic`."""
-        return time.monotonic()
 
 
 def _check_rate(name: str, rate: float) -> float:
@@ -173,7 +156,7 @@ class Throttle:
         self,
         table: QuotaTable,
         *,
-        clock: MonotonicClock | None = None,
+        clock: Clock | None = None,
         region_tables: Mapping[str, QuotaTable] | None = None,
     ) -> None:
         self._table = table

@@ -23,8 +23,8 @@ from device_agent import (
     ProberPort,
 )
 from device_agent.testing import (
+    FakeClock,
     LoopClock,
-    ManualClock,
     MemoryDiscovery,
     MemoryNetwork,
     MemoryOutbox,
@@ -51,7 +51,7 @@ def _client(
     network: MemoryNetwork,
     config: AgentConfig,
     *,
-    clock: LoopClock | ManualClock,
+    clock: LoopClock | FakeClock,
     seed: int,
     events: list[AgentEvent],
     dns: MemoryDiscovery,
@@ -120,7 +120,7 @@ async def test_a_fake_clock_drives_the_clients_timers() -> None:
     network = MemoryNetwork([EAST, WEST])
     network.set_mode(EAST, "down")
     dns = MemoryDiscovery(network)
-    clock = ManualClock()
+    clock = FakeClock()
     events: list[AgentEvent] = []
     client = _client(network, _config(network), clock=clock, seed=5, events=events, dns=dns)
     await client.start()

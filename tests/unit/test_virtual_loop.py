@@ -1,14 +1,15 @@
-"""VirtualTimeLoop, LoopClock and ManualClock: time that tests control."""
+"""VirtualTimeLoop, LoopClock and FakeClock: time that tests control; SystemClock: the real one."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
 
-from device_agent import Clock, SystemClock
-from device_agent.testing import LoopClock, ManualClock, VirtualTimeLoop, run_virtual
+from device_agent import Clock, SystemClock, wait
+from device_agent.testing import FakeClock, LoopClock, VirtualTimeLoop, run_virtual
 
 
 def test_timers_fire_in_virtual_order_without_waiting() -> None:
@@ -59,7 +60,7 @@ def test_a_timer_computed_from_a_due_time_never_fires_before_it() -> None:
 def test_loop_clock_reads_the_loop_and_adds_the_epoch() -> None:
     async def scenario() -> tuple[float, float]:
         clock = LoopClock(epoch=1000.0)
-        await clock.sleep(2.5)
+        await wait(clock, 2.5)
         return clock.monotonic(), clock.time()
 
     assert run_virtual(scenario(), start=10.0) == (12.5, 1012.5)
@@ -74,8 +75,8 @@ def test_virtual_loop_repr_and_time() -> None:
         loop.close()
 
 
-async def test_manual_clock_runs_calls_in_due_order_only_when_advanced() -> None:
-    clock = ManualClock(start=10.0)
+async def test_fake_clock_runs_calls_in_due_order_only_when_advanced() -> None:
+    clock = FakeClock(start=10.0)
     seen: list[tuple[str, float]] = []
     clock.call_later(5, lambda: seen.append(("b", clock.monotonic())))
     clock.call_later(2, lambda: seen.append(("a", clock.monotonic())))
@@ -93,9 +94,9 @@ async def test_manual_clock_runs_calls_in_due_order_only_when_advanced() -> None
         clock.advance(-1)
 
 
-async def test_manual_clock_sleep_ends_when_advanced() -> None:
-    clock = ManualClock()
-    task = asyncio.create_task(clock.sleep(30))
+async def test_a_wait_on_a_fake_clock_ends_when_advanced() -> None:
+    clock = FakeClock()
+    task = asyncio.create_task(wait(clock, 30))
     await asyncio.sleep(0)
     clock.advance(29)
     await asyncio.sleep(0)
@@ -111,5 +112,46 @@ async def test_system_clock_schedules_on_the_running_loop() -> None:
     handle = clock.call_later(0, fired.set)
     await asyncio.wait_for(fired.wait(), 5)
     handle.cancel()
-    await clock.sleep(0)
+    await wait(clock, 0)
+    clock.sleep(0)
     assert clock.monotonic() <= time.monotonic()
+
+
+def test_a_fake_clock_sleep_does_not_block_it_records_and_advances() -> None:
+    clock = FakeClock(start=5.0)
+    fired: list[float] = []
+    clock.call_later(1.5, lambda: fired.append(clock.monotonic()))
+    clock.sleep(2.0)
+    clock.sleep(-1.0)  # nothing to wait: recorded, the clock stays
+    assert clock.slept == [2.0, -1.0]
+    assert clock.monotonic() == 7.0
+    assert fired == [6.5]
+
+
+def test_a_loop_clock_sleep_blocks_another_thread_on_the_loop_s_time() -> None:
+    loop = VirtualTimeLoop(start=1.0)
+    clock = LoopClock(loop=loop)
+    woke: list[float] = []
+
+    async def scenario() -> None:
+        done = asyncio.Event()
+
+        def nap() -> None:
+            clock.sleep(30.0)
+            woke.append(loop.time())
+            loop.call_soon_threadsafe(done.set)
+
+        sleeper = threading.Thread(target=nap)
+        sleeper.start()
+        await done.wait()  # the sleeper's 30 s pass in virtual time
+        sleeper.join(10)
+        with pytest.raises(RuntimeError, match="loop="):
+            clock.sleep(1.0)  # on the loop itself it would never wake
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert woke == [31.0]
+    with pytest.raises(RuntimeError, match="loop="):
+        LoopClock().sleep(1.0)  # no loop to wait on
