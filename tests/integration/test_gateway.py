@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from device_agent._endpoints import Endpoint
 from device_agent._paho import PahoTransport
 from device_agent._transport import ConnectError, ConnectParams, TransportCallbacks
+from device_agent.testing import FakeClock
 from simulators import DEFAULT_REGIONS, CertifiedKey, FleetPKI, TLSFiles
 from simulators._errors import GatewayError
 from simulators._pki import generate_private_key, private_key_from_pem, write_private_key
@@ -522,22 +523,12 @@ async def test_jitr_registers_pending_publishes_and_admits_once_a_handler_activa
 # -- CONNECT quotas --------------------------------------------------------------------------------
 
 
-class FakeClock:
-    """The gateway's clock, advanced by the test: quota tests do not depend on machine speed."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_a_burst_above_the_account_rate_is_partly_refused_and_gets_in_on_retry(
     regions: Regions,
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)  # the gateway's clock: quota tests do not depend on machine speed
     east = regions.gateway(
-        EAST, limits=ConnectLimits(account_per_s=5, client_id_per_s=1), clock=clock
+        EAST, limits=ConnectLimits(account_per_s=5, client_id_per_s=1), clock=clock.monotonic
     )
     devices = [regions.device(f"burst-{n}") for n in range(12)]
     ids = [regions.register(EAST, device) for device in devices]
@@ -550,7 +541,7 @@ async def test_a_burst_above_the_account_rate_is_partly_refused_and_gets_in_on_r
 
     # Each second refills five tokens; a throttled CONNECT took none, not even its client ID's.
     for expected_in, expected_out in ((5, 2), (2, 0)):
-        clock.now += 1.0
+        clock.advance(1.0)
         again = await asyncio.gather(*(regions.connect(east, d) for d in refused))
         assert sum(isinstance(r, Session) for r in again) == expected_in
         refused = [d for d, r in zip(refused, again, strict=True) if not isinstance(r, Session)]
@@ -560,16 +551,18 @@ async def test_a_burst_above_the_account_rate_is_partly_refused_and_gets_in_on_r
 
 
 async def test_one_connect_per_second_per_client_id(regions: Regions) -> None:
-    clock = FakeClock()
-    east = regions.gateway(EAST, limits=ConnectLimits(), clock=clock)  # AWS: 1/s per client ID
+    clock = FakeClock(1000.0)
+    east = regions.gateway(
+        EAST, limits=ConnectLimits(), clock=clock.monotonic
+    )  # AWS: 1/s per client ID
     device = regions.device("pump-4")
     await regions.settle(east, regions.register(EAST, device), "ACTIVE")
     session = await regions.admitted(east, device)
     await session.close()
-    clock.now += 0.9
+    clock.advance(0.9)
     assert await regions.connect(east, device) == "closed"
     assert east.status()["refused"] == {"throttled_client_id": 1}
-    clock.now += 0.1
+    clock.advance(0.1)
     await (await regions.admitted(east, device)).round_trip()
 
 

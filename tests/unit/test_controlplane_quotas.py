@@ -8,6 +8,7 @@ import re
 import botocore.session
 import pytest
 
+from device_agent.testing import FakeClock
 from simulators.controlplane import (
     DEFAULT_TPS,
     DEFAULT_UNLISTED_TPS,
@@ -18,19 +19,6 @@ from simulators.controlplane import (
     TokenBucket,
     region_from_authorization,
 )
-
-
-class FakeClock:
-    """A monotonic clock that moves only when the test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _admitted(throttle: Throttle, count: int, *, region: str = "us-east-1", api: str) -> int:
@@ -93,7 +81,7 @@ def test_calls_admitted_over_time_are_burst_plus_rate_times_time(
     admitted = 0
     steps = 1000
     for step in range(steps + 1):
-        clock.now = seconds * step / steps
+        clock.advance(seconds * step / steps - clock.monotonic())  # to exactly that time
         admitted += _admitted(throttle, 3, api="X")
     assert admitted == math.floor(max(1.0, rate) + rate * seconds + 1e-6)
 
@@ -102,7 +90,7 @@ def test_calls_admitted_over_time_are_burst_plus_rate_times_time(
 
 
 def test_buckets_are_per_region_and_per_api() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     throttle = Throttle(QuotaTable.with_overrides({"CreateThing": 5, "default": 2}), clock=clock)
     assert _admitted(throttle, 10, api="CreateThing") == 5
     assert _admitted(throttle, 10, region="us-west-2", api="CreateThing") == 5

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from device_agent.testing import FakeClock
 from simulators._errors import GatewayError
 from simulators.gateway import (
     Applied,
@@ -54,32 +55,24 @@ class FakeSource:
         raise NotImplementedError
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def source() -> FakeSource:
     return FakeSource()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
 async def running(
-    source: FakeSource, clock: Clock
+    source: FakeSource, clock: FakeClock
 ) -> AsyncIterator[tuple[RegistrySync, RegistryView, list[Applied]]]:
     view = RegistryView("us-east-1")
     applied: list[Applied] = []
     config = RegistrySyncConfig(resync_interval_s=30.0, start_timeout_s=1.0)
-    sync = RegistrySync(source, view, applied.append, config=config, clock=clock)
+    sync = RegistrySync(source, view, applied.append, config=config, clock=clock.monotonic)
     source.snapshots.put_nowait(RegistrySnapshot("e1", 3, (active("c1"), active("c2"))))
     await sync.load()
     task = asyncio.create_task(sync.run())
@@ -129,10 +122,10 @@ async def test_a_resync_answer_or_a_new_epoch_loads_a_snapshot(
 
 
 async def test_a_whole_snapshot_every_resync_interval(
-    source: FakeSource, clock: Clock, running: tuple[RegistrySync, RegistryView, list[Applied]]
+    source: FakeSource, clock: FakeClock, running: tuple[RegistrySync, RegistryView, list[Applied]]
 ) -> None:
     sync, view, _ = running
-    clock.now = 31.0
+    clock.advance(31.0)
     source.changes_queue.put_nowait(RegistryChanges("e1", 3))  # the current poll returns empty
     source.snapshots.put_nowait(RegistrySnapshot("e1", 5, (active("c9"),)))
     await settle()
@@ -162,11 +155,11 @@ async def test_an_unreachable_control_plane_keeps_the_view_and_is_logged_once(
 
 
 async def test_the_first_snapshot_retries_then_fails_with_one_clear_error(
-    source: FakeSource, clock: Clock
+    source: FakeSource, clock: FakeClock
 ) -> None:
     view = RegistryView("us-west-2")
     config = RegistrySyncConfig(start_timeout_s=0.6)
-    sync = RegistrySync(source, view, lambda applied: None, config=config, clock=clock)
+    sync = RegistrySync(source, view, lambda applied: None, config=config, clock=clock.monotonic)
     source.snapshots.put_nowait(GatewayError("control plane starting"))
     source.snapshots.put_nowait(RegistrySnapshot("e1", 0))
     await sync.load()
@@ -175,7 +168,7 @@ async def test_the_first_snapshot_retries_then_fails_with_one_clear_error(
         source.snapshots.put_nowait(GatewayError("connection refused"))
     with pytest.raises(GatewayError, match=r"no registry snapshot .* connection refused"):
         await RegistrySync(
-            source, RegistryView("x"), lambda applied: None, config=config, clock=clock
+            source, RegistryView("x"), lambda applied: None, config=config, clock=clock.monotonic
         ).load()
 
 

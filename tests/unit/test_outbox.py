@@ -28,22 +28,12 @@ from hypothesis.stateful import (
 
 from device_agent._errors import DeviceAgentError, OutboxFullError
 from device_agent._outbox import Outbox, OutboxEntry, OutboxError, OverflowPolicy
+from device_agent.testing import FakeClock
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
-
-
-class FakeClock:
-    """Each reading is one second after the previous one."""
-
-    def __init__(self, start: float = 1_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
 
 
 @pytest.fixture
@@ -53,7 +43,7 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def outbox(db: Path) -> Iterator[Outbox]:
-    with Outbox(db, clock=FakeClock()) as box:
+    with Outbox(db, clock=FakeClock(1.0, epoch=1_000.0).time) as box:
         yield box
 
 
@@ -62,8 +52,12 @@ def outbox(db: Path) -> Iterator[Outbox]:
 
 @pytest.mark.parametrize("where", ["file", "memory"])
 def test_put_then_peek_in_order(where: str, db: Path) -> None:
-    with Outbox(db if where == "file" else ":memory:", clock=FakeClock()) as box:
-        put = [box.put(f"t/{i}", bytes([i])) for i in range(5)]
+    clock = FakeClock(epoch=1_000.0)
+    with Outbox(db if where == "file" else ":memory:", clock=clock.time) as box:
+        put = []
+        for i in range(5):
+            clock.advance(1.0)
+            put.append(box.put(f"t/{i}", bytes([i])))
         assert box.peek() == put
         assert [e.topic for e in put] == [f"t/{i}" for i in range(5)]
         assert [e.created_at for e in put] == [1001.0, 1002.0, 1003.0, 1004.0, 1005.0]
@@ -410,7 +404,7 @@ class OutboxModel(RuleBasedStateMachine):
             capacity=self.CAPACITY,
             overflow=self.overflow,
             synchronous="normal",
-            clock=self.clock,
+            clock=self.clock.time,
         )
 
     @property
@@ -429,9 +423,10 @@ class OutboxModel(RuleBasedStateMachine):
             with pytest.raises(OutboxFullError):
                 self.outbox.put(topic, payload)
             return multiple()  # no seq to remember
+        self.clock.advance(1.0)  # each put at a time of its own
         entry = self.outbox.put(topic, payload)
         assert all(entry.seq > seq for seq in self.put_seqs)
-        assert (entry.topic, entry.payload, entry.created_at) == (topic, payload, self.clock.now)
+        assert (entry.topic, entry.payload, entry.created_at) == (topic, payload, self.clock.time())
         if len(self.waiting) >= self.CAPACITY:
             self.dropped.append(self.waiting.pop(0).seq)
         self.waiting.append(entry)

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from device_agent.testing import FakeClock
 from replicator._errors import ConfigError, JournalError
 from replicator.core._ops import CreateThing, RegisterCertificateWithoutCA
 from replicator.runtime._anti_entropy import ALIVE_AT, AntiEntropy, AntiEntropyConfig
@@ -20,47 +21,33 @@ EAST, WEST = "us-east-1", "us-west-2"
 CONFIG = AntiEntropyConfig(interval_s=600.0, down_after_s=3600.0, first_pass_delay_s=30.0)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-
-
-def setup(clock: Clock) -> tuple[InMemoryRegion, InMemoryRegion, AntiEntropy]:
-    primary = InMemoryRegion(EAST, clock=clock)
-    secondary = InMemoryRegion(WEST, clock=clock)
+def setup(clock: FakeClock) -> tuple[InMemoryRegion, InMemoryRegion, AntiEntropy]:
+    primary = InMemoryRegion(EAST, clock=clock.time)
+    secondary = InMemoryRegion(WEST, clock=clock.time)
     engine = Engine(
         source=primary,
         target=secondary,
         journal=Journal(":memory:"),
         config=EngineConfig(workers=1, thing_recheck_s=None),
-        wall=clock,
+        wall=clock.time,
     )
-    return primary, secondary, AntiEntropy(engine, CONFIG, wall=clock)
+    return primary, secondary, AntiEntropy(engine, CONFIG, wall=clock.time)
 
 
 def test_a_new_journal_or_a_long_absence_brings_the_first_pass_soon() -> None:
-    clock = Clock()
+    clock = FakeClock(epoch=1_700_000_000.0)
     _, _, anti = setup(clock)
-    assert anti.first_due(clock.now) == clock.now + 30.0  # never ran: events may be lost
-    anti.heartbeat(clock.now)
-    anti.engine.journal.set_meta("anti_entropy_completed_at", repr(clock.now), now=clock.now)
-    clock.now += 120.0  # a restart after two minutes: the session kept the messages
-    assert anti.first_due(clock.now) == clock.now - 120.0 + 600.0
-    clock.now += 7200.0  # away two hours: longer than the broker keeps a session
-    assert anti.first_due(clock.now) == clock.now + 30.0
+    assert anti.first_due(clock.time()) == clock.time() + 30.0  # never ran: events may be lost
+    anti.heartbeat(clock.time())
+    anti.engine.journal.set_meta("anti_entropy_completed_at", repr(clock.time()), now=clock.time())
+    clock.advance(120.0)  # a restart after two minutes: the session kept the messages
+    assert anti.first_due(clock.time()) == clock.time() - 120.0 + 600.0
+    clock.advance(7200.0)  # away two hours: longer than the broker keeps a session
+    assert anti.first_due(clock.time()) == clock.time() + 30.0
 
 
 def test_a_pass_repairs_what_no_event_showed_and_is_recorded() -> None:
-    clock = Clock()
+    clock = FakeClock(epoch=1_700_000_000.0)
     primary, secondary, anti = setup(clock)
     cert = "a" * 64
     primary.execute(RegisterCertificateWithoutCA(cert, "PEM", "ACTIVE"))  # no event for these
@@ -69,7 +56,7 @@ def test_a_pass_repairs_what_no_event_showed_and_is_recorded() -> None:
     assert cert in secondary.certificates
     assert "pump-1" in secondary.things
     assert not report.interrupted
-    assert anti.completed_at() == clock.now
+    assert anti.completed_at() == clock.time()
     assert anti.details()["passes"] == 1
     metrics = ReplicatorMetrics()
     metrics.registry.register(anti)
@@ -79,12 +66,12 @@ def test_a_pass_repairs_what_no_event_showed_and_is_recorded() -> None:
         if line and not line.startswith("#")
     }
     assert values["iotdr_replicator_anti_entropy_passes_total"] == 1
-    assert values["iotdr_replicator_anti_entropy_last_completed_timestamp_seconds"] == clock.now
+    assert values["iotdr_replicator_anti_entropy_last_completed_timestamp_seconds"] == clock.time()
     assert values["iotdr_replicator_anti_entropy_last_differing"] == 2
 
 
 def test_the_loop_runs_the_due_pass_and_beats(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = Clock()
+    clock = FakeClock(epoch=1_700_000_000.0)
     primary, secondary, anti = setup(clock)
     primary.execute(CreateThing("pump-2"))
     stop = threading.Event()
@@ -92,7 +79,7 @@ def test_the_loop_runs_the_due_pass_and_beats(monkeypatch: pytest.MonkeyPatch) -
 
     def wait(timeout: float) -> bool:  # the loop's only wait: virtual time
         waits.append(timeout)
-        clock.now += timeout
+        clock.advance(timeout)
         if anti.passes:
             stop.set()
         return stop.is_set()
@@ -101,22 +88,22 @@ def test_the_loop_runs_the_due_pass_and_beats(monkeypatch: pytest.MonkeyPatch) -
     anti.run(stop)
     assert "pump-2" in secondary.things
     assert waits[0] == 30.0  # the first pass: soon, the journal never saw the service
-    assert float(anti.engine.journal.meta(ALIVE_AT) or 0) == clock.now
+    assert float(anti.engine.journal.meta(ALIVE_AT) or 0) == clock.time()
 
 
 def test_a_background_share_holds_its_calls_to_that_fraction_of_the_rate() -> None:
-    clock = Clock()
+    clock = FakeClock()
     limiter = QuotaLimiter(QuotaConfig.with_overrides({"default": 10.0}), clock=clock)
-    start = clock.now
+    start = clock.monotonic()
     for _ in range(21):
         limiter.acquire(EAST, "DescribeCertificate")
-    live_s = clock.now - start  # 10 TPS: the burst, then 0.1 s a call
+    live_s = clock.monotonic() - start  # 10 TPS: the burst, then 0.1 s a call
     background = QuotaLimiter(QuotaConfig.with_overrides({"default": 10.0}), clock=clock)
     background.share_this_thread(0.2)
-    start = clock.now
+    start = clock.monotonic()
     for _ in range(21):
         background.acquire(EAST, "DescribeCertificate")
-    assert clock.now - start >= 4 * live_s  # a fifth of the rate
+    assert clock.monotonic() - start >= 4 * live_s  # a fifth of the rate
     seen: list[float] = []
     other = threading.Thread(target=lambda: seen.append(background.acquire(WEST, "X")))
     other.start()
@@ -127,7 +114,7 @@ def test_a_background_share_holds_its_calls_to_that_fraction_of_the_rate() -> No
 
 
 def test_readiness_carries_the_passes_details_and_survives_a_failing_one() -> None:
-    clock = Clock()
+    clock = FakeClock(epoch=1_700_000_000.0)
     _, _, anti = setup(clock)
     health = ServiceHealth()
     health.engine_running()

@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from moto import mock_aws
 
 from device_agent.cli import main
+from device_agent.testing import FakeClock
 from replicator._errors import (
     AccessDeniedError,
     ConfigError,
@@ -355,17 +356,6 @@ def test_access_denied_names_the_missing_permission_in_one_line() -> None:
     )
     assert isinstance(refused, AccessDeniedError)
     assert str(refused).startswith(f"credentials refused by {WEST} (calling DescribeThing)")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
 
 
 def test_throttling_slows_the_bucket_and_is_retried() -> None:

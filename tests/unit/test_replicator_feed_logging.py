@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from device_agent.testing import FakeClock
 from replicator.runtime._feed import FeedConfig, FeedLink, MqttFeed
 from replicator.runtime._journal import Journal
 
@@ -53,14 +54,6 @@ def test_connecting_ends_the_spell_and_says_how_long_it_lasted() -> None:
 # -- the feed on loopback ----------------------------------------------------------------------
 
 
-class FrozenClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def journal() -> Iterator[Journal]:
     with Journal(":memory:") as opened:
@@ -93,7 +86,9 @@ def test_an_unreachable_broker_is_one_warning_with_address_and_reason(
     feed = MqttFeed(
         FeedConfig(region="us-east-1", host="127.0.0.1", port=port),
         journal,
-        monotonic=FrozenClock(),  # never a minute later: one warning however often it retries
+        monotonic=FakeClock(
+            1000.0
+        ).monotonic,  # never a minute later: one warning however often it retries
     )
     feed.start()
     try:
@@ -179,11 +174,11 @@ def test_a_lost_connection_warns_and_its_return_is_an_info_line(
 ) -> None:
     caplog.set_level(logging.INFO, logger=FEED_LOGGER)
     broker = OneShotBroker()
-    clock = FrozenClock()
+    clock = FakeClock(1000.0)
     feed = MqttFeed(
         FeedConfig(region="us-east-1", host="127.0.0.1", port=broker.port),
         journal,
-        monotonic=clock,
+        monotonic=clock.monotonic,
     )
     feed.start()
     try:
@@ -191,7 +186,7 @@ def test_a_lost_connection_warns_and_its_return_is_an_info_line(
         assert len(records(caplog, "replicator.feed.connected")) == 1
         broker.drop()
         wait_for(lambda: bool(records(caplog, "replicator.feed.lost")))
-        clock.now += 2.5
+        clock.advance(2.5)
         wait_for(lambda: bool(records(caplog, "replicator.feed.reconnected")))
         assert feed.wait_subscribed(10)
     finally:

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from device_agent.cli import main
+from device_agent.testing import FakeClock
 from replicator._errors import (
     AccessDeniedError,
     ConfigError,
@@ -301,23 +302,15 @@ class FakePrimary(NotAsked):
         return self.statuses.get(certificate_id)
 
 
-class Wall:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class Rig:
     region: MemoryJitrRegion
     journal: Journal
     handler: JitrHandler
-    wall: Wall
+    wall: FakeClock
 
     def claim(self) -> Any:
-        claims = self.journal.claim(now=self.wall(), limit=10)
+        claims = self.journal.claim(now=self.wall.time(), limit=10)
         assert len(claims) == 1, claims
         return claims[0]
 
@@ -338,8 +331,8 @@ def rig(
     }
     region = region or MemoryJitrRegion()
     journal = Journal(":memory:", queue="jitr")
-    wall = Wall()
-    handler = JitrHandler(region, journal, JitrConfig(**settings), primary=primary, wall=wall)
+    wall = FakeClock(epoch=1_700_000_000.0)
+    handler = JitrHandler(region, journal, JitrConfig(**settings), primary=primary, wall=wall.time)
     return Rig(region, journal, handler, wall)
 
 
@@ -616,7 +609,7 @@ def test_duplicate_events_are_one_queued_certificate(ca: CA) -> None:
     cid = r.region.jitr(ca, "dup-1")
     for _ in range(3):
         r.handler.accept(cid, ca.certificate_id)
-    assert r.journal.counts(r.wall()).pending == 1
+    assert r.journal.counts(r.wall.time()).pending == 1
     assert r.handler.drain() == 1
     assert r.region.status(cid) == "ACTIVE"
     r.handler.accept(cid, ca.certificate_id)  # late duplicate
@@ -647,21 +640,21 @@ def test_throttling_and_outages_are_retried_with_backoff_for_as_long_as_it_takes
         assert (state, attempts) == ("pending", attempt + 1)
         assert reason is not None
         assert type(failure).__name__ in reason
-        assert r.journal.claim(now=r.wall(), limit=10) == []  # not due yet
-        due = r.journal.counts(r.wall() + 3600).due
+        assert r.journal.claim(now=r.wall.time(), limit=10) == []  # not due yet
+        due = r.journal.counts(r.wall.time() + 3600).due
         assert due == 1
         # Jump to just after the backoff (at most the cap): bounded, so a regression
         # (a backoff past the cap, a row never due again) fails instead of hanging.
-        before = r.wall.now
+        before = r.wall.time()
         deadline = time.monotonic() + 10.0
         for _ in range(int(30.0 / 0.25) + 2):
-            if r.journal.claim(now=r.wall.now, limit=1) or time.monotonic() > deadline:
+            if r.journal.claim(now=r.wall.time(), limit=1) or time.monotonic() > deadline:
                 break
-            r.wall.now += 0.25
+            r.wall.advance(0.25)
         else:
             pytest.fail(f"attempt {attempt + 1}: not due again within the 30 s cap")
         assert time.monotonic() <= deadline, "looking for the due row took too long"
-        delays.append(r.wall.now - before)
+        delays.append(r.wall.time() - before)
     assert max(delays) <= 30.25
     assert r.region.status(cid) == "PENDING_ACTIVATION"  # activation is the last write
     assert r.handler.process(r.claim()) == "activated"
@@ -679,7 +672,7 @@ def test_a_missing_policy_is_retried_then_dead_lettered_and_the_certificate_stay
     r.handler.accept(cid, ca.certificate_id)
     results = []
     for _ in range(3):
-        r.wall.now += 3600
+        r.wall.advance(3600)
         results.append(r.handler.process(r.claim()))
     assert results == ["retry", "retry", "dead"]
     state, attempts, reason = r.row(cid) or ("", 0, None)
@@ -806,10 +799,10 @@ def test_a_failed_sweep_is_counted_and_tried_again_soon(ca: CA) -> None:
         # The next sweep is due within the first backoff, not the interval. The
         # failed sweep sets it just after counting the failure: move the clock in
         # small steps (not one jump that could land before it is set).
-        started = r.wall.now
+        started = r.wall.time()
         deadline = time.monotonic() + 10.0
         while r.region.status(cid) != "ACTIVE" and time.monotonic() < deadline:
-            r.wall.now = min(r.wall.now + 0.25, started + 10.0)  # never near the interval
+            r.wall.advance(min(0.25, started + 10.0 - r.wall.time()))  # never near the interval
             stop.wait(0.01)
     finally:
         stop.set()
@@ -1115,7 +1108,7 @@ def test_a_primary_that_cannot_say_keeps_the_certificate_queued_with_backoff(
     assert r.region.status(cid) == "PENDING_ACTIVATION"
     assert r.region.writes() == []
     assert (r.row(cid) or ("",))[0] == "pending"
-    r.wall.now += 60.0  # past the backoff: the primary answers now
+    r.wall.advance(60.0)  # past the backoff: the primary answers now
     assert r.handler.process(r.claim()) == "mirrored"
     assert r.region.status(cid) == "REVOKED"
     assert r.handler.stats.activated == 0

@@ -6,22 +6,8 @@ import random
 
 import pytest
 
+from device_agent.testing import FakeClock
 from replicator.runtime._quotas import DEFAULT_TPS, QuotaConfig, QuotaLimiter, RetryPolicy
-
-
-class FakeClock:
-    """Time moves only when something sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += max(0.0, seconds)
 
 
 def limiter(**overrides: float) -> tuple[QuotaLimiter, FakeClock]:
@@ -48,10 +34,10 @@ def test_calls_are_paced_at_the_rate_after_the_burst() -> None:
     for _ in range(30):
         quota.acquire("us-west-2", "RegisterCertificateWithoutCA")
     # a burst of 10, then one every 0.1 s: 20 more take 2 s
-    assert clock.now == pytest.approx(2.0)
-    other = clock.now
+    assert clock.monotonic() == pytest.approx(2.0)
+    other = clock.monotonic()
     quota.acquire("us-east-1", "RegisterCertificateWithoutCA")  # another region: its own bucket
-    assert clock.now == other
+    assert clock.monotonic() == other
 
 
 def test_a_throttle_halves_the_rate_and_quiet_time_probes_it_back_up() -> None:
@@ -65,13 +51,13 @@ def test_a_throttle_halves_the_rate_and_quiet_time_probes_it_back_up() -> None:
     for _ in range(10):
         quota.throttled(*key)
     assert quota.rate(*key) == pytest.approx(10 / 32)  # the floor
-    clock.now += 5.0
+    clock.advance(5.0)
     quota.succeeded(*key)
     assert quota.rate(*key) == pytest.approx(10 / 32 + 1.0)
     quota.succeeded(*key)  # not quiet long enough since the last step
     assert quota.rate(*key) == pytest.approx(10 / 32 + 1.0)
     for _ in range(20):
-        clock.now += 5.0
+        clock.advance(5.0)
         quota.succeeded(*key)
     assert quota.rate(*key) == 10.0  # never above the configured rate
     assert quota.throttles() == {"us-west-2/RegisterCertificateWithoutCA": 12}

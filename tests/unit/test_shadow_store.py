@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from device_agent.testing import FakeClock
 from simulators.shadows import (
     MAX_STATE_BYTES,
     REQUEST_FILTERS,
@@ -25,27 +26,14 @@ T0 = 1_700_000_000
 THING = "thing-1"
 
 
-class FakeClock:
-    """Epoch seconds that only move when a test says so."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(epoch=T0)  # epoch seconds that only move when a test says so
 
 
 @pytest.fixture
 def store(clock: FakeClock) -> ShadowStore:
-    return ShadowStore(clock=clock)
+    return ShadowStore(clock=clock.time)
 
 
 def _update(store: ShadowStore, doc: object, name: str | None = None) -> UpdateResult:
@@ -656,8 +644,8 @@ def _mirrors(state: Any, meta: Any) -> bool:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_requests, min_size=1, max_size=12), st.booleans())
 def test_invariants_after_any_valid_updates(requests: list[JsonObject], named: bool) -> None:
-    clock = FakeClock()
-    store = ShadowStore(clock=clock)
+    clock = FakeClock(epoch=T0)
+    store = ShadowStore(clock=clock.time)
     name = "cfg" if named else None
     model: dict[str, JsonObject | None] = {"desired": None, "reported": None}
     for accepted, request in enumerate(requests, start=1):
