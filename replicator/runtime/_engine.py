@@ -61,7 +61,7 @@ from replicator.core._sync import UNSETTLED
 from replicator.runtime._assess import Assessment, Assessor
 from replicator.runtime._settings import EngineConfig
 from replicator.runtime._stats import EngineStats
-from replicator.runtime._worker import Deferred, JournalWorker, Outcome, WorkerConfig
+from replicator.runtime._worker import Deferred, JournalWorker, Outcome, Worked, WorkerConfig
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -80,7 +80,7 @@ _HELD_S = 0.2  # how long a follow-up claimed during its parent's writes waits
 _ENSURED_PRUNE_AT = 10_000  # entries of the "applied recently" memo before old ones go
 
 
-class Engine:
+class Engine(Worked):
     """Applies journaled changes from ``source`` to ``target``.
 
     Args:
@@ -179,10 +179,6 @@ class Engine:
         with self._keys_lock:
             return list(self._held)
 
-    def add_observer(self, observer: Callable[[Outcome], None]) -> None:
-        """Also call ``observer`` with every :class:`Outcome` (see the constructor)."""
-        self._observers.append(observer)
-
     @property
     def worker(self) -> JournalWorker:
         """The journal worker that runs this engine (of the current config)."""
@@ -199,10 +195,6 @@ class Engine:
             writes=lambda: tuple(getattr(self._writes, "apis", ())),
             observers=self._observers,
         )
-
-    def now(self) -> float:
-        """The engine's wall clock, in epoch seconds."""
-        return self._wall()
 
     # -- reading and planning ---------------------------------------------------------------
 
@@ -475,17 +467,9 @@ class Engine:
             self.journal.accept(again, now=now, not_before=now + recheck)
         return "done", lag
 
-    def process(self, claim: Claim) -> str:
-        """Apply one claimed change and record the outcome (see :meth:`JournalWorker.process`)."""
-        return self.worker.process(claim)
-
     def run_once(self, executor: concurrent.futures.Executor | None = None) -> int:
         """Process every change due now (in ``executor`` when given); return how many."""
         return len(self.worker.run_once(executor))
-
-    def drain(self, *, max_rounds: int = 1000) -> int:
-        """Process due changes until none is due (tests, one-shot runs); return how many."""
-        return self.worker.drain(max_rounds=max_rounds)
 
     def run(self, stop: threading.Event) -> None:
         """Process changes as they come due until ``stop`` is set (:meth:`JournalWorker.run`)."""

@@ -301,7 +301,9 @@ def run_service(
                 anti_entropy.config.interval_s if anti_entropy is not None else None
             ),
         },
-        status=lambda: _engine_status(engine, feed),
+        status=lambda: _status(
+            engine.stats.as_dict(), engine.journal, engine.now(), feed, jitr=False
+        ),
         others=others,
         stop=stop or threading.Event(),
         stats_interval_s=stats_interval_s,
@@ -341,7 +343,9 @@ def run_jitr_service(
             "feed": f"{feed.config.host}:{feed.config.port}" if feed is not None else None,
             "journal": handler.journal.path,
         },
-        status=lambda: _jitr_status(handler, feed),
+        status=lambda: _status(
+            handler.stats.as_dict(), handler.journal, handler.now(), feed, jitr=True
+        ),
         stop=stop or threading.Event(),
         listen=listen,
         ops=ops,
@@ -355,38 +359,19 @@ def _limiter_of(region: object) -> QuotaLimiter | None:
     return found if isinstance(found, QuotaLimiter) else None
 
 
-def _feed_status(feed: MqttFeed | None) -> dict[str, Any]:
-    if feed is None:
-        return {}
-    counters = feed.counters
-    return {
-        "feed": {name: getattr(counters, name) for name in counters.__dataclass_fields__},
-        "subscribed": feed.subscribed,
-    }
-
-
-def _engine_status(engine: Engine, feed: MqttFeed) -> dict[str, Any]:
-    """The engine's counters, the journal's depth and lag, the feed's counters."""
-    counts = engine.journal.counts(engine.now())
-    return {
-        **engine.stats.as_dict(),
-        "pending": counts.pending,
-        "due": counts.due,
-        "oldest_pending_s": round(counts.oldest_pending_s, 3),
-        "dead": counts.dead,
-        "dead_letters": counts.dead_letters,
-        **_feed_status(feed),
-    }
-
-
-def _jitr_status(handler: JitrHandler, feed: MqttFeed | None) -> dict[str, Any]:
-    """The handler's counters, its queue's depth, the feed's counters."""
-    counts = handler.journal.counts(handler.now())
-    return {
-        **handler.stats.as_dict(),
-        "pending": counts.pending,
-        "due": counts.due,
-        "queued_dead": counts.dead,
-        "oldest_pending_s": round(counts.oldest_pending_s, 3),
-        **_feed_status(feed),
-    }
+def _status(
+    stats: dict[str, Any], journal: Journal, now: float, feed: MqttFeed | None, *, jitr: bool
+) -> dict[str, Any]:
+    """The worker's counters, its queue's depth and lag, the feed's counters."""
+    counts = journal.counts(now)
+    found = {**stats, "pending": counts.pending, "due": counts.due}
+    found["oldest_pending_s"] = round(counts.oldest_pending_s, 3)
+    if jitr:  # the handler's own "dead" counts certificates given up on since it started
+        found["queued_dead"] = counts.dead
+    else:
+        found |= {"dead": counts.dead, "dead_letters": counts.dead_letters}
+    if feed is not None:
+        counters = feed.counters
+        found["feed"] = {name: getattr(counters, name) for name in counters.__dataclass_fields__}
+        found["subscribed"] = feed.subscribed
+    return found

@@ -78,7 +78,7 @@ from replicator.core._ops import CreatePolicy, CreateThing, UpdateCertificate
 from replicator.core._records import CertificateChanged
 from replicator.core._state import CERTIFICATE_ID
 from replicator.runtime._stats import JitrStats
-from replicator.runtime._worker import JournalWorker, Outcome, WorkerConfig
+from replicator.runtime._worker import JournalWorker, Outcome, Worked, WorkerConfig
 
 if TYPE_CHECKING:
     import threading
@@ -112,7 +112,7 @@ _MIRRORED: Final = frozenset({"REVOKED", "INACTIVE"})  # primary statuses copied
 # -- the handler ---------------------------------------------------------------------------------
 
 
-class JitrHandler:
+class JitrHandler(Worked):
     """Activates JITR'd certificates in one region, from its journal queue and its sweeps.
 
     Args:
@@ -153,10 +153,6 @@ class JitrHandler:
             f"activated={self.stats.activated}, refused={self.stats.refused}, "
             f"dead={self.stats.dead})"
         )
-
-    def now(self) -> float:
-        """The handler's wall clock, in epoch seconds."""
-        return self._wall()
 
     # -- one certificate -----------------------------------------------------------------------
 
@@ -368,20 +364,6 @@ class JitrHandler:
             observers=self._observers,
         )
 
-    def add_observer(self, observer: Callable[[Outcome], None]) -> None:
-        """Also call ``observer`` with every :class:`Outcome` of the queue."""
-        self._observers.append(observer)
-
-    def process(self, claim: Claim) -> str:
-        """Handle one claimed certificate and record the outcome in the journal; return it.
-
-        Outcomes: those of :meth:`handle`, ``retry`` or ``dead`` (see ``_worker.py``).
-
-        Raises:
-            AccessDeniedError: the credentials lack a permission (the certificate stays queued).
-        """
-        return self.worker.process(claim)
-
     # -- the sweep -----------------------------------------------------------------------------
 
     def sweep(self) -> int:
@@ -456,14 +438,6 @@ class JitrHandler:
         return True
 
     # -- loops ---------------------------------------------------------------------------------
-
-    def drain(self, *, max_rounds: int = 1000) -> int:
-        """Handle queued certificates until none is due (one-shot runs, tests); return how many.
-
-        Raises:
-            AccessDeniedError: see :meth:`process`.
-        """
-        return self.worker.drain(max_rounds=max_rounds)
 
     def run(self, stop: threading.Event) -> None:
         """Sweep at once and every ``sweep_interval_s``; handle the queue until ``stop`` is set.

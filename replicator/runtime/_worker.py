@@ -353,3 +353,34 @@ class JournalWorker:
                 stop.set()
                 for future in running:
                     future.cancel()
+
+
+class Worked:
+    """What the engine and the JITR handler share: a clock, observers, and their worker's loops.
+
+    Each builds its :attr:`worker` on its own journal queue and ``apply``.
+    """
+
+    _wall: Callable[[], float]
+    _observers: list[Callable[[Outcome], None]]
+
+    @property
+    def worker(self) -> JournalWorker:
+        """The journal worker that runs this queue."""
+        raise NotImplementedError
+
+    def now(self) -> float:
+        """The wall clock, in epoch seconds."""
+        return self._wall()
+
+    def add_observer(self, observer: Callable[[Outcome], None]) -> None:
+        """Also call ``observer`` with every :class:`Outcome` of the queue."""
+        self._observers.append(observer)
+
+    def process(self, claim: Claim) -> str:
+        """Apply one claimed change and record the outcome (see :meth:`JournalWorker.process`)."""
+        return self.worker.process(claim)
+
+    def drain(self, *, max_rounds: int = 1000) -> int:
+        """Process due changes until none is due (tests, one-shot runs); return how many."""
+        return self.worker.drain(max_rounds=max_rounds)
