@@ -136,15 +136,7 @@ def _settings(
     from replicator.runtime._quotas import QuotaConfig  # noqa: PLC0415
     from replicator.runtime._settings import Settings  # noqa: PLC0415
 
-    primary, secondary = (
-        RegionConfig(
-            region=options[f"{role}_region"],
-            endpoint_url=options[f"{role}_endpoint_url"],
-            data_endpoint_url=options[f"{role}_data_endpoint_url"],
-            account_id=options[f"{role}_account_id"],
-        )
-        for role in ("primary", "secondary")
-    )
+    primary, secondary = (RegionConfig.of_role(options, role) for role in ("primary", "secondary"))
     failback = _source_role(options) == "secondary"
     common = {
         "mode": options["mode"],
@@ -457,32 +449,20 @@ def replicator_iam_policy(**options: Any) -> None:
     click.echo(json.dumps(document, indent=2))
 
 
-def _register_jitr() -> None:
-    """``iotdr replicator jitr`` lives in ``_jitr_cli.py`` (only click imported there too)."""
-    from replicator._jitr_cli import replicator_jitr  # noqa: PLC0415
+def _register_commands() -> None:
+    """Commands in modules of their own (each imports only click at the top, as this one).
 
-    replicator.add_command(replicator_jitr)
-
-
-_register_jitr()
-
-
-def _register_dead_letters() -> None:
-    """``iotdr replicator dead-letters`` lives in ``_dead_letters_cli.py``."""
+    ``iotdr replicator jitr`` (``_jitr_cli.py``), ``iotdr replicator dead-letters``
+    (``_dead_letters_cli.py``) and ``iotdr tools ...`` (``replicator/tools/_cli.py``).
+    """
     from replicator._dead_letters_cli import dead_letters  # noqa: PLC0415
-
-    replicator.add_command(dead_letters)
-
-
-_register_dead_letters()
-
-
-def _register_tools() -> None:
-    """``iotdr tools ...`` live in ``replicator/tools/_cli.py`` (only click imported there too)."""
+    from replicator._jitr_cli import replicator_jitr  # noqa: PLC0415
     from replicator.tools._cli import COMMANDS  # noqa: PLC0415
 
+    replicator.add_command(replicator_jitr)
+    replicator.add_command(dead_letters)
     for command in COMMANDS:
         tools.add_command(command)
 
 
-_register_tools()
+_register_commands()

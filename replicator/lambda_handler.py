@@ -59,6 +59,7 @@ building boto3 clients per batch would cost more than the batch.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import threading
@@ -67,7 +68,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from replicator._errors import AccessDeniedError, ConfigError, CredentialsError, ReplicatorError
-from replicator.core._records import DeadLetter, Ignored, excerpt, parse_sqs_body, unparseable
+from replicator.core._records import DeadLetter, parse_sqs_body
 
 if TYPE_CHECKING:
     from replicator.core._state import ObjectKey
@@ -120,14 +121,9 @@ class LambdaConfig:
         from replicator.runtime._quotas import RetryPolicy  # noqa: PLC0415
         from replicator.runtime._settings import Settings  # noqa: PLC0415
 
+        values = dataclasses.asdict(self)
         primary, secondary = (
-            RegionConfig(
-                region=getattr(self, f"{role}_region"),
-                endpoint_url=getattr(self, f"{role}_endpoint_url"),
-                data_endpoint_url=getattr(self, f"{role}_data_endpoint_url"),
-                account_id=getattr(self, f"{role}_account_id"),
-            )
-            for role in ("primary", "secondary")
+            RegionConfig.of_role(values, role) for role in ("primary", "secondary")
         )
         engine = EngineConfig(
             mode="jitr" if self.mode == "jitr" else "complete",
@@ -277,27 +273,24 @@ class LambdaReplicator:
         failed: set[str] = set()
         now = self.engine.now()
         for message in messages:
-            result = parse_sqs_body(message.body, region=region)  # never raises
+            parsed = parse_sqs_body(message.body, region=region)  # never raises
             try:
-                if not isinstance(result, DeadLetter | Ignored):
-                    try:
-                        keys_of[message.message_id] = tuple(journal.accept(result, now=now))
-                    except ReplicatorError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - a record the journal cannot hold
-                        result = DeadLetter("(sqs)", excerpt(message.body), unparseable(exc))
-                if isinstance(result, DeadLetter):
-                    journal.dead_letter(result, now=now)
-                    logger.warning(
-                        "replicator.lambda.dead_letter",
-                        extra={"id": message.message_id, "reason": result.reason},
-                    )
+                result, keys = journal.journal_parsed(
+                    parsed, topic="(sqs)", raw=message.body, now=now
+                )
             except ReplicatorError as exc:
                 logger.exception(
                     "replicator.lambda.journal_failed",
                     extra={"id": message.message_id, "error": str(exc)},
                 )
                 failed.add(message.message_id)
+                continue
+            keys_of[message.message_id] = keys
+            if isinstance(result, DeadLetter):
+                logger.warning(
+                    "replicator.lambda.dead_letter",
+                    extra={"id": message.message_id, "reason": result.reason},
+                )
         return keys_of, failed
 
     def _apply(self) -> dict[ObjectKey, str]:

@@ -40,7 +40,7 @@ from replicator.core._arns import partition_of, scope_of_arn
 
 if TYPE_CHECKING:
     import random
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Mapping
 
     from device_agent import Clock
     from replicator.core._retry import RetryPolicy
@@ -167,6 +167,16 @@ class RegionConfig:
         for url in (self.endpoint_url, self.data_endpoint_url, self.s3_endpoint_url):
             if url is not None and not url.startswith(("http://", "https://")):
                 raise ConfigError(f"{self.region}: endpoint {url!r} is not an http(s) URL")
+
+    @classmethod
+    def of_role(cls, values: Mapping[str, Any], role: str) -> RegionConfig:
+        """The region of ``role`` (primary, secondary) from the ``{role}_*`` options."""
+        return cls(
+            region=values[f"{role}_region"],
+            endpoint_url=values[f"{role}_endpoint_url"],
+            data_endpoint_url=values[f"{role}_data_endpoint_url"],
+            account_id=values[f"{role}_account_id"],
+        )
 
 
 def _code(exc: botocore.exceptions.ClientError) -> str:

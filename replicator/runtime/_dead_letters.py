@@ -15,10 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from replicator.core._records import DeadLetter, excerpt
+from replicator._errors import ReplicatorError
+from replicator.core._records import DeadLetter, Ignored, excerpt, unparseable
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
+
+    from replicator.core._records import Record
+    from replicator.core._state import ObjectKey
 
 __all__ = ["DEAD_LETTERS_PRUNED", "DeadLetterRow", "DeadLetters"]
 
@@ -47,6 +51,33 @@ class DeadLetters:
 
     def _read(self, sql: str, params: dict[str, object] | tuple[object, ...] = ()) -> list[Any]:
         raise NotImplementedError  # the journal's
+
+    def accept(self, record: Record, *, now: float) -> list[ObjectKey]:
+        raise NotImplementedError  # the journal's
+
+    def journal_parsed(
+        self, parsed: Record | DeadLetter | Ignored, *, topic: str, raw: bytes | str, now: float
+    ) -> tuple[Record | DeadLetter | Ignored, tuple[ObjectKey, ...]]:
+        """Journal what the parser made of a message (``topic``, ``raw``): (it, the keys accepted).
+
+        A record is accepted; a dead letter is kept, and so is a record the
+        journal cannot hold for anything but a journal failure (it comes back
+        as a dead letter); an ignored message is left alone.
+
+        Raises:
+            ReplicatorError: the journal could not commit (the message must come again).
+        """
+        if isinstance(parsed, Ignored):
+            return parsed, ()
+        if not isinstance(parsed, DeadLetter):
+            try:
+                return parsed, tuple(self.accept(parsed, now=now))
+            except ReplicatorError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a record the journal cannot hold
+                parsed = DeadLetter(topic, excerpt(raw), unparseable(exc))
+        self.dead_letter(parsed, now=now)
+        return parsed, ()
 
     def dead_letter(self, letter: DeadLetter, *, now: float) -> None:
         """Keep a message that could not be parsed, with the reason; prune past the bound."""

@@ -37,14 +37,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from replicator._errors import JournalError, ReplicatorError
-from replicator.core._records import (
-    DeadLetter,
-    Ignored,
-    excerpt,
-    parse_message,
-    parse_sqs_body,
-    unparseable,
-)
+from replicator.core._records import DeadLetter, Ignored, parse_message, parse_sqs_body
 from replicator.runtime._feed_config import FEED_TOPICS, FeedConfig, is_loopback, tls_context
 
 if TYPE_CHECKING:
@@ -370,22 +363,17 @@ def journal_message(
     Raises:
         JournalError: the journal could not commit (the message must not be acknowledged).
     """
-    result = parse_message(topic, payload, region=region)  # never raises
+    parsed = parse_message(topic, payload, region=region)  # never raises
+    result, _ = journal.journal_parsed(parsed, topic=topic, raw=payload, now=now)
     if isinstance(result, Ignored):
         logger.debug("replicator.feed.ignored", extra={"topic": topic, "reason": result.reason})
         return "ignored"
-    if not isinstance(result, DeadLetter):
-        try:
-            journal.accept(result, now=now)
-        except ReplicatorError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a record the journal cannot hold
-            result = DeadLetter(topic, excerpt(payload), unparseable(exc))
-        else:
-            return "accepted"
-    journal.dead_letter(result, now=now)
-    logger.warning("replicator.feed.dead_letter", extra={"topic": topic, "reason": result.reason})
-    return "dead_letter"
+    if isinstance(result, DeadLetter):
+        logger.warning(
+            "replicator.feed.dead_letter", extra={"topic": topic, "reason": result.reason}
+        )
+        return "dead_letter"
+    return "accepted"
 
 
 @dataclass(frozen=True, slots=True)
