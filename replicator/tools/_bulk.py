@@ -1,20 +1,23 @@
 """``bulk-provision`` and ``extract-certs``: a test fleet made fast and resumably; its certificates.
 
 A run lives in ``BASE-%Y-%m-%d_%H-%M-%S/``: per device ``NAME.private.key``
-(0600), ``NAME.public.key`` and ``NAME.csr``, and ``results.json`` (format
-``iotdr-bulk-provision/1``, :data:`FORMAT`). Keys and CSRs are generated in
-parallel processes; a key already on disk is kept. Devices are provisioned
-either through AWS's bulk registration (:meth:`BulkRun.register_in_bulk`: one
-StartThingRegistrationTask over a JSON-lines file in S3, see
-:mod:`~replicator.tools._bulk_registration`) or by quota-aware parallel calls
-(:meth:`BulkRun.provision`: CreateCertificateFromCsr, AttachPolicy,
-CreateThing, AttachThingPrincipal), paced by the replicator's quota limiter;
-throttling slows the run down and is counted, never aborts it. Both write
-the same ``results.json``, rewritten (atomically) as devices finish, so an
-interrupted run continues where it stopped when it is run again: a device
-whose thing already holds a certificate is taken as it is, and a
-registration task that was started is collected (``pendingTask``) rather
-than started again.
+(0600), ``NAME.public.key`` and ``NAME.csr``, ``results.json`` (format
+``iotdr-bulk-provision/1``, :data:`FORMAT`) and, unless it is not wanted, the
+drill's observer, made after the devices (``observer.*`` files and
+``results.json``'s ``observer``, see :mod:`~replicator.tools._observer`).
+Keys and CSRs are generated in parallel processes; a key already on disk is
+kept. Devices are provisioned either through AWS's bulk registration
+(:meth:`BulkRun.register_in_bulk`: one StartThingRegistrationTask over a
+JSON-lines file in S3, see :mod:`~replicator.tools._bulk_registration`) or
+by quota-aware parallel calls (:meth:`BulkRun.provision`:
+CreateCertificateFromCsr, AttachPolicy, CreateThing, AttachThingPrincipal),
+paced by the replicator's quota limiter; throttling slows the run down and
+is counted, never aborts it. Both write the same ``results.json``, rewritten
+(atomically) as devices finish, so an interrupted run continues where it
+stopped when it is run again: a device whose thing already holds a
+certificate is taken as it is, and a registration task that was started is
+collected (``pendingTask``) rather than started again, as is an observer
+whose certificate was made (``pendingObserver``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from replicator._errors import ConfigError, RegionError, ThrottledError
 from replicator.tools._devices import DEFAULT_POLICY_NAME, default_device_policy
 from replicator.tools._keys import KeyAlgorithm, KeyMaterial, generate_many, write_private
+from replicator.tools._observer import Observer, make_observer, wanted
 from replicator.tools._pool import parallel
 
 if TYPE_CHECKING:
@@ -113,6 +117,9 @@ class BulkRun:
     _pending_policy: bool = False
     _certificates: dict[str, dict[str, Any]] = field(default_factory=dict)
     pending_task: dict[str, Any] | None = None
+    observer: Observer | None = None
+    observer_error: str | None = None
+    observer_replication: str | None = None  # made by this run: "asked", or why it was not
 
     @classmethod
     def open(
@@ -141,6 +148,7 @@ class BulkRun:
             run.timings = dict(data.get("timings") or {})
             pending = data.get("pendingTask")
             run.pending_task = pending if isinstance(pending, dict) else None
+            run.observer = Observer.from_results(data)
             return run
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d_%H-%M-%S")
         directory = out_dir / f"{base}-{stamp}"
@@ -176,6 +184,8 @@ class BulkRun:
         }
         if self.pending_task is not None:  # a registration task started, not yet collected
             data["pendingTask"] = self.pending_task
+        if self.observer is not None:
+            data.update(self.observer.entries())
         return data
 
     def save(self, *, force: bool = False, status: str | None = None) -> None:
@@ -185,12 +195,41 @@ class BulkRun:
             if not force and now - self._saved < 0.5:
                 return
             self._saved = now
-            done = len(self.devices) == self.count and not self.failures
+            done = (
+                len(self.devices) == self.count
+                and not self.failures
+                and (self.observer is None or self.observer.ready)
+            )
             text = json.dumps(self.as_dict(status=status or ("complete" if done else
                                                              "in_progress")), indent=1)  # fmt: skip
             partial = self.directory / f".{RESULTS}.{os.getpid()}.tmp"
             partial.write_text(text)
             partial.replace(self.directory / RESULTS)
+
+    # -- the observer -----------------------------------------------------------------------
+
+    def want_observer(self, client_id: str | None) -> None:
+        """Make the drill's observer as ``client_id`` in this run (None: none); see :func:`wanted`.
+
+        Raises:
+            ConfigError: the run's observer has another client ID, or None is
+                asked of a run that has begun its observer.
+        """
+        self.observer = wanted(self.observer, client_id, where=self.directory)
+
+    def make_observer(self, client: Boto3Region) -> None:
+        """Make what the wanted observer lacks; a region's refusal is kept in ``observer_error``."""
+        self.observer_error = None
+        if self.observer is None or self.observer.ready:
+            return
+        try:
+            why = make_observer(client, self.directory, self.observer, algorithm=self.algorithm,
+                                save=lambda: self.save(force=True))  # fmt: skip
+            self.observer_replication = "asked" if why is None else f"not asked: {why}"
+        except RegionError as exc:
+            self.observer_error = str(exc)
+        finally:
+            self.save(force=True)
 
     # -- keys -------------------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ from replicator.tools._options import (
 
 __all__ = ["bulk_provision", "create_device", "delete_devices", "extract_certs"]
 
+DEFAULT_OBSERVER_ID = "iotdr-fleet-observer"  # replicator.tools._observer's, not imported at start
+
 
 def _attributes(
     ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
@@ -29,6 +31,17 @@ def _attributes(
             raise click.BadParameter(f"{value!r} is not KEY=VALUE")
         found[key.strip()] = text
     return found
+
+
+def _observer_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    del ctx, param
+    from replicator._errors import ConfigError  # noqa: PLC0415
+    from replicator.tools._observer import check_observer_id  # noqa: PLC0415
+
+    try:
+        return check_observer_id(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 @click.command("create-device")
@@ -167,14 +180,23 @@ def delete_devices(**options: Any) -> None:
               "(made in the region if missing).")  # fmt: skip
 @click.option("--role-arn", help="IAM role AWS IoT assumes to read the input file "
               "[default with --local: none needed].")  # fmt: skip
+@click.option("--observer/--no-observer", default=True, show_default=True,
+              help="Also make the observer `iotdr sim run --target aws` counts telemetry "
+              "with: a certificate whose policy allows connecting as OBSERVER_ID-* and "
+              "subscribing to iotdr/sim/+/telemetry.")  # fmt: skip
+@click.option("--observer-id", default=DEFAULT_OBSERVER_ID, show_default=True,
+              callback=_observer_id, help="The observer's client ID stem (letters, digits, "
+              "- _ . :).")  # fmt: skip
 def bulk_provision(**options: Any) -> None:
     """Provision COUNT devices BASE0..BASE{COUNT-1} in the primary (or --region): keys, things.
 
     Keys and CSRs in parallel, then certificates (AWS's CA), the device policy and
     the things: through one bulk registration task (--bulk-registration, --bucket,
-    --role-arn), or by quota-aware parallel calls. Writes BASE-%Y-%m-%d_%H-%M-%S/
-    with results.json and per-device key files (0600). Run it again to continue an
-    interrupted run. Exit 1 when a device could not be provisioned.
+    --role-arn), or by quota-aware parallel calls. Then the drill's observer (unless
+    --no-observer): its key, certificate and policy, no thing. Writes
+    BASE-%Y-%m-%d_%H-%M-%S/ with results.json and the key files (0600), the
+    directory `iotdr sim run --target aws` takes. Run it again to continue an
+    interrupted run. Exit 1 when a device or the observer could not be provisioned.
     """
     from replicator.tools._bulk import BulkRun  # noqa: PLC0415
     from replicator.tools._progress import Progress  # noqa: PLC0415
@@ -183,6 +205,7 @@ def bulk_provision(**options: Any) -> None:
     client = regions.client(regions.primary.region)
     run = BulkRun.open(options["out_dir"], options["base"], options["count"], client.region,
                        algorithm=options["key_algorithm"], fresh=options["fresh"])  # fmt: skip
+    run.want_observer(options["observer_id"] if options["observer"] else None)
     method = _provisioning_method(options, client, local=bool(regions.local),
                                   pending=run.pending_task is not None)  # fmt: skip
     status = "in_progress"
@@ -196,7 +219,8 @@ def bulk_provision(**options: Any) -> None:
             else:
                 run.register_in_bulk(client, bucket=method[0], role_arn=method[1],
                                      progress=progress)  # fmt: skip
-        status = "complete" if not run.failures else "in_progress"
+        run.make_observer(client)
+        status = "complete" if not run.failures and not run.observer_error else "in_progress"
     except KeyboardInterrupt:
         run.save(force=True, status="in_progress")
         click.echo(
@@ -219,8 +243,25 @@ def bulk_provision(**options: Any) -> None:
         "provision_s": round(run.timings.get("provision_s", 0.0), 3),
         "method": "parallel calls" if method is None else "bulk registration",
         "throttled": throttled,
+        "observer": _observer_summary(run),
     }
     lines = [f"FAILED {f['thingName']}: {f['error']}" for f in failures]
+    if run.observer_error is not None:
+        lines.append(f"FAILED observer: {run.observer_error}")
+    elif run.observer is not None:
+        observer = run.observer
+        line = (f"observer {observer.client_id}: certificate {observer.certificate_id[:12]}, "
+                f"policy {observer.policy}")  # fmt: skip
+        if run.observer_replication == "asked":
+            line += "; asked the replicator to copy it to the secondary (iotdr/replicate)"
+        elif run.observer_replication is not None:
+            why = run.observer_replication.removeprefix("not asked: ")
+            line += (
+                f"; could not ask the replicator to copy it ({why}): it does at its next "
+                "reconcile, or publish "
+                f'{{"kind": "certificate", "name": "{observer.certificate_id}"}} to iotdr/replicate'
+            )
+        lines.append(line)
     lines.append(
         f"{run.directory}: provisioned {len(run.devices)} of {run.count} in {client.region}"
         f"{' (resumed)' if run.resumed else ''} by {summary['method']}; "
@@ -228,7 +269,17 @@ def bulk_provision(**options: Any) -> None:
         f"provisioning {summary['provision_s']} s; throttled {sum(throttled.values())}"
     )
     emit(options, summary, "\n".join(lines), regions=regions)
-    fail_if(bool(run.failures))
+    fail_if(bool(run.failures) or run.observer_error is not None)
+
+
+def _observer_summary(run: Any) -> dict[str, Any] | None:
+    observer = run.observer
+    if observer is None:
+        return None
+    if run.observer_error is not None:
+        return {"client_id": observer.client_id, "error": run.observer_error}
+    return {"client_id": observer.client_id, "certificate_id": observer.certificate_id,
+            "policy": observer.policy, "replication": run.observer_replication}  # fmt: skip
 
 
 # What the local regions take as the role: they do not check it (there is no IAM there).
