@@ -40,7 +40,11 @@ DEFAULT_POLICY_NAME = "iotdr-tools-device"
 
 
 def default_device_policy(region: str, account: str) -> str:
-    """A device may connect as its thing, and use its own topics and shadows."""
+    """A device may connect as its thing, and use its own topics and shadows.
+
+    And publish its own telemetry of the fleet drill (``iotdr/sim/<thing>/telemetry``,
+    what ``iotdr sim run --target aws`` has each device send), nothing more there.
+    """
     base = f"arn:aws:iot:{region}:{account}"
     thing = "${iot:Connection.Thing.ThingName}"
     document = {
@@ -52,6 +56,8 @@ def default_device_policy(region: str, account: str) -> str:
             {"Effect": "Allow", "Action": "iot:Subscribe",
              "Resource": [f"{base}:topicfilter/{thing}/*",
                           f"{base}:topicfilter/$aws/things/{thing}/*"]},
+            {"Effect": "Allow", "Action": "iot:Publish",
+             "Resource": f"{base}:topic/iotdr/sim/{thing}/telemetry"},
         ],
     }  # fmt: skip
     return json.dumps(document, sort_keys=True)

@@ -3,12 +3,13 @@
 One ``iotdr sim regions up`` and one replicator (complete mode, fed by the
 primary's broker) for the module; bulk-provision asks it to copy the
 observer (``iotdr/replicate``, published through the primary's data
-endpoint). The observer connects through a region's
-door over mTLS (SNI: the region's endpoint name, as on AWS) as the drill's
-counter does, ``<id>-<shard>-<region>``, subscribes to
-``iotdr/sim/+/telemetry`` and receives a device's telemetry published on the
-broker behind the door; in the secondary once the replicator has copied its
-certificate and policy. Every wait is a poll with a deadline.
+endpoint). The observer connects through a region's door over mTLS (SNI: the
+region's endpoint name, as on AWS) as the drill's counter does,
+``<id>-<shard>-<region>``, subscribes to ``iotdr/sim/+/telemetry`` and
+receives a bulk-provisioned device's telemetry, which the device sends
+through the door with its own identity and policy as the drill's devices do;
+in the secondary once the replicator has copied the observer's certificate
+and policy. Every wait is a poll with a deadline.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
-import paho.mqtt.publish as mqtt_publish
 import pytest
 
 from device_agent.cli import main
 from replicator.tools._mqtt import MqttError, _packet, _Reader, _string
-from simulators.fleet._aws_target import load_identities
+from simulators.fleet._aws_target import Identity, load_identities
 from tests.integration.test_tools import EAST, WEST, _errors, _ready, _regions_up, _replicator
 
 if TYPE_CHECKING:
@@ -70,6 +70,12 @@ class Session:
         assert kind == 0x90, hex(kind)
         return list(answer[2:])
 
+    def publish(self, topic: str, payload: bytes) -> None:
+        """PUBLISH at QoS 1 and wait for its PUBACK (a denied one closes the connection)."""
+        self.sock.sendall(_packet(0x32, _string(topic) + (9).to_bytes(2, "big") + payload))
+        kind, _ = self.reader.packet()
+        assert kind == 0x40, hex(kind)
+
     def next_publish(self) -> tuple[str, bytes]:
         """The next message delivered (acknowledged when QoS 1)."""
         while True:
@@ -86,13 +92,13 @@ class Session:
 
 @contextlib.contextmanager
 def _session(
-    endpoints: dict[str, Any], region: str, identity: tuple[Path, Path], client_id: str
+    endpoints: dict[str, Any], region: str, identity: Identity, client_id: str
 ) -> Iterator[Session]:
     """CONNECT through ``region``'s door with ``identity``; MqttError if it is refused."""
     where = endpoints["regions"][region]
     host, _, port = where["mqtts"].rpartition(":")
     context = ssl.create_default_context(cafile=endpoints["ca"])
-    context.load_cert_chain(str(identity[0]), str(identity[1]))
+    context.load_cert_chain(str(identity.cert), str(identity.key))
     raw = socket.create_connection((host, int(port)), timeout=10)
     with context.wrap_socket(raw, server_hostname=where["endpoint"]) as sock:
         session = Session(sock, time.monotonic() + 15)
@@ -105,15 +111,14 @@ def _session(
 
 
 def _receives_telemetry(
-    endpoints: dict[str, Any], region: str, identity: tuple[Path, Path], device: str
+    endpoints: dict[str, Any], region: str, observer: Identity, device: Identity
 ) -> None:
-    """The observer subscribes to the telemetry and receives ``device``'s, sent behind the door."""
-    with _session(endpoints, region, identity, f"{OBSERVER}-0-{region}") as session:
+    """The observer subscribes to the telemetry and receives ``device``'s, each through the door."""
+    with _session(endpoints, region, observer, f"{OBSERVER}-0-{region}") as session:
         assert session.subscribe("iotdr/sim/+/telemetry") == [1]
-        host, _, port = endpoints["regions"][region]["mqtt"].rpartition(":")
-        topic, payload = f"iotdr/sim/{device}/telemetry", json.dumps({"seq": 1}).encode()
-        mqtt_publish.single(topic, payload, qos=1, hostname=host, port=int(port),
-                            client_id=f"observer-test-{region}")  # fmt: skip
+        topic, payload = f"iotdr/sim/{device.name}/telemetry", json.dumps({"seq": 1}).encode()
+        with _session(endpoints, region, device, device.name) as sender:  # its own policy
+            sender.publish(topic, payload)
         assert session.next_publish() == (topic, payload)
 
 
@@ -148,9 +153,10 @@ def test_the_observer_is_admitted_and_counts_telemetry_in_both_regions(
     assert identities.observer is not None
     assert identities.observer.name == OBSERVER
     assert [d.name for d in identities.devices] == ["obs-0", "obs-1", "obs-2"]
-    identity = (identities.observer.cert, identities.observer.key)
+    identity = identities.observer
+    devices = identities.devices
 
-    _receives_telemetry(endpoints, EAST, identity, "obs-1")
+    _receives_telemetry(endpoints, EAST, identity, devices[1])
     with _session(endpoints, EAST, identity, f"{OBSERVER}-1-{EAST}") as session:
         assert session.subscribe("#", "iotdr/sim/obs-1/status", "$aws/things/+/shadow/#") == [
             0x80, 0x80, 0x80]  # fmt: skip
@@ -163,7 +169,7 @@ def test_the_observer_is_admitted_and_counts_telemetry_in_both_regions(
     deadline = time.monotonic() + WAIT_S
     while True:
         try:
-            _receives_telemetry(endpoints, WEST, identity, "obs-2")
+            _receives_telemetry(endpoints, WEST, identity, devices[2])
             break
         except (MqttError, OSError):
             if time.monotonic() > deadline:

@@ -25,6 +25,7 @@ from replicator.core._state import ObjectKey
 from replicator.runtime._quotas import QuotaConfig, QuotaLimiter
 from replicator.tools import _cli_fleet, _observer
 from replicator.tools._bulk import RESULTS, BulkRun
+from replicator.tools._devices import default_device_policy
 from replicator.tools._iot_policy import (
     CONNECT,
     PUBLISH,
@@ -45,6 +46,7 @@ from replicator.tools._observer import (
 )
 from simulators.fleet._aws_target import load_identities
 from simulators.fleet._cloud import TELEMETRY_FILTER
+from simulators.fleet._device import telemetry_topic
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -120,6 +122,23 @@ def test_every_statement_is_one_exact_allow() -> None:
     assert [(s["Effect"], s["Action"]) for s in document["Statement"]] == [
         ("Allow", CONNECT), ("Allow", SUBSCRIBE), ("Allow", RECEIVE)]  # fmt: skip
     assert all(set(s) == {"Effect", "Action", "Resource"} for s in document["Statement"])
+
+
+def test_a_bulk_provisioned_device_may_publish_its_own_drill_telemetry_only() -> None:
+    device = parse_policy(default_device_policy(EAST, ACCOUNT))
+    context = ConnectionContext(client_id="sim-1", thing_name="sim-1", common_name="sim-1")
+
+    def allowed(action: str, resource: str) -> bool:
+        return authorize([device], action, f"{BASE}:{resource}", context).allowed
+
+    assert allowed(PUBLISH, f"topic/{telemetry_topic('sim-1')}")  # what the drill's devices send
+    assert not allowed(PUBLISH, f"topic/{telemetry_topic('sim-2')}")
+    assert not allowed(RECEIVE, f"topic/{telemetry_topic('sim-1')}")
+    assert not allowed(SUBSCRIBE, "topicfilter/iotdr/sim/+/telemetry")
+    assert not allowed(PUBLISH, "topic/iotdr/replicate")
+    unattached = ConnectionContext(client_id="sim-1", common_name="sim-1")  # no thing: no topic
+    assert not authorize([device], PUBLISH, f"{BASE}:topic/{telemetry_topic('sim-1')}",
+                         unattached).allowed  # fmt: skip
 
 
 def test_the_replicators_copy_for_the_secondary_is_the_secondarys_own_policy() -> None:
