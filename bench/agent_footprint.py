@@ -11,7 +11,18 @@ and reports, once connected:
 - ``import_s``: the time to import what the daemon imports, in a fresh
   interpreter (the best of three);
 - ``installed_mib``: the installed size of the minimal dependency set
-  (device_agent, dnspython, paho-mqtt, click; plus awscrt for ``crt``).
+  (device_agent, dnspython, paho-mqtt, click; plus awscrt for ``crt``);
+- ``import_rss_mib``: where the memory goes before the agent runs: the RSS of
+  a fresh interpreter after each group of imports, in the order the daemon's
+  dependencies bring them (cumulative; a module two groups share counts in
+  the first). ``idle`` minus the last figure is what running costs: the
+  connection, TLS and SQLite at work (their code pages) and the agent's state.
+
+The daemon runs the agent as installed: a copy of ``device_agent`` with its
+bytecode compiled, as pip compiles it at install. A checkout run with
+``PYTHONDONTWRITEBYTECODE`` (as in CI) has no ``__pycache__``, so the agent
+would compile its modules at every start, which costs RSS (about 0.8 MiB
+idle) that an installed agent never spends; ``--from-source`` measures that.
 
 Prints one JSON object. Goal (issue 14): idle CPU near zero, RSS under 30 MB
 with paho. Run by hand, never by the test suite:
@@ -22,7 +33,9 @@ with paho. Run by hand, never by the test suite:
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +58,41 @@ _IMPORTS = {
     "paho": "import device_agent.cli, device_agent._daemon, device_agent._paho",
     "crt": "import device_agent.cli, device_agent._daemon, device_agent._crt, awscrt.mqtt5",
 }
+# The daemon's imports in groups, in the order its dependencies bring them in.
+_BASE_LAYERS = (
+    (
+        "stdlib: asyncio, ssl, sqlite3, json, logging, tomllib",
+        "asyncio ssl sqlite3 json logging tomllib",
+    ),
+    ("click", "click"),
+    ("paho's stdlib: urllib.request, http.client, email, uuid", "urllib.request uuid"),
+    ("dnspython: dns.resolver (paho imports it when installed)", "dns.resolver dns.asyncresolver"),
+    ("paho-mqtt", "paho.mqtt.client"),
+)
+_LAYERS = {
+    "paho": (
+        *_BASE_LAYERS,
+        ("device_agent", "device_agent.cli device_agent._daemon device_agent._paho"),
+    ),
+    "crt": (
+        *_BASE_LAYERS,
+        ("awscrt", "awscrt.mqtt5"),
+        ("device_agent", "device_agent.cli device_agent._daemon device_agent._crt"),
+    ),
+}
+_LAYERS_CODE = """
+import importlib, json, sys
+def rss():
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return round(int(line.split()[1]) / 1024, 1)
+found = {"interpreter": rss()}
+for name, modules in json.loads(sys.argv[1]):
+    for module in modules.split():
+        importlib.import_module(module)
+    found[name] = rss()
+print(json.dumps(found))
+"""
 
 
 def _config(
@@ -89,11 +137,32 @@ def _stat(pid: int) -> tuple[float, float]:
     return rss, cpu
 
 
-def _measure(config: Path, transport: str, seconds: float, status: Path) -> dict[str, float]:
+def _installed_copy(state: Path) -> Path:
+    """A folder holding ``device_agent`` as pip installs it: a copy with its bytecode compiled."""
+    site = state / "site"
+    package = site / "device_agent"
+    shutil.copytree(ROOT / "device_agent", package, ignore=shutil.ignore_patterns("__pycache__"))
+    if not compileall.compile_dir(package, quiet=1):
+        msg = f"could not compile {package}"
+        raise SystemExit(msg)
+    # The copy must win over an editable install of the checkout (a finder after sys.path).
+    code = "import device_agent; print(device_agent.__file__)"
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=site
+    ).stdout.strip()
+    if Path(found).parent != package:
+        msg = f"the daemon would import device_agent from {found}, not from {package}"
+        raise SystemExit(msg)
+    return site
+
+
+def _measure(
+    config: Path, transport: str, seconds: float, status: Path, site: Path
+) -> dict[str, float]:
     status.unlink(missing_ok=True)
     command = [sys.executable, "-m", "device_agent.cli", "--log-level", "error"]
     command += ["agent", "run", "--config", str(config), "--transport", transport]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=ROOT)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=site)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -122,18 +191,30 @@ def _measure(config: Path, transport: str, seconds: float, status: Path) -> dict
     }
 
 
-def _import_s(transport: str) -> float:
+def _import_s(transport: str, site: Path) -> float:
     code = f"import time; t = time.perf_counter(); {_IMPORTS[transport]}; "
     code += "print(time.perf_counter() - t)"
     runs = [
         float(
             subprocess.run(
-                [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=site
             ).stdout
         )
         for _ in range(3)
     ]
     return round(min(runs), 3)
+
+
+def _import_rss(transport: str, site: Path) -> dict[str, float]:
+    done = subprocess.run(
+        [sys.executable, "-c", _LAYERS_CODE, json.dumps(_LAYERS[transport])],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=site,
+    )
+    found: dict[str, float] = json.loads(done.stdout)
+    return found
 
 
 def _installed_mib(transport: str) -> float:
@@ -155,10 +236,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="each measurement's length")
     parser.add_argument("--transports", nargs="+", default=["paho", "crt"])
+    parser.add_argument(
+        "--from-source",
+        action="store_true",
+        help="run device_agent from this checkout as it is (without __pycache__ under "
+        "PYTHONDONTWRITEBYTECODE, its modules are compiled at every start)",
+    )
     args = parser.parse_args()
     report: dict[str, Any] = {"seconds": args.seconds, "python": sys.version.split()[0]}
+    report["device_agent"] = "source tree" if args.from_source else "installed copy, compiled"
     with tempfile.TemporaryDirectory(prefix="iotdr-footprint-") as folder:
         state = Path(folder)
+        site = ROOT if args.from_source else _installed_copy(state)
         pki = FleetPKI.create(state / "pki")
         brokers = []
         try:
@@ -186,13 +275,13 @@ def main() -> None:
                 idle = _config(state, pki, ports, dns, 0.0)
                 busy = _config(state, pki, ports, dns, 0.1)
                 for transport in args.transports:
+                    status = state / "status.json"
                     report[transport] = {
-                        "idle": _measure(idle, transport, args.seconds, state / "status.json"),
-                        "busy_10_per_s": _measure(
-                            busy, transport, args.seconds, state / "status.json"
-                        ),
-                        "import_s": _import_s(transport),
+                        "idle": _measure(idle, transport, args.seconds, status, site),
+                        "busy_10_per_s": _measure(busy, transport, args.seconds, status, site),
+                        "import_s": _import_s(transport, site),
                         "installed_mib": _installed_mib(transport),
+                        "import_rss_mib": _import_rss(transport, site),
                     }
         finally:
             for broker in brokers:

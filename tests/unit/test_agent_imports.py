@@ -76,3 +76,30 @@ def test_the_daemon_path_leaves_statistics_out() -> None:
         """
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_iotdr_agent_run_loads_the_agent_alone() -> None:
+    # `iotdr agent run` as the console script runs it: the root group finds `agent`
+    # through its entry points and must leave the other groups (replicator, tools,
+    # sim), the extras and the agent's other commands unloaded. A missing config
+    # file ends the command (exit 2) after it has imported the daemon.
+    done = _run(
+        """
+        import sys
+        from device_agent.cli import main
+        code = main(["agent", "run", "--config", "/nonexistent/agent.toml"])
+        assert code == 2, code
+        assert "device_agent._daemon" in sys.modules
+        others = {
+            "replicator", "simulators", "boto3", "botocore", "s3transfer", "moto",
+            "cryptography", "yaml", "rich", "awscrt", "awsiot", "statistics",
+        }
+        agent_only = {
+            "device_agent._crt", "device_agent._check", "device_agent._pubsub",
+            "device_agent.testing", "device_agent._memory",
+        }
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in others or m in agent_only)
+        assert not loaded, loaded
+        """
+    )
+    assert done.returncode == 0, done.stderr
