@@ -17,12 +17,20 @@ every (re)connect.
 A message the broker keeps refusing (AWS IoT drops an MQTT 3.1.1 connection
 on a PUBLISH its policy denies) would be replayed after every reconnect and
 drop every connection: a loop that looks like a regional outage. So when a
-connection is lost with messages awaiting their PUBACK, the oldest of them
-becomes a suspect and is sent alone, first, on the next connection; its
-PUBACK clears it, and after ``outbox.dead_letter_after`` losses in a row it
-is set aside (``message.dead_lettered``). The machine sees only lost
-connections that it retries in the same region (a connect that succeeds is
-no region failure), so a refused message never moves the device.
+connection is lost with messages awaiting their PUBACK, each of them becomes
+a suspect (the broker drops the connection on the refused PUBLISH, and the
+PUBACKs of the messages before it may be lost with it: the oldest is not
+necessarily the culprit). On the next connection the suspects are sent
+alone, one after the other, in order, before anything else; a PUBACK clears
+a suspect, and a message the connection dropped on again and again, alone,
+is set aside after ``outbox.dead_letter_after`` losses in a row
+(``message.dead_lettered``). On MQTT 5 the broker answers a refused PUBLISH
+with a PUBACK whose reason code is a failure (AWS: 0x87, not authorized) and
+keeps the connection: each such PUBACK counts as one refusal, the message is
+sent again at once and set aside after ``dead_letter_after`` refusals in a
+row. The machine sees only lost connections that it retries in the same
+region (a connect that succeeds is no region failure), so a refused message
+never moves the device.
 """
 
 from __future__ import annotations
@@ -85,6 +93,7 @@ from device_agent._subscriptions import Message, Subscription
 from device_agent._transport import (
     ConnectError,
     ConnectParams,
+    PublishRefusedError,
     Transport,
     TransportCallbacks,
     TransportClosedError,
@@ -129,7 +138,7 @@ class _Connection:
     # Outbox seqs sent on this connection whose PUBACK has not come (yet, or ever).
     in_flight: set[int] = field(default_factory=set)
     lost: bool = False  # dropped by the broker or the network, not by us
-    isolating: int | None = None  # the suspect seq, sent alone on this connection
+    isolating: int | None = None  # the suspect seq sent alone on this connection, if any
 
 
 class FailoverClient:
@@ -232,8 +241,10 @@ class FailoverClient:
         )
         self._dead_letters = self._outbox if isinstance(self._outbox, DeadLetterPort) else None
         self._set_aside: set[int] = set()  # refused messages of an outbox without dead letters
-        self._suspect: int | None = None  # the outbox seq suspected of dropping connections
-        self._suspect_losses = 0
+        # Outbox seqs in flight at a lost connection, to be sent alone on the next one, in order.
+        self._suspects: list[int] = []
+        # Outbox seq -> refusals in a row (lost connections with it in flight, failure PUBACKs).
+        self._refusals: dict[int, int] = {}
         self._subscriptions: list[Subscription] = []
         self._subscription_drops = 0  # of subscriptions since removed
         self._machine: FailoverMachine | None = None
@@ -651,36 +662,80 @@ class FailoverClient:
         self._judge(conn)
 
     def _judge(self, conn: _Connection) -> None:
-        """After a connection: suspect the oldest message it lost, or set a suspect aside.
+        """After a connection: suspect the messages it lost, or set a suspect aside.
 
         Only a connection the broker or the network dropped counts, and only
-        with messages awaiting their PUBACK. A loss counts toward
-        ``dead_letter_after`` when the same message is again the oldest one
-        awaiting its PUBACK; every loss after the first happened with it sent
-        alone (see :meth:`_sender`).
+        with messages awaiting their PUBACK. Lost with several in flight, the
+        loss counts once against each of them, and each becomes a suspect, sent
+        alone on the next connection (see :meth:`_send_suspects_alone`). Lost
+        with a suspect alone in flight, the loss points at that message: it is
+        set aside once its refusals reach ``dead_letter_after``.
         """
         limit = self.config.outbox.dead_letter_after
         if limit <= 0 or not conn.lost or not conn.in_flight:
             return
-        oldest = min(conn.in_flight)
-        if oldest == self._suspect:
-            self._suspect_losses += 1
-        else:
-            self._suspect, self._suspect_losses = oldest, 1
+        alone = conn.isolating is not None and conn.isolating in conn.in_flight
+        if not alone:
+            self._suspects = sorted(set(self._suspects) | conn.in_flight)
+        for seq in conn.in_flight:
+            self._refusals[seq] = self._refusals.get(seq, 0) + 1
         logger.info(
             "outbox.suspect",
-            extra={"seq": oldest, "losses": self._suspect_losses, "region": conn.region},
+            extra={
+                "seqs": sorted(conn.in_flight),
+                "alone": alone,
+                "losses": max(self._refusals[seq] for seq in conn.in_flight),
+                "region": conn.region,
+            },
         )
-        if self._suspect_losses >= limit:
-            self._set_message_aside(oldest, conn.region)
+        if alone and conn.isolating is not None:
+            seq = conn.isolating
+            losses = self._refusals[seq]
+            if losses >= limit:
+                reason = (
+                    f"the connection to {conn.region} dropped {losses} times in a row "
+                    "on this message"
+                )
+                self._set_message_aside(seq, conn.region, reason)
 
-    def _set_message_aside(self, seq: int, region: str) -> None:
-        losses = self._suspect_losses
-        self._suspect, self._suspect_losses = None, 0
+    def _refused(self, conn: _Connection, seq: int, exc: PublishRefusedError) -> bool:
+        """A PUBACK refused message ``seq``: count it; True when it is not to be sent again now.
+
+        It is set aside after ``dead_letter_after`` refusals in a row. With
+        ``dead_letter_after`` 0 it stays in the outbox, sent again on the next
+        connection, not in a loop on this one.
+        """
+        limit = self.config.outbox.dead_letter_after
+        refusals = self._refusals.get(seq, 0) + 1
+        self._refusals[seq] = refusals
+        logger.warning(
+            "publish.refused",
+            extra={
+                "seq": seq,
+                "topic": exc.topic,
+                "reason_code": exc.reason_code,
+                "refusals": refusals,
+                "region": conn.region,
+            },
+        )
+        if limit <= 0:
+            return True
+        if refusals < limit:
+            return False
+        reason = (
+            f"the broker in {conn.region} refused it {refusals} times in a row "
+            f"(PUBACK reason code {exc.reason_code:#04x})"
+        )
+        self._set_message_aside(seq, conn.region, reason)
+        return True
+
+    def _set_message_aside(self, seq: int, region: str, reason: str) -> None:
+        self._refusals.pop(seq, None)
+        with contextlib.suppress(ValueError):
+            self._suspects.remove(seq)
         entry = next(iter(self._outbox.peek(1, after_seq=seq - 1)), None)
         if entry is None or entry.seq != seq:
             return  # acknowledged after all
-        reason = f"the connection to {region} dropped {losses} times in a row on this message"
         if self._dead_letters is not None:
             self._dead_letters.dead_letter(seq, reason)
         else:
@@ -788,7 +843,7 @@ class FailoverClient:
         window = asyncio.Semaphore(self.config.mqtt.max_inflight)
         sent_upto = 0
         inflight: set[asyncio.Task[bool]] = set()
-        if not await self._send_suspect_alone(conn, window):
+        if not await self._send_suspects_alone(conn, window):
             return
         try:
             while _alive(transport):
@@ -815,20 +870,24 @@ class FailoverClient:
             for task in inflight:
                 task.cancel()
 
-    async def _send_suspect_alone(self, conn: _Connection, window: asyncio.Semaphore) -> bool:
-        """Send the suspect message, if any, alone; True when the sender may go on."""
-        seq = self._suspect
-        if seq is None:
-            return True
-        entry = next(iter(self._outbox.peek(1, after_seq=seq - 1)), None)
-        if entry is None or entry.seq != seq:  # acknowledged or dropped meanwhile
-            self._suspect, self._suspect_losses = None, 0
-            return True
-        conn.isolating = seq
-        await window.acquire()
-        self._outbox.mark_sent(seq)
-        if not await self._send_one(conn, seq, entry.topic, entry.payload, window):
-            return False
+    async def _send_suspects_alone(self, conn: _Connection, window: asyncio.Semaphore) -> bool:
+        """Send the suspects, each alone, in order; True when the sender may go on.
+
+        A suspect leaves the list on its PUBACK, or when it is set aside; one
+        the broker refused on a live connection (MQTT 5, ``dead_letter_after``
+        0) is left to the next connection.
+        """
+        for seq in list(self._suspects):
+            entry = next(iter(self._outbox.peek(1, after_seq=seq - 1)), None)
+            if entry is None or entry.seq != seq or seq in self._set_aside:
+                self._suspects.remove(seq)  # acknowledged or dropped meanwhile
+                self._refusals.pop(seq, None)
+                continue
+            conn.isolating = seq
+            await window.acquire()
+            self._outbox.mark_sent(seq)
+            if not await self._send_one(conn, seq, entry.topic, entry.payload, window):
+                return False
         conn.isolating = None
         return True
 
@@ -870,21 +929,37 @@ class FailoverClient:
         payload: bytes,
         window: asyncio.Semaphore,
     ) -> bool:
-        """Publish one outbox message; True once its PUBACK came (it left the outbox)."""
+        """Publish one outbox message; False if the connection dropped before its PUBACK.
+
+        True once a PUBACK came: it left the outbox, or (a PUBACK refusing it)
+        it was set aside, or is left to the next connection.
+        """
         transport = conn.transport
         assert transport is not None
-        self._request_sent(conn, seq)
-        conn.in_flight.add(seq)
         try:
-            await transport.publish(topic, payload, 1)
-        except TransportClosedError:
-            conn.unanswered.pop(seq, None)
-            return False  # stays in the outbox (and in flight); replayed after the reconnect
+            while True:
+                self._request_sent(conn, seq)
+                conn.in_flight.add(seq)
+                try:
+                    await transport.publish(topic, payload, 1)
+                except TransportClosedError:
+                    conn.unanswered.pop(seq, None)
+                    return False  # stays in the outbox (and in flight); replayed after reconnect
+                except PublishRefusedError as exc:
+                    conn.in_flight.discard(seq)
+                    self._request_answered(conn, seq)  # an answer: the connection is alive
+                    if self._refused(conn, seq, exc):
+                        return True
+                    self._outbox.mark_sent(seq)
+                    continue
+                break
         finally:
             window.release()
         conn.in_flight.discard(seq)
-        if seq == self._suspect:  # its PUBACK came: it was not the message's fault
-            self._suspect, self._suspect_losses = None, 0
+        # Its PUBACK came: it was not the message's fault.
+        self._refusals.pop(seq, None)
+        with contextlib.suppress(ValueError):
+            self._suspects.remove(seq)
         self._request_answered(conn, seq)
         if self._outbox.ack(seq):
             self._emit("message.acked", {"seq": seq, "topic": topic})

@@ -491,15 +491,17 @@ class OutboxConfig:
         synchronous: ``full`` survives power loss; ``normal`` only a crash.
         dead_letter_after: a message the broker keeps refusing is set aside
             (moved to the outbox's ``dead_letter`` table, ``message.dead_lettered``)
-            after the connection dropped this many times in a row while it
-            was the oldest message awaiting its PUBACK, every time after the
-            first with it sent alone. AWS IoT drops an MQTT 3.1.1 connection
-            on a PUBLISH its policy denies; replaying that message after
-            every reconnect would drop the connection forever, which looks
-            like a regional outage. 3 by default: one loss may be a real
-            outage, and the message is then sent alone, so a second and a
-            third loss with nothing else in flight point at the message, not
-            the region. 0: never (the message is retried for ever).
+            after this many refusals in a row. AWS IoT drops an MQTT 3.1.1
+            connection on a PUBLISH its policy denies; replaying that message
+            after every reconnect would drop the connection forever, which
+            looks like a regional outage. A loss counts once against each
+            message awaiting its PUBACK, which are then sent alone, in order,
+            on the next connection; a loss with one alone in flight counts
+            against it only. On MQTT 5 a PUBACK with a failure reason code
+            (AWS: 0x87, not authorized) counts once. 3 by default: one loss
+            may be a real outage, but a second and a third with the message
+            alone in flight point at the message, not the region. 0: never
+            (the message is retried for ever).
         flush_on_stop_s: on a graceful stop (SIGTERM to ``iotdr agent run``,
             ``FailoverClient.stop()``), the outbox is sent to the connected
             broker for at most this long before the agent disconnects; what

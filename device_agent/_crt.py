@@ -48,6 +48,7 @@ from device_agent._transport import (
     ConnectError,
     ConnectErrorKind,
     ConnectParams,
+    PublishRefusedError,
     TransportCallbacks,
     TransportClosedError,
     deliver,
@@ -70,6 +71,8 @@ _STOP_WAIT_S = 1.0
 # MQTT 5 CONNACK reason codes.
 _NOT_AUTHORIZED = frozenset({0x86, 0x87, 0x8A, 0x8C})  # bad user/password, not authorized, banned
 _THROTTLED = frozenset({0x97, 0x89})  # quota exceeded (AWS's CONNECT throttling), server busy
+# MQTT 5 reason codes from 0x80 up are failures (a PUBACK's too: the message was refused).
+_FIRST_FAILURE = 0x80
 # awscrt error names: what they mean for a connect attempt.
 _ERROR_KINDS: dict[str, ConnectErrorKind] = {
     "AWS_IO_SOCKET_CONNECTION_REFUSED": "refused",
@@ -375,7 +378,11 @@ class CrtTransport:
         except Exception as exc:  # a closed client refuses the operation outright
             msg = f"publish to {topic} failed: {exc}"
             raise TransportClosedError(msg) from exc
-        await self._await(future, f"publish to {topic}")
+        done = await self._await(future, f"publish to {topic}")
+        puback = getattr(done, "puback", None)  # None for QoS 0
+        code = getattr(puback, "reason_code", None)
+        if code is not None and int(code) >= _FIRST_FAILURE:
+            raise PublishRefusedError(topic, int(code))
 
     async def subscribe(self, topic_filter: str, qos: int) -> int:
         """Subscribe; returns the granted QoS."""

@@ -34,6 +34,7 @@ from device_agent._transport import (
     ConnectError,
     ConnectErrorKind,
     ConnectParams,
+    PublishRefusedError,
     TransportCallbacks,
     TransportClosedError,
     deliver,
@@ -57,6 +58,8 @@ _NOT_AUTHORIZED = {"Not authorized", "Bad user name or password", "Banned"}
 # MQTT 5 CONNACK: 0x97 quota exceeded (AWS IoT's CONNECT throttling), 0x89 server busy.
 # MQTT 3.1.1 has no such code: AWS closes the connection without a CONNACK ("closed").
 _THROTTLED = {0x97, 0x89}
+# MQTT 5 reason codes from 0x80 up are failures (a PUBACK's too: the message was refused).
+_FIRST_FAILURE = 0x80
 
 
 class _Client(mqtt.Client):
@@ -243,7 +246,9 @@ class PahoTransport:
             return
         future: asyncio.Future[Any] = self._loop.create_future()
         self._pending[info.mid] = future
-        await future
+        code = await future
+        if code is not None and code >= _FIRST_FAILURE:  # MQTT 5: a PUBACK that refuses
+            raise PublishRefusedError(topic, code)
 
     async def ping(self) -> None:
         """Send a PINGREQ now (unless one is out already); return when the PINGRESP comes.
@@ -373,10 +378,10 @@ class PahoTransport:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        del client, userdata, reason, properties
+        del client, userdata, properties
         future = self._pending.pop(mid, None)
         if future is not None and not future.done():
-            future.set_result(None)
+            future.set_result(reason.value)
 
     def _on_subscribe(
         self,

@@ -30,6 +30,7 @@ __all__ = [
     "ConnectErrorKind",
     "ConnectParams",
     "MQTTProtocol",
+    "PublishRefusedError",
     "Transport",
     "TransportCallbacks",
     "TransportClosedError",
@@ -71,6 +72,27 @@ class ConnectError(DeviceAgentError):
 
 class TransportClosedError(DeviceAgentError):
     """The connection is gone; the operation may or may not have reached the broker."""
+
+
+class PublishRefusedError(DeviceAgentError):
+    """The broker answered a QoS 1 PUBLISH with a failure reason code (MQTT 5, 0x80 or more).
+
+    AWS IoT answers PUBACK 0x87 (not authorized) to an MQTT 5 client publishing
+    where its policy denies it, and keeps the connection (an MQTT 3.1.1 client
+    is disconnected instead). The message did not reach the broker's subscribers.
+
+    Attributes:
+        topic: The topic it was for.
+        reason_code: The PUBACK's reason code.
+    """
+
+    def __init__(self, topic: str, reason_code: int) -> None:
+        super().__init__(f"the broker refused the publish to {topic} (reason {reason_code:#04x})")
+        self.topic = topic
+        self.reason_code = reason_code
+
+    def __reduce__(self) -> tuple[type[PublishRefusedError], tuple[str, int]]:
+        return (type(self), (self.topic, self.reason_code))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,6 +166,7 @@ class Transport(Protocol):
 
         Raises:
             TransportClosedError: the connection dropped first.
+            PublishRefusedError: the PUBACK carried a failure reason code (MQTT 5).
         """
         ...
 

@@ -16,7 +16,7 @@ import logging
 import random
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pytest
 
@@ -39,6 +39,7 @@ from device_agent import (
 from device_agent._client import MAX_MESSAGE_BYTES
 from device_agent._errors import MessageTooLargeError
 from device_agent._shadows import ShadowFetcher, shadow_topic
+from device_agent._transport import PublishRefusedError
 from device_agent.testing import (
     LoopClock,
     MemoryDiscovery,
@@ -71,16 +72,23 @@ def _config(network: MemoryNetwork, **changes: object) -> AgentConfig:
 
 
 class _Door:
-    """The network's transports, but a PUBLISH under ``forbidden/`` drops the connection.
+    """The network's transports, but a PUBLISH under ``forbidden/`` is refused.
 
-    What AWS IoT does to an MQTT 3.1.1 client publishing where its policy
-    denies it (the local door does the same): the broker disconnects it. The
+    ``ordered`` (the default): what AWS IoT does to an MQTT 3.1.1 client
+    publishing where its policy denies it: the broker disconnects it. The
     broker handles a connection's publishes in order, so the messages before
     the refused one are acknowledged first and those after it never are.
+    ``abrupt``: as the local door does it, the connection is closed as soon as
+    the PUBLISH arrives, and the PUBACKs of the messages before it, still on
+    their way back, are lost with it. ``puback``: MQTT 5, a PUBACK with reason
+    code 0x87 (not authorized) answers it and the connection stays.
     """
 
-    def __init__(self, network: MemoryNetwork) -> None:
+    def __init__(
+        self, network: MemoryNetwork, mode: Literal["ordered", "abrupt", "puback"] = "ordered"
+    ) -> None:
         self.network = network
+        self.mode = mode
         self.callbacks: list[TransportCallbacks] = []
         self.refused = 0
 
@@ -92,12 +100,18 @@ class _Door:
         last: list[asyncio.Future[None]] = []
 
         async def in_order(topic: str, payload: bytes, qos: int) -> None:
+            if self.mode != "ordered" and topic.startswith(DENIED) and transport.connected:
+                self.refused += 1
+                if self.mode == "puback":
+                    await asyncio.sleep(0.01)
+                    raise PublishRefusedError(topic, 0x87)
+                transport._lose("publish denied by policy")
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             previous, last[:] = list(last), [done]
             try:
                 if previous:
                     await asyncio.wait(previous)
-                if topic.startswith(DENIED) and transport.connected:
+                if self.mode == "ordered" and topic.startswith(DENIED) and transport.connected:
                     self.refused += 1
                     transport._lose("publish denied by policy")
                 await publish(topic, payload, qos)
@@ -269,6 +283,106 @@ def test_a_real_outage_dead_letters_nothing() -> None:
         assert not _named(events, "message.dead_lettered")
         assert status.dead_lettered == 0
         assert status.outbox_depth == 0
+
+    run_virtual(scenario())
+
+
+def test_a_refusal_that_loses_the_acks_before_it_blames_only_the_refused_message() -> None:
+    # The local door (and AWS) closes the connection on the denied PUBLISH: the messages
+    # sent before it reached the broker, but their PUBACKs are lost with the connection.
+    # Each message in flight is sent alone on the next connection, in order, so the
+    # refused one is found at once and set aside after dead_letter_after losses.
+    async def scenario() -> None:
+        network = MemoryNetwork([EAST, WEST], latency_s=0.05)
+        seen = _delivered(network)
+        door = _Door(network, "abrupt")
+        events: list[AgentEvent] = []
+        outbox = MemoryOutbox()
+        config = _config(network, mqtt=MQTTConfig(max_inflight=20))
+        client = _client(network, config, events, outbox=outbox, door=door)
+        await client.start()
+        await client.wait_connected(10)
+        for n in range(10):  # in flight, unacknowledged, when the poison arrives
+            await client.publish("dt/dev/n", str(n).encode())
+        poison = await client.publish("forbidden/dev", b"no")
+        for n in range(10, 15):
+            await client.publish("dt/dev/n", str(n).encode())
+        async with asyncio.timeout(120):
+            await client.flush()
+        await client.close()
+        assert [e.fields["seq"] for e in _named(events, "message.dead_lettered")] == [poison]
+        assert [e.seq for e, _ in outbox.dead_letters()] == [poison]
+        assert door.refused == 3  # not once per message ahead of it
+        kinds = [e.fields["kind"] for e in _named(events, "connection.lost")]
+        assert kinds == ["closed", "publish_refused", "publish_refused"]
+        assert {e.fields["region"] for e in _named(events, "connected")} == {EAST}
+        assert not _named(events, "failover.started")
+        numbers = {int(m.payload) for m in seen if m.topic == "dt/dev/n"}
+        assert numbers == set(range(15))
+
+    run_virtual(scenario())
+
+
+def test_a_puback_refusing_the_message_counts_like_a_lost_connection() -> None:
+    # MQTT 5: AWS IoT (and the local door) answer a denied PUBLISH with PUBACK 0x87 and keep
+    # the connection. That PUBACK is no delivery: the message is sent again, and set aside
+    # after dead_letter_after refusals; nothing else is held up, the connection stays.
+    async def scenario() -> None:
+        network = MemoryNetwork([EAST, WEST], latency_s=0.01)
+        seen = _delivered(network)
+        door = _Door(network, "puback")
+        events: list[AgentEvent] = []
+        outbox = MemoryOutbox()
+        client = _client(network, _config(network), events, outbox=outbox, door=door)
+        await client.start()
+        await client.wait_connected(10)
+        await client.publish("dt/dev/n", b"0")
+        poison = await client.publish("forbidden/dev", b"no")
+        assert poison is not None
+        for n in range(1, 5):
+            await client.publish("dt/dev/n", str(n).encode())
+        with pytest.raises(DeviceAgentError, match="set aside"):
+            await client.wait_acked(poison, timeout_s=60)
+        async with asyncio.timeout(120):
+            await client.flush()
+        status = client.status()
+        await client.close()
+        (dead,) = _named(events, "message.dead_lettered")
+        assert dead.fields["seq"] == poison
+        assert "0x87" in str(dead.fields["reason"])
+        assert [e.seq for e, _ in outbox.dead_letters()] == [poison]
+        assert door.refused == 3
+        assert status.dead_lettered == 1
+        assert status.outbox_depth == 0
+        assert not _named(events, "connection.lost")
+        assert len(_named(events, "connected")) == 1
+        assert poison not in {e.fields["seq"] for e in _named(events, "message.acked")}
+        assert {int(m.payload) for m in seen if m.topic == "dt/dev/n"} == set(range(5))
+        assert not [m for m in seen if m.topic == "forbidden/dev"]
+
+    run_virtual(scenario())
+
+
+def test_a_puback_refusal_with_dead_letters_off_keeps_the_message_without_a_loop() -> None:
+    async def scenario() -> None:
+        network = MemoryNetwork([EAST, WEST], latency_s=0.01)
+        door = _Door(network, "puback")
+        events: list[AgentEvent] = []
+        outbox = MemoryOutbox()
+        config = _config(network, outbox=OutboxConfig(dead_letter_after=0))
+        client = _client(network, config, events, outbox=outbox, door=door)
+        await client.start()
+        await client.wait_connected(10)
+        poison = await client.publish("forbidden/dev", b"no")
+        await client.publish("dt/dev/n", b"yes")
+        await asyncio.sleep(30)
+        status = client.status()
+        kept = [e.seq for e in outbox.peek()]
+        await client.close()
+        assert door.refused == 1  # once on this connection, not in a loop
+        assert kept == [poison]  # kept for the next connection
+        assert status.dead_lettered == 0
+        assert not _named(events, "message.dead_lettered")
 
     run_virtual(scenario())
 

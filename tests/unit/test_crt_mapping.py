@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ssl
 from dataclasses import dataclass
 
@@ -10,7 +11,12 @@ import pytest
 
 from device_agent import _crt as crt
 from device_agent._endpoints import Endpoint
-from device_agent._transport import ConnectError, ConnectParams, TransportCallbacks
+from device_agent._transport import (
+    ConnectError,
+    ConnectParams,
+    PublishRefusedError,
+    TransportCallbacks,
+)
 
 pytest.importorskip("awscrt", reason="the crt extra (awscrt) is not installed")
 
@@ -78,3 +84,34 @@ async def test_a_loss_is_reported_once_and_only_after_a_connect() -> None:
     transport._on_disconnection(None, CrtError("AWS_IO_SOCKET_CLOSED"))
     await asyncio.sleep(0)
     assert lost == ["timeout"]
+
+
+class _Client:
+    """A connected CRT client whose every PUBLISH is answered with ``reason``."""
+
+    def __init__(self, reason: int) -> None:
+        self.reason = reason
+
+    def publish(self, packet: object) -> concurrent.futures.Future[object]:
+        del packet
+        mqtt5 = crt._crt()[0]
+        done: concurrent.futures.Future[object] = concurrent.futures.Future()
+        puback = mqtt5.PubackPacket(reason_code=mqtt5.PubackReasonCode(self.reason))
+        done.set_result(mqtt5.PublishCompletionData(puback=puback))
+        return done
+
+
+@pytest.mark.parametrize("reason", [0x00, 0x10])  # success, no matching subscribers
+async def test_a_puback_with_a_success_code_is_a_delivery(reason: int) -> None:
+    transport = _transport()
+    transport._client, transport._connected = _Client(reason), True
+    await transport.publish("dt/d", b"x", 1)
+
+
+@pytest.mark.parametrize("reason", [0x87, 0x80, 0x97])  # not authorized, unspecified, quota
+async def test_a_puback_with_a_failure_code_is_a_refusal(reason: int) -> None:
+    transport = _transport()
+    transport._client, transport._connected = _Client(reason), True
+    with pytest.raises(PublishRefusedError) as caught:
+        await transport.publish("dt/d", b"x", 1)
+    assert (caught.value.topic, caught.value.reason_code) == ("dt/d", reason)
