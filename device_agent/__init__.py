@@ -3,6 +3,9 @@
 This package goes into device firmware images: it imports nothing but the
 standard library, ``dnspython`` and ``paho-mqtt`` (and ``awscrt`` for the
 optional Common Runtime transport), never boto3, moto or ``simulators``.
+Each transport's MQTT library is imported on first use of the transport
+(:class:`PahoTransport`, :class:`CrtTransport`): ``import device_agent`` loads
+neither, and a daemon loads only the one it runs.
 
 Embed :class:`FailoverClient` in an application, or run ``iotdr agent run``.
 Its ports (:class:`Transport`, :class:`ProberPort`, :class:`OutboxPort`,
@@ -38,7 +41,6 @@ from device_agent._errors import (
 )
 from device_agent._machine import FailoverMachine, IllegalTransitionError
 from device_agent._outbox import Outbox, OutboxEntry
-from device_agent._paho import PahoTransport
 from device_agent._ports import DiscoveryPort, OutboxPort, ProberPort
 from device_agent._probe import ProbeOutcome, Prober
 from device_agent._shadows import ShadowSnapshot
@@ -55,6 +57,7 @@ from device_agent._transport import (
 
 if TYPE_CHECKING:
     from device_agent._crt import CrtTransport, CrtTransportFactory
+    from device_agent._paho import PahoTransport
 
 __all__ = [
     "AddressCache",
@@ -114,17 +117,24 @@ __version__ = "0.1.0"
 
 
 _LAZY_CRT = frozenset({"CrtTransport", "CrtTransportFactory"})
+_LAZY_PAHO = frozenset({"PahoTransport"})
 
 
 def __getattr__(name: str) -> Any:
-    """``CrtTransport``, imported on first use: awscrt is an optional extra.
+    """The transports, each imported on first use.
 
-    ``import device_agent`` must work without awscrt installed, and must not
-    load it (about 8 MiB) where paho is the transport.
+    ``CrtTransport``: awscrt is an optional extra; ``import device_agent``
+    must work without it installed, and must not load it (about 8 MiB) where
+    paho is the transport. ``PahoTransport``: nor paho-mqtt (2.7 MiB) where
+    the CRT is.
     """
     if name in _LAZY_CRT:
         from device_agent import _crt  # noqa: PLC0415
 
         return getattr(_crt, name)
+    if name in _LAZY_PAHO:
+        from device_agent import _paho  # noqa: PLC0415
+
+        return getattr(_paho, name)
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)

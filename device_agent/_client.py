@@ -46,8 +46,6 @@ import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
-from paho.mqtt.client import topic_matches_sub
-
 from device_agent._clock import Clock, SystemClock, TimerHandle, wait
 from device_agent._discovery import AddressCache, Discovery, DnsDiscovery
 from device_agent._endpoints import Endpoint
@@ -89,7 +87,7 @@ from device_agent._ports import DeadLetterPort
 from device_agent._probe import Prober
 from device_agent._shadows import ShadowFetcher, ShadowSnapshot
 from device_agent._status import AgentEvent, Status
-from device_agent._subscriptions import Message, Subscription
+from device_agent._subscriptions import Message, Subscription, topic_matches
 from device_agent._transport import (
     ConnectError,
     ConnectParams,
@@ -807,7 +805,7 @@ class FailoverClient:
             return
         message = Message(topic, payload, qos, retain, conn.region)
         for subscription in list(self._subscriptions):
-            if not topic_matches_sub(subscription.topic_filter, topic):
+            if not topic_matches(subscription.topic_filter, topic):
                 continue
             if subscription.callback is None:
                 subscription.offer(message)

@@ -40,9 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from paho.mqtt.client import topic_matches_sub
-
 from device_agent._endpoints import Endpoint
+from device_agent._subscriptions import topic_matches
 from device_agent._transport import (
     ConnectError,
     ConnectErrorKind,
@@ -273,7 +272,7 @@ class MemoryRegion:
         """Send ``topic`` to each subscribed connection once, at the best QoS it was granted."""
         targets = dict(self._plain.get(topic, {}))
         for topic_filter, holders in self._wildcards.items():
-            if topic_matches_sub(topic_filter, topic):
+            if topic_matches(topic_filter, topic):
                 for transport, granted in holders.items():
                     targets[transport] = max(granted, targets.get(transport, 0))
         for transport, granted in targets.items():

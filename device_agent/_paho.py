@@ -30,6 +30,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from device_agent._errors import DeviceAgentError
+from device_agent._tls import step_handshake, wrap_client
 from device_agent._transport import (
     ConnectError,
     ConnectErrorKind,
@@ -46,9 +47,8 @@ if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
     from paho.mqtt.reasoncodes import ReasonCode
 
-    from device_agent._endpoints import Endpoint
 
-__all__ = ["PahoTransport", "open_tls", "wrap_client"]
+__all__ = ["PahoTransport"]
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class PahoTransport:
         params = self.params
         tls = wrap_client(params.ssl_context, raw, params.server_name, params.alpn)
         self._sock = tls
-        await _step_handshake(self._loop, tls)
+        await step_handshake(self._loop, tls)
         return tls
 
     def _abort(self) -> None:
@@ -461,87 +461,6 @@ class PahoTransport:
             if not future.done():
                 future.set_exception(error)
                 future.exception()  # mark retrieved: nobody may be waiting any more
-
-
-def wrap_client(
-    context: ssl.SSLContext, sock: socket.socket, server_name: str, alpn: tuple[str, ...]
-) -> ssl.SSLSocket:
-    """Wrap ``sock`` for a TLS client handshake: SNI and verification ``server_name``, ``alpn``.
-
-    Python sets ALPN on a context, not a connection; OpenSSL copies the
-    context's list into each connection as it is made, so setting it right
-    before ``wrap_socket`` (nothing awaits in between) gives each connection
-    its own: ``x-amzn-mqtt-ca`` to a port 443 endpoint, nothing to 8883, from
-    one shared context. A context's own ALPN list is replaced.
-    """
-    context.set_alpn_protocols(list(alpn))
-    return context.wrap_socket(sock, server_hostname=server_name, do_handshake_on_connect=False)
-
-
-async def open_tls(
-    endpoint: Endpoint,
-    address: str,
-    context: ssl.SSLContext,
-    *,
-    source_address: str | None = None,
-) -> ssl.SSLSocket:
-    """TCP to ``address`` and a TLS handshake as ``endpoint``'s client, never blocking the loop.
-
-    The name verified (and sent as SNI) is ``endpoint.tls_name`` and the ALPN
-    offered ``endpoint.alpn_protocols``, as for a connection. No deadline of
-    its own: the caller's.
-
-    Raises:
-        OSError: the TCP connection failed.
-        ssl.SSLError: the handshake failed.
-    """
-    loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-    raw = socket.socket(family, socket.SOCK_STREAM)
-    raw.setblocking(False)
-    try:
-        if source_address is not None:
-            raw.bind((source_address, 0))
-        await loop.sock_connect(raw, (address, endpoint.port))
-        tls = wrap_client(context, raw, endpoint.tls_name, endpoint.alpn_protocols)
-        await _step_handshake(loop, tls)
-    except BaseException:
-        raw.close()
-        raise
-    return tls
-
-
-async def _step_handshake(loop: asyncio.AbstractEventLoop, tls: ssl.SSLSocket) -> None:
-    while True:
-        try:
-            tls.do_handshake()
-        except ssl.SSLWantReadError:
-            await _ready(loop, tls, write=False)
-        except ssl.SSLWantWriteError:
-            await _ready(loop, tls, write=True)
-        else:
-            return
-
-
-async def _ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, write: bool) -> None:
-    waiter: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    fd = sock.fileno()
-    if write:
-        loop.add_writer(fd, wake)
-    else:
-        loop.add_reader(fd, wake)
-    try:
-        await waiter
-    finally:
-        if write:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
 
 
 def _certificate_refused(exc: ssl.SSLError) -> bool:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from device_agent._paho import open_tls
+from device_agent._tls import open_tls
 from device_agent._transport import (
     ConnectError,
     ConnectParams,

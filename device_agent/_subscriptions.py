@@ -11,11 +11,32 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
-__all__ = ["Message", "Subscription", "SubscriptionOverflow"]
+__all__ = ["Message", "Subscription", "SubscriptionOverflow", "topic_matches"]
 
 logger = logging.getLogger(__name__)
 
 SubscriptionOverflow = Literal["drop_oldest", "drop_newest"]
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic`` matches ``topic_filter``, with MQTT's ``+`` and ``#`` wildcards.
+
+    As paho's ``topic_matches_sub`` (without importing paho, which a daemon on
+    the CRT transport does not load): ``+`` is one level, possibly empty;
+    ``#`` the rest, including its parent (``a/#`` matches ``a``); a filter
+    starting with a wildcard does not match a topic starting with ``$``
+    (MQTT 3.1.1, 4.7.2).
+    """
+    if topic.startswith("$") and topic_filter[:1] in {"+", "#"}:
+        return False
+    levels = topic.split("/")
+    parts = topic_filter.split("/")
+    for index, part in enumerate(parts):
+        if part == "#":
+            return True
+        if index >= len(levels) or (part not in {"+", levels[index]}):
+            return False
+    return len(parts) == len(levels)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ The in-memory MQTT world and virtual time, for tests and the fleet simulator::
 project's tests, the device agent's, the replicator's and the simulators'
 alike: it moves only when a test advances it (or code sleeps on it).
 
-Standard library (and paho's topic matching) only, like the rest of the package.
+Standard library only, like the rest of the package's core.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``import device_agent``: no awscrt loaded, and none needed; CrtTransport exported lazily."""
+"""``import device_agent``: no awscrt or paho loaded; both transports exported lazily."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 import device_agent
 from device_agent._crt import CrtTransport, CrtTransportFactory
+from device_agent._paho import PahoTransport
 
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
@@ -51,12 +52,50 @@ def test_the_package_imports_without_awscrt_installed() -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_importing_the_package_does_not_import_paho() -> None:
+    # A daemon on the CRT transport loads the package, the CLI, the daemon, the CRT
+    # transport and the prober: paho-mqtt (2.7 MiB) is not among them.
+    done = _run(
+        """
+        import sys
+        import device_agent
+        assert "device_agent._paho" not in sys.modules
+        import device_agent.cli, device_agent._daemon, device_agent._crt, device_agent._probe
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] == "paho")
+        assert not loaded, loaded
+        assert "device_agent._paho" not in sys.modules
+        assert device_agent.PahoTransport.__name__ == "PahoTransport"
+        assert "paho.mqtt.client" in sys.modules  # loaded on first use
+        """
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_package_imports_without_paho_installed() -> None:
+    done = _run(
+        """
+        import sys
+        for name in ("paho", "paho.mqtt", "paho.mqtt.client"):
+            sys.modules[name] = None
+        import device_agent
+        from device_agent import FailoverClient, Prober
+        assert "PahoTransport" in device_agent.__all__
+        """
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_paho_transport_is_exported_on_first_use() -> None:
+    assert device_agent.PahoTransport is PahoTransport
+
+
 def test_crt_transport_is_exported_on_first_use() -> None:
     assert device_agent.CrtTransport is CrtTransport
     assert device_agent.CrtTransportFactory is CrtTransportFactory
     assert set(device_agent.__all__) <= set(dir(device_agent)) | {
         "CrtTransport",
         "CrtTransportFactory",
+        "PahoTransport",
     }
 
 
