@@ -89,6 +89,7 @@ from device_agent._shadows import ShadowFetcher, ShadowSnapshot
 from device_agent._status import AgentEvent, Status
 from device_agent._subscriptions import Message, Subscription, topic_matches
 from device_agent._transport import (
+    QUOTA_EXCEEDED,
     ConnectError,
     ConnectParams,
     PublishRefusedError,
@@ -243,6 +244,7 @@ class FailoverClient:
         self._suspects: list[int] = []
         # Outbox seq -> refusals in a row (lost connections with it in flight, failure PUBACKs).
         self._refusals: dict[int, int] = {}
+        self._publish_throttles: dict[int, int] = {}  # PUBACK 0x97 in a row, per message
         self._subscriptions: list[Subscription] = []
         self._subscription_drops = 0  # of subscriptions since removed
         self._machine: FailoverMachine | None = None
@@ -696,6 +698,35 @@ class FailoverClient:
                 )
                 self._set_message_aside(seq, conn.region, reason)
 
+    async def _publish_throttled(
+        self, conn: _Connection, seq: int, exc: PublishRefusedError
+    ) -> None:
+        """A PUBACK 0x97 (quota exceeded): the broker is busy, the message is not at fault.
+
+        Never counted toward ``dead_letter_after``: the message is sent again
+        after the throttle backoff (``[failover] throttle_backoff_base_s``,
+        doubling per throttle of this message in a row up to
+        ``throttle_backoff_max_s``, full jitter), as a throttled CONNECT is.
+        """
+        throttles = self._publish_throttles.get(seq, 0) + 1
+        self._publish_throttles[seq] = throttles
+        policy = self.config.failover
+        step = min(policy.throttle_backoff_max_s,
+                   policy.throttle_backoff_base_s * 2 ** min(throttles - 1, 30))  # fmt: skip
+        delay_s = self._rng.uniform(0.0, step)
+        logger.warning(
+            "publish.throttled",
+            extra={
+                "seq": seq,
+                "topic": exc.topic,
+                "reason_code": exc.reason_code,
+                "throttles": throttles,
+                "retry_in_s": round(delay_s, 3),
+                "region": conn.region,
+            },
+        )
+        await wait(self._clock, delay_s)
+
     def _refused(self, conn: _Connection, seq: int, exc: PublishRefusedError) -> bool:
         """A PUBACK refused message ``seq``: count it; True when it is not to be sent again now.
 
@@ -729,6 +760,7 @@ class FailoverClient:
 
     def _set_message_aside(self, seq: int, region: str, reason: str) -> None:
         self._refusals.pop(seq, None)
+        self._publish_throttles.pop(seq, None)
         with contextlib.suppress(ValueError):
             self._suspects.remove(seq)
         entry = next(iter(self._outbox.peek(1, after_seq=seq - 1)), None)
@@ -946,7 +978,9 @@ class FailoverClient:
                 except PublishRefusedError as exc:
                     conn.in_flight.discard(seq)
                     self._request_answered(conn, seq)  # an answer: the connection is alive
-                    if self._refused(conn, seq, exc):
+                    if exc.reason_code == QUOTA_EXCEEDED:
+                        await self._publish_throttled(conn, seq, exc)
+                    elif self._refused(conn, seq, exc):
                         return True
                     self._outbox.mark_sent(seq)
                     continue
@@ -956,6 +990,7 @@ class FailoverClient:
         conn.in_flight.discard(seq)
         # Its PUBACK came: it was not the message's fault.
         self._refusals.pop(seq, None)
+        self._publish_throttles.pop(seq, None)
         with contextlib.suppress(ValueError):
             self._suspects.remove(seq)
         self._request_answered(conn, seq)

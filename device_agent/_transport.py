@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALPN_MQTT_443",
+    "QUOTA_EXCEEDED",
     "ConnectError",
     "ConnectErrorKind",
     "ConnectParams",
@@ -72,6 +73,10 @@ class ConnectError(DeviceAgentError):
 
 class TransportClosedError(DeviceAgentError):
     """The connection is gone; the operation may or may not have reached the broker."""
+
+
+QUOTA_EXCEEDED = 0x97
+"""PUBACK reason code quota exceeded: the broker is busy (throttling), not refusing the message."""
 
 
 class PublishRefusedError(DeviceAgentError):

@@ -85,10 +85,15 @@ class _Door:
     """
 
     def __init__(
-        self, network: MemoryNetwork, mode: Literal["ordered", "abrupt", "puback"] = "ordered"
+        self,
+        network: MemoryNetwork,
+        mode: Literal["ordered", "abrupt", "puback", "throttle"] = "ordered",
+        *,
+        throttles: int = 0,
     ) -> None:
         self.network = network
         self.mode = mode
+        self.throttles = throttles  # "throttle": PUBACK 0x97 this often, then delivered
         self.callbacks: list[TransportCallbacks] = []
         self.refused = 0
 
@@ -100,7 +105,12 @@ class _Door:
         last: list[asyncio.Future[None]] = []
 
         async def in_order(topic: str, payload: bytes, qos: int) -> None:
-            if self.mode != "ordered" and topic.startswith(DENIED) and transport.connected:
+            if self.mode == "throttle" and topic.startswith(DENIED) and transport.connected:
+                if self.refused < self.throttles:
+                    self.refused += 1
+                    await asyncio.sleep(0.01)
+                    raise PublishRefusedError(topic, 0x97)
+            elif self.mode != "ordered" and topic.startswith(DENIED) and transport.connected:
                 self.refused += 1
                 if self.mode == "puback":
                     await asyncio.sleep(0.01)
@@ -385,6 +395,44 @@ def test_a_puback_refusal_with_dead_letters_off_keeps_the_message_without_a_loop
         assert not _named(events, "message.dead_lettered")
 
     run_virtual(scenario())
+
+
+def test_a_puback_quota_exceeded_is_throttling_and_never_sets_the_message_aside(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # MQTT 5 PUBACK 0x97 (quota exceeded): the broker is busy, the message is fine. It is
+    # sent again after the throttle backoff however often that happens, never dead-lettered
+    # (dead_letter_after is 3 here, the broker throttles it 6 times), the device stays.
+    async def scenario() -> None:
+        network = MemoryNetwork([EAST, WEST], latency_s=0.01)
+        seen = _delivered(network)
+        door = _Door(network, "throttle", throttles=6)
+        events: list[AgentEvent] = []
+        outbox = MemoryOutbox()
+        client = _client(network, _config(network), events, outbox=outbox, door=door)
+        await client.start()
+        await client.wait_connected(10)
+        busy = await client.publish("forbidden/dev", b"busy")
+        assert busy is not None
+        await client.publish("dt/dev/n", b"0")
+        async with asyncio.timeout(600):
+            await client.wait_acked(busy, timeout_s=600)
+            await client.flush()
+        status = client.status()
+        await client.close()
+        assert door.refused == 6
+        assert status.dead_lettered == 0
+        assert not outbox.dead_letters()
+        assert not _named(events, "message.dead_lettered")
+        assert not _named(events, "connection.lost")
+        assert [m.payload for m in seen if m.topic == "forbidden/dev"] == [b"busy"]
+        assert [m.payload for m in seen if m.topic == "dt/dev/n"] == [b"0"]
+
+    with caplog.at_level(logging.WARNING, logger="device_agent"):
+        run_virtual(scenario())
+    throttled = [r for r in caplog.records if r.getMessage() == "publish.throttled"]
+    assert [getattr(r, "throttles", None) for r in throttled] == [1, 2, 3, 4, 5, 6]
+    assert not [r for r in caplog.records if r.getMessage() == "publish.refused"]
 
 
 class _PlainOutbox:
