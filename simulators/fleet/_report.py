@@ -21,6 +21,8 @@ sent               the sum of ``record.sent`` (each device published seq 1..n)
 delivered          distinct (device, seq) arrivals, in any region
 duplicated         arrivals beyond the first of each (device, seq)
 lost               per device, seqs 1..sent that never arrived, summed
+uncounted          devices without a final ``sent`` (their device host never answered the
+                   end of the run): their messages are in delivered, not in sent or lost
 connects           per door, from its samples: ``total`` = growth of ``admitted``;
                    ``peak_per_s`` = the largest growth between consecutive samples divided by
                    their interval; ``refused`` = growth of all its refusal counters. Growth
@@ -40,7 +42,7 @@ percentiles        nearest rank over the devices that have a value, rounded to 3
 verdict ok         with a disruption: every present device failed over, every one failed
                    back (when P came back), no message lost, no overlap, no shadow diverged.
                    Without one (e.g. a control-plane outage): no device moved, no message
-                   lost, no overlap, no shadow diverged.
+                   lost, no overlap, no shadow diverged. Either way every device counted.
 =================  ===========================================================================
 
 The quota a refusal reason is explained with comes from
@@ -258,6 +260,7 @@ def _messages(record: RunRecord) -> dict[str, int]:
         "delivered": len(seen),
         "lost": lost,
         "duplicated": len(record.arrivals) - len(seen),
+        "uncounted": sum(1 for device in record.devices if device not in record.sent),
     }
 
 
@@ -521,6 +524,11 @@ def _verdict(report: dict[str, Any], *, disrupted: bool) -> dict[str, Any]:
     if report["messages"]["lost"]:
         problems.append(
             f"{report['messages']['lost']} of {report['messages']['sent']} messages lost"
+        )
+    if report["messages"].get("uncounted"):
+        problems.append(
+            f"{report['messages']['uncounted']} devices were never counted: their device "
+            "host did not report what they sent, so their losses are unknown"
         )
     if report["overlaps"]["count"]:
         problems.append(

@@ -178,8 +178,30 @@ def test_duplicates_and_losses() -> None:
     ]
     record.sent = {"a": 3, "b": 3, "c": 1}
     report = build_report(record)
-    assert report["messages"] == {"sent": 7, "delivered": 5, "lost": 3, "duplicated": 2}
+    assert report["messages"] == {
+        "sent": 7,
+        "delivered": 5,
+        "lost": 3,
+        "duplicated": 2,
+        "uncounted": 0,
+    }
     assert "3 of 7 messages lost" in report["verdict"]["problems"]
+
+
+def test_devices_whose_host_never_reported_are_a_problem_not_a_silent_gap() -> None:
+    # A device host that does not answer the end of the run leaves its devices without a
+    # final sent count: their arrivals are delivered, but nobody can say what they lost.
+    record = _record(sent={"a": 3, "b": 3})
+    report = build_report(record)
+    assert report["messages"]["uncounted"] == 1
+    assert report["messages"]["sent"] == 6
+    assert report["messages"]["lost"] == 0
+    assert not report["verdict"]["ok"]
+    assert (
+        "1 devices were never counted: their device host did not report what they sent, "
+        "so their losses are unknown"
+    ) in report["verdict"]["problems"]
+    assert build_report(_record())["messages"]["uncounted"] == 0
 
 
 def test_overlap_from_events_and_simultaneous_handover() -> None:
