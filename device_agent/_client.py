@@ -710,10 +710,7 @@ class FailoverClient:
         """
         throttles = self._publish_throttles.get(seq, 0) + 1
         self._publish_throttles[seq] = throttles
-        policy = self.config.failover
-        step = min(policy.throttle_backoff_max_s,
-                   policy.throttle_backoff_base_s * 2 ** min(throttles - 1, 30))  # fmt: skip
-        delay_s = self._rng.uniform(0.0, step)
+        delay_s = self._rng.random() * self.config.failover.throttle_backoff_cap_s(throttles)
         logger.warning(
             "publish.throttled",
             extra={

@@ -249,6 +249,17 @@ class FailoverConfig:
             )
             raise ConfigError(msg)
 
+    def throttle_backoff_cap_s(self, throttles: int) -> float:
+        """The cap of the full-jitter wait after the ``throttles``-th throttle in a row (1, 2, ...).
+
+        ``throttle_backoff_base_s`` doubled per throttle after the first, at most
+        ``throttle_backoff_max_s``: for a throttled CONNECT and a throttled PUBLISH alike.
+        """
+        return min(
+            self.throttle_backoff_max_s,
+            self.throttle_backoff_base_s * 2.0 ** min(throttles - 1, 60),
+        )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProbeConfig:

@@ -447,10 +447,7 @@ class FailoverMachine:
                 },
             )
         )
-        cap = min(
-            self.config.throttle_backoff_max_s,
-            self.config.throttle_backoff_base_s * 2.0 ** min(self._throttles - 1, 60),
-        )
+        cap = self.config.throttle_backoff_cap_s(self._throttles)
         self._attempt(region, now, now + self._rng.random() * cap, out)
 
     def _on_lost(self, event: Event, now: float, out: list[Action]) -> None:

@@ -27,7 +27,7 @@ import pytest
 
 from device_agent import FailoverClient, Outbox
 from simulators import DEFAULT_REGIONS
-from simulators.controlplane import BulkPolicy
+from simulators.controlplane import BulkPolicy, device_policy
 from tests.integration import test_regions_faults
 from tests.integration.agent_env import Watcher
 from tests.integration.test_regions_policies import ACCOUNT, Events, agent_config, until
@@ -58,29 +58,15 @@ SWITCHES = ("failover.", "failback.", "dr.move.")
 
 
 def policy_denying(region: str, name: str) -> BulkPolicy:
-    """AWS's usual device policy, but ``iot:Publish`` on ``dt/NAME/forbidden`` is denied."""
-    arn = f"arn:aws:iot:{region}:{ACCOUNT}"
-    document = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Action": "iot:Connect",
-                "Resource": f"{arn}:client/${{iot:Connection.Thing.ThingName}}",
-            },
-            {
-                "Effect": "Allow",
-                "Action": ["iot:Publish", "iot:Receive"],
-                "Resource": f"{arn}:topic/*",
-            },
-            {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": f"{arn}:topicfilter/*"},
-            {
-                "Effect": "Deny",
-                "Action": "iot:Publish",
-                "Resource": f"{arn}:topic/dt/{name}/forbidden",
-            },
-        ],
-    }
+    """The local regions' device policy, but ``iot:Publish`` on ``dt/NAME/forbidden`` is denied."""
+    document = json.loads(device_policy(region, ACCOUNT).document)
+    document["Statement"].append(
+        {
+            "Effect": "Deny",
+            "Action": "iot:Publish",
+            "Resource": f"arn:aws:iot:{region}:{ACCOUNT}:topic/dt/{name}/forbidden",
+        }
+    )
     return BulkPolicy(name=f"deny-forbidden-{name}", document=json.dumps(document))
 
 
