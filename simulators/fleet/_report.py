@@ -525,7 +525,7 @@ def _verdict(report: dict[str, Any], *, disrupted: bool) -> dict[str, Any]:
         problems.append(
             f"{report['messages']['lost']} of {report['messages']['sent']} messages lost"
         )
-    if report["messages"].get("uncounted"):
+    if report["messages"]["uncounted"]:
         problems.append(
             f"{report['messages']['uncounted']} devices were never counted: their device "
             "host did not report what they sent, so their losses are unknown"
