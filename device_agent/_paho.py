@@ -7,8 +7,14 @@ shared event loop for 40 s. Here the socket is opened with
 callbacks, all under one deadline; paho is then handed the ready socket
 (``_create_socket`` is overridden) and only encodes and decodes MQTT. Its
 socket I/O runs from the event loop's reader and writer callbacks, and
-``loop_misc`` (keep-alive) from a task: paho's own network thread is never
-started.
+``loop_misc`` (keep-alive) from one housekeeping task per event loop for all
+its connections, once a second: paho's own network thread is never started.
+A host of thousands of devices (the fleet simulator) would otherwise wake a
+task per device every second, more wake-ups than messages. A publish is
+written from a callback scheduled at once (``call_soon``; several publishes
+of one loop iteration in one write), and only a write the socket cannot take
+whole waits for writability (``add_writer``): watching every socket for
+writability per publish costs two system calls each.
 
 TLS is verified against the endpoint's TLS name (its host name, or the
 custom domain configured for its region), which is also the SNI, while the
@@ -24,7 +30,8 @@ import ipaddress
 import logging
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any
+import weakref
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -60,6 +67,53 @@ _NOT_AUTHORIZED = {"Not authorized", "Bad user name or password", "Banned"}
 _THROTTLED = {0x97, 0x89}
 # MQTT 5 reason codes from 0x80 up are failures (a PUBACK's too: the message was refused).
 _FIRST_FAILURE = 0x80
+
+
+class _Housekeeping:
+    """paho's ``loop_misc`` (keep-alive PINGREQ, ping timeout) for every connection of one loop.
+
+    One task per event loop, alive while a connection is registered; each
+    connection is checked once per ``_MISC_INTERVAL_S``. A connection whose
+    ``loop_misc`` fails (closed) or raises is dropped from the round, the
+    others stay.
+    """
+
+    _per_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Housekeeping]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._clients: dict[int, mqtt.Client] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Housekeeping:
+        keeping = cls._per_loop.get(loop)
+        if keeping is None:
+            keeping = cls._per_loop[loop] = cls(loop)
+        return keeping
+
+    def add(self, client: mqtt.Client) -> None:
+        self._clients[id(client)] = client
+        if self._task is None or self._task.done():
+            self._task = self._loop.create_task(self._run())
+
+    def discard(self, client: mqtt.Client) -> None:
+        self._clients.pop(id(client), None)
+
+    async def _run(self) -> None:
+        while self._clients:
+            await asyncio.sleep(_MISC_INTERVAL_S)
+            for key, client in list(self._clients.items()):
+                try:
+                    ok = client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS
+                except Exception:  # one connection's failure must not stop the others'
+                    logger.exception("paho housekeeping failed for %s", client)
+                    ok = False
+                if not ok:
+                    self._clients.pop(key, None)
+        self._task = None
 
 
 class _Client(mqtt.Client):
@@ -121,7 +175,9 @@ class PahoTransport:
         self._connack: asyncio.Future[bool] = self._loop.create_future()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._sock: ssl.SSLSocket | None = None
-        self._misc: asyncio.Task[None] | None = None
+        self._housekeeping = _Housekeeping.of(self._loop)
+        self._write_scheduled = False  # a write is due from call_soon
+        self._awaiting_writable = False  # add_writer is on: the socket was full
         self._connected = False
         self._closing = False
         self._lost_reported = False
@@ -406,8 +462,7 @@ class PahoTransport:
     def _on_socket_open(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
         del userdata
         self._loop.add_reader(sock, self._read)
-        if self._misc is None:
-            self._misc = self._loop.create_task(self._misc_loop(client))
+        self._housekeeping.add(client)
 
     def _read(self) -> None:
         client = self._client
@@ -425,25 +480,40 @@ class PahoTransport:
             self._loop.remove_writer(sock)
 
     def _on_register_write(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
-        del userdata
-        self._loop.add_writer(sock, client.loop_write)
+        # paho calls this once per batch (until the matching unregister), not per packet.
+        del client, userdata
+        if self._write_scheduled or self._awaiting_writable:
+            return
+        if self._connected:
+            self._write_scheduled = True
+            self._loop.call_soon(self._write)
+        else:
+            # The CONNECT waits for writability: written at once, it races a refusing
+            # server's alert (TLS 1.3 judges the client's certificate after the
+            # handshake), and the reset that follows would hide why.
+            self._awaiting_writable = True
+            self._loop.add_writer(sock, self._write)
+
+    def _write(self) -> None:
+        self._write_scheduled = False
+        client = self._client
+        client.loop_write()
+        sock = client.socket()
+        if client.want_write() and sock is not None and not self._awaiting_writable:
+            # The socket took part of it: the rest when it can take more.
+            self._awaiting_writable = True
+            self._loop.add_writer(sock, self._write)
 
     def _on_unregister_write(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
         del client, userdata
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.remove_writer(sock)
-
-    async def _misc_loop(self, client: mqtt.Client) -> None:
-        """Run paho's housekeeping (keep-alive PINGREQ, ping timeout) once a second."""
-        while True:
-            await asyncio.sleep(_MISC_INTERVAL_S)
-            if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return
+        if self._awaiting_writable:
+            self._awaiting_writable = False
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_writer(sock)
 
     def _stop_io(self) -> None:
-        if self._misc is not None:
-            self._misc.cancel()
-            self._misc = None
+        self._housekeeping.discard(self._client)
+        self._awaiting_writable = False
         sock = self._client.socket()
         if sock is not None:
             with contextlib.suppress(ValueError, OSError):

@@ -143,7 +143,7 @@ async def test_failure_kinds(
         transport = _transport(foreign, broker.tls_port)
     with pytest.raises(ConnectError) as info:
         await transport.connect()
-    assert info.value.kind == kind
+    assert info.value.kind == kind, str(info.value)
     assert info.value.region == REGION.name
 
 
@@ -174,3 +174,41 @@ async def test_silent_listener_times_out_without_blocking_the_loop(
     assert all(isinstance(r, ConnectError) and r.kind == "timeout" for r in results)
     assert elapsed < 4.0  # the attempts ran side by side, each with its own 2 s deadline
     assert max(lags) < 0.3
+
+
+async def test_keep_alive_of_every_connection_from_one_housekeeping_task(
+    region_brokers: dict[str, Broker], fleet_pki: FleetFixture
+) -> None:
+    """paho's keep-alive runs for all connections of a loop from one task, and one
+    connection whose housekeeping fails does not stop the others'."""
+    broker = region_brokers[REGION.name]
+    assert broker.tls_port is not None
+    pongs: dict[str, int] = {}
+    transports: list[PahoTransport] = []
+    for name in ("keep-a", "keep-b", "keep-broken"):
+        params = ConnectParams(
+            endpoint=Endpoint(REGION.name, REGION.endpoint, broker.tls_port),
+            address=REGION.host,
+            client_id=name,
+            ssl_context=_context(fleet_pki, name),
+            keepalive_s=1,
+        )
+        transport = PahoTransport(params, TransportCallbacks(lambda *a: None, lambda k: None))
+        await transport.connect()
+        pongs[name] = 0
+        transport._client.on_pingresp = lambda name=name: pongs.__setitem__(name, pongs[name] + 1)
+        transports.append(transport)
+    broken = transports[2]._client
+
+    def fail() -> object:
+        raise RuntimeError("housekeeping of this connection fails")
+
+    broken.loop_misc = fail  # type: ignore[method-assign,assignment]
+    before = {task for task in asyncio.all_tasks() if "_Housekeeping" in repr(task)}
+    assert len(before) == 1  # one task for the three connections
+    async with asyncio.timeout(15):
+        while min(pongs["keep-a"], pongs["keep-b"]) < 2:  # noqa: ASYNC110 - counted by paho
+            await asyncio.sleep(0.1)
+    assert pongs["keep-broken"] == 0  # its housekeeping raised: it was dropped, alone
+    for transport in transports:
+        await transport.disconnect()
