@@ -44,7 +44,7 @@ boto3 clients built? ``aws/_adapter.py`` (:func:`build_region`), called by
 on it; the journal's times are its ``time`` readings); tests use
 :class:`device_agent.testing.FakeClock`.
 
-The flow: a feed (:class:`MqttFeed`, :func:`accept_bodies` for SQS) parses
+The flow: a feed (:class:`MqttFeed`; the Lambda's SQS batches) parses
 registry events and shadow messages into records and commits them to the
 :class:`Journal`; a :class:`JournalWorker` claims them and hands each to the
 :class:`Engine` (which reads both regions through :class:`RegionApi`, plans the
@@ -115,7 +115,7 @@ from replicator.runtime._assess import Assessment
 from replicator.runtime._build import Runtime, build
 from replicator.runtime._engine import Engine, EngineConfig, EngineStats
 from replicator.runtime._failback import AutoFailback, OutageWatch
-from replicator.runtime._feed import FEED_TOPICS, BatchResult, FeedConfig, MqttFeed, accept_bodies
+from replicator.runtime._feed import FEED_TOPICS, FeedConfig, MqttFeed
 from replicator.runtime._host import ServiceHost, ServiceOps
 from replicator.runtime._jitr import JitrConfig, JitrHandler
 from replicator.runtime._journal import Claim, Journal, JournalCounts
@@ -131,7 +131,6 @@ __all__ = [
     "ArnScope",
     "Assessment",
     "AutoFailback",
-    "BatchResult",
     "CertificateState",
     "Claim",
     "ConfigError",
@@ -188,7 +187,6 @@ __all__ = [
     "UnreachableError",
     "Verdict",
     "WorkerConfig",
-    "accept_bodies",
     "build",
     "classify",
     "failback_guard",

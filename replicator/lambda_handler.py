@@ -2,8 +2,8 @@
 
 For fleets that outgrow one sidecar: an IoT rule writes the primary's registry
 events and shadow documents to an SQS FIFO queue (``MessageGroupId`` = the
-thing name, bodies ``{"topic": ..., "payload": ...}`` as
-:func:`~replicator.runtime._feed.accept_bodies` takes them), and this handler applies
+thing name, bodies ``{"topic": ..., "payload": ...}``, parsed as the MQTT feed's
+messages are), and this handler applies
 them with the same engine as ``iotdr replicator run``.
 
 Per batch: every message is parsed and journaled; the affected objects are

@@ -1,18 +1,14 @@
 """The change feed: the primary's registry events and shadow messages into the journal.
 
-Two ways in, one parser (``_records.py``) and one journal:
-
-- :class:`MqttFeed`: a paho-mqtt client on the source region's broker with a
-  persistent session (``clean_session`` false, a fixed client id, QoS 1), so
-  that messages published while the replicator is away wait for it (AWS keeps
-  a persistent session an hour). It subscribes to :data:`FEED_TOPICS` and
-  acknowledges a message only after its record is committed to the journal
-  (paho's manual acknowledgement): a crash before the commit means the broker
-  delivers the message again.
-- :func:`accept_bodies`: SQS message bodies written by an IoT rule (the same
-  payloads, ``{"topic", "payload"}``), for the Lambda/SQS path; it returns the
-  ids of the messages that could not be journaled, for SQS's partial batch
-  response.
+:class:`MqttFeed` is a paho-mqtt client on the source region's broker with a
+persistent session (``clean_session`` false, a fixed client id, QoS 1), so
+that messages published while the replicator is away wait for it (AWS keeps
+a persistent session an hour). It subscribes to :data:`FEED_TOPICS` and
+acknowledges a message only after its record is committed to the journal
+(paho's manual acknowledgement): a crash before the commit means the broker
+delivers the message again. (The Lambda's SQS bodies, the same payloads as
+``{"topic", "payload"}``, go through the same parser and
+``Journal.journal_parsed``: ``lambda_handler.py``.)
 
 A message that does not parse goes to the journal's dead letters with the
 reason; one that needs nothing (a presence event, the replicator's own shadow
@@ -30,18 +26,18 @@ import logging
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from replicator._errors import JournalError, ReplicatorError
-from replicator.core._records import DeadLetter, Ignored, parse_message, parse_sqs_body
+from replicator.core._records import DeadLetter, Ignored, parse_message
 from replicator.runtime._feed_config import FEED_TOPICS, FeedConfig, is_loopback, tls_context
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
 
     from paho.mqtt.reasoncodes import ReasonCode
 
@@ -49,12 +45,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FEED_TOPICS",
-    "BatchResult",
     "FeedConfig",
     "FeedCounters",
     "FeedLink",
     "MqttFeed",
-    "accept_bodies",
     "is_loopback",
     "journal_message",
     "tls_context",
@@ -374,43 +368,3 @@ def journal_message(
         )
         return "dead_letter"
     return "accepted"
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    """An SQS batch's outcome: counts, and the message ids SQS should deliver again."""
-
-    accepted: int = 0
-    ignored: int = 0
-    dead_letters: int = 0
-    failed_ids: tuple[str, ...] = field(default_factory=tuple)
-
-
-def accept_bodies(
-    messages: Iterable[tuple[str, str]], journal: Journal, *, region: str, now: float
-) -> BatchResult:
-    """Journal SQS messages, given as (message id, body) pairs, written by an IoT rule.
-
-    A body that does not parse is dead-lettered (and counts as handled); a body
-    the journal could not commit is listed in ``failed_ids`` for SQS's partial
-    batch response, so that SQS delivers it again.
-    """
-    accepted = ignored = dead = 0
-    failed: list[str] = []
-    for message_id, body in messages:
-        result = parse_sqs_body(body, region=region)
-        try:
-            if isinstance(result, Ignored):
-                ignored += 1
-            elif isinstance(result, DeadLetter):
-                journal.dead_letter(result, now=now)
-                dead += 1
-            else:
-                journal.accept(result, now=now)
-                accepted += 1
-        except ReplicatorError as exc:
-            logger.exception(
-                "replicator.sqs.journal_failed", extra={"id": message_id, "error": str(exc)}
-            )
-            failed.append(message_id)
-    return BatchResult(accepted, ignored, dead, tuple(failed))

@@ -1,4 +1,4 @@
-"""The ``iotdr replicator`` commands' errors, the IAM policy, and the SQS path of the feed."""
+"""The ``iotdr replicator`` commands' errors, the IAM policy, and the feed's journaling."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import pytest
 from device_agent.cli import main
 from replicator.aws._iam import iam_policy
 from replicator.core import _ops
-from replicator.core._state import ObjectKey
-from replicator.runtime._feed import accept_bodies, journal_message
+from replicator.runtime._feed import journal_message
 from replicator.runtime._journal import Journal
 
 if TYPE_CHECKING:
@@ -118,35 +117,6 @@ def test_iam_policy_command_prints_json(capsys: pytest.CaptureFixture[str]) -> N
 def journal() -> Iterator[Journal]:
     with Journal(":memory:") as opened:
         yield opened
-
-
-def test_sqs_batches_are_journaled_and_bad_bodies_dead_lettered(journal: Journal) -> None:
-    messages = [
-        (
-            "m1",
-            json.dumps(
-                {"topic": "$aws/events/thing/t1/created", "payload": {"operation": "CREATED"}}
-            ),
-        ),
-        ("m2", json.dumps({"topic": "$aws/events/presence/connected/c", "payload": {}})),
-        ("m3", "not json"),
-    ]
-    result = accept_bodies(messages, journal, region=EAST, now=1.0)
-    assert (result.accepted, result.ignored, result.dead_letters, result.failed_ids) == (
-        1,
-        1,
-        1,
-        (),
-    )
-    [claim] = journal.claim(now=2.0, limit=5)
-    assert claim.key == ObjectKey.thing("t1")
-
-
-def test_a_journal_that_fails_lists_the_message_for_redelivery(journal: Journal) -> None:
-    journal.close()
-    body = json.dumps({"topic": "$aws/events/thing/t1/created", "payload": {}})
-    result = accept_bodies([("m1", body)], journal, region=EAST, now=1.0)
-    assert result.failed_ids == ("m1",)
 
 
 def test_journal_message_outcomes(journal: Journal) -> None:

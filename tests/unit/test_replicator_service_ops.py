@@ -15,7 +15,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from device_agent.cli import main
-from replicator._errors import AccessDeniedError, ConfigError, RegionUnavailableError
+from replicator._errors import (
+    AccessDeniedError,
+    ConfigError,
+    JournalError,
+    RegionUnavailableError,
+)
 from replicator.cli import replicator, replicator_reconcile, replicator_run
 from replicator.core._ops import CreateThing, CreateThingType
 from replicator.core._records import DeadLetter, ObjectNamed
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from replicator._errors import ReplicatorError
+    from replicator.core._records import Record
 
 EAST, WEST = "us-east-1", "us-west-2"
 T1 = ObjectKey.thing("t1")
@@ -646,6 +652,46 @@ def test_lambda_reports_nothing_for_ignored_or_unparseable_messages(
     }
     assert replicator.handle(event) == {"batchItemFailures": []}
     assert secondary.things == {}
+
+
+def test_lambda_journals_a_batch_applies_it_and_dead_letters_bad_bodies(
+    lambda_rig: tuple[LambdaReplicator, InMemoryRegion, PartlyDown],
+) -> None:
+    replicator, _, secondary = lambda_rig
+    created = {"topic": "$aws/events/thing/a1/created", "payload": {"operation": "CREATED"}}
+    presence = {"topic": "$aws/events/presence/connected/c", "payload": {}}
+    event = {
+        "Records": [
+            {"messageId": "m1", "body": json.dumps(created)},
+            {"messageId": "m2", "body": json.dumps(presence)},
+            {"messageId": "m3", "body": "not json"},
+        ]
+    }
+    assert replicator.handle(event) == {"batchItemFailures": []}
+    assert set(secondary.things) == {"a1"}
+    counts = replicator.engine.journal.counts(0.0)
+    assert (counts.done, counts.pending, counts.dead_letters) == (1, 0, 1)
+
+
+class RefusingJournal(Journal):
+    """A journal whose commits of new changes fail (a full disk, say)."""
+
+    def accept(
+        self, record: Record, *, now: float, not_before: float | None = None
+    ) -> list[ObjectKey]:
+        raise JournalError(self.path, "disk I/O error")
+
+
+def test_lambda_reports_a_message_the_journal_could_not_commit_for_redelivery() -> None:
+    engine = Engine(
+        source=InMemoryRegion(EAST),
+        target=InMemoryRegion(WEST),
+        journal=RefusingJournal(":memory:"),
+    )
+    body = json.dumps({"topic": "$aws/events/thing/t1/created", "payload": {}})
+    with LambdaReplicator(engine, workers=1) as replicator:
+        response = replicator.handle({"Records": [{"messageId": "m1", "body": body}]})
+    assert response == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
 
 
 def test_lambda_raises_access_denied_so_the_whole_batch_comes_back(
