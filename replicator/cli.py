@@ -424,7 +424,7 @@ def _feed_config(options: dict[str, Any], flag: str, address: str, role: str) ->
 )
 def replicator_iam_policy(**options: Any) -> None:
     """Print the least-privilege policy document of one identity of a deployment."""
-    from replicator.runtime._iam import (  # noqa: PLC0415
+    from replicator.aws._iam import (  # noqa: PLC0415
         PolicyRequest,
         cloudformation_policy,
         policy_document,

@@ -40,11 +40,11 @@ from moto import mock_aws
 from device_agent.cli import main
 from replicator.aws._adapter import build_region
 from replicator.aws._calls import RegionConfig
+from replicator.aws._iam import PolicyRequest, code_actions
 from replicator.core._state import ObjectKey
 from replicator.lambda_handler import LambdaReplicator
 from replicator.runtime._build import build
 from replicator.runtime._engine import EngineConfig
-from replicator.runtime._iam import PolicyRequest, code_actions
 from replicator.runtime._quotas import QuotaConfig, QuotaLimiter
 from replicator.runtime._reconcile import reconcile
 from replicator.runtime._settings import Settings

@@ -27,16 +27,16 @@ import yaml
 from botocore.stub import Stubber
 from cfnlint.api import lint_file  # type: ignore[import-untyped]
 
-from replicator.cli import replicator as replicator_group
-from replicator.jitr_lambda import config_from_env
-from replicator.lambda_handler import LambdaConfig
-from replicator.runtime._feed import FEED_TOPICS
-from replicator.runtime._iam import (
+from replicator.aws._iam import (
     PolicyRequest,
     cloudformation_policy,
     policy_document,
     split_planes,
 )
+from replicator.cli import replicator as replicator_group
+from replicator.jitr_lambda import config_from_env
+from replicator.lambda_handler import LambdaConfig
+from replicator.runtime._feed import FEED_TOPICS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

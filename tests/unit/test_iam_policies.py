@@ -1,4 +1,4 @@
-"""``iotdr replicator iam-policy`` and replicator/runtime/_iam.py: every identity's document.
+"""``iotdr replicator iam-policy`` and replicator/aws/_iam.py: every identity's document.
 
 What the code calls is checked by the IAM coverage test
 (tests/integration/test_iam_coverage.py); these are the documents' shapes: the
@@ -16,8 +16,7 @@ import pytest
 from device_agent._config import ProbeConfig
 from device_agent.cli import main
 from replicator._errors import ConfigError
-from replicator.runtime._feed import FEED_TOPICS
-from replicator.runtime._iam import (
+from replicator.aws._iam import (
     MQTT_ACTIONS,
     PLATFORM_ACTIONS,
     PolicyRequest,
@@ -26,6 +25,7 @@ from replicator.runtime._iam import (
     policy_document,
     split_planes,
 )
+from replicator.runtime._feed import FEED_TOPICS
 
 EAST, WEST = "us-east-1", "us-west-2"
 QUEUE = f"arn:aws:sqs:{EAST}:123456789012:iotdr-changes"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ast
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from device_agent.cli import main
-from replicator.aws._iam import iam_policy
+from replicator.aws._iam import PolicyRequest, policy_document
 from replicator.core import _ops
 from replicator.runtime._feed import journal_message
 from replicator.runtime._journal import Journal
@@ -97,7 +98,9 @@ def _called_apis() -> set[str]:
 
 
 def test_the_iam_policy_allows_every_api_the_replicator_calls() -> None:
-    document = iam_policy(EAST, WEST, account_id="123456789012")
+    document = policy_document(
+        PolicyRequest(primary_region=EAST, secondary_region=WEST, account_id="123456789012")
+    )
     primary, secondary = document["Statement"][0], document["Statement"][1]
     assert primary["Resource"] == f"arn:aws:iot:{EAST}:123456789012:*"
     allowed = set(secondary["Action"])
@@ -128,13 +131,14 @@ def test_journal_message_outcomes(journal: Journal) -> None:
 
 
 def test_the_failback_iam_policy_writes_the_primary_and_reads_the_secondarys_feed() -> None:
-    document = iam_policy(EAST, WEST, account_id="123456789012", failback=True)
+    request = PolicyRequest(primary_region=EAST, secondary_region=WEST, account_id="123456789012")
+    document = policy_document(replace(request, failback=True))
     statements = {s["Sid"]: s for s in document["Statement"]}
     assert "iot:CreateThing" in statements["ReadAndWriteThePrimary"]["Action"]
     assert statements["ConnectTheFailbackFeed"]["Resource"] == (
         f"arn:aws:iot:{WEST}:123456789012:client/iotdr-replicator"
     )
-    plain = {s["Sid"] for s in iam_policy(EAST, WEST)["Statement"]}
+    plain = {s["Sid"] for s in policy_document(replace(request, account_id="*"))["Statement"]}
     assert "ConnectTheFailbackFeed" not in plain
 
 

@@ -35,7 +35,7 @@ from replicator._errors import (
     ThrottledError,
     UnreachableError,
 )
-from replicator.aws._iam import JITR_PRIMARY_ACTIONS, jitr_iam_policy
+from replicator.aws._iam import JITR_PRIMARY_ACTIONS, PolicyRequest, policy_document
 from replicator.core._ops import (
     AttachPolicy,
     AttachThingPrincipal,
@@ -1191,9 +1191,10 @@ def test_a_primary_endpoint_needs_the_primary_region() -> None:
 
 
 def test_the_jitr_iam_policy_reads_certificates_in_the_primary_only_when_asked() -> None:
-    without = jitr_iam_policy(WEST, account_id="123456789012")
+    request = PolicyRequest(identity="jitr", secondary_region=WEST, account_id="123456789012")
+    without = policy_document(request)
     assert all(s["Sid"] != "CheckThePrimary" for s in without["Statement"])
-    document = jitr_iam_policy(WEST, account_id="123456789012", primary_region=EAST)
+    document = policy_document(replace(request, primary_region=EAST))
     [check] = [s for s in document["Statement"] if s["Sid"] == "CheckThePrimary"]
     assert check == {
         "Sid": "CheckThePrimary",
