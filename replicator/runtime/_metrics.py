@@ -90,12 +90,17 @@ class ReplicatorMetrics:
             "failback": _Observed("iotdr_replicator_failback", "failback: ", self.registry),
         }
         self._jitr: _Observed | None = None
-        self._scraped = _ScrapedCollector()
-        self.registry.register(self._scraped)
         self._lock = threading.Lock()
+        self._journal: Journal | None = None
+        self._now: Callable[[], float] = lambda: 0.0
+        self._feed: FeedView | None = None
+        self._limiter: QuotaLimiter | None = None
+        self._health: ServiceHealth | None = None
+        self._failback_journal: Journal | None = None
+        self.registry.register(self)
 
     def __repr__(self) -> str:
-        return f"ReplicatorMetrics(watching={self._scraped.watching})"
+        return f"ReplicatorMetrics(watching={self._journal is not None})"
 
     def observe(self, outcome: Outcome) -> None:
         """Count one processed change: the engines' observer (quick, never raises)."""
@@ -120,18 +125,42 @@ class ReplicatorMetrics:
         failback_journal: Journal | None = None,
     ) -> None:
         """Read these at scrape time from now on (the service calls it once it has them)."""
-        self._scraped.bind(
-            journal=journal,
-            now=now,
-            feed=feed,
-            limiter=limiter,
-            health=health,
-            failback_journal=failback_journal,
-        )
+        with self._lock:
+            self._journal, self._now, self._feed = journal, now, feed
+            self._limiter, self._health = limiter, health
+            self._failback_journal = failback_journal
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus text format (what ``/metrics`` serves)."""
         return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        """What is read when Prometheus scrapes: journal, feed, quota buckets, health."""
+        with self._lock:
+            journal, now, feed = self._journal, self._now, self._feed
+            limiter, health = self._limiter, self._health
+            failback_journal = self._failback_journal
+        if journal is not None:
+            yield from _journal_metrics(journal, now())
+            if failback_journal is not None:
+                yield from _journal_metrics(failback_journal, now(), "iotdr_replicator_failback")
+        if feed is not None:
+            yield from _feed_metrics(feed)
+        if limiter is not None:
+            throttles = CounterMetricFamily(
+                "iotdr_replicator_throttles",
+                "ThrottlingException answers seen by the quota buckets, by region and API.",
+                labels=["region", "api"],
+            )
+            for name, count in sorted(limiter.throttles().items()):
+                region, _, api = name.partition("/")
+                throttles.add_metric([region, api], count)
+            yield throttles
+        if health is not None:
+            ready = health.readiness()
+            yield GaugeMetricFamily(
+                "iotdr_replicator_ready", "1 when /readyz answers 200.", value=int(ready.ok)
+            )
 
 
 class _Observed:
@@ -180,65 +209,6 @@ class _Observed:
             self._lag.labels(kind).observe(outcome.lag_s)
         for api in outcome.writes:
             self._writes.labels(api).inc()
-
-
-class _ScrapedCollector:
-    """What is read when Prometheus scrapes: journal, feed, quota buckets, health."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._journal: Journal | None = None
-        self._now: Callable[[], float] | None = None
-        self._feed: FeedView | None = None
-        self._limiter: QuotaLimiter | None = None
-        self._health: ServiceHealth | None = None
-        self._failback_journal: Journal | None = None
-
-    @property
-    def watching(self) -> bool:
-        return self._journal is not None
-
-    def bind(
-        self,
-        *,
-        journal: Journal,
-        now: Callable[[], float],
-        feed: FeedView | None,
-        limiter: QuotaLimiter | None,
-        health: ServiceHealth | None,
-        failback_journal: Journal | None,
-    ) -> None:
-        with self._lock:
-            self._journal, self._now = journal, now
-            self._feed, self._limiter, self._health = feed, limiter, health
-            self._failback_journal = failback_journal
-
-    def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            journal, now, feed = self._journal, self._now, self._feed
-            limiter, health = self._limiter, self._health
-            failback_journal = self._failback_journal
-        if journal is not None and now is not None:
-            yield from _journal_metrics(journal, now())
-            if failback_journal is not None:
-                yield from _journal_metrics(failback_journal, now(), "iotdr_replicator_failback")
-        if feed is not None:
-            yield from _feed_metrics(feed)
-        if limiter is not None:
-            throttles = CounterMetricFamily(
-                "iotdr_replicator_throttles",
-                "ThrottlingException answers seen by the quota buckets, by region and API.",
-                labels=["region", "api"],
-            )
-            for name, count in sorted(limiter.throttles().items()):
-                region, _, api = name.partition("/")
-                throttles.add_metric([region, api], count)
-            yield throttles
-        if health is not None:
-            ready = health.readiness()
-            yield GaugeMetricFamily(
-                "iotdr_replicator_ready", "1 when /readyz answers 200.", value=int(ready.ok)
-            )
 
 
 def _journal_metrics(
