@@ -16,7 +16,7 @@ import concurrent.futures
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from replicator._errors import AccessDeniedError, CredentialsError, ReplicatorError
 from replicator.core._ops import Conflict, ScheduleAt, describe
@@ -188,7 +188,7 @@ def reconcile(
                 lambda key: _one(engine, key, dry_run=dry_run, stop=stop, one_way=one_way), keys
             )
             for key, outcome in zip(keys, outcomes, strict=True):
-                if outcome is None or isinstance(outcome, _Stopped):
+                if outcome is None:  # in sync, or not compared (stopped)
                     continue
                 report.differences.append(outcome)
                 report.differing[kind] = report.differing.get(kind, 0) + 1
@@ -203,19 +203,11 @@ def reconcile(
     return report
 
 
-class _Stopped:
-    def __repr__(self) -> str:
-        return "_STOPPED"
-
-
-_STOPPED: Final = _Stopped()
-
-
 def _one(
     engine: Engine, key: ObjectKey, *, dry_run: bool, stop: threading.Event, one_way: bool
-) -> Difference | _Stopped | None:
+) -> Difference | None:
     if stop.is_set():
-        return _STOPPED
+        return None
     try:
         if dry_run:
             plan: Plan = engine.assess(key, one_way=one_way).plan
