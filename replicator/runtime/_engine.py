@@ -61,7 +61,7 @@ from replicator.core._sync import UNSETTLED
 from replicator.runtime._assess import Assessment, Assessor
 from replicator.runtime._settings import EngineConfig
 from replicator.runtime._stats import EngineStats
-from replicator.runtime._worker import Deferred, JournalWorker, Outcome, Worked, WorkerConfig
+from replicator.runtime._worker import Deferred, JournalWorker, Outcome, Worked
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -182,18 +182,13 @@ class Engine(Worked):
     @property
     def worker(self) -> JournalWorker:
         """The journal worker that runs this engine (of the current config)."""
-        config = self.config
-        return JournalWorker(
-            self.journal,
-            self._apply_claim,
-            WorkerConfig.of(
-                config, batch=config.batch, events="replicator.apply", direction=config.direction
-            ),
-            wall=self._wall,
-            rng=self._rng,
+        return self._worker(
+            self.config,
+            batch=self.config.batch,
+            events="replicator.apply",
+            direction=self.config.direction,
             held=self._held_keys,
             writes=lambda: tuple(getattr(self._writes, "apis", ())),
-            observers=self._observers,
         )
 
     # -- reading and planning ---------------------------------------------------------------

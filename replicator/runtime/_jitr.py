@@ -78,7 +78,7 @@ from replicator.core._ops import CreatePolicy, CreateThing, UpdateCertificate
 from replicator.core._records import CertificateChanged
 from replicator.core._state import CERTIFICATE_ID
 from replicator.runtime._stats import JitrStats
-from replicator.runtime._worker import JournalWorker, Outcome, Worked, WorkerConfig
+from replicator.runtime._worker import JournalWorker, Outcome, Worked
 
 if TYPE_CHECKING:
     import threading
@@ -353,15 +353,12 @@ class JitrHandler(Worked):
     @property
     def worker(self) -> JournalWorker:
         """The journal worker that runs this handler's queue."""
-        config = self.config
-        return JournalWorker(
-            self.journal,
-            self._apply_claim,
-            WorkerConfig.of(config, batch=config.workers * 8, events="jitr", direction="jitr"),
-            wall=self._wall,
-            rng=self._rng,
+        return self._worker(
+            self.config,
+            batch=self.config.workers * 8,
+            events="jitr",
+            direction="jitr",
             log_fields=lambda key: {"certificate_id": key.name},
-            observers=self._observers,
         )
 
     # -- the sweep -----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from replicator._errors import (
     AccessDeniedError,
@@ -133,19 +133,6 @@ class WorkerConfig:
     poll_s: float
     events: str
     direction: str = "forward"
-
-    @classmethod
-    def of(cls, tuning: Tuning, *, batch: int, events: str, direction: str) -> WorkerConfig:
-        """The worker of an engine's or a JITR handler's configuration."""
-        return cls(
-            workers=tuning.workers,
-            batch=batch,
-            max_attempts=tuning.max_attempts,
-            backoff=tuning.backoff,
-            poll_s=tuning.poll_s,
-            events=events,
-            direction=direction,
-        )
 
 
 class JournalWorker:
@@ -358,11 +345,38 @@ class JournalWorker:
 class Worked:
     """What the engine and the JITR handler share: a clock, observers, and their worker's loops.
 
-    Each builds its :attr:`worker` on its own journal queue and ``apply``.
+    Each runs a :class:`JournalWorker` on its own journal queue and ``_apply_claim``.
     """
 
+    journal: Journal
     _wall: Callable[[], float]
+    _rng: random.Random
     _observers: list[Callable[[Outcome], None]]
+
+    def _apply_claim(self, claim: Claim) -> tuple[str, float | None]:
+        raise NotImplementedError
+
+    def _worker(
+        self, config: Tuning, *, batch: int, events: str, direction: str, **hooks: Any
+    ) -> JournalWorker:
+        """The journal worker of this queue, tuned by ``config`` (``hooks``: the worker's own)."""
+        return JournalWorker(
+            self.journal,
+            self._apply_claim,
+            WorkerConfig(
+                workers=config.workers,
+                batch=batch,
+                max_attempts=config.max_attempts,
+                backoff=config.backoff,
+                poll_s=config.poll_s,
+                events=events,
+                direction=direction,
+            ),
+            wall=self._wall,
+            rng=self._rng,
+            observers=self._observers,
+            **hooks,
+        )
 
     @property
     def worker(self) -> JournalWorker:
