@@ -72,10 +72,14 @@ _FIRST_FAILURE = 0x80
 class _Housekeeping:
     """paho's ``loop_misc`` (keep-alive PINGREQ, ping timeout) for every connection of one loop.
 
-    One task per event loop, alive while a connection is registered; each
-    connection is checked once per ``_MISC_INTERVAL_S``. A connection whose
-    ``loop_misc`` fails (closed) or raises is dropped from the round, the
-    others stay.
+    One task per event loop, alive while a connection is registered. It ticks
+    every ``_MISC_INTERVAL_S`` and checks each connection every
+    ``keepalive / 10`` ticks (at least every tick), at a phase of its own: a
+    PINGREQ leaves at most a tenth of the keep-alive late, well inside the
+    broker's allowance of 1.5 keep-alives, and 20,000 connections with the
+    default 60 s keep-alive cost 3,300 checks a second instead of 20,000. A
+    connection whose ``loop_misc`` fails (closed) or raises is dropped from
+    the round, the others stay.
     """
 
     _per_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Housekeeping]] = (
@@ -84,7 +88,8 @@ class _Housekeeping:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._clients: dict[int, mqtt.Client] = {}
+        self._clients: dict[int, tuple[mqtt.Client, int, int]] = {}  # id: client, every, phase
+        self._added = 0
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -94,8 +99,10 @@ class _Housekeeping:
             keeping = cls._per_loop[loop] = cls(loop)
         return keeping
 
-    def add(self, client: mqtt.Client) -> None:
-        self._clients[id(client)] = client
+    def add(self, client: mqtt.Client, keepalive_s: float) -> None:
+        every = max(1, int(keepalive_s / 10 / _MISC_INTERVAL_S))
+        self._added += 1
+        self._clients[id(client)] = (client, every, self._added % every)
         if self._task is None or self._task.done():
             self._task = self._loop.create_task(self._run())
 
@@ -103,9 +110,13 @@ class _Housekeeping:
         self._clients.pop(id(client), None)
 
     async def _run(self) -> None:
+        tick = 0
         while self._clients:
             await asyncio.sleep(_MISC_INTERVAL_S)
-            for key, client in list(self._clients.items()):
+            tick += 1
+            for key, (client, every, phase) in list(self._clients.items()):
+                if tick % every != phase:
+                    continue
                 try:
                     ok = client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS
                 except Exception:  # one connection's failure must not stop the others'
@@ -462,7 +473,7 @@ class PahoTransport:
     def _on_socket_open(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
         del userdata
         self._loop.add_reader(sock, self._read)
-        self._housekeeping.add(client)
+        self._housekeeping.add(client, self.params.keepalive_s)
 
     def _read(self) -> None:
         client = self._client
