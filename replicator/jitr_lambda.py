@@ -48,8 +48,7 @@ from typing import TYPE_CHECKING, Any
 from replicator._errors import ConfigError, PermanentError, ReplicatorError
 from replicator.core._state import CERTIFICATE_ID
 from replicator.runtime._build import build
-from replicator.runtime._jitr import JitrConfig, JitrHandler
-from replicator.runtime._journal import Journal
+from replicator.runtime._jitr import JitrConfig
 from replicator.runtime._settings import Settings
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ if TYPE_CHECKING:
 
     from replicator.aws._calls import RegionConfig
     from replicator.core._jitr_plan import PrimaryCheck
-    from replicator.core._region import RegionApi
+    from replicator.runtime._jitr import JitrHandler
 
 __all__ = ["JitrIncompleteError", "config_from_env", "handle_event", "handler"]
 
@@ -114,38 +113,29 @@ def handler(event: Any, context: object) -> dict[str, Any]:
     del context
     region, config = config_from_env(os.environ)
     with build(Settings(secondary=region, jitr=config)) as runtime:
-        jitr = runtime.jitr
-        assert jitr is not None
-        return handle_event(event, jitr.region, config, primary=jitr.primary)
+        assert runtime.jitr is not None
+        return handle_event(event, runtime.jitr)
 
 
-def handle_event(
-    event: Any,
-    region: RegionApi,
-    config: JitrConfig,
-    *,
-    primary: RegionApi | None = None,
-) -> dict[str, Any]:
-    """What :func:`handler` does once the regions are built (tests call it with fakes).
+def handle_event(event: Any, jitr: JitrHandler) -> dict[str, Any]:
+    """What :func:`handler` does with its handler (its journal a working set in memory).
 
     Raises:
         ReplicatorError: a failure that may pass.
     """
-    with Journal(":memory:", queue="jitr") as journal:
-        jitr = JitrHandler(region, journal, config, primary=primary)
-        if isinstance(event, dict) and (event.get("source") == "aws.events" or event.get("sweep")):
-            return _sweep(jitr)
-        certificate_id = event.get("certificateId") if isinstance(event, dict) else None
-        if not isinstance(certificate_id, str) or not CERTIFICATE_ID.fullmatch(certificate_id):
-            logger.error("jitr.lambda.bad_event", extra={"event": str(event)[:512]})
-            return {"result": "ignored", "reason": "not a registration event"}
-        try:
-            hint = event.get("caCertificateId")
-            result = jitr.handle(certificate_id, hint if isinstance(hint, str) else None)
-        except PermanentError as exc:  # retrying would fail the same way
-            reason = str(exc)
-        else:
-            return {"certificateId": certificate_id, "result": result}
+    if isinstance(event, dict) and (event.get("source") == "aws.events" or event.get("sweep")):
+        return _sweep(jitr)
+    certificate_id = event.get("certificateId") if isinstance(event, dict) else None
+    if not isinstance(certificate_id, str) or not CERTIFICATE_ID.fullmatch(certificate_id):
+        logger.error("jitr.lambda.bad_event", extra={"event": str(event)[:512]})
+        return {"result": "ignored", "reason": "not a registration event"}
+    try:
+        hint = event.get("caCertificateId")
+        result = jitr.handle(certificate_id, hint if isinstance(hint, str) else None)
+    except PermanentError as exc:  # retrying would fail the same way
+        reason = str(exc)
+    else:
+        return {"certificateId": certificate_id, "result": result}
     logger.error("jitr.dead", extra={"certificate_id": certificate_id, "reason": reason})
     return {"certificateId": certificate_id, "result": "dead", "reason": reason}
 

@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from device_agent.cli import main
 from device_agent.testing import FakeClock
+from replicator import jitr_lambda
 from replicator._errors import (
     AccessDeniedError,
     ConfigError,
@@ -45,7 +46,7 @@ from replicator.core._ops import (
     UpdateCertificate,
 )
 from replicator.core._state import CertificateState, ObjectKey, ThingState
-from replicator.jitr_lambda import JitrIncompleteError, config_from_env, handle_event
+from replicator.jitr_lambda import JitrIncompleteError, config_from_env
 from replicator.runtime._host import run_jitr_service
 from replicator.runtime._jitr import (
     CaCertificate,
@@ -66,6 +67,7 @@ from replicator.testing import InMemoryRegion
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from replicator.core._region import RegionApi
     from replicator.core._state import (
         Kind,
         PolicyState,
@@ -823,6 +825,15 @@ def _event(cert_id: str, ca: CA) -> dict[str, Any]:
         "awsAccountId": "123456789012",
         "certificateRegistrationTimestamp": 1,
     }
+
+
+def handle_event(
+    event: object, region: RegionApi, config: JitrConfig, *, primary: RegionApi | None = None
+) -> dict[str, Any]:
+    """The JITR Lambda's handling of ``event`` with a handler as ``handler`` builds it."""
+    with Journal(":memory:", queue="jitr") as journal:
+        handler = JitrHandler(region, journal, config, primary=primary)
+        return jitr_lambda.handle_event(event, handler)
 
 
 def test_the_lambda_handles_an_event_and_raises_for_lambda_to_retry(ca: CA) -> None:
