@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from replicator.core._state import Kind
-    from replicator.runtime._feed import FeedConfig
     from replicator.runtime._settings import Settings
 
 __all__ = ["replicator", "tools"]
@@ -137,21 +136,17 @@ def _settings(
     from replicator.runtime._settings import Settings  # noqa: PLC0415
 
     primary, secondary = (RegionConfig.of_role(options, role) for role in ("primary", "secondary"))
-    failback = _source_role(options) == "secondary"
-    common = {
-        "mode": options["mode"],
-        "workers": options["workers"],
-        "thing_recheck_s": options["thing_recheck_s"] or None,
-    }
     return Settings(
         primary=primary,
         secondary=secondary,
         engine=EngineConfig(
-            direction="failback" if failback else "forward",
+            mode=options["mode"],
+            workers=options["workers"],
+            thing_recheck_s=options["thing_recheck_s"] or None,
+            direction="failback" if _source_role(options) == "secondary" else "forward",
             keep_target_changes=keep_target_changes,
             both_ways=both_ways,
             delete_target_only=delete_target_only,
-            **common,
         ),
         quotas=QuotaConfig.with_overrides(options["quotas"]),
         journal=journal,
@@ -315,17 +310,19 @@ def replicator_run(**options: Any) -> None:
     from replicator._errors import ConfigError  # noqa: PLC0415
     from replicator.runtime._build import build  # noqa: PLC0415
     from replicator.runtime._failback import AutoFailback  # noqa: PLC0415
+    from replicator.runtime._feed import FeedConfig  # noqa: PLC0415
     from replicator.runtime._host import ServiceOps, run_service  # noqa: PLC0415
     from replicator.runtime._http import parse_listen  # noqa: PLC0415
 
-    auto = options["failback"] == "auto"
-    if auto and _source_role(options) == "secondary":
+    auto, source = options["failback"] == "auto", _source_role(options)
+    if auto and source == "secondary":
         raise ConfigError("--failback auto runs both directions: leave --direction at its default")
     if auto and not options["failback_feed"]:
         raise ConfigError(
             "--failback auto needs --failback-feed HOST:PORT (the secondary's broker)"
         )
-    feed = _feed_config(options, "--feed", options["feed"], _source_role(options))
+    region = options[f"{source}_region"]
+    feed = FeedConfig.from_options(options, flag="--feed", address=options["feed"], region=region)
 
     def report(line: dict[str, Any]) -> None:
         if options["as_json"]:
@@ -341,15 +338,18 @@ def replicator_run(**options: Any) -> None:
         failback = None
         if runtime.failback is not None:
             runtime.failback.add_observer(ops.observe)
-            back_feed = _feed_config(
-                options, "--failback-feed", options["failback_feed"], "secondary"
+            back_feed = FeedConfig.from_options(
+                options,
+                flag="--failback-feed",
+                address=options["failback_feed"],
+                region=options["secondary_region"],
             )
             auto_failback = AutoFailback(
                 engine, runtime.failback, report=report, workers=options["workers"]
             )
             failback = (auto_failback, back_feed)
         anti_entropy = None
-        if options["anti_entropy_s"] and _source_role(options) == "primary":
+        if options["anti_entropy_s"] and source == "primary":
             from replicator.runtime._anti_entropy import (  # noqa: PLC0415
                 AntiEntropy,
                 AntiEntropyConfig,
@@ -369,15 +369,6 @@ def replicator_run(**options: Any) -> None:
             failback=failback,
             anti_entropy=anti_entropy,
         )
-
-
-def _feed_config(options: dict[str, Any], flag: str, address: str, role: str) -> FeedConfig:
-    """A feed on ``role``'s broker at ``address`` (HOST:PORT), with the TLS flags."""
-    from replicator.runtime._feed import FeedConfig  # noqa: PLC0415
-
-    return FeedConfig.from_options(
-        options, flag=flag, address=address, region=options[f"{role}_region"]
-    )
 
 
 @replicator.command("iam-policy")
