@@ -58,12 +58,13 @@ building boto3 clients per batch would cost more than the batch.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
@@ -87,6 +88,11 @@ document that does not parse, or a change that kept failing): delivering it
 again would fail the same way.
 """
 
+_REGION_FIELDS = tuple(
+    f"{role}_{name}"
+    for role in ("primary", "secondary")
+    for name in ("region", "endpoint_url", "data_endpoint_url", "account_id")
+)
 _RETRY_S = 0.05  # the engine's shortest wait before a retry, and this handler's backoff
 
 
@@ -143,28 +149,21 @@ class LambdaConfig:
         Raises:
             ConfigError: a region is missing, or a value is invalid.
         """
-
-        def get(name: str) -> str | None:
-            return environ.get(name) or None
-
-        regions = {role: get(f"IOTDR_{role.upper()}_REGION") for role in ("primary", "secondary")}
-        for role, region in regions.items():
+        # the fields are the variables' names: primary_endpoint_url, IOTDR_PRIMARY_ENDPOINT_URL
+        values = {name: environ.get(f"IOTDR_{name.upper()}") or None for name in _REGION_FIELDS}
+        primary, secondary = values.pop("primary_region"), values.pop("secondary_region")
+        for name, region in (("PRIMARY", primary), ("SECONDARY", secondary)):
             if region is None:
-                raise ConfigError(f"IOTDR_{role.upper()}_REGION is not set")
-        workers = get("IOTDR_REPLICATOR_WORKERS") or "8"
+                raise ConfigError(f"IOTDR_{name}_REGION is not set")
+        workers = environ.get("IOTDR_REPLICATOR_WORKERS") or "8"
         if not workers.isdigit():
             raise ConfigError(f"IOTDR_REPLICATOR_WORKERS {workers!r} is not a number")
         return cls(
-            primary_region=str(regions["primary"]),
-            secondary_region=str(regions["secondary"]),
-            mode=get("IOTDR_REPLICATOR_MODE") or "complete",
-            primary_endpoint_url=get("IOTDR_PRIMARY_ENDPOINT_URL"),
-            secondary_endpoint_url=get("IOTDR_SECONDARY_ENDPOINT_URL"),
-            primary_data_endpoint_url=get("IOTDR_PRIMARY_DATA_ENDPOINT_URL"),
-            secondary_data_endpoint_url=get("IOTDR_SECONDARY_DATA_ENDPOINT_URL"),
-            primary_account_id=get("IOTDR_PRIMARY_ACCOUNT_ID"),
-            secondary_account_id=get("IOTDR_SECONDARY_ACCOUNT_ID"),
-            journal=get("IOTDR_REPLICATOR_JOURNAL") or ":memory:",
+            primary_region=str(primary),
+            secondary_region=str(secondary),
+            mode=environ.get("IOTDR_REPLICATOR_MODE") or "complete",
+            journal=environ.get("IOTDR_REPLICATOR_JOURNAL") or ":memory:",
+            **values,
             workers=int(workers),
         )
 
@@ -258,7 +257,7 @@ class LambdaReplicator:
             extra={
                 "messages": len(messages),
                 "objects": len(results),
-                "results": _tally(results.values()),
+                "results": dict(collections.Counter(results.values())),
                 "reported": len(reported),
             },
         )
@@ -338,13 +337,6 @@ def _messages(event: object) -> list[_Message]:
             )
         )
     return found
-
-
-def _tally(results: Iterable[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for result in results:
-        counts[result] = counts.get(result, 0) + 1
-    return counts
 
 
 # One replicator per container (see the module docstring): Lambda's model, not a library's.
