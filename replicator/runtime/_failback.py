@@ -44,6 +44,7 @@ from replicator._errors import (
     RetryableError,
 )
 from replicator.core._records import ObjectNamed
+from replicator.runtime._host import Hosted
 from replicator.runtime._reconcile import reconcile
 
 if TYPE_CHECKING:
@@ -165,10 +166,8 @@ class AutoFailback:
             ReplicatorError: a permission is missing in either region, or the
                 journal failed (``stop`` is set, and the error kept on ``failed``).
         """
-        engine = threading.Thread(
-            target=self._guarded, args=(self.failback.run, stop), name="replicator-failback"
-        )
-        engine.start()
+        queue = Hosted("replicator-failback", self.failback.run)
+        queue.start(stop)
         try:
             while not stop.wait(self._probe_interval_s):
                 if self.watch.down and self._primary_answers():
@@ -177,16 +176,10 @@ class AutoFailback:
             self.failed = exc
             stop.set()
         finally:
-            engine.join()
+            queue.stop()
+        self.failed = self.failed or queue.failed
         if self.failed is not None:
             raise self.failed
-
-    def _guarded(self, target: Callable[[threading.Event], None], stop: threading.Event) -> None:
-        try:
-            target(stop)
-        except BaseException as exc:  # noqa: BLE001 - handed to the service through .failed
-            self.failed = exc
-            stop.set()
 
     def _primary_answers(self) -> bool:
         try:
