@@ -423,17 +423,6 @@ class JitrHandler(Worked):
             "writes": dict(sorted(stats.writes.items())),
         }
 
-    def _sweep_safely(self) -> bool:
-        try:
-            self.sweep()
-        except (AccessDeniedError, CredentialsError):
-            raise
-        except ReplicatorError as exc:
-            self.stats.count("sweep_failures")
-            logger.warning("jitr.sweep.failed", extra={"error": str(exc)})
-            return False
-        return True
-
     # -- loops ---------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
@@ -447,7 +436,8 @@ class JitrHandler(Worked):
     def sweep_when_due(self) -> Callable[[], None]:
         """A tick for the worker's loop: a sweep at once, then every ``sweep_interval_s``.
 
-        A failed sweep is tried again after the backoff's first delay.
+        A failed sweep is logged and tried again after the backoff's first delay;
+        AccessDenied stops the loop.
         """
         config = self.config
         next_sweep = self._wall()
@@ -456,9 +446,15 @@ class JitrHandler(Worked):
             nonlocal next_sweep
             if not config.sweep_interval_s or self._wall() < next_sweep:
                 return
-            swept = self._sweep_safely()
-            retry_s = config.backoff.delay(0, self._rng) + config.poll_s
-            interval = config.sweep_interval_s
-            next_sweep = self._wall() + (interval if swept else min(retry_s, interval))
+            wait_s = config.sweep_interval_s
+            try:
+                self.sweep()
+            except (AccessDeniedError, CredentialsError):
+                raise
+            except ReplicatorError as exc:
+                self.stats.count("sweep_failures")
+                logger.warning("jitr.sweep.failed", extra={"error": str(exc)})
+                wait_s = min(config.backoff.delay(0, self._rng) + config.poll_s, wait_s)
+            next_sweep = self._wall() + wait_s
 
         return tick
