@@ -311,7 +311,7 @@ def replicator_run(**options: Any) -> None:
     from replicator.runtime._build import build  # noqa: PLC0415
     from replicator.runtime._failback import AutoFailback  # noqa: PLC0415
     from replicator.runtime._feed import FeedConfig  # noqa: PLC0415
-    from replicator.runtime._host import ServiceOps, run_service  # noqa: PLC0415
+    from replicator.runtime._host import run_service  # noqa: PLC0415
     from replicator.runtime._http import parse_listen  # noqa: PLC0415
 
     auto, source = options["failback"] == "auto", _source_role(options)
@@ -329,15 +329,12 @@ def replicator_run(**options: Any) -> None:
             click.echo(json.dumps(line, sort_keys=True, default=str))
 
     listen = parse_listen(options["listen"])
-    ops = ServiceOps()
     settings = _settings(options, journal=str(options["journal_path"]), both_ways=auto)
     with build(settings) as runtime:
         engine = runtime.engine
         assert engine is not None
-        engine.add_observer(ops.observe)
         failback = None
         if runtime.failback is not None:
-            runtime.failback.add_observer(ops.observe)
             back_feed = FeedConfig.from_options(
                 options,
                 flag="--failback-feed",
@@ -365,7 +362,6 @@ def replicator_run(**options: Any) -> None:
             feed,
             report=report,
             listen=listen,
-            ops=ops,
             failback=failback,
             anti_entropy=anti_entropy,
         )

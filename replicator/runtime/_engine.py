@@ -91,8 +91,9 @@ class Engine(Worked):
         config: how to work.
         wall: epoch seconds (journal times, thing type deprecation dates).
         rng: jitter of the retry backoff.
-        observer: called with the :class:`Outcome` of every processed change
-            (from the worker threads; it must be quick and must not raise).
+
+    Observers (:meth:`add_observer`) get the :class:`Outcome` of every processed
+    change, from the worker threads: they must be quick and must not raise.
     """
 
     def __init__(
@@ -104,7 +105,6 @@ class Engine(Worked):
         config: EngineConfig | None = None,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
-        observer: Callable[[Outcome], None] | None = None,
     ) -> None:
         self.source = source
         self.target = target
@@ -139,8 +139,6 @@ class Engine(Worked):
         self._ensured: dict[ObjectKey, float] = {}
         self._passes: list[float] = []  # start times of the reconcile passes running
         self._observers: list[Callable[[Outcome], None]] = [self.stats.observe]
-        if observer is not None:
-            self._observers.append(observer)
         self._writes = threading.local()
 
     def __repr__(self) -> str:

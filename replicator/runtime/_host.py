@@ -256,14 +256,13 @@ def run_service(
     """``iotdr replicator run``: the feed, the engine and the endpoints (see :class:`ServiceHost`).
 
     Args:
-        engine: the engine, with its journal (built with ``observer=ops.observe``
-            for the outcome metrics).
+        engine: the engine, with its journal.
         feed_config: the source region's broker.
         report: called with one JSON-ready line per lifecycle event.
         stop: set it to stop; by default SIGTERM and SIGINT set it.
         stats_interval_s: how often to report a ``replicator.stats`` line.
         listen: where to serve ``/healthz``, ``/readyz`` and ``/metrics``; None: nowhere.
-        ops: the metrics and health the engine reports to; None: new ones.
+        ops: the metrics and health the engine's outcomes (both queues') go to; None: new ones.
         failback: automatic failback (``_failback.py``) with the secondary's
             broker: a second feed into the engine's failback queue.
         anti_entropy: the background reconcile pass (``_anti_entropy.py``), run
@@ -273,14 +272,16 @@ def run_service(
         ConfigError: the ``listen`` address cannot be bound.
         ReplicatorError: the feed's journal failed, or a permission is missing.
     """
+    ops = ops or ServiceOps()
+    engine.add_observer(ops.observe)
     feed = MqttFeed(feed_config, engine.journal)
     others = []
     if failback is not None:
         auto, back_feed = failback
+        auto.failback.add_observer(ops.observe)
         others.append(
             Hosted("replicator-failback", auto.run, MqttFeed(back_feed, auto.failback.journal))
         )
-    ops = ops or ServiceOps()
     if anti_entropy is not None:
         others.append(Hosted("replicator-anti-entropy", anti_entropy.run))
         ops.metrics.registry.register(anti_entropy)
@@ -308,7 +309,7 @@ def run_service(
         stop=stop or threading.Event(),
         stats_interval_s=stats_interval_s,
         listen=listen,
-        ops=ops or ServiceOps(),
+        ops=ops,
         limiter=_limiter_of(engine.target),
         failback_journal=failback[0].failback.journal if failback is not None else None,
     ).run()
