@@ -7,7 +7,7 @@ bucket, the retry policy and the error translation of
 clients at a local region or any AWS-compatible endpoint;
 ``data_endpoint_url`` overrides it for iot-data; ``s3_endpoint_url`` points
 the s3 client (bulk registration's input file, built on first use) elsewhere.
-Reads are here; writes are in ``_aws_writes.py``.
+Reads are here; writes are in ``_writes.py``.
 """
 
 from __future__ import annotations
@@ -399,7 +399,7 @@ class Boto3Region(RegionCalls):
     # -- writes -----------------------------------------------------------------------------
 
     def execute(self, op: Op) -> int | None:
-        """Carry out one write (see ``_aws_writes.py``)."""
+        """Carry out one write (see ``_writes.py``)."""
         return execute(self, op)
 
     # -- the CA reads of the JITR handler ----------------------------------------------------

@@ -1,8 +1,8 @@
 """What the replicator replicates: object keys and each kind's state in one region.
 
-Plain frozen dataclasses, no boto3: the adapter (``_aws.py``) fills them from a
+Plain frozen dataclasses, no boto3: the adapter (``aws/_adapter.py``) fills them from a
 region, the planner (``_plan.py``) compares two of them, the in-memory region
-(``_memory.py``) holds them. ``None`` stands for "does not exist".
+(``replicator/testing.py``) holds them. ``None`` stands for "does not exist".
 
 An :class:`ObjectKey` names one replicated object; its string form
 (``thing/pump-1``, ``shadow/pump-1`` for a classic shadow,
