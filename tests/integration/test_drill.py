@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -17,12 +18,50 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def _drill(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def _drill(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [sys.executable, "-m", "device_agent.cli", "--log-level", "warning", "sim", "drill",
          *args, "--json"],
-        capture_output=True, text=True, timeout=200, check=False,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Drilled:
+    """A finished ``iotdr sim drill``: its state directory, exit status and output."""
+
+    state: Path
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def drilled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, _Drilled]:
+    """The ``down`` and the ``dns_flip`` drill, run at the same time (each waits on its timeline).
+
+    Each has regions, ports and a state directory of its own.
+    """
+    down, flip = tmp_path_factory.mktemp("down"), tmp_path_factory.mktemp("dns_flip")
+    flip_args = ["--fault", "dns_flip", "--dr-jitter", "1", "--stability-window", "1"]
+    runs = {
+        "down": (
+            down,
+            _drill("--trials", "2", "--stability-window", "1", "--state-dir", str(down)),
+        ),
+        "dns_flip": (flip, _drill(*flip_args, "--state-dir", str(flip))),
+    }
+    done: dict[str, _Drilled] = {}
+    try:
+        for kind, (state, process) in runs.items():
+            stdout, stderr = process.communicate(timeout=200)
+            done[kind] = _Drilled(state, process.returncode, stdout, stderr)
+    finally:
+        for _, process in runs.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return done
 
 
 @pytest.mark.parametrize("kind", FAULT_KINDS)
@@ -67,8 +106,9 @@ def test_options_refuse_an_unknown_kind_and_no_trials() -> None:
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_down_drill_moves_every_trial_and_back_without_loss(tmp_path: Path) -> None:
-    result = _drill("--trials", "2", "--stability-window", "1", "--state-dir", str(tmp_path))
+def test_down_drill_moves_every_trial_and_back_without_loss(drilled: dict[str, _Drilled]) -> None:
+    result = drilled["down"]
+    tmp_path = result.state
 
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -94,11 +134,9 @@ def test_down_drill_moves_every_trial_and_back_without_loss(tmp_path: Path) -> N
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_dns_flip_drill_follows_the_cname_there_and_back(tmp_path: Path) -> None:
-    result = _drill(
-        "--fault", "dns_flip", "--dr-jitter", "1", "--stability-window", "1",
-        "--state-dir", str(tmp_path),
-    )  # fmt: skip
+def test_dns_flip_drill_follows_the_cname_there_and_back(drilled: dict[str, _Drilled]) -> None:
+    result = drilled["dns_flip"]
+    tmp_path = result.state
 
     assert result.returncode == 0, result.stderr
     flip = json.loads(result.stdout)["results"]["dns_flip"]
