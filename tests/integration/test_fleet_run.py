@@ -32,12 +32,15 @@ duration_s: {duration}
 regions: [us-east-1, us-west-2]
 replication: complete
 fleet: {{telemetry_interval_s: 1.0, shadow_interval_s: 5, start_spread_s: 2}}
-agent: {{failover: {{stability_window_s: 5, failback_probe_interval_s: 5, failback_spread_s: 2}}}}
+agent: {{failover: {{stability_window_s: 2, failback_probe_interval_s: 3, failback_spread_s: 2}}}}
 timeline:
-  - {{at: 5, fault: {{region: us-east-1, mode: down}}}}
-  - {{at: 6, create_devices: 3}}
-  - {{at: 16, heal: {{region: us-east-1}}}}
+  - {{at: 3, fault: {{region: us-east-1, mode: down}}}}
+  - {{at: 4, create_devices: 3}}
+  - {{at: 10, heal: {{region: us-east-1}}}}
 """
+# The failback after the heal at 10: the first probe (3 s, +-20 % jitter), the next one closes
+# the 2 s window, the spread, the connect: 10 s at most, so a full run ends at _QUICK_END.
+_QUICK_END = 26
 
 
 def _scenario(tmp_path: Path, text: str, name: str = "scenario.yaml") -> Path:
@@ -59,7 +62,7 @@ def _sim_run(
 
 @pytest.mark.timeout(240)
 def test_a_full_run_writes_a_consistent_report(tmp_path: Path) -> None:
-    scenario = _scenario(tmp_path, _QUICK.format(devices=12, duration=40))
+    scenario = _scenario(tmp_path, _QUICK.format(devices=12, duration=_QUICK_END))
     report_dir = tmp_path / "report"
 
     result = _sim_run("--scenario", str(scenario), "--report-dir", str(report_dir), "--json")
@@ -70,7 +73,7 @@ def test_a_full_run_writes_a_consistent_report(tmp_path: Path) -> None:
     # Every key of the issue's report, with numbers that agree with each other.
     assert report["scenario"] == "quick"
     assert report["seed"] == 0
-    assert report["duration_s"] >= 40
+    assert report["duration_s"] >= _QUICK_END
     assert report["devices"] == 15  # 12 and the 3 created during the run
     for kind in ("failover", "failback"):
         assert set(report[kind]) >= {"count", "p50_s", "p95_s", "p99_s", "max_s"}
@@ -96,7 +99,7 @@ def test_a_full_run_writes_a_consistent_report(tmp_path: Path) -> None:
     assert markdown[0] == "# Fleet run: quick"
     assert "PASS" in markdown[2]
     csv = (report_dir / "timeline.csv").read_text().splitlines()
-    assert len(csv) > 40
+    assert len(csv) > _QUICK_END  # a header and a row per second
     for plot in ("connected.png", "cdf.png", "messages.png"):
         assert (report_dir / plot).read_bytes().startswith(_PNG), plot
 
