@@ -46,7 +46,7 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-BEFORE, DURING = 40, 15  # devices created before the kill, and while the child is dead
+BEFORE, DURING = 28, 10  # devices created before the kill, and while the child is dead
 POLICY = (
     '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect",'
     f'"Resource":"arn:aws:iot:{EAST}:123456789012:client/*"}}]}}'
