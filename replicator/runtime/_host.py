@@ -124,11 +124,10 @@ class ServiceHost:
     Attributes:
         name: the lifecycle lines' prefix (``replicator``, ``jitr``).
         main: the main loop, run in the calling thread.
-        journal: the main loop's journal (readiness, metrics).
-        now: the journals' clock.
+        worked: the engine or JITR handler of the main loop: its journal (readiness,
+            metrics) and counters (the ``<name>.stats`` and ``<name>.stopped`` lines).
         report: called with one JSON-ready line per lifecycle event.
         started: the ``<name>.started`` line's fields.
-        status: the ``<name>.stats`` and ``<name>.stopped`` lines' fields.
         others: loops run beside it (automatic failback).
         stop: set it to stop; by default SIGTERM and SIGINT set it.
         stats_interval_s: how often to report ``<name>.stats``.
@@ -140,11 +139,9 @@ class ServiceHost:
 
     name: str
     main: Hosted
-    journal: Journal
-    now: Callable[[], float]
+    worked: Engine | JitrHandler
     report: Callable[[dict[str, Any]], None]
     started: dict[str, Any]
-    status: Callable[[], dict[str, Any]]
     others: list[Hosted] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     stats_interval_s: float = 60.0
@@ -163,15 +160,15 @@ class ServiceHost:
             ConfigError: the ``listen`` address cannot be bound.
             ReplicatorError: a feed's journal failed, or a permission is missing.
         """
-        stop, ops, main = self.stop, self.ops, self.main
+        stop, ops, main, worked = self.stop, self.ops, self.main, self.worked
         server = None
         if self.listen:
             server = OpsServer(*self.listen, health=ops.health, metrics=ops.metrics)
         previous = _install_signals(stop)
-        ops.health.watch(journal_probe=lambda: self.journal.counts(self.now()), feed=main.feed)
+        ops.health.watch(journal_probe=lambda: worked.journal.counts(worked.now()), feed=main.feed)
         ops.metrics.watch(
-            journal=self.journal,
-            now=self.now,
+            journal=worked.journal,
+            now=worked.now,
             feed=main.feed,
             limiter=self.limiter,
             health=ops.health,
@@ -206,7 +203,7 @@ class ServiceHost:
                 server.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            self._lifecycle("stopped", self.status())
+            self._lifecycle("stopped", self._status())
         for hosted in (main, *self.others):
             if hosted.error is not None:
                 raise hosted.error
@@ -222,8 +219,24 @@ class ServiceHost:
                 self.stop.set()
             if time.monotonic() >= next_stats:
                 next_stats += self.stats_interval_s
-                self._lifecycle("stats", self.status())
+                self._lifecycle("stats", self._status())
         self.ops.health.stopping()  # at once, while the workers finish what they apply
+
+    def _status(self) -> dict[str, Any]:
+        """The worker's counters, its queue's depth and lag, the feed's counters."""
+        worked, feed = self.worked, self.main.feed
+        counts = worked.journal.counts(worked.now())
+        found = {**worked.stats.as_dict(), "pending": counts.pending, "due": counts.due}
+        found["oldest_pending_s"] = round(counts.oldest_pending_s, 3)
+        if self.name == "jitr":  # its own "dead": certificates given up on since it started
+            found["queued_dead"] = counts.dead
+        else:
+            found |= {"dead": counts.dead, "dead_letters": counts.dead_letters}
+        if feed is not None:
+            counters = feed.counters
+            found["feed"] = {n: getattr(counters, n) for n in counters.__dataclass_fields__}
+            found["subscribed"] = feed.subscribed
+        return found
 
     def _lifecycle(self, event: str, fields: dict[str, Any]) -> None:
         """One lifecycle line: to ``report`` and to the log (fields as ``extra=``)."""
@@ -289,8 +302,7 @@ def run_service(
     ServiceHost(
         name="replicator",
         main=Hosted("replicator", engine.run, feed),
-        journal=engine.journal,
-        now=engine.now,
+        worked=engine,
         report=report,
         started={
             "source": engine.source.region,
@@ -302,9 +314,6 @@ def run_service(
                 anti_entropy.config.interval_s if anti_entropy is not None else None
             ),
         },
-        status=lambda: _status(
-            engine.stats.as_dict(), engine.journal, engine.now(), feed, jitr=False
-        ),
         others=others,
         stop=stop or threading.Event(),
         stats_interval_s=stats_interval_s,
@@ -335,8 +344,7 @@ def run_jitr_service(
     ServiceHost(
         name="jitr",
         main=Hosted("jitr", handler.run, feed),
-        journal=handler.journal,
-        now=handler.now,
+        worked=handler,
         report=report,
         started={
             "region": handler.region.region,
@@ -344,9 +352,6 @@ def run_jitr_service(
             "feed": f"{feed.config.host}:{feed.config.port}" if feed is not None else None,
             "journal": handler.journal.path,
         },
-        status=lambda: _status(
-            handler.stats.as_dict(), handler.journal, handler.now(), feed, jitr=True
-        ),
         stop=stop or threading.Event(),
         listen=listen,
         ops=ops,
@@ -358,21 +363,3 @@ def _limiter_of(region: object) -> QuotaLimiter | None:
     """The quota buckets a region's calls go through (the boto3 adapter's), if any."""
     found = getattr(region, "limiter", None)
     return found if isinstance(found, QuotaLimiter) else None
-
-
-def _status(
-    stats: dict[str, Any], journal: Journal, now: float, feed: MqttFeed | None, *, jitr: bool
-) -> dict[str, Any]:
-    """The worker's counters, its queue's depth and lag, the feed's counters."""
-    counts = journal.counts(now)
-    found = {**stats, "pending": counts.pending, "due": counts.due}
-    found["oldest_pending_s"] = round(counts.oldest_pending_s, 3)
-    if jitr:  # the handler's own "dead" counts certificates given up on since it started
-        found["queued_dead"] = counts.dead
-    else:
-        found |= {"dead": counts.dead, "dead_letters": counts.dead_letters}
-    if feed is not None:
-        counters = feed.counters
-        found["feed"] = {name: getattr(counters, name) for name in counters.__dataclass_fields__}
-        found["subscribed"] = feed.subscribed
-    return found
