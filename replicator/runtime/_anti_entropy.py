@@ -119,12 +119,8 @@ class AntiEntropy:
             f"passes={self.passes}, running={self.running_since is not None})"
         )
 
-    @property
-    def _journal(self) -> Any:
-        return self.engine.journal
-
     def _meta(self, name: str) -> float | None:
-        value = self._journal.meta(name)
+        value = self.engine.journal.meta(name)
         return float(value) if value is not None else None
 
     def completed_at(self) -> float | None:
@@ -142,7 +138,7 @@ class AntiEntropy:
 
     def heartbeat(self, now: float) -> None:
         """Tell the journal the service is alive now."""
-        self._journal.set_meta(ALIVE_AT, repr(now), now=now)
+        self.engine.journal.set_meta(ALIVE_AT, repr(now), now=now)
 
     def run_pass(self, stop: threading.Event | None = None) -> ReconcileReport:
         """One full pass, within the quota share; recorded as completed unless stopped.
@@ -181,7 +177,7 @@ class AntiEntropy:
         with self._lock:
             self.last = report
         if not report.interrupted:
-            self._journal.set_meta(COMPLETED_AT, repr(now), now=now)
+            self.engine.journal.set_meta(COMPLETED_AT, repr(now), now=now)
             with self._lock:
                 self.passes += 1
         logger.info(
