@@ -186,9 +186,7 @@ class JitrHandler(Worked):
         verdict = screen(self.config, certificate, ca)
         extra = {"region": region.region, "certificate_id": certificate_id, "ca": ca_id}
         if isinstance(verdict, Refused):
-            self.stats.count("refused")
-            logger.warning("jitr.refused", extra={**extra, "reason": verdict.reason})
-            return "refused"
+            return self._refused(extra, verdict.reason)
         if isinstance(verdict, LeftAlone):
             self.stats.count("left_alone")
             logger.info("jitr.left_alone", extra={**extra, "reason": verdict.reason})
@@ -204,13 +202,11 @@ class JitrHandler(Worked):
         if found is not None and not self.config.allow_rotation:
             holder = self._active_holder(found.principals or frozenset(), certificate_id)
             if holder is not None:
-                self.stats.count("refused")
                 reason = (
                     f"thing {thing} already has the ACTIVE certificate {holder}: another "
                     "device's name in a CA-signed certificate? (allow_rotation to attach anyway)"
                 )
-                logger.warning("jitr.refused", extra={**extra, "thing": thing, "reason": reason})
-                return "refused"
+                return self._refused({**extra, "thing": thing}, reason)
         ops = provision(
             self.config,
             certificate,
@@ -230,6 +226,12 @@ class JitrHandler(Worked):
             extra={**extra, "thing": thing, "writes": [type(op).__name__ for op in ops]},
         )
         return "activated"
+
+    def _refused(self, extra: dict[str, Any], reason: str) -> str:
+        """Count and log a refusal (``jitr.refused`` with the reason)."""
+        self.stats.count("refused")
+        logger.warning("jitr.refused", extra={**extra, "reason": reason})
+        return "refused"
 
     def _active_holder(self, principals: frozenset[str], certificate_id: str) -> str | None:
         """Another ACTIVE certificate attached to the thing, if any (its id)."""
@@ -281,10 +283,8 @@ class JitrHandler(Worked):
             logger.warning("jitr.primary.unchecked", extra={**extra, "error": str(exc)})
             return None
         if status is None:
-            self.stats.count("refused")
             reason = "not known in the primary (deleted there, or never registered)"
-            logger.warning("jitr.refused", extra={**extra, "reason": reason})
-            return "refused"
+            return self._refused(extra, reason)
         if status not in _MIRRORED:
             return None
         self._write(UpdateCertificate(certificate_id, status))
