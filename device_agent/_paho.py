@@ -37,7 +37,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from device_agent._errors import DeviceAgentError
-from device_agent._tls import step_handshake, wrap_client
+from device_agent._tls import bind_source, step_handshake, wrap_client
 from device_agent._transport import (
     ConnectError,
     ConnectErrorKind,
@@ -269,7 +269,7 @@ class PahoTransport:
         sock.setblocking(False)
         try:
             if self.params.source_address is not None:
-                sock.bind((self.params.source_address, 0))
+                bind_source(sock, self.params.source_address)
             await self._loop.sock_connect(sock, (address, self.params.endpoint.port))
         except BaseException:
             sock.close()

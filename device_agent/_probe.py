@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
+import socket
 import ssl
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from device_agent._tls import open_tls
+from device_agent._tls import bind_source, open_tls
 from device_agent._transport import (
     ConnectError,
     ConnectParams,
@@ -190,11 +192,22 @@ class Prober:
             return self._failed(endpoint, depth, started, "unreachable", exc.strerror or str(exc))
         return ProbeOutcome(endpoint.region, depth, ok=True, latency_s=self._timer() - started)
 
-    def _local(self) -> tuple[str, int] | None:
-        return None if self.source_address is None else (self.source_address, 0)
-
     async def _tcp(self, endpoint: Endpoint, address: str) -> None:
-        _, writer = await asyncio.open_connection(address, endpoint.port, local_addr=self._local())
+        if self.source_address is None:
+            _, writer = await asyncio.open_connection(address, endpoint.port)
+        else:
+            family = (
+                socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+            )
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                bind_source(sock, self.source_address)
+                await asyncio.get_running_loop().sock_connect(sock, (address, endpoint.port))
+            except BaseException:
+                sock.close()
+                raise
+            _, writer = await asyncio.open_connection(sock=sock)
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()

@@ -8,6 +8,7 @@ and ``wrap_socket(do_handshake_on_connect=False)``, never a blocking call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import ssl
@@ -16,7 +17,26 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from device_agent._endpoints import Endpoint
 
-__all__ = ["open_tls", "step_handshake", "wrap_client"]
+__all__ = ["bind_source", "open_tls", "step_handshake", "wrap_client"]
+
+# Linux's IP_BIND_ADDRESS_NO_PORT (Python names it from 3.12 on).
+_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+def bind_source(sock: socket.socket, source_address: str) -> None:
+    """Bind ``sock`` to ``source_address`` for an outgoing connection, the port left to connect().
+
+    A plain ``bind((address, 0))`` takes a port for that address whatever
+    the destination, and a port whose last connection is in TIME_WAIT is
+    not free for it: a host of thousands of devices on one address runs out
+    of its 28,000 ports, or reuses them in ways that stall connects. With
+    ``IP_BIND_ADDRESS_NO_PORT`` (Linux) the port is chosen at connect(),
+    unique per (source, destination) pair as for an unbound socket.
+    """
+    if sock.family == socket.AF_INET:
+        with contextlib.suppress(OSError):  # not Linux: bind as before
+            sock.setsockopt(socket.IPPROTO_IP, _BIND_ADDRESS_NO_PORT, 1)
+    sock.bind((source_address, 0))
 
 
 def wrap_client(
@@ -57,7 +77,7 @@ async def open_tls(
     raw.setblocking(False)
     try:
         if source_address is not None:
-            raw.bind((source_address, 0))
+            bind_source(raw, source_address)
         await loop.sock_connect(raw, (address, endpoint.port))
         tls = wrap_client(context, raw, endpoint.tls_name, endpoint.alpn_protocols)
         await step_handshake(loop, tls)

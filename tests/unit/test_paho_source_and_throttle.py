@@ -8,6 +8,7 @@ the throttled CONNACK against a TLS listener that answers as AWS IoT does.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from typing import TYPE_CHECKING
 
@@ -201,3 +202,17 @@ async def test_a_throttled_connect_is_told_apart_only_over_mqtt_5(
         await transport.connect()
     assert caught.value.kind == kind
     assert throttling.levels == [level]
+
+
+def test_a_source_address_leaves_the_port_to_connect() -> None:
+    """bind_source takes no port at bind time (IP_BIND_ADDRESS_NO_PORT): the port is chosen
+    at connect(), unique per destination, and a port in TIME_WAIT does not block it."""
+    from device_agent._tls import bind_source
+
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.socket() as sock:
+        bind_source(sock, "127.0.0.5")
+        assert sock.getsockname() == ("127.0.0.5", 0)
+        sock.connect(listener.getsockname())
+        address, port = sock.getsockname()
+        assert address == "127.0.0.5"
+        assert port != 0
