@@ -393,8 +393,9 @@ class MQTTConfig:
         max_inflight: unacknowledged QoS 1 publishes at once (AWS allows 100).
         clean_session: MQTT clean session.
         source_address: the local IP address every connection and probe binds
-            its socket to (any free port); None (the default) lets the system
-            choose. For a host that runs many devices: each local address
+            its socket to (the port chosen at connect, unique per destination:
+            ``IP_BIND_ADDRESS_NO_PORT`` on Linux); None (the default) lets the
+            system choose. For a host that runs many devices: each local address
             gives about 28,000 source ports per destination address and port,
             so a fleet simulator spreads 20,000 devices over several
             127.0.0.x addresses.
