@@ -108,6 +108,11 @@ class _Housekeeping:
 
     def discard(self, client: mqtt.Client) -> None:
         self._clients.pop(id(client), None)
+        if not self._clients and self._task is not None:
+            # The last connection went: the task goes now, not at its next tick, so a
+            # loop closed right after finds nothing pending.
+            self._task.cancel()
+            self._task = None
 
     async def _run(self) -> None:
         tick = 0
