@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from simulators._errors import SimulatorError
-from simulators.fleet._play import Progress, TimelinePlayer
+from simulators.fleet._play import Progress, StopRequestedError, TimelinePlayer
 from simulators.fleet._process_fleet import ProcessFleet, default_processes
 from simulators.fleet._provision import fleet_device_names
 from simulators.fleet._records import RunRecord
@@ -170,10 +170,10 @@ def run_fleet(options: RunOptions) -> dict[str, Any]:
             stage.start(stack, record)
             names = _fleet_names(stage, scenario.devices, shard)
             asyncio.run(_main(player, stage, fleet, names, options))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # before the loop's own handler was in place
             interrupted = "interrupted (Ctrl-C)"
-        except _TerminatedError:
-            interrupted = "interrupted (SIGTERM)"
+        except StopRequestedError as exc:
+            interrupted = str(exc)
         doors = list(record.doors)
         player.finish(interrupted=interrupted)
         # finish() rebuilds each door sample from its first five fields; keep them whole.
@@ -235,14 +235,17 @@ async def _main(
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
-    terminated = False
+    signals = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "interrupted (SIGTERM)"}
 
-    def on_term() -> None:
-        nonlocal terminated
-        terminated = True
-        main.cancel()
+    def on_signal(reason: str) -> None:
+        # The first signal stops the run: the main task is cancelled and the player
+        # told, so the run stops at its next tick even where a cancel gets lost.
+        if player.stopping is None:
+            player.stopping = reason
+            main.cancel()
 
-    loop.add_signal_handler(signal.SIGTERM, on_term)
+    for signum, reason in signals.items():
+        loop.add_signal_handler(signum, on_signal, reason)
     try:
         if options.progress is not None:
             options.progress(Progress(phase="provisioning", duration_s=player.scenario.duration_s))
@@ -250,12 +253,13 @@ async def _main(
         stage.start_replicator()
         await player.run(devices)
     except asyncio.CancelledError:
-        if terminated:
-            raise _TerminatedError from None
+        if player.stopping is not None:
+            raise StopRequestedError(player.stopping) from None
         raise
     finally:
         await fleet.stop()
-        loop.remove_signal_handler(signal.SIGTERM)
+        for signum in signals:
+            loop.remove_signal_handler(signum)
 
 
 def _settings(scenario: Scenario, options: RunOptions) -> dict[str, object]:
@@ -271,7 +275,3 @@ def _settings(scenario: Scenario, options: RunOptions) -> dict[str, object]:
     if options.start_at is not None:
         settings["start_at"] = options.start_at
     return settings
-
-
-class _TerminatedError(Exception):
-    """SIGTERM arrived."""

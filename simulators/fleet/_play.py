@@ -160,6 +160,10 @@ class Fleet(Protocol):
         ...
 
 
+class StopRequestedError(Exception):
+    """A signal asked the run to stop; the argument says which (the report's note)."""
+
+
 class TimelinePlayer:
     """Plays one scenario on a stage with a fleet, filling ``record``.
 
@@ -189,6 +193,10 @@ class TimelinePlayer:
         self.stage = stage
         self.fleet = fleet
         self.record = record
+        # Set by the driver's SIGINT/SIGTERM handler; the timeline and the boot stop at
+        # their next tick even if the cancellation that came with it was swallowed
+        # (Python 3.11's wait_for returns a result that raced a cancel, for one).
+        self.stopping: str | None = None
         self._progress_cb = progress
         self._sample_s = sample_s
         self._boot_limit_s = boot_limit_s
@@ -239,6 +247,7 @@ class TimelinePlayer:
             if now >= self.scenario.duration_s:
                 break
             self.fleet.check()
+            self._check_stopping()
             await asyncio.sleep(min(0.1, self._sample_s))
         self.record.duration_s = round(self.now(), 3)
         await self._drain()
@@ -252,11 +261,16 @@ class TimelinePlayer:
             self._progress()
             if self._connected_count() >= total:
                 return
+            self._check_stopping()
             await asyncio.sleep(0.2)
         self.record.notes.append(
             f"only {self._connected_count()} of {total} devices had connected when the "
             f"timeline started (after {self._boot_limit_s + 0.02 * total:.0f} s)"
         )
+
+    def _check_stopping(self) -> None:
+        if self.stopping is not None:
+            raise StopRequestedError(self.stopping)
 
     def _connected_count(self) -> int:
         return sum(1 for r in self.region_of.values() if r is not None)
