@@ -195,12 +195,14 @@ class PublishingBroker:
                 while at < len(body):
                     at += 2 + int.from_bytes(body[at : at + 2], "big") + 1
                     count += 1
+                # The session is the broker's before the SUBACK leaves: a client that
+                # saw its SUBACK may be published to at once.
+                with self._lock:
+                    self._client = client
+                    self.sessions += 1
                 client.sendall(bytes([0x90, 2 + count]) + body[:2] + b"\x01" * count)
             except OSError:
                 continue
-            with self._lock:
-                self._client = client
-                self.sessions += 1
             threading.Thread(target=self._read_acks, args=(client,), daemon=True).start()
 
     def _read_acks(self, client: socket.socket) -> None:
