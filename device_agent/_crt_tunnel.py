@@ -26,11 +26,11 @@ import asyncio
 import base64
 import contextlib
 import hmac
-import ipaddress
 import logging
 import secrets
-import socket
 from typing import TYPE_CHECKING
+
+from device_agent._tls import open_tcp
 
 if TYPE_CHECKING:
     from device_agent._transport import ConnectErrorKind
@@ -61,7 +61,8 @@ class Tunnel:
         address: the IP address to connect to.
         port: its port.
         target_name: the host name the client must ask for (``name:port``).
-        source_address: the local address to bind to; None lets the system choose.
+        source_address: the local address to bind to (the port chosen at connect, see
+            :func:`device_agent._tls.bind_source`); None lets the system choose.
     """
 
     def __init__(
@@ -173,16 +174,13 @@ class Tunnel:
             upstream_writer.close()
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        family = socket.AF_INET6 if ipaddress.ip_address(self.address).version == 6 else 0
-        local = None if self.source_address is None else (self.source_address, 0)
         try:
-            return await asyncio.open_connection(
-                self.address, self.port, local_addr=local, family=family
-            )
+            sock = await open_tcp(self.address, self.port, self.source_address)
         except ConnectionRefusedError as exc:
             raise TunnelFailure("refused", "connection refused") from exc
         except OSError as exc:
             raise TunnelFailure("unreachable", exc.strerror or str(exc)) from exc
+        return await asyncio.open_connection(sock=sock)
 
     async def _relay(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_client: bool

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 import ssl
@@ -37,7 +36,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from device_agent._errors import DeviceAgentError
-from device_agent._tls import bind_source, step_handshake, wrap_client
+from device_agent._tls import open_tcp, step_handshake, wrap_client
 from device_agent._transport import (
     ConnectError,
     ConnectErrorKind,
@@ -268,17 +267,8 @@ class PahoTransport:
         return session_present
 
     async def _open_socket(self) -> socket.socket:
-        address = self.params.address
-        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            if self.params.source_address is not None:
-                bind_source(sock, self.params.source_address)
-            await self._loop.sock_connect(sock, (address, self.params.endpoint.port))
-        except BaseException:
-            sock.close()
-            raise
+        params = self.params
+        sock = await open_tcp(params.address, params.endpoint.port, params.source_address)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 

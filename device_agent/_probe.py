@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
-import socket
 import ssl
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from device_agent._tls import bind_source, open_tls
+from device_agent._tls import open_tcp, open_tls
 from device_agent._transport import (
     ConnectError,
     ConnectParams,
@@ -193,24 +191,7 @@ class Prober:
         return ProbeOutcome(endpoint.region, depth, ok=True, latency_s=self._timer() - started)
 
     async def _tcp(self, endpoint: Endpoint, address: str) -> None:
-        if self.source_address is None:
-            _, writer = await asyncio.open_connection(address, endpoint.port)
-        else:
-            family = (
-                socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-            )
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            try:
-                bind_source(sock, self.source_address)
-                await asyncio.get_running_loop().sock_connect(sock, (address, endpoint.port))
-            except BaseException:
-                sock.close()
-                raise
-            _, writer = await asyncio.open_connection(sock=sock)
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+        (await open_tcp(address, endpoint.port, self.source_address)).close()
 
     async def _tls(self, endpoint: Endpoint, address: str) -> None:
         # The endpoint's TLS name and ALPN, as its connections have them (port 443).

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from device_agent._endpoints import Endpoint
 
-__all__ = ["bind_source", "open_tls", "step_handshake", "wrap_client"]
+__all__ = ["bind_source", "open_tcp", "open_tls", "step_handshake", "wrap_client"]
 
 # Linux's IP_BIND_ADDRESS_NO_PORT (Python names it from 3.12 on).
 _BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
@@ -54,6 +54,25 @@ def wrap_client(
     return context.wrap_socket(sock, server_hostname=server_name, do_handshake_on_connect=False)
 
 
+async def open_tcp(address: str, port: int, source_address: str | None = None) -> socket.socket:
+    """A non-blocking TCP connection to ``address`` (an IP address), from ``source_address``.
+
+    Raises:
+        OSError: the connection failed (or ``source_address`` cannot be bound).
+    """
+    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        if source_address is not None:
+            bind_source(sock, source_address)
+        await asyncio.get_running_loop().sock_connect(sock, (address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def open_tls(
     endpoint: Endpoint,
     address: str,
@@ -72,13 +91,8 @@ async def open_tls(
         ssl.SSLError: the handshake failed.
     """
     loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-    raw = socket.socket(family, socket.SOCK_STREAM)
-    raw.setblocking(False)
+    raw = await open_tcp(address, endpoint.port, source_address)
     try:
-        if source_address is not None:
-            bind_source(raw, source_address)
-        await loop.sock_connect(raw, (address, endpoint.port))
         tls = wrap_client(context, raw, endpoint.tls_name, endpoint.alpn_protocols)
         await step_handshake(loop, tls)
     except BaseException:
