@@ -33,7 +33,6 @@ The layout, from the inside out::
     cli.py _jitr_cli.py _config.py        entry points: ``iotdr replicator ...``
     _dead_letters_cli.py                  ``iotdr replicator dead-letters``
     lambda_handler.py jitr_lambda.py      entry points: the AWS Lambda functions
-    testing.py                            InMemoryRegion, for tests and benches
 
 Where does a retry decision happen? ``runtime/_worker.py`` (:func:`classify`
 and :class:`JournalWorker`), for every change of every queue; the adapter only

@@ -3,7 +3,9 @@
 Everything needed to run the device agent and the replicator without an AWS
 account, on one machine. Import direction: ``simulators`` may import
 ``replicator`` and ``device_agent``, never the other way round. The DNS
-server lives in :mod:`simulators.dns`.
+server lives in :mod:`simulators.dns`; :class:`InMemoryRegion` is a region's
+registry and shadows in memory, for the replicator's tests and benches and the
+fleet's in-memory mode.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from simulators._errors import (
 )
 from simulators._faultproxy import FaultMode, FaultProxy, ThreadedFaultProxy
 from simulators._keygen import KeygenResult, device_names, generate_device_identities
+from simulators._memory_region import InMemoryRegion
 from simulators._pki import CertifiedKey, FleetPKI, KeyAlgorithm, certificate_id
 from simulators._topology import DEFAULT_DOMAIN, DEFAULT_REGIONS, LocalRegion, endpoint_name
 
@@ -43,6 +46,7 @@ __all__ = [
     "FaultMode",
     "FaultProxy",
     "FleetPKI",
+    "InMemoryRegion",
     "KeyAlgorithm",
     "KeygenResult",
     "LocalRegion",

@@ -1,8 +1,8 @@
 """The port to one region's AWS IoT APIs: what the engine, reconcile and JITR need, nothing more.
 
 Two implementations: :class:`~replicator.aws._adapter.Boto3Region` (AWS, moto, the
-local regions) and :class:`~replicator.testing.InMemoryRegion` (tests, and a
-model of AWS's rules that the planner's property tests run against).
+local regions) and :class:`simulators.InMemoryRegion` (tests, and a model of
+AWS's rules that the planner's property tests run against).
 
 Errors are the replicator's own (``_errors.py``): an implementation translates
 whatever its transport raises at this boundary. A read of an object that does

@@ -2,7 +2,7 @@
 
 Plain frozen dataclasses, no boto3: the adapter (``aws/_adapter.py``) fills them from a
 region, the planner (``_plan.py``) compares two of them, the in-memory region
-(``replicator/testing.py``) holds them. ``None`` stands for "does not exist".
+(``simulators/_memory_region.py``) holds them. ``None`` stands for "does not exist".
 
 An :class:`ObjectKey` names one replicated object; its string form
 (``thing/pump-1``, ``shadow/pump-1`` for a classic shadow,

@@ -81,9 +81,9 @@ from replicator.core._ops import (
     RegisterCertificateWithoutCA,
 )
 from replicator.runtime._quotas import DEFAULT_TPS
-from replicator.testing import InMemoryRegion
 from simulators._errors import SimulatorError
 from simulators._healthcheck import HealthCheckConfig, HealthTracker
+from simulators._memory_region import InMemoryRegion
 from simulators.controlplane._bulk import DEVICE_POLICY_NAME, device_policy
 from simulators.fleet._device import (
     DeviceBehaviour,

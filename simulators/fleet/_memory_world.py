@@ -70,7 +70,7 @@ if TYPE_CHECKING:
         ThingState,
         ThingTypeState,
     )
-    from replicator.testing import InMemoryRegion
+    from simulators._memory_region import InMemoryRegion
     from simulators.shadows import ShadowStore
 
 __all__ = [

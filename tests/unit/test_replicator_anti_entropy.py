@@ -15,7 +15,7 @@ from replicator.runtime._health import ServiceHealth
 from replicator.runtime._journal import Journal
 from replicator.runtime._metrics import ReplicatorMetrics
 from replicator.runtime._quotas import QuotaConfig, QuotaLimiter
-from replicator.testing import InMemoryRegion
+from simulators import InMemoryRegion
 
 EAST, WEST = "us-east-1", "us-west-2"
 CONFIG = AntiEntropyConfig(interval_s=600.0, down_after_s=3600.0, first_pass_delay_s=30.0)

@@ -23,7 +23,7 @@ from replicator.runtime._engine import Engine, EngineConfig
 from replicator.runtime._feed import FEED_TOPICS, FeedConfig, MqttFeed, journal_message
 from replicator.runtime._host import ServiceOps, run_service
 from replicator.runtime._journal import Journal
-from replicator.testing import InMemoryRegion
+from simulators import InMemoryRegion
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -41,7 +41,7 @@ from replicator.runtime._engine import Engine, EngineConfig
 from replicator.runtime._journal import Journal
 from replicator.runtime._quotas import RetryPolicy
 from replicator.runtime._reconcile import reconcile
-from replicator.testing import InMemoryRegion
+from simulators import InMemoryRegion
 
 EAST, WEST = "us-east-1", "us-west-2"
 C1, C2 = "a" * 64, "b" * 64

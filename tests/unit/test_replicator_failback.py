@@ -64,7 +64,7 @@ from replicator.runtime._engine import Engine, EngineConfig, Outcome
 from replicator.runtime._failback import AutoFailback
 from replicator.runtime._journal import Journal
 from replicator.runtime._reconcile import reconcile
-from replicator.testing import InMemoryRegion
+from simulators import InMemoryRegion
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

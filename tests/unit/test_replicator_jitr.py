@@ -62,7 +62,7 @@ from replicator.runtime._jitr import (
 )
 from replicator.runtime._journal import Journal
 from replicator.runtime._quotas import RetryPolicy
-from replicator.testing import InMemoryRegion
+from simulators import InMemoryRegion
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -12,7 +12,7 @@ from replicator.runtime._engine import Engine, EngineConfig
 from replicator.runtime._feed import journal_message
 from replicator.runtime._journal import Journal
 from replicator.runtime._reconcile import reconcile
-from replicator.testing import InMemoryRegion
+from simulators import InMemoryRegion
 
 EAST, WEST = "us-east-1", "us-west-2"
 CERT = "d" * 64

@@ -16,7 +16,7 @@ from replicator.core._state import ObjectKey
 from replicator.runtime._engine import Engine, EngineConfig
 from replicator.runtime._journal import Journal
 from replicator.runtime._quotas import QuotaConfig, QuotaLimiter
-from replicator.testing import InMemoryRegion
+from simulators import InMemoryRegion
 
 ACCOUNT = "123456789012"
 CERT = "b" * 64

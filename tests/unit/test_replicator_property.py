@@ -50,7 +50,7 @@ from replicator.core._state import ObjectKey
 from replicator.runtime._engine import Engine, EngineConfig
 from replicator.runtime._journal import Journal
 from replicator.runtime._quotas import RetryPolicy
-from replicator.testing import InMemoryRegion
+from simulators import InMemoryRegion
 
 EAST, WEST = "us-east-1", "us-west-2"
 THINGS = ["t0", "t1", "t2"]

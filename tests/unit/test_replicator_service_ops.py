@@ -34,7 +34,7 @@ from replicator.runtime._http import OpsServer, parse_listen
 from replicator.runtime._journal import Journal
 from replicator.runtime._metrics import LAG_BUCKETS_S, ReplicatorMetrics
 from replicator.runtime._quotas import RetryPolicy
-from replicator.testing import InMemoryRegion
+from simulators import InMemoryRegion
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -1,4 +1,4 @@
-"""For tests and benches: a region in memory, with the AWS rules that replication depends on.
+"""An AWS IoT region in memory, with the rules replication depends on: for tests, benches, fleets.
 
 :class:`InMemoryRegion` implements :class:`~replicator.core._region.RegionApi` over
 dictionaries. It refuses what AWS refuses where the planner must avoid it:
