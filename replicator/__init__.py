@@ -79,6 +79,7 @@ from replicator._errors import (
     UnreachableError,
 )
 from replicator.core._arns import ArnScope, rewrite_policy_document
+from replicator.core._jitr_plan import JitrConfig
 from replicator.core._ops import Op, Plan
 from replicator.core._plan import Mode, plan_thing, plan_thing_group, plan_thing_type
 from replicator.core._plan_security import plan_certificate, plan_policy
@@ -116,7 +117,7 @@ from replicator.runtime._engine import Engine, EngineConfig, EngineStats
 from replicator.runtime._failback import AutoFailback, OutageWatch
 from replicator.runtime._feed import FEED_TOPICS, FeedConfig, MqttFeed
 from replicator.runtime._host import ServiceHost, ServiceOps
-from replicator.runtime._jitr import JitrConfig, JitrHandler
+from replicator.runtime._jitr import JitrHandler
 from replicator.runtime._journal import Claim, Journal, JournalCounts
 from replicator.runtime._quotas import DEFAULT_TPS, QuotaConfig, QuotaLimiter, RetryPolicy
 from replicator.runtime._reconcile import Difference, ReconcileReport, reconcile

@@ -140,11 +140,11 @@ def replicator_jitr(**options: Any) -> None:
     queued for a retry, or dead-lettered).
     """
     from replicator._errors import ConfigError  # noqa: PLC0415
+    from replicator.core._jitr_plan import JITR_TOPIC  # noqa: PLC0415
     from replicator.runtime._build import build  # noqa: PLC0415
     from replicator.runtime._feed import FeedConfig, MqttFeed  # noqa: PLC0415
     from replicator.runtime._host import run_jitr_service  # noqa: PLC0415
     from replicator.runtime._http import parse_listen  # noqa: PLC0415
-    from replicator.runtime._jitr import JITR_TOPIC  # noqa: PLC0415
 
     if options["journal_path"] is None and not options["once"]:
         raise ConfigError("--journal is required unless --once")
@@ -176,7 +176,7 @@ def replicator_jitr(**options: Any) -> None:
 def _settings(options: dict[str, Any]) -> Settings:
     from replicator._errors import ConfigError  # noqa: PLC0415
     from replicator.aws._calls import RegionConfig  # noqa: PLC0415
-    from replicator.runtime._jitr import JitrConfig  # noqa: PLC0415
+    from replicator.core._jitr_plan import JitrConfig  # noqa: PLC0415
     from replicator.runtime._settings import Settings  # noqa: PLC0415
 
     document: str | None = None

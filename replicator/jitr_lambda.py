@@ -43,12 +43,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from replicator._errors import ConfigError, PermanentError, ReplicatorError
+from replicator.core._jitr_plan import JitrConfig
 from replicator.core._state import CERTIFICATE_ID
 from replicator.runtime._build import build
-from replicator.runtime._jitr import JitrConfig
 from replicator.runtime._settings import Settings
 
 if TYPE_CHECKING:
@@ -87,6 +87,9 @@ def config_from_env(env: Mapping[str, str]) -> tuple[RegionConfig, JitrConfig]:
     if not region:
         raise ConfigError("neither IOTDR_JITR_REGION nor AWS_REGION is set")
     cas = frozenset(re.split(r"[\s,]+", env.get("IOTDR_JITR_CAS", "").strip())) - {""}
+    check = env.get("IOTDR_JITR_PRIMARY_CHECK") or "required"
+    if check not in ("required", "best-effort"):
+        raise ConfigError(f"IOTDR_JITR_PRIMARY_CHECK {check!r} is not 'required' or 'best-effort'")
     config = JitrConfig(
         policy_name=policy,
         policy_document=env.get("IOTDR_JITR_POLICY_DOCUMENT") or None,
@@ -94,7 +97,7 @@ def config_from_env(env: Mapping[str, str]) -> tuple[RegionConfig, JitrConfig]:
         allowed_cas=cas or None,
         primary_region=env.get("IOTDR_PRIMARY_REGION") or None,
         primary_endpoint_url=env.get("IOTDR_PRIMARY_ENDPOINT_URL") or None,
-        primary_check=_primary_check(env.get("IOTDR_JITR_PRIMARY_CHECK") or "required"),
+        primary_check=cast("PrimaryCheck", check),
         allow_rotation=(env.get("IOTDR_JITR_ALLOW_ROTATION") or "").lower() in ("1", "true", "yes"),
     )
     return RegionConfig(
@@ -146,16 +149,3 @@ def _sweep(jitr: JitrHandler) -> dict[str, Any]:
     if summary["pending"] or summary["dead"]:
         raise JitrIncompleteError(summary["pending"], summary["dead"])
     return summary
-
-
-def _primary_check(value: str) -> PrimaryCheck:
-    """``IOTDR_JITR_PRIMARY_CHECK``'s value.
-
-    Raises:
-        ConfigError: neither ``required`` nor ``best-effort``.
-    """
-    if value == "required":
-        return "required"
-    if value == "best-effort":
-        return "best-effort"
-    raise ConfigError(f"IOTDR_JITR_PRIMARY_CHECK {value!r} is not 'required' or 'best-effort'")

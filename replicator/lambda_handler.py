@@ -211,21 +211,6 @@ class LambdaReplicator:
     def __repr__(self) -> str:
         return f"LambdaReplicator({self.engine!r})"
 
-    @classmethod
-    def from_config(cls, config: LambdaConfig) -> LambdaReplicator:
-        """Build the regions' clients, the quota buckets, the journal and the engine.
-
-        Raises:
-            ConfigError: boto3 cannot build the clients.
-            JournalError: the journal cannot be opened.
-        """
-        # boto3 is the replicator extra's; a Lambda package has it.
-        from replicator.runtime._build import build  # noqa: PLC0415
-
-        engine = build(config.settings()).engine
-        assert engine is not None
-        return cls(engine, workers=config.workers)
-
     def close(self) -> None:
         """Close the journal."""
         self.engine.journal.close()
@@ -346,9 +331,14 @@ _cache_lock = threading.Lock()
 
 def _replicator() -> LambdaReplicator:
     global _cached  # noqa: PLW0603 - the per-container cache
+    from replicator.runtime._build import build  # noqa: PLC0415 - boto3, the replicator extra's
+
     with _cache_lock:
         if _cached is None:
-            _cached = LambdaReplicator.from_config(LambdaConfig.from_environ(os.environ))
+            config = LambdaConfig.from_environ(os.environ)
+            engine = build(config.settings()).engine
+            assert engine is not None
+            _cached = LambdaReplicator(engine, workers=config.workers)
         return _cached
 
 

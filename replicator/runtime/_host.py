@@ -260,7 +260,6 @@ def run_service(
     *,
     report: Callable[[dict[str, Any]], None],
     stop: threading.Event | None = None,
-    stats_interval_s: float = 60.0,
     listen: tuple[str, int] | None = None,
     ops: ServiceOps | None = None,
     failback: tuple[AutoFailback, FeedConfig] | None = None,
@@ -273,7 +272,6 @@ def run_service(
         feed_config: the source region's broker.
         report: called with one JSON-ready line per lifecycle event.
         stop: set it to stop; by default SIGTERM and SIGINT set it.
-        stats_interval_s: how often to report a ``replicator.stats`` line.
         listen: where to serve ``/healthz``, ``/readyz`` and ``/metrics``; None: nowhere.
         ops: the metrics and health the engine's outcomes (both queues') go to; None: new ones.
         failback: automatic failback (``_failback.py``) with the secondary's
@@ -316,7 +314,6 @@ def run_service(
         },
         others=others,
         stop=stop or threading.Event(),
-        stats_interval_s=stats_interval_s,
         listen=listen,
         ops=ops,
         limiter=_limiter_of(engine.target),
@@ -331,7 +328,6 @@ def run_jitr_service(
     report: Callable[[dict[str, Any]], None],
     stop: threading.Event | None = None,
     listen: tuple[str, int] | None = None,
-    ops: ServiceOps | None = None,
 ) -> None:
     """``iotdr replicator jitr``: the feed (when given), the handler and the endpoints.
 
@@ -339,7 +335,7 @@ def run_jitr_service(
         ConfigError: the ``listen`` address cannot be bound.
         ReplicatorError: the feed's journal failed, or a permission is missing.
     """
-    ops = ops or ServiceOps()
+    ops = ServiceOps()
     handler.add_observer(ops.observe)
     ServiceHost(
         name="jitr",

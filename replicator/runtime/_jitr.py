@@ -60,20 +60,7 @@ from replicator._errors import (
     ReplicatorError,
     UnreachableError,
 )
-from replicator.core._jitr_plan import (
-    ACTIVE,
-    JITR_TOPIC,
-    PENDING,
-    CaCertificate,
-    Eligible,
-    JitrConfig,
-    LeftAlone,
-    Refused,
-    provision,
-    screen,
-    subject_common_name,
-    thing_name_for,
-)
+from replicator.core._jitr_plan import ACTIVE, PENDING, LeftAlone, Refused, provision, screen
 from replicator.core._ops import CreatePolicy, CreateThing, UpdateCertificate
 from replicator.core._records import CertificateChanged
 from replicator.core._state import CERTIFICATE_ID
@@ -84,25 +71,13 @@ if TYPE_CHECKING:
     import threading
     from collections.abc import Callable
 
+    from replicator.core._jitr_plan import JitrConfig
     from replicator.core._ops import Op
     from replicator.core._region import RegionApi
     from replicator.core._state import CertificateState
     from replicator.runtime._journal import Claim, Journal
 
-__all__ = [
-    "JITR_TOPIC",
-    "CaCertificate",
-    "Eligible",
-    "JitrConfig",
-    "JitrHandler",
-    "JitrStats",
-    "LeftAlone",
-    "Refused",
-    "provision",
-    "screen",
-    "subject_common_name",
-    "thing_name_for",
-]
+__all__ = ["JitrHandler"]
 
 logger = logging.getLogger(__name__)
 

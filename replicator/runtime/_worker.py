@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 Disposition = Literal["stop", "wait", "limited", "dead"]
 _MIN_DELAY_S = 0.05  # a retried change is never due again at once
+_DRAIN_ROUNDS = 1000  # drain()'s bound, should changes keep falling due at once
 _WAITING = frozenset({"retry", "throttled", "unavailable", "denied"})  # still pending
 
 
@@ -278,7 +279,7 @@ class JournalWorker:
             raise denied
         return results
 
-    def drain(self, *, max_rounds: int = 1000) -> int:
+    def drain(self) -> int:
         """Process due changes until none is due (tests, one-shot runs); return how many.
 
         Raises:
@@ -286,7 +287,7 @@ class JournalWorker:
         """
         total = 0
         with concurrent.futures.ThreadPoolExecutor(self.config.workers) as executor:
-            for _ in range(max_rounds):
+            for _ in range(_DRAIN_ROUNDS):
                 done = len(self.run_once(executor))
                 total += done
                 if not done:
@@ -395,6 +396,6 @@ class Worked:
         """Apply one claimed change and record the outcome (see :meth:`JournalWorker.process`)."""
         return self.worker.process(claim)
 
-    def drain(self, *, max_rounds: int = 1000) -> int:
+    def drain(self) -> int:
         """Process due changes until none is due (tests, one-shot runs); return how many."""
-        return self.worker.drain(max_rounds=max_rounds)
+        return self.worker.drain()

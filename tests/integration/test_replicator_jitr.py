@@ -34,9 +34,10 @@ from device_agent._endpoints import Endpoint
 from device_agent._paho import PahoTransport
 from device_agent._transport import ConnectError, ConnectParams, TransportCallbacks
 from replicator.aws._adapter import Boto3Region, RegionConfig, build_region
+from replicator.core._jitr_plan import JITR_TOPIC, JitrConfig
 from replicator.runtime._feed import FeedConfig, MqttFeed
 from replicator.runtime._host import run_jitr_service as serve
-from replicator.runtime._jitr import JITR_TOPIC, JitrConfig, JitrHandler
+from replicator.runtime._jitr import JitrHandler
 from replicator.runtime._journal import Journal
 from replicator.runtime._quotas import QuotaLimiter, RetryPolicy
 from simulators import DEFAULT_REGIONS, FleetPKI

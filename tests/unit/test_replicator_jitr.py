@@ -37,6 +37,17 @@ from replicator._errors import (
     UnreachableError,
 )
 from replicator.aws._iam import JITR_PRIMARY_ACTIONS, PolicyRequest, policy_document
+from replicator.core._jitr_plan import (
+    CaCertificate,
+    Eligible,
+    JitrConfig,
+    LeftAlone,
+    Refused,
+    provision,
+    screen,
+    subject_common_name,
+    thing_name_for,
+)
 from replicator.core._ops import (
     AttachPolicy,
     AttachThingPrincipal,
@@ -48,18 +59,7 @@ from replicator.core._ops import (
 from replicator.core._state import CertificateState, ObjectKey, ThingState
 from replicator.jitr_lambda import JitrIncompleteError, config_from_env
 from replicator.runtime._host import run_jitr_service
-from replicator.runtime._jitr import (
-    CaCertificate,
-    Eligible,
-    JitrConfig,
-    JitrHandler,
-    LeftAlone,
-    Refused,
-    provision,
-    screen,
-    subject_common_name,
-    thing_name_for,
-)
+from replicator.runtime._jitr import JitrHandler
 from replicator.runtime._journal import Journal
 from replicator.runtime._quotas import RetryPolicy
 from simulators import InMemoryRegion
