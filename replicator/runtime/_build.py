@@ -20,7 +20,6 @@ from replicator.runtime._journal import Journal
 from replicator.runtime._quotas import QuotaLimiter, RetryPolicy
 
 if TYPE_CHECKING:
-    from replicator.aws._calls import RegionConfig
     from replicator.core._region import RegionApi
     from replicator.runtime._settings import Settings
 
@@ -62,7 +61,7 @@ def build(settings: Settings) -> Runtime:
         CredentialsError: ``check_credentials`` and no usable credentials.
         JournalError: a journal cannot be opened.
     """
-    from replicator.aws._adapter import build_region  # noqa: PLC0415 - boto3 when built
+    from replicator.aws._adapter import RegionConfig, build_region  # noqa: PLC0415 - boto3
 
     runtime = Runtime(QuotaLimiter(settings.quotas))
     try:
@@ -81,41 +80,26 @@ def build(settings: Settings) -> Runtime:
         primary = region(settings.primary) if engine and settings.primary else None
         secondary = region(settings.secondary)
         if engine is not None and primary is not None:
-            if engine.direction == "failback":
-                runtime.engine = Engine(
-                    source=secondary, target=primary, journal=journal("failback"), config=engine
-                )
-            else:
-                runtime.engine = Engine(
-                    source=primary, target=secondary, journal=journal("changes"), config=engine
-                )
+            back = engine.direction == "failback"
+            source, target = (secondary, primary) if back else (primary, secondary)
+            queue = journal("failback" if back else "changes")
+            runtime.engine = Engine(source=source, target=target, journal=queue, config=engine)
             if engine.both_ways:  # the failback queue: the same engine (automatic failback)
                 runtime.failback = runtime.engine.serving(journal("failback"))
-        if settings.jitr is not None:
-            runtime.jitr = JitrHandler(
-                secondary, journal("jitr"), settings.jitr, primary=_jitr_primary(settings, runtime)
-            )
+        jitr = settings.jitr
+        if jitr is not None:
+            asked = None  # the primary asked before an activation: one attempt, short timeouts
+            if jitr.primary_region is not None:
+                config = RegionConfig(
+                    region=jitr.primary_region,
+                    endpoint_url=jitr.primary_endpoint_url,
+                    connect_timeout_s=_PRIMARY_CONNECT_S,
+                    read_timeout_s=_PRIMARY_READ_S,
+                )
+                one = RetryPolicy(max_attempts=1)
+                asked = build_region(config, limiter=runtime.limiter, retry=one)
+            runtime.jitr = JitrHandler(secondary, journal("jitr"), jitr, primary=asked)
     except BaseException:
         runtime.close()
         raise
     return runtime
-
-
-def _jitr_primary(settings: Settings, runtime: Runtime) -> RegionApi | None:
-    """The primary the JITR handler asks before activating: one attempt, short timeouts.
-
-    A primary that does not answer must not hold up an activation (the handler
-    goes on, and logs it).
-    """
-    from replicator.aws._adapter import RegionConfig, build_region  # noqa: PLC0415
-
-    jitr = settings.jitr
-    if jitr is None or jitr.primary_region is None:
-        return None
-    config = RegionConfig(
-        region=jitr.primary_region,
-        endpoint_url=jitr.primary_endpoint_url,
-        connect_timeout_s=_PRIMARY_CONNECT_S,
-        read_timeout_s=_PRIMARY_READ_S,
-    )
-    return build_region(config, limiter=runtime.limiter, retry=RetryPolicy(max_attempts=1))

@@ -25,14 +25,10 @@ directions record each registry object's sync point (a region-neutral
 fingerprint, ``_sync.py``) whenever they leave the two regions equal, and
 shadows' sync points (versions) as before; failback reads them.
 
-Both ways (``both_ways``, ``iotdr replicator run --failback auto``): one
-engine judges every object three ways, its source, its target and its sync
-point (``_sync.judge``), and writes toward the stale side: the target as
-usual, or, when only the target changed since the last sync, the source (the
-other direction's assessor plans it). The failback queue, fed by the
-secondary, is the same engine on another queue (:meth:`Engine.serving`): a
-change of either queue is judged and written the same way, one worker per
-object at a time, so neither direction waits for the other.
+Both ways (``both_ways``, ``--failback auto``, ``_failback.py``): the object is
+judged three ways (``_sync.judge``) and written toward the stale side; when
+that is the source, the other direction's assessor plans it. The failback
+queue is this engine on another queue (:meth:`Engine.serving`).
 """
 
 from __future__ import annotations

@@ -35,10 +35,7 @@ and drops the connection. This module finishes the job:
    the replicator's adapter, with its quota buckets and error translation)
    from a durable queue (the journal's ``jitr`` queue): events are triggers,
    not truth, so a duplicate is one more look at the certificate. The journal
-   worker (``_worker.py``) retries failures with the engine's policy:
-   throttling and an outage keep the certificate queued with jittered backoff
-   for as long as it takes; other failures (a conflict too) are retried up to
-   ``max_attempts``, then dead-lettered; AccessDenied stops the handler.
+   worker (``_worker.py``) settles failures by the engine's policy (``_errors.py``).
 6. The *sweep* lists the PENDING_ACTIVATION certificates of the allowed CAs
    every ``sweep_interval_s`` and queues them: a missed event (the handler was
    down longer than the broker kept its session) costs one interval.

@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from replicator._errors import (
     AccessDeniedError,
@@ -37,9 +37,11 @@ if TYPE_CHECKING:
     import threading
     from collections.abc import Callable
 
+    from replicator.core._jitr_plan import JitrConfig
     from replicator.core._state import ObjectKey
     from replicator.runtime._journal import Claim, Journal
     from replicator.runtime._quotas import RetryPolicy
+    from replicator.runtime._settings import EngineConfig
 
 __all__ = ["Deferred", "Disposition", "JournalWorker", "Outcome", "WorkerConfig", "classify"]
 
@@ -61,7 +63,7 @@ class Deferred(Exception):  # noqa: N818 - not an error: the apply's "not now"
 
 
 def classify(exc: BaseException) -> Disposition:
-    """What a failure of one change means (the table in the module docstring)."""
+    """What a failure of one change means (the policy in ``_errors.py``)."""
     if isinstance(exc, AccessDeniedError | CredentialsError):
         return "stop"
     if isinstance(exc, ThrottledError | RegionUnavailableError):
@@ -98,19 +100,6 @@ class Outcome:
     def waiting(self) -> bool:
         """The change is still pending, to be tried again after a backoff."""
         return self.result in _WAITING
-
-
-class Tuning(Protocol):
-    """What the engine's and the JITR handler's configurations say of their worker."""
-
-    @property
-    def workers(self) -> int: ...
-    @property
-    def max_attempts(self) -> int: ...
-    @property
-    def backoff(self) -> RetryPolicy: ...
-    @property
-    def poll_s(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -358,7 +347,13 @@ class Worked:
         raise NotImplementedError
 
     def _worker(
-        self, config: Tuning, *, batch: int, events: str, direction: str, **hooks: Any
+        self,
+        config: EngineConfig | JitrConfig,
+        *,
+        batch: int,
+        events: str,
+        direction: str,
+        **hooks: Any,
     ) -> JournalWorker:
         """The journal worker of this queue, tuned by ``config`` (``hooks``: the worker's own)."""
         return JournalWorker(
