@@ -33,12 +33,14 @@ The layout, from the inside out::
     cli.py _jitr_cli.py _config.py        entry points: ``iotdr replicator ...``
     _dead_letters_cli.py                  ``iotdr replicator dead-letters``
     lambda_handler.py jitr_lambda.py      entry points: the AWS Lambda functions
+    tools/       ``iotdr tools ...``: the operators' provisioning, comparison and lookup
 
 Where does a retry decision happen? ``runtime/_worker.py`` (:func:`classify`
 and :class:`JournalWorker`), for every change of every queue; the adapter only
-retries one call on ThrottlingException (``aws/_calls.py``). Where are the
-boto3 clients built? ``aws/_adapter.py`` (:func:`build_region`), called by
-``runtime/_build.py`` alone. Time is the project's one clock protocol,
+retries one call, throttled or its region unavailable, a few times within its
+``RetryPolicy`` (``aws/_calls.py``). Where are the boto3 clients built?
+``aws/_adapter.py`` (:func:`build_region`), called by ``runtime/_build.py``
+(and, for the operator tools, ``tools/_context.py``). Time is the project's one clock protocol,
 :class:`device_agent.Clock` (the quota buckets and the adapter's retries sleep
 on it; the journal's times are its ``time`` readings); tests use
 :class:`device_agent.testing.FakeClock`.

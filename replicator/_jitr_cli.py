@@ -1,9 +1,7 @@
 """``iotdr replicator jitr``: the secondary region's JITR handler as a service, or one sweep.
 
-Registered on the ``replicator`` group by ``replicator/cli.py``. Like the other
-commands it imports only click at the top; boto3, paho and the journal are
-imported when it runs. Results go to stdout (``--json`` for machine output),
-logs to stderr.
+Registered on the ``replicator`` group by ``replicator/cli.py``, whose conventions it
+follows (click alone at the top; results on stdout, logs on stderr).
 """
 
 from __future__ import annotations

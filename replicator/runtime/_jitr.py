@@ -400,21 +400,15 @@ class JitrHandler(Worked):
     def run(self, stop: threading.Event) -> None:
         """Sweep at once and every ``sweep_interval_s``; handle the queue until ``stop`` is set.
 
+        A failed sweep is logged and tried again after the backoff's first delay.
+
         Raises:
-            AccessDeniedError: see :meth:`process`; the loop stops.
-        """
-        self.worker.run(stop, tick=self.sweep_when_due())
-
-    def sweep_when_due(self) -> Callable[[], None]:
-        """A tick for the worker's loop: a sweep at once, then every ``sweep_interval_s``.
-
-        A failed sweep is logged and tried again after the backoff's first delay;
-        AccessDenied stops the loop.
+            AccessDeniedError: see :meth:`process` (a sweep's too); the loop stops.
         """
         config = self.config
         next_sweep = self._wall()
 
-        def tick() -> None:
+        def tick() -> None:  # the worker's, before each look for due changes
             nonlocal next_sweep
             if not config.sweep_interval_s or self._wall() < next_sweep:
                 return
@@ -429,4 +423,4 @@ class JitrHandler(Worked):
                 wait_s = min(config.backoff.delay(0, self._rng) + config.poll_s, wait_s)
             next_sweep = self._wall() + wait_s
 
-        return tick
+        self.worker.run(stop, tick=tick)
